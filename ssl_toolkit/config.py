@@ -1,0 +1,195 @@
+"""Typed configs for every command, loaded from YAML with ``--set key=value`` overrides.
+
+Unknown keys are rejected (``extra="forbid"``) with a did-you-mean hint. The resolved
+config is written next to every run so that any run can be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ssl_toolkit.errors import UserError, did_you_mean
+
+
+class StrictModel(BaseModel):
+    """Base for all configs: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(StrictModel):
+    """Which images to use and how to size them.
+
+    Attributes:
+        name: A registered dataset (``digits``, ``synthetic``, ``fashion-mnist``) or a folder path.
+        image_size: Square side the images are resized to; ``None`` keeps the dataset's default.
+        split_seed: Seed of the stratified train/test split (when the data has none) and of ``synthetic``.
+        test_fraction: Share of each class held out as test when the data has no split.
+        limit: Use at most this many training images (seeded random subset).
+        path: Where to look first for ``fashion-mnist``.
+        synthetic_train: Training images of ``synthetic``.
+        synthetic_test: Test images of ``synthetic``.
+        synthetic_classes: Shape classes of ``synthetic`` (2 to 6).
+    """
+
+    name: str = "digits"
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    split_seed: int = 0
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    limit: int | None = Field(default=None, ge=1)
+    path: str | None = None
+    synthetic_train: int = Field(default=1200, ge=1)
+    synthetic_test: int = Field(default=300, ge=1)
+    synthetic_classes: int = Field(default=6, ge=2, le=6)
+
+
+class BackboneConfig(StrictModel):
+    """A timm backbone.
+
+    Attributes:
+        name: ``timm.create_model`` name.
+        small_stem: Replace the stem by a 3x3 stride-1 conv without max-pool; ``None`` = automatic
+            (on for ResNet-style models at 64 px and less).
+        kwargs: Extra ``timm.create_model`` keyword arguments.
+    """
+
+    name: str = "resnet18"
+    small_stem: bool | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainerConfig(StrictModel):
+    """Optimisation and Lightning Trainer settings."""
+
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int = -1
+    batch_size: int = Field(default=256, ge=2)
+    lr: float | None = Field(default=None, gt=0)
+    weight_decay: float | None = Field(default=None, ge=0)
+    optimizer: Literal["adamw", "sgd", "lars"] | None = None
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(default=1, ge=1)
+    strategy: str = "auto"
+    seed: int = 0
+    num_workers: int = Field(default=0, ge=0)
+    log_every_n_steps: int = Field(default=10, ge=1)
+    checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
+    online_probe: bool = True
+    progress_bar: bool = True
+
+
+class PretrainConfig(StrictModel):
+    """Everything ``ssl pretrain`` needs; ``task_config`` is validated by the task's own config model."""
+
+    task: str = "rotation"
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    task_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProbeConfig(StrictModel):
+    """Settings of ``ssl probe``.
+
+    Attributes:
+        mode: Evaluator name.
+        data: Labelled data to evaluate on.
+        label_fraction: Share of training labels used (stratified, seeded).
+        epochs: Training epochs (modes that train through the backbone).
+        lr: Learning rate (``None`` = the evaluator's default).
+        batch_size: Batch size.
+        seed: Seed of label subsets, held-out splits and training.
+        freeze_stages: Stages frozen by the ``partial`` evaluator.
+        k: Neighbours of the ``knn`` evaluator.
+        temperature: Vote temperature of the ``knn`` evaluator.
+    """
+
+    mode: str = "linear"
+    data: DataConfig = Field(default_factory=DataConfig)
+    label_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    epochs: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = 0
+    freeze_stages: int | None = None
+    k: int = Field(default=200, ge=1)
+    temperature: float = Field(default=0.1, gt=0)
+    precision: str = "32-true"
+    accelerator: str = "auto"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Names of the fields valid at ``loc`` (for did-you-mean hints)."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cls = field.annotation
+    return list(getattr(cls, "model_fields", {}))
+
+
+def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
+    """Validate ``data`` against ``model``, turning pydantic errors into one-line :class:`UserError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _field_names(model, loc))
+            raise UserError(f"{what}: unknown key '{key}'{hint}") from None
+        raise UserError(f"{what}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a :class:`UserError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file does not exist: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``key == "a.b"``, creating mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {key}: '{p}' is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (values parsed as YAML scalars) to ``data`` in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(data, key.strip(), value)
+    return data

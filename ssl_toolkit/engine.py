@@ -1,0 +1,191 @@
+"""The Lightning engine: one LightningModule joining a backbone and a pretext task, and the Trainer.
+
+Lightning owns the loop, devices (CPU, GPU, DDP over processes and nodes), precision,
+checkpointing (``last.ckpt``), CSV metrics and the progress bar. This module only says
+what one step computes and how the optimiser and its schedule are built.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.pretext.base import PretextTask
+
+
+class ImageTensorDataset(Dataset):
+    """``(N, C, S, S)`` uint8 images with labels (``-1`` where unknown); items stay uint8 until on the device."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.images = images
+        self.labels = labels if labels is not None else torch.full((images.shape[0],), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up for ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class PretrainModule(L.LightningModule):
+    """Backbone + pretext task (+ an online linear probe on detached features).
+
+    Args:
+        backbone: timm backbone with pooled output.
+        task: The pretext task.
+        trainer_cfg: Optimisation settings.
+        lr: Resolved learning rate.
+        weight_decay: Resolved weight decay.
+        optimizer: ``adamw``, ``sgd`` or ``lars``.
+        num_classes: Classes of the online probe (0 = no online probe).
+        seed: Seed of the task's view generator (offset by the process rank).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: PretextTask,
+        trainer_cfg: TrainerConfig,
+        lr: float,
+        weight_decay: float,
+        optimizer: str,
+        num_classes: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.task = task
+        self.cfg = trainer_cfg
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer_name = optimizer
+        self.seed = seed
+        self.online_head = nn.Linear(int(backbone.num_features), num_classes) if num_classes else None
+        self.last_loss = float("nan")
+
+    # ----- training ------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if hasattr(self.task, "seed_views"):
+            self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
+
+    def training_step(self, batch, batch_idx):
+        x_u8, y = batch  # (B, C, S, S) uint8, (B,) long
+        x = x_u8.float().div_(255.0)
+        loss, logs = self.task(self.backbone, x)
+        feats = logs.pop("features", None)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}")
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        for k, v in logs.items():
+            self.log(k, v, prog_bar=k == "pretext_acc", on_step=False, on_epoch=True, sync_dist=True)
+        if self.online_head is not None and (y >= 0).any():
+            if feats is None:
+                with torch.no_grad():
+                    feats = self.backbone(self.task.normalize(x))
+            keep = y >= 0
+            logits = self.online_head(feats.detach().float()[keep])
+            probe_loss = F.cross_entropy(logits, y[keep])
+            self.log("online_train_top1", (logits.argmax(1) == y[keep]).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+            loss = loss + probe_loss
+        self.last_loss = float(loss.detach())
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        total = int(self.trainer.estimated_stepping_batches)
+        self.task.on_train_batch_end(self.backbone, self.global_step, total)
+
+    # ----- online probe on the validation split ---------------------------------------
+    def validation_step(self, batch, batch_idx):
+        if self.online_head is None:
+            return
+        x_u8, y = batch
+        keep = y >= 0
+        if not keep.any():
+            return
+        feats = self.backbone(self.task.normalize(x_u8.float().div_(255.0)))
+        acc = (self.online_head(feats.float()[keep]).argmax(1) == y[keep]).float().mean()
+        self.log("online_top1", acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=int(keep.sum()))
+
+    # ----- optimiser -----------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.startswith("online_head") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
+        elif self.optimizer_name == "lars":
+            from lightly.utils.lars import LARS
+
+            opt = LARS(groups, lr=self.lr, momentum=0.9)
+        else:
+            opt = torch.optim.AdamW(groups, lr=self.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = int(self.cfg.warmup_epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_loader(images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    """A DataLoader over uint8 image tensors (Lightning adds a DistributedSampler under DDP)."""
+    ds = ImageTensorDataset(images, labels)
+    return DataLoader(
+        ds,
+        batch_size=min(batch_size, len(ds)),
+        shuffle=shuffle,
+        drop_last=shuffle and len(ds) > batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Trainer:
+    """The Lightning Trainer for a pretraining run writing into ``run_dir``."""
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="step-{step}",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
+        save_on_train_epoch_end=True,
+    )
+    callbacks = [ckpt]
+    if cfg.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.log_every_n_steps,
+        limit_val_batches=1.0 if validate else 0,
+        num_sanity_val_steps=0,
+    )

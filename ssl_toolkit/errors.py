@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+A :class:`UserError` is a problem with what the user asked for (a missing path, an
+unknown name, a bad config key). The CLI prints its message on one line and exits
+with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """An error caused by user input; shown as one line, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return a `did you mean` hint for ``name`` among ``choices`` (or an empty string)."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

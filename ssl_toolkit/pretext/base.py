@@ -1,0 +1,146 @@
+"""The pretext-task contract and its registry.
+
+A pretext task is an ``nn.Module`` built from the backbone's feature dimension and its
+own typed config. ``forward(backbone, images)`` turns a batch of normalised images into
+the task's inputs and targets with batched tensor ops, runs them through the backbone
+and the task's head, and returns ``(loss, logs)``. A new task is one file and one
+decorator::
+
+    @register_task("mytask")
+    class MyTask(PretextTask):
+        Config = MyTaskConfig
+        ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ssl_toolkit.config import StrictModel
+from ssl_toolkit.registry import Registry
+
+
+class TaskConfig(StrictModel):
+    """Base of every task's config (unknown keys rejected)."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What ``ssl tasks`` shows about a task, and what it needs from the data.
+
+    Attributes:
+        description: One line.
+        paper: Citation of the method.
+        needs_colour: The task is meaningless on grayscale data.
+        min_image_size: Smallest square image side the task accepts (``None`` = any).
+    """
+
+    description: str
+    paper: str
+    needs_colour: bool = False
+    min_image_size: int | None = None
+
+
+@dataclass
+class DataFacts:
+    """What a task may know about the data at build time (never the data itself)."""
+
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+    grayscale_origin: bool = False
+
+
+class PretextTask(nn.Module):
+    """Base class of pretext tasks.
+
+    Args:
+        feature_dim: Length of the backbone's pooled feature vector.
+        config: The task's validated config.
+        data: Facts about the data (channels, image size, normalisation).
+    """
+
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+    info: ClassVar[TaskInfo]
+    default_lr: ClassVar[float] = 1e-3
+    default_optimizer: ClassVar[str] = "adamw"
+    default_weight_decay: ClassVar[float] = 1e-4
+
+    def __init__(self, feature_dim: int, config: TaskConfig, data: DataFacts) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.config = config
+        self.data = data
+        self.register_buffer("_mean", torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` images in [0, 1] -> normalised with the data's per-channel mean and std."""
+        return (x - self._mean) / self._std
+
+    @classmethod
+    def check_data(cls, config: TaskConfig, data: DataFacts) -> None:
+        """Raise :class:`~ssl_toolkit.errors.UserError` when the data cannot serve this task."""
+        from ssl_toolkit.errors import UserError
+
+        if cls.info.needs_colour and (data.channels < 3 or data.grayscale_origin):
+            raise UserError(f"{cls.name} needs colour images; {data.name or 'this dataset'} is grayscale")
+        if cls.info.min_image_size and data.image_size < cls.info.min_image_size:
+            raise UserError(
+                f"{cls.name} needs images of at least {cls.info.min_image_size} px; "
+                f"{data.name or 'the data'} is {data.image_size} px (--image-size {cls.info.min_image_size})"
+            )
+
+    name: ClassVar[str] = ""
+
+    def forward(self, backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Compute the pretext loss of one batch.
+
+        Args:
+            backbone: The shared timm backbone (pooled output).
+            images: ``(B, C, H, W)`` float images in [0, 1] on the training device; the task
+                normalises what it feeds the backbone (:meth:`normalize`).
+
+        Returns:
+            The scalar loss and a dict of scalar tensors to log (e.g. ``pretext_acc``). The
+            dict may hold ``features``: ``(B, D)`` detached pooled features of the
+            (un-rotated or first-view) images, which the online probe then reuses instead
+            of running its own forward pass.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    def on_train_batch_end(self, backbone: nn.Module, step: int, total_steps: int) -> None:
+        """Hook after each optimiser step (momentum updates of target networks)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able facts saved with the run (e.g. a permutation set)."""
+        return {}
+
+
+TASKS: Registry[type[PretextTask]] = Registry("task")
+
+
+def register_task(name: str):
+    """Class decorator registering a :class:`PretextTask` under ``name``."""
+
+    def deco(cls: type[PretextTask]) -> type[PretextTask]:
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return deco
+
+
+def build_task(name: str, feature_dim: int, task_config: dict[str, Any], data: DataFacts) -> PretextTask:
+    """Validate ``task_config`` against the task's config model and build the task."""
+    from ssl_toolkit.config import validate
+
+    cls = TASKS.get(name)
+    cfg = validate(cls.Config, task_config, what=f"task_config ({name})")
+    cls.check_data(cfg, data)
+    return cls(feature_dim, cfg, data)

@@ -1,0 +1,156 @@
+"""``pretrain()``: data -> backbone + pretext task -> Lightning -> run folder.
+
+A run folder holds the resolved ``config.yaml``, ``metrics.csv``, ``last.ckpt`` and the
+backbone (``backbone.safetensors`` + ``meta.json``), so any run can be reproduced and
+resumed from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+
+from ssl_toolkit import __version__
+from ssl_toolkit.atomic import atomic_write_text
+from ssl_toolkit.backbones import create_backbone, feature_dim
+from ssl_toolkit.checkpoints import save_backbone
+from ssl_toolkit.config import PretrainConfig, validate
+from ssl_toolkit.data.sources import load_source
+from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.pretext import TASKS, DataFacts, build_task
+
+CONFIG_FILE = "config.yaml"
+LAST_CKPT = "last.ckpt"
+
+
+def default_run_dir(cfg: PretrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = Path(cfg.data.name).name if os.sep in cfg.data.name else cfg.data.name
+    return Path("runs") / f"{cfg.task}-{cfg.backbone.name}-{data}-{stamp}"
+
+
+def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to write into a non-empty folder unless ``overwrite`` (or resuming it)."""
+    if resume:
+        if not (out / LAST_CKPT).is_file():
+            raise UserError(f"cannot resume {out}: no {LAST_CKPT} in it")
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} already holds files; use --overwrite to replace them or --resume {out} to continue")
+        for name in (CONFIG_FILE, LAST_CKPT, "metrics.csv", "hparams.yaml", "backbone.safetensors", "meta.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def resolve_config(config: PretrainConfig | dict[str, Any] | None) -> PretrainConfig:
+    if isinstance(config, PretrainConfig):
+        return config
+    return validate(PretrainConfig, dict(config or {}))
+
+
+def pretrain(
+    config: PretrainConfig | dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+) -> dict[str, Any]:
+    """Pretrain a backbone with a pretext task.
+
+    Args:
+        config: A :class:`PretrainConfig` or a dict of its fields (unknown keys rejected).
+        out: Run folder (default ``runs/<task>-<backbone>-<data>-<time>``).
+        overwrite: Replace the run files already in ``out``.
+        resume: A run folder to continue from its ``last.ckpt`` (its ``config.yaml`` is used).
+
+    Returns:
+        The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"cannot resume {resume}: no {CONFIG_FILE} in it")
+        cfg = validate(PretrainConfig, yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})
+    else:
+        cfg = resolve_config(config)
+        run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    task_cls = TASKS.get(cfg.task)  # unknown task: fail before loading data
+    prepare_run_dir(run_dir, overwrite, resume is not None)
+
+    source = load_source(cfg.data)
+    facts = DataFacts(
+        channels=source.channels,
+        image_size=source.image_size,
+        mean=source.mean,
+        std=source.std,
+        name=source.name,
+        grayscale_origin=source.grayscale_origin,
+    )
+    task_cls.check_data(validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})"), facts)
+    backbone, spec = create_backbone(cfg.backbone, source.channels, source.image_size)
+    task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
+    lr = cfg.trainer.lr or task_cls.default_lr
+    wd = cfg.trainer.weight_decay if cfg.trainer.weight_decay is not None else task_cls.default_weight_decay
+    opt = cfg.trainer.optimizer or task_cls.default_optimizer
+
+    # the resolved config: every default written out, so the folder reproduces the run
+    resolved = cfg.model_dump(mode="json")
+    resolved["task_config"] = task.config.model_dump(mode="json")
+    resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt)
+    if resume is None:
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+
+    num_classes = source.num_classes if cfg.trainer.online_probe and source.labelled else 0
+    module = PretrainModule(backbone, task, cfg.trainer, lr, wd, opt, num_classes=num_classes, seed=cfg.trainer.seed)
+    train_loader = make_loader(source.train.images, source.train.labels, cfg.trainer.batch_size, True, cfg.trainer.num_workers)
+    val_loader = make_loader(source.test.images, source.test.labels, max(cfg.trainer.batch_size, 256), False, 0) if num_classes and len(source.test) else None
+
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    trainer = build_trainer(cfg.trainer, run_dir, validate=val_loader is not None)
+    start = time.time()
+    ckpt_path = str(run_dir / LAST_CKPT) if resume is not None else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+        try:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+        except FloatingPointError as e:
+            raise UserError(f"training stopped: {e}; the last good checkpoint is kept in {run_dir}") from None
+    if trainer.global_rank != 0:
+        return {}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    meta = {
+        "task": cfg.task,
+        "task_config": resolved["task_config"],
+        "task_state": task.extra_state(),
+        "backbone": spec.to_dict(),
+        "in_chans": source.channels,
+        "image_size": source.image_size,
+        "mean": list(source.mean),
+        "std": list(source.std),
+        "dataset": source.describe(),
+        "epochs": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "wall_seconds": round(time.time() - start, 2),
+        "final_loss": metrics.get("loss_epoch", metrics.get("loss")),
+        "final_metrics": metrics,
+        "precision": cfg.trainer.precision,
+        "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": str(run_dir.resolve()),
+    }
+    meta = save_backbone(run_dir, module.backbone, meta)
+    return meta
