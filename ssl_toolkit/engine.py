@@ -56,6 +56,9 @@ class PretrainModule(L.LightningModule):
         optimizer: ``adamw``, ``sgd`` or ``lars``.
         num_classes: Classes of the online probe (0 = no online probe).
         seed: Seed of the task's view generator (offset by the process rank).
+        sample_images: ``(B, C, H, W)`` uint8 training images passed to the task's
+            :meth:`~ssl_toolkit.pretext.base.PretextTask.save_samples` after every epoch.
+        samples_dir: Where those samples go (``<run>/samples``).
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class PretrainModule(L.LightningModule):
         optimizer: str,
         num_classes: int = 0,
         seed: int = 0,
+        sample_images: torch.Tensor | None = None,
+        samples_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -79,6 +84,8 @@ class PretrainModule(L.LightningModule):
         self.seed = seed
         self.online_head = nn.Linear(int(backbone.num_features), num_classes) if num_classes else None
         self.last_loss = float("nan")
+        self.sample_images = sample_images
+        self.samples_dir = samples_dir
 
     # ----- training ------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -110,6 +117,16 @@ class PretrainModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         total = int(self.trainer.estimated_stepping_batches)
         self.task.on_train_batch_end(self.backbone, self.global_step, total)
+
+    def on_train_epoch_end(self) -> None:
+        if self.sample_images is None or self.samples_dir is None or self.global_rank != 0:
+            return
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            x = self.sample_images.to(self.device).float().div_(255.0)
+            self.task.save_samples(self.backbone, x, self.samples_dir, int(self.current_epoch))
+        self.train(was_training)
 
     # ----- online probe on the validation split ---------------------------------------
     def validation_step(self, batch, batch_idx):

@@ -113,7 +113,10 @@ def pretrain(
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
     num_classes = source.num_classes if cfg.trainer.online_probe and source.labelled else 0
-    module = PretrainModule(backbone, task, cfg.trainer, lr, wd, opt, num_classes=num_classes, seed=cfg.trainer.seed)
+    module = PretrainModule(
+        backbone, task, cfg.trainer, lr, wd, opt, num_classes=num_classes, seed=cfg.trainer.seed,
+        sample_images=source.train.images[:16], samples_dir=run_dir / "samples",
+    )
     train_loader = make_loader(source.train.images, source.train.labels, cfg.trainer.batch_size, True, cfg.trainer.num_workers)
     val_loader = make_loader(source.test.images, source.test.labels, max(cfg.trainer.batch_size, 256), False, 0) if num_classes and len(source.test) else None
 

@@ -15,6 +15,7 @@ decorator::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -117,6 +118,17 @@ class PretextTask(nn.Module):
 
     def on_train_batch_end(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """Hook after each optimiser step (momentum updates of target networks)."""
+
+    def save_samples(self, backbone: nn.Module, images: torch.Tensor, out_dir: Path, epoch: int) -> list[Path]:
+        """Write visual samples of the task's output (e.g. colourised images) into ``out_dir``.
+
+        Called on rank 0 at the end of every epoch with a fixed batch of training images
+        (``(B, C, H, W)`` in [0, 1]); tasks without pictures write nothing.
+
+        Returns:
+            The files written.
+        """
+        return []
 
     def extra_state(self) -> dict[str, Any]:
         """JSON-able facts saved with the run (e.g. a permutation set)."""

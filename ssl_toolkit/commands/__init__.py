@@ -1,0 +1,1 @@
+"""One module per `ssl` subcommand; each registers itself on `ssl_toolkit.cli.main`."""

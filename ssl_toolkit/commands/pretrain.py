@@ -1,0 +1,65 @@
+"""`ssl pretrain`."""
+
+from __future__ import annotations
+
+import click
+
+from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+
+@main.command(context_settings=CONTEXT)
+@click.option("--task", "-t", help="Pretext task (see `ssl tasks`). [default: rotation]")
+@click.option("--data", "-d", help="Dataset name (digits, synthetic, fashion-mnist) or image folder. [default: digits]")
+@click.option("--backbone", "-b", help="timm model name. [default: resnet18]")
+@click.option("--image-size", type=int, help="Square image side in pixels. [default: the dataset's]")
+@click.option("--epochs", type=int, help="Training epochs. [default: 10]")
+@click.option("--batch-size", type=int, help="Images per batch (per device). [default: 256]")
+@click.option("--lr", type=float, help="Peak learning rate. [default: the task's]")
+@click.option("--seed", type=int, help="Random seed. [default: 0]")
+@click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/pretrain/).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key, e.g. --set trainer.warmup_epochs=1 (repeatable).")
+@click.option("--out", "-o", type=click.Path(), help="Run folder. [default: runs/<task>-<backbone>-<data>-<time>]")
+@click.option("--overwrite", is_flag=True, help="Replace the run files already in --out.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last checkpoint.")
+@click.option("--accelerator", help="cpu, gpu, auto, ... (Lightning). [default: auto]")
+@click.option("--devices", help="Devices per node, e.g. 1, 2 or auto. [default: 1]")
+@click.option("--num-nodes", type=int, help="Nodes for multi-node DDP. [default: 1]")
+@click.option("--strategy", help="Lightning strategy, e.g. ddp. [default: auto]")
+@click.option("--precision", help="32-true, bf16-mixed, 16-mixed. [default: 32-true]")
+@click.option("--no-online-probe", is_flag=True, default=None, help="Do not train the online linear probe on labelled data.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, config_file, overrides, out, overwrite, resume,
+             accelerator, devices, num_nodes, strategy, precision, no_online_probe, quiet) -> None:
+    """Pretrain a backbone with a pretext task and write a run folder.
+
+    The run folder gets config.yaml (resolved), metrics.csv, last.ckpt, and the backbone as
+    backbone.safetensors + meta.json.
+    """
+    quiet_libraries()
+    from ssl_toolkit.pretrain import pretrain as run_pretrain
+
+    if devices is not None and devices.isdigit():
+        devices = int(devices)
+    cfg = build_config(
+        config_file,
+        {
+            "task": task, "data.name": data, "backbone.name": backbone, "data.image_size": image_size,
+            "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.lr": lr, "trainer.seed": seed,
+            "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.num_nodes": num_nodes,
+            "trainer.strategy": strategy, "trainer.precision": precision,
+            "trainer.online_probe": False if no_online_probe else None, "trainer.progress_bar": False if quiet else None,
+        },
+        overrides,
+    )
+    meta = run_pretrain(cfg if resume is None else None, out=out, overwrite=overwrite, resume=resume)
+    if not meta:  # non-zero DDP rank
+        return
+    fm = meta["final_metrics"]
+    line = f"pretrained {meta['task']} on {meta['dataset']['name']}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {meta['final_loss']:.4f}"
+    if "pretext_acc" in fm:
+        line += f", pretext_acc {fm['pretext_acc']:.3f}"
+    if "online_top1" in fm:
+        line += f", online_top1 {fm['online_top1']:.3f}"
+    click.echo(line)
+    click.echo(f"run folder: {meta['run_dir']}")
+
+

@@ -1,0 +1,58 @@
+"""`ssl probe`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+
+@main.command(context_settings=CONTEXT)
+@click.argument("target", required=False)
+@click.option("--data", "-d", help="Labelled dataset name or folder. [default: digits]")
+@click.option("--mode", "-m", help="Evaluator: linear (more with `ssl probe --help`). [default: linear]")
+@click.option("--label-fraction", type=float, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
+@click.option("--epochs", type=int, help="Epochs for modes that train through the backbone.")
+@click.option("--lr", type=float, help="Learning rate for modes that train.")
+@click.option("--batch-size", type=int, help="Batch size. [default: 256]")
+@click.option("--seed", type=int, help="Seed of label subsets and training. [default: 0]")
+@click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")
+@click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model for --random-init.")
+@click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any probe config key (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
+def probe(target, data, mode, label_fraction, epochs, lr, batch_size, seed, random_init, backbone, config_file, overrides, as_json) -> None:
+    """Evaluate a pretrained backbone on labelled data.
+
+    TARGET is a run folder, a backbone file (.safetensors next to its meta.json) or a
+    checkpoint-library name. Prints top-1/top-5 and writes probes/<mode>-<fraction>.json
+    into the run folder.
+    """
+    quiet_libraries()
+    from ssl_toolkit.eval.probe import probe as run_probe
+
+    cfg = build_config(
+        config_file,
+        {"data.name": data, "mode": mode, "label_fraction": label_fraction, "epochs": epochs, "lr": lr,
+         "batch_size": batch_size, "seed": seed},
+        overrides,
+    )
+    result = run_probe(target, cfg, random_init=random_init, backbone=backbone)
+    top5 = "-" if result["top5"] is None else f"{100 * result['top5']:.2f}"
+    rows = [
+        ("mode", result["mode"]),
+        ("data", result["dataset"]),
+        ("label fraction", f"{result['label_fraction']:g}"),
+        ("train / test", f"{result['n_train']} / {result['n_test']}"),
+        ("top-1 (%)", f"{100 * result['top1']:.2f}"),
+        ("top-5 (%)", top5),
+        ("seconds", f"{result['seconds']:.1f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+    if as_json:
+        click.echo(json.dumps(result, separators=(",", ":")))
+
+

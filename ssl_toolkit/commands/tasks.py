@@ -1,0 +1,34 @@
+"""`ssl tasks`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tasks(as_json) -> None:
+    """List every registered pretext task with its paper and input needs."""
+    from ssl_toolkit.pretext import TASKS
+
+    rows = []
+    for name in TASKS.names():
+        cls = TASKS.get(name)
+        needs = []
+        if cls.info.needs_colour:
+            needs.append("colour")
+        if cls.info.min_image_size:
+            needs.append(f">= {cls.info.min_image_size} px")
+        rows.append({"name": name, "description": cls.info.description, "paper": cls.info.paper, "needs": ", ".join(needs) or "any images"})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<18} {r['description']}")
+        click.echo(f"{'':<18} paper: {r['paper']}")
+        click.echo(f"{'':<18} needs: {r['needs']}")
+
+

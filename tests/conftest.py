@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated toolkit home, the CLI in-process and as a real subprocess, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny, fast settings shared by the training tests: a 0.4M-parameter timm ResNet on 16-32 px images.
+TINY_BACKBONE = "test_resnet"
+
+
+@pytest.fixture(autouse=True)
+def toolkit_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own ``$SSL_TOOLKIT_HOME`` (feature cache, checkpoint library)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(home))
+    torch.manual_seed(0)
+    return home
+
+
+def tiny_config(task: str, data: str = "synthetic", epochs: int = 2, **extra) -> dict:
+    """A pretraining config that trains in seconds on 2 CPU cores."""
+    cfg = {
+        "task": task,
+        "data": {"name": data, "image_size": 32, "synthetic_train": 256, "synthetic_test": 128},
+        "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": epochs, "batch_size": 64, "progress_bar": False, "accelerator": "cpu"},
+    }
+    for key, value in extra.items():
+        cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
+    return cfg
+
+
+@pytest.fixture
+def run_ssl():
+    """Run ``ssl ARGS`` as a real subprocess; returns the CompletedProcess (text, captured)."""
+
+    def _run(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        return subprocess.run(
+            [sys.executable, "-m", "ssl_toolkit", *map(str, args)],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=kw.pop("cwd", None), **kw,
+        )
+
+    return _run
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the ``ssl`` entry point in-process; returns (exit code, stdout, stderr)."""
+    from ssl_toolkit.cli import run
+
+    def _cli(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["ssl", *map(str, args)])
+        code = 0
+        try:
+            run()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _cli
