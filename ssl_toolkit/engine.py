@@ -7,6 +7,7 @@ what one step computes and how the optimiser and its schedule are built.
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -176,6 +179,46 @@ def make_loader(images: torch.Tensor, labels: torch.Tensor | None, batch_size: i
     )
 
 
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but it continues an existing ``metrics.csv`` instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+
+class RunCSVLogger(CSVLogger):
+    """CSV metrics written straight into the run folder, continued across resumes."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop ``metrics.csv`` rows logged after ``last_step`` (work redone after a resume)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= last_step]
+    if len(kept) != len(rows):
+        from ssl_toolkit.atomic import atomic_write_text
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, buf.getvalue())
+
+
 def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Trainer:
     """The Lightning Trainer for a pretraining run writing into ``run_dir``."""
     ckpt = ModelCheckpoint(
@@ -197,7 +240,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Traine
         precision=cfg.precision,
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        logger=RunCSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         enable_progress_bar=cfg.progress_bar,

@@ -25,7 +25,7 @@ from ssl_toolkit.backbones import create_backbone, feature_dim
 from ssl_toolkit.checkpoints import save_backbone
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader
+from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, truncate_metrics
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 
@@ -55,6 +55,14 @@ def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step stored in a Lightning checkpoint (read with ``weights_only=True``)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
+        raise UserError(f"cannot resume from {path}: the checkpoint is unreadable ({type(e).__name__})") from None
+
+
 def resolve_config(config: PretrainConfig | dict[str, Any] | None) -> PretrainConfig:
     if isinstance(config, PretrainConfig):
         return config
@@ -66,6 +74,7 @@ def pretrain(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: str | Path | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain a backbone with a pretext task.
 
@@ -74,6 +83,8 @@ def pretrain(
         out: Run folder (default ``runs/<task>-<backbone>-<data>-<time>``).
         overwrite: Replace the run files already in ``out``.
         resume: A run folder to continue from its ``last.ckpt`` (its ``config.yaml`` is used).
+        name: Name of the backbone in the checkpoint library (default
+            ``<task>-<backbone>-<data>-<date>``, made unique).
 
     Returns:
         The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added.
@@ -87,6 +98,11 @@ def pretrain(
         cfg = resolve_config(config)
         run_dir = Path(out) if out is not None else default_run_dir(cfg)
     task_cls = TASKS.get(cfg.task)  # unknown task: fail before loading data
+    if name is not None:
+        from ssl_toolkit.library import check_name, name_taken
+
+        if name_taken(check_name(name)):
+            raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
     prepare_run_dir(run_dir, overwrite, resume is not None)
 
     source = load_source(cfg.data)
@@ -100,6 +116,11 @@ def pretrain(
     )
     task_cls.check_data(validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})"), facts)
     backbone, spec = create_backbone(cfg.backbone, source.channels, source.image_size)
+    init_info = None
+    if cfg.init_from and resume is None:  # continued pretraining: start from those weights
+        from ssl_toolkit.library import init_backbone_from
+
+        init_info = init_backbone_from(backbone, spec, cfg.init_from)
     task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
     lr = cfg.trainer.lr or task_cls.default_lr
     wd = cfg.trainer.weight_decay if cfg.trainer.weight_decay is not None else task_cls.default_weight_decay
@@ -124,6 +145,8 @@ def pretrain(
     trainer = build_trainer(cfg.trainer, run_dir, validate=val_loader is not None)
     start = time.time()
     ckpt_path = str(run_dir / LAST_CKPT) if resume is not None else None
+    if ckpt_path is not None:
+        truncate_metrics(run_dir / "metrics.csv", checkpoint_step(Path(ckpt_path)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -155,5 +178,9 @@ def pretrain(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),
     }
+    if init_info:
+        meta["init_from"] = init_info
     meta = save_backbone(run_dir, module.backbone, meta)
-    return meta
+    from ssl_toolkit.library import register_run
+
+    return {**register_run(run_dir, name), "run_dir": meta["run_dir"]}

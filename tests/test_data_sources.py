@@ -1,0 +1,166 @@
+"""Data sources: counts, shapes, splits, determinism, folders and Fashion-MNIST IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.data.sources import channel_stats, load_source, make_synthetic, read_idx
+from ssl_toolkit.errors import UserError
+
+
+def test_digits_counts_shapes_and_stratified_split():
+    src = load_source(DataConfig(name="digits", image_size=16))
+    assert len(src.train) + len(src.test) == 1797
+    assert src.train.images.shape[1:] == (1, 16, 16) and src.train.images.dtype == torch.uint8
+    assert src.channels == 1 and src.image_size == 16 and src.num_classes == 10
+    # every class keeps round(20%) of its images for test
+    counts = np.bincount(load_source(DataConfig(name="digits")).test.labels.numpy(), minlength=10)
+    full = np.bincount(__import__("sklearn.datasets").datasets.load_digits().target, minlength=10)
+    assert counts.tolist() == [int(round(n * 0.2)) for n in full]
+    assert not set(src.train.ids) & set(src.test.ids)
+
+
+def test_digits_split_is_seeded():
+    a = load_source(DataConfig(name="digits", split_seed=3))
+    b = load_source(DataConfig(name="digits", split_seed=3))
+    c = load_source(DataConfig(name="digits", split_seed=4))
+    assert a.test.ids == b.test.ids
+    assert a.test.ids != c.test.ids
+
+
+def test_synthetic_is_colour_labelled_and_deterministic():
+    x1, y1 = make_synthetic(60, 24, seed=7)
+    x2, y2 = make_synthetic(60, 24, seed=7)
+    x3, _ = make_synthetic(60, 24, seed=8)
+    assert x1.shape == (60, 3, 24, 24) and x1.dtype == torch.uint8
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    assert torch.bincount(y1).tolist() == [10] * 6  # balanced classes
+    # colour: the channels differ
+    assert (x1[:, 0].float() - x1[:, 1].float()).abs().mean() > 5
+    src = load_source(DataConfig(name="synthetic", synthetic_train=50, synthetic_test=20, synthetic_classes=4, image_size=20))
+    assert (len(src.train), len(src.test), src.num_classes, src.channels, src.image_size) == (50, 20, 4, 3, 20)
+
+
+def test_channel_stats_are_computed_from_data():
+    x = torch.zeros(2, 2, 4, 4, dtype=torch.uint8)
+    x[:, 1] = 255
+    mean, std = channel_stats(x)
+    assert mean == (0.0, 1.0)
+    assert std == (0.001, 0.001)  # clamped away from zero
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_idx_from_explicit_path_and_env(tmp_path, monkeypatch):
+    root = tmp_path / "fm"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(root / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (30, 28, 28)))
+    _write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(30) % 10)
+    _write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (10, 28, 28)))
+    _write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+    src = load_source(DataConfig(name="fashion-mnist", path=str(root)))
+    assert (len(src.train), len(src.test), src.channels, src.image_size, src.num_classes) == (30, 10, 1, 28, 10)
+    assert src.train.labels.tolist() == (np.arange(30) % 10).tolist()
+    assert np.array_equal(src.test.images[:, 0].numpy(), read_idx(root / "t10k-images-idx3-ubyte.gz"))
+    monkeypatch.setenv("SSL_TOOLKIT_DATA", str(tmp_path))
+    (tmp_path / "fashion-mnist").symlink_to(root)
+    assert len(load_source(DataConfig(name="fashion-mnist")).train) == 30
+
+
+def test_fashion_mnist_missing_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_TOOLKIT_DATA", str(tmp_path))
+    import ssl_toolkit.data.sources as s
+
+    monkeypatch.setattr(s, "_idx_path", lambda folder, stem: None)
+    with pytest.raises(UserError, match="dataset-fashion-mnist"):
+        load_source(DataConfig(name="fashion-mnist", path=str(tmp_path)))
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_debian_package():
+    src = load_source(DataConfig(name="fashion-mnist"))
+    assert (len(src.train), len(src.test)) == (60000, 10000)
+    assert torch.bincount(src.test.labels).tolist() == [1000] * 10
+
+
+def _img(path: Path, mode: str, colour, size=(12, 10)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+
+
+def test_folder_with_class_subfolders_is_labelled_and_split(tmp_path):
+    for c in ("cat", "dog"):
+        for i in range(10):
+            _img(tmp_path / c / f"{i}.png", "RGB", (i * 20, 100, 50))
+    src = load_source(DataConfig(name=str(tmp_path), image_size=8))
+    assert src.classes == ["cat", "dog"] and src.channels == 3
+    assert (len(src.train), len(src.test)) == (16, 4)
+    assert torch.bincount(src.test.labels).tolist() == [2, 2]
+    assert src.train.images.shape[1:] == (3, 8, 8)
+
+
+def test_folder_train_test_splits_unlabelled_modes_and_alpha(tmp_path):
+    _img(tmp_path / "train" / "a.png", "RGBA", (255, 0, 0, 0))  # fully transparent red -> white
+    _img(tmp_path / "train" / "b.jpg", "L", 128)
+    _img(tmp_path / "train" / "c.bmp", "RGB", (0, 0, 255))
+    _img(tmp_path / "test" / "d.png", "P", 3)
+    src = load_source(DataConfig(name=str(tmp_path), image_size=8))
+    assert src.classes is None and src.train.labels is None
+    assert (len(src.train), len(src.test)) == (3, 1)
+    assert src.channels == 3
+    a = src.train.images[src.train.ids.index(str(tmp_path / "train" / "a.png"))]
+    assert a.float().mean() == 255  # alpha composited onto white
+    b = src.train.images[src.train.ids.index(str(tmp_path / "train" / "b.jpg"))]
+    assert torch.equal(b[0], b[1]) and abs(b.float().mean() - 128) <= 1  # gray replicated to RGB
+
+
+def test_folder_all_grayscale_stays_single_channel_and_16bit_is_rescaled(tmp_path):
+    Image.fromarray(np.full((6, 6), 65535, dtype=np.uint16)).save(tmp_path / "a.png")
+    _img(tmp_path / "b.png", "L", 0, size=(6, 6))
+    src = load_source(DataConfig(name=str(tmp_path), image_size=8, test_fraction=0.5))
+    assert src.channels == 1
+    values = sorted(int(x.float().mean()) for x in torch.cat([src.train.images, src.test.images]))
+    assert values == [0, 255]
+
+
+def test_folder_skips_unreadable_files(tmp_path):
+    for i in range(4):
+        _img(tmp_path / f"{i}.png", "RGB", (i, i, i))
+    (tmp_path / "bad.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    src = load_source(DataConfig(name=str(tmp_path), image_size=8, test_fraction=0.25))
+    assert len(src.train) + len(src.test) == 4
+    assert sorted(Path(p).name for p, _ in src.skipped) == ["bad.png", "empty.jpg"]
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "no images in"),
+        (lambda p: (p / "x.png").write_text("nope"), "no readable image"),
+    ],
+)
+def test_folder_errors(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(UserError, match=message):
+        load_source(DataConfig(name=str(tmp_path)))
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(UserError, match=r"unknown dataset 'digitz' \(did you mean 'digits'\?\); valid: digits, fashion-mnist, synthetic"):
+        load_source(DataConfig(name="digitz"))
+    with pytest.raises(UserError, match="data path does not exist"):
+        load_source(DataConfig(name="./nowhere/at/all"))

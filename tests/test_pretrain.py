@@ -1,0 +1,91 @@
+"""Pretraining end to end through Lightning: run folder, falling loss, config, overwrite and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_config
+
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.pretext.rotation import rotate_batch
+from ssl_toolkit.pretrain import pretrain
+
+
+def epoch_losses(run: Path) -> list[float]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [float(r["loss_epoch"]) for r in rows if r.get("loss_epoch")]
+
+
+def test_rotation_labels_on_a_tiny_tensor():
+    x = torch.arange(4.0).view(1, 1, 2, 2)  # [[0, 1], [2, 3]]
+    rotated, labels = rotate_batch(torch.cat([x, x + 10]))
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert rotated[0, 0].tolist() == [[0, 1], [2, 3]]
+    assert rotated[2, 0].tolist() == [[1, 3], [0, 2]]  # 90 degrees counter-clockwise
+    assert rotated[4, 0].tolist() == [[3, 2], [1, 0]]
+    assert rotated[6, 0].tolist() == [[2, 0], [3, 1]]
+    assert rotated[3, 0].tolist() == [[11, 13], [10, 12]]
+
+
+@pytest.mark.parametrize("task", ["rotation", "simclr"])
+def test_two_epochs_on_synthetic_lower_the_loss_and_write_the_run_folder(tmp_path, task):
+    run = tmp_path / task
+    meta = pretrain(tiny_config(task, epochs=3), out=run)
+    for name in ("config.yaml", "metrics.csv", "last.ckpt", "backbone.safetensors", "meta.json"):
+        assert (run / name).is_file(), name
+    losses = epoch_losses(run)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    saved = json.loads((run / "meta.json").read_text())
+    assert saved["task"] == task and saved["epochs"] == 3
+    assert saved["backbone"]["timm_name"] == "test_resnet" and saved["backbone"]["kwargs"]["num_classes"] == 0
+    assert saved["in_chans"] == 3 and saved["image_size"] == 32 and len(saved["mean"]) == 3
+    assert saved["dataset"]["name"] == "synthetic" and saved["dataset"]["n_train"] == 256
+    assert meta["weights_sha256"] == saved["weights_sha256"]
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["task"] == task and resolved["trainer"]["lr"] > 0 and "task_config" in resolved
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert any(r.get("online_top1") for r in rows) and any(r.get("pretext_acc") for r in rows)
+    if task == "rotation":
+        assert float(meta["final_metrics"]["pretext_acc"]) > 0.25 + 0.1  # above 4-way chance
+
+
+def test_existing_run_folder_is_not_overwritten_without_flag(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="--overwrite"):
+        pretrain(tiny_config("rotation", epochs=1), out=run)
+    assert (run / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_resume_continues_to_the_planned_epochs(tmp_path):
+    run = tmp_path / "r"
+    cfg = tiny_config("rotation", epochs=1)
+    pretrain(cfg, out=run)
+    # raise the planned epochs in the saved config, as a user extending a run would
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["trainer"]["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    meta = pretrain(resume=run)
+    assert meta["epochs"] == 2
+    assert len(epoch_losses(run)) == 2
+
+
+def test_unknown_task_and_config_keys_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match=r"unknown task 'rotatoin' \(did you mean 'rotation'\?\)"):
+        pretrain(tiny_config("rotatoin"), out=tmp_path / "a")
+    bad = tiny_config("rotation")
+    bad["trainer"]["learning_rate"] = 0.1
+    with pytest.raises(UserError, match=r"unknown key 'trainer.learning_rate'"):
+        pretrain(bad, out=tmp_path / "b")
+    bad = tiny_config("simclr")
+    bad["task_config"] = {"temprature": 0.1}
+    with pytest.raises(UserError, match=r"unknown key 'temprature' \(did you mean 'temperature'\?\)"):
+        pretrain(bad, out=tmp_path / "c")
+    assert not (tmp_path / "a").exists()
