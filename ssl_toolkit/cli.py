@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ssl_toolkit import __version__
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.errors import Interrupted, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -60,7 +60,7 @@ def _register_commands() -> None:
         importlib.import_module(f"ssl_toolkit.commands.{name}")
 
 
-COMMANDS = ("pretrain", "probe", "tasks")
+COMMANDS = ("pretrain", "probe", "tasks", "checkpoints", "embed", "report", "inspect")
 
 
 def run() -> None:
@@ -73,6 +73,9 @@ def run() -> None:
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(UserError.exit_code)
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -34,6 +34,7 @@ class DataConfig(StrictModel):
         synthetic_train: Training images of ``synthetic``.
         synthetic_test: Test images of ``synthetic``.
         synthetic_classes: Shape classes of ``synthetic`` (2 to 6).
+        strict: Refuse a folder with unreadable files (exit 2) instead of skipping them.
     """
 
     name: str = "digits"
@@ -45,6 +46,7 @@ class DataConfig(StrictModel):
     synthetic_train: int = Field(default=1200, ge=1)
     synthetic_test: int = Field(default=300, ge=1)
     synthetic_classes: int = Field(default=6, ge=2, le=6)
+    strict: bool = False
 
 
 class BackboneConfig(StrictModel):
@@ -93,6 +95,7 @@ class PretrainConfig(StrictModel):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     task_config: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = None  # library name, run folder or weights file to start the backbone from
 
 
 class ProbeConfig(StrictModel):
@@ -106,9 +109,14 @@ class ProbeConfig(StrictModel):
         lr: Learning rate (``None`` = the evaluator's default).
         batch_size: Batch size.
         seed: Seed of label subsets, held-out splits and training.
-        freeze_stages: Stages frozen by the ``partial`` evaluator.
+        freeze_stages: Stages frozen by the ``partial`` evaluator (the stem and the first K stages).
+        layer_decay: Layer-wise learning-rate decay of ``finetune``/``partial`` (1 = off): the
+            head gets ``lr``, the last stage ``lr * d``, the one before ``lr * d**2``, ...
+        weight_decay: Weight decay of ``finetune``/``partial`` (``None`` = the evaluator's default).
         k: Neighbours of the ``knn`` evaluator.
         temperature: Vote temperature of the ``knn`` evaluator.
+        precision: Lightning precision of the modes that train through the backbone.
+        accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
     """
 
     mode: str = "linear"
@@ -119,6 +127,8 @@ class ProbeConfig(StrictModel):
     batch_size: int = Field(default=256, ge=1)
     seed: int = 0
     freeze_stages: int | None = None
+    layer_decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    weight_decay: float | None = Field(default=None, ge=0)
     k: int = Field(default=200, ge=1)
     temperature: float = Field(default=0.1, gt=0)
     precision: str = "32-true"

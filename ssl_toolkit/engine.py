@@ -14,12 +14,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
@@ -37,6 +38,28 @@ class ImageTensorDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[i], self.labels[i]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on (seed, epoch), so a resumed run sees the same data order.
+
+    Lightning calls :meth:`set_epoch` at every epoch (and shards it across processes under DDP).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -94,6 +117,21 @@ class PretrainModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if hasattr(self.task, "seed_views"):
             self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_restored_rng", None)
+        if state:  # continue the random streams of the interrupted run
+            torch.set_rng_state(state["torch"])
+            gen = getattr(self.task, "generator", None)
+            if gen is not None and state.get("views") is not None:
+                gen.set_state(state["views"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        gen = getattr(self.task, "generator", None)
+        checkpoint["ssl_rng"] = {"torch": torch.get_rng_state(), "views": None if gen is None else gen.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_rng = checkpoint.get("ssl_rng")
 
     def training_step(self, batch, batch_idx):
         x_u8, y = batch  # (B, C, S, S) uint8, (B,) long
@@ -166,17 +204,49 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def make_loader(images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    """A DataLoader over uint8 image tensors (Lightning adds a DistributedSampler under DDP)."""
+def make_loader(
+    images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0
+) -> DataLoader:
+    """A DataLoader over uint8 image tensors; shuffled by (seed, epoch), sharded by Lightning under DDP."""
     ds = ImageTensorDataset(images, labels)
     return DataLoader(
         ds,
         batch_size=min(batch_size, len(ds)),
-        shuffle=shuffle,
+        sampler=EpochShuffleSampler(len(ds), seed) if shuffle else None,
         drop_last=shuffle and len(ds) > batch_size,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file, fsynced and renamed: a crash mid-write keeps the previous one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import io
+
+        from ssl_toolkit.atomic import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+class CheckpointOnInterrupt(Callback):
+    """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM).
+
+    A failed step (non-finite loss, any other error) writes nothing, so the last good
+    checkpoint stays as it was.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            trainer.save_checkpoint(self.path)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -229,7 +299,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Traine
         every_n_train_steps=cfg.checkpoint_every_n_steps,
         save_on_train_epoch_end=True,
     )
-    callbacks = [ckpt]
+    callbacks = [ckpt, CheckpointOnInterrupt(run_dir / "last.ckpt")]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     return L.Trainer(
@@ -248,4 +318,5 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Traine
         log_every_n_steps=cfg.log_every_n_steps,
         limit_val_batches=1.0 if validate else 0,
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
     )

@@ -20,6 +20,14 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class Interrupted(Exception):
+    """Training was stopped by a signal after saving a checkpoint; carries the exit code (130, 143)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return a `did you mean` hint for ``name`` among ``choices`` (or an empty string)."""
     close = difflib.get_close_matches(name, list(choices), n=1)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 import yaml
 
@@ -26,7 +27,7 @@ from ssl_toolkit.checkpoints import save_backbone
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.data.sources import load_source
 from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, truncate_metrics
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.errors import Interrupted, UserError
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 
 CONFIG_FILE = "config.yaml"
@@ -53,6 +54,32 @@ def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
         for name in (CONFIG_FILE, LAST_CKPT, "metrics.csv", "hparams.yaml", "backbone.safetensors", "meta.json"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+RUN_DIR_ENV = "SSL_TOOLKIT_RUN_DIR"
+
+
+def is_primary_process() -> bool:
+    """False in the extra processes a DDP launcher starts (they re-run the same command)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def report_skipped(source, run_dir: Path, strict: bool) -> None:
+    """Unreadable files: exit 2 under ``strict``; otherwise one warning and ``skipped.txt`` in the run folder."""
+    if not source.skipped:
+        return
+    first = ", ".join(Path(p).name for p, _ in source.skipped[:3])
+    if strict:
+        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {first}{', ...' if len(source.skipped) > 3 else ''}")
+    atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in source.skipped))
+    if is_primary_process():
+        _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({first}{', ...' if len(source.skipped) > 3 else ''}); list in {run_dir / 'skipped.txt'}")
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -97,15 +124,21 @@ def pretrain(
     else:
         cfg = resolve_config(config)
         run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    primary = is_primary_process()
+    if not primary and os.environ.get(RUN_DIR_ENV):  # a DDP worker: same folder as the launching process
+        run_dir = Path(os.environ[RUN_DIR_ENV])
     task_cls = TASKS.get(cfg.task)  # unknown task: fail before loading data
     if name is not None:
         from ssl_toolkit.library import check_name, name_taken
 
         if name_taken(check_name(name)):
             raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
-    prepare_run_dir(run_dir, overwrite, resume is not None)
+    if primary:
+        prepare_run_dir(run_dir, overwrite, resume is not None)
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
 
     source = load_source(cfg.data)
+    report_skipped(source, run_dir, cfg.data.strict)
     facts = DataFacts(
         channels=source.channels,
         image_size=source.image_size,
@@ -114,14 +147,17 @@ def pretrain(
         name=source.name,
         grayscale_origin=source.grayscale_origin,
     )
-    task_cls.check_data(validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})"), facts)
-    backbone, spec = create_backbone(cfg.backbone, source.channels, source.image_size)
+    task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
+    task_cls.check_data(task_cfg, facts)
+    backbone, spec = create_backbone(cfg.backbone, task_cls.backbone_in_chans(task_cfg, facts), source.image_size)
     init_info = None
     if cfg.init_from and resume is None:  # continued pretraining: start from those weights
         from ssl_toolkit.library import init_backbone_from
 
         init_info = init_backbone_from(backbone, spec, cfg.init_from)
     task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
+    task.fit_data_prior(source.train.images)  # data statistics the task needs (e.g. a colour prior)
+    task.attach(backbone)  # after any init_from, so momentum encoders start from the same weights
     lr = cfg.trainer.lr or task_cls.default_lr
     wd = cfg.trainer.weight_decay if cfg.trainer.weight_decay is not None else task_cls.default_weight_decay
     opt = cfg.trainer.optimizer or task_cls.default_optimizer
@@ -130,7 +166,7 @@ def pretrain(
     resolved = cfg.model_dump(mode="json")
     resolved["task_config"] = task.config.model_dump(mode="json")
     resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt)
-    if resume is None:
+    if resume is None and primary:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
     num_classes = source.num_classes if cfg.trainer.online_probe and source.labelled else 0
@@ -138,7 +174,9 @@ def pretrain(
         backbone, task, cfg.trainer, lr, wd, opt, num_classes=num_classes, seed=cfg.trainer.seed,
         sample_images=source.train.images[:16], samples_dir=run_dir / "samples",
     )
-    train_loader = make_loader(source.train.images, source.train.labels, cfg.trainer.batch_size, True, cfg.trainer.num_workers)
+    train_loader = make_loader(
+        source.train.images, source.train.labels, cfg.trainer.batch_size, True, cfg.trainer.num_workers, seed=cfg.trainer.seed
+    )
     val_loader = make_loader(source.test.images, source.test.labels, max(cfg.trainer.batch_size, 256), False, 0) if num_classes and len(source.test) else None
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -155,6 +193,12 @@ def pretrain(
             trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
             raise UserError(f"training stopped: {e}; the last good checkpoint is kept in {run_dir}") from None
+        except SIGTERMException:
+            raise Interrupted(f"terminated at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {run_dir}", 143) from None
+        except SystemExit:
+            if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
+                raise Interrupted(f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {run_dir}", 130) from None
+            raise
     if trainer.global_rank != 0:
         return {}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -163,10 +207,8 @@ def pretrain(
         "task_config": resolved["task_config"],
         "task_state": task.extra_state(),
         "backbone": spec.to_dict(),
-        "in_chans": source.channels,
+        **task.backbone_input(),  # in_chans, mean, std (+ input_transform) of what the backbone sees
         "image_size": source.image_size,
-        "mean": list(source.mean),
-        "std": list(source.std),
         "dataset": source.describe(),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),

@@ -27,8 +27,11 @@ from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
 @click.option("--precision", help="32-true, bf16-mixed, 16-mixed. [default: 32-true]")
 @click.option("--no-online-probe", is_flag=True, default=None, help="Do not train the online linear probe on labelled data.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--strict", is_flag=True, default=None, help="Exit 2 listing unreadable image files instead of skipping them.")
+@click.option("--name", help="Name in the checkpoint library. [default: <task>-<backbone>-<data>-<date>, made unique]")
+@click.option("--init-from", help="Start from this backbone (library name, run folder or file); same architecture required.")
 def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, config_file, overrides, out, overwrite, resume,
-             accelerator, devices, num_nodes, strategy, precision, no_online_probe, quiet) -> None:
+             accelerator, devices, num_nodes, strategy, precision, no_online_probe, quiet, name, init_from, strict) -> None:
     """Pretrain a backbone with a pretext task and write a run folder.
 
     The run folder gets config.yaml (resolved), metrics.csv, last.ckpt, and the backbone as
@@ -47,10 +50,11 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
             "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.num_nodes": num_nodes,
             "trainer.strategy": strategy, "trainer.precision": precision,
             "trainer.online_probe": False if no_online_probe else None, "trainer.progress_bar": False if quiet else None,
+            "init_from": init_from, "data.strict": strict,
         },
         overrides,
     )
-    meta = run_pretrain(cfg if resume is None else None, out=out, overwrite=overwrite, resume=resume)
+    meta = run_pretrain(cfg if resume is None else None, out=out, overwrite=overwrite, resume=resume, name=name)
     if not meta:  # non-zero DDP rank
         return
     fm = meta["final_metrics"]
@@ -61,5 +65,7 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
         line += f", online_top1 {fm['online_top1']:.3f}"
     click.echo(line)
     click.echo(f"run folder: {meta['run_dir']}")
+    if meta.get("library_name"):
+        click.echo(f"checkpoint: {meta['library_name']} (use it by name: ssl probe {meta['library_name']})")
 
 

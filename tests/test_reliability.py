@@ -1,0 +1,155 @@
+"""Faults a long run must survive: SIGKILL + resume, SIGTERM, corrupt files, NaN loss, failed writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, tiny_config
+from PIL import Image
+
+from ssl_toolkit.atomic import atomic_write_bytes
+from ssl_toolkit.engine import AtomicCheckpointIO
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.pretrain import pretrain
+
+TINY_ARGS = [
+    "pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",
+    "--batch-size", "32", "--set", "data.synthetic_train=192", "--set", "data.synthetic_test=64", "-q",
+]
+
+
+def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "ssl_toolkit", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_sigkill_mid_epoch_then_resume_finishes_the_planned_run(tmp_path, run_ssl):
+    run = tmp_path / "run"
+    proc = _popen([*TINY_ARGS, "--epochs", "3", "--set", "trainer.checkpoint_every_n_steps=2", "--out", str(run)], tmp_path)
+    _wait_for(run / "last.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < killed_at < 18 and not (run / "backbone.safetensors").exists()
+
+    done = run_ssl("pretrain", "--resume", run, "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["epochs"] == 3 and meta["steps"] == 18  # 192 images / 32 = 6 steps x 3 epochs
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    epochs_with_loss = [int(r["epoch"]) for r in rows if r["loss_epoch"]]
+    assert epochs_with_loss == [0, 1, 2]  # continuous: every epoch once, in order
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps)
+    # the finished backbone landed in the library and loads
+    from ssl_toolkit import load_backbone
+
+    model, lib_meta = load_backbone(meta.get("library_name") or str(run))
+    assert lib_meta["steps"] == 18 and model(torch.zeros(1, 3, 16, 16)).shape == (1, 96)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    run = tmp_path / "run"
+    proc = _popen([*TINY_ARGS, "--epochs", "50", "--out", str(run)], tmp_path)
+    _wait_for(run / "metrics.csv", proc)  # first epoch done, training goes on
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "ssl pretrain --resume" in err.strip().splitlines()[-1]
+    assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] >= 6
+
+
+def _folder_with_bad_files(root: Path) -> None:
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (20, 20), (i * 20, 200 if c == "a" else 30, 90)).save(root / c / f"{i}.png")
+    (root / "a" / "truncated.jpg").write_bytes(_jpeg_bytes()[:200])
+    (root / "b" / "zero.png").write_bytes(b"")
+    (root / "b" / "text.png").write_text("this is not a png")
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 120, 200)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_corrupt_files_are_skipped_listed_and_refused_under_strict(tmp_path):
+    data = tmp_path / "data"
+    _folder_with_bad_files(data)
+    cfg = tiny_config("rotation", data=str(data), epochs=1)
+    cfg["data"]["image_size"] = 16
+    meta = pretrain(cfg, out=tmp_path / "run")
+    assert meta["dataset"]["n_train"] + meta["dataset"]["n_test"] == 24
+    skipped = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert sorted(Path(line.split("\t")[0]).name for line in skipped) == ["text.png", "truncated.jpg", "zero.png"]
+    cfg["data"]["strict"] = True
+    with pytest.raises(UserError, match=r"3 unreadable image file\(s\)"):
+        pretrain(cfg, out=tmp_path / "strict")
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config("rotation", epochs=3)
+    cfg["trainer"].update(lr=1e8, optimizer="sgd", checkpoint_every_n_steps=1)  # diverges within a few steps
+    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step \d+") as err:
+        pretrain(cfg, out=run)
+    bad_step = int(str(err.value).split("at step ")[1].split(";")[0])
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] <= bad_step
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (run / "backbone.safetensors").exists()  # nothing with broken weights is saved
+    assert not (run / "meta.json").exists()
+
+
+def test_a_write_that_fails_half_way_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new"
