@@ -3,16 +3,28 @@
 Weights are stored as safetensors (never pickled); ``meta.json`` carries what rebuilds
 the model in plain timm (name, create kwargs, stem change), the preprocessing (image
 size, channels, mean/std), the training facts and the SHA-256 of the weights file.
+The hash covers the weights file only, so results appended to ``meta.json`` later (probe
+scores) never invalidate it.
+
+Two weight layouts exist:
+
+* ``native``: the state dict of the backbone as trained, small-image stem included
+  (a 3x3 ``conv1`` where timm builds a 7x7 one).
+* ``timm``: what plain ``timm.create_model(..., pretrained=True)`` loads before the stem is
+  changed. A single-conv stem's 3x3 kernel is stored zero-padded to timm's kernel size;
+  once the snippet sets that conv's stride to 1 the outputs are identical.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -24,16 +36,28 @@ from ssl_toolkit.errors import UserError
 
 WEIGHTS = "backbone.safetensors"
 META = "meta.json"
+FORMATS = ("safetensors", "timm", "torch")
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    """Where an exported weights file keeps its metadata: ``<file name>.json`` beside it."""
+    weights = Path(weights)
+    return weights.with_name(weights.name + ".json")
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies of ``model``'s state dict."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
 def save_backbone(folder: str | Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``model``'s state dict and ``meta`` (plus size and SHA-256) into ``folder`` atomically."""
     folder = Path(folder)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = state_to_cpu(model)
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise UserError(f"refusing to save a backbone with non-finite weights ({k})")
@@ -45,7 +69,11 @@ def save_backbone(folder: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
-    """``(weights, meta)`` paths for a run folder, a backbone folder or a ``.safetensors`` file."""
+    """``(weights, meta)`` paths for a run folder, a backbone folder or a weights file.
+
+    A weights file's metadata is ``<file name>.json`` next to it (what ``ssl checkpoints
+    export`` writes), else ``<file stem>.json``, else ``meta.json`` in the same folder.
+    """
     p = Path(target).expanduser()
     if not p.exists():
         raise UserError(f"no such run folder or backbone file: {target}")
@@ -54,10 +82,9 @@ def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
         if not weights.is_file():
             raise UserError(f"{target} has no backbone checkpoint ({WEIGHTS}); did the run finish?")
     else:
-        weights, meta = p, p.with_name(META)
-        if p.suffix != ".safetensors":
-            meta_guess = p.with_suffix(".json")
-            meta = meta_guess if meta_guess.is_file() else meta
+        weights = p
+        candidates = [sidecar_path(p), p.with_suffix(".json"), p.with_name(META)]
+        meta = next((c for c in candidates if c.is_file() and c != p), candidates[-1])
     if not meta.is_file():
         raise UserError(f"{meta} is missing: a backbone needs its metadata to be rebuilt")
     return weights, meta
@@ -65,30 +92,45 @@ def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
 
 def read_meta(meta_path: Path) -> dict[str, Any]:
     try:
-        return json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads(Path(meta_path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {meta_path}: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("backbone"), dict) or "timm_name" not in meta["backbone"]:
+        raise UserError(f"{meta_path} is not backbone metadata (no backbone.timm_name)")
+    return meta
 
 
 def load_state(weights: Path, expected_sha: str | None, name: str) -> dict[str, torch.Tensor]:
     """Read a weights file safely (safetensors, or ``torch.load(weights_only=True)``), checking its hash."""
-    data = weights.read_bytes()
+    try:
+        data = weights.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {name}: {e.strerror}") from None
     if expected_sha and sha256_bytes(data) != expected_sha:
         raise UserError(f"checkpoint {name} is corrupt (hash mismatch)")
-    if weights.suffix == ".safetensors":
+    if weights.suffix == ".safetensors" or data[8:9] == b"{":
         try:
             return st_load(data)
         except (SafetensorError, ValueError, RuntimeError) as e:
-            raise UserError(f"checkpoint {name} is corrupt ({str(e).splitlines()[0]})") from None
+            if weights.suffix == ".safetensors":
+                raise UserError(f"checkpoint {name} is corrupt ({str(e).splitlines()[0]})") from None
     try:
-        import io
-
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unpickling failure means an unusable file)
-        raise UserError(f"checkpoint {name} cannot be read safely ({type(e).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state:
+        raise UserError(f"checkpoint {name} cannot be read safely ({type(e).__name__}); weights must be safetensors or a plain state_dict") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {name} is not a state_dict of tensors")
     return state
+
+
+def describe_arch(spec: BackboneSpec) -> str:
+    """``test_resnet (in_chans=1, small stem)``: the architecture in words."""
+    extras = [f"{k}={v}" for k, v in spec.kwargs.items() if k != "num_classes"]
+    if spec.small_stem:
+        extras.append("small stem")
+    return f"{spec.timm_name} ({', '.join(extras)})" if extras else spec.timm_name
 
 
 def build_with_state(spec: BackboneSpec, state: dict[str, torch.Tensor], name: str) -> nn.Module:
@@ -99,20 +141,179 @@ def build_with_state(spec: BackboneSpec, state: dict[str, torch.Tensor], name: s
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or wrong:
-        detail = (
-            f"shape of {wrong[0]}: expected {tuple(own[wrong[0]].shape)}, found {tuple(state[wrong[0]].shape)}"
-            if wrong
-            else f"{len(missing)} missing and {len(unexpected)} unexpected tensors"
+        if wrong:
+            detail = f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
+        else:
+            sample = ", ".join((missing + unexpected)[:2])
+            detail = f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. {sample})"
+        found = f"{len(state)} tensors, {sum(v.numel() for v in state.values()):,} values"
+        expected = f"{len(own)} tensors, {sum(v.numel() for v in own.values()):,} values"
+        raise UserError(
+            f"checkpoint {name} does not match its architecture: expected {describe_arch(spec)} "
+            f"({expected}), found a different one ({found}): {detail}"
         )
-        raise UserError(f"checkpoint {name} does not fit architecture {spec.timm_name} (small_stem={spec.small_stem}): {detail}")
     model.load_state_dict(state)
     return model.eval()
 
 
-def load_backbone_files(target: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a backbone from a run folder, backbone folder or weights file; returns (model in eval mode, meta)."""
+def check_same_arch(expected: BackboneSpec, found: BackboneSpec, name: str) -> None:
+    """Refuse ``found`` weights for a model built as ``expected`` (e.g. ``--init-from``)."""
+    if (expected.timm_name, expected.small_stem, expected.kwargs) != (found.timm_name, found.small_stem, found.kwargs):
+        raise UserError(f"architecture mismatch: expected {describe_arch(expected)}, found {describe_arch(found)} in {name}")
+
+
+def load_backbone_files(target: str | Path, name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a backbone from a run folder, backbone folder or weights file; returns (model in eval mode, meta).
+
+    Args:
+        target: Folder holding ``backbone.safetensors`` + ``meta.json``, or a weights file
+            with its metadata beside it.
+        name: How the checkpoint is named in errors (default: ``target``).
+    """
+    name = name or str(target)
     weights, meta_path = resolve_backbone_files(target)
     meta = read_meta(meta_path)
     spec = BackboneSpec.from_dict(meta["backbone"])
-    state = load_state(weights, meta.get("weights_sha256") if weights.name == meta.get("weights_file", WEIGHTS) else None, str(target))
-    return build_with_state(spec, state, str(target)), meta
+    expected_sha = meta.get("weights_sha256") if weights.name == meta.get("weights_file", WEIGHTS) else None
+    state = load_state(weights, expected_sha, name)
+    if meta.get("layout") == "timm":
+        state = from_timm_layout(state, spec)
+    return build_with_state(spec, state, name), meta
+
+
+# --------------------------------------------------------------------------- plain-timm export
+
+
+def stem_changes(spec: BackboneSpec, layout: str) -> list[tuple[str, str]]:
+    """The ``(state key, code line)`` pairs that turn ``timm.create_model(...)`` into the saved backbone.
+
+    ``layout`` ``"timm"``: weights keep timm's shapes, so only strides and the max-pool change;
+    ``"native"``: a single-conv stem is replaced by a fresh 3x3 conv (weights loaded afterwards).
+    """
+    if not spec.small_stem:
+        return []
+    plain = _plain_model(spec)
+    conv1 = plain.conv1
+    lines: list[tuple[str, str]] = []
+    if isinstance(conv1, nn.Conv2d):
+        if layout == "native":
+            bias = conv1.bias is not None
+            lines.append(("conv1.weight", f"model.conv1 = torch.nn.Conv2d({conv1.in_channels}, {conv1.out_channels}, 3, 1, 1, bias={bias})"))
+        else:
+            lines.append(("conv1.weight", "model.conv1.stride = (1, 1)"))
+    else:
+        first = next(n for n, m in conv1.named_modules() if isinstance(m, nn.Conv2d))
+        access = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in first.split("."))
+        lines.append((f"conv1.{first}.weight", f"model.conv1{access}.stride = (1, 1)"))
+    lines.append(("", "model.maxpool = torch.nn.Identity()"))
+    return lines
+
+
+def _plain_model(spec: BackboneSpec) -> nn.Module:
+    return build_from_spec(BackboneSpec(spec.timm_name, spec.kwargs, small_stem=False))
+
+
+def to_timm_layout(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """Turn a native state dict into one that stock ``timm.create_model`` loads strictly."""
+    if not spec.small_stem:
+        return dict(state)
+    plain = _plain_model(spec)
+    want = plain.state_dict()
+    out = dict(state)
+    for key, tensor in state.items():
+        target = want.get(key)
+        if target is None or target.shape == tensor.shape:
+            continue
+        conv = plain.get_submodule(key.rsplit(".", 1)[0])
+        kh, kw = conv.kernel_size
+        sh, sw = tensor.shape[-2:]
+        fits = (
+            key.endswith(".weight") and tensor.ndim == 4 and tensor.shape[:2] == target.shape[:2]
+            and conv.dilation == (1, 1) and conv.padding == (kh // 2, kw // 2)
+            and kh % 2 == 1 and kw % 2 == 1 and sh <= kh and sw <= kw
+        )
+        if not fits:
+            raise UserError(f"{spec.timm_name}: cannot express {key} {tuple(tensor.shape)} in timm's layout {tuple(target.shape)}; export with --format torch")
+        ph, pw = (kh - sh) // 2, (kw - sw) // 2
+        out[key] = F.pad(tensor, (pw, pw, ph, ph)).contiguous()
+    return out
+
+
+def from_timm_layout(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """Undo :func:`to_timm_layout`: crop zero-padded stem kernels back to the backbone's shapes."""
+    if not spec.small_stem:
+        return state
+    own = build_from_spec(spec).state_dict()
+    out = dict(state)
+    for key, tensor in state.items():
+        target = own.get(key)
+        if target is None or target.shape == tensor.shape or tensor.ndim != 4 or tensor.shape[:2] != target.shape[:2]:
+            continue
+        th, tw = target.shape[-2:]
+        ph, pw = (tensor.shape[-2] - th) // 2, (tensor.shape[-1] - tw) // 2
+        if ph >= 0 and pw >= 0:
+            out[key] = tensor[..., ph : ph + th, pw : pw + tw].contiguous()
+    return out
+
+
+def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
+    """Python code that loads an exported file in plain timm/torch (no ssl_toolkit), as ``model``."""
+    spec = BackboneSpec.from_dict(meta["backbone"])
+    path_s = str(Path(path).resolve())
+    kwargs = "".join(f", {k}={v!r}" for k, v in spec.kwargs.items())
+    size = int(meta["image_size"])
+    mean = tuple(round(float(x), 6) for x in meta["mean"])
+    std = tuple(round(float(x), 6) for x in meta["std"])
+    lines = ["import timm", "import torch"]
+    if fmt == "timm":
+        overlay = f"dict(file={path_s!r}, num_classes=0, input_size=({int(meta['in_chans'])}, {size}, {size}), mean={mean}, std={std})"
+        lines.append(f"model = timm.create_model({spec.timm_name!r}, pretrained=True, pretrained_cfg_overlay={overlay}{kwargs})")
+        changes = stem_changes(spec, "timm")
+        if changes:
+            lines.append("# small-image stem (stride-1 first conv, no max-pool), as in training")
+            lines += [code for _, code in changes]
+    else:
+        if fmt == "safetensors":
+            lines.append("from safetensors.torch import load_file")
+            load = f"load_file({path_s!r})"
+        else:
+            load = f"torch.load({path_s!r}, map_location='cpu', weights_only=True)"
+        lines.append(f"model = timm.create_model({spec.timm_name!r}, pretrained=False{kwargs})")
+        changes = stem_changes(spec, "native")
+        if changes:
+            lines.append("# small-image stem (stride-1 first conv, no max-pool), as in training")
+            lines += [code for _, code in changes]
+        lines.append(f"model.load_state_dict({load})")
+    lines.append("model.eval()")
+    lines.append(f"# inputs: {int(meta['in_chans'])} x {size} x {size}, pixels in [0, 1] normalised with mean={mean}, std={std}")
+    return "\n".join(lines) + "\n"
+
+
+def export_files(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str) -> dict[str, Any]:
+    """Write ``model`` as ``fmt`` to ``out`` (atomically) plus ``<out>.json`` metadata; returns that metadata."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file path, e.g. {out / 'backbone.safetensors'}")
+    if fmt == "safetensors" and out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: a safetensors export needs a .safetensors file name")
+    if fmt == "torch" and out.suffix == ".safetensors":
+        raise UserError(f"--out {out}: a torch export is a pickled state_dict; name it e.g. {out.with_suffix('.pt').name}")
+    spec = BackboneSpec.from_dict(meta["backbone"])
+    state = state_to_cpu(model)
+    layout = "native"
+    if fmt == "timm":
+        state, layout = to_timm_layout(state, spec), "timm"
+    if out.suffix == ".safetensors":
+        data = st_save(state)
+    else:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+    sidecar = sidecar_path(out)
+    keep = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "weights_bytes", "layout", "export_format")}
+    new_meta = {**keep, "export_format": fmt, "layout": layout, "weights_file": out.name, "weights_sha256": sha256_bytes(data), "weights_bytes": len(data)}
+    atomic_write_bytes(out, data)
+    atomic_write_json(sidecar, new_meta)
+    return new_meta

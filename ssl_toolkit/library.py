@@ -1,15 +1,37 @@
-"""Resolving a backbone target: a checkpoint-library name, a run folder or a weights file."""
+"""The checkpoint library: ``$SSL_TOOLKIT_HOME/checkpoints/<name>/`` holding ``backbone.safetensors`` + ``meta.json``.
+
+Every finished ``ssl pretrain`` registers its backbone here, so later commands can name it
+instead of pointing at a run folder. An entry is written completely into a hidden temp
+folder and then renamed into place: a crash never leaves a half-written entry, and since
+renaming onto a non-empty folder fails, two runs finishing at once both land (the later
+one under a ``-2`` suffix). Probe results are appended to the entry's ``meta.json``; the
+weights hash covers the weights file only, so appending never invalidates it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ssl_toolkit.checkpoints import load_backbone_files
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.atomic import atomic_write_json
+from ssl_toolkit.checkpoints import META, WEIGHTS, export_files, load_backbone_files, load_snippet, read_meta, sha256_bytes
+from ssl_toolkit.errors import UserError, did_you_mean
 from ssl_toolkit.eval.features import toolkit_home
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+STALE_SECONDS = 3600  # hidden temp folders older than this are leftovers of a crash
 
 
 def library_root() -> Path:
@@ -17,14 +39,308 @@ def library_root() -> Path:
     return toolkit_home() / "checkpoints"
 
 
+def check_name(name: str) -> str:
+    """``name`` if it is a valid entry name (letters, digits, ``._+-``; no leading dot), else a UserError."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UserError(f"invalid checkpoint name '{name}': use letters, digits, '.', '_', '+' or '-' (at most 128, not starting with '.' or '-')")
+    return name
+
+
+def entry_dir(name: str) -> Path:
+    return library_root() / check_name(name)
+
+
+def is_library_entry(folder: str | Path) -> bool:
+    """Whether ``folder`` is an entry of the library."""
+    try:
+        return Path(folder).resolve().parent == library_root().resolve()
+    except OSError:
+        return False
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "x"
+
+
+def default_name(meta: dict[str, Any]) -> str:
+    """``<task>-<backbone>-<dataset>-<YYYYMMDD>``, e.g. ``rotation-resnet18-digits-20260127``."""
+    data = str((meta.get("dataset") or {}).get("name", "data"))
+    parts = [str(meta.get("task", "backbone")), meta["backbone"]["timm_name"], Path(data).name or data, datetime.now().strftime("%Y%m%d")]
+    return _slug("-".join(_slug(p) for p in parts))[:120]
+
+
+def name_taken(name: str) -> bool:
+    return entry_dir(name).exists()
+
+
+# --------------------------------------------------------------------------- writing entries
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _clean_stale(root: Path) -> None:
+    now = time.time()
+    for p in root.glob(".*"):
+        with contextlib.suppress(OSError):
+            if p.is_dir() and now - p.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def register(weights: bytes, meta: dict[str, Any], name: str | None = None, unique: bool = True) -> dict[str, Any]:
+    """Add a backbone to the library atomically; returns the entry's metadata (with ``name``).
+
+    Args:
+        weights: The bytes of a safetensors weights file (native layout).
+        meta: Its metadata; ``weights_sha256`` is recomputed from ``weights``.
+        name: Entry name (default :func:`default_name`).
+        unique: When the name is taken, use ``NAME-2``, ``NAME-3``, ... instead of failing.
+    """
+    base = check_name(name) if name else default_name(meta)
+    root = library_root()
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_stale(root)
+    keep = {k: v for k, v in meta.items() if k not in ("library_name", "export_format", "layout")}
+    entry = {**keep, "name": base, "weights_file": WEIGHTS, "weights_sha256": sha256_bytes(weights), "weights_bytes": len(weights)}
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{base[:40]}-", dir=root))
+    try:
+        _write_file(tmp / WEIGHTS, weights)
+        for attempt in range(1, 1000):
+            candidate = base if attempt == 1 else f"{base}-{attempt}"
+            if attempt > 1 and not unique:
+                raise UserError(f"checkpoint '{base}' already exists; choose another --name or `ssl checkpoints remove {base}` first")
+            entry["name"] = candidate
+            _write_file(tmp / META, (json.dumps(entry, indent=2, default=str) + "\n").encode())
+            final = root / candidate
+            if final.exists() and (not final.is_dir() or any(final.iterdir())):
+                continue
+            try:
+                os.rename(tmp, final)  # fails when another process landed a non-empty folder here first
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    continue
+                raise
+            _fsync_dir(root)
+            return {**entry, "library_path": str(final)}
+        raise UserError(f"no free checkpoint name like '{base}' in {root}")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def register_run(folder: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Register the backbone of a finished run folder; records ``library_name`` in the run's ``meta.json``."""
+    folder = Path(folder)
+    meta = read_meta(folder / META)
+    data = (folder / WEIGHTS).read_bytes()
+    if meta.get("weights_sha256") and sha256_bytes(data) != meta["weights_sha256"]:
+        raise UserError(f"checkpoint {folder} is corrupt (hash mismatch)")
+    entry = register(data, {**meta, "run_dir": str(folder.resolve())}, name, unique=True)
+    update_meta(folder, lambda m: m.__setitem__("library_name", entry["name"]))
+    return {**meta, "library_name": entry["name"], "library_path": entry["library_path"]}
+
+
+def import_checkpoint(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Copy a run folder, backbone folder or exported weights file into the library (checked first)."""
+    from safetensors.torch import save as st_save
+
+    from ssl_toolkit.checkpoints import state_to_cpu
+
+    model, meta = load_backbone_files(path)
+    meta = {**meta, "imported_from": str(Path(path).resolve())}
+    return register(st_save(state_to_cpu(model)), meta, name or default_name(meta), unique=name is None)
+
+
+def remove_checkpoint(name: str) -> Path:
+    """Delete an entry (renamed away first, so it disappears at once)."""
+    folder = _existing_entry(name)
+    trash = Path(tempfile.mkdtemp(prefix=f".trash-{name[:40]}-", dir=folder.parent))
+    os.rename(folder, trash / name)
+    shutil.rmtree(trash, ignore_errors=True)
+    return folder
+
+
+def export_checkpoint(target: str | Path, out: str | Path, fmt: str = "safetensors") -> tuple[dict[str, Any], str]:
+    """Write a checkpoint as ``fmt`` to ``out``; returns (the written metadata, Python code that loads it)."""
+    model, meta, _ = load_backbone_any(target)
+    new_meta = export_files(model, meta, out, fmt)
+    return new_meta, load_snippet(new_meta, out, fmt)
+
+
+# --------------------------------------------------------------------------- metadata updates
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Exclusive lock on ``folder`` (flock on the directory itself; a no-op where unsupported)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def update_meta(folder: str | Path, change: Callable[[dict[str, Any]], Any], sha: str | None = None) -> dict[str, Any] | None:
+    """Apply ``change`` to ``folder/meta.json`` under a lock; skipped when missing or its weights hash is not ``sha``."""
+    folder = Path(folder)
+    path = folder / META
+    if not path.is_file():
+        return None
+    with _locked(folder):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if sha is not None and meta.get("weights_sha256") != sha:
+            return None
+        change(meta)
+        atomic_write_json(path, meta)
+    return meta
+
+
+def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) -> None:
+    """Add ``summary`` under ``probes[key]`` in ``folder``'s metadata and in its twin (library entry or run folder)."""
+    folder = Path(folder)
+
+    def add(m: dict[str, Any]) -> None:
+        m.setdefault("probes", {})[key] = summary
+
+    meta = update_meta(folder, add)
+    if meta is None:
+        return
+    if is_library_entry(folder):
+        twin = Path(meta["run_dir"]) if meta.get("run_dir") else None
+    else:
+        lib = meta.get("library_name")
+        twin = library_root() / lib if isinstance(lib, str) and NAME_RE.fullmatch(lib) else None
+    if twin is not None and twin.is_dir() and twin.resolve() != folder.resolve():
+        update_meta(twin, add, sha=meta.get("weights_sha256"))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def best_probe(meta: dict[str, Any]) -> tuple[str, float] | None:
+    """The probe result with the highest top-1 so far, as ``(mode-fraction, top1)``."""
+    scores = [(k, float(v["top1"])) for k, v in (meta.get("probes") or {}).items() if isinstance(v, dict) and v.get("top1") is not None]
+    return max(scores, key=lambda kv: kv[1]) if scores else None
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": folder.name, "path": str(folder)}
+    try:
+        meta = json.loads((folder / META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        return {**row, "task": None, "backbone": None, "dataset": None, "epochs": None, "best_probe": None,
+                "best_top1": None, "size_bytes": None, "created": None, "error": f"unreadable {META}: {type(e).__name__}"}
+    best = best_probe(meta)
+    weights = folder / WEIGHTS
+    return {
+        **row,
+        "task": meta.get("task"),
+        "backbone": (meta.get("backbone") or {}).get("timm_name"),
+        "dataset": (meta.get("dataset") or {}).get("name"),
+        "epochs": meta.get("epochs"),
+        "best_probe": best[0] if best else None,
+        "best_top1": best[1] if best else None,
+        "size_bytes": weights.stat().st_size if weights.is_file() else None,
+        "created": meta.get("created"),
+    }
+
+
+def list_checkpoints(task: str | None = None, backbone: str | None = None) -> list[dict[str, Any]]:
+    """The library's entries, oldest first: name, task, backbone, dataset, epochs, best probe, size, created, path."""
+    root = library_root()
+    if not root.is_dir():
+        return []
+    rows = [_summary(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if task:
+        rows = [r for r in rows if r["task"] == task]
+    if backbone:
+        rows = [r for r in rows if r["backbone"] == backbone]
+    return sorted(rows, key=lambda r: (r["created"] or "", r["name"]))
+
+
+def _existing_entry(name: str) -> Path:
+    folder = entry_dir(name)
+    if not folder.is_dir():
+        names = [p.name for p in library_root().glob("*") if p.is_dir() and not p.name.startswith(".")]
+        raise UserError(f"no checkpoint named '{name}' in the library{did_you_mean(name, names)}; see `ssl checkpoints list`")
+    return folder
+
+
+def entry_meta(name: str) -> dict[str, Any]:
+    """The full metadata of library entry ``name``."""
+    return read_meta(_existing_entry(name) / META)
+
+
+def verify_entry(name: str) -> bool:
+    """Whether entry ``name``'s weights file still has the SHA-256 recorded in its metadata."""
+    folder = _existing_entry(name)
+    meta = read_meta(folder / META)
+    weights = folder / WEIGHTS
+    return weights.is_file() and sha256_bytes(weights.read_bytes()) == meta.get("weights_sha256")
+
+
 def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Path | None]:
-    """Load ``target``; returns (model in eval mode, metadata, folder that holds its metadata or ``None``)."""
+    """Load ``target``; returns (model in eval mode, metadata, folder that holds its metadata or ``None``).
+
+    ``target`` is an existing path (run folder, backbone folder, weights file) or else the
+    name of a library entry.
+    """
     p = Path(target).expanduser()
     if p.exists():
         model, meta = load_backbone_files(p)
         return model, meta, p if p.is_dir() else None
-    lib = library_root() / str(target)
-    if "/" not in str(target) and lib.is_dir():
-        model, meta = load_backbone_files(lib)
+    name = str(target)
+    if NAME_RE.fullmatch(name) and (library_root() / name).is_dir():
+        lib = library_root() / name
+        meta = read_meta(lib / META) if (lib / META).is_file() else None
+        if meta is None or not (lib / WEIGHTS).is_file() or not meta.get("weights_sha256"):
+            raise UserError(f"checkpoint {name} is corrupt (incomplete library entry {lib})")
+        model, meta = load_backbone_files(lib, name=name)
         return model, meta, lib
-    raise UserError(f"no run folder, backbone file or library checkpoint named '{target}'")
+    names = [r["name"] for r in list_checkpoints()]
+    raise UserError(f"no run folder, backbone file or library checkpoint named '{target}'{did_you_mean(name, names)}")
+
+
+def init_backbone_from(backbone: nn.Module, spec: Any, target: str | Path) -> dict[str, Any]:
+    """Copy the weights of ``target`` into ``backbone`` (built from ``spec``); architectures must match.
+
+    Returns:
+        What to record about the source: target, library name, task, epochs and weights hash.
+    """
+    from ssl_toolkit.backbones import BackboneSpec
+    from ssl_toolkit.checkpoints import check_same_arch
+
+    model, meta, _ = load_backbone_any(target)
+    check_same_arch(spec, BackboneSpec.from_dict(meta["backbone"]), f"--init-from {target}")
+    backbone.load_state_dict(model.state_dict())
+    return {
+        "target": str(target),
+        "name": meta.get("name") or meta.get("library_name"),
+        "task": meta.get("task"),
+        "epochs": meta.get("epochs"),
+        "weights_sha256": meta.get("weights_sha256"),
+    }

@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.pretext.rotation import rotate_batch
-from ssl_toolkit.pretrain import pretrain
+from ssl_toolkit.pretraining import pretrain
 
 
 def epoch_losses(run: Path) -> list[float]:

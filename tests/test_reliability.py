@@ -19,7 +19,7 @@ from PIL import Image
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.engine import AtomicCheckpointIO
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.pretrain import pretrain
+from ssl_toolkit.pretraining import pretrain
 
 TINY_ARGS = [
     "pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",

@@ -38,7 +38,7 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
     backbone.safetensors + meta.json.
     """
     quiet_libraries()
-    from ssl_toolkit.pretrain import pretrain as run_pretrain
+    from ssl_toolkit.pretraining import pretrain as run_pretrain
 
     if devices is not None and devices.isdigit():
         devices = int(devices)

@@ -40,18 +40,22 @@ def default_run_dir(cfg: PretrainConfig) -> Path:
     return Path("runs") / f"{cfg.task}-{cfg.backbone.name}-{data}-{stamp}"
 
 
-def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to write into a non-empty folder unless ``overwrite`` (or resuming it)."""
+def check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse a non-empty folder unless ``overwrite`` (or resuming it); writes nothing."""
     if resume:
         if not (out / LAST_CKPT).is_file():
             raise UserError(f"cannot resume {out}: no {LAST_CKPT} in it")
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} already holds files; use --overwrite to replace them or --resume {out} to continue")
-        for name in (CONFIG_FILE, LAST_CKPT, "metrics.csv", "hparams.yaml", "backbone.safetensors", "meta.json"):
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already holds files; use --overwrite to replace them or --resume {out} to continue")
+
+
+def create_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    """Make the run folder; with ``overwrite``, remove the run files a previous run left in it."""
+    if overwrite and not resume and out.is_dir():
+        for name in (CONFIG_FILE, LAST_CKPT, "metrics.csv", "hparams.yaml", "backbone.safetensors", "meta.json", "skipped.txt"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -134,11 +138,11 @@ def pretrain(
         if name_taken(check_name(name)):
             raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
     if primary:
-        prepare_run_dir(run_dir, overwrite, resume is not None)
-        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+        check_run_dir(run_dir, overwrite, resume is not None)
 
     source = load_source(cfg.data)
-    report_skipped(source, run_dir, cfg.data.strict)
+    if cfg.data.strict:
+        report_skipped(source, run_dir, strict=True)
     facts = DataFacts(
         channels=source.channels,
         image_size=source.image_size,
@@ -161,6 +165,12 @@ def pretrain(
     lr = cfg.trainer.lr or task_cls.default_lr
     wd = cfg.trainer.weight_decay if cfg.trainer.weight_decay is not None else task_cls.default_weight_decay
     opt = cfg.trainer.optimizer or task_cls.default_optimizer
+
+    # everything is checked: only now does the run folder get written
+    if primary:
+        create_run_dir(run_dir, overwrite, resume is not None)
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    report_skipped(source, run_dir, strict=False)
 
     # the resolved config: every default written out, so the folder reproduces the run
     resolved = cfg.model_dump(mode="json")

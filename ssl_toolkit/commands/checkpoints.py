@@ -1,0 +1,121 @@
+"""`ssl checkpoints`: list, show, export, import and remove entries of the checkpoint library."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import yaml
+
+from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+@main.group(context_settings=CONTEXT)
+def checkpoints() -> None:
+    """The checkpoint library in $SSL_TOOLKIT_HOME/checkpoints (default ~/.cache/ssl-toolkit).
+
+    \b
+    Every finished `ssl pretrain` adds its backbone here; `ssl probe NAME`,
+    `ssl pretrain --init-from NAME` and the Python `ssl_toolkit.load_backbone(NAME)`
+    accept its names.
+    """
+
+
+@checkpoints.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@click.option("--task", help="Only backbones pretrained with this pretext task.")
+@click.option("--backbone", help="Only this timm architecture.")
+def list_cmd(as_json, task, backbone) -> None:
+    """List the library: name, task, backbone, dataset, epochs, best probe top-1, size, date."""
+    from ssl_toolkit.library import library_root, list_checkpoints
+
+    rows = list_checkpoints(task=task, backbone=backbone)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(f"no checkpoints in {library_root()}" + (" matching the filters" if task or backbone else "; `ssl pretrain` adds one when it finishes"))
+        return
+    header = ("NAME", "TASK", "BACKBONE", "DATASET", "EPOCHS", "BEST TOP-1", "SIZE", "CREATED")
+    table = [header]
+    for r in rows:
+        if r.get("error"):
+            table.append((r["name"], "?", "?", "?", "?", r["error"], "-", "-"))
+            continue
+        best = f"{100 * r['best_top1']:.2f} ({r['best_probe']})" if r["best_top1"] is not None else "-"
+        created = (r["created"] or "-")[:16].replace("T", " ")
+        table.append((r["name"], str(r["task"]), str(r["backbone"]), str(r["dataset"]), str(r["epochs"]), best, human_size(r["size_bytes"]), created))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@checkpoints.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print meta.json as it is.")
+def show(name, as_json) -> None:
+    """Show the full metadata of checkpoint NAME and whether its weights are intact."""
+    from ssl_toolkit.library import entry_dir, entry_meta, verify_entry
+
+    meta = entry_meta(name)
+    if as_json:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    ok = verify_entry(name)
+    click.echo(f"# {name}  ({entry_dir(name)})")
+    click.echo(f"# weights: {'intact (SHA-256 matches)' if ok else 'CORRUPT (hash mismatch)'}")
+    click.echo(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=100).rstrip())
+
+
+@checkpoints.command("export", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--out", "-o", required=True, type=click.Path(), help="File to write, e.g. backbone.safetensors or backbone.pt.")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "timm", "torch"]), default="safetensors", show_default=True,
+              help="safetensors: the weights as trained; timm: loadable by timm.create_model(pretrained=True); torch: a state_dict for torch.load(weights_only=True).")
+def export_cmd(name, out, fmt) -> None:
+    """Export checkpoint NAME (or a run folder / file) to --out and print the code that loads it.
+
+    Metadata goes next to it as <out>.json (e.g. backbone.pt.json), so `ssl probe OUT` and `ssl checkpoints import OUT`
+    work on the exported file too.
+    """
+    quiet_libraries()
+    from ssl_toolkit.checkpoints import sidecar_path
+    from ssl_toolkit.library import export_checkpoint
+
+    meta, snippet = export_checkpoint(name, out, fmt)
+    click.echo(f"exported {name} as {fmt} to {out} ({human_size(meta['weights_bytes'])}, sha256 {meta['weights_sha256'][:12]}), metadata in {sidecar_path(out)}")
+    click.echo("load it in plain Python (no ssl-toolkit needed):\n")
+    click.echo(snippet)
+
+
+@checkpoints.command("import", context_settings=CONTEXT)
+@click.argument("path", type=click.Path())
+@click.option("--name", help="Library name. [default: <task>-<backbone>-<dataset>-<date>]")
+def import_cmd(path, name) -> None:
+    """Add a run folder, backbone folder or exported weights file (with its metadata) to the library."""
+    quiet_libraries()
+    from ssl_toolkit.library import import_checkpoint
+
+    entry = import_checkpoint(path, name)
+    click.echo(f"imported {path} as {entry['name']} ({entry['library_path']})")
+
+
+@checkpoints.command(context_settings=CONTEXT)
+@click.argument("name")
+def remove(name) -> None:
+    """Delete checkpoint NAME from the library (its run folder, if any, is kept)."""
+    from ssl_toolkit.library import remove_checkpoint
+
+    folder = remove_checkpoint(name)
+    click.echo(f"removed {name} ({folder})")

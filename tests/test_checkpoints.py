@@ -1,0 +1,205 @@
+"""Backbone files: safe loading, hash and architecture checks, and exports that plain timm/torch load."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import TINY_BACKBONE
+from safetensors.torch import save as st_save
+
+from ssl_toolkit.backbones import BackboneSpec, build_from_spec
+from ssl_toolkit.checkpoints import (
+    META,
+    WEIGHTS,
+    from_timm_layout,
+    load_backbone_files,
+    load_snippet,
+    save_backbone,
+    sha256_bytes,
+    to_timm_layout,
+)
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.library import export_checkpoint, register_run
+
+
+# a single-conv ResNet stem (resnet18's 7x7 conv1), made small
+SINGLE_CONV = ("resnet18", {"channels": [16, 16, 16, 16]})
+
+
+def make_backbone(folder: Path, timm_name: str = TINY_BACKBONE, in_chans: int = 1, small_stem: bool = True, seed: int = 0, **kwargs) -> tuple[torch.nn.Module, dict]:
+    """A randomly initialised backbone saved as a run folder would hold it."""
+    spec = BackboneSpec(timm_name, {"num_classes": 0, "in_chans": in_chans, **kwargs}, small_stem)
+    torch.manual_seed(seed)
+    model = build_from_spec(spec).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so eval-mode outputs test them too
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+    meta = {
+        "task": "rotation", "task_config": {}, "backbone": spec.to_dict(), "in_chans": in_chans, "image_size": 16,
+        "mean": [0.5] * in_chans, "std": [0.25] * in_chans,
+        "dataset": {"name": "synthetic", "channels": in_chans, "n_train": 64}, "epochs": 1, "steps": 2,
+        "created": "2026-01-01T00:00:00+00:00",
+    }
+    meta = save_backbone(folder, model, meta)
+    return model, meta
+
+
+def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    model, _ = make_backbone(tmp_path / "run")
+    loaded, meta = load_backbone_files(tmp_path / "run")
+    x = torch.rand(3, 1, 16, 16)
+    assert torch.equal(features(model, x), features(loaded, x))
+    assert not loaded.training
+    assert meta["weights_sha256"] == sha256_bytes((tmp_path / "run" / WEIGHTS).read_bytes())
+
+
+def test_appending_to_meta_keeps_the_hash_valid(tmp_path):
+    make_backbone(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / META).read_text())
+    meta["probes"] = {"linear-1": {"top1": 0.5}}
+    (tmp_path / "run" / META).write_text(json.dumps(meta))
+    load_backbone_files(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_weights_are_refused(tmp_path, damage):
+    make_backbone(tmp_path / "run")
+    w = tmp_path / "run" / WEIGHTS
+    data = bytearray(w.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 3]
+    w.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"is corrupt \(hash mismatch\)"):
+        load_backbone_files(tmp_path / "run", name="mybackbone")
+
+
+def test_weights_of_another_architecture_name_both(tmp_path):
+    make_backbone(tmp_path / "run", in_chans=1)
+    other = build_from_spec(BackboneSpec(TINY_BACKBONE, {"num_classes": 0, "in_chans": 3}, True))
+    data = st_save({k: v.contiguous() for k, v in other.state_dict().items()})
+    (tmp_path / "run" / WEIGHTS).write_bytes(data)
+    meta = json.loads((tmp_path / "run" / META).read_text())
+    meta["weights_sha256"] = sha256_bytes(data)
+    (tmp_path / "run" / META).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"expected test_resnet \(in_chans=1, small stem\).*conv1.0.weight has shape \(16, 3, 3, 3\), expected \(16, 1, 3, 3\)"):
+        load_backbone_files(tmp_path / "run")
+
+
+class Boom:
+    """A pickle that would run code on a plain ``torch.load``/``pickle.load``."""
+
+    def __reduce__(self):
+        return (os.mkdir, (os.environ["BOOM_DIR"],))
+
+
+def test_pickles_are_loaded_weights_only(tmp_path, monkeypatch):
+    _, meta = make_backbone(tmp_path / "run")
+    boom = tmp_path / "boom"
+    monkeypatch.setenv("BOOM_DIR", str(boom))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"conv1.0.weight": Boom()}))
+    Path(f"{evil}.json").write_text(json.dumps({**meta, "weights_file": "evil.pt", "weights_sha256": None}))
+    with pytest.raises(UserError, match="cannot be read safely"):
+        load_backbone_files(evil)
+    assert not boom.exists()
+
+
+def test_timm_layout_pads_a_single_conv_stem_exactly():
+    spec = BackboneSpec(SINGLE_CONV[0], {"num_classes": 0, "in_chans": 3, **SINGLE_CONV[1]}, True)
+    torch.manual_seed(0)
+    ours = build_from_spec(spec).eval()
+    state = {k: v.clone() for k, v in ours.state_dict().items()}
+    padded = to_timm_layout(state, spec)
+    assert padded["conv1.weight"].shape == (64, 3, 7, 7)
+    assert torch.equal(from_timm_layout(padded, spec)["conv1.weight"], state["conv1.weight"])
+    meta = {"backbone": spec.to_dict(), "in_chans": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    snippet = load_snippet(meta, "unused.safetensors", "timm")
+    assert "model.conv1.stride = (1, 1)" in snippet and "model.maxpool = torch.nn.Identity()" in snippet
+    plain = timm.create_model(SINGLE_CONV[0], pretrained=False, num_classes=0, in_chans=3, **SINGLE_CONV[1])
+    plain.load_state_dict(padded)  # strict: stock timm shapes
+    plain.conv1.stride = (1, 1)
+    plain.maxpool = torch.nn.Identity()
+    x = torch.rand(2, 3, 16, 16)
+    assert (features(plain.eval(), x) - features(ours, x)).abs().max() < 1e-5
+
+
+def test_exports_load_in_a_plain_python_without_ssl_toolkit(tmp_path, toolkit_home):
+    """Run the printed snippets literally in ``python -I`` from outside the repository."""
+    model, _ = make_backbone(tmp_path / "run")
+    name = register_run(tmp_path / "run", "tiny")["library_name"]
+    x = torch.rand(4, 1, 16, 16)
+    torch.save(x, tmp_path / "x.pt")
+    _, timm_snippet = export_checkpoint(name, tmp_path / "exp" / "tiny_timm.safetensors", "timm")
+    _, torch_snippet = export_checkpoint(name, tmp_path / "exp" / "tiny.pt", "torch")
+    assert "pretrained=True" in timm_snippet and "model.conv1[0].stride = (1, 1)" in timm_snippet
+    assert "weights_only=True" in torch_snippet
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
+        "outs = []\n"
+        + "".join(
+            f"exec({s!r})\n"
+            "assert 'ssl_toolkit' not in sys.modules\n"
+            f"outs.append(model(torch.load({str(tmp_path / 'x.pt')!r})).detach())\n"
+            for s in (timm_snippet, torch_snippet)
+        )
+        + f"torch.save(outs, {str(tmp_path / 'outs.pt')!r})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Unexpected keys" not in r.stderr and "Missing keys" not in r.stderr
+    ref = features(model, x)
+    for out in torch.load(tmp_path / "outs.pt"):
+        assert (out - ref).abs().max() < 1e-5
+    # the torch export is a plain state_dict of tensors for weights_only loading
+    state = torch.load(tmp_path / "exp" / "tiny.pt", weights_only=True)
+    assert set(state) == set(model.state_dict())
+
+
+def test_exports_come_back_through_load_and_import(tmp_path, cli):
+    model, _ = make_backbone(tmp_path / "run", timm_name=SINGLE_CONV[0], in_chans=3, **SINGLE_CONV[1])
+    x = torch.rand(2, 3, 16, 16)
+    ref = features(model, x)
+    for fmt, file in (("timm", "r18.safetensors"), ("safetensors", "r18n.safetensors"), ("torch", "r18.pt")):
+        out = tmp_path / file
+        _, snippet = export_checkpoint(tmp_path / "run", out, fmt)
+        scope: dict = {}
+        exec(snippet, scope)  # the printed code, as a user would paste it
+        assert (features(scope["model"], x) - ref).abs().max() < 1e-5
+        loaded, meta = load_backbone_files(out)  # ssl-toolkit reads its own exports (timm layout included)
+        assert meta["export_format"] == fmt
+        assert torch.equal(features(loaded, x), ref)
+    code, out_text, err = cli("checkpoints", "import", tmp_path / "r18.safetensors", "--name", "r18")
+    assert code == 0, err
+    from ssl_toolkit import load_backbone
+
+    loaded, meta = load_backbone("r18")
+    assert meta["name"] == "r18" and "layout" not in meta
+    assert torch.equal(features(loaded, x), ref)
+
+
+def test_export_refuses_mismatched_file_names(tmp_path):
+    make_backbone(tmp_path / "run")
+    with pytest.raises(UserError, match="needs a .safetensors"):
+        export_checkpoint(tmp_path / "run", tmp_path / "x.bin", "safetensors")
+    with pytest.raises(UserError, match="pickled state_dict"):
+        export_checkpoint(tmp_path / "run", tmp_path / "x.safetensors", "torch")

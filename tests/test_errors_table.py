@@ -1,0 +1,92 @@
+"""Walk every row of docs/errors.md through the real CLI: one line on stderr, the message, exit 2."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import timm
+from PIL import Image
+
+from ssl_toolkit.backbones import BackboneSpec, apply_small_stem
+from ssl_toolkit.checkpoints import save_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+ROW = re.compile(r"^\| `ssl (?P<args>[^`]*)` \| (?P<what>[^|]+) \| `(?P<message>[^`]+)` \| (?P<code>\d+) \|$")
+
+
+def table_rows() -> list[tuple[str, str, int]]:
+    rows = []
+    for line in (REPO / "docs" / "errors.md").read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            rows.append((m["args"], m["message"], int(m["code"])))
+    return rows
+
+
+def _run_folder(path: Path, spec: BackboneSpec, in_chans: int = 1) -> Path:
+    model = timm.create_model(spec.timm_name, **spec.kwargs)
+    if spec.small_stem:
+        apply_small_stem(model)
+    meta = {"task": "rotation", "backbone": spec.to_dict(), "in_chans": in_chans, "image_size": 16, "mean": [0.3], "std": [0.4]}
+    save_backbone(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("errors")
+    (root / "empty").mkdir()
+    (root / "unreadable").mkdir()
+    (root / "unreadable" / "a.png").write_text("not an image")
+    for name in ("mixed", "unlabelled"):
+        (root / name).mkdir()
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * i, 10, 10)).save(root / name / f"{i}.png")
+    (root / "mixed" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "nonempty").mkdir()
+    (root / "nonempty" / "keep.txt").write_text("x")
+    (root / "nockpt").mkdir()
+    (root / "nockpt" / "config.yaml").write_text("task: rotation\n")
+    spec = BackboneSpec("test_resnet", {"num_classes": 0, "in_chans": 1}, small_stem=True)
+    run = _run_folder(root / "run", spec)
+    corrupt = _run_folder(root / "corrupt", spec)
+    data = bytearray((corrupt / "backbone.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (corrupt / "backbone.safetensors").write_bytes(bytes(data))
+    mismatch = _run_folder(root / "mismatch", spec)
+    meta = (mismatch / "meta.json").read_text().replace('"small_stem": true', '"small_stem": false').replace('"test_resnet"', '"resnet18"')
+    (mismatch / "meta.json").write_text(meta)
+    return {
+        "missing": str(root / "does-not-exist"), "empty": str(root / "empty"), "unreadable": str(root / "unreadable"),
+        "mixed": str(root / "mixed"), "unlabelled": str(root / "unlabelled"), "nonempty": str(root / "nonempty"),
+        "nockpt": str(root / "nockpt"), "run": str(run), "corrupt": str(corrupt), "mismatch": str(mismatch),
+    }
+
+
+def test_the_table_covers_every_command_that_takes_user_input():
+    rows = table_rows()
+    assert len(rows) >= 25
+    assert {args.split()[0] for args, _, _ in rows} >= {"pretrain", "probe"}
+
+
+@pytest.mark.parametrize("args, message, code", table_rows(), ids=[r[0][:60] for r in table_rows()])
+def test_error_row(cli, places, args, message, code):
+    argv = shlex.split(args.format(**places))
+    if argv[0] == "pretrain":
+        argv += ["--backbone", "test_resnet"] if "--backbone" not in argv else []
+        argv += ["--out", places["missing"] + "-out"] if "--out" not in argv and "--resume" not in argv else []
+    rc, out, err = cli(*argv)
+    assert rc == code, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_a_user_error_in_a_real_process_has_no_traceback(run_ssl, tmp_path):
+    done = run_ssl("probe", tmp_path / "nothing-here")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: no run folder, backbone file or library checkpoint named '{tmp_path / 'nothing-here'}'"]

@@ -1,0 +1,132 @@
+"""The checkpoint library: registration (also concurrent), list/show/export/import/remove, probing by name."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_BACKBONE, tiny_config
+from test_checkpoints import features, make_backbone
+
+import ssl_toolkit as st
+from ssl_toolkit.checkpoints import META, WEIGHTS
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.library import library_root, record_probe_summary, register, register_run
+from ssl_toolkit.pretraining import pretrain
+
+
+def test_register_list_load_round_trip(tmp_path, toolkit_home):
+    model, _ = make_backbone(tmp_path / "run")
+    meta = register_run(tmp_path / "run")
+    name = meta["library_name"]
+    assert name.startswith(f"rotation-{TINY_BACKBONE}-synthetic-")
+    entry = toolkit_home / "checkpoints" / name
+    assert sorted(p.name for p in entry.iterdir()) == [WEIGHTS, META]
+    assert json.loads((tmp_path / "run" / META).read_text())["library_name"] == name
+    [row] = st.list_checkpoints()
+    assert (row["name"], row["task"], row["backbone"], row["dataset"], row["epochs"]) == (name, "rotation", TINY_BACKBONE, "synthetic", 1)
+    assert row["size_bytes"] == (entry / WEIGHTS).stat().st_size
+    loaded, lmeta = st.load_backbone(name)
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.equal(features(model, x), features(loaded, x))
+    assert lmeta["name"] == name and lmeta["run_dir"] == str((tmp_path / "run").resolve())
+    # the same default name again gets a suffix; an explicit name that is taken is refused
+    assert register_run(tmp_path / "run")["library_name"] == f"{name}-2"
+    with pytest.raises(UserError, match="already exists"):
+        register((entry / WEIGHTS).read_bytes(), lmeta, name, unique=False)
+
+
+def _register_in_process(args: tuple[str, str, str]) -> str:
+    home, weights, meta = args
+    import os
+
+    os.environ["SSL_TOOLKIT_HOME"] = home
+    from ssl_toolkit.library import register as reg
+
+    return reg(Path(weights).read_bytes(), json.loads(Path(meta).read_text()), "same-name")["name"]
+
+
+def test_two_concurrent_registrations_both_land(tmp_path, toolkit_home):
+    make_backbone(tmp_path / "run")
+    args = (str(toolkit_home), str(tmp_path / "run" / WEIGHTS), str(tmp_path / "run" / META))
+    with mp.get_context("fork").Pool(4) as pool:
+        names = pool.map(_register_in_process, [args] * 4)
+    assert sorted(names) == ["same-name", "same-name-2", "same-name-3", "same-name-4"]
+    assert sorted(r["name"] for r in st.list_checkpoints()) == sorted(names)
+    for n in names:
+        st.load_backbone(n)  # complete and intact
+    assert not [p for p in library_root().iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_probe_results_reach_both_copies(tmp_path, toolkit_home):
+    make_backbone(tmp_path / "run")
+    name = register_run(tmp_path / "run")["library_name"]
+    record_probe_summary(tmp_path / "run", "linear-1", {"top1": 0.5})
+    record_probe_summary(library_root() / name, "knn-0.1", {"top1": 0.75})
+    for folder in (tmp_path / "run", library_root() / name):
+        assert set(json.loads((folder / META).read_text())["probes"]) == {"linear-1", "knn-0.1"}
+    [row] = st.list_checkpoints()
+    assert (row["best_probe"], row["best_top1"]) == ("knn-0.1", 0.75)
+    st.load_backbone(name)  # appended metadata leaves the weights hash valid
+
+
+def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
+    make_backbone(tmp_path / "run")
+    code, out, err = cli("checkpoints", "list")
+    assert code == 0 and "no checkpoints" in out
+    code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "mine")
+    assert code == 0, err
+    code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "mine")
+    assert code == 2 and "already exists" in err
+    code, out, err = cli("checkpoints", "list", "--task", "rotation")
+    assert code == 0 and "mine" in out and "BEST TOP-1" in out
+    code, out, err = cli("checkpoints", "list", "--json", "--backbone", "resnet50")
+    assert code == 0 and json.loads(out) == []
+    code, out, err = cli("checkpoints", "show", "mine")
+    assert code == 0 and "intact" in out and "weights_sha256:" in out and "timm_name: test_resnet" in out
+    code, out, err = cli("checkpoints", "show", "mien")
+    assert code == 2 and "did you mean 'mine'" in err
+    # a damaged weights file: refused on load, reported by show
+    w = library_root() / "mine" / WEIGHTS
+    w.write_bytes(w.read_bytes()[:-100])
+    code, out, err = cli("checkpoints", "export", "mine", "--out", tmp_path / "x.safetensors")
+    assert code == 2 and err.strip() == "error: checkpoint mine is corrupt (hash mismatch)"
+    assert not (tmp_path / "x.safetensors").exists()
+    code, out, err = cli("checkpoints", "show", "mine")
+    assert "CORRUPT" in out
+    code, out, err = cli("checkpoints", "remove", "mine")
+    assert code == 0 and not (library_root() / "mine").exists()
+    code, out, err = cli("checkpoints", "remove", "mine")
+    assert code == 2 and "no checkpoint named 'mine'" in err
+    code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "../escape")
+    assert code == 2 and "invalid checkpoint name" in err
+
+
+def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
+    """The new-user flow: pretrain twice, list, probe by name, continue pretraining, refuse a mismatch."""
+
+    def small(**extra) -> dict:
+        cfg = tiny_config("rotation", epochs=1, **extra)
+        cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+        cfg["trainer"].update(batch_size=32, online_probe=False)
+        return cfg
+
+    pretrain(small(), out=tmp_path / "a", name="rot-a")
+    code, out, err = cli("probe", "rot-a", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32")
+    assert code == 0, err
+    meta_b = pretrain(small(init_from="rot-a"), out=tmp_path / "b")
+    assert meta_b["init_from"]["name"] == "rot-a" and meta_b["library_name"].startswith("rotation-test_resnet-synthetic-")
+    rows = {r["name"]: r for r in st.list_checkpoints()}
+    assert set(rows) == {"rot-a", meta_b["library_name"]}
+    assert rows["rot-a"]["best_probe"] == "linear-1" and 0 <= rows["rot-a"]["best_top1"] <= 1
+    assert "linear-1" in json.loads((tmp_path / "a" / META).read_text())["probes"]  # the run folder has it too
+    assert not (library_root() / "rot-a" / "probes").exists()
+    code, out, err = cli("checkpoints", "list")
+    assert "rot-a" in out and meta_b["library_name"] in out
+    with pytest.raises(UserError, match="already exists"):
+        pretrain(small(), out=tmp_path / "c", name="rot-a")
+    with pytest.raises(UserError, match=r"architecture mismatch: expected test_resnet \(in_chans=3\), found test_resnet \(in_chans=3, small stem\)"):
+        pretrain(small(init_from="rot-a", backbone={"small_stem": False}), out=tmp_path / "d")
