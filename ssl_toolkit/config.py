@@ -65,7 +65,29 @@ class BackboneConfig(StrictModel):
 
 
 class TrainerConfig(StrictModel):
-    """Optimisation and Lightning Trainer settings."""
+    """Optimisation and Lightning Trainer settings.
+
+    Attributes:
+        epochs: Training epochs.
+        max_steps: Stop after this many optimiser steps (-1 = no limit).
+        batch_size: Images per batch and process.
+        lr: Peak learning rate (``None`` = the task's default).
+        weight_decay: Weight decay (``None`` = the task's default).
+        optimizer: ``adamw``, ``sgd`` or ``lars`` (``None`` = the task's default).
+        warmup_epochs: Linear warm-up before the cosine decay.
+        precision: Lightning precision (``32-true``, ``bf16-mixed``, ``16-mixed``).
+        accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
+        devices: Devices per node.
+        num_nodes: Nodes (multi-node DDP).
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        seed: Seed of weights, data order and augmentation.
+        num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
+        log_every_n_steps: Step-level logging interval.
+        checkpoint_every_n_steps: Also write ``last.ckpt`` every N steps (default: each epoch).
+        online_probe: Train a linear probe on detached features when the data has labels.
+        progress_bar: Show the progress bar.
+        channels_last: Run the backbone in channels-last memory layout.
+    """
 
     epochs: int = Field(default=10, ge=1)
     max_steps: int = -1
@@ -85,6 +107,7 @@ class TrainerConfig(StrictModel):
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     online_probe: bool = True
     progress_bar: bool = True
+    channels_last: bool = False
 
 
 class PretrainConfig(StrictModel):

@@ -115,6 +115,8 @@ class PretrainModule(L.LightningModule):
 
     # ----- training ------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        if self.cfg.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         if hasattr(self.task, "seed_views"):
             self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
 
@@ -136,6 +138,8 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x_u8, y = batch  # (B, C, S, S) uint8, (B,) long
         x = x_u8.float().div_(255.0)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss, logs = self.task(self.backbone, x)
         feats = logs.pop("features", None)
         if not torch.isfinite(loss):

@@ -1,0 +1,36 @@
+"""The command line end to end, as a user runs it: pretrain -> probe --json in real processes."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
+    run = tmp_path / "rot"
+    done = run_ssl(
+        "pretrain", "--task", "rotation", "--data", "digits", "--image-size", "16", "--backbone", "test_resnet",
+        "--epochs", "2", "--batch-size", "128", "--out", run, "-q", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pretrained rotation on digits: 2 epochs" in done.stdout
+    assert f"run folder: {run}" in done.stdout
+
+    probe = run_ssl("probe", run, "--data", "digits", "--json", cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["mode"] == "linear" and result["label_fraction"] == 1.0
+    assert result["n_train"] == 1438 and result["n_test"] == 359
+    assert 0.5 < result["top1"] <= result["top5"] <= 1.0  # 10 classes: chance is 0.1
+    assert len(result["per_class_acc"]) == 10 and sum(map(sum, result["confusion"])) == 359
+    assert result["seconds"] > 0
+    assert "top-1 (%)" in probe.stdout
+    saved = json.loads((run / "probes" / "linear-1.json").read_text())
+    assert saved["top1"] == result["top1"]
+
+
+def test_help_explains_every_option(run_ssl):
+    done = run_ssl("pretrain", "--help")
+    assert done.returncode == 0
+    for option in ("--task", "--data", "--backbone", "--image-size", "--epochs", "--batch-size", "--lr", "--config",
+                   "--set", "--out", "--seed", "--resume", "--accelerator", "--devices", "--precision", "--strategy"):
+        assert option in done.stdout, option
