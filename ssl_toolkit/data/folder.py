@@ -17,16 +17,15 @@ listed in ``DataSource.skipped``; a folder where nothing decodes is an error.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.sources import DataSource, Split, stratified_split
+from ssl_toolkit.data.scan import assign_split, folder_layout, scan_file, scan_files, to_8bit
+from ssl_toolkit.data.sources import DataSource, Split
 from ssl_toolkit.errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -62,23 +61,13 @@ def scan_split(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | 
 
 
 def probe_image(path: Path) -> str | None:
-    """Header-level check: ``None`` when PIL recognises the file, else the reason."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as im:
-            im.size  # noqa: B018  (header parsed)
-        return None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        return str(e).splitlines()[0] or type(e).__name__
+    """Header-level check: ``None`` when PIL recognises the file, else the reason (:func:`~ssl_toolkit.data.scan.scan_file`)."""
+    return scan_file(path, decode=False).error
 
 
 def to_array(im: Image.Image, size: int, channels: int) -> np.ndarray:
     """Decode ``im`` to a ``(channels, size, size)`` uint8 array (shorter side resized, centre crop)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8), "L")
+    im = to_8bit(im)  # 16-bit and float images rescaled to 8-bit L
     if channels == 1:
         im = im.convert("L")
     else:
@@ -94,86 +83,42 @@ def to_array(im: Image.Image, size: int, channels: int) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _mode_of(path: Path) -> str | None:
-    try:
-        with Image.open(path) as im:
-            return im.mode
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
-
-
 def decode_all(paths: list[Path], size: int, channels: int) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Decode ``paths`` in parallel; returns the stacked images, the kept indices and the skipped files."""
+    """Decode ``paths`` in parallel (:func:`~ssl_toolkit.data.scan.scan_files`, the reader ``ssl inspect`` shares).
 
-    def work(p: Path):
-        try:
-            with Image.open(p) as im:
-                return to_array(im, size, channels), None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            return None, str(e).splitlines()[0] if str(e) else type(e).__name__
-
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as ex:
-        results = list(ex.map(work, paths))
-    kept = [i for i, (a, _) in enumerate(results) if a is not None]
-    skipped = [(str(paths[i]), err) for i, (a, err) in enumerate(results) if a is None]
-    arr = np.stack([results[i][0] for i in kept]) if kept else np.zeros((0, channels, size, size), np.uint8)
+    Returns the stacked images, the kept indices and the skipped files with the reason.
+    """
+    recs = list(scan_files(paths, size, channels))
+    kept = [i for i, r in enumerate(recs) if r.ok]
+    skipped = [(str(r.path), r.error or "unreadable") for r in recs if not r.ok]
+    arr = np.stack([recs[i].array for i in kept]) if kept else np.zeros((0, channels, size, size), np.uint8)
     return arr, kept, skipped
 
 
 def load_folder(root: Path, cfg: DataConfig) -> DataSource:
     """Build a :class:`DataSource` from an image folder (layouts in the module docstring)."""
-    if not root.is_dir():
-        raise UserError(f"data path is not a folder: {root}")
+    layout = folder_layout(root)  # files, classes and given split; raises on empty or mixed layouts
     size = cfg.image_size or 32
-    split_dirs = {d.name.lower(): d for d in class_dirs(root)}
-    test_dir = next((split_dirs[n] for n in TEST_DIRS if n in split_dirs), None)
-    if "train" in split_dirs and test_dir is not None:
-        tr_paths, tr_labels, tr_classes = scan_split(split_dirs["train"])
-        te_paths, te_labels, te_classes = scan_split(test_dir)
-        if (tr_labels is None) != (te_labels is None):
-            raise UserError(f"{root}: train/ and {test_dir.name}/ must both have class folders or both have none")
-        classes = sorted(set(tr_classes or []) | set(te_classes or [])) if tr_classes else None
-        if classes:  # map both splits onto the union of class names
-            tr_labels = [classes.index(tr_classes[i]) for i in tr_labels]
-            te_labels = [classes.index(te_classes[i]) for i in te_labels]
-        given_split = True
-    else:
-        tr_paths, tr_labels, classes = scan_split(root)
-        te_paths, te_labels = [], [] if tr_labels is not None else None
-        given_split = False
-    all_paths = tr_paths + te_paths
-    if not all_paths:
-        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    modes = {m for m in (_mode_of(p) for p in all_paths) if m is not None}
+    all_paths = layout.paths
+    modes = {h.mode for h in scan_files(all_paths, decode=False) if h.ok}
     if not modes:
         raise UserError(f"no readable image in {root} ({len(all_paths)} files, none could be decoded)")
     channels = 1 if modes <= SINGLE_CHANNEL_MODES else 3
     arr, kept, skipped = decode_all(all_paths, size, channels)
     if not kept:
         raise UserError(f"no readable image in {root} ({len(all_paths)} files, none could be decoded)")
-    labels_all = None if tr_labels is None else np.asarray(tr_labels + (te_labels or []), dtype=np.int64)
-    ids_all = [str(p) for p in all_paths]
     kept_arr = np.asarray(kept)
-    n_tr = len(tr_paths)
     x = torch.from_numpy(arr)
-    ids = [ids_all[i] for i in kept]
-    y = None if labels_all is None else torch.from_numpy(labels_all[kept_arr])
-    if given_split:
-        is_tr = torch.from_numpy(kept_arr < n_tr)
-        tr_idx, te_idx = is_tr.nonzero().view(-1), (~is_tr).nonzero().view(-1)
-    elif y is not None:
-        a, b = stratified_split(y.numpy(), cfg.test_fraction, cfg.split_seed)
-        tr_idx, te_idx = torch.from_numpy(a), torch.from_numpy(b)
-    else:
-        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.split_seed))
-        n_te = int(round(len(ids) * cfg.test_fraction))
-        te_idx, tr_idx = perm[:n_te].sort().values, perm[n_te:].sort().values
+    ids = [str(all_paths[i]) for i in kept]
+    y = None if layout.labels is None else torch.from_numpy(np.asarray(layout.labels, dtype=np.int64)[kept_arr])
+    is_test = torch.from_numpy(assign_split(layout.n_train, kept_arr, None if y is None else y.numpy(), cfg.test_fraction, cfg.split_seed) == 1)
+    tr_idx, te_idx = (~is_test).nonzero().view(-1), is_test.nonzero().view(-1)
     full = Split(x, y, ids)
     return DataSource(
         name=str(root),
         train=full.subset(tr_idx),
         test=full.subset(te_idx),
-        classes=classes,
+        classes=layout.classes,
         grayscale_origin=channels == 1,
         skipped=skipped,
     )

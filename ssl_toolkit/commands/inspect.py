@@ -1,0 +1,77 @@
+"""`ssl inspect`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+
+
+class StageBar:
+    """``progress(stage, done, total)`` drawn as one click progress bar per stage, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.stage, self.bar, self.done = enabled, None, None, 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage, self.done = stage, 0
+            self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<20}", file=click.get_text_stream("stderr"), show_pos=True)
+            self.bar.__enter__()
+        step = done - self.done
+        if step > 0:
+            self.bar.update(step)
+            self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("data")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (instead of the summary).")
+@click.option("--embed", metavar="TARGET", help="Also group images whose embeddings by this backbone (run folder, file or library name) are close.")
+@click.option("--dedupe-list", type=click.Path(dir_okay=False), help="Write the paths (ids) to drop, keeping one image per duplicate group. Nothing is deleted.")
+@click.option("--near-hamming", type=int, help="Largest difference-hash distance (bits of 64) for near duplicates. [default: 4]")
+@click.option("--near-tolerance", type=float, help="Largest mean absolute thumbnail difference (0-1) for near duplicates. [default: 0.01]")
+@click.option("--embed-threshold", type=float, help="Smallest cosine similarity for --embed neighbours. [default: 0.95]")
+@click.option("--max-imbalance", type=float, help="Warn when largest class / smallest class exceeds this. [default: 10]")
+@click.option("--image-size", type=int, help="Size at which the normalisation statistics are measured. [default: the dataset's]")
+@click.option("--workers", type=int, help="Threads reading files. [default: 2 x CPUs, at most 8]")
+@click.option("--config", "config_file", type=click.Path(), help="YAML file with inspect settings.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set data.test_fraction=0.3 (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def inspect(data, out, as_json, embed, dedupe_list, near_hamming, near_tolerance, embed_threshold, max_imbalance, image_size,
+            workers, config_file, overrides, quiet) -> None:
+    """Inspect a dataset: sizes, modes, formats, statistics, labels, duplicates, leakage, unreadable files.
+
+    DATA is a dataset name (digits, synthetic, fashion-mnist) or an image folder. Prints a
+    summary; --json prints everything as JSON, --out writes an HTML page with thumbnails.
+    """
+    quiet_libraries()
+    from ssl_toolkit.config import validate
+    from ssl_toolkit.inspection import InspectConfig, inspect_data
+    from ssl_toolkit.inspection.summary import format_summary
+
+    values = {
+        "data.name": data, "data.image_size": image_size, "near_hamming": near_hamming, "near_tolerance": near_tolerance,
+        "embed_threshold": embed_threshold, "max_imbalance": max_imbalance, "workers": workers,
+    }
+    cfg = validate(InspectConfig, build_config(config_file, values, overrides))
+    bar = StageBar(enabled=not quiet)
+    try:
+        report = inspect_data(cfg, embed=embed, out=out, dedupe_list=dedupe_list, progress=bar)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report, separators=(",", ":")))
+    else:
+        click.echo(format_summary(report))

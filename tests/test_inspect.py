@@ -1,0 +1,266 @@
+"""`ssl inspect`: facts, labels, exact/near duplicates, leakage, unreadable files, JSON/HTML/dedupe outputs.
+
+A tiny labelled folder is built with planted duplicates:
+
+* exact: ``train/cat/a.png`` = ``train/cat/a_copy.bmp`` (same pixels, other format), and
+  ``train/dog/l.png`` = ``test/dog/l.tif`` (a train/test leak);
+* near: ``train/cat/n.png`` ~ ``train/cat/n_small.png`` (resized), and
+  ``train/dog/j.png`` ~ ``test/cat/j.jpg`` (re-encoded JPEG; a near leak);
+* modes: one each of L, P, RGBA, CMYK and 16-bit, the rest RGB;
+* unreadable: a truncated PNG (with markup in its name), random bytes, an empty file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.data.folder import load_folder
+from ssl_toolkit.data.sources import DataSource, Split
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.inspection import InspectConfig, inspect_data, run_inspection
+from ssl_toolkit.inspection import duplicates as dup
+from ssl_toolkit.inspection.duplicates import UnionFind
+from ssl_toolkit.inspection.table import table_from_folder, table_from_source
+
+BROKEN = "broken<script>.png"
+
+
+def picture(seed: int, size: tuple[int, int] = (72, 60)) -> Image.Image:
+    """A smooth random colour picture (sinusoid mix plus an ellipse); different seeds look unrelated."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    img = np.zeros((h, w, 3))
+    for c in range(3):
+        for _ in range(3):
+            fx, fy = rng.uniform(-4, 4, 2)
+            img[..., c] += np.sin(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 6.3))
+    img = (img - img.min()) / (np.ptp(img) + 1e-9) * 255
+    im = Image.fromarray(img.astype(np.uint8), "RGB")
+    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    ImageDraw.Draw(im).ellipse([x0, y0, x0 + w // 3, y0 + h // 3], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
+def build_folder(root: Path) -> Path:
+    d = {s: root / s for s in ("train/cat", "train/dog", "train/bird", "test/cat", "test/dog")}
+    for p in d.values():
+        p.mkdir(parents=True)
+    for k in range(4):
+        picture(k).save(d["train/cat"] / f"u{k}.png")
+    picture(4).save(d["train/dog"] / "u4.png")
+    picture(5).save(d["train/dog"] / "u5.png")
+    picture(6).save(d["test/cat"] / "u6.png")
+    picture(7).save(d["train/bird"] / "u7.png")
+    # exact duplicates: same pixels, other formats
+    picture(10).save(d["train/cat"] / "a.png")
+    picture(10).save(d["train/cat"] / "a_copy.bmp")
+    picture(11).save(d["train/dog"] / "l.png")
+    picture(11).save(d["test/dog"] / "l.tif")
+    # near duplicates: resized, and re-encoded as JPEG
+    big = picture(12, (96, 80))
+    big.save(d["train/cat"] / "n.png")
+    big.resize((72, 60), Image.Resampling.LANCZOS).save(d["train/cat"] / "n_small.png")
+    picture(13).save(d["train/dog"] / "j.png")
+    picture(13).save(d["test/cat"] / "j.jpg", quality=85)
+    # colour modes
+    picture(20).convert("L").save(d["train/cat"] / "gray.png")
+    picture(21).convert("RGBA").save(d["train/dog"] / "rgba.png")
+    picture(22).convert("P", palette=Image.Palette.ADAPTIVE).save(d["train/dog"] / "pal.png")
+    picture(23).convert("CMYK").save(d["test/cat"] / "cmyk.jpg")
+    deep = (np.asarray(picture(24).convert("L"), np.uint16) * 257)
+    Image.fromarray(deep).save(d["test/dog"] / "deep.png")
+    # unreadable files
+    buf = io.BytesIO()
+    picture(30).save(buf, "PNG")
+    (d["train/cat"] / BROKEN).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (d["test/dog"] / "garbage.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    (d["train/dog"] / "empty.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return build_folder(tmp_path_factory.mktemp("inspect") / "data")
+
+
+@pytest.fixture(scope="module")
+def result(folder):
+    return run_inspection(InspectConfig(data={"name": str(folder)}, max_imbalance=5))
+
+
+def names(group: dict) -> set[str]:
+    return {"/".join(Path(m["id"]).parts[-3:]) for m in group["members"]}
+
+
+def test_counts_sizes_modes_formats(result):
+    r = result.report
+    assert r["kind"] == "folder"
+    assert r["images"] == {"total": 21, "train": 16, "test": 5, "unreadable": 3}
+    assert r["modes"]["modes"] == {"RGB": 16, "L": 1, "RGBA": 1, "P": 1, "CMYK": 1, "I;16": 1}
+    assert r["modes"]["channels"] == {"1": 3, "3": 16, "4": 2}
+    assert r["modes"]["high_bit_depth"] == 1 and r["modes"]["mixed"]
+    assert r["formats"] == {"PNG": 17, "JPEG": 2, "BMP": 1, "TIFF": 1}
+    assert r["sizes"]["width"]["min"] == 72 and r["sizes"]["width"]["max"] == 96
+    assert r["sizes"]["aspect_ratio"]["min"] == pytest.approx(1.2)
+    assert sum(r["sizes"]["width"]["histogram"]["counts"]) == 21
+    fs = r["file_sizes"]
+    assert fs["total"] == sum(int(t) for t in result.table.nbytes) and fs["min"] > 0
+    assert any("mixed colour modes" in w for w in r["warnings"])
+
+
+def test_normalisation_matches_the_loader(folder, result):
+    source = load_folder(folder, DataConfig(name=str(folder)))
+    norm = result.report["normalisation"]
+    assert norm["channels"] == source.channels == 3 and norm["image_size"] == 32
+    assert norm["mean"] == pytest.approx(list(source.mean), abs=2e-5)
+    assert norm["std"] == pytest.approx(list(source.std), abs=2e-5)
+    assert sorted(p for p, _ in source.skipped) == sorted(u["path"] for u in result.report["unreadable"])
+
+
+def test_labels_exact_counts_and_imbalance(result):
+    lab = result.report["labels"]
+    assert lab["classes"] == ["bird", "cat", "dog"]
+    assert lab["splits"]["train"]["counts"] == {"bird": 1, "cat": 9, "dog": 6}
+    assert lab["splits"]["test"]["counts"] == {"bird": 0, "cat": 3, "dog": 2}
+    assert lab["splits"]["train"]["imbalance"] == 9.0 and lab["splits"]["test"]["imbalance"] == 1.5
+    assert lab["imbalance"] == 12.0
+    assert lab["splits"]["test"]["missing"] == ["bird"] and lab["splits"]["train"]["missing"] == []
+    warnings = " | ".join(result.report["warnings"])
+    assert "train split is imbalanced" in warnings and "test split is imbalanced" not in warnings
+    assert "test split has no images of 1 class(es): bird" in warnings
+
+
+def test_exact_duplicates_across_formats_and_leak(result):
+    ex = result.report["duplicates"]["exact"]
+    assert sorted(map(sorted, map(names, ex["groups"]))) == [
+        ["test/dog/l.tif", "train/dog/l.png"],
+        ["train/cat/a.png", "train/cat/a_copy.bmp"],
+    ]
+    assert ex["num_groups"] == 2 and ex["redundant"] == 2
+    assert ex["leak_groups"] == 1 and ex["leaked_test_images"] == 1
+    leak = next(g for g in ex["groups"] if g["crosses_split"])
+    assert names(leak) == {"train/dog/l.png", "test/dog/l.tif"}
+
+
+def test_near_duplicates_found_and_unrelated_not_grouped(result):
+    near = result.report["duplicates"]["near"]
+    assert sorted(map(sorted, map(names, near["groups"]))) == [
+        ["test/cat/j.jpg", "train/dog/j.png"],
+        ["train/cat/n.png", "train/cat/n_small.png"],
+    ]
+    assert near["leak_groups"] == 1
+    leak = next(g for g in near["groups"] if g["crosses_split"])
+    assert leak["mixed_labels"] and leak["max_hamming"] <= near["max_hamming"]
+    assert any("near-duplicate group(s) span both splits" in w for w in result.report["warnings"])
+
+
+def test_unreadable_listed_with_reason(result):
+    bad = {Path(u["path"]).name: u["reason"] for u in result.report["unreadable"]}
+    assert set(bad) == {BROKEN, "garbage.jpg", "empty.png"}
+    assert bad["empty.png"] == "empty file"
+    assert "truncated" in bad[BROKEN] or "broken" in bad[BROKEN].lower()
+    assert "cannot identify" in bad["garbage.jpg"]
+
+
+def test_cli_json_html_and_dedupe_list(cli, folder, tmp_path):
+    html, drops = tmp_path / "report.html", tmp_path / "drop.txt"
+    code, out, err = cli("inspect", folder, "--json", "--out", html, "--dedupe-list", drops, "-q")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["images"]["total"] == 21 and report["dedupe"]["drop"] == 4
+    dropped = ["/".join(Path(line).parts[-3:]) for line in drops.read_text().splitlines()]
+    assert sorted(dropped) == ["test/cat/j.jpg", "test/dog/l.tif", "train/cat/a_copy.bmp", "train/cat/n_small.png"]
+    assert all(Path(line).exists() for line in drops.read_text().splitlines())  # listed, never deleted
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script>" not in page and "broken&lt;script&gt;.png" in page
+    assert page.count('src="data:image/') >= 21 + 8  # a grid per class plus the group members
+    assert "train/test leak" in page and "http://" not in page and "https://" not in page
+
+
+def test_cli_summary_text(cli, folder):
+    code, out, err = cli("inspect", folder, "-q")
+    assert code == 0, err
+    assert "images          21 (train 16, test 5), unreadable files 3" in out
+    assert "exact dups      2 group(s), 4 images, 2 redundant; LEAK: 1 group(s)" in out
+    assert "empty.png: empty file" in out
+
+
+def test_missing_path_is_a_user_error(cli, tmp_path):
+    code, out, err = cli("inspect", tmp_path / "nope")
+    assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    with pytest.raises(UserError):
+        inspect_data(str(tmp_path / "nope"))
+
+
+def test_tensor_source_batched_hashes_and_leak():
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.rand(40, 3, 4, 4, generator=g), size=16, mode="bilinear")
+    x = (base * 255).round().to(torch.uint8)
+    train, test = x[:30].clone(), x[30:].clone()
+    test[0] = train[3]  # exact leak
+    noisy = train[5].int() + torch.randint(-2, 3, train[5].shape, generator=g)
+    train[6] = noisy.clamp(0, 255).to(torch.uint8)  # near duplicate of train[5]
+    y = torch.arange(40) % 4
+    source = DataSource("planted", Split(train, y[:30], [f"planted:train:{i}" for i in range(30)]),
+                        Split(test, y[30:], [f"planted:test:{i}" for i in range(10)]), ["a", "b", "c", "d"])
+    table = table_from_source(source)
+    exact = [sorted(table.ids[i] for i in grp) for grp in dup.exact_groups(table)]
+    assert exact == [["planted:test:0", "planted:train:3"]]
+    i, j, _ = dup.near_pairs(table, 4, 0.01)
+    assert [(table.ids[a], table.ids[b]) for a, b in zip(i, j)] == [("planted:train:5", "planted:train:6")]
+
+
+def test_folder_and_tensor_paths_hash_alike(tmp_path):
+    from ssl_toolkit.data.sources import make_synthetic
+
+    x, _ = make_synthetic(24, 32, seed=3)
+    for i, a in enumerate(x):
+        Image.fromarray(a.permute(1, 2, 0).numpy()).save(tmp_path / f"{i:02d}.png")
+    files = table_from_folder(tmp_path, DataConfig(name=str(tmp_path)))
+    arrays = table_from_source(DataSource("s", Split(x, None, [f"s:{i}" for i in range(24)]), Split(x[:0], None, []), None))
+    assert np.array_equal(files.dhash, arrays.dhash)
+    assert np.abs(files.thumbs.astype(int) - arrays.thumbs.astype(int)).max() <= 1
+
+
+def test_cli_tensor_source(cli):
+    code, out, err = cli("inspect", "synthetic", "--set", "data.synthetic_train=60", "--set", "data.synthetic_test=30", "--json", "-q")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["kind"] == "tensor" and r["images"] == {"total": 90, "train": 60, "test": 30, "unreadable": 0}
+    assert r["modes"]["modes"] == {"RGB": 90} and r["formats"] is None and r["file_sizes"] is None
+    assert sum(r["labels"]["splits"]["train"]["counts"].values()) == 60
+    assert len(r["normalisation"]["mean"]) == 3
+
+
+def test_embedding_neighbours(folder, tmp_path):
+    from conftest import TINY_BACKBONE
+
+    from ssl_toolkit.backbones import create_backbone
+    from ssl_toolkit.checkpoints import save_backbone
+    from ssl_toolkit.config import BackboneConfig
+
+    model, spec = create_backbone(BackboneConfig(name=TINY_BACKBONE), 3, 16)
+    meta = {"task": "none", "backbone": spec.to_dict(), "in_chans": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_backbone(tmp_path / "bb", model, meta)
+    r = inspect_data(InspectConfig(data={"name": str(folder)}, embed_threshold=-1.0), embed=str(tmp_path / "bb"))
+    emb = r["duplicates"]["embedding"]
+    assert emb["num_groups"] == 1 and emb["images"] == 21  # every pair passes a threshold of -1
+    assert emb["pairs"] == 21 * 20 // 2 - 2  # exact copies are not counted as neighbours
+    assert r["normalisation"]["image_size"] == 16
+
+
+def test_union_find_groups():
+    uf = UnionFind(6)
+    uf.union(0, 1)
+    uf.union(3, 4)
+    uf.union(4, 5)
+    assert [g.tolist() for g in uf.groups(np.arange(6))] == [[3, 4, 5], [0, 1]]
