@@ -1,0 +1,45 @@
+"""`ssl embed`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("target")
+@click.option("--data", "-d", help="Dataset name or image folder. [default: the dataset the backbone was pretrained on]")
+@click.option("--out", "-o", default="embeddings.npz", show_default=True, type=click.Path(dir_okay=False),
+              help="Output file: .npz (one file) or .npy (memory-mappable embeddings + FILE.meta.npz).")
+@click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True, help="Which split(s) to embed.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
+def embed(target, data, out, split, batch_size, device, as_json) -> None:
+    """Write the embeddings of a dataset under a backbone.
+
+    TARGET is a run folder, a backbone file or a checkpoint-library name. The file holds
+    float32 embeddings, labels (when the data has them), image ids and split/row indices.
+    Features come from (and go to) the feature cache shared with `ssl probe`.
+    """
+    quiet_libraries()
+    from ssl_toolkit.eval.embed import embed as run_embed
+
+    result = run_embed(target, data, out, split=split, batch_size=batch_size, device=device)
+    rows = [
+        ("data", result["dataset"]),
+        ("rows", ", ".join(f"{k} {v}" for k, v in result["splits"].items())),
+        ("dim", str(result["dim"])),
+        ("labels", "yes" if result["labelled"] else "no"),
+        ("from cache", ", ".join(result["cached"]) or "-"),
+        ("seconds", f"{result['seconds']:.1f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+    if as_json:
+        click.echo(json.dumps(result, separators=(",", ":")))
+    click.echo(f"embeddings: {result['path']}")

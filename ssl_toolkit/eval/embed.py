@@ -1,0 +1,352 @@
+"""Embeddings of a dataset under a frozen backbone, streamed to disk.
+
+:func:`split_features` gives the features of one split through the evaluators' feature
+cache (``$SSL_TOOLKIT_HOME/cache/features``): a cached split is memory-mapped, a new one
+is extracted batch by batch straight into its destination (an ``.npy`` memmap for
+:func:`embed`) and then stored in the cache, so the features are never held in memory
+as a whole.
+
+Output of :func:`embed`:
+
+* ``FILE.npz``: ``embeddings`` ``(N, D)`` float32, ``labels`` ``(N,)`` int64 (only for
+  labelled data), ``ids`` (image path or ``dataset:index``), ``split`` (``train``/``test``),
+  ``index`` (row within its split), ``classes`` and ``meta`` (a JSON string).
+* ``FILE.npy``: the ``(N, D)`` float32 embeddings alone, readable with
+  ``np.load(FILE, mmap_mode="r")``, and next to it ``FILE.meta.npz`` with the other arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssl_toolkit.config import DataConfig, validate
+from ssl_toolkit.data.sources import DataSource, load_source
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+
+SPLITS = ("train", "test")
+EMBED_BATCH = 256
+
+
+@dataclass
+class Embeddings:
+    """Rows of embeddings with where they came from.
+
+    Attributes:
+        features: ``(N, D)`` float32 (possibly a read-only memmap).
+        labels: ``(N,)`` int64, or ``None`` for unlabelled data.
+        ids: ``(N,)`` image paths or ``dataset:index`` strings.
+        split: ``(N,)`` ``"train"`` or ``"test"``.
+        index: ``(N,)`` row within its split.
+        classes: Class names, or ``None``.
+        meta: Backbone, dataset and preprocessing facts.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray | None
+    ids: np.ndarray
+    split: np.ndarray
+    index: np.ndarray
+    classes: list[str] | None
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def part(self, split: str) -> Embeddings:
+        """The rows of one split."""
+        rows = np.flatnonzero(self.split == split)
+        return Embeddings(
+            np.asarray(self.features[rows]), None if self.labels is None else self.labels[rows],
+            self.ids[rows], self.split[rows], self.index[rows], self.classes, self.meta,
+        )
+
+
+def data_config(data: str | dict[str, Any] | DataConfig, image_size: int | None = None) -> DataConfig:
+    """A :class:`DataConfig` from a name/folder, a dict of its fields or a config; ``image_size`` imposed."""
+    if isinstance(data, DataConfig):
+        cfg = data
+    elif isinstance(data, str):
+        cfg = DataConfig(name=data)
+    else:
+        cfg = validate(DataConfig, dict(data), what="data")
+    return cfg.model_copy(update={"image_size": image_size}) if image_size else cfg
+
+
+def preprocess_of(meta: dict[str, Any]) -> Preprocess:
+    """The backbone's input preprocessing from its metadata."""
+    return Preprocess(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cache_path(cache: FeatureCache, fingerprint: str, source: DataSource, split: str, pre: Preprocess) -> Path:
+    """Where :class:`FeatureCache` keeps this split's features (same key, same file)."""
+    return cache.root / f"{cache.key(fingerprint, source, split, pre)}.pt"
+
+
+@torch.no_grad()
+def stream_features(model: nn.Module, images: torch.Tensor, pre: Preprocess, out: np.ndarray, batch_size: int = EMBED_BATCH, device: str = "cpu") -> None:
+    """Write the pooled features of ``images`` into ``out`` (``(N, D)``), one batch at a time."""
+    was_training = model.training
+    model.eval().to(device)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size].to(device)
+        out[start : start + len(chunk)] = model(pre(chunk)).float().cpu().numpy()
+    model.train(was_training)
+
+
+def split_features(
+    model: nn.Module,
+    source: DataSource,
+    split: str,
+    pre: Preprocess,
+    cache: FeatureCache | None = None,
+    fingerprint: str | None = None,
+    out: np.ndarray | None = None,
+    batch_size: int = EMBED_BATCH,
+    device: str | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Features of ``source.<split>`` through the feature cache.
+
+    Args:
+        model: The backbone (pooled output).
+        source: The data.
+        split: ``"train"`` or ``"test"``.
+        pre: Input preprocessing.
+        cache: The feature cache (default: the toolkit's).
+        fingerprint: :func:`weights_fingerprint` of ``model`` (computed if ``None``).
+        out: Where to put the features (e.g. a slice of a memmap); a new array if ``None``.
+        batch_size: Images per forward pass.
+        device: Where to run the backbone (default: CUDA when available).
+
+    Returns:
+        The ``(N, D)`` float32 features (``out`` when given) and whether they came from the cache.
+    """
+    cache = cache or FeatureCache()
+    fingerprint = fingerprint or weights_fingerprint(model)
+    images = getattr(source, split).images
+    path = cache_path(cache, fingerprint, source, split, pre)
+    cached = None
+    if path.is_file():
+        try:
+            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == len(images):
+                cached = t.float().numpy()
+        except Exception:  # noqa: BLE001  (an unreadable cache entry is recomputed)
+            cached = None
+    if cached is not None:
+        if out is None:
+            return cached, True
+        for start in range(0, len(cached), 65536):
+            out[start : start + 65536] = cached[start : start + 65536]
+        return out, True
+    if out is None:
+        out = np.empty((len(images), int(model.num_features)), dtype=np.float32)
+    stream_features(model, images, pre, out, batch_size, device or default_device())
+    cache.forward_passes += 1
+    store_in_cache(path, out)
+    return out, False
+
+
+def store_in_cache(path: Path, feats: np.ndarray) -> None:
+    """Save ``feats`` as the cache's ``.pt`` tensor file, atomically, without another copy in memory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(torch.from_numpy(np.asarray(feats)), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The data a backbone was pretrained on, if it can still be loaded: the run config's ``data``, or a registered name."""
+    from ssl_toolkit.data.sources import SOURCES
+
+    config = None if folder is None else folder / "config.yaml"
+    if config is not None and config.is_file():
+        import yaml
+
+        try:
+            section = (yaml.safe_load(config.read_text()) or {}).get("data")
+        except (OSError, yaml.YAMLError):
+            section = None
+        if isinstance(section, dict) and section.get("name"):
+            name = str(section["name"])
+            if name in SOURCES or Path(name).expanduser().exists():
+                return section
+    name = (meta.get("dataset") or {}).get("name")
+    return name if name in SOURCES else None
+
+
+def load_target_source(target: str | Path, data: str | dict[str, Any] | DataConfig | None) -> tuple[nn.Module, dict[str, Any], Path | None, DataSource, Preprocess]:
+    """The backbone of ``target``, its metadata and folder, and ``data`` at the backbone's image size.
+
+    ``data=None`` means the data the backbone was pretrained on: the ``data`` section of the
+    run's ``config.yaml``, else the registered dataset named in its metadata.
+    """
+    from ssl_toolkit.library import load_backbone_any
+
+    model, meta, folder = load_backbone_any(target)
+    if data is None:
+        data = pretraining_data(folder, meta)
+        if data is None:
+            raise UserError(f"--data is needed: {target} does not say which data it was pretrained on")
+    source = load_source(data_config(data, int(meta["image_size"])))
+    return model, meta, folder, source, preprocess_of(meta)
+
+
+def embed(
+    target: str | Path,
+    data: str | dict[str, Any] | DataConfig | None = None,
+    out: str | Path = "embeddings.npz",
+    split: str = "all",
+    batch_size: int = EMBED_BATCH,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Write the embeddings of ``data`` under the backbone ``target`` to ``out``.
+
+    Args:
+        target: Run folder, backbone file or checkpoint-library name.
+        data: Dataset name or folder, a dict of :class:`DataConfig` fields, or a config
+            (default: the registered dataset the backbone was pretrained on).
+        out: ``.npz`` (one file) or ``.npy`` (memmap-able embeddings + ``.meta.npz``).
+        split: ``train``, ``test`` or ``all`` (train rows, then test rows).
+        batch_size: Images per forward pass.
+        device: Where to run the backbone (default: CUDA when available).
+
+    Returns:
+        ``path``, ``meta_path`` (``.npy`` only), ``rows``, ``dim``, ``splits`` (rows per
+        split), ``labelled``, ``cached`` (splits served by the cache), ``seconds``.
+    """
+    start = time.time()
+    out = Path(out).expanduser()
+    if out.suffix not in (".npz", ".npy"):
+        raise UserError(f"--out must end in .npz or .npy, not '{out.name}'")
+    if split not in (*SPLITS, "all"):
+        raise UserError(f"unknown split '{split}': use train, test or all")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder")
+    model, meta, _, source, pre = load_target_source(target, data)
+    splits = [s for s in (SPLITS if split == "all" else (split,)) if len(getattr(source, s))]
+    if not splits:
+        raise UserError(f"{source.name} has no images in split '{split}'")
+    counts = {s: len(getattr(source, s)) for s in splits}
+    n, dim = sum(counts.values()), int(model.num_features)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # the embeddings go to an .npy memmap: the destination itself, or a temp file packed into the .npz
+    target_npy = out if out.suffix == ".npy" else None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    cache = FeatureCache()
+    fingerprint = weights_fingerprint(model)
+    cached = []
+    try:
+        emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        row = 0
+        for s in splits:
+            _, hit = split_features(model, source, s, pre, cache, fingerprint, emb[row : row + counts[s]], batch_size, device)
+            if hit:
+                cached.append(s)
+            row += counts[s]
+        emb.flush()
+        arrays = row_arrays(source, splits)
+        info = {
+            "target": str(target),
+            "backbone": meta["backbone"]["timm_name"],
+            "task": meta.get("task"),
+            "weights_fingerprint": fingerprint,
+            "dataset": source.describe(),
+            "preprocess": pre.key(),
+            "splits": counts,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        arrays["meta"] = np.array(json.dumps(info))
+        if target_npy is None:
+            write_npz(out, {"embeddings": emb, **arrays})
+            del emb
+            tmp.unlink()
+            meta_path = None
+        else:
+            del emb
+            os.replace(tmp, target_npy)
+            meta_path = out.with_suffix(".meta.npz")
+            write_npz(meta_path, arrays)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "path": str(out),
+        "meta_path": None if meta_path is None else str(meta_path),
+        "rows": n,
+        "dim": dim,
+        "splits": counts,
+        "labelled": source.labelled,
+        "cached": cached,
+        "dataset": source.name,
+        "seconds": round(time.time() - start, 3),
+    }
+
+
+def row_arrays(source: DataSource, splits: list[str]) -> dict[str, np.ndarray]:
+    """``labels`` (when known), ``ids``, ``split``, ``index`` and ``classes`` for the rows of ``splits``."""
+    parts = [getattr(source, s) for s in splits]
+    arrays = {
+        "ids": np.array([i for p in parts for i in p.ids], dtype=str),
+        "split": np.array([s for s, p in zip(splits, parts) for _ in range(len(p))], dtype=str),
+        "index": np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts]),
+        "classes": np.array(source.classes or [], dtype=str),
+    }
+    if source.labelled:
+        arrays["labels"] = np.concatenate([p.labels.numpy().astype(np.int64) for p in parts])
+    return arrays
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` into a temp file renamed into place (arrays, memmaps included, are written in chunks)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_embeddings(path: str | Path, mmap: bool = True) -> Embeddings:
+    """Read what :func:`embed` wrote (``.npz``, or ``.npy`` with its ``.meta.npz``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no embeddings file {path}")
+    if path.suffix == ".npy":
+        feats = np.load(path, mmap_mode="r" if mmap else None)
+        side = path.with_suffix(".meta.npz")
+        if not side.is_file():
+            raise UserError(f"{side} is missing next to {path}")
+        z = np.load(side, allow_pickle=False)
+    else:
+        z = np.load(path, allow_pickle=False)
+        feats = z["embeddings"]
+    classes = [str(c) for c in z["classes"]] or None
+    return Embeddings(
+        feats, z["labels"] if "labels" in z.files else None, z["ids"], z["split"], z["index"], classes,
+        json.loads(str(z["meta"])),
+    )

@@ -1,0 +1,393 @@
+"""``report()``: one self-contained HTML page about a backbone and a dataset.
+
+The stages stay separate: features (:mod:`ssl_toolkit.eval.embed`, through the feature
+cache) -> numbers (:mod:`ssl_toolkit.eval.analysis`) -> figures
+(:mod:`ssl_toolkit.eval.plots`) -> page (``templates/report.html``, Jinja2 with
+autoescape, every image embedded as a ``data:`` URI, no external resources).
+
+What the page shows: the run's header facts, training curves from ``metrics.csv``, the
+probe results saved in the run, FAISS kNN / retrieval / k-means figures, the UMAP
+scatter, nearest-neighbour grids, the linear probe's confusion matrix, and the latest
+sample grids of tasks that save pictures (``<run>/samples/*.png``).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssl_toolkit import __version__
+from ssl_toolkit.atomic import atomic_write_text
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.eval import plots
+from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
+from ssl_toolkit.eval.embed import load_target_source, split_features
+from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+CURVE_COLUMNS = ("loss_step", "loss_epoch", "pretext_acc", "online_top1", "online_train_top1")
+EPOCH_IN_NAME = re.compile(r"epoch[-_]?(\d+)", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------
+# reading a run folder
+# ---------------------------------------------------------------------------------------
+def read_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Series of Lightning's ``metrics.csv``: losses against the step, epoch metrics against the epoch (1-based)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    if not path.is_file():
+        return series
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for col in CURVE_COLUMNS:
+                value = _number(row.get(col))
+                if value is None:
+                    continue
+                if col.startswith("loss"):
+                    x = _number(row.get("step"))
+                else:
+                    epoch = _number(row.get("epoch"))
+                    x = None if epoch is None else epoch + 1
+                if x is None:
+                    continue
+                xs, ys = series.setdefault(col, ([], []))
+                xs.append(x)
+                ys.append(value)
+    return series
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata."""
+    results = []
+    if folder is not None and (folder / "probes").is_dir():
+        for p in sorted((folder / "probes").glob("*.json")):
+            try:
+                r = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(r, dict) and "top1" in r:
+                results.append(r)
+    if not results:
+        results = [dict(v) for v in (meta.get("probes") or {}).values() if isinstance(v, dict) and "top1" in v]
+    return sorted(results, key=lambda r: (str(r.get("mode")), -float(r.get("label_fraction") or 0)))
+
+
+def pick_confusion(probes: list[dict[str, Any]], dataset: str) -> dict[str, Any] | None:
+    """The linear probe with a confusion matrix, preferring this dataset and the most labels."""
+    linear = [p for p in probes if p.get("mode") == "linear" and p.get("confusion") and p.get("classes")]
+    if not linear:
+        return None
+    return max(linear, key=lambda p: (p.get("dataset") == dataset, float(p.get("label_fraction") or 0)))
+
+
+def latest_samples(folder: Path | None) -> tuple[int | None, list[Path]]:
+    """The sample pictures of the latest epoch in ``<run>/samples`` (by the epoch number in the name, else the newest file)."""
+    if folder is None or not (folder / "samples").is_dir():
+        return None, []
+    files = sorted((folder / "samples").glob("*.png"))
+    if not files:
+        return None, []
+    numbered = {p: int(m.group(1)) for p in files if (m := EPOCH_IN_NAME.search(p.stem))}
+    if numbered:
+        last = max(numbered.values())
+        return last, [p for p in files if numbered.get(p) == last]
+    return None, [max(files, key=lambda p: p.stat().st_mtime)]
+
+
+def sample_picture(path: Path, max_width: int = 1100) -> dict[str, Any]:
+    """A saved sample grid for the page: its bytes as a data URI and a display width (small grids scaled up to 4x)."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    try:
+        with Image.open(path) as im:
+            width = int(im.width)
+    except OSError:
+        width = max_width
+    scale = max(1, min(4, max_width // max(width, 1)))
+    return {"src": data_uri(data), "name": path.name, "width": min(width * scale, max_width)}
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------
+# page parts
+# ---------------------------------------------------------------------------------------
+def header_rows(meta: dict[str, Any], source_name: str, target: str) -> list[tuple[str, str]]:
+    """Facts for the page header, as (label, text)."""
+    bb = meta.get("backbone", {})
+    ds = meta.get("dataset") or {}
+    wall = meta.get("wall_seconds")
+    versions = meta.get("versions") or {}
+    run_version = versions.get("ssl_toolkit")
+    version = __version__ if not run_version or run_version == __version__ else f"{__version__} (trained with {run_version})"
+    rows = [
+        ("backbone", f"{bb.get('timm_name', '?')}" + (" (small stem)" if bb.get("small_stem") else "")),
+        ("pretext task", str(meta.get("task") or "-")),
+        ("pretrained on", str(ds.get("name") or "-")),
+        ("analysed on", source_name),
+        ("epochs", str(meta.get("epochs", "-"))),
+        ("wall time", _duration(wall) if isinstance(wall, (int, float)) else "-"),
+        ("image size", f"{meta.get('image_size')} px, {meta.get('in_chans')} channel(s)"),
+        ("toolkit version", version),
+        ("target", target),
+    ]
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
+    rows = []
+    for p in probes:
+        extra = p.get("top1_by_k")
+        rows.append({
+            "mode": str(p.get("mode", "?")),
+            "fraction": f"{float(p.get('label_fraction') or 0):g}",
+            "top1": _pct(p.get("top1")),
+            "top5": _pct(p.get("top5")),
+            "sizes": f"{p.get('n_train', '-')} / {p.get('n_test', '-')}",
+            "dataset": str(p.get("dataset", "-")),
+            "notes": ", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items()) if isinstance(extra, dict) else "",
+            "created": str(p.get("created", "")),
+        })
+    return rows
+
+
+def grid_rows(an: Analysis, query_split: Any, gallery_split: Any, classes: list[str] | None, labelled: bool) -> list[dict[str, Any]]:
+    """Neighbour grids: per example query its thumbnail, label and top-5 with labels, mistakes marked."""
+    rows = []
+    for qi, neigh, sims in zip(an.grid_queries.tolist(), an.grid_neighbours.tolist(), an.grid_sims.tolist()):
+        q_label = int(query_split.labels[qi]) if labelled else None
+        cells = []
+        for rank, (gi, sim) in enumerate(zip(neigh, sims), 1):
+            if gi < 0:
+                continue
+            g_label = int(gallery_split.labels[gi]) if labelled else None
+            cells.append({
+                "src": data_uri(plots.thumbnail(gallery_split.images[gi].numpy())),
+                "label": _class_name(classes, g_label),
+                "id": _short_id(gallery_split.ids[gi]),
+                "rank": rank,
+                "sim": f"{sim:.3f}",
+                "ok": None if not labelled else g_label == q_label,
+            })
+        rows.append({
+            "src": data_uri(plots.thumbnail(query_split.images[qi].numpy())),
+            "label": _class_name(classes, q_label),
+            "id": _short_id(query_split.ids[qi]),
+            "cells": cells,
+            "mistakes": sum(1 for c in cells if c["ok"] is False),
+        })
+    return rows
+
+
+def _class_name(classes: list[str] | None, label: int | None) -> str:
+    if label is None:
+        return ""
+    return classes[label] if classes and 0 <= label < len(classes) else str(label)
+
+
+def _short_id(image_id: str) -> str:
+    """The last two path parts of a file id (class folder / file name), or the id itself."""
+    parts = Path(image_id).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else image_id
+
+
+def render(context: dict[str, Any]) -> str:
+    """The page from ``templates/report.html`` (autoescaped)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True, default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template("report.html").render(**context)
+
+
+# ---------------------------------------------------------------------------------------
+# the whole report
+# ---------------------------------------------------------------------------------------
+def report(
+    target: str | Path,
+    data: str | dict[str, Any] | DataConfig | None = None,
+    out: str | Path | None = None,
+    umap: UmapParams | dict[str, Any] | None = None,
+    ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+    clusters: int | None = None,
+    queries_per_class: int = 2,
+    batch_size: int = 256,
+    device: str | None = None,
+    seed: int = 0,
+    split: str = "auto",
+) -> dict[str, Any]:
+    """Analyse ``data`` under the backbone ``target`` and write one HTML page.
+
+    Args:
+        target: Run folder, backbone file or checkpoint-library name.
+        data: Dataset name or folder, a dict of :class:`DataConfig` fields, or a config
+            (default: the registered dataset the backbone was pretrained on).
+        out: The HTML file (default ``<run>/report.html`` for a folder, else ``report.html``).
+        umap: UMAP settings (:class:`UmapParams` or a dict of its fields).
+        ivf_threshold: Gallery size from which FAISS searches an IVF index instead of an exact one.
+        clusters: k-means ``k`` (default: the number of classes, or 10 without labels).
+        queries_per_class: Example queries per class in the neighbour grids.
+        batch_size: Images per forward pass when features are extracted.
+        device: Where to run the backbone (default: CUDA when available).
+        seed: Seed of subsampling and example picks.
+        split: ``auto``: test queries against the training gallery (leave-one-out on the
+            training split when there is no test split); ``train`` or ``test``: that split
+            alone, leave-one-out.
+
+    Returns:
+        ``path`` and the analysis figures (``knn``, ``recall``, ``map_at_r``, ``clusters``,
+        ``search``...), plus ``seconds`` per stage.
+    """
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    umap_params = umap if isinstance(umap, UmapParams) else UmapParams(**{"seed": seed, **dict(umap or {})})
+    model, meta, folder, source, pre = load_target_source(target, data)
+    out_path = Path(out) if out is not None else (folder / "report.html" if folder is not None else Path("report.html"))
+    seconds["load"] = time.perf_counter() - t0
+
+    # --- features -------------------------------------------------------------------
+    t = time.perf_counter()
+    if split not in ("auto", "train", "test"):
+        raise UserError(f"unknown split '{split}': use auto, train or test")
+    if split != "auto" and len(getattr(source, split)) < 2:
+        raise UserError(f"{source.name} has fewer than 2 images in its {split} split")
+    cache = FeatureCache()
+    fp = weights_fingerprint(model)
+    # two splits: test queries, training gallery; one split: it searches itself (leave-one-out)
+    two = split == "auto" and len(source.test) > 0
+    query_name = "test" if two or split == "test" else "train"
+    qx = np.asarray(split_features(model, source, query_name, pre, cache, fp, batch_size=batch_size, device=device)[0])
+    gx = np.asarray(split_features(model, source, "train", pre, cache, fp, batch_size=batch_size, device=device)[0]) if two else None
+    seconds["features"] = time.perf_counter() - t
+
+    # --- numbers --------------------------------------------------------------------
+    t = time.perf_counter()
+    labelled = source.labelled
+    query_split = getattr(source, query_name)
+    gallery_split = source.train if two else query_split
+    an = analyze(
+        qx,
+        query_split.labels.numpy() if labelled else None,
+        gx,
+        gallery_split.labels.numpy() if labelled and two else None,
+        num_classes=source.num_classes or None,
+        clusters=clusters,
+        umap_params=umap_params,
+        ivf_threshold=ivf_threshold,
+        grid_per_class=queries_per_class,
+        seed=seed,
+    )
+    seconds["analysis"] = time.perf_counter() - t
+
+    # --- figures --------------------------------------------------------------------
+    t = time.perf_counter()
+    classes = source.classes if labelled else None
+    probes = read_probes(folder, meta)
+    confusion = pick_confusion(probes, source.name)
+    curves = plots.training_curves(read_curves(folder / "metrics.csv")) if folder is not None else None
+    if labelled:
+        groups, names, colour_by = query_split.labels.numpy()[an.umap_index], classes, "class"
+    else:
+        assign = an.clusters.assignments
+        groups = None if assign is None else assign[an.umap_index]
+        names, colour_by = [f"cluster {c}" for c in range(an.clusters.k)], "k-means cluster"
+    split_name = query_name
+    scatter = None
+    if len(an.umap):
+        title = f"UMAP of {len(an.umap):,} {split_name} embeddings, coloured by {colour_by}"
+        scatter = plots.umap_scatter(an.umap, groups, names, title)
+    conf_png = plots.confusion_heatmap(np.asarray(confusion["confusion"]), confusion["classes"]) if confusion else None
+    sample_epoch, sample_files = latest_samples(folder)
+    grids = grid_rows(an, query_split, gallery_split, classes, labelled)
+    seconds["plots"] = time.perf_counter() - t
+
+    # --- page -----------------------------------------------------------------------
+    t = time.perf_counter()
+    summary = an.summary()
+    class_rows = []
+    if labelled and classes:
+        n_train = np.bincount(source.train.labels.numpy(), minlength=len(classes))
+        n_test = np.bincount(source.test.labels.numpy(), minlength=len(classes)) if len(source.test) else np.zeros(len(classes), int)
+        for c, name in enumerate(classes):
+            class_rows.append({"name": name, "train": int(n_train[c]), "test": int(n_test[c]), "knn": _pct(an.per_class_knn[c] if c < len(an.per_class_knn) else None)})
+    cluster_sizes = np.bincount(an.clusters.assignments, minlength=an.clusters.k).tolist() if an.clusters.assignments is not None else []
+    context = {
+        "title": f"{meta.get('task') or 'backbone'} · {meta.get('backbone', {}).get('timm_name', '')} · {source.name}",
+        "header": header_rows(meta, source.name, str(target)),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+        "curves": data_uri(curves) if curves else None,
+        "probes": probe_rows(probes),
+        "labelled": labelled,
+        "has_test": two,
+        "split_name": split_name,
+        "n_queries": an.n_queries,
+        "n_gallery": an.search.n_gallery,
+        "search": an.search.describe(),
+        "knn": [{"k": k, "id": f"knn-acc-{k}", "value": an.knn[k], "text": _pct(an.knn[k])} for k in KNN_KS if k in an.knn],
+        "recall": [{"k": k, "id": f"recall-{k}", "value": an.recall[k], "text": _pct(an.recall[k])} for k in RECALL_KS if k in an.recall],
+        "map_at_r": None if an.map_at_r is None else {"value": an.map_at_r, "text": _pct(an.map_at_r), "cap": an.map_r_cap},
+        "temperature": an.temperature,
+        "clusters": summary["clusters"],
+        "cluster_sizes": cluster_sizes,
+        "class_rows": class_rows,
+        "scatter": data_uri(scatter) if scatter else None,
+        "umap": {"points": int(len(an.umap)), "total": an.n_queries, **vars(umap_params)},
+        "grids": grids,
+        "confusion": {"src": data_uri(conf_png), "top1": _pct(confusion.get("top1")), "fraction": f"{float(confusion.get('label_fraction') or 0):g}"} if conf_png else None,
+        "samples": [sample_picture(p) for p in sample_files],
+        "sample_epoch": sample_epoch,
+        "skipped": len(source.skipped),
+    }
+    html = render(context)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, html)
+    seconds["render"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    return {
+        "path": str(out_path),
+        **summary,
+        "labelled": labelled,
+        "dataset": source.name,
+        "probes": len(probes),
+        "bytes": len(html.encode("utf-8")),
+        "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "analysis_stages": summary["seconds"]},
+    }

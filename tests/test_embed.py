@@ -1,0 +1,122 @@
+"""`ssl embed`: streamed embeddings in .npz / .npy, through the evaluators' feature cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_BACKBONE
+
+DATA = {"name": "synthetic", "image_size": 16, "synthetic_train": 96, "synthetic_test": 40, "synthetic_classes": 3}
+
+
+def save_random_backbone(folder: Path, in_chans: int, image_size: int, mean, std, **meta) -> torch.nn.Module:
+    """A randomly initialised tiny timm backbone saved as a backbone folder (weights + meta.json)."""
+    from ssl_toolkit.backbones import create_backbone
+    from ssl_toolkit.checkpoints import save_backbone
+    from ssl_toolkit.config import BackboneConfig
+
+    torch.manual_seed(0)
+    model, spec = create_backbone(BackboneConfig(name=TINY_BACKBONE), in_chans, image_size)
+    info = {"task": "random-init", "backbone": spec.to_dict(), "in_chans": in_chans, "image_size": image_size,
+            "mean": list(mean), "std": list(std), **meta}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_backbone(folder, model, info)
+    return model.eval()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+
+    src = load_source(DataConfig(**DATA))
+    save_random_backbone(tmp_path / "run", src.channels, src.image_size, src.mean, src.std)
+    return tmp_path / "run", src
+
+
+def reference_features(run: Path, src) -> dict[str, np.ndarray]:
+    from ssl_toolkit.eval.features import Preprocess, extract
+    from ssl_toolkit.library import load_backbone_any
+
+    model, meta, _ = load_backbone_any(run)
+    pre = Preprocess(meta["in_chans"], tuple(meta["mean"]), tuple(meta["std"]))
+    return {s: extract(model, getattr(src, s).images, pre).numpy() for s in ("train", "test")}
+
+
+def test_embed_npz_rows_labels_ids_and_cache(run_dir, tmp_path):
+    import ssl_toolkit as st
+    from ssl_toolkit.eval.embed import load_embeddings
+    from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+    from ssl_toolkit.library import load_backbone_any
+
+    run, src = run_dir
+    res = st.embed(run, DATA, tmp_path / "e.npz", batch_size=32)
+    assert res["rows"] == 136 and res["splits"] == {"train": 96, "test": 40} and res["cached"] == []
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"embeddings", "labels", "ids", "split", "index", "classes", "meta"}
+        emb = z["embeddings"]
+        assert emb.dtype == np.float32 and emb.shape == (136, res["dim"])
+        np.testing.assert_array_equal(z["labels"], np.concatenate([src.train.labels.numpy(), src.test.labels.numpy()]))
+        assert list(z["ids"][:2]) == src.train.ids[:2] and z["ids"][-1] == src.test.ids[-1]
+        assert list(z["split"]).count("test") == 40 and z["index"][96] == 0 and z["index"][-1] == 39
+        assert json.loads(str(z["meta"]))["backbone"] == TINY_BACKBONE
+    ref = reference_features(run, src)
+    np.testing.assert_allclose(emb[:96], ref["train"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(emb[96:], ref["test"], rtol=1e-4, atol=1e-5)
+
+    # the evaluators' cache now holds both splits: no forward pass for them, nor for a second embed
+    model, meta, _ = load_backbone_any(run)
+    cache = FeatureCache()
+    pre = Preprocess(meta["in_chans"], tuple(meta["mean"]), tuple(meta["std"]))
+    got = cache.get(model, src, "test", pre, weights_fingerprint(model))
+    assert cache.forward_passes == 0
+    np.testing.assert_array_equal(got.numpy(), emb[96:])
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "rotation", "data": DATA}))
+    again = st.embed(run, out=tmp_path / "e2.npz")  # no data given: the run's pretraining data
+    assert again["cached"] == ["train", "test"] and again["rows"] == 136
+    loaded = load_embeddings(tmp_path / "e2.npz")
+    np.testing.assert_array_equal(loaded.features, emb)
+    assert loaded.part("test").labels.tolist() == src.test.labels.tolist()
+
+
+def test_embed_npy_memmap_one_split(run_dir, tmp_path, cli):
+    from ssl_toolkit.eval.embed import load_embeddings
+
+    from ssl_toolkit.eval.embed import embed
+
+    run, src = run_dir
+    res = embed(run, DATA, tmp_path / "t.npy", split="test", batch_size=16)
+    assert res["meta_path"].endswith("t.meta.npz") and res["splits"] == {"test": 40}
+    feats = np.load(tmp_path / "t.npy", mmap_mode="r")
+    assert isinstance(feats, np.memmap) and feats.shape == (40, res["dim"])
+    e = load_embeddings(tmp_path / "t.npy")
+    assert isinstance(e.features, np.memmap) and e.labels.tolist() == src.test.labels.tolist() and set(e.split) == {"test"}
+    np.testing.assert_allclose(np.asarray(feats), reference_features(run, src)["test"], rtol=1e-4, atol=1e-5)
+    assert not list(tmp_path.glob(".*.npy")), "temporary files are cleaned up"
+
+    code, out, err = cli("embed", run, "--data", "digits", "--out", tmp_path / "bad.txt")
+    assert code == 2 and err.strip().count("\n") == 0 and ".npz or .npy" in err
+    code, out, err = cli("embed", run, "--out", tmp_path / "x.npz")  # no --data, and the backbone names no dataset
+    assert code == 2 and "--data is needed" in err
+
+
+def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
+    run, _ = run_dir
+    folder = tmp_path / "imgs"
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * i, 100 if c == "a" else 200, 30)).save(folder / c / f"{i}.png")
+    code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "f.npz")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == f"embeddings: {tmp_path / 'f.npz'}"
+    with np.load(tmp_path / "f.npz") as z:
+        assert len(z["embeddings"]) == 12 and list(z["classes"]) == ["a", "b"]
+        assert all(str(i).endswith(".png") for i in z["ids"])

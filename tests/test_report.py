@@ -1,0 +1,206 @@
+"""`ssl report`: one self-contained HTML page, checked as text and in a real headless Chromium.
+
+One report is built per module (UMAP's first call compiles with numba, so it runs once);
+the CLI test reuses the compiled functions in-process.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_embed import save_random_backbone
+
+EVIL = "<b>x<b>"  # a class folder whose name is markup ('/' cannot appear in a folder name)
+CLASSES = ["cat", "dog", EVIL]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def write_image_folder(root: Path, n_per_class: int, labelled: bool = True) -> None:
+    """Procedural shapes, one class per shape, as 16 px PNGs in class folders (or flat)."""
+    from ssl_toolkit.data.sources import make_synthetic
+
+    images, labels = make_synthetic(n_per_class * len(CLASSES), 16, seed=3, num_classes=len(CLASSES))
+    for i, (img, y) in enumerate(zip(images.numpy(), labels.tolist())):
+        folder = root / CLASSES[y] if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.transpose(img, (1, 2, 0))).save(folder / f"img{i:03d}.png")
+
+
+def write_run(run: Path, data_cfg: dict) -> None:
+    """A tiny run folder: random-init backbone, metrics.csv, two probe results, sample grids of three epochs."""
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+
+    src = load_source(DataConfig(**data_cfg))
+    save_random_backbone(
+        run, src.channels, src.image_size, src.mean, src.std, task="colorization", epochs=3, wall_seconds=12.5,
+        dataset=src.describe(), versions={"ssl_toolkit": "0.1.0"},
+    )
+    with (run / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "loss_epoch", "loss_step", "online_top1", "online_train_top1", "pretext_acc", "step"])
+        for e in range(3):
+            for s in range(4):
+                w.writerow([e, "", 2.0 - 0.1 * (4 * e + s), "", "", "", 10 * e + s])
+            w.writerow([e, "", "", 0.4 + 0.1 * e, "", "", 10 * e + 4])
+            w.writerow([e, 1.8 - 0.3 * e, "", "", 0.35 + 0.1 * e, 0.5 + 0.1 * e, 10 * e + 4])
+    probes = run / "probes"
+    probes.mkdir()
+    linear = {"mode": "linear", "label_fraction": 1.0, "top1": 0.8125, "top5": None, "n_train": 150, "n_test": 150,
+              "dataset": src.name, "classes": src.classes, "confusion": [[40, 5, 5], [3, 45, 2], [4, 1, 45]], "created": "2026-01-01T00:00:00+00:00"}
+    knn = {"mode": "knn", "label_fraction": 0.1, "top1": 0.5, "top5": None, "n_train": 15, "n_test": 150, "dataset": src.name,
+           "top1_by_k": {"15": 0.5, "1": 0.45}, "created": "2026-01-01T00:00:00+00:00"}
+    (probes / "linear-1.json").write_text(json.dumps(linear))
+    (probes / "knn-0.1.json").write_text(json.dumps(knn))
+    (run / "samples").mkdir()
+    for epoch in range(3):
+        Image.new("RGB", (40 + epoch, 20), (80 * epoch, 90, 200)).save(run / "samples" / f"epoch{epoch:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The report of a tiny run on an image folder with a markup-named class, built once."""
+    import ssl_toolkit as st
+
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
+        write_image_folder(root / "imgs", 100)
+        data = {"name": str(root / "imgs"), "test_fraction": 0.5}
+        write_run(root / "run", data)
+        result = st.report(root / "run", data, out=root / "r.html", umap={"n_neighbors": 10})
+    return root, result, (root / "r.html").read_text(encoding="utf-8")
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def parse(html: str) -> list[tuple[str, dict]]:
+    p = Tags()
+    p.feed(html)
+    return p.tags
+
+
+def test_report_shows_every_part(built):
+    root, result, html = built
+    assert result["path"] == str(root / "r.html") and result["labelled"]
+    tags = parse(html)
+    ids = {a.get("id") for _, a in tags}
+    for section in ("header", "training", "probes", "neighbours", "umap", "grids", "confusion", "samples"):
+        assert section in ids, section
+    for fact in ("test_resnet", "colorization", "12.5 s", "0.1.0", "imgs"):
+        assert fact in html, fact
+    # probe table: both results; FAISS figures; k-means; the search choice
+    assert "81.25" in html and "k=15: 50.00" in html
+    for k in (1, 20, 200):
+        value = result["knn"][str(k)]
+        assert re.search(rf'id="knn-acc-{k}" data-value="{value}">{100 * value:.2f}<', html)
+    assert 'id="recall-5"' in html and 'id="map-at-r"' in html and 'id="kmeans-nmi"' in html
+    assert result["search"]["index"] == "exact" and "IndexFlatIP" in html
+    assert result["clusters"]["k"] == 3 and len(result["clusters"]["nmi"]) == 3
+    # images: every one embedded; grids have 2 queries per class x (query + 5 neighbours)
+    imgs = [a for t, a in tags if t == "img"]
+    assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+    assert len(imgs) == 1 + 1 + 1 + 1 + 6 * 2 * len(CLASSES)  # curves, UMAP, confusion, samples, grids
+    assert html.count('class="query"') == 2 * len(CLASSES)
+
+
+def test_report_has_no_external_resources(built):
+    _, _, html = built
+    tags = parse(html)
+    for tag, attrs in tags:
+        for key in ("src", "href"):
+            if key in attrs:
+                assert attrs[key].startswith(("data:", "#")), (tag, attrs[key][:60])
+        assert tag not in ("script", "iframe", "object", "embed")
+    assert "url(" not in html and "@import" not in html
+
+
+def test_text_from_data_is_escaped(built):
+    _, _, html = built
+    assert EVIL not in html
+    assert "&lt;b&gt;x&lt;b&gt;" in html
+    assert "<b>" not in html  # the template itself uses no <b>, so any would be injected
+
+
+def test_only_the_latest_samples_are_shown(built):
+    root, _, html = built
+    latest = base64.b64encode((root / "run" / "samples" / "epoch002.png").read_bytes()).decode()
+    older = base64.b64encode((root / "run" / "samples" / "epoch001.png").read_bytes()).decode()
+    assert latest in html and older not in html
+    assert "epoch 2" in html
+
+
+def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
+    root, _, _ = built
+    flat = tmp_path / "flat"
+    write_image_folder(flat, 20, labelled=False)
+    out = tmp_path / "u.html"
+    code, stdout, err = cli("report", root / "run", "--data", flat, "--out", out, "--clusters", "4", "--umap-neighbors", "8")
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1] == f"report: {out}"
+    html = out.read_text()
+    assert 'id="knn-acc-1"' not in html and "no labels" in html and "k = 4" in html
+    assert 'id="umap"' in html and html.count('class="query"') > 0
+    code, _, err = cli("report", tmp_path / "missing-run", "--data", flat)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def browser():
+    pytest.importorskip("selenium")
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("chromium and chromedriver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", "--window-size=1366,900"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts), profile
+
+
+def test_report_in_headless_chromium(built, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    root, result, _ = built
+    driver, profile = browser()
+    try:
+        driver.get((root / "r.html").resolve().as_uri())
+        errors = [e for e in driver.get_log("browser") if e.get("level") in ("SEVERE", "WARNING")]
+        assert errors == []
+        images = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
+        assert len(images) > 10
+        assert all(done and width > 0 for done, width, _ in images), [a for d, w, a in images if not (d and w > 0)]
+        for k in (1, 20, 200):
+            assert driver.find_element(By.ID, f"knn-acc-{k}").text == f"{100 * result['knn'][str(k)]:.2f}"
+        names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "td.class-name")]
+        assert EVIL in names and driver.find_elements(By.TAG_NAME, "b") == []
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1366, min(height + 200, 12000))  # the whole page in one picture
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            assert im.width >= 1000 and im.height >= 900
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
