@@ -94,3 +94,53 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tupl
 def feature_dim(model: nn.Module) -> int:
     """Length of the pooled feature vector."""
     return int(model.num_features)
+
+
+@dataclass
+class Stage:
+    """A group of backbone weights frozen together by the ``partial`` evaluator.
+
+    Attributes:
+        name: ``stem`` or the stage's module name (``layer1``, ``stages.0``, ``blocks.3``).
+        prefixes: Qualified names of the modules and top-level parameters it holds; a
+            parameter or buffer ``n`` belongs to it when ``n == p`` or ``n.startswith(p + ".")``.
+    """
+
+    name: str
+    prefixes: list[str]
+
+    def owns(self, qualified_name: str) -> bool:
+        """Whether the parameter/buffer/module ``qualified_name`` lies in this stage."""
+        return any(qualified_name == p or qualified_name.startswith(p + ".") for p in self.prefixes)
+
+
+def stages(model: nn.Module) -> list[Stage]:
+    """The stem followed by the backbone's stages, in forward order, from timm's ``feature_info``.
+
+    A stage is a ``feature_info`` module that holds weights (a ResNet's ``act1`` entry
+    marks the end of the stem and has none). The stem is every top-level module and
+    parameter that comes before the first stage, so a small-image stem (3x3 ``conv1``,
+    ``maxpool`` replaced by ``Identity``) is covered as it stands. Modules after the last
+    stage (final norm, pooling) belong to no stage and are always trained.
+
+    Returns:
+        ``[stem, stage_1, ..., stage_N]``.
+
+    Raises:
+        UserError: When the model has no usable ``feature_info``.
+    """
+    info = getattr(model, "feature_info", None)
+    entries = list(info) if info is not None else []
+    modules = dict(model.named_modules())
+    names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module") in modules]
+    stage_names = [n for n in names if any(True for _ in modules[n].parameters())]
+    if not stage_names:
+        raise UserError(f"backbone {type(model).__name__} has no timm feature_info stages to freeze")
+    first_top = stage_names[0].split(".")[0]
+    stem: list[str] = []
+    for name, _ in model.named_children():
+        if name == first_top:
+            break
+        stem.append(name)
+    stem += [n for n, _ in model.named_parameters(recurse=False)]
+    return [Stage("stem", stem)] + [Stage(n, [n]) for n in stage_names]

@@ -11,23 +11,30 @@ from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
 @main.command(context_settings=CONTEXT)
 @click.argument("target", required=False)
 @click.option("--data", "-d", help="Labelled dataset name or folder. [default: digits]")
-@click.option("--mode", "-m", help="Evaluator: linear (more with `ssl probe --help`). [default: linear]")
+@click.option("--mode", "-m", help="Evaluator: linear, knn, partial or finetune (see docs/evaluators.md). [default: linear]")
 @click.option("--label-fraction", type=float, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
-@click.option("--epochs", type=int, help="Epochs for modes that train through the backbone.")
-@click.option("--lr", type=float, help="Learning rate for modes that train.")
+@click.option("--epochs", type=int, help="partial/finetune: training epochs. [default: 10]")
+@click.option("--lr", type=float, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
 @click.option("--batch-size", type=int, help="Batch size. [default: 256]")
+@click.option("--freeze-stages", type=int, help="partial: freeze the stem and the first K stages. [default: all but the last]")
+@click.option("--layer-decay", type=float, help="finetune/partial: layer-wise lr decay, 0 < d <= 1. [default: 1 (off)]")
+@click.option("--k", "k", type=int, help="knn: neighbours. [default: 200]")
+@click.option("--temperature", type=float, help="knn: vote temperature. [default: 0.1]")
+@click.option("--accelerator", help="cpu, gpu, auto (Lightning). [default: auto]")
 @click.option("--seed", type=int, help="Seed of label subsets and training. [default: 0]")
 @click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")
 @click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model for --random-init.")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any probe config key (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
-def probe(target, data, mode, label_fraction, epochs, lr, batch_size, seed, random_init, backbone, config_file, overrides, as_json) -> None:
+def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, k, temperature, accelerator, seed, random_init, backbone, config_file, overrides, as_json) -> None:
     """Evaluate a pretrained backbone on labelled data.
 
     TARGET is a run folder, a backbone file (.safetensors next to its meta.json) or a
     checkpoint-library name. Prints top-1/top-5 and writes probes/<mode>-<fraction>.json
-    into the run folder.
+    into the run folder. With --random-init (no TARGET), an untrained --backbone is
+    evaluated instead: the baseline of every mode; `--mode finetune --random-init` is the
+    supervised-from-scratch baseline.
     """
     quiet_libraries()
     from ssl_toolkit.eval.probe import probe as run_probe
@@ -35,7 +42,8 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, seed, rand
     cfg = build_config(
         config_file,
         {"data.name": data, "mode": mode, "label_fraction": label_fraction, "epochs": epochs, "lr": lr,
-         "batch_size": batch_size, "seed": seed},
+         "batch_size": batch_size, "freeze_stages": freeze_stages, "layer_decay": layer_decay, "k": k,
+         "temperature": temperature, "accelerator": accelerator, "seed": seed},
         overrides,
     )
     result = run_probe(target, cfg, random_init=random_init, backbone=backbone)

@@ -1,7 +1,14 @@
-"""The evaluator contract and registry (``ssl probe --mode NAME``)."""
+"""The evaluator contract and registry (``ssl probe --mode NAME``).
+
+Evaluators differ by class, not by flags. Each one says which weights it trains through
+:meth:`Evaluator.trainable_parameters` (the classifier head only for ``linear``, nothing
+for ``knn``, the head plus the unfrozen stages for ``partial``, everything for
+``finetune``); :meth:`Evaluator.freeze` turns that answer into ``requires_grad`` flags.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,8 +42,20 @@ class EvalContext:
     cfg: ProbeConfig
 
 
+def feature_device(accelerator: str) -> torch.device:
+    """Where frozen features are extracted: the GPU when there is one and ``accelerator`` allows it."""
+    if accelerator != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 class Evaluator:
-    """Base of evaluators: ``evaluate(ctx)`` returns ``(N_test, K)`` class scores and facts to report."""
+    """Base of evaluators: ``evaluate(ctx)`` returns ``(N_test, K)`` class scores and facts to report.
+
+    Args:
+        cfg: The probe settings.
+        cache: Where frozen features are cached (default: ``$SSL_TOOLKIT_HOME/cache/features``).
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -45,14 +64,33 @@ class Evaluator:
         self.cfg = cfg
         self.cache = cache or FeatureCache()
 
+    def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
+        """The parameters this evaluator trains; the base trains everything (full fine-tuning)."""
+        params = list(backbone.parameters())
+        return params + (list(head.parameters()) if head is not None else [])
+
+    def freeze(self, backbone: nn.Module, head: nn.Module | None = None) -> list[nn.Parameter]:
+        """Set ``requires_grad`` from :meth:`trainable_parameters`; returns the trainable ones."""
+        trainable = self.trainable_parameters(backbone, head)
+        keep = {id(p) for p in trainable}
+        modules: Iterable[nn.Module] = (backbone,) if head is None else (backbone, head)
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(id(p) in keep)
+        return trainable
+
     def features(self, ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached frozen features of the training subset and of the test split."""
+        """Cached frozen features of the training subset and of the test split (eval mode, no grad)."""
+        self.freeze(ctx.model)
         fp = weights_fingerprint(ctx.model)
-        train = self.cache.get(ctx.model, ctx.source, "train", ctx.pre, fp)
-        test = self.cache.get(ctx.model, ctx.source, "test", ctx.pre, fp)
+        device = feature_device(ctx.cfg.accelerator)
+        train = self.cache.get(ctx.model, ctx.source, "train", ctx.pre, fp, device=device)
+        test = self.cache.get(ctx.model, ctx.source, "test", ctx.pre, fp, device=device)
+        ctx.model.cpu()
         return train[ctx.train_idx], test
 
     def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Class scores ``(N_test, K)`` of the test split and facts about the fit."""
         raise NotImplementedError(f"{type(self).__name__} must implement evaluate()")
 
 

@@ -29,17 +29,33 @@ def toolkit_home() -> Path:
 
 @dataclass
 class Preprocess:
-    """How uint8 images become backbone input: channel adaptation, then normalisation."""
+    """How uint8 images become backbone input: channel adaptation, then normalisation.
+
+    ``transform="lab_l"`` feeds the Lab lightness ``L / 100`` (one channel), as a
+    colorization backbone saw it during pretraining.
+    """
 
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    transform: str | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Preprocess:
+        """The preprocessing recorded in a backbone's ``meta.json``."""
+        return cls(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]), meta.get("input_transform"))
 
     def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` uint8 -> ``(B, in_chans, S, S)`` normalised float."""
         x = x_u8.float().div_(255.0)
         c = x.shape[1]
-        if c == 1 and self.in_chans == 3:
+        if self.transform == "lab_l":
+            from ssl_toolkit.data.color import lab_lightness
+
+            x = lab_lightness(x)  # (B, 1, S, S)
+        elif self.transform is not None:
+            raise ValueError(f"unknown input transform {self.transform!r}")
+        elif c == 1 and self.in_chans == 3:
             x = x.expand(-1, 3, -1, -1)
         elif c == 3 and self.in_chans == 1:
             x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
@@ -48,7 +64,8 @@ class Preprocess:
         return (x - mean) / std
 
     def key(self) -> dict:
-        return {"in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+        key = {"in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+        return {**key, "transform": self.transform} if self.transform else key
 
 
 def weights_fingerprint(model: nn.Module) -> str:

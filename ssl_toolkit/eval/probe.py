@@ -19,7 +19,7 @@ from ssl_toolkit.backbones import create_backbone
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.eval.base import EVALUATORS, EvalContext
+from ssl_toolkit.eval import EVALUATORS, EvalContext
 from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.eval.metrics import classification_report
 
@@ -80,6 +80,8 @@ def probe(
     """
     cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, dict(config or {}))
     evaluator_cls = EVALUATORS.get(cfg.mode)
+    if cfg.freeze_stages is not None and cfg.mode != "partial":
+        raise UserError(f"--freeze-stages applies to --mode partial, not {cfg.mode}")
     start = time.time()
     model, meta, run_folder = load_target(target, random_init, backbone, cfg)
     data_cfg = cfg.data.model_copy(update={"image_size": meta["image_size"]})
@@ -88,7 +90,7 @@ def probe(
         raise UserError(f"probe needs labelled data; {source.name} has no classes")
     if len(source.test) == 0:
         raise UserError(f"probe needs a test split; {source.name} has none")
-    pre = Preprocess(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]))
+    pre = Preprocess.from_meta(meta)
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
     evaluator = evaluator_cls(cfg)
@@ -116,13 +118,16 @@ def probe(
 
 
 def record_probe(folder: Path, result: dict[str, Any]) -> None:
-    """Write ``probes/<mode>-<fraction>.json`` and add a summary to the folder's ``meta.json``."""
-    from ssl_toolkit.checkpoints import META, read_meta
+    """Write ``probes/<mode>-<fraction>.json`` and add a summary to the folder's ``meta.json``.
+
+    The summary also reaches the twin of the folder: the library entry of a run folder
+    (``library_name`` in its metadata), or the run folder of a library entry. Library
+    entries keep only ``backbone.safetensors`` + ``meta.json``, so they get the summary only.
+    """
+    from ssl_toolkit.library import is_library_entry, record_probe_summary
 
     name = f"{result['mode']}-{result['label_fraction']:g}"
-    atomic_write_json(folder / "probes" / f"{name}.json", result)
-    meta_path = folder / META
-    if meta_path.is_file():
-        meta = read_meta(meta_path)
-        meta.setdefault("probes", {})[name] = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
-        atomic_write_json(meta_path, meta)
+    if not is_library_entry(folder):
+        atomic_write_json(folder / "probes" / f"{name}.json", result)
+    summary = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
+    record_probe_summary(folder, name, summary)

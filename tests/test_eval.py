@@ -1,0 +1,144 @@
+"""Evaluators: frozen stays frozen, partial freezing is exact, kNN matches a reference, caching works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_BACKBONE
+
+from ssl_toolkit.backbones import create_backbone, stages
+from ssl_toolkit.config import BackboneConfig, DataConfig, ProbeConfig
+from ssl_toolkit.data.sources import load_source
+from ssl_toolkit.eval import EVALUATORS, EvalContext
+from ssl_toolkit.eval.features import FeatureCache, Preprocess
+from ssl_toolkit.eval.finetune import HEAD_LR_SCALE
+from ssl_toolkit.eval.knn import knn_scores
+from ssl_toolkit.eval.probe import label_subset
+
+
+def make_ctx(mode: str, fraction: float = 1.0, **cfg) -> EvalContext:
+    """A random-init test_resnet (small stem) on 16 px synthetic shapes, 96 train / 48 test images."""
+    data = DataConfig(name="synthetic", image_size=16, synthetic_train=96, synthetic_test=48)
+    pcfg = ProbeConfig(mode=mode, data=data, label_fraction=fraction, accelerator="cpu", batch_size=32, **cfg)
+    source = load_source(data)
+    torch.manual_seed(0)
+    model, _ = create_backbone(BackboneConfig(name=TINY_BACKBONE), source.channels, source.image_size)
+    pre = Preprocess(source.channels, source.mean, source.std)
+    idx = label_subset(source.train.labels, fraction, pcfg.seed)
+    return EvalContext(model=model.eval(), meta={}, source=source, pre=pre, train_idx=idx, cfg=pcfg)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def count_forwards(model: torch.nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_stages_follow_feature_info_with_small_stem():
+    model, spec = create_backbone(BackboneConfig(name=TINY_BACKBONE), 3, 16)
+    assert spec.small_stem
+    groups = stages(model)
+    assert [g.name for g in groups] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert groups[0].prefixes == ["conv1", "bn1", "act1", "maxpool"]
+    owned = [n for n, _ in model.named_parameters() if any(g.owns(n) for g in groups)]
+    assert owned == [n for n, _ in model.named_parameters()]  # every weight of a ResNet lies in a stage
+
+
+def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():
+    ctx = make_ctx("linear")
+    before = snapshot(ctx.model)
+    calls = count_forwards(ctx.model)
+    cache = FeatureCache()
+    scores, facts = EVALUATORS.get("linear")(ctx.cfg, cache).evaluate(ctx)
+    assert scores.shape == (48, ctx.source.num_classes)
+    assert cache.forward_passes == 2 and calls[0] > 0  # train + test extracted once
+    after = ctx.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN buffers
+    assert not ctx.model.training
+    assert facts["weight_decay"] in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) and len(facts["holdout_acc"]) == 5
+
+    calls[0] = 0
+    second = FeatureCache()  # a new process: same on-disk cache
+    scores2, _ = EVALUATORS.get("linear")(ctx.cfg, second).evaluate(ctx)
+    assert second.forward_passes == 0 and calls[0] == 0
+    assert torch.allclose(scores, scores2)
+
+
+def test_partial_freezes_exactly_the_frozen_stages():
+    ctx = make_ctx("partial", freeze_stages=2, epochs=1, lr=1e-2)
+    before = snapshot(ctx.model)
+    EVALUATORS.get("partial")(ctx.cfg).evaluate(ctx)
+    after = ctx.model.state_dict()
+    groups = stages(ctx.model)
+    frozen, trained = groups[:3], groups[3:]  # stem, layer1, layer2 | layer3, layer4
+    for name in before:
+        if any(g.owns(name) for g in frozen):
+            assert torch.equal(before[name], after[name]), f"{name} moved although frozen"
+    for g in trained:
+        params = [n for n, _ in ctx.model.named_parameters() if g.owns(n)]
+        assert any(not torch.equal(before[n], after[n]) for n in params), f"{g.name} did not train"
+        bn_means = [n for n in before if g.owns(n) and n.endswith("running_mean")]
+        assert any(not torch.equal(before[n], after[n]) for n in bn_means), f"{g.name} BN statistics did not move"
+
+
+def test_finetune_layer_decay_groups():
+    ctx = make_ctx("finetune", layer_decay=0.5)
+    ev = EVALUATORS.get("finetune")(ctx.cfg)
+    head = torch.nn.Linear(int(ctx.model.num_features), ctx.source.num_classes)
+    groups = ev.param_groups(ctx.model, head, lr=1.0, weight_decay=0.05)
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len(list(ctx.model.parameters())) + 2  # everything trains
+    lrs = sorted({g["lr"] for g in groups})
+    assert lrs == [0.5**5, 0.5**4, 0.5**3, 0.5**2, 0.5, HEAD_LR_SCALE]  # stem ... layer4, head
+    assert all(g["weight_decay"] == 0.0 for g in groups if all(p.ndim <= 1 for p in g["params"]))
+
+
+def test_knn_matches_numpy_brute_force():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, size=300)
+    k, t = 15, 0.1
+    scores = knn_scores(torch.from_numpy(train), torch.from_numpy(labels), torch.from_numpy(test), k=k, T=t, num_classes=5)
+
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    b = test / np.linalg.norm(test, axis=1, keepdims=True)
+    sim = b @ a.T  # (40, 300)
+    ref = np.zeros((40, 5))
+    for i in range(40):
+        nn_idx = np.argsort(-sim[i])[:k]
+        for j in nn_idx:
+            ref[i, labels[j]] += np.exp(sim[i, j] / t)
+    np.testing.assert_allclose(scores.numpy(), ref, rtol=1e-4)
+    assert (scores.argmax(1).numpy() == ref.argmax(1)).all()
+    assert knn_scores(train, labels, test, k=1000, T=t).shape == (40, 5)  # k clipped to the training set
+
+
+def test_knn_evaluator_reports_each_k():
+    ctx = make_ctx("knn", k=50)
+    scores, facts = EVALUATORS.get("knn")(ctx.cfg).evaluate(ctx)
+    assert facts["k"] == 50 and set(facts["top1_by_k"]) == {"50", "20", "1"}
+    assert scores.shape == (48, ctx.source.num_classes)
+
+
+def test_label_subset_is_stratified_exact_and_seeded():
+    labels = torch.tensor([0] * 40 + [1] * 25 + [2] * 7 + [3] * 1)
+    sub = label_subset(labels, 0.2, seed=3)
+    assert torch.bincount(labels[sub]).tolist() == [8, 5, 1, 1]  # max(1, round(n_c * F))
+    assert len(sub.unique()) == len(sub)
+    assert torch.equal(sub, label_subset(labels, 0.2, seed=3))
+    assert not torch.equal(sub, label_subset(labels, 0.2, seed=4))
+    assert torch.bincount(labels[label_subset(labels, 0.5, seed=0)]).tolist() == [20, 12, 4, 1]
+    assert len(label_subset(labels, 1.0, seed=0)) == len(labels)
+
+
+@pytest.mark.parametrize("mode", ["linear", "knn"])
+def test_evaluators_register_trainable_parameters(mode):
+    ctx = make_ctx(mode)
+    ev = EVALUATORS.get(mode)(ctx.cfg)
+    assert ev.trainable_parameters(ctx.model, None) == []

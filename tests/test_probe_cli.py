@@ -1,0 +1,96 @@
+"""`ssl probe` end to end: the JSON schema, the run-folder record, user errors, the online probe."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+from conftest import TINY_BACKBONE, tiny_config
+
+from ssl_toolkit.backbones import create_backbone
+from ssl_toolkit.checkpoints import save_backbone
+from ssl_toolkit.config import BackboneConfig
+
+SMALL = ["--data", "synthetic", "--set", "data.synthetic_train=90", "--set", "data.synthetic_test=45",
+         "--set", "data.image_size=16", "--accelerator", "cpu"]
+
+
+def saved_backbone(folder):
+    model, spec = create_backbone(BackboneConfig(name=TINY_BACKBONE), 3, 16)
+    meta = {"task": "none", "backbone": spec.to_dict(), "in_chans": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_backbone(folder, model, meta)
+    return folder
+
+
+def test_probe_json_schema_and_record(cli, tmp_path):
+    run = saved_backbone(tmp_path / "run")
+    code, out, err = cli("probe", run, "--mode", "knn", "--label-fraction", "0.5", "--json", *SMALL)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    for key, kind in {"mode": str, "label_fraction": float, "top1": float, "top5": float, "per_class_acc": list,
+                      "confusion": list, "n_train": int, "n_test": int, "num_classes": int, "dataset": str,
+                      "backbone": str, "seconds": float, "top1_by_k": dict}.items():
+        assert isinstance(result[key], kind), key
+    k = result["num_classes"]
+    assert result["mode"] == "knn" and 40 <= result["n_train"] <= 50 and result["n_test"] == 45
+    assert len(result["per_class_acc"]) == k and len(result["confusion"]) == k
+    assert sum(map(sum, result["confusion"])) == 45
+    recorded = json.loads((run / "probes" / "knn-0.5.json").read_text())
+    assert recorded["top1"] == result["top1"]
+    assert "knn-0.5" in json.loads((run / "meta.json").read_text())["probes"]
+
+
+def test_random_init_finetune_baseline(cli):
+    code, out, err = cli("probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1",
+                         "--batch-size", "32", "--json", *SMALL)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["random_init"] and result["mode"] == "finetune" and result["frozen"] == []
+
+
+def test_out_of_range_freeze_stages_and_fraction_exit_2(cli, tmp_path):
+    run = saved_backbone(tmp_path / "run")
+    code, _, err = cli("probe", run, "--mode", "partial", "--freeze-stages", "5", *SMALL)
+    assert code == 2 and "use 0 to 4" in err and "layer4" in err
+    code, _, err = cli("probe", run, "--mode", "partial", "--freeze-stages", "-1", *SMALL)
+    assert code == 2 and "use 0 to 4" in err
+    for bad in ("0", "1.5", "-0.2"):
+        code, _, err = cli("probe", run, "--label-fraction", bad, *SMALL)
+        assert code == 2 and "label_fraction" in err
+    code, _, err = cli("probe", run, "--mode", "linear", "--freeze-stages", "1", *SMALL)
+    assert code == 2 and "partial" in err
+
+
+def test_online_probe_never_touches_the_backbone():
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.engine import PretrainModule
+
+    class NoPretext(torch.nn.Module):
+        """A task whose own loss ignores the backbone, so any backbone gradient would come from the probe."""
+
+        def normalize(self, x):
+            return x
+
+        def forward(self, backbone, x):
+            return torch.zeros((), requires_grad=True), {"features": backbone(x)}
+
+    backbone, _ = create_backbone(BackboneConfig(name=TINY_BACKBONE), 3, 16)
+    module = PretrainModule(backbone, NoPretext(), TrainerConfig(), lr=0.1, weight_decay=0.0, optimizer="sgd", num_classes=4)
+    x, y = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 4, (8,))
+    module.log = lambda *a, **k: None  # no Trainer attached
+    module.training_step((x, y), 0).backward()
+    assert all(p.grad is None or not p.grad.any() for p in backbone.parameters())
+    assert module.online_head.weight.grad is not None and module.online_head.weight.grad.any()
+
+
+def test_online_top1_in_metrics_csv(tmp_path):
+    from ssl_toolkit.pretraining import pretrain
+
+    cfg = tiny_config("rotation", epochs=1, trainer={"batch_size": 32})
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    meta = pretrain(cfg, out=tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    values = [r["online_top1"] for r in rows if r.get("online_top1")]
+    assert values and 0.0 <= float(values[-1]) <= 1.0
+    assert "online_top1" in meta.get("final_metrics", {})
