@@ -25,6 +25,14 @@ from ssl_toolkit.config import StrictModel
 from ssl_toolkit.registry import Registry
 
 
+INPUTS_SECTION = "pretext/build_inputs"
+
+
+def building_inputs() -> torch.profiler.record_function:
+    """Profiler section around a task's input/target building (``benchmarks/throughput.py`` reads it)."""
+    return torch.profiler.record_function(INPUTS_SECTION)
+
+
 class TaskConfig(StrictModel):
     """Base of every task's config (unknown keys rejected)."""
 
@@ -82,7 +90,12 @@ class PretextTask(nn.Module):
         self.register_buffer("_std", torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` images in [0, 1] -> normalised with the data's per-channel mean and std."""
+        """``(B, C, H, W)`` images in [0, 1] -> normalised with the data's per-channel mean and std.
+
+        This is what the backbone sees of whole images (the online probe uses it too); a task
+        whose backbone sees a transform of the image (colorization: Lab lightness) overrides
+        it together with :meth:`backbone_in_chans` and :meth:`backbone_input`.
+        """
         return (x - self._mean) / self._std
 
     @classmethod
@@ -115,6 +128,30 @@ class PretextTask(nn.Module):
             of running its own forward pass.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    @classmethod
+    def backbone_in_chans(cls, config: TaskConfig, data: DataFacts) -> int:
+        """Input channels of the backbone this task trains (default: the data's channels)."""
+        return data.channels
+
+    def backbone_input(self) -> dict[str, Any]:
+        """How images become backbone input, recorded in the run's ``meta.json``.
+
+        ``in_chans``, ``mean`` and ``std`` (of what the backbone sees), plus
+        ``input_transform`` when the backbone sees a transform of the image (``"lab_l"``:
+        Lab lightness ``L / 100``). Must agree with :meth:`normalize`.
+        """
+        return {"in_chans": self.data.channels, "mean": list(self.data.mean), "std": list(self.data.std)}
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Called once with the run's backbone before training (e.g. to copy it into a momentum encoder)."""
+
+    def fit_data_prior(self, images: torch.Tensor) -> None:
+        """Called once before training with the ``(N, C, H, W)`` uint8 training images.
+
+        Tasks that need statistics of the data (e.g. the colour prior of colorization)
+        compute them here, in batches; the task never loads data itself.
+        """
 
     def on_train_batch_end(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """Hook after each optimiser step (momentum updates of target networks)."""

@@ -1,21 +1,27 @@
-"""Contrastive learning with two augmented views: SimCLR.
+"""Learning from two augmented views: the shared two-view and momentum bases, and SimCLR.
 
 Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of
 Visual Representations", ICML 2020. Two views of each image are made on the device by
 :class:`~ssl_toolkit.data.augment.BatchedViews`, embedded by the backbone and lightly's
 projection head, and pulled together by lightly's NT-Xent loss against the other
-``2B - 2`` images of the (globally gathered) batch.
+``2B - 2`` images of the (globally gathered) batch. MoCo (``moco.py``) and BYOL
+(``byol.py``) build on :class:`TwoViewTask` and :class:`MomentumTwoViewTask` here.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
 from pydantic import Field
+from torch import nn
 
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 
 
 class SimCLRConfig(TaskConfig):
@@ -44,11 +50,17 @@ def positive_pair_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
 
 
 class TwoViewTask(PretextTask):
-    """Base of tasks that compare two augmented views of each image; owns the view generator."""
+    """Base of tasks that compare two augmented views of each image; owns the view generator.
+
+    The config's ``views`` makes both views, unless it also has a ``second_view`` (not
+    ``None``) for the second one (BYOL's asymmetric augmentations).
+    """
 
     def __init__(self, feature_dim: int, config: TaskConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
         self.views = BatchedViews(config.views, data.image_size, data.mean, data.std)
+        second = getattr(config, "second_view", None)
+        self.second_views = BatchedViews(second, data.image_size, data.mean, data.std) if second is not None else None
         self.generator: torch.Generator | None = None
 
     def seed_views(self, seed: int, device: torch.device) -> None:
@@ -59,7 +71,9 @@ class TwoViewTask(PretextTask):
     def two_views(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [0, 1] -> ``(2B, C, S, S)`` normalised views [first views; second views]."""
         gen = self.generator if self.generator is not None and self.generator.device == images.device else None
-        return torch.cat([self.views(images, gen), self.views(images, gen)])
+        second = self.views if self.second_views is None else self.second_views
+        with building_inputs():
+            return torch.cat([self.views(images, gen), second(images, gen)])
 
 
 @register_task("simclr")
@@ -85,3 +99,37 @@ class SimCLRTask(TwoViewTask):
         z0, z1 = z[:b], z[b:]
         loss = self.loss_fn(z0, z1)
         return loss, {"pretext_acc": positive_pair_accuracy(z0.detach(), z1.detach()), "features": feats[:b].detach()}
+
+
+class MomentumTwoViewTask(TwoViewTask):
+    """A two-view task with momentum (target) copies of the backbone and of a projection head.
+
+    :meth:`attach` copies the run's backbone into ``backbone_momentum`` (frozen; it is not
+    the run's backbone and is not saved as one); after every optimiser step the copies
+    follow the online weights by an exponential moving average whose momentum rises from
+    ``config.momentum`` to 1 on a cosine schedule (BYOL, Grill et al. 2020).
+    Subclasses build ``self.head`` and call :meth:`init_momentum_head` in ``__init__``.
+    """
+
+    backbone_momentum: nn.Module | None
+
+    def init_momentum_head(self) -> None:
+        self.backbone_momentum = None
+        self.head_momentum = copy.deepcopy(self.head)
+        deactivate_requires_grad(self.head_momentum)
+
+    def attach(self, backbone: nn.Module) -> None:
+        self.backbone_momentum = copy.deepcopy(backbone)
+        deactivate_requires_grad(self.backbone_momentum)
+
+    def momentum_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, S, S)`` normalised views -> ``(N, output_dim)`` target projections (no grad)."""
+        if self.backbone_momentum is None:
+            raise RuntimeError(f"{self.name}: attach(backbone) must be called before training")
+        with torch.no_grad():
+            return self.head_momentum(self.backbone_momentum(x)).detach()
+
+    def on_train_batch_end(self, backbone: nn.Module, step: int, total_steps: int) -> None:
+        m = cosine_schedule(min(step, total_steps), max(total_steps, 1), self.config.momentum, 1.0)
+        update_momentum(backbone, self.backbone_momentum, m)
+        update_momentum(self.head, self.head_momentum, m)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 
 
 class RotationConfig(TaskConfig):
@@ -60,7 +60,8 @@ class RotationTask(PretextTask):
 
     def forward(self, backbone, images):
         b = images.shape[0]
-        x, y = rotate_batch(self.normalize(images))  # (4B, C, S, S), (4B,)
+        with building_inputs():
+            x, y = rotate_batch(self.normalize(images))  # (4B, C, S, S), (4B,)
         feats = backbone(x)  # (4B, D)
         logits = self.head(feats)  # (4B, 4)
         loss = F.cross_entropy(logits, y)

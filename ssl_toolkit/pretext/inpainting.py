@@ -1,0 +1,179 @@
+"""Context encoders: inpainting a masked region.
+
+Pathak, Krähenbühl, Donahue, Darrell & Efros, "Context Encoders: Feature Learning by
+Inpainting", CVPR 2016. A region of each image is masked out and filled with the
+dataset mean; the backbone encodes what is left into its spatial feature map and a
+decoder of upsampling convolutions reconstructs the whole image. The loss is the L2
+error on the masked region (optionally weighted more within ``overlap`` px of the
+region's border, as the paper does) plus an optional adversarial term from a small
+discriminator (off by default; the paper used weight 0.001).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.func import functional_call
+
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.patches import spatial_features
+
+
+class InpaintingConfig(TaskConfig):
+    """Attributes:
+    mask: ``center`` (one central square, the paper's default), ``blocks`` (random,
+        possibly overlapping squares) or ``regions`` (random smooth blobs).
+    mask_fraction: Share of the image masked (``center``/``regions`` exactly; ``blocks`` at most).
+    num_blocks: Squares of the ``blocks`` mask.
+    overlap: Border (px) inside the masked region whose pixels get ``boundary_weight``.
+    boundary_weight: Loss weight near the border (the paper: 10; 1 = uniform).
+    decoder_dim: Channels of the decoder.
+    adversarial_weight: Weight of the adversarial loss (0 = off).
+    """
+
+    mask: Literal["center", "blocks", "regions"] = "center"
+    mask_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    num_blocks: int = Field(default=4, ge=1)
+    overlap: int = Field(default=2, ge=0)
+    boundary_weight: float = Field(default=1.0, ge=1.0)
+    decoder_dim: int = Field(default=128, ge=8)
+    adversarial_weight: float = Field(default=0.0, ge=0.0)
+
+
+def center_mask(b: int, size: int, fraction: float, device=None) -> torch.Tensor:
+    """``(B, 1, S, S)`` float mask, 1 on the central square of side ``round(S * sqrt(fraction))``."""
+    side = max(1, round(size * math.sqrt(fraction)))
+    lo = (size - side) // 2
+    m = torch.zeros(b, 1, size, size, device=device)
+    m[:, :, lo : lo + side, lo : lo + side] = 1
+    return m
+
+
+def block_mask(b: int, size: int, fraction: float, n: int, device=None, generator=None) -> torch.Tensor:
+    """``(B, 1, S, S)`` union of ``n`` random squares per image, each of area ``fraction / n``."""
+    side = max(1, round(size * math.sqrt(fraction / n)))
+    top = torch.randint(0, size - side + 1, (b, n, 1, 1), device=device, generator=generator)
+    left = torch.randint(0, size - side + 1, (b, n, 1, 1), device=device, generator=generator)
+    r = torch.arange(size, device=device)
+    rows = (r.view(1, 1, size, 1) >= top) & (r.view(1, 1, size, 1) < top + side)  # (B, n, S, 1)
+    cols = (r.view(1, 1, 1, size) >= left) & (r.view(1, 1, 1, size) < left + side)  # (B, n, 1, S)
+    return (rows & cols).any(dim=1, keepdim=True).float()
+
+
+def region_mask(b: int, size: int, fraction: float, device=None, generator=None) -> torch.Tensor:
+    """``(B, 1, S, S)`` random smooth blobs covering exactly ``round(fraction * S * S)`` pixels per image.
+
+    Low-resolution noise is upsampled bicubically and its ``k`` highest pixels are masked.
+    """
+    coarse = torch.rand(b, 1, 4, 4, device=device, generator=generator)
+    field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).flatten(1)  # (B, S*S)
+    k = max(1, round(fraction * size * size))
+    top = field.topk(k, dim=1).indices
+    return torch.zeros_like(field).scatter_(1, top, 1.0).view(b, 1, size, size)
+
+
+def boundary_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Masked pixels within ``width`` px of an unmasked one: ``(B, 1, S, S)`` -> same."""
+    if width <= 0:
+        return torch.zeros_like(mask)
+    outside = F.max_pool2d(1 - mask, 2 * width + 1, stride=1, padding=width)  # dilated complement
+    return mask * outside
+
+
+class Decoder(nn.Module):
+    """Upsampling convolutions from a ``(B, D, h, w)`` map to a ``(B, C, S, S)`` image."""
+
+    def __init__(self, in_dim: int, dim: int, out_chans: int, image_size: int) -> None:
+        super().__init__()
+        self.size = image_size
+        self.inp = nn.Sequential(nn.Conv2d(in_dim, dim, 1), nn.BatchNorm2d(dim), nn.ReLU())
+        self.up = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1), nn.BatchNorm2d(dim // 2), nn.ReLU())
+        self.out = nn.Sequential(
+            nn.Conv2d(dim // 2, dim // 4, 3, padding=1), nn.BatchNorm2d(dim // 4), nn.ReLU(), nn.Conv2d(dim // 4, out_chans, 3, padding=1)
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        x = self.inp(f)  # (B, dim, h, w)
+        x = self.up(F.interpolate(x, size=(self.size // 2, self.size // 2), mode="bilinear", align_corners=False))
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.out(x)  # (B, C, S, S) normalised pixels
+
+
+@register_task("inpainting")
+class InpaintingTask(PretextTask):
+    """Reconstruct a masked region from its context (Pathak et al., CVPR 2016)."""
+
+    Config = InpaintingConfig
+    info = TaskInfo(
+        description="reconstruct a masked image region from its context (context encoder)",
+        paper="Pathak, Krähenbühl, Donahue, Darrell & Efros, Context Encoders: Feature Learning by Inpainting, CVPR 2016",
+    )
+    default_lr = 1e-3
+
+    def __init__(self, feature_dim: int, config: InpaintingConfig, data: DataFacts) -> None:
+        super().__init__(feature_dim, config, data)
+        self.decoder = Decoder(feature_dim, config.decoder_dim, data.channels, data.image_size)
+        if config.adversarial_weight > 0:
+            c = data.channels
+            self.discriminator = nn.Sequential(
+                nn.Conv2d(c, 32, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1),
+            )  # fmt: skip
+
+    def make_mask(self, b: int, device) -> torch.Tensor:
+        """``(B, 1, S, S)`` masks (1 = hidden) of the configured kind."""
+        cfg, s = self.config, self.data.image_size
+        if cfg.mask == "center":
+            return center_mask(b, s, cfg.mask_fraction, device)
+        if cfg.mask == "blocks":
+            return block_mask(b, s, cfg.mask_fraction, cfg.num_blocks, device)
+        return region_mask(b, s, cfg.mask_fraction, device)
+
+    def reconstruct(self, backbone: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` images in [0, 1] and masks -> ``(B, C, S, S)`` normalised reconstructions."""
+        x = self.normalize(images) * (1 - mask)  # the hole holds the dataset mean (0 after normalising)
+        return self.decoder(spatial_features(backbone, x))
+
+    def forward(self, backbone, images):
+        target = self.normalize(images)  # (B, C, S, S)
+        mask = self.make_mask(images.shape[0], images.device)  # (B, 1, S, S)
+        pred = self.reconstruct(backbone, images, mask)  # (B, C, S, S)
+        weight = mask + (self.config.boundary_weight - 1) * boundary_band(mask, self.config.overlap)  # (B, 1, S, S)
+        sq = (pred - target).pow(2).mean(dim=1, keepdim=True)  # (B, 1, S, S)
+        loss = (weight * sq).sum() / weight.sum()
+        logs = {}
+        if self.config.adversarial_weight > 0:
+            fake = target * (1 - mask) + pred * mask  # prediction pasted into its context
+            d_params = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+            g_loss = F.binary_cross_entropy_with_logits(  # generator: fool a frozen copy of D
+                functional_call(self.discriminator, d_params, (fake,)), torch.ones(fake.shape[0], 1, device=fake.device)
+            )
+            logits = self.discriminator(torch.cat([target, fake.detach()]))  # (2B, 1)
+            labels = torch.cat([torch.ones_like(logits[: len(target)]), torch.zeros_like(logits[len(target) :])])
+            d_loss = F.binary_cross_entropy_with_logits(logits, labels)
+            loss = loss + self.config.adversarial_weight * g_loss + d_loss
+            logs["disc_loss"] = d_loss.detach()
+        with torch.no_grad():  # MSE of [0, 1] pixels inside the hole
+            err = ((pred - target) * self._std).pow(2).mean(dim=1, keepdim=True)
+            logs["recon_error"] = (err * mask).sum() / mask.sum()
+        return loss, logs
+
+    def save_samples(self, backbone, images, out_dir: Path, epoch: int) -> list[Path]:
+        from torchvision.utils import save_image
+
+        mask = self.make_mask(images.shape[0], images.device)
+        pred = (self.reconstruct(backbone, images, mask) * self._std + self._mean).clamp(0, 1)
+        masked = images * (1 - mask) + self._mean * mask
+        filled = images * (1 - mask) + pred * mask
+        rows = torch.cat([masked, filled, images])  # rows: input, reconstruction, truth
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"inpainting-epoch{epoch:03d}.png"
+        save_image(rows, path, nrow=images.shape[0], padding=1)
+        return [path]
