@@ -74,7 +74,7 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tupl
     """Create a timm backbone for ``in_chans``-channel images of ``image_size`` px.
 
     Returns:
-        The model (pooled output of size ``model.num_features``) and its :class:`BackboneSpec`.
+        The model (pooled output of size :func:`feature_dim`) and its :class:`BackboneSpec`.
     """
     if not timm.is_model(cfg.name):
         names = timm.list_models()
@@ -93,7 +93,7 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tupl
 
 def feature_dim(model: nn.Module) -> int:
     """Length of the pooled feature vector."""
-    return int(model.num_features)
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
 
@@ -108,7 +109,7 @@ class PretrainModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.optimizer_name = optimizer
         self.seed = seed
-        self.online_head = nn.Linear(int(backbone.num_features), num_classes) if num_classes else None
+        self.online_head = nn.Linear(feature_dim(backbone), num_classes) if num_classes else None
         self.last_loss = float("nan")
         self.sample_images = sample_images
         self.samples_dir = samples_dir

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
@@ -86,7 +87,7 @@ def data_config(data: str | dict[str, Any] | DataConfig, image_size: int | None 
 
 def preprocess_of(meta: dict[str, Any]) -> Preprocess:
     """The backbone's input preprocessing from its metadata."""
-    return Preprocess(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]))
+    return Preprocess.from_meta(meta)
 
 
 def default_device() -> str:
@@ -155,7 +156,7 @@ def split_features(
             out[start : start + 65536] = cached[start : start + 65536]
         return out, True
     if out is None:
-        out = np.empty((len(images), int(model.num_features)), dtype=np.float32)
+        out = np.empty((len(images), feature_dim(model)), dtype=np.float32)
     stream_features(model, images, pre, out, batch_size, device or default_device())
     cache.forward_passes += 1
     store_in_cache(path, out)
@@ -248,7 +249,7 @@ def embed(
     if not splits:
         raise UserError(f"{source.name} has no images in split '{split}'")
     counts = {s: len(getattr(source, s)) for s in splits}
-    n, dim = sum(counts.values()), int(model.num_features)
+    n, dim = sum(counts.values()), feature_dim(model)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # the embeddings go to an .npy memmap: the destination itself, or a temp file packed into the .npz

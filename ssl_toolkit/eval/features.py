@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.data.sources import DataSource, Split
 
@@ -87,7 +88,7 @@ def extract(model: nn.Module, images: torch.Tensor, pre: Preprocess, batch_size:
     for chunk in images.split(batch_size):
         out.append(model(pre(chunk.to(device))).float().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, int(getattr(model, "num_features", 0)))
+    return torch.cat(out) if out else torch.zeros(0, feature_dim(model))
 
 
 class FeatureCache:

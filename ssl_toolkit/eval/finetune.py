@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_toolkit.backbones import Stage, stages
+from ssl_toolkit.backbones import Stage, feature_dim, stages
 from ssl_toolkit.config import ProbeConfig
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
 from ssl_toolkit.engine import make_loader, warmup_cosine
@@ -158,7 +158,7 @@ class TrainedEvaluator(Evaluator):
         cfg: ProbeConfig = ctx.cfg
         torch.manual_seed(cfg.seed)
         backbone = ctx.model
-        head = nn.Linear(int(backbone.num_features), ctx.source.num_classes)
+        head = nn.Linear(feature_dim(backbone), ctx.source.num_classes)
         groups = stages(backbone)
         n_frozen = self.frozen_count(groups)
         self.freeze(backbone, head)

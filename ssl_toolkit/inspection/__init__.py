@@ -55,7 +55,7 @@ def _load_embedder(target: str, cfg: InspectConfig):
 
     model, meta, _ = load_backbone_any(target)
     try:
-        pre = Preprocess(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]))
+        pre = Preprocess.from_meta(meta)
         size = int(meta["image_size"])
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{target}: backbone metadata lacks in_chans / image_size / mean / std") from None
