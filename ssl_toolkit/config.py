@@ -70,12 +70,15 @@ class TrainerConfig(StrictModel):
     Attributes:
         epochs: Training epochs.
         max_steps: Stop after this many optimiser steps (-1 = no limit).
+        max_minutes: Stop after this wall-clock budget; the learning-rate cosine then follows
+            the share of the budget spent instead of the step count.
         batch_size: Images per batch and process.
         lr: Peak learning rate (``None`` = the task's default).
         weight_decay: Weight decay (``None`` = the task's default).
         optimizer: ``adamw``, ``sgd`` or ``lars`` (``None`` = the task's default).
         warmup_epochs: Linear warm-up before the cosine decay.
-        precision: Lightning precision (``32-true``, ``bf16-mixed``, ``16-mixed``).
+        precision: Lightning precision (``32-true``, ``bf16-mixed``, ``16-mixed``), or ``auto``:
+            ``bf16-mixed`` where the device computes bfloat16 natively, else ``32-true``.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
         devices: Devices per node.
         num_nodes: Nodes (multi-node DDP).
@@ -91,12 +94,13 @@ class TrainerConfig(StrictModel):
 
     epochs: int = Field(default=10, ge=1)
     max_steps: int = -1
+    max_minutes: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=2)
     lr: float | None = Field(default=None, gt=0)
     weight_decay: float | None = Field(default=None, ge=0)
     optimizer: Literal["adamw", "sgd", "lars"] | None = None
     warmup_epochs: float = Field(default=0.0, ge=0)
-    precision: str = "32-true"
+    precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = Field(default=1, ge=1)

@@ -26,7 +26,7 @@ from ssl_toolkit.backbones import create_backbone, feature_dim
 from ssl_toolkit.checkpoints import save_backbone
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, truncate_metrics
+from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, resolve_precision, truncate_metrics
 from ssl_toolkit.errors import Interrupted, UserError
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 
@@ -175,7 +175,7 @@ def pretrain(
     # the resolved config: every default written out, so the folder reproduces the run
     resolved = cfg.model_dump(mode="json")
     resolved["task_config"] = task.config.model_dump(mode="json")
-    resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt)
+    resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt, precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
     if resume is None and primary:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
@@ -225,7 +225,7 @@ def pretrain(
         "wall_seconds": round(time.time() - start, 2),
         "final_loss": metrics.get("loss_epoch", metrics.get("loss")),
         "final_metrics": metrics,
-        "precision": cfg.trainer.precision,
+        "precision": resolved["trainer"]["precision"],
         "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),

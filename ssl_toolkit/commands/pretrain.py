@@ -24,7 +24,7 @@ from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
 @click.option("--devices", help="Devices per node, e.g. 1, 2 or auto. [default: 1]")
 @click.option("--num-nodes", type=int, help="Nodes for multi-node DDP. [default: 1]")
 @click.option("--strategy", help="Lightning strategy, e.g. ddp. [default: auto]")
-@click.option("--precision", help="32-true, bf16-mixed, 16-mixed. [default: 32-true]")
+@click.option("--precision", help="auto, 32-true, bf16-mixed, 16-mixed; auto = bf16-mixed where the device has native bfloat16. [default: auto]")
 @click.option("--no-online-probe", is_flag=True, default=None, help="Do not train the online linear probe on labelled data.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--strict", is_flag=True, default=None, help="Exit 2 listing unreadable image files instead of skipping them.")

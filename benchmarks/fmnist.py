@@ -1,0 +1,174 @@
+"""Fashion-MNIST quality protocol: every pretext task on the same backbone and wall-clock budget.
+
+Each task pretrains on the training images (labels unused), then its backbone is evaluated
+on the 10,000 test images with the linear probe, kNN (k = 200, T = 0.1) and fine-tuning
+with 1% and 10% of the labels. Baselines under the same protocol: logistic regression on
+raw pixels, the random-init backbone (linear, kNN) and supervised training from scratch
+with 1%, 10% and 100% of the labels. Colorization is skipped: Fashion-MNIST is grayscale.
+
+Writes ``benchmarks/results/fmnist[-quick].json`` and regenerates the table between the
+``fmnist`` markers in ``docs/benchmarks.md``. The protocol's settings are in
+``configs/benchmarks/fmnist.yaml`` (``--quick`` uses its ``quick`` overlay).
+
+Usage::
+
+    python benchmarks/fmnist.py --quick     # reduced table, under 15 minutes on 2 cores
+    python benchmarks/fmnist.py             # the full table (hours on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import ssl_toolkit as st
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.data.sources import load_source
+from ssl_toolkit.eval.linear import linear_probe
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "benchmarks" / "fmnist.yaml"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- fmnist:begin -->", "<!-- fmnist:end -->"
+SKIPPED = {"colorization": "Fashion-MNIST is grayscale; colorization needs colour images"}
+
+
+def load_settings(quick: bool) -> dict[str, Any]:
+    cfg = yaml.safe_load(CONFIG.read_text())
+    base = cfg["protocol"]
+    if quick:
+        for key, value in cfg["quick"].items():
+            base[key] = {**base[key], **value} if isinstance(value, dict) else value
+    return base
+
+
+def raw_pixel_baseline(data: dict[str, Any]) -> dict[str, Any]:
+    """Multinomial logistic regression on raw pixels (the toolkit's L-BFGS probe, same sweep)."""
+    src = load_source(DataConfig(**data))
+    start = time.time()
+    logits, facts = linear_probe(src.train.images.flatten(1).float() / 255, src.train.labels, src.test.images.flatten(1).float() / 255, 10)
+    top1 = (logits.argmax(1) == src.test.labels).float().mean().item()
+    return {"top1": top1, "seconds": time.time() - start, **facts}
+
+
+def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbone: str | None = None) -> dict[str, float]:
+    """Linear, kNN and fine-tuning at the protocol's label fractions for one backbone."""
+    random_init = target is None
+    kw = {"random_init": random_init, "backbone": backbone} if random_init else {}
+    out = {
+        "linear": st.probe(target, {"mode": "linear", "data": data}, **kw)["top1"],
+        "knn": st.probe(target, {"mode": "knn", "data": data, "k": 200, "temperature": 0.1}, **kw)["top1"],
+    }
+    for frac in s["finetune_fractions"]:
+        cfg = {"mode": "finetune", "data": data, "label_fraction": frac, "epochs": s["finetune_epochs"], "batch_size": s["finetune_batch_size"]}
+        out[f"finetune_{frac:g}"] = st.probe(target, cfg, **kw)["top1"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the reduced protocol (configs/benchmarks/fmnist.yaml: quick)")
+    ap.add_argument("--tasks", default=None, help="comma-separated subset of tasks")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = ap.parse_args()
+    s = load_settings(args.quick)
+    data = {"name": "fashion-mnist", "image_size": s["image_size"]}
+    train_data = {**data, **({"limit": s["train_limit"]} if s.get("train_limit") else {})}
+    tasks = args.tasks.split(",") if args.tasks else s["tasks"]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    started = time.time()
+    rows: dict[str, Any] = {}
+
+    print("baseline: raw pixels", flush=True)
+    rows["raw pixels (logistic regression)"] = {"linear": raw_pixel_baseline(data)["top1"]}
+    print("baseline: random init", flush=True)
+    rows["random-init backbone"] = evaluate(None, data, {**s, "finetune_fractions": []}, backbone=s["backbone"]["name"])
+    for frac in s["supervised_fractions"]:
+        print(f"baseline: supervised from scratch, {frac:g} of the labels", flush=True)
+        cfg = {"mode": "finetune", "data": data, "label_fraction": frac, "epochs": s["finetune_epochs"], "batch_size": s["finetune_batch_size"]}
+        rows.setdefault("supervised from scratch", {})[f"finetune_{frac:g}"] = st.probe(None, cfg, random_init=True, backbone=s["backbone"]["name"])["top1"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            if task in SKIPPED:
+                rows[task] = {"skipped": SKIPPED[task]}
+                continue
+            print(f"pretrain {task} for {s['budget_minutes']} min", flush=True)
+            cfg = {
+                "task": task,
+                "data": train_data,
+                "backbone": s["backbone"],
+                "trainer": {**s["trainer"], "max_minutes": s["budget_minutes"], "progress_bar": False, "online_probe": False},
+                "task_config": s.get("task_config", {}).get(task, {}),
+            }
+            meta = st.pretrain(cfg, out=f"{tmp}/{task}", name=f"fmnist{'-quick' if args.quick else ''}-{task}-{stamp}")
+            rows[task] = {**evaluate(meta["library_name"], data, s), "epochs": meta["epochs"], "steps": meta["steps"], "checkpoint": meta["library_name"]}
+            print(json.dumps({task: rows[task]}), flush=True)
+
+    result = {
+        "protocol": "quick" if args.quick else "full",
+        "settings": s,
+        "rows": rows,
+        "machine": {"cores": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 1),
+        "command": "python benchmarks/fmnist.py" + (" --quick" if args.quick else ""),
+    }
+    out = ROOT / "benchmarks" / "results" / f"fmnist{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = render(result)
+    print(table)
+    if not args.no_doc:
+        write_doc(table, args.quick)
+
+
+def pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    fr = s["finetune_fractions"]
+    head = "| method | linear | kNN (k=200) | " + " | ".join(f"fine-tune {100 * f:g}%" for f in fr) + " | supervised 100% | epochs in budget |"
+    lines = [
+        f"Protocol **{result['protocol']}**: `{result['command']}`, {result['date']}, {result['seconds'] / 60:.0f} min in all; "
+        f"{result['machine']['cores']} CPU threads, torch {result['machine']['torch']}. Backbone `{s['backbone']['name']}` at {s['image_size']} px, "
+        f"{s['budget_minutes']} min of pretraining per task" + (f" on {s['train_limit']} training images" if s.get("train_limit") else " on the 60,000 training images")
+        + "; test: the 10,000 test images. Top-1 in %.",
+        "",
+        head,
+        "|" + "---|" * (5 + len(fr)),
+    ]
+    for name, row in result["rows"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (4 + len(fr)))
+            continue
+        sup100 = row.get("finetune_1") if name == "supervised from scratch" else None
+        cells = [pct(row.get("linear")), pct(row.get("knn"))] + [pct(row.get(f"finetune_{f:g}")) for f in fr] + [pct(sup100), str(row.get("epochs", ""))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(table: str, quick: bool) -> None:
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    begin, end = (BEGIN.replace("fmnist", "fmnist-quick"), END.replace("fmnist", "fmnist-quick")) if quick else (BEGIN, END)
+    block = f"{begin}\n{table}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
+    else:
+        doc = doc.rstrip() + f"\n\n## Fashion-MNIST quality ({'quick' if quick else 'full'} protocol, `benchmarks/fmnist.py`)\n\n{block}\n"
+    DOC.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
