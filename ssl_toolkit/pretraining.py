@@ -190,6 +190,8 @@ def pretrain(
     val_loader = make_loader(source.test.images, source.test.labels, max(cfg.trainer.batch_size, 256), False, 0) if num_classes and len(source.test) else None
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    for logger_name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)  # no banners (devices, tips) before the progress bar
     trainer = build_trainer(cfg.trainer, run_dir, validate=val_loader is not None)
     start = time.time()
     ckpt_path = str(run_dir / LAST_CKPT) if resume is not None else None
@@ -198,7 +200,6 @@ def pretrain(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
         try:
             trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
