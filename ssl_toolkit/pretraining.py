@@ -227,6 +227,7 @@ def pretrain(
         "final_loss": metrics.get("loss_epoch", metrics.get("loss")),
         "final_metrics": metrics,
         "precision": resolved["trainer"]["precision"],
+        "world_size": int(trainer.world_size),
         "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),
