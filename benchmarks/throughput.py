@@ -37,6 +37,10 @@ from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 from ssl_toolkit.pretext.base import INPUTS_SECTION
 
 
+# relative-position's default half-patch gap needs 34 px; a quarter-patch gap fits 32 px
+SMALL_IMAGE_TASK_CONFIG = {"relative-position": {"gap": 0.25}}
+
+
 class StepTimer(Callback):
     """Wall time of each training step (batch fetch included), after ``warmup`` steps."""
 
@@ -141,7 +145,9 @@ def build_module(task_name: str, images: torch.Tensor, args, backbone_kwargs: di
         task.fit_data_prior(images[:2048])
     if hasattr(task, "attach"):
         task.attach(backbone)
-    tcfg = TrainerConfig(precision=args.precision, progress_bar=False, online_probe=False, batch_size=args.batch_size)
+    tcfg = TrainerConfig(
+        precision=args.precision, progress_bar=False, online_probe=False, batch_size=args.batch_size, channels_last=args.channels_last
+    )
     return PretrainModule(backbone, task, tcfg, lr=task_cls.default_lr, weight_decay=1e-4, optimizer="adamw", seed=0)
 
 
@@ -192,9 +198,9 @@ def step_flops(task_name: str, images: torch.Tensor, args, backbone_kwargs: dict
 # ---------------------------------------------------------------------------------------
 # 3. input-building share of the step
 # ---------------------------------------------------------------------------------------
-def input_share(task_name: str, images: torch.Tensor, args, backbone_kwargs: dict, repeats: int = 5) -> float:
+def input_share(task_name: str, images: torch.Tensor, args, backbone_kwargs: dict, task_config=None, repeats: int = 5) -> float:
     """Share of a forward + backward spent in the task's input/target building (profiler sections)."""
-    module = build_module(task_name, images, args, backbone_kwargs)
+    module = build_module(task_name, images, args, backbone_kwargs, task_config)
     if hasattr(module.task, "seed_views"):
         module.task.seed_views(0, torch.device("cpu"))
     x = images[: args.batch_size].float().div(255)
@@ -211,6 +217,36 @@ def input_share(task_name: str, images: torch.Tensor, args, backbone_kwargs: dic
     return statistics.median(shares)
 
 
+def versus_lightly(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
+    print("\n## SimCLR end to end: ours vs lightly's reference pipeline")
+    for precision in dict.fromkeys(["32-true", args.precision]):
+        run_args = argparse.Namespace(**{**vars(args), "precision": precision})
+        ref = lightly_pairs_per_second(images, run_args, backbone_kwargs)
+        ours = ours_images_per_second("simclr", images, run_args, backbone_kwargs)
+        print(f"{precision:<11} lightly {ref:7.1f} pairs/s | ours {ours:7.1f} pairs/s | ratio {ours / ref:5.2f}x (target >= 1.3)")
+
+
+def model_flop_utilisation(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
+    print("\n## Model FLOP utilisation (SimCLR step)")
+    flops = step_flops("simclr", images, args, backbone_kwargs)
+    ours = ours_images_per_second("simclr", images, args, backbone_kwargs)
+    achieved = flops * ours / args.batch_size
+    peak = gemm_flops_per_second(args.accelerator, args.precision)
+    print(f"step {flops / 1e9:.2f} GFLOP x {ours / args.batch_size:.2f} steps/s = {achieved / 1e9:.1f} GFLOP/s; "
+          f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.7)")
+
+
+def every_task(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
+    print("\n## Every pretext task: images/s and input-building share of the step")
+    names = TASKS.names() if args.tasks == "all" else args.tasks.split(",")
+    print(f"{'task':<18} {'img/s':>8} {'inputs share':>13}")
+    for name in names:
+        task_config = SMALL_IMAGE_TASK_CONFIG.get(name) if args.size < 64 else None
+        ips = ours_images_per_second(name, images, args, backbone_kwargs, task_config)
+        share = input_share(name, images, args, backbone_kwargs, task_config)
+        print(f"{name:<18} {ips:8.1f} {100 * share:12.1f}%  (target <= 15%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="resnet18")
@@ -223,6 +259,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--tasks", default="all", help="comma-separated tasks for part 3, or all")
+    ap.add_argument("--channels-last", action="store_true", help="run our backbone in channels-last layout")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone_kwargs = {"num_classes": 0}
@@ -230,28 +268,13 @@ def main() -> None:
     print(f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem), batch {args.batch_size}, precision {args.precision}, "
           f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps")
 
-    print("\n## SimCLR end to end: ours vs lightly's reference pipeline")
-    for precision in dict.fromkeys(["32-true", args.precision]):
-        run_args = argparse.Namespace(**{**vars(args), "precision": precision})
-        ref = lightly_pairs_per_second(images, run_args, backbone_kwargs)
-        ours = ours_images_per_second("simclr", images, run_args, backbone_kwargs)
-        print(f"{precision:<11} lightly {ref:7.1f} pairs/s | ours {ours:7.1f} pairs/s | ratio {ours / ref:5.2f}x (target >= 1.3)")
-
-    print("\n## Model FLOP utilisation (SimCLR step)")
-    flops = step_flops("simclr", images, args, backbone_kwargs)
-    ours = ours_images_per_second("simclr", images, args, backbone_kwargs)
-    achieved = flops * ours / args.batch_size
-    peak = gemm_flops_per_second(args.accelerator, args.precision)
-    print(f"step {flops / 1e9:.2f} GFLOP x {ours / args.batch_size:.2f} steps/s = {achieved / 1e9:.1f} GFLOP/s; "
-          f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.7)")
-
-    print("\n## Every pretext task: images/s and input-building share of the step")
-    names = TASKS.names() if args.tasks == "all" else args.tasks.split(",")
-    print(f"{'task':<18} {'img/s':>8} {'inputs share':>13}")
-    for name in names:
-        ips = ours_images_per_second(name, images, args, backbone_kwargs)
-        share = input_share(name, images, args, backbone_kwargs)
-        print(f"{name:<18} {ips:8.1f} {100 * share:12.1f}%  (target <= 15%)")
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        versus_lightly(images, args, backbone_kwargs)
+    if "2" in parts:
+        model_flop_utilisation(images, args, backbone_kwargs)
+    if "3" in parts:
+        every_task(images, args, backbone_kwargs)
 
 
 if __name__ == "__main__":

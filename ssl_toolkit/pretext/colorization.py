@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.data.color import lab_lightness, lab_to_rgb, rgb_to_lab
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 from ssl_toolkit.pretext.patches import to_spatial
 
 AB_GRID = 10.0
@@ -205,11 +205,12 @@ class ColorizationTask(PretextTask):
         return self.refine(f), pooled
 
     def forward(self, backbone, images):
-        lab = rgb_to_lab(images)  # (B, 3, S, S)
+        with building_inputs():
+            lab = rgb_to_lab(images)  # (B, 3, S, S)
+            ab = self._target_ab(lab)  # (B, 2, h, w)
+            target, near = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, self.config.soft_neighbours, self.config.soft_sigma)
         logits, pooled = self.predict(backbone, lab)  # (B, Q, h, w), (B, D)
-        ab = self._target_ab(lab)  # (B, 2, h, w)
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # (N, Q)
-        target, near = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, self.config.soft_neighbours, self.config.soft_sigma)
         per_pixel = -(target * F.log_softmax(flat_logits, dim=1)).sum(dim=1)  # (N,)
         w = self.weights[near]  # (N,)
         loss = (w * per_pixel).sum() / w.sum()

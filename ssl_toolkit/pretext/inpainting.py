@@ -21,7 +21,7 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 from ssl_toolkit.pretext.patches import spatial_features
 
 
@@ -142,10 +142,11 @@ class InpaintingTask(PretextTask):
         return self.decoder(spatial_features(backbone, x))
 
     def forward(self, backbone, images):
-        target = self.normalize(images)  # (B, C, S, S)
-        mask = self.make_mask(images.shape[0], images.device)  # (B, 1, S, S)
+        with building_inputs():
+            target = self.normalize(images)  # (B, C, S, S)
+            mask = self.make_mask(images.shape[0], images.device)  # (B, 1, S, S)
+            weight = mask + (self.config.boundary_weight - 1) * boundary_band(mask, self.config.overlap)  # (B, 1, S, S)
         pred = self.reconstruct(backbone, images, mask)  # (B, C, S, S)
-        weight = mask + (self.config.boundary_weight - 1) * boundary_band(mask, self.config.overlap)  # (B, 1, S, S)
         sq = (pred - target).pow(2).mean(dim=1, keepdim=True)  # (B, 1, S, S)
         loss = (weight * sq).sum() / weight.sum()
         logs = {}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 from ssl_toolkit.pretext.patches import MIN_PATCH, crop_patches
 
 CANDIDATE_POOL = 100_000  # candidates drawn (seeded) when the grid has too many permutations to list (4x4)
@@ -208,7 +208,8 @@ class JigsawTask(PretextTask):
 
     def forward(self, backbone, images):
         b, t = images.shape[0], self.num_tiles
-        tiles, labels = self.make_puzzles(images)  # (B, T, C, t, t), (B,)
+        with building_inputs():
+            tiles, labels = self.make_puzzles(images)  # (B, T, C, t, t), (B,)
         feats = backbone(tiles.flatten(0, 1))  # (B*T, D)
         z = self.tile_head(feats).view(b, t * self.config.tile_dim)  # (B, T*tile_dim), shuffled order
         logits = self.head(z)  # (B, N)

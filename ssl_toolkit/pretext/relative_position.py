@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 from ssl_toolkit.pretext.patches import MIN_PATCH, crop_patches
 
 # (row, column) step of each neighbour label on the 3x3 layout, labels 0..7 in reading order
@@ -150,13 +150,15 @@ class RelativePositionTask(PretextTask):
 
     def forward(self, backbone, images):
         b = images.shape[0]
-        centre, neigh, labels, _ = sample_pairs(images, self.patch, self.step, self.jit)  # (B, C, p, p) x2, (B,)
-        x = torch.cat([centre, neigh])  # (2B, C, p, p)
-        if x.shape[1] == 3 and self.config.chroma == "drop":
-            x = drop_channels(x)
-        elif x.shape[1] == 3 and self.config.chroma == "project":
-            x = project_gray(x)
-        feats = backbone(self.normalize(x))  # (2B, D)
+        with building_inputs():
+            centre, neigh, labels, _ = sample_pairs(images, self.patch, self.step, self.jit)  # (B, C, p, p) x2, (B,)
+            x = torch.cat([centre, neigh])  # (2B, C, p, p)
+            if x.shape[1] == 3 and self.config.chroma == "drop":
+                x = drop_channels(x)
+            elif x.shape[1] == 3 and self.config.chroma == "project":
+                x = project_gray(x)
+            x = self.normalize(x)
+        feats = backbone(x)  # (2B, D)
         logits = self.head(torch.cat([feats[:b], feats[b:]], dim=1))  # (B, 8)
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(dim=1) == labels).float().mean()
