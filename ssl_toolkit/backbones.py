@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from ssl_toolkit.config import BackboneConfig

@@ -28,6 +28,13 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
     return apply_overrides(data, overrides)
 
 
+def echo_rows(rows: list[tuple[str, object]]) -> None:
+    """Print ``(label, value)`` rows as an aligned two-column table."""
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
 def quiet_libraries() -> None:
     """Keep third-party chatter (tips, banners) out of the user's terminal."""
     import logging

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
@@ -37,9 +37,7 @@ def embed(target, data, out, split, batch_size, device, as_json) -> None:
         ("from cache", ", ".join(result["cached"]) or "-"),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
+    echo_rows(rows)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
     click.echo(f"embeddings: {result['path']}")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, build_config, echo_rows, main, quiet_libraries
 
 @main.command(context_settings=CONTEXT)
 @click.argument("target", required=False)
@@ -57,9 +57,7 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
         ("top-5 (%)", top5),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
+    echo_rows(rows)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
 

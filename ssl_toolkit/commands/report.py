@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
@@ -51,7 +51,5 @@ def report(target, data, out, umap_neighbors, umap_min_dist, umap_metric, umap_m
         rows.append(("mAP@R (%)", f"{100 * result['map_at_r']:.2f}"))
         rows.append(("k-means NMI / ARI", f"{result['clusters']['nmi_mean']:.3f} / {result['clusters']['ari_mean']:.3f}"))
     rows.append(("seconds", f"{result['seconds']['total']:.1f}"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
+    echo_rows(rows)
     click.echo(f"report: {result['path']}")

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, main
+
 
 @main.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
