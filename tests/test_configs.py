@@ -1,0 +1,43 @@
+"""Every shipped YAML config validates against its typed model, task configs included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssl_toolkit.config import PretrainConfig, ProbeConfig, apply_overrides, load_yaml, validate
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.eval import EVALUATORS
+from ssl_toolkit.pretext import TASKS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "pretrain").glob("*.yaml")), ids=lambda p: p.stem)
+def test_pretrain_configs_validate(path):
+    cfg = validate(PretrainConfig, load_yaml(path))
+    task_cls = TASKS.get(cfg.task)
+    validate(task_cls.Config, cfg.task_config)
+    if path.stem != "quickstart":
+        assert path.stem == cfg.task
+
+
+def test_every_task_has_a_config_and_a_doc():
+    for name in TASKS.names():
+        assert (CONFIGS / "pretrain" / f"{name}.yaml").is_file(), name
+        assert (CONFIGS.parent / "docs" / "pretext" / f"{name}.md").is_file(), name
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "probe").glob("*.yaml")), ids=lambda p: p.stem)
+def test_probe_configs_validate(path):
+    cfg = validate(ProbeConfig, load_yaml(path))
+    assert cfg.mode in EVALUATORS and path.stem == cfg.mode
+
+
+def test_overrides_reach_nested_keys_and_unknown_keys_get_a_hint():
+    data = apply_overrides({}, ["trainer.lr=0.5", "data.name=synthetic", "task_config.views.flip_p=0"])
+    cfg = validate(PretrainConfig, data)
+    assert cfg.trainer.lr == 0.5 and cfg.data.name == "synthetic" and cfg.task_config == {"views": {"flip_p": 0}}
+    with pytest.raises(UserError, match=r"unknown key 'data.imagesize' \(did you mean 'image_size'\?\)"):
+        validate(PretrainConfig, apply_overrides({}, ["data.imagesize=32"]))
