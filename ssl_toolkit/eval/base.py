@@ -8,6 +8,7 @@ for ``knn``, the head plus the unfrozen stages for ``partial``, everything for
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,7 +50,7 @@ def feature_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-class Evaluator:
+class Evaluator(ABC):
     """Base of evaluators: ``evaluate(ctx)`` returns ``(N_test, K)`` class scores and facts to report.
 
     Args:
@@ -89,9 +90,9 @@ class Evaluator:
         ctx.model.cpu()
         return train[ctx.train_idx], test
 
+    @abstractmethod
     def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """Class scores ``(N_test, K)`` of the test split and facts about the fit."""
-        raise NotImplementedError(f"{type(self).__name__} must implement evaluate()")
 
 
 EVALUATORS: Registry[type[Evaluator]] = Registry("probe mode")

@@ -14,6 +14,7 @@ decorator::
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,7 +67,7 @@ class DataFacts:
     grayscale_origin: bool = False
 
 
-class PretextTask(nn.Module):
+class PretextTask(nn.Module, ABC):
     """Base class of pretext tasks.
 
     Args:
@@ -113,6 +114,7 @@ class PretextTask(nn.Module):
 
     name: ClassVar[str] = ""
 
+    @abstractmethod
     def forward(self, backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the pretext loss of one batch.
 
@@ -127,7 +129,6 @@ class PretextTask(nn.Module):
             (un-rotated or first-view) images, which the online probe then reuses instead
             of running its own forward pass.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     @classmethod
     def backbone_in_chans(cls, config: TaskConfig, data: DataFacts) -> int:
