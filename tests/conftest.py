@@ -39,6 +39,15 @@ def tiny_config(task: str, data: str = "synthetic", epochs: int = 2, **extra) ->
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest, and with steady timings on a shared machine, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def run_ssl():
     """Run ``ssl ARGS`` as a real subprocess; returns the CompletedProcess (text, captured)."""
 

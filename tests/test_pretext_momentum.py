@@ -7,13 +7,7 @@ import torch
 from ssl_toolkit.pretext import DataFacts, build_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and with steady timings on a shared machine, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_backbone():

@@ -106,11 +106,18 @@ class PretextTask(nn.Module, ABC):
 
         if cls.info.needs_colour and (data.channels < 3 or data.grayscale_origin):
             raise UserError(f"{cls.name} needs colour images; {data.name or 'this dataset'} is grayscale")
-        if cls.info.min_image_size and data.image_size < cls.info.min_image_size:
+        need, subject, detail = cls.size_requirement(config)
+        if need and data.image_size < need:
             raise UserError(
-                f"{cls.name} needs images of at least {cls.info.min_image_size} px; "
-                f"{data.name or 'the data'} is {data.image_size} px (--image-size {cls.info.min_image_size})"
+                f"{subject} needs images of at least {need} px{detail}; "
+                f"{data.name or 'the data'} is {data.image_size} px (--image-size {need})"
             )
+
+    @classmethod
+    def size_requirement(cls, config: TaskConfig) -> tuple[int | None, str, str]:
+        """``(smallest image side, who needs it, why)`` under ``config``; tasks whose minimum
+        depends on their config (grid, gap) override it."""
+        return cls.info.min_image_size, cls.name, ""
 
     name: ClassVar[str] = ""
 

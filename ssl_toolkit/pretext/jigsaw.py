@@ -171,15 +171,8 @@ class JigsawTask(PretextTask):
     default_lr = 1e-3
 
     @classmethod
-    def check_data(cls, config: JigsawConfig, data: DataFacts) -> None:
-        from ssl_toolkit.errors import UserError
-
-        need = min_image_size(config.grid, config.gap)
-        if data.image_size < need:
-            raise UserError(
-                f"jigsaw with a {config.grid}x{config.grid} grid needs images of at least {need} px "
-                f"({MIN_PATCH} px tiles); {data.name or 'the data'} is {data.image_size} px (--image-size {need})"
-            )
+    def size_requirement(cls, config: JigsawConfig) -> tuple[int, str, str]:
+        return min_image_size(config.grid, config.gap), f"jigsaw with a {config.grid}x{config.grid} grid", f" ({MIN_PATCH} px tiles)"
 
     def __init__(self, feature_dim: int, config: JigsawConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)

@@ -128,15 +128,8 @@ class RelativePositionTask(PretextTask):
     default_lr = 1e-3
 
     @classmethod
-    def check_data(cls, config: RelativePositionConfig, data: DataFacts) -> None:
-        from ssl_toolkit.errors import UserError
-
-        need = min_image_size(config.gap, config.jitter)
-        if data.image_size < need:
-            raise UserError(
-                f"relative-position needs images of at least {need} px ({MIN_PATCH} px patches with "
-                f"gap {config.gap}); {data.name or 'the data'} is {data.image_size} px (--image-size {need})"
-            )
+    def size_requirement(cls, config: RelativePositionConfig) -> tuple[int, str, str]:
+        return min_image_size(config.gap, config.jitter), "relative-position", f" ({MIN_PATCH} px patches with gap {config.gap})"
 
     def __init__(self, feature_dim: int, config: RelativePositionConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
