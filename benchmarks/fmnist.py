@@ -60,7 +60,7 @@ def raw_pixel_baseline(data: dict[str, Any]) -> dict[str, Any]:
     return {"top1": top1, "seconds": time.time() - start, **facts}
 
 
-def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbone: str | None = None) -> dict[str, float]:
+def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbone: dict[str, Any] | None = None) -> dict[str, float]:
     """Linear, kNN and fine-tuning at the protocol's label fractions for one backbone."""
     random_init = target is None
     kw = {"random_init": random_init, "backbone": backbone} if random_init else {}
@@ -78,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced protocol (configs/benchmarks/fmnist.yaml: quick)")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of tasks")
+    ap.add_argument("--resume", action="store_true", help="keep the rows of an unfinished run with the same settings and do the rest")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
     s = load_settings(args.quick)
@@ -85,46 +86,72 @@ def main() -> None:
     train_data = {**data, **({"limit": s["train_limit"]} if s.get("train_limit") else {})}
     tasks = args.tasks.split(",") if args.tasks else s["tasks"]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    started = time.time()
-    rows: dict[str, Any] = {}
+    out = ROOT / "benchmarks" / "results" / f"fmnist{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "protocol": "quick" if args.quick else "full",
+        "settings": s,
+        "rows": {},
+        "row_seconds": {},
+        "complete": False,
+        "machine": {"cores": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "command": "python benchmarks/fmnist.py" + (" --quick" if args.quick else ""),
+        "seconds": 0.0,
+    }
+    if args.resume and out.exists():
+        previous = json.loads(out.read_text())
+        if previous.get("settings") == s and not previous.get("complete", True):
+            result.update(rows=previous["rows"], row_seconds=previous.get("row_seconds", {}), seconds=previous.get("seconds", 0.0))
+            print(f"resuming: {len(result['rows'])} rows kept from {out}", flush=True)
+        else:
+            print(f"not resuming: {out} is complete or has other settings", flush=True)
+    rows = result["rows"]
 
-    print("baseline: raw pixels", flush=True)
-    rows["raw pixels (logistic regression)"] = {"linear": raw_pixel_baseline(data)["top1"]}
-    print("baseline: random init", flush=True)
-    rows["random-init backbone"] = evaluate(None, data, {**s, "finetune_fractions": []}, backbone=s["backbone"]["name"])
-    for frac in s["supervised_fractions"]:
-        print(f"baseline: supervised from scratch, {frac:g} of the labels", flush=True)
+    def step(name: str, fn) -> None:
+        """Run one row (or one cell group) unless a resumed run already has it, then save."""
+        if name in result["row_seconds"]:
+            return
+        print(name, flush=True)
+        start = time.time()
+        fn()
+        result["row_seconds"][name] = round(time.time() - start, 1)
+        result["seconds"] = round(sum(result["row_seconds"].values()), 1)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def sup(frac: float) -> None:
         cfg = {"mode": "finetune", "data": data, "label_fraction": frac, "epochs": s["finetune_epochs"], "batch_size": s["finetune_batch_size"]}
-        rows.setdefault("supervised from scratch", {})[f"finetune_{frac:g}"] = st.probe(None, cfg, random_init=True, backbone=s["backbone"]["name"])["top1"]
+        rows.setdefault("supervised from scratch", {})[f"finetune_{frac:g}"] = st.probe(None, cfg, random_init=True, backbone=s["backbone"])["top1"]
+
+    step("raw pixels (logistic regression)", lambda: rows.__setitem__("raw pixels (logistic regression)", {"linear": raw_pixel_baseline(data)["top1"]}))
+    step("random-init backbone", lambda: rows.__setitem__("random-init backbone", evaluate(None, data, {**s, "finetune_fractions": []}, backbone=s["backbone"])))
+    for frac in [f for f in s["supervised_fractions"] if f < 1]:
+        step(f"supervised from scratch {frac:g}", lambda frac=frac: sup(frac))
 
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             if task in SKIPPED:
                 rows[task] = {"skipped": SKIPPED[task]}
                 continue
-            print(f"pretrain {task} for {s['budget_minutes']} min", flush=True)
-            cfg = {
-                "task": task,
-                "data": train_data,
-                "backbone": s["backbone"],
-                "trainer": {**s["trainer"], "max_minutes": s["budget_minutes"], "progress_bar": False, "online_probe": False},
-                "task_config": s.get("task_config", {}).get(task, {}),
-            }
-            meta = st.pretrain(cfg, out=f"{tmp}/{task}", name=f"fmnist{'-quick' if args.quick else ''}-{task}-{stamp}")
-            rows[task] = {**evaluate(meta["library_name"], data, s), "epochs": meta["epochs"], "steps": meta["steps"], "checkpoint": meta["library_name"]}
-            print(json.dumps({task: rows[task]}), flush=True)
 
-    result = {
-        "protocol": "quick" if args.quick else "full",
-        "settings": s,
-        "rows": rows,
-        "machine": {"cores": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - started, 1),
-        "command": "python benchmarks/fmnist.py" + (" --quick" if args.quick else ""),
-    }
-    out = ROOT / "benchmarks" / "results" / f"fmnist{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+            def run_task(task: str = task) -> None:
+                cfg = {
+                    "task": task,
+                    "data": train_data,
+                    "backbone": s["backbone"],
+                    "trainer": {**s["trainer"], "max_minutes": s["budget_minutes"], "progress_bar": False, "online_probe": False},
+                    "task_config": s.get("task_config", {}).get(task, {}),
+                }
+                meta = st.pretrain(cfg, out=f"{tmp}/{task}", name=f"fmnist{'-quick' if args.quick else ''}-{task}-{stamp}")
+                rows[task] = {**evaluate(meta["library_name"], data, s), "epochs": meta["epochs"], "steps": meta["steps"], "precision": meta["precision"], "checkpoint": meta["library_name"]}
+                print(json.dumps({task: rows[task]}), flush=True)
+
+            step(task, run_task)
+
+    for frac in [f for f in s["supervised_fractions"] if f >= 1]:  # the longest baseline last
+        step(f"supervised from scratch {frac:g}", lambda frac=frac: sup(frac))
+
+    result["complete"] = True
+    result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out.write_text(json.dumps(result, indent=2) + "\n")
     table = render(result)
     print(table)
@@ -143,7 +170,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"Protocol **{result['protocol']}**: `{result['command']}`, {result['date']}, {result['seconds'] / 60:.0f} min in all; "
         f"{result['machine']['cores']} CPU threads, torch {result['machine']['torch']}. Backbone `{s['backbone']['name']}` at {s['image_size']} px, "
-        f"{s['budget_minutes']} min of pretraining per task" + (f" on {s['train_limit']} training images" if s.get("train_limit") else " on the 60,000 training images")
+        f"{s['budget_minutes']} min of pretraining per task (precision `{s['trainer'].get('precision', 'auto')}`, batch {s['trainer']['batch_size']})" + (f" on {s['train_limit']} training images" if s.get("train_limit") else " on the 60,000 training images")
         + "; test: the 10,000 test images. Top-1 in %.",
         "",
         head,

@@ -49,6 +49,16 @@ def test_random_init_finetune_baseline(cli):
     assert result["random_init"] and result["mode"] == "finetune" and result["frozen"] == []
 
 
+def test_random_init_stem_follows_the_flag(cli):
+    """The baseline can use timm's own stem, as a pretraining config with small_stem: false does."""
+    stems = {}
+    for flag in ("--small-stem", "--timm-stem"):
+        code, out, err = cli("probe", "--random-init", "--backbone", TINY_BACKBONE, flag, "--json", *SMALL)
+        assert code == 0, err
+        stems[flag] = json.loads(out.strip().splitlines()[-1])["small_stem"]
+    assert stems == {"--small-stem": True, "--timm-stem": False}
+
+
 def test_out_of_range_freeze_stages_and_fraction_exit_2(cli, tmp_path):
     run = saved_backbone(tmp_path / "run")
     code, _, err = cli("probe", run, "--mode", "partial", "--freeze-stages", "5", *SMALL)

@@ -24,10 +24,11 @@ from ssl_toolkit.cli import CONTEXT, build_config, echo_rows, main, quiet_librar
 @click.option("--seed", type=int, help="Seed of label subsets and training. [default: 0]")
 @click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")
 @click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model for --random-init.")
+@click.option("--small-stem/--timm-stem", default=None, help="--random-init: the 3x3 stride-1 stem or timm's own. [default: small stem at 64 px and less]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any probe config key (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
-def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, k, temperature, accelerator, seed, random_init, backbone, config_file, overrides, as_json) -> None:
+def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, k, temperature, accelerator, seed, random_init, backbone, small_stem, config_file, overrides, as_json) -> None:
     """Evaluate a pretrained backbone on labelled data.
 
     TARGET is a run folder, a backbone file (.safetensors next to its meta.json) or a
@@ -46,7 +47,7 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
          "temperature": temperature, "accelerator": accelerator, "seed": seed},
         overrides,
     )
-    result = run_probe(target, cfg, random_init=random_init, backbone=backbone)
+    result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem})
     top5 = "-" if result["top5"] is None else f"{100 * result['top5']:.2f}"
     rows = [
         ("mode", result["mode"]),

@@ -37,12 +37,12 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     return torch.cat(keep).sort().values
 
 
-def load_target(target: str | Path | None, random_init: bool, backbone_name: str, cfg: ProbeConfig) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
+def load_target(target: str | Path | None, random_init: bool, backbone: BackboneConfig, cfg: ProbeConfig) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
     """The backbone to evaluate, its metadata, and the run folder to write results into (if any)."""
     if random_init:
         torch.manual_seed(cfg.seed)
         probe_source = load_source(cfg.data)
-        model, spec = create_backbone(BackboneConfig(name=backbone_name), probe_source.channels, probe_source.image_size)
+        model, spec = create_backbone(backbone, probe_source.channels, probe_source.image_size)
         meta = {
             "task": "random-init",
             "backbone": spec.to_dict(),
@@ -64,7 +64,7 @@ def probe(
     target: str | Path | None = None,
     config: ProbeConfig | dict[str, Any] | None = None,
     random_init: bool = False,
-    backbone: str = "resnet18",
+    backbone: str | BackboneConfig | dict[str, Any] = "resnet18",
 ) -> dict[str, Any]:
     """Evaluate a backbone on labelled data.
 
@@ -72,7 +72,9 @@ def probe(
         target: Run folder, backbone file or checkpoint-library name.
         config: A :class:`ProbeConfig` or a dict of its fields.
         random_init: Evaluate an untrained ``backbone`` instead (the baseline).
-        backbone: timm name for ``random_init``.
+        backbone: The untrained backbone for ``random_init``: a timm name, or a
+            :class:`BackboneConfig` (or dict of its fields) to choose the stem as a
+            pretraining config does.
 
     Returns:
         The result: ``mode``, ``label_fraction``, ``top1``, ``top5``, ``per_class_acc``,
@@ -83,6 +85,10 @@ def probe(
     if cfg.freeze_stages is not None and cfg.mode != "partial":
         raise UserError(f"--freeze-stages applies to --mode partial, not {cfg.mode}")
     start = time.time()
+    if isinstance(backbone, str):
+        backbone = BackboneConfig(name=backbone)
+    elif not isinstance(backbone, BackboneConfig):
+        backbone = validate(BackboneConfig, dict(backbone))
     model, meta, run_folder = load_target(target, random_init, backbone, cfg)
     data_cfg = cfg.data.model_copy(update={"image_size": meta["image_size"]})
     source: DataSource = load_source(data_cfg)
@@ -106,6 +112,7 @@ def probe(
         "classes": source.classes,
         "dataset": source.name,
         "backbone": meta["backbone"]["timm_name"],
+        "small_stem": bool(meta["backbone"].get("small_stem")),
         "task": meta.get("task"),
         "random_init": random_init,
         **facts,
