@@ -113,7 +113,13 @@ def main() -> None:
             return
         print(name, flush=True)
         start = time.time()
-        fn()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001  (a row that fails is recorded, retried by --resume, and the table goes on)
+            rows[name] = {"failed": f"{type(exc).__name__}: {exc}"}
+            print(f"{name} failed: {rows[name]['failed']}", flush=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            return
         result["row_seconds"][name] = round(time.time() - start, 1)
         result["seconds"] = round(sum(result["row_seconds"].values()), 1)
         out.write_text(json.dumps(result, indent=2) + "\n")
@@ -176,7 +182,12 @@ def render(result: dict[str, Any]) -> str:
         head,
         "|" + "---|" * (5 + len(fr)),
     ]
-    for name, row in result["rows"].items():
+    rows = result["rows"]
+    order = [n for n in rows if n not in s["tasks"]] + [t for t in s["tasks"] if t in rows]  # baselines, then tasks in protocol order
+    for name, row in ((n, rows[n]) for n in order):
+        if "failed" in row:
+            lines.append(f"| {name} | failed: {row['failed']} |" + " |" * (4 + len(fr)))
+            continue
         if "skipped" in row:
             lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (4 + len(fr)))
             continue

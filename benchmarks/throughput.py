@@ -259,13 +259,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--tasks", default="all", help="comma-separated tasks for part 3, or all")
-    ap.add_argument("--channels-last", action="store_true", help="run our backbone in channels-last layout")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="run our backbone in channels-last layout (the engine's default; --no-channels-last for NCHW)")
     ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone_kwargs = {"num_classes": 0}
     images, data_name = benchmark_images(args.size, limit=8192)
     print(f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem), batch {args.batch_size}, precision {args.precision}, "
+          f"{'channels-last' if args.channels_last else 'NCHW'} (ours), "
           f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps")
 
     parts = set(args.parts.split(","))

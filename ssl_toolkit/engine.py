@@ -28,6 +28,8 @@ from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
 
+MAX_BAD_STEPS = 5  # optimiser steps in a row with non-finite gradients before training stops
+
 
 class ImageTensorDataset(Dataset):
     """``(N, C, S, S)`` uint8 images with labels (``-1`` where unknown); items stay uint8 until on the device."""
@@ -116,6 +118,8 @@ class PretrainModule(L.LightningModule):
         self.sample_images = sample_images
         self._fit_started: float | None = None
         self.samples_dir = samples_dir
+        self.skipped_steps = 0  # updates skipped for non-finite gradients
+        self._bad_in_a_row = 0
 
     # ----- training ------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -163,6 +167,25 @@ class PretrainModule(L.LightningModule):
             loss = loss + probe_loss
         self.last_loss = float(loss.detach())
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip an update whose gradients are not finite although the loss was.
+
+        The gradients are dropped (the optimiser leaves parameters without a gradient
+        untouched), so one bad batch cannot write NaN into the weights; after
+        ``MAX_BAD_STEPS`` in a row training stops, keeping the last good checkpoint.
+        """
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named or bool(torch.stack([torch.isfinite(g).all() for _, g in named]).all()):
+            self._bad_in_a_row = 0
+            return
+        first = next(n for n, g in named if not torch.isfinite(g).all())
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= MAX_BAD_STEPS:
+            raise FloatingPointError(f"gradients are not finite ({first}) for {MAX_BAD_STEPS} steps in a row at step {self.global_step}")
+        for p in self.parameters():
+            p.grad = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         total = int(self.trainer.estimated_stepping_batches)

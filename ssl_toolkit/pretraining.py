@@ -228,6 +228,7 @@ def pretrain(
         "final_metrics": metrics,
         "precision": resolved["trainer"]["precision"],
         "world_size": int(trainer.world_size),
+        "skipped_steps": module.skipped_steps,
         "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),

@@ -122,6 +122,38 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (run / "meta.json").exists()
 
 
+def _poison_gradients(monkeypatch, calls: set[int] | None) -> None:
+    """Make rotation's loss finite but its stem gradient NaN on the given forward calls (all if None)."""
+    from ssl_toolkit.pretext.rotation import RotationTask
+
+    real_forward, count = RotationTask.forward, [0]
+
+    def forward(self, backbone, images):
+        loss, logs = real_forward(self, backbone, images)
+        count[0] += 1
+        if calls is None or count[0] in calls:
+            w = next(backbone.parameters())
+            loss = loss + 0.0 * torch.sqrt((w - w.detach()).abs().sum())  # value 0; d/dw = 0 * inf = NaN
+        return loss, logs
+
+    monkeypatch.setattr(RotationTask, "forward", forward)
+
+
+def test_an_update_with_non_finite_gradients_is_skipped(tmp_path, monkeypatch, one_thread):
+    _poison_gradients(monkeypatch, {2})
+    meta = pretrain(tiny_config("rotation", epochs=1), out=tmp_path / "run")
+    assert meta["skipped_steps"] == 1 and meta["steps"] == 4
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_gradients_non_finite_five_steps_in_a_row_stop_training(tmp_path, monkeypatch, one_thread):
+    _poison_gradients(monkeypatch, None)
+    with pytest.raises(UserError, match=r"training stopped: gradients are not finite \(backbone\.\S+\) for 5 steps in a row at step 4"):
+        pretrain(tiny_config("rotation", epochs=3), out=tmp_path / "run")
+    assert not (tmp_path / "run" / "backbone.safetensors").exists()
+
+
 def test_a_write_that_fails_half_way_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
