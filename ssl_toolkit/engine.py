@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.precision import resolve_precision
 from ssl_toolkit.pretext.base import PretextTask
 
 MAX_BAD_STEPS = 5  # optimiser steps in a row with non-finite gradients before training stops
@@ -330,29 +331,6 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         writer.writeheader()
         writer.writerows(kept)
         atomic_write_text(path, buf.getvalue())
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` -> ``bf16-mixed`` where the device computes bfloat16 natively, else ``32-true``.
-
-    bf16 autocast kept the linear-probe accuracy of a digits RotNet run within 0.6 points
-    of float32 and trained it several times faster on an AVX-512 BF16 CPU (``docs/benchmarks.md``).
-    """
-    if precision != "auto":
-        return precision
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if use_gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Trainer:

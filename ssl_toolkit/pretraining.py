@@ -26,8 +26,9 @@ from ssl_toolkit.backbones import create_backbone, feature_dim
 from ssl_toolkit.checkpoints import save_backbone
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, resolve_precision, truncate_metrics
+from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, truncate_metrics
 from ssl_toolkit.errors import Interrupted, UserError
+from ssl_toolkit.precision import choose_precision
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 
 CONFIG_FILE = "config.yaml"
@@ -162,6 +163,10 @@ def pretrain(
     task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
     task.fit_data_prior(source.train.images)  # data statistics the task needs (e.g. a colour prior)
     task.attach(backbone)  # after any init_from, so momentum encoders start from the same weights
+    precision = choose_precision(
+        cfg.trainer.precision, cfg.trainer.accelerator, backbone, task_cls.backbone_in_chans(task_cfg, facts), task.backbone_input_size()
+    )
+    cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
     lr = cfg.trainer.lr or task_cls.default_lr
     wd = cfg.trainer.weight_decay if cfg.trainer.weight_decay is not None else task_cls.default_weight_decay
     opt = cfg.trainer.optimizer or task_cls.default_optimizer
@@ -175,7 +180,7 @@ def pretrain(
     # the resolved config: every default written out, so the folder reproduces the run
     resolved = cfg.model_dump(mode="json")
     resolved["task_config"] = task.config.model_dump(mode="json")
-    resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt, precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
+    resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt, precision=precision)
     if resume is None and primary:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 

@@ -142,6 +142,10 @@ class PretextTask(nn.Module, ABC):
         """Input channels of the backbone this task trains (default: the data's channels)."""
         return data.channels
 
+    def backbone_input_size(self) -> int:
+        """Side in px of what this task feeds the backbone (default: the image; tiles and patches are smaller)."""
+        return self.data.image_size
+
     def backbone_input(self) -> dict[str, Any]:
         """How images become backbone input, recorded in the run's ``meta.json``.
 

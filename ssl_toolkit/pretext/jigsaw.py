@@ -199,6 +199,10 @@ class JigsawTask(PretextTask):
         labels = torch.randint(0, self.perms.shape[0], (b,), device=dev)  # (B,)
         return shuffle_tiles(tiles, self.perms[labels]), labels
 
+    def backbone_input_size(self) -> int:
+        """A tile, not the image, goes through the backbone."""
+        return self.tile
+
     def forward(self, backbone, images):
         b, t = images.shape[0], self.num_tiles
         with building_inputs():

@@ -141,6 +141,10 @@ class RelativePositionTask(PretextTask):
             nn.Linear(config.hidden_dim, 8),
         )
 
+    def backbone_input_size(self) -> int:
+        """A patch, not the image, goes through the backbone."""
+        return self.patch
+
     def forward(self, backbone, images):
         b = images.shape[0]
         with building_inputs():
