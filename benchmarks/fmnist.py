@@ -13,7 +13,8 @@ Writes ``benchmarks/results/fmnist[-quick].json`` and regenerates the table betw
 Usage::
 
     python benchmarks/fmnist.py --quick     # reduced table, under 15 minutes on 2 cores
-    python benchmarks/fmnist.py             # the full table (hours on 2 cores)
+    python benchmarks/fmnist.py             # the full table (about 2 hours on 2 cores)
+    python benchmarks/fmnist.py --resume    # finish an interrupted run, keeping its rows
 """
 
 from __future__ import annotations
