@@ -33,6 +33,7 @@ import yaml
 
 import ssl_toolkit as st
 from ssl_toolkit.config import DataConfig
+from ssl_toolkit.errors import Interrupted
 from ssl_toolkit.data.sources import load_source
 from ssl_toolkit.eval.linear import linear_probe
 
@@ -116,6 +117,8 @@ def main() -> None:
         start = time.time()
         try:
             fn()
+        except Interrupted:  # Ctrl-C or SIGTERM stops the whole benchmark; --resume goes on from here
+            raise
         except Exception as exc:  # noqa: BLE001  (a row that fails is recorded, retried by --resume, and the table goes on)
             rows[name] = {"failed": f"{type(exc).__name__}: {exc}"}
             print(f"{name} failed: {rows[name]['failed']}", flush=True)
