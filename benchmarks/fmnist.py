@@ -173,12 +173,20 @@ def pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.1f}"
 
 
+def budget_cell(row: dict[str, Any]) -> str:
+    """Optimiser steps (epochs) a task fitted into the budget, and the precision it trained in."""
+    if "steps" not in row:
+        return ""
+    short = {"bf16-mixed": "bf16", "32-true": "fp32"}.get(row.get("precision", ""), row.get("precision", ""))
+    return f"{row['steps']} ({row['epochs']}), {short}"
+
+
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     fr = s["finetune_fractions"]
-    head = "| method | linear | kNN (k=200) | " + " | ".join(f"fine-tune {100 * f:g}%" for f in fr) + " | supervised 100% | epochs in budget |"
+    head = "| method | linear | kNN (k=200) | " + " | ".join(f"fine-tune {100 * f:g}%" for f in fr) + " | supervised 100% | steps (epochs) in budget, precision |"
     lines = [
-        f"Protocol **{result['protocol']}**: `{result['command']}`, {result['date']}, {result['seconds'] / 60:.0f} min in all; "
+        f"Protocol **{result['protocol']}**: `{result['command']}`, {result['date']}, {result['seconds'] / 60:.0f} min in all (the rows' times added up); "
         f"{result['machine']['cores']} CPU threads, torch {result['machine']['torch']}. Backbone `{s['backbone']['name']}` at {s['image_size']} px, "
         f"{s['budget_minutes']} min of pretraining per task (precision `{s['trainer'].get('precision', 'auto')}`, batch {s['trainer']['batch_size']})" + (f" on {s['train_limit']} training images" if s.get("train_limit") else " on the 60,000 training images")
         + "; test: the 10,000 test images. Top-1 in %.",
@@ -196,7 +204,7 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (4 + len(fr)))
             continue
         sup100 = row.get("finetune_1") if name == "supervised from scratch" else None
-        cells = [pct(row.get("linear")), pct(row.get("knn"))] + [pct(row.get(f"finetune_{f:g}")) for f in fr] + [pct(sup100), str(row.get("epochs", ""))]
+        cells = [pct(row.get("linear")), pct(row.get("knn"))] + [pct(row.get(f"finetune_{f:g}")) for f in fr] + [pct(sup100), budget_cell(row)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
