@@ -1,9 +1,22 @@
-"""timm backbones: creation, the small-image stem, and stage lists for partial freezing.
+"""timm backbones: creation, the small-image stem per family, and stage lists for partial freezing.
 
-A backbone is ``timm.create_model(name, num_classes=0, in_chans=C, **kwargs)``, optionally
-with its stem replaced by a 3x3 stride-1 conv and no max-pool (the CIFAR-style stem of
-He et al., 2016, used by SimCLR for small images). Everything needed to rebuild it in
-plain timm is kept in a :class:`BackboneSpec`.
+A backbone is ``timm.create_model(name, num_classes=0, in_chans=C, **kwargs)``. Three
+families are known by the timm module that defines them, each with its small-image rule
+(on by default at ``SMALL_STEM_MAX_SIZE`` px and less):
+
+- ResNet: the stem is replaced by a 3x3 stride-1 conv and no max-pool (the CIFAR-style
+  stem of He et al., 2016, used by SimCLR for small images); total stride 32 -> 8.
+- ConvNeXt (Liu et al., 2022): the 4x4 stride-4 "patchify" stem becomes 1x1 stride 1
+  (timm's ``patch_size=1``); total stride 32 -> 8, as for the ResNet.
+- ViT (Dosovitskiy et al., 2021): ``patch_size=4`` instead of 16, so a 32 px image is an
+  8x8 grid of tokens instead of 2x2. Every ViT is created with ``img_size`` set to the
+  image size and timm's ``dynamic_img_size``/``dynamic_img_pad``, so it accepts any input
+  side (tiles and patches of the patch-based tasks; sides that are not a multiple of
+  the patch size are padded).
+
+ConvNeXt and ViT rules are timm keyword arguments, so plain timm rebuilds them from the
+kwargs alone; only the ResNet rule changes modules after creation. Everything needed to
+rebuild a backbone is kept in a :class:`BackboneSpec`.
 """
 
 from __future__ import annotations
@@ -18,6 +31,40 @@ from ssl_toolkit.config import BackboneConfig
 from ssl_toolkit.errors import UserError, did_you_mean
 
 SMALL_STEM_MAX_SIZE = 64
+SMALL_VIT_PATCH = 4  # ViT patch side under the small-image rule
+FAMILY_MODULES = {"resnet": "resnet", "convnext": "convnext", "vit": "vision_transformer"}
+
+
+def family_of(timm_name: str) -> str:
+    """``resnet``, ``convnext``, ``vit`` or ``other``: the timm module that defines ``timm_name``."""
+    module = timm.models.model_entrypoint(timm_name).__module__.rsplit(".", 1)[-1]
+    return next((f for f, m in FAMILY_MODULES.items() if m == module), "other")
+
+
+def family_kwargs(timm_name: str, kwargs: dict[str, Any], image_size: int, small: bool | None) -> tuple[dict[str, Any], bool]:
+    """The create kwargs of the ConvNeXt/ViT rules and whether the ResNet stem surgery applies.
+
+    Kwargs the user gave explicitly are never changed (``patch_size``, ``img_size``, ...).
+
+    Raises:
+        UserError: ``small`` is ``True`` for a family without a small-image rule.
+    """
+    fam = family_of(timm_name)
+    auto = image_size <= SMALL_STEM_MAX_SIZE
+    use_small = auto if small is None else small
+    out = dict(kwargs)
+    if fam == "vit":
+        out = {"img_size": image_size, "dynamic_img_size": True, "dynamic_img_pad": True, **out}
+        if use_small:
+            out.setdefault("patch_size", SMALL_VIT_PATCH)
+        return out, False
+    if fam == "convnext":
+        if use_small:
+            out.setdefault("patch_size", 1)
+        return out, False
+    if small and fam != "resnet":
+        raise UserError(f"backbone '{timm_name}' has no small-image stem rule (ResNet, ConvNeXt and ViT have one); --set backbone.small_stem=false")
+    return out, bool(use_small) and fam == "resnet"
 
 
 @dataclass
@@ -72,6 +119,9 @@ def build_from_spec(spec: BackboneSpec) -> nn.Module:
 def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tuple[nn.Module, BackboneSpec]:
     """Create a timm backbone for ``in_chans``-channel images of ``image_size`` px.
 
+    The family's small-image rule (module docstring) applies at ``SMALL_STEM_MAX_SIZE``
+    px and less unless ``cfg.small_stem`` says otherwise.
+
     Returns:
         The model (pooled output of size :func:`feature_dim`) and its :class:`BackboneSpec`.
     """
@@ -79,14 +129,14 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tupl
         names = timm.list_models()
         examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "resnet10t", "convnext_atto", "vit_tiny_patch16_224"))
         raise UserError(f"unknown backbone '{cfg.name}'{did_you_mean(cfg.name, names)}; any timm model name works, e.g. {examples}")
-    kwargs = {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}
-    probe = timm.create_model(cfg.name, pretrained=False, **kwargs) if cfg.small_stem is not False else None
-    small = cfg.small_stem
-    if small is None:
-        small = image_size <= SMALL_STEM_MAX_SIZE and probe is not None and supports_small_stem(probe)
-    elif small and not supports_small_stem(probe):
-        raise UserError(f"backbone '{cfg.name}' has no ResNet-style stem; --set backbone.small_stem=false")
-    spec = BackboneSpec(cfg.name, kwargs, bool(small))
+    kwargs, small = family_kwargs(cfg.name, {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}, image_size, cfg.small_stem)
+    if small:  # a timm ResNet-family name whose model may still lack the conv1 + maxpool stem
+        probe = timm.create_model(cfg.name, pretrained=False, **kwargs)
+        if not supports_small_stem(probe):
+            if cfg.small_stem:
+                raise UserError(f"backbone '{cfg.name}' has no ResNet-style stem; --set backbone.small_stem=false")
+            small = False
+    spec = BackboneSpec(cfg.name, kwargs, small)
     return build_from_spec(spec), spec
 
 
