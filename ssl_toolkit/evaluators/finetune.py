@@ -1,0 +1,255 @@
+"""Partial and full fine-tuning through the Lightning Trainer.
+
+Both evaluators train a linear head on the backbone's pooled output, with mild
+augmentation (random resized crop + horizontal flip, made on the device by
+:class:`~ssl_toolkit.data.augment.BatchedViews`), AdamW and a warm-up + cosine schedule.
+They differ only in :meth:`trainable_parameters`:
+
+- ``partial`` (Yosinski et al., 2014; Zhang et al., 2016): the stem and the first ``K``
+  stages of the timm backbone are frozen, weights *and* BatchNorm statistics (their
+  modules stay in eval mode while the rest trains);
+- ``finetune``: every weight trains, optionally with layer-wise learning-rate decay
+  (Clark et al., 2020; Bao et al., 2022) over timm's layer grouping (blocks of a ResNet
+  or ConvNeXt, transformer blocks of a ViT): the last layer gets ``lr * d``, the one
+  before ``lr * d**2``, down to the stem.
+
+In both, the new linear head learns at ``HEAD_LR_SCALE * lr`` (it starts from random
+weights while the backbone starts from trained ones).
+
+With ``--random-init``, ``finetune`` is the supervised-from-scratch baseline.
+Default length: ``DEFAULT_EPOCHS`` epochs, or more when that would be fewer than
+``MIN_STEPS`` optimiser steps (a 10% label fraction of a small dataset is one batch per
+epoch). The test split is only scored, once, after training; it never steers training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.models import group_parameters
+from torch import nn
+
+from ssl_toolkit.backbones import Stage, feature_dim, stages
+from ssl_toolkit.config import ProbeConfig
+from ssl_toolkit.data.augment import BatchedViews, ViewConfig
+from ssl_toolkit.engine import make_loader, warmup_cosine
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.evaluators.base import EvalContext, Evaluator, register_evaluator
+from ssl_toolkit.eval.features import Preprocess
+
+DEFAULT_EPOCHS = 10
+MIN_STEPS = 100  # default length: at least this many optimiser steps (small label fractions)
+DEFAULT_LR = 1e-3
+DEFAULT_WEIGHT_DECAY = 0.05
+WARMUP_FRACTION = 0.1
+HEAD_LR_SCALE = 10.0  # the freshly initialised head learns faster than the pretrained weights
+# crop + flip only: colour jitter, grayscale, blur and solarisation are off
+MILD_VIEWS = ViewConfig(crop_scale=(0.5, 1.0), flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
+
+
+def stage_of(name: str, groups: list[Stage]) -> int:
+    """Index of the stage holding parameter ``name`` in ``[stem, s1, ..., sN]``; ``N + 1`` for later modules."""
+    for i, st in enumerate(groups):
+        if st.owns(name):
+            return i
+    return len(groups)
+
+
+def layer_ids(backbone: nn.Module) -> dict[str, int]:
+    """Layer index (0 = stem) of every backbone parameter for layer-wise lr decay.
+
+    timm's ``group_matcher(coarse=False)`` (the grouping of its own
+    ``param_groups_layer_decay``) where the model has one, else the :func:`stages` index.
+    Parameters the matcher leaves out go to the last layer.
+    """
+    names = [n for n, _ in backbone.named_parameters()]
+    if hasattr(backbone, "group_matcher"):
+        ids = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    else:
+        groups = stages(backbone)
+        ids = {n: stage_of(n, groups) for n in names}
+    last = max(ids.values(), default=0)
+    return {n: ids.get(n, last) for n in names}
+
+
+class FinetuneModule(L.LightningModule):
+    """Backbone + linear head trained on augmented views; frozen modules are kept in eval mode.
+
+    Args:
+        backbone: timm backbone with pooled output.
+        head: ``nn.Linear(num_features, K)``.
+        pre: uint8 -> normalised backbone input.
+        source_channels: Channels of the data's images (views are made in those, in [0, 1],
+            and :attr:`pre` adapts and normalises them afterwards).
+        image_size: Side of the training views.
+        param_groups: Optimiser groups (``params``, ``lr``, ``weight_decay``).
+        frozen_modules: Backbone modules whose BatchNorm statistics must not move.
+        warmup_fraction: Share of the steps spent warming up.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Linear,
+        pre: Preprocess,
+        source_channels: int,
+        image_size: int,
+        param_groups: list[dict[str, Any]],
+        frozen_modules: list[nn.Module],
+        warmup_fraction: float = WARMUP_FRACTION,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.pre = pre
+        self.views = BatchedViews(MILD_VIEWS, image_size, (0.0,) * source_channels, (1.0,) * source_channels)
+        self.param_groups = param_groups
+        self.frozen_modules = frozen_modules
+        self.warmup_fraction = warmup_fraction
+
+    def train(self, mode: bool = True) -> FinetuneModule:
+        super().train(mode)
+        for m in self.frozen_modules:  # frozen BatchNorm keeps its running statistics
+            m.eval()
+        return self
+
+    def forward(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` uint8 -> ``(B, K)`` logits, no augmentation."""
+        return self.head(self.backbone(self.pre(x_u8)))
+
+    def training_step(self, batch, batch_idx):
+        x_u8, y = batch  # (B, C, S, S) uint8, (B,) long
+        v = self.views(x_u8.float().div_(255.0))  # (B, C, S, S) in [0, 1]: crop + flip
+        logits = self.head(self.backbone(self.pre(v.mul_(255.0))))
+        loss = F.cross_entropy(logits, y)
+        self.log("loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.param_groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup_fraction * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class TrainedEvaluator(Evaluator):
+    """Base of the evaluators that train through the backbone with Lightning.
+
+    Subclasses only choose how many leading stages (stem = stage 0) stay frozen.
+    """
+
+    def frozen_count(self, groups: list[Stage]) -> int:
+        """How many of ``[stem, s1, ..., sN]`` are frozen (0 = none)."""
+        return 0
+
+    def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
+        groups = stages(backbone)
+        n_frozen = self.frozen_count(groups)
+        params = [p for n, p in backbone.named_parameters() if stage_of(n, groups) >= n_frozen]
+        return params + (list(head.parameters()) if head is not None else [])
+
+    def param_groups(self, backbone: nn.Module, head: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups with layer-wise lr decay; no weight decay on biases and norm weights.
+
+        Layers are timm's own (:func:`layer_ids`): a ResNet's and ConvNeXt's blocks, a
+        ViT's transformer blocks. The last layer learns at ``lr * d``, the one before at
+        ``lr * d**2``, down to the stem; the head at ``HEAD_LR_SCALE * lr``.
+        """
+        ids = layer_ids(backbone)
+        depth = max(ids.values()) + 1  # the head is depth
+        trainable = {id(p) for p in self.trainable_parameters(backbone, head)}
+        named = [(p, ids[n]) for n, p in backbone.named_parameters()] + [(p, depth) for p in head.parameters()]
+        buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+        for p, d in named:
+            if id(p) in trainable:
+                buckets.setdefault((d, p.ndim > 1), []).append(p)
+        return [
+            {
+                "params": ps,
+                "lr": lr * HEAD_LR_SCALE if d >= depth else lr * self.cfg.layer_decay ** (depth - d),
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+            for (d, decay), ps in sorted(buckets.items())
+        ]
+
+    def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        cfg: ProbeConfig = ctx.cfg
+        torch.manual_seed(cfg.seed)
+        backbone = ctx.model
+        head = nn.Linear(feature_dim(backbone), ctx.source.num_classes)
+        groups = stages(backbone)
+        n_frozen = self.frozen_count(groups)
+        self.freeze(backbone, head)
+        frozen_modules = [m for n, m in backbone.named_modules() if n and stage_of(n, groups) < n_frozen]
+        n = len(ctx.train_idx)
+        steps_per_epoch = n // cfg.batch_size if n > cfg.batch_size else 1  # the loader drops a last partial batch
+        epochs = cfg.epochs or max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+        lr = cfg.lr or DEFAULT_LR
+        wd = DEFAULT_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
+        module = FinetuneModule(
+            backbone, head, ctx.pre, ctx.source.channels, ctx.source.image_size,
+            self.param_groups(backbone, head, lr, wd), frozen_modules,
+        )
+        train = ctx.source.train
+        loader = make_loader(train.images[ctx.train_idx], train.labels[ctx.train_idx], cfg.batch_size, shuffle=True, num_workers=0)
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,
+            precision=cfg.precision,
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            deterministic=False,
+        )
+        module.train()  # Lightning keeps the mode it is given; frozen modules stay in eval mode
+        trainer.fit(module, loader)
+        module.eval()
+        scores = []
+        with torch.no_grad():
+            for chunk in ctx.source.test.images.split(512):
+                scores.append(module(chunk.to(module.device)).float().cpu())
+        module.cpu()
+        n_trainable = sum(p.numel() for p in self.trainable_parameters(backbone, head))
+        facts = {
+            "epochs": epochs,
+            "lr": lr,
+            "weight_decay": wd,
+            "layer_decay": cfg.layer_decay,
+            "frozen": [g.name for g in groups[:n_frozen]],
+            "trainable_params": int(n_trainable),
+            "train_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 6),
+        }
+        return torch.cat(scores), facts
+
+
+@register_evaluator("partial")
+class PartialEvaluator(TrainedEvaluator):
+    """The stem and the first ``K`` stages frozen (weights and BatchNorm statistics), the rest trained."""
+
+    description = "stem + first K stages frozen, the rest and a linear head fine-tuned"
+
+    def frozen_count(self, groups: list[Stage]) -> int:
+        n = len(groups) - 1  # stages after the stem
+        k = self.cfg.freeze_stages
+        if k is None:
+            k = n - 1  # default: only the last stage (and the head) trains
+        if not 0 <= k <= n:
+            names = ", ".join(g.name for g in groups[1:])
+            raise UserError(f"--freeze-stages {k} is out of range; this backbone has {n} stages ({names}): use 0 to {n}")
+        return k + 1
+
+
+@register_evaluator("finetune")
+class FinetuneEvaluator(TrainedEvaluator):
+    """Every weight trained, with optional layer-wise learning-rate decay."""
+
+    description = "the whole backbone and a linear head fine-tuned"

@@ -1,0 +1,108 @@
+"""ResNet, ConvNeXt and ViT through every pretext task and every evaluator, on tiny timm models.
+
+``test_resnet``, ``test_convnext`` and ``test_vit`` are timm's own 0.2-0.4M-parameter test
+configurations of the three families; every run is two optimiser steps on 16-34 px images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from ssl_toolkit import pretrain, probe
+from ssl_toolkit.backbones import create_backbone, stages
+from ssl_toolkit.config import BackboneConfig, ProbeConfig
+from ssl_toolkit.evaluators import EVALUATORS
+from ssl_toolkit.pretext import TASKS
+
+FAMILIES = ["test_resnet", "test_convnext", "test_vit"]
+# (image size, task_config) small enough for two steps in about a second
+TASK_SETTINGS = {
+    "jigsaw": (20, {"grid": 2, "num_permutations": 4, "tile_dim": 32, "hidden_dim": 64}),
+    "relative-position": (34, {"hidden_dim": 64}),
+    "colorization": (16, {"decoder_dim": 32, "out_stride": 2, "prior_images": 64}),
+    "inpainting": (16, {"decoder_dim": 32}),
+    "moco": (16, {"queue_size": 32, "hidden_dim": 64}),
+    "byol": (16, {"hidden_dim": 64}),
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _pretrain(task: str, backbone: str, out, steps: int = 2) -> dict:
+    size, task_config = TASK_SETTINGS.get(task, (16, {}))
+    cfg = tiny_config(task, task_config=task_config, epochs=1)
+    cfg["data"].update(image_size=size, synthetic_train=64, synthetic_test=48)
+    cfg["backbone"]["name"] = backbone
+    cfg["trainer"].update(batch_size=32, max_steps=steps)
+    return pretrain(cfg, out=out)
+
+
+def test_every_task_is_registered_here():
+    assert set(TASK_SETTINGS) | {"rotation", "simclr"} == set(TASKS.names())
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+@pytest.mark.parametrize("task", sorted(set(TASK_SETTINGS) | {"rotation", "simclr"}))
+def test_task_pretrains_family(task, backbone, tmp_path):
+    meta = _pretrain(task, backbone, tmp_path / "run")
+    assert meta["backbone"]["timm_name"] == backbone and meta["steps"] == 2
+    assert math.isfinite(meta["final_loss"])
+    weights = load_file(str(tmp_path / "run" / "backbone.safetensors"))
+    assert weights and not any(k.startswith("task.") for k in weights)
+
+
+def test_small_image_rules_per_family():
+    small = {n: create_backbone(BackboneConfig(name=n), 1, 28)[1] for n in FAMILIES}
+    assert small["test_resnet"].small_stem and "patch_size" not in small["test_resnet"].kwargs
+    assert small["test_convnext"].kwargs["patch_size"] == 1 and not small["test_convnext"].small_stem
+    vit = small["test_vit"].kwargs
+    assert (vit["patch_size"], vit["img_size"], vit["dynamic_img_size"], vit["dynamic_img_pad"]) == (4, 28, True, True)
+    big = {n: create_backbone(BackboneConfig(name=n), 3, 96) for n in FAMILIES}
+    assert not big["test_resnet"][1].small_stem
+    assert "patch_size" not in big["test_convnext"][1].kwargs and "patch_size" not in big["test_vit"][1].kwargs
+    # total stride 8 under the rule: a 32 px image leaves a 4x4 map (ConvNeXt) / an 8x8 token grid (ViT)
+    convnext, _ = create_backbone(BackboneConfig(name="test_convnext"), 3, 32)
+    assert convnext.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (4, 4)
+    vit_model, _ = create_backbone(BackboneConfig(name="test_vit"), 3, 32)
+    assert vit_model.forward_features(torch.zeros(1, 3, 32, 32)).shape[1] == 64 + vit_model.num_prefix_tokens
+    assert vit_model(torch.zeros(2, 3, 9, 9)).shape == (2, 64)  # any side: padded to the patch grid
+    explicit, spec = create_backbone(BackboneConfig(name="test_vit", kwargs={"patch_size": 8}), 3, 32)
+    assert spec.kwargs["patch_size"] == 8  # the user's kwargs win
+
+
+@pytest.mark.parametrize("backbone", ["test_convnext", "test_vit"])
+def test_stages_and_layer_decay_follow_timm(backbone):
+    model, _ = create_backbone(BackboneConfig(name=backbone), 3, 16)
+    names = [g.name for g in stages(model)]
+    expected = ["stem"] + ([f"stages.{i}" for i in range(4)] if "convnext" in backbone else [f"blocks.{i}" for i in range(6)])
+    assert names == expected
+    ev = EVALUATORS.get("finetune")(ProbeConfig(mode="finetune", layer_decay=0.5))
+    head = torch.nn.Linear(64, 3)
+    groups = ev.param_groups(model, head, lr=1.0, weight_decay=0.05)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 2
+    lrs = sorted({g["lr"] for g in groups})
+    depth = len(lrs) - 1  # timm's layers: stem + blocks (+ final norm) before the head
+    assert lrs == [0.5**k for k in range(depth, 0, -1)] + [10.0]
+    assert depth == (11 if "convnext" in backbone else 7)  # timm's groups: ConvNeXt stem, downsamples, blocks, head norm; ViT stem + 6 blocks
+    stem_lr = {g["lr"] for g in groups if any(p is model.stem[0].weight if hasattr(model, "stem") else p is model.patch_embed.proj.weight for p in g["params"])}
+    assert stem_lr == {0.5**depth}
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_every_evaluator_on_family(backbone, tmp_path):
+    run = tmp_path / "run"
+    _pretrain("rotation", backbone, run, steps=3)
+    data = {"name": "synthetic", "synthetic_train": 64, "synthetic_test": 48}
+    base = {"data": data, "accelerator": "cpu", "batch_size": 32}
+    for mode, extra in (("linear", {}), ("knn", {"k": 10}), ("partial", {"freeze_stages": 1, "epochs": 1}), ("finetune", {"epochs": 1, "layer_decay": 0.7})):
+        result = probe(run, {**base, "mode": mode, **extra})
+        assert result["backbone"] == backbone and result["n_test"] == 48
+        assert 0.0 <= result["top1"] <= 1.0
+        if mode == "partial":
+            first = {"test_resnet": "layer1", "test_convnext": "stages.0", "test_vit": "blocks.0"}[backbone]
+            assert result["frozen"] == ["stem", first]
