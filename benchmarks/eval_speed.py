@@ -39,7 +39,7 @@ def linear_benchmark(backbone_name: str, epochs: int, lr: float, image_size: int
     from ssl_toolkit.config import BackboneConfig, DataConfig
     from ssl_toolkit.data.sources import load_source
     from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
-    from ssl_toolkit.eval.linear import linear_probe
+    from ssl_toolkit.evaluators.linear import linear_probe
 
     data = DataConfig(name="digits", image_size=image_size, test_fraction=0.5)  # 899 train / 898 test
     source = load_source(data)
@@ -102,7 +102,7 @@ def knn_benchmark(n_train: int, n_test: int, dim: int, k: int, temperature: floa
     from sklearn.neighbors import KNeighborsClassifier
     from threadpoolctl import threadpool_limits
 
-    from ssl_toolkit.eval.knn import knn_scores
+    from ssl_toolkit.evaluators.knn import knn_scores
 
     threads = os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)

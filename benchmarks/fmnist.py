@@ -35,7 +35,7 @@ import ssl_toolkit as st
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.errors import Interrupted
 from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.eval.linear import linear_probe
+from ssl_toolkit.evaluators.linear import linear_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "benchmarks" / "fmnist.yaml"

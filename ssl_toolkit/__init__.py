@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from ssl_toolkit._version import __version__
 
 
 def pretrain(*args: Any, **kwargs: Any) -> dict[str, Any]:

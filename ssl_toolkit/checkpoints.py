@@ -17,9 +17,7 @@ Two weight layouts exist:
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +29,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_json
+from ssl_toolkit.backbone_files import FORMATS, META, WEIGHTS, read_meta, sha256_bytes, sidecar_path
 from ssl_toolkit.backbones import BackboneSpec, build_from_spec
 from ssl_toolkit.errors import UserError
-
-WEIGHTS = "backbone.safetensors"
-META = "meta.json"
-FORMATS = ("safetensors", "timm", "torch")
-
-
-def sidecar_path(weights: str | Path) -> Path:
-    """Where an exported weights file keeps its metadata: ``<file name>.json`` beside it."""
-    weights = Path(weights)
-    return weights.with_name(weights.name + ".json")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
 
 def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies of ``model``'s state dict."""
@@ -88,16 +72,6 @@ def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
     if not meta.is_file():
         raise UserError(f"{meta} is missing: a backbone needs its metadata to be rebuilt")
     return weights, meta
-
-
-def read_meta(meta_path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(Path(meta_path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {meta_path}: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("backbone"), dict) or "timm_name" not in meta["backbone"]:
-        raise UserError(f"{meta_path} is not backbone metadata (no backbone.timm_name)")
-    return meta
 
 
 def load_state(weights: Path, expected_sha: str | None, name: str) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ssl_toolkit import __version__
+from ssl_toolkit._version import __version__
 from ssl_toolkit.errors import Interrupted, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

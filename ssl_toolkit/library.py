@@ -21,14 +21,15 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ssl_toolkit.atomic import atomic_write_json
-from ssl_toolkit.checkpoints import META, WEIGHTS, export_files, load_backbone_files, load_snippet, read_meta, sha256_bytes
+from ssl_toolkit.backbone_files import META, WEIGHTS, read_meta, sha256_bytes
 from ssl_toolkit.errors import UserError, did_you_mean
-from ssl_toolkit.eval.features import toolkit_home
+from ssl_toolkit.settings import toolkit_home
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 STALE_SECONDS = 3600  # hidden temp folders older than this are leftovers of a crash
@@ -157,7 +158,7 @@ def import_checkpoint(path: str | Path, name: str | None = None) -> dict[str, An
     """Copy a run folder, backbone folder or exported weights file into the library (checked first)."""
     from safetensors.torch import save as st_save
 
-    from ssl_toolkit.checkpoints import state_to_cpu
+    from ssl_toolkit.checkpoints import load_backbone_files, state_to_cpu
 
     model, meta = load_backbone_files(path)
     meta = {**meta, "imported_from": str(Path(path).resolve())}
@@ -175,6 +176,8 @@ def remove_checkpoint(name: str) -> Path:
 
 def export_checkpoint(target: str | Path, out: str | Path, fmt: str = "safetensors") -> tuple[dict[str, Any], str]:
     """Write a checkpoint as ``fmt`` to ``out``; returns (the written metadata, Python code that loads it)."""
+    from ssl_toolkit.checkpoints import export_files, load_snippet
+
     model, meta, _ = load_backbone_any(target)
     new_meta = export_files(model, meta, out, fmt)
     return new_meta, load_snippet(new_meta, out, fmt)
@@ -309,6 +312,8 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
     ``target`` is an existing path (run folder, backbone folder, weights file) or else the
     name of a library entry.
     """
+    from ssl_toolkit.checkpoints import load_backbone_files
+
     p = Path(target).expanduser()
     if p.exists():
         model, meta = load_backbone_files(p)

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 import yaml
 
-from ssl_toolkit import __version__
+from ssl_toolkit._version import __version__
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.backbones import create_backbone, feature_dim
 from ssl_toolkit.checkpoints import save_backbone

@@ -1,4 +1,10 @@
-"""A small name -> factory registry, one instance per kind (tasks, datasets, evaluators)."""
+"""A small name -> factory registry, one instance per kind (tasks, datasets, evaluators).
+
+A registry built with ``package`` and ``group`` fills itself on its first lookup: it
+imports every module of ``package`` (the built-ins) and loads the entry points of
+``group`` (third-party packages); see :mod:`ssl_toolkit.plugins`. Nothing is imported
+before a name is asked for, so commands that never look up a task never import one.
+"""
 
 from __future__ import annotations
 
@@ -15,25 +21,44 @@ class Registry(Generic[T]):
 
     Args:
         kind: What is registered, used in error messages ("task", "dataset", ...).
+        package: Dotted name of the subpackage whose modules are the built-ins.
+        group: The ``importlib.metadata`` entry-point group of third-party plugins.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None, group: str | None = None) -> None:
         self.kind = kind
+        self.package = package
+        self.group = group
         self._items: dict[str, T] = {}
+        self._discovered = package is None and group is None
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers ``obj`` under ``name``."""
 
         def deco(obj: T) -> T:
-            if name in self._items:
+            if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._items[name] = obj
             return obj
 
         return deco
 
+    def discover(self) -> None:
+        """Import the built-in modules and load the entry points, once."""
+        if self._discovered:
+            return
+        self._discovered = True
+        from ssl_toolkit.plugins import import_submodules, load_entry_points
+
+        if self.package:
+            import_submodules(self.package)
+        if self.group:
+            load_entry_points(self.group)
+
     def get(self, name: str) -> T:
         """Return the object registered as ``name``; a :class:`UserError` listing the valid names otherwise."""
+        if name not in self._items:
+            self.discover()
         try:
             return self._items[name]
         except KeyError:
@@ -43,9 +68,13 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        """Every registered name, sorted (built-ins and plugins)."""
+        self.discover()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self.discover()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

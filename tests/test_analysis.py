@@ -97,7 +97,7 @@ def test_knn_votes_use_the_evaluators_vote(data):
     """The analysis kNN is the kNN evaluator's scoring on the same neighbours."""
     import torch
 
-    from ssl_toolkit.eval.knn import knn_scores
+    from ssl_toolkit.evaluators.knn import knn_scores
 
     q, ql, g, gl = data
     sims, idx, _ = A.neighbours(q, g, 20)

@@ -8,7 +8,7 @@ import pytest
 
 from ssl_toolkit.config import PretrainConfig, ProbeConfig, apply_overrides, load_yaml, validate
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.eval import EVALUATORS
+from ssl_toolkit.evaluators import EVALUATORS
 from ssl_toolkit.pretext import TASKS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

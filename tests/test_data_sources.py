@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.sources import channel_stats, load_source, make_synthetic, read_idx
+from ssl_toolkit.data.fashion_mnist import read_idx
+from ssl_toolkit.data.sources import channel_stats, load_source
+from ssl_toolkit.data.synthetic import make_synthetic
 from ssl_toolkit.errors import UserError
 
 
@@ -82,10 +84,17 @@ def test_fashion_mnist_reads_idx_from_explicit_path_and_env(tmp_path, monkeypatc
 
 def test_fashion_mnist_missing_names_the_debian_package(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_TOOLKIT_DATA", str(tmp_path))
-    import ssl_toolkit.data.sources as s
+    import ssl_toolkit.data.fashion_mnist as fm
 
-    monkeypatch.setattr(s, "_idx_path", lambda folder, stem: None)
+    monkeypatch.setattr(fm, "_idx_path", lambda folder, stem: None)
     with pytest.raises(UserError, match="dataset-fashion-mnist"):
+        load_source(DataConfig(name="fashion-mnist"))
+
+
+def test_fashion_mnist_explicit_path_is_used_or_refused(tmp_path):
+    with pytest.raises(UserError, match="data.path does not exist: /nonexistent"):
+        load_source(DataConfig(name="fashion-mnist", path="/nonexistent"))
+    with pytest.raises(UserError, match="holds no Fashion-MNIST IDX files"):
         load_source(DataConfig(name="fashion-mnist", path=str(tmp_path)))
 
 

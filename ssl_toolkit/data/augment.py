@@ -108,6 +108,14 @@ def random_resized_crop(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def random_flip(x: torch.Tensor, p: float, generator=None) -> torch.Tensor:
+    """Mirror a random ``p`` share of ``(B, C, H, W)`` images horizontally."""
+    if p <= 0:
+        return x
+    on = _coin(x.shape[0], p, x.device, generator).view(-1, 1, 1, 1)
+    return torch.where(on, x.flip(-1), x)
+
+
 def color_jitter(x: torch.Tensor, cfg: ViewConfig, generator=None) -> torch.Tensor:
     """Apply brightness, contrast, saturation and hue jitter to a random ``jitter_p`` share of ``x``."""
     b, c, dev = x.shape[0], x.shape[1], x.device
@@ -189,10 +197,17 @@ class BatchedViews(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(B, C, H, W)`` images in [0, 1] -> ``(B, C, size, size)`` normalised views."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, cropped: bool = False) -> torch.Tensor:
+        """``(B, C, H, W)`` images in [0, 1] -> ``(B, C, size, size)`` normalised views.
+
+        With ``cropped``, ``x`` already holds the random-resized crops at ``size`` (cut by the
+        data workers from the original photos): only the flip and what follows it run here.
+        """
         cfg = self.cfg
-        v = random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, generator)
+        if cropped:
+            v = random_flip(x, cfg.flip_p, generator)
+        else:
+            v = random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, generator)
         v = color_jitter(v, cfg, generator)
         v = random_grayscale(v, cfg.gray_p, generator)
         v = gaussian_blur(v, cfg.blur_p, cfg.blur_sigma, generator)

@@ -1,124 +1,135 @@
-"""Image folders as data sources.
+"""Image folders as data sources: in memory when they fit, streamed from disk when not.
 
-Layouts understood:
+Layouts are in :mod:`ssl_toolkit.data.layout`; the cached file index in
+:mod:`ssl_toolkit.data.index`. Colour: single-channel data when every file is
+single-channel (``L``, ``1``, 16-bit, float), else RGB (:mod:`ssl_toolkit.data.images`).
 
-* ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``): labelled, given splits;
-* ``root/train/*`` and ``root/test/*`` with images directly inside: unlabelled, given splits;
-* ``root/<class>/*``: labelled, seeded stratified train/test split;
-* ``root/*`` (images directly inside): unlabelled, seeded random split.
-
-Images are decoded in parallel threads, resized so the shorter side is ``image_size``
-and centre-cropped to a square. Colour modes: if every image is single-channel
-(L, 1, I;16, I, F) the source is grayscale (16-bit and float images are rescaled to
-8 bit); otherwise everything becomes RGB: palette images via RGBA, CMYK converted, and
-alpha composited onto a white background. Files that cannot be decoded are skipped and
-listed in ``DataSource.skipped``; a folder where nothing decodes is an error.
+``data.stream``: ``false`` decodes every file once into ``(N, C, S, S)`` uint8 tensors (the
+centre square at ``image_size``; fastest for sets that fit, and every file is verified
+before training); ``true`` keeps only the index and decodes in DataLoader workers, cutting
+crops from the original photos; ``auto`` streams when the decoded tensors would need more
+than a quarter of the memory available now, and says which it chose.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.scan import assign_split, folder_layout, scan_file, scan_files, to_8bit
-from ssl_toolkit.data.sources import DataSource, Split
+from ssl_toolkit.data.base import DataSource, Split
+from ssl_toolkit.data.index import FileIndex, folder_index
+from ssl_toolkit.data.layout import assign_split
+from ssl_toolkit.data.scan import scan_files
+from ssl_toolkit.data.stream import FileSplit
 from ssl_toolkit.errors import UserError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-SINGLE_CHANNEL_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"}
-TEST_DIRS = ("test", "val")
+MEMORY_SHARE = 0.25  # auto streams above this share of the available memory
+STATS_SAMPLE = 512  # streamed images decoded to estimate the normalisation statistics
 
 
-def is_image_file(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``; total physical memory where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted."""
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KB`` (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"
 
 
-def class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def scan_split(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
-    """Files of one split folder: (paths, labels or None, class names or None)."""
-    subdirs = [d for d in class_dirs(folder) if any(is_image_file(p) for p in d.iterdir())]
-    if subdirs:
-        classes = [d.name for d in subdirs]
-        paths, labels = [], []
-        for i, d in enumerate(subdirs):
-            files = list_images(d)
-            paths += files
-            labels += [i] * len(files)
-        return paths, labels, classes
-    return list_images(folder), None, None
-
-
-def probe_image(path: Path) -> str | None:
-    """Header-level check: ``None`` when PIL recognises the file, else the reason (:func:`~ssl_toolkit.data.scan.scan_file`)."""
-    return scan_file(path, decode=False).error
-
-
-def to_array(im: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Decode ``im`` to a ``(channels, size, size)`` uint8 array (shorter side resized, centre crop)."""
-    im = to_8bit(im)  # 16-bit and float images rescaled to 8-bit L
-    if channels == 1:
-        im = im.convert("L")
+def choose_streaming(cfg: DataConfig, n: int, channels: int, size: int) -> tuple[bool, str]:
+    """``(stream?, one line saying why)`` for ``n`` images of ``channels`` x ``size`` x ``size`` bytes."""
+    need = n * channels * size * size
+    if cfg.stream == "auto":
+        avail = available_memory()
+        stream = need > MEMORY_SHARE * avail
+        why = f"{'over' if stream else 'within'} a quarter of the {human_bytes(avail)} available"
     else:
-        if im.mode == "P":
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA"):
-            rgba = im.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, rgba)
-        im = im.convert("RGB")
-    im = ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
-    a = np.asarray(im, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        stream, why = bool(cfg.stream), f"data.stream={str(cfg.stream).lower()}"
+    how = "streaming from disk" if stream else "decoding into memory"
+    return stream, f"data: {n:,} images, {human_bytes(need)} decoded at {size} px ({why}): {how}"
 
 
-def decode_all(paths: list[Path], size: int, channels: int) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Decode ``paths`` in parallel (:func:`~ssl_toolkit.data.scan.scan_files`, the reader ``ssl inspect`` shares).
+def split_rows(index: FileIndex, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows of the index (the folder's split, else a seeded one), ``cfg.limit`` applied."""
+    single = index.labels if index.labels is not None and index.labels.ndim == 1 else None  # multi-label: random split
+    split = assign_split(index.n_train, index.position, single, cfg.test_fraction, cfg.split_seed)
+    train, test = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
+    if cfg.limit is not None and cfg.limit < len(train):
+        g = torch.Generator().manual_seed(cfg.split_seed)
+        train = train[torch.randperm(len(train), generator=g)[: cfg.limit].sort().values.numpy()]
+    return train, test
 
-    Returns the stacked images, the kept indices and the skipped files with the reason.
-    """
-    recs = list(scan_files(paths, size, channels))
-    kept = [i for i, r in enumerate(recs) if r.ok]
-    skipped = [(str(r.path), r.error or "unreadable") for r in recs if not r.ok]
-    arr = np.stack([recs[i].array for i in kept]) if kept else np.zeros((0, channels, size, size), np.uint8)
-    return arr, kept, skipped
+
+def in_memory(index: FileIndex, rows: np.ndarray, size: int, channels: int, max_pixels: int | None) -> tuple[Split, list[tuple[str, str]]]:
+    """Decode ``rows`` (parallel threads) into a :class:`Split`; files that fail to decode are listed."""
+    paths = [Path(index.path(int(r))) for r in rows]
+    arrays, kept, skipped = [], [], []
+    for i, rec in enumerate(scan_files(paths, size, channels, max_pixels=max_pixels)):
+        if rec.ok and rec.array is not None:
+            arrays.append(rec.array)
+            kept.append(i)
+        else:
+            skipped.append((str(rec.path), rec.error or "unreadable"))
+    x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, channels, size, size, dtype=torch.uint8)
+    labels = None if index.labels is None else torch.from_numpy(index.labels[rows[kept]])
+    return Split(x, labels, [str(paths[i]) for i in kept]), skipped
+
+
+def with_csv_labels(root: Path, index: FileIndex, explicit: str | None) -> FileIndex:
+    """``index`` with the multi-hot labels and classes of its ``labels.csv`` (or ``data.labels``), if any."""
+    from dataclasses import replace
+
+    from ssl_toolkit.data.labels_csv import find_labels_csv, read_labels_csv
+
+    csv_path = find_labels_csv(root, explicit)
+    if csv_path is None:
+        return index
+    files = [Path(r.decode("utf-8", "surrogateescape")) for r in index.rel]
+    labels, classes = read_labels_csv(root, files, csv_path)
+    return replace(index, labels=labels, classes=classes)
 
 
 def load_folder(root: Path, cfg: DataConfig) -> DataSource:
-    """Build a :class:`DataSource` from an image folder (layouts in the module docstring)."""
-    layout = folder_layout(root)  # files, classes and given split; raises on empty or mixed layouts
-    size = cfg.image_size or 32
-    all_paths = layout.paths
-    modes = {h.mode for h in scan_files(all_paths, decode=False) if h.ok}
-    if not modes:
-        raise UserError(f"no readable image in {root} ({len(all_paths)} files, none could be decoded)")
-    channels = 1 if modes <= SINGLE_CHANNEL_MODES else 3
-    arr, kept, skipped = decode_all(all_paths, size, channels)
-    if not kept:
-        raise UserError(f"no readable image in {root} ({len(all_paths)} files, none could be decoded)")
-    kept_arr = np.asarray(kept)
-    x = torch.from_numpy(arr)
-    ids = [str(all_paths[i]) for i in kept]
-    y = None if layout.labels is None else torch.from_numpy(np.asarray(layout.labels, dtype=np.int64)[kept_arr])
-    is_test = torch.from_numpy(assign_split(layout.n_train, kept_arr, None if y is None else y.numpy(), cfg.test_fraction, cfg.split_seed) == 1)
-    tr_idx, te_idx = (~is_test).nonzero().view(-1), is_test.nonzero().view(-1)
-    full = Split(x, y, ids)
-    return DataSource(
-        name=str(root),
-        train=full.subset(tr_idx),
-        test=full.subset(te_idx),
-        classes=layout.classes,
-        grayscale_origin=channels == 1,
-        skipped=skipped,
-    )
+    """Build a :class:`DataSource` from an image folder (see the module docstring)."""
+    index = folder_index(root, cfg.max_pixels)
+    if not len(index):
+        raise UserError(f"no readable image in {root} ({len(index.bad)} files, none could be opened)")
+    index = with_csv_labels(root, index, cfg.labels)  # labels.csv: multi-hot (N, K) targets
+    size, channels = cfg.image_size or 32, index.channels
+    train, test = split_rows(index, cfg)
+    stream, line = choose_streaming(cfg, len(train) + len(test), channels, size)
+    if cfg.stream == "auto" and os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+    if stream:
+        tr: Split | FileSplit = FileSplit(index, train, channels, size, cfg.max_pixels)
+        te: Split | FileSplit = FileSplit(index, test, channels, size, cfg.max_pixels)
+        skipped = list(index.bad)
+        sample = tr.sample(STATS_SAMPLE, seed=cfg.split_seed)
+        if len(sample) == 0:
+            raise UserError(f"no readable image in {root}: {len(tr)} training files were sampled and none could be decoded")
+        from ssl_toolkit.data.base import channel_stats
+
+        mean, std = channel_stats(sample)
+        return DataSource(str(root), tr, te, index.classes, channels == 1, skipped, mean, std)
+    tr, bad_tr = in_memory(index, train, size, channels, cfg.max_pixels)
+    te, bad_te = in_memory(index, test, size, channels, cfg.max_pixels)
+    if not len(tr) and not len(te):
+        raise UserError(f"no readable image in {root} ({len(index)} files, none could be decoded)")
+    return DataSource(str(root), tr, te, index.classes, channels == 1, list(index.bad) + bad_tr + bad_te)

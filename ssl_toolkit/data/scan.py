@@ -1,9 +1,9 @@
-"""Reading image files: folder layout, header facts, one full decode, and why a file fails.
+"""Facts about image files: header, one full decode, and why a file fails.
 
-This is the toolkit's single reader of image files. :func:`scan_file` opens a file once,
+:func:`scan_file` opens a file once (through :mod:`ssl_toolkit.data.images`),
 records its header (format, mode, size, bytes), decodes every pixel (so truncated files
 fail here, not later in training), and optionally converts the image to the toolkit's
-square ``uint8`` array (:func:`ssl_toolkit.data.folder.to_array`) and/or hands the decoded
+square ``uint8`` array (:func:`ssl_toolkit.data.images.to_array`) and/or hands the decoded
 image to a ``visit`` callback. A file that cannot be read becomes a :class:`FileScan`
 with ``error`` set to a one-line reason (:func:`failure_reason`) instead of an exception.
 
@@ -14,6 +14,7 @@ order in bounded chunks, with an optional progress callback.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,30 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.data.images import (
+    DEFAULT_MAX_PIXELS,
+    HIGH_DEPTH_MODES,
+    READ_ERRORS,
+    failure_reason,
+    open_image,
+    to_8bit,
+    to_array,
+)
 
-READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+__all__ = ["HIGH_DEPTH_MODES", "READ_ERRORS", "FileScan", "failure_reason", "scan_file", "scan_files", "to_8bit"]
 
 Progress = Callable[[int, int], None]  # (files done, files total)
-
-
-def failure_reason(e: BaseException) -> str:
-    """The first line of an exception's message (or its type name): why a file is unreadable."""
-    text = str(e).splitlines()[0].strip() if str(e).strip() else ""
-    return text or type(e).__name__
-
-
-def to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit and float single-channel images rescaled to 8-bit ``L``; other images unchanged."""
-    if im.mode not in HIGH_DEPTH_MODES:
-        return im
-    a = np.asarray(im, dtype=np.float32)
-    hi = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
-    return Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8), "L")
 
 
 @dataclass
@@ -84,6 +76,7 @@ def scan_file(
     channels: int | None = None,
     visit: Callable[[Image.Image], Any] | None = None,
     decode: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> FileScan:
     """Read one file; never raises for a bad image (the reason goes to ``FileScan.error``).
 
@@ -93,14 +86,19 @@ def scan_file(
         channels: 1 or 3, with ``size``.
         visit: Called with the decoded image; its result is stored in ``FileScan.extra``.
         decode: ``False`` reads the header only (fast; truncated pixel data goes unnoticed).
+        max_pixels: Files above this many pixels are unreadable (``data.max_pixels``).
     """
     rec = FileScan(Path(path))
     try:
-        rec.bytes = rec.path.stat().st_size
+        st = rec.path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            rec.error = "not a regular file"
+            return rec
+        rec.bytes = st.st_size
         if rec.bytes == 0:
             rec.error = "empty file"
             return rec
-        with Image.open(rec.path) as im:
+        with open_image(rec.path, max_pixels) as im:
             rec.format, rec.mode, (rec.width, rec.height) = im.format, im.mode, im.size
             if not decode:
                 return rec
@@ -108,8 +106,6 @@ def scan_file(
             if visit is not None:
                 rec.extra = visit(im)
             if size is not None:
-                from ssl_toolkit.data.folder import to_array
-
                 rec.array = to_array(im, size, channels or 3)
     except READ_ERRORS as e:
         rec.error = failure_reason(e)
@@ -130,6 +126,7 @@ def scan_files(
     workers: int | None = None,
     progress: Progress | None = None,
     chunk: int = 512,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[FileScan]:
     """:func:`scan_file` over ``paths`` in parallel threads; results stream back in input order.
 
@@ -140,76 +137,7 @@ def scan_files(
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as ex:
         for start in range(0, total, chunk):
             part = paths[start : start + chunk]
-            yield from ex.map(lambda p: scan_file(p, size, channels, visit, decode), part)
+            yield from ex.map(lambda p: scan_file(p, size, channels, visit, decode, max_pixels), part)
             done += len(part)
             if progress is not None:
                 progress(done, total)
-
-
-# ---------------------------------------------------------------------------------------
-# folder layouts (see ssl_toolkit.data.folder for the list)
-# ---------------------------------------------------------------------------------------
-@dataclass
-class FolderLayout:
-    """The files of an image folder before any decoding.
-
-    Attributes:
-        paths: Every image file, train files first.
-        labels: Class index per file, or ``None`` for unlabelled folders.
-        classes: Class names, or ``None``.
-        n_train: When the folder has its own train/test split: how many of ``paths`` are train;
-            ``None`` when the toolkit splits it (seeded, after dropping unreadable files).
-    """
-
-    paths: list[Path]
-    labels: list[int] | None
-    classes: list[str] | None
-    n_train: int | None
-
-
-def folder_layout(root: Path) -> FolderLayout:
-    """Find the splits, classes and image files of ``root`` (layouts in :mod:`ssl_toolkit.data.folder`)."""
-    from ssl_toolkit.data.folder import IMAGE_EXTENSIONS, TEST_DIRS, class_dirs, scan_split
-
-    if not root.is_dir():
-        raise UserError(f"data path is not a folder: {root}")
-    split_dirs = {d.name.lower(): d for d in class_dirs(root)}
-    test_dir = next((split_dirs[n] for n in TEST_DIRS if n in split_dirs), None)
-    if "train" in split_dirs and test_dir is not None:
-        tr_paths, tr_labels, tr_classes = scan_split(split_dirs["train"])
-        te_paths, te_labels, te_classes = scan_split(test_dir)
-        if (tr_labels is None) != (te_labels is None):
-            raise UserError(f"{root}: train/ and {test_dir.name}/ must both have class folders or both have none")
-        classes = sorted(set(tr_classes or []) | set(te_classes or [])) if tr_classes else None
-        labels = None
-        if classes:  # map both splits onto the union of class names
-            labels = [classes.index(tr_classes[i]) for i in tr_labels] + [classes.index(te_classes[i]) for i in te_labels]
-        layout = FolderLayout(tr_paths + te_paths, labels, classes, len(tr_paths))
-    else:
-        paths, labels, classes = scan_split(root)
-        layout = FolderLayout(paths, labels, classes, None)
-    if not layout.paths:
-        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return layout
-
-
-def assign_split(n_train: int | None, kept: np.ndarray, labels: np.ndarray | None, test_fraction: float, seed: int) -> np.ndarray:
-    """Split of the readable files: ``(len(kept),)`` int8, 0 = train, 1 = test.
-
-    ``kept`` are the readable files' indices into :attr:`FolderLayout.paths`. A folder with its
-    own split keeps it; otherwise labelled files get a seeded stratified split and unlabelled
-    ones a seeded random split, drawn over the readable files only.
-    """
-    from ssl_toolkit.data.sources import stratified_split
-
-    n = len(kept)
-    split = np.zeros(n, np.int8)
-    if n_train is not None:
-        split[np.asarray(kept) >= n_train] = 1
-    elif labels is not None:
-        _, te = stratified_split(labels, test_fraction, seed)
-        split[te] = 1
-    else:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        split[perm[: int(round(n * test_fraction))].numpy()] = 1
-    return split

@@ -1,11 +1,15 @@
-"""Evaluators; importing this package registers every built-in probe mode.
+"""Evaluation around the evaluators: feature cache, probe(), metrics, embeddings, analysis, report.
 
-``linear`` and ``knn`` work on frozen, cached features; ``partial`` and ``finetune``
-train through the backbone with Lightning.
+The evaluators themselves live in :mod:`ssl_toolkit.evaluators`. Nothing is imported
+until it is used, so importing this package costs nothing; import the submodules
+(``ssl_toolkit.eval.probe``, ``ssl_toolkit.eval.report``, ...) for their functions.
 """
 
-from ssl_toolkit.eval import finetune, knn, linear  # noqa: F401  (registration)
-from ssl_toolkit.eval.base import EVALUATORS, EvalContext, Evaluator, register_evaluator
-from ssl_toolkit.eval.knn import knn_scores, knn_search
+from ssl_toolkit.lazy import lazy_exports
 
-__all__ = ["EVALUATORS", "EvalContext", "Evaluator", "knn_scores", "knn_search", "register_evaluator"]
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {"FeatureCache": "ssl_toolkit.eval.features", "Preprocess": "ssl_toolkit.eval.features"},
+)
+
+__all__ = ["FeatureCache", "Preprocess"]

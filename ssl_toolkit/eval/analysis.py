@@ -159,7 +159,7 @@ def neighbours(
 def knn_votes(sims: np.ndarray, neighbour_labels: np.ndarray, k: int, num_classes: int, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
     """Class scores of the top-``k`` neighbours, each weighted by ``exp(similarity / T)``.
 
-    The vote is :func:`ssl_toolkit.eval.knn.vote` (the kNN evaluator's); missing
+    The vote is :func:`ssl_toolkit.evaluators.knn.vote` (the kNN evaluator's); missing
     neighbours (label ``-1``) get no weight.
 
     Args:
@@ -174,7 +174,7 @@ def knn_votes(sims: np.ndarray, neighbour_labels: np.ndarray, k: int, num_classe
     """
     import torch
 
-    from ssl_toolkit.eval.knn import vote
+    from ssl_toolkit.evaluators.knn import vote
 
     lab = np.asarray(neighbour_labels[:, :k], dtype=np.int64)
     s = np.where(lab >= 0, sims[:, :k], -np.inf).astype(np.float32)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +18,9 @@ from torch import nn
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.data.sources import DataSource, Split
+from ssl_toolkit.settings import cache_dir
 
 LUMA = (0.299, 0.587, 0.114)
-
-
-def toolkit_home() -> Path:
-    """``$SSL_TOOLKIT_HOME`` (default ``~/.cache/ssl-toolkit``)."""
-    return Path(os.environ.get("SSL_TOOLKIT_HOME", Path.home() / ".cache" / "ssl-toolkit")).expanduser()
 
 
 @dataclass
@@ -95,7 +90,7 @@ class FeatureCache:
     """Features of (backbone, data, split, preprocessing) on disk; ``forward_passes`` counts real extractions."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = root or toolkit_home() / "cache" / "features"
+        self.root = root or cache_dir("features")
         self.forward_passes = 0
 
     def key(self, fingerprint: str, source: DataSource, split: str, pre: Preprocess) -> str:

@@ -19,7 +19,7 @@ from ssl_toolkit.backbones import create_backbone
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.eval import EVALUATORS, EvalContext
+from ssl_toolkit.evaluators import EVALUATORS, EvalContext
 from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.eval.metrics import classification_report
 

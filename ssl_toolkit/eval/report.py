@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ssl_toolkit import __version__
+from ssl_toolkit._version import __version__
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.errors import UserError

@@ -23,9 +23,10 @@ import torch
 from PIL import Image
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.folder import SINGLE_CHANNEL_MODES
-from ssl_toolkit.data.scan import HIGH_DEPTH_MODES, assign_split, folder_layout, scan_files, to_8bit
-from ssl_toolkit.data.sources import DataSource, Split
+from ssl_toolkit.data.base import DataSource, Split
+from ssl_toolkit.data.images import HIGH_DEPTH_MODES, SINGLE_CHANNEL_MODES, open_image, to_8bit
+from ssl_toolkit.data.layout import assign_split, folder_layout
+from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.errors import UserError
 
 THUMB = 16  # side of the grayscale thumbnail that confirms near duplicates
@@ -107,7 +108,7 @@ class ImageTable:
             if max(im.size) > px:
                 im.thumbnail((px, px))
             return "image/png", _encode(im, "PNG")
-        with Image.open(self.paths[i]) as src:
+        with open_image(self.paths[i], None) as src:
             src.draft("RGB", (px, px))  # JPEG: decode at a reduced scale
             im = to_8bit(src)
             if im.mode in ("P", "PA", "LA"):
@@ -274,12 +275,13 @@ def table_from_folder(
     layout = folder_layout(root)
     size = cfg.image_size or 32
     kept: list[int] = []
-    unreadable: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = list(layout.bad)  # fifos, dangling links, directories named like images
     cols: dict[str, list] = {k: [] for k in ("width", "height", "mode", "format", "bytes", "digest", "small", "thumb", "s1", "s2", "array")}
     report = None if progress is None else (lambda done, total: progress("reading files", done, total))
     # Always decode to RGB: for an all-single-channel folder, channel 0 of the RGB array is
     # exactly the L array load_folder would make, so one pass serves both cases.
-    for i, rec in enumerate(scan_files(layout.paths, size, 3, visit=fingerprint, workers=workers, progress=report)):
+    files = scan_files(layout.paths, size, 3, visit=fingerprint, workers=workers, progress=report, max_pixels=cfg.max_pixels)
+    for i, rec in enumerate(files):
         if not rec.ok:
             unreadable.append((str(rec.path), rec.error or "unreadable"))
             continue

@@ -1,15 +1,14 @@
-"""Pretext tasks; importing this package registers every built-in task."""
+"""Pretext tasks, one module each, found by :data:`TASKS` on its first lookup.
 
-from ssl_toolkit.pretext import (  # noqa: F401  (registration)
-    byol,
-    colorization,
-    contrastive,
-    inpainting,
-    jigsaw,
-    moco,
-    relative_position,
-    rotation,
+Nothing is imported until it is used: ``TASKS.names()`` imports every task module of
+this package (and the ``ssl_toolkit.tasks`` entry points of installed plugins).
+"""
+
+from ssl_toolkit.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {name: "ssl_toolkit.pretext.base" for name in ("TASKS", "DataFacts", "PretextTask", "TaskConfig", "TaskInfo", "build_task", "register_task")},
 )
-from ssl_toolkit.pretext.base import TASKS, DataFacts, PretextTask, TaskConfig, TaskInfo, build_task, register_task
 
 __all__ = ["TASKS", "DataFacts", "PretextTask", "TaskConfig", "TaskInfo", "build_task", "register_task"]

@@ -184,7 +184,7 @@ class PretextTask(nn.Module, ABC):
         return {}
 
 
-TASKS: Registry[type[PretextTask]] = Registry("task")
+TASKS: Registry[type[PretextTask]] = Registry("task", package="ssl_toolkit.pretext", group="ssl_toolkit.tasks")
 
 
 def register_task(name: str):

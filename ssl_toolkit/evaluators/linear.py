@@ -125,7 +125,7 @@ def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
     return logits, {"weight_decay": best, "holdout_acc": {str(k): round(v, 4) for k, v in sweep.items()}}
 
 
-from ssl_toolkit.eval.base import EvalContext, Evaluator, register_evaluator  # noqa: E402
+from ssl_toolkit.evaluators.base import EvalContext, Evaluator, register_evaluator  # noqa: E402
 
 
 @register_evaluator("linear")

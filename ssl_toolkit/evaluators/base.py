@@ -95,7 +95,7 @@ class Evaluator(ABC):
         """Class scores ``(N_test, K)`` of the test split and facts about the fit."""
 
 
-EVALUATORS: Registry[type[Evaluator]] = Registry("probe mode")
+EVALUATORS: Registry[type[Evaluator]] = Registry("probe mode", package="ssl_toolkit.evaluators", group="ssl_toolkit.evaluators")
 
 
 def register_evaluator(name: str):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_toolkit.eval.base import EvalContext, Evaluator, register_evaluator
+from ssl_toolkit.evaluators.base import EvalContext, Evaluator, register_evaluator
 
 EXTRA_KS = (20, 1)
 

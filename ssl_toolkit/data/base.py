@@ -1,0 +1,210 @@
+"""What every data source yields, and the registry of named sources.
+
+A :class:`DataSource` is a train and a test split plus class names and per-channel
+normalisation statistics. A split is either a :class:`Split` (``(N, C, S, S)`` uint8
+images in memory: the built-in sets and folders that fit) or a
+:class:`~ssl_toolkit.data.stream.FileSplit` (files decoded by DataLoader workers). Both
+answer the same questions: length, labels, ids, one image, images in order in batches, a
+seeded sample. Sources know nothing about pretext tasks or models.
+
+A new source is one module with one decorator::
+
+    @register_source("mydata")
+    def mydata(cfg: DataConfig) -> DataSource: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.registry import Registry
+
+
+@runtime_checkable
+class ImageSplit(Protocol):
+    """The questions every split answers (in memory or streamed from files)."""
+
+    labels: torch.Tensor | None
+    ids: list[str]
+    streaming: bool
+
+    def __len__(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def image(self, i: int) -> torch.Tensor:
+        """``(C, S, S)`` uint8 image ``i``."""
+        ...
+
+    def batches(self, batch_size: int, workers: int | None = None) -> Iterator[torch.Tensor]:
+        """Every image in order, as ``(B, C, S, S)`` uint8 batches."""
+        ...
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``(min(n, N), C, S, S)`` uint8 images drawn without replacement (seeded)."""
+        ...
+
+    def subset(self, index: torch.Tensor) -> ImageSplit: ...
+
+
+@dataclass
+class Split:
+    """One split held in memory.
+
+    Attributes:
+        images: ``(N, C, S, S)`` uint8 tensor.
+        labels: ``(N,)`` int64 class indices, ``(N, K)`` uint8 multi-hot labels, or ``None``.
+        ids: One identifier per image (file path or ``name:index``).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    ids: list[str]
+    streaming: bool = False
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+    def batches(self, batch_size: int, workers: int | None = None) -> Iterator[torch.Tensor]:
+        yield from self.images.split(batch_size)
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        if n >= len(self):
+            return self.images
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return self.images[idx]
+
+    def subset(self, index: torch.Tensor) -> Split:
+        """Return the images at ``index`` (a 1-D long tensor) as a new split."""
+        labels = None if self.labels is None else self.labels[index]
+        return Split(self.images[index], labels, [self.ids[i] for i in index.tolist()])
+
+
+@dataclass
+class DataSource:
+    """A dataset made of a train and a test split of equally sized square images."""
+
+    name: str
+    train: Any  # Split | FileSplit (ImageSplit)
+    test: Any
+    classes: list[str] | None
+    grayscale_origin: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.mean:
+            self.mean, self.std = channel_stats(self.train.sample(4096, seed=0) if self.train.streaming else self.train.images)
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.train.streaming)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.channels)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.size)
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.labels is not None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else 0
+
+    @property
+    def target_kind(self) -> str:
+        """``none``, ``multiclass``, ``binary`` (single-label, two classes) or ``multilabel``."""
+        if self.train.labels is None:
+            return "none"
+        if self.train.labels.dim() == 2:
+            return "multilabel"
+        return "binary" if self.num_classes == 2 else "multiclass"
+
+    def describe(self) -> dict:
+        """A JSON-able summary: name, channels, image size, classes, split sizes, statistics."""
+        return {
+            "name": self.name,
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "classes": self.classes,
+            "num_classes": self.num_classes,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+SourceFactory = Callable[[DataConfig], DataSource]
+SOURCES: Registry[SourceFactory] = Registry("dataset")
+
+
+def register_source(name: str) -> Callable[[SourceFactory], SourceFactory]:
+    """Decorator registering a data source factory ``(DataConfig) -> DataSource`` under ``name``."""
+    return SOURCES.register(name)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``(N, C, H, W)`` uint8 images, on the [0, 1] scale."""
+    c = images.shape[1]
+    s1 = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(8192):  # bounded float memory for large sets
+        x = chunk.double().div_(255.0).transpose(0, 1).reshape(c, -1)  # (C, n*H*W)
+        s1 += x.sum(dim=1)
+        s2 += (x * x).sum(dim=1)
+    m = max(1, images.numel() // max(c, 1))
+    mean = s1 / m
+    std = ((s2 - s1 * s1 / m).clamp_min(0) / max(m - 1, 1)).sqrt().clamp_min(1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` uint8 images to ``size`` x ``size`` (bilinear, antialiased)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = []
+    for chunk in images.split(4096):  # bounded memory for large sets
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of indices; each class keeps ``round(n * test_fraction)`` for test."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

@@ -1,0 +1,173 @@
+"""Reading one image file: what counts as an image, colour-mode rules, crops from the original.
+
+This is the leaf of the data package: every other data module reads pixels through it.
+Colour modes: 16-bit and float single-channel images are rescaled to 8-bit ``L``; for
+colour data, palette images go through RGBA, CMYK is converted, and alpha is composited
+onto white. A file above ``max_pixels`` is refused (PIL's decompression-bomb check is
+replaced by this documented cap, so no raw library warning reaches the terminal).
+
+:func:`decode_crops` cuts each requested box out of the *original* photo and resamples it
+to the target size in one ``resize(box=...)``. A JPEG is decoded at a reduced scale
+(PIL's draft mode: 1/2, 1/4 or 1/8, done by libjpeg while decoding) whenever every box
+still has at least the target resolution there, so a 12-megapixel photo is never fully
+decoded to make a 224 px view.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+SINGLE_CHANNEL_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"}
+HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+DEFAULT_MAX_PIXELS = 60_000_000  # 60 MP: every camera photo; a 10000 x 10000 image is listed, not decoded
+
+Image.MAX_IMAGE_PIXELS = None  # the cap is checked by open_image(), with a one-line reason
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original pixels
+
+
+class TooLarge(ValueError):
+    """An image above the pixel cap."""
+
+
+def has_image_suffix(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not Path(name).name.startswith(".")
+
+
+def failure_reason(e: BaseException) -> str:
+    """The first line of an exception's message (or its type name): why a file is unreadable."""
+    text = str(e).splitlines()[0].strip() if str(e).strip() else ""
+    return text or type(e).__name__
+
+
+def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` lazily (header only); :class:`TooLarge` above ``max_pixels``."""
+    im = Image.open(path)
+    if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+        w, h = im.size
+        im.close()
+        raise TooLarge(f"{w}x{h} = {w * h:,} pixels is above data.max_pixels ({max_pixels:,})")
+    return im
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float single-channel images rescaled to 8-bit ``L``; other images unchanged."""
+    if im.mode not in HIGH_DEPTH_MODES:
+        return im
+    a = np.asarray(im, dtype=np.float32)
+    hi = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
+    return Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8), "L")
+
+
+def to_mode(im: Image.Image, channels: int) -> Image.Image:
+    """``im`` as 8-bit ``L`` (``channels == 1``) or ``RGB`` with alpha composited onto white."""
+    im = to_8bit(im)
+    if channels == 1:
+        return im if im.mode == "L" else im.convert("L")
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    return im.convert("RGB")
+
+
+def to_chw(im: Image.Image) -> np.ndarray:
+    """An ``L`` or ``RGB`` image -> ``(C, H, W)`` uint8 array."""
+    a = np.asarray(im, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def to_array(im: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Decode ``im`` to a ``(channels, size, size)`` uint8 array (shorter side resized, centre crop)."""
+    im = ImageOps.fit(to_mode(im, channels), (size, size), method=Image.Resampling.BILINEAR)
+    return to_chw(im)
+
+
+# ---------------------------------------------------------------------------------------
+# crops from the original photo
+# ---------------------------------------------------------------------------------------
+def center_square(width: int, height: int) -> Box:
+    """The largest centred square of a ``width`` x ``height`` image."""
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def random_resized_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> Box:
+    """A random-resized-crop box (Szegedy et al., 2015; torchvision's sampling rule).
+
+    Area drawn uniformly from ``scale`` (share of the image), aspect ratio log-uniformly from
+    ``ratio`` (width / height), position uniform; ten tries, then the centre crop clamped to
+    ``ratio``, as torchvision does. The box may cover any region of the photo.
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        r = math.exp(rng.uniform(log_lo, log_hi))
+        w, h = math.sqrt(target * r), math.sqrt(target / r)
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.uniform(0, width - w)
+            top = rng.uniform(0, height - h)
+            return (left, top, left + w, top + h)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, width / ratio[0]
+    elif in_ratio > ratio[1]:
+        w, h = height * ratio[1], height
+    else:
+        w, h = width, height
+    left, top = (width - w) / 2, (height - h) / 2
+    return (left, top, left + w, top + h)
+
+
+def draft_scale(boxes: Sequence[Box], size: int) -> float:
+    """Largest shrink factor at which every box still has at least ``size`` px on each side (>= 1)."""
+    return max(1.0, min(min(b[2] - b[0], b[3] - b[1]) / size for b in boxes))
+
+
+def decode_crops(
+    path: str | Path,
+    channels: int,
+    size: int,
+    boxes_for: Callable[[int, int], list[Box]],
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode ``path`` once and cut ``(V, channels, size, size)`` uint8 crops from it.
+
+    Args:
+        path: The image file.
+        channels: 1 (``L``) or 3 (``RGB``).
+        size: Side of every crop.
+        boxes_for: ``(width, height) -> list of boxes`` in original pixels (called once, with
+            the stored size, before decoding: the boxes decide the JPEG draft scale).
+        max_pixels: The pixel cap (:func:`open_image`).
+    """
+    with open_image(path, max_pixels) as im:
+        width, height = im.size
+        boxes = boxes_for(width, height)
+        shrink = draft_scale(boxes, size)
+        if shrink >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 directly
+            im.draft("L" if channels == 1 else "RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
+        im = to_mode(im, channels)  # decodes (at the draft scale, when one was set)
+        fx, fy = im.size[0] / width, im.size[1] / height
+        crops = [
+            to_chw(im.resize((size, size), Image.Resampling.BILINEAR, box=(l * fx, t * fy, r * fx, b * fy), reducing_gap=2.0))
+            for (l, t, r, b) in boxes
+        ]
+    return np.stack(crops)

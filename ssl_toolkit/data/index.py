@@ -1,0 +1,205 @@
+"""The file index of an image folder: built once, cached, validated on read.
+
+An index holds, per usable file: its path relative to the folder, its label, its byte
+size, its stored width and height and whether it is single-channel (read from the header:
+no pixel is decoded), plus the class names, the given train/test boundary and the files
+that could not be opened. It is cached under ``$SSL_TOOLKIT_HOME/cache/index``, keyed by
+the folder's listing (every path, size and modification time), so a second run on an
+unchanged folder only lists it (``os.scandir``) and loads the arrays.
+
+Paths are held in one numpy bytes array, not a Python list, so the index costs a few
+bytes per image and DataLoader workers share it without copying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ssl_toolkit.data.images import DEFAULT_MAX_PIXELS, SINGLE_CHANNEL_MODES
+from ssl_toolkit.data.layout import FolderLayout, folder_layout
+from ssl_toolkit.data.scan import scan_files
+from ssl_toolkit.settings import cache_dir
+
+INDEX_VERSION = 1
+
+
+class IndexMeta(BaseModel):
+    """The JSON part of a cached index (validated on every read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    root: str
+    classes: list[str] | None
+    n_train: int | None
+    bad: list[tuple[str, str]]
+    n: int
+
+
+@dataclass
+class FileIndex:
+    """Usable files of a folder (see the module docstring).
+
+    Attributes:
+        root: The folder.
+        rel: ``(N,)`` bytes array of paths relative to ``root`` (UTF-8, surrogate-escaped).
+        labels: ``(N,)`` int64 class indices, or ``None``.
+        classes: Class names, or ``None``.
+        n_train: Files of the folder's own train split come first: how many (``None`` = no given split).
+        position: ``(N,)`` int64 position of each file in the full listing (for the given split).
+        nbytes: ``(N,)`` int64 file sizes.
+        width: ``(N,)`` int32 stored widths.
+        height: ``(N,)`` int32 stored heights.
+        gray: ``(N,)`` bool, the file is single-channel.
+        bad: ``(path, reason)`` of files that could not be opened.
+        cached: The index was loaded from the cache.
+    """
+
+    root: Path
+    rel: np.ndarray
+    labels: np.ndarray | None
+    classes: list[str] | None
+    n_train: int | None
+    position: np.ndarray
+    nbytes: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    gray: np.ndarray
+    bad: list[tuple[str, str]]
+    cached: bool = False
+
+    def __len__(self) -> int:
+        return int(self.rel.shape[0])
+
+    def path(self, i: int) -> str:
+        return os.path.join(str(self.root), self.rel[i].decode("utf-8", "surrogateescape"))
+
+    @property
+    def channels(self) -> int:
+        """1 when every usable file is single-channel, else 3."""
+        return 1 if len(self.gray) and bool(self.gray.all()) else 3
+
+
+class PathIds(Sequence[str]):
+    """Full paths of some index rows, decoded on access (a list-like view; no per-image strings held)."""
+
+    def __init__(self, index: FileIndex, rows: np.ndarray) -> None:
+        self.index = index
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.index.path(int(r)) for r in self.rows[i]]
+        return self.index.path(int(self.rows[i]))
+
+    def __iter__(self) -> Iterator[str]:
+        for r in self.rows:
+            yield self.index.path(int(r))
+
+
+def listing_key(root: Path, layout: FolderLayout, max_pixels: int | None) -> str:
+    """SHA-256 of the folder's listing: every path, size and modification time (and the pixel cap)."""
+    h = hashlib.sha256(f"{INDEX_VERSION}\0{root.resolve()}\0{max_pixels}\0{layout.n_train}\0{layout.classes}\0".encode())
+    for p, s, m in zip(layout.paths, layout.sizes, layout.mtimes):
+        h.update(os.fsencode(p))
+        h.update(f"\0{s}\0{m}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _encode_rel(root: Path, paths: list[Path]) -> np.ndarray:
+    base = len(os.fsencode(root)) + 1
+    return np.array([os.fsencode(p)[base:] for p in paths], dtype=np.bytes_)
+
+
+def build_index(root: Path, layout: FolderLayout, max_pixels: int | None, workers: int | None = None) -> FileIndex:
+    """Read every file's header (parallel threads, no decoding) and keep the usable ones."""
+    keep, width, height, gray = [], [], [], []
+    bad = list(layout.bad)
+    for i, rec in enumerate(scan_files(layout.paths, decode=False, workers=workers, max_pixels=max_pixels)):
+        if rec.ok:
+            keep.append(i)
+            width.append(rec.width)
+            height.append(rec.height)
+            gray.append(rec.mode in SINGLE_CHANNEL_MODES)
+        else:
+            bad.append((str(rec.path), rec.error or "unreadable"))
+    kept = np.asarray(keep, dtype=np.int64)
+    return FileIndex(
+        root=root,
+        rel=_encode_rel(root, [layout.paths[i] for i in keep]),
+        labels=None if layout.labels is None else np.asarray(layout.labels, np.int64)[kept],
+        classes=layout.classes,
+        n_train=layout.n_train,
+        position=kept,
+        nbytes=np.asarray(layout.sizes, np.int64)[kept] if layout.sizes else np.zeros(len(kept), np.int64),
+        width=np.asarray(width, np.int32),
+        height=np.asarray(height, np.int32),
+        gray=np.asarray(gray, bool),
+        bad=bad,
+    )
+
+
+ARRAYS = ("rel", "position", "nbytes", "width", "height", "gray")
+
+
+def save_index(index: FileIndex, path: Path) -> None:
+    """Write the index as one ``.npz`` (arrays + a JSON member), atomically; failures are ignored (it is a cache)."""
+    from ssl_toolkit.atomic import atomic_write_bytes
+
+    meta = IndexMeta(version=INDEX_VERSION, root=str(index.root), classes=index.classes, n_train=index.n_train, bad=index.bad, n=len(index))
+    import io
+
+    buf = io.BytesIO()
+    arrays = {k: getattr(index, k) for k in ARRAYS}
+    if index.labels is not None:
+        arrays["labels"] = index.labels
+    np.savez(buf, meta=np.frombuffer(meta.model_dump_json().encode(), np.uint8), **arrays)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:
+        pass
+
+
+def load_index(path: Path, root: Path) -> FileIndex | None:
+    """A cached index, or ``None`` when missing, unreadable or inconsistent (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = IndexMeta.model_validate_json(z["meta"].tobytes().decode())
+            arrays = {k: z[k] for k in ARRAYS}
+            labels = z["labels"] if "labels" in z.files else None
+    except (OSError, ValueError, KeyError, ValidationError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+    n = meta.n
+    if meta.version != INDEX_VERSION or any(a.shape != (n,) for a in arrays.values()) or (labels is not None and labels.shape != (n,)):
+        return None
+    if arrays["rel"].dtype.kind != "S" or (labels is not None and labels.dtype != np.int64):
+        return None
+    return FileIndex(root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=[tuple(b) for b in meta.bad], cached=True, **arrays)  # type: ignore[misc]
+
+
+def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_cache: bool = True) -> FileIndex:
+    """The index of ``root``: from the cache when the listing is unchanged, else built and cached."""
+    layout = folder_layout(root)
+    path = cache_dir("index") / f"{listing_key(root, layout, max_pixels)}.npz"
+    if use_cache:
+        hit = load_index(path, root)
+        if hit is not None:
+            return hit
+    index = build_index(root, layout, max_pixels)
+    if use_cache:
+        save_index(index, path)
+    return index

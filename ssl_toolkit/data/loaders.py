@@ -1,0 +1,93 @@
+"""DataLoaders over any split: in-memory tensors, or files decoded in worker processes.
+
+Training order depends on (seed, epoch) only (:class:`EpochShuffleSampler`), so a resumed
+run sees the same order; Lightning shards the sampler across processes under DDP. In-memory
+items are indexed in the main process (0 workers is fastest there); file items are decoded
+by ``default_workers()`` persistent workers, with pinned memory when training on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssl_toolkit.data.base import Split
+from ssl_toolkit.data.stage import CENTER, WorkerStage
+from ssl_toolkit.data.stream import CropDataset, FileSplit, SkipLog, default_workers
+
+
+class ImageTensorDataset(Dataset):
+    """``(N, C, S, S)`` uint8 images with labels (``-1`` where unknown); items stay uint8 until on the device."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.images = images
+        self.labels = labels if labels is not None else torch.full((images.shape[0],), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on (seed, epoch), so a resumed run sees the same data order.
+
+    Lightning calls :meth:`set_epoch` at every epoch (and shards it across processes under DDP).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def split_loader(
+    split: Split | FileSplit,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    stage: WorkerStage = CENTER,
+    workers: int | None = None,
+    skip: SkipLog | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader of ``(images, labels)`` batches over ``split``.
+
+    Args:
+        split: In-memory or file split.
+        batch_size: Images per batch (capped at the split's length).
+        shuffle: Shuffle by (seed, epoch) and drop the last partial batch (training).
+        seed: Seed of the order.
+        stage: What file workers hand over (ignored for in-memory splits, which hold centre squares).
+        workers: Worker processes (``None``: 0 in memory, :func:`default_workers` for files).
+        skip: Where files that go bad are recorded (files only).
+        pin_memory: Pin batches for non-blocking copies to a GPU (files only).
+    """
+    if isinstance(split, FileSplit):
+        ds: Dataset = CropDataset(split, stage, skip or SkipLog())
+        n_workers = default_workers() if workers is None else workers
+    else:
+        ds = ImageTensorDataset(split.images, split.labels)
+        n_workers = workers or 0
+    n = len(ds)  # type: ignore[arg-type]
+    return DataLoader(
+        ds,
+        batch_size=max(1, min(batch_size, n)),
+        sampler=EpochShuffleSampler(n, seed) if shuffle else None,
+        drop_last=shuffle and n > batch_size,
+        num_workers=n_workers,
+        persistent_workers=n_workers > 0 and shuffle,
+        pin_memory=pin_memory and n_workers > 0,
+        prefetch_factor=4 if n_workers > 0 else None,
+    )

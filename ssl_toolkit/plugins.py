@@ -1,0 +1,65 @@
+"""Finding plugins: built-in modules of a subpackage and third-party entry points.
+
+A task, evaluator or data source is one module whose class carries one registering
+decorator. Importing the module registers it, so finding plugins means importing modules:
+
+* built-ins: every module of a subpackage (``ssl_toolkit.pretext``, ``ssl_toolkit.eval``),
+  found with :mod:`pkgutil`, so adding a file is enough;
+* third-party packages: the entry points of a group (``ssl_toolkit.tasks``,
+  ``ssl_toolkit.evaluators``, ``ssl_toolkit.sources``), found with :mod:`importlib.metadata`
+  the way pytest finds its plugins. An entry point names the module that holds the
+  decorated class (``my_pkg.my_task``) or the class itself (``my_pkg.my_task:MyTask``).
+
+:class:`ssl_toolkit.registry.Registry` calls both lazily, on its first lookup.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from importlib.metadata import entry_points
+
+GROUPS = {"task": "ssl_toolkit.tasks", "evaluator": "ssl_toolkit.evaluators", "source": "ssl_toolkit.sources"}
+
+log = logging.getLogger(__name__)
+
+
+def import_submodules(package: str) -> list[str]:
+    """Import every module directly inside ``package`` (names starting with ``_`` skipped).
+
+    Args:
+        package: Dotted name of a package, e.g. ``"ssl_toolkit.pretext"``.
+
+    Returns:
+        The dotted names of the imported modules, sorted.
+    """
+    pkg = importlib.import_module(package)
+    names = sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
+def load_entry_points(group: str) -> list[str]:
+    """Load every entry point of ``group``; one that fails to load is logged and skipped.
+
+    A broken third-party package must not take the command line down with it: its
+    error is one warning line on stderr and its names stay unknown.
+
+    Args:
+        group: Entry-point group, e.g. ``"ssl_toolkit.tasks"``.
+
+    Returns:
+        The names of the entry points that loaded, sorted.
+    """
+    loaded = []
+    for ep in entry_points(group=group):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
+            dist = ep.dist.name if ep.dist is not None else "?"
+            log.warning("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
+            continue
+        loaded.append(ep.name)
+    return sorted(loaded)
