@@ -9,8 +9,9 @@ They differ only in :meth:`trainable_parameters`:
   stages of the timm backbone are frozen, weights *and* BatchNorm statistics (their
   modules stay in eval mode while the rest trains);
 - ``finetune``: every weight trains, optionally with layer-wise learning-rate decay
-  (Clark et al., 2020; Bao et al., 2022): modules after the last stage get ``lr``, the
-  last stage ``lr * d``, the one before ``lr * d**2``, down to the stem.
+  (Clark et al., 2020; Bao et al., 2022) over timm's layer grouping (blocks of a ResNet
+  or ConvNeXt, transformer blocks of a ViT): the last layer gets ``lr * d``, the one
+  before ``lr * d**2``, down to the stem.
 
 In both, the new linear head learns at ``HEAD_LR_SCALE * lr`` (it starts from random
 weights while the backbone starts from trained ones).
@@ -29,6 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timm.models import group_parameters
 from torch import nn
 
 from ssl_toolkit.backbones import Stage, feature_dim, stages
@@ -55,6 +57,23 @@ def stage_of(name: str, groups: list[Stage]) -> int:
         if st.owns(name):
             return i
     return len(groups)
+
+
+def layer_ids(backbone: nn.Module) -> dict[str, int]:
+    """Layer index (0 = stem) of every backbone parameter for layer-wise lr decay.
+
+    timm's ``group_matcher(coarse=False)`` (the grouping of its own
+    ``param_groups_layer_decay``) where the model has one, else the :func:`stages` index.
+    Parameters the matcher leaves out go to the last layer.
+    """
+    names = [n for n, _ in backbone.named_parameters()]
+    if hasattr(backbone, "group_matcher"):
+        ids = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    else:
+        groups = stages(backbone)
+        ids = {n: stage_of(n, groups) for n in names}
+    last = max(ids.values(), default=0)
+    return {n: ids.get(n, last) for n in names}
 
 
 class FinetuneModule(L.LightningModule):
@@ -135,20 +154,24 @@ class TrainedEvaluator(Evaluator):
         return params + (list(head.parameters()) if head is not None else [])
 
     def param_groups(self, backbone: nn.Module, head: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups with layer-wise lr decay; no weight decay on biases and norm weights."""
-        groups = stages(backbone)
-        depth = len(groups)  # modules after the last stage; the head is depth + 1
+        """AdamW groups with layer-wise lr decay; no weight decay on biases and norm weights.
+
+        Layers are timm's own (:func:`layer_ids`): a ResNet's and ConvNeXt's blocks, a
+        ViT's transformer blocks. The last layer learns at ``lr * d``, the one before at
+        ``lr * d**2``, down to the stem; the head at ``HEAD_LR_SCALE * lr``.
+        """
+        ids = layer_ids(backbone)
+        depth = max(ids.values()) + 1  # the head is depth
         trainable = {id(p) for p in self.trainable_parameters(backbone, head)}
-        named = [(n, p, stage_of(n, groups)) for n, p in backbone.named_parameters()]
-        named += [(f"head.{n}", p, depth + 1) for n, p in head.named_parameters()]
+        named = [(p, ids[n]) for n, p in backbone.named_parameters()] + [(p, depth) for p in head.parameters()]
         buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
-        for _, p, d in named:
+        for p, d in named:
             if id(p) in trainable:
                 buckets.setdefault((d, p.ndim > 1), []).append(p)
         return [
             {
                 "params": ps,
-                "lr": lr * HEAD_LR_SCALE if d > depth else lr * self.cfg.layer_decay ** (depth - d),
+                "lr": lr * HEAD_LR_SCALE if d >= depth else lr * self.cfg.layer_decay ** (depth - d),
                 "weight_decay": weight_decay if decay else 0.0,
             }
             for (d, decay), ps in sorted(buckets.items())
