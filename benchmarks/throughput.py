@@ -50,6 +50,8 @@ class StepTimer(Callback):
         self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":  # time the GPU's work, not the launch queue
+            torch.cuda.synchronize()
         now = time.perf_counter()
         if self._last is not None and trainer.global_step > self.warmup:
             self.times.append(now - self._last)
@@ -84,13 +86,18 @@ def benchmark_images(size: int, limit: int) -> tuple[torch.Tensor, str]:
 # ---------------------------------------------------------------------------------------
 # 1. lightly's reference pipeline
 # ---------------------------------------------------------------------------------------
-def lightly_pairs_per_second(images: torch.Tensor, args, backbone_kwargs: dict) -> float:
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
+def lightly_transform(size: int):
+    """lightly's ``SimCLRTransform`` with the augmentation parameters our views use at small sizes."""
     from lightly.transforms import SimCLRTransform
+
+    return SimCLRTransform(input_size=size, cj_strength=0.5, min_scale=0.2, gaussian_blur=0.0)
+
+
+def lightly_pairs_per_second(images: torch.Tensor, args, backbone_kwargs: dict) -> float:
+    """lightly's pipeline on in-memory uint8 images (PIL images made in the workers)."""
     from PIL import Image
 
-    transform = SimCLRTransform(input_size=args.size, cj_strength=0.5, min_scale=0.2, gaussian_blur=0.0)
+    transform = lightly_transform(args.size)
     arrays = images.permute(0, 2, 3, 1).numpy()
 
     class PILDataset(torch.utils.data.Dataset):
@@ -101,8 +108,16 @@ def lightly_pairs_per_second(images: torch.Tensor, args, backbone_kwargs: dict) 
             v0, v1 = transform(Image.fromarray(arrays[i]))
             return v0, v1
 
+    return lightly_simclr_rate(PILDataset(), args, backbone_kwargs)
+
+
+def lightly_simclr_rate(dataset: torch.utils.data.Dataset, args, backbone_kwargs: dict) -> float:
+    """Pairs per second of lightly's SimCLR training loop over ``dataset`` (items: two views)."""
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+
     loader = torch.utils.data.DataLoader(
-        PILDataset(), batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0
     )
     dev = device_of(args.accelerator)
     backbone = timm.create_model(args.backbone, **backbone_kwargs).to(dev)
@@ -186,10 +201,12 @@ def gemm_flops_per_second(accelerator: str, precision: str, n: int = 2048, repea
 
 def step_flops(task_name: str, images: torch.Tensor, args, backbone_kwargs: dict) -> int:
     """FLOPs of one forward + backward of the task on one batch."""
-    module = build_module(task_name, images, args, backbone_kwargs)
-    x = images[: args.batch_size].float().div(255)
+    dev = device_of(args.accelerator)
+    module = build_module(task_name, images, args, backbone_kwargs).to(dev)
+    x = images[: args.batch_size].to(dev).float().div(255)
     counter = FlopCounterMode(display=False)
-    with counter:
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")  # as in training; counts are dtype-free
+    with counter, autocast:
         loss, _ = module.task(module.backbone, x)
         loss.backward()
     return counter.get_total_flops()
