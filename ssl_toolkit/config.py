@@ -16,9 +16,9 @@ from ssl_toolkit.errors import UserError, did_you_mean
 
 
 class StrictModel(BaseModel):
-    """Base for all configs: unknown keys are errors."""
+    """Base for all configs: unknown keys are errors, and so are infinite or NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(StrictModel):
@@ -34,7 +34,16 @@ class DataConfig(StrictModel):
         synthetic_train: Training images of ``synthetic``.
         synthetic_test: Test images of ``synthetic``.
         synthetic_classes: Shape classes of ``synthetic`` (2 to 6).
-        strict: Refuse a folder with unreadable files (exit 2) instead of skipping them.
+        strict: Refuse a folder with unreadable files (exit 2) instead of skipping them; when
+            streaming, stop on the first file that fails to decode during training.
+        stream: Folders only: ``true`` decodes files in DataLoader workers during training (crops
+            from the original photos, memory independent of the number of images); ``false``
+            decodes everything into memory first; ``auto`` streams when the decoded images would
+            need over a quarter of the available memory.
+        max_pixels: Files with more pixels than this are listed as unreadable instead of decoded.
+        workers: DataLoader worker processes that decode streamed files (``None`` = the CPU count less one, at most 8).
+        labels: Folders only: a ``file,labels`` CSV of multi-label targets (``None`` = the folder's
+            ``labels.csv`` when it has one; see ``docs/data.md``).
     """
 
     name: str = "digits"
@@ -47,6 +56,10 @@ class DataConfig(StrictModel):
     synthetic_test: int = Field(default=300, ge=1)
     synthetic_classes: int = Field(default=6, ge=2, le=6)
     strict: bool = False
+    stream: Literal["auto"] | bool = "auto"
+    max_pixels: int | None = Field(default=60_000_000, ge=1)
+    workers: int | None = Field(default=None, ge=0, le=64)
+    labels: str | None = None
 
 
 class BackboneConfig(StrictModel):
@@ -86,11 +99,16 @@ class TrainerConfig(StrictModel):
         seed: Seed of weights, data order and augmentation.
         num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
         log_every_n_steps: Step-level logging interval.
-        checkpoint_every_n_steps: Also write ``last.ckpt`` every N steps (default: each epoch).
+        checkpoint_every_n_steps: Also write ``last.ckpt`` every N optimiser steps.
+        checkpoint_every_minutes: Also write ``last.ckpt`` every N minutes of training (``0`` = only
+            at epoch ends and interruptions); ``last.ckpt`` is always written at every epoch end.
         online_probe: Train a linear probe on detached features when the data has labels.
         progress_bar: Show the progress bar.
         channels_last: Run the backbone in channels-last memory layout (faster with bf16 on
             CPUs with oneDNN and on tensor-core GPUs; see ``docs/benchmarks.md``).
+        compile: ``torch.compile`` the backbone (inductor): ``true``, ``false``, or ``auto``
+            (only where it was measured to win end to end, compile time included, for the
+            run's length; see ``ssl_toolkit/compile.py`` and ``docs/benchmarks.md``).
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -110,9 +128,11 @@ class TrainerConfig(StrictModel):
     num_workers: int = Field(default=0, ge=0)
     log_every_n_steps: int = Field(default=10, ge=1)
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
+    checkpoint_every_minutes: float = Field(default=10.0, ge=0)
     online_probe: bool = True
     progress_bar: bool = True
     channels_last: bool = True
+    compile: Literal["auto"] | bool = "auto"
 
 
 class PretrainConfig(StrictModel):
@@ -137,12 +157,13 @@ class ProbeConfig(StrictModel):
         lr: Learning rate (``None`` = the evaluator's default).
         batch_size: Batch size.
         seed: Seed of label subsets, held-out splits and training.
-        freeze_stages: Stages frozen by the ``partial`` evaluator (the stem and the first K stages).
-        layer_decay: Layer-wise learning-rate decay of ``finetune``/``partial`` (1 = off): the
-            head gets ``lr``, the last stage ``lr * d``, the one before ``lr * d**2``, ...
         weight_decay: Weight decay of ``finetune``/``partial`` (``None`` = the evaluator's default).
-        k: Neighbours of the ``knn`` evaluator.
-        temperature: Vote temperature of the ``knn`` evaluator.
+        augment: Augmentation of ``partial``/``finetune`` training images: ``none``, ``basic``
+            (crop + flip), ``randaugment``, ``autoaugment``, ``trivialaugment``, or an
+            albumentations pipeline file saved with ``albumentations.save`` (.yaml/.yml/.json).
+        evaluator_config: The evaluator's own settings, validated by its ``Config`` model
+            (``knn``: ``k``, ``temperature``; ``partial``: ``freeze_stages``, ``layer_decay``;
+            ``finetune``: ``layer_decay``); see ``ssl probe --help``.
         precision: Lightning precision of the modes that train through the backbone.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
     """
@@ -154,11 +175,9 @@ class ProbeConfig(StrictModel):
     lr: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=1)
     seed: int = 0
-    freeze_stages: int | None = None
-    layer_decay: float = Field(default=1.0, gt=0.0, le=1.0)
     weight_decay: float | None = Field(default=None, ge=0)
-    k: int = Field(default=200, ge=1)
-    temperature: float = Field(default=0.1, gt=0)
+    augment: str = "basic"
+    evaluator_config: dict[str, Any] = Field(default_factory=dict)
     precision: str = "32-true"
     accelerator: str = "auto"
 

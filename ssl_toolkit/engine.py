@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_toolkit.backbones import feature_dim
+from ssl_toolkit.compile import compile_backbone
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.precision import resolve_precision
 from ssl_toolkit.pretext.base import PretextTask
@@ -127,6 +128,7 @@ class PretrainModule(L.LightningModule):
         self._fit_started = time.monotonic()
         if self.cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(self.trainer.estimated_stepping_batches))
         if hasattr(self.task, "seed_views"):
             self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
 
@@ -146,9 +148,9 @@ class PretrainModule(L.LightningModule):
         self._restored_rng = checkpoint.get("ssl_rng")
 
     def training_step(self, batch, batch_idx):
-        x_u8, y = batch  # (B, C, S, S) uint8, (B,) long
+        x_u8, y = batch  # (B, C, S, S) uint8, or (B, V, C, S, S) views cut by the data workers; (B,) long
         x = x_u8.float().div_(255.0)
-        if self.cfg.channels_last:
+        if self.cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, logs = self.task(self.backbone, x)
         feats = logs.pop("features", None)
@@ -160,7 +162,7 @@ class PretrainModule(L.LightningModule):
         if self.online_head is not None and (y >= 0).any():
             if feats is None:
                 with torch.no_grad():
-                    feats = self.backbone(self.task.normalize(x))
+                    feats = self.backbone(self.task.normalize(x if x.dim() == 4 else x[:, 0]))
             keep = y >= 0
             logits = self.online_head(feats.detach().float()[keep])
             probe_loss = F.cross_entropy(logits, y[keep])
@@ -314,6 +316,16 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step stored in a Lightning checkpoint (read with ``weights_only=True``)."""
+    from ssl_toolkit.errors import UserError
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
+        raise UserError(f"cannot resume from {path}: the checkpoint is unreadable ({type(e).__name__})") from None
+
+
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop ``metrics.csv`` rows logged after ``last_step`` (work redone after a resume)."""
     if not path.is_file():
@@ -333,25 +345,75 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         atomic_write_text(path, buf.getvalue())
 
 
+def checkpoint_callbacks(cfg: TrainerConfig, run_dir: Path) -> list[ModelCheckpoint]:
+    """``last.ckpt`` at every epoch end, every ``checkpoint_every_minutes`` and every ``checkpoint_every_n_steps``.
+
+    Each trigger is one Lightning ``ModelCheckpoint`` (its triggers are mutually exclusive)
+    keeping its single latest save under the fixed name ``last.ckpt``; all write through
+    :class:`AtomicCheckpointIO`, so a kill mid-write keeps the previous file.
+    """
+    triggers: list[dict] = [{"every_n_epochs": 1}]
+    if cfg.checkpoint_every_minutes:
+        triggers.append({"train_time_interval": timedelta(minutes=cfg.checkpoint_every_minutes)})
+    if cfg.checkpoint_every_n_steps:
+        triggers.append({"every_n_train_steps": cfg.checkpoint_every_n_steps})
+    return [
+        ModelCheckpoint(dirpath=run_dir, filename=LAST_NAME, save_top_k=1, enable_version_counter=False,
+                        auto_insert_metric_name=False, save_on_train_epoch_end=True, **trigger)
+        for trigger in triggers
+    ]
+
+
+LAST_NAME = "last"  # ``last.ckpt``
+
+
+def lightning_options(cfg: TrainerConfig) -> dict:
+    """The device, precision and strategy options of the Trainer, as Lightning takes them."""
+    return {
+        "accelerator": cfg.accelerator,
+        "devices": cfg.devices,
+        "num_nodes": cfg.num_nodes,
+        "strategy": cfg.strategy,
+        "precision": resolve_precision(cfg.precision, cfg.accelerator),
+    }
+
+
+def check_lightning_options(cfg: TrainerConfig) -> None:
+    """Let Lightning judge accelerator, devices, strategy and precision before anything is written.
+
+    A throwaway Trainer is built with the same options (this starts no process); what
+    Lightning refuses becomes a one-line :class:`~ssl_toolkit.errors.UserError`.
+    """
+    import logging
+
+    from ssl_toolkit.errors import UserError
+
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except Exception as e:  # noqa: BLE001  (Lightning raises ValueError, TypeError or its own exceptions)
+        message = str(e).split(" Find a complete list")[0].replace("`", "'").strip()
+        raise UserError(f"trainer options ({_describe(cfg)}): {message}") from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
+def _describe(cfg: TrainerConfig) -> str:
+    return f"accelerator={cfg.accelerator}, devices={cfg.devices}, strategy={cfg.strategy}, precision={cfg.precision}"
+
+
 def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool) -> L.Trainer:
     """The Lightning Trainer for a pretraining run writing into ``run_dir``."""
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir,
-        filename="step-{step}",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
-        save_on_train_epoch_end=True,
-    )
-    callbacks = [ckpt, CheckpointOnInterrupt(run_dir / "last.ckpt")]
+    callbacks: list[Callback] = [*checkpoint_callbacks(cfg, run_dir), CheckpointOnInterrupt(run_dir / f"{LAST_NAME}.ckpt")]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=resolve_precision(cfg.precision, cfg.accelerator),
+        **lightning_options(cfg),
         max_epochs=cfg.epochs,
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         max_steps=cfg.max_steps,

@@ -1,67 +1,70 @@
-"""``pretrain()``: data -> backbone + pretext task -> Lightning -> run folder.
+"""``pretrain()``: plan -> data -> backbone + pretext task -> Lightning -> run folder -> library.
 
-A run folder holds the resolved ``config.yaml``, ``metrics.csv``, ``last.ckpt`` and the
-backbone (``backbone.safetensors`` + ``meta.json``), so any run can be reproduced and
-resumed from it.
+Each stage is one function below, in the order they run. Everything that can be refused
+(config values, Lightning options, output paths, the library folder, the data, the task's
+needs) is checked before the run folder is written. A run folder (:class:`RunFolder`)
+holds the resolved ``config.yaml``, ``metrics.csv``, ``last.ckpt`` and the backbone
+(``backbone.safetensors`` + ``meta.json``), so any run can be reproduced and resumed from it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
-import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
+from torch.utils.data import DataLoader
 
 from ssl_toolkit._version import __version__
-from ssl_toolkit.atomic import atomic_write_text
-from ssl_toolkit.backbones import create_backbone, feature_dim
-from ssl_toolkit.checkpoints import save_backbone
 from ssl_toolkit.config import PretrainConfig, validate
-from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.engine import PretrainModule, build_trainer, make_loader, truncate_metrics
 from ssl_toolkit.errors import Interrupted, UserError
-from ssl_toolkit.precision import choose_precision
-from ssl_toolkit.pretext import TASKS, DataFacts, build_task
-
-CONFIG_FILE = "config.yaml"
-LAST_CKPT = "last.ckpt"
-
-
-def default_run_dir(cfg: PretrainConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    data = Path(cfg.data.name).name if os.sep in cfg.data.name else cfg.data.name
-    return Path("runs") / f"{cfg.task}-{cfg.backbone.name}-{data}-{stamp}"
-
-
-def check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse a non-empty folder unless ``overwrite`` (or resuming it); writes nothing."""
-    if resume:
-        if not (out / LAST_CKPT).is_file():
-            raise UserError(f"cannot resume {out}: no {LAST_CKPT} in it")
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already holds files; use --overwrite to replace them or --resume {out} to continue")
-
-
-def create_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    """Make the run folder; with ``overwrite``, remove the run files a previous run left in it."""
-    if overwrite and not resume and out.is_dir():
-        for name in (CONFIG_FILE, LAST_CKPT, "metrics.csv", "hparams.yaml", "backbone.safetensors", "meta.json", "skipped.txt"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
+from ssl_toolkit.run_folder import RunFolder
 
 RUN_DIR_ENV = "SSL_TOOLKIT_RUN_DIR"
+
+
+@dataclass
+class Plan:
+    """What a call to :func:`pretrain` will do, decided before anything is written."""
+
+    cfg: PretrainConfig
+    folder: RunFolder
+    resume: bool
+    overwrite: bool
+    name: str | None
+    primary: bool  # False in the extra processes a DDP launcher starts
+    finished: dict[str, Any] | None = None  # meta.json of a finished run that has nothing left to train
+
+
+@dataclass
+class RunData:
+    """The data stage's output: the source, its facts for the task, and the loaders."""
+
+    source: Any
+    facts: Any
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    num_classes: int  # classes of the online probe (0 = none)
+
+
+@dataclass
+class RunModel:
+    """The model stage's output."""
+
+    backbone: nn.Module
+    spec: Any
+    task: Any
+    resolved: dict[str, Any]  # the config with every default written out
+    init_info: dict[str, Any] | None
 
 
 def is_primary_process() -> bool:
@@ -69,36 +72,8 @@ def is_primary_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def report_skipped(source, run_dir: Path, strict: bool) -> None:
-    """Unreadable files: exit 2 under ``strict``; otherwise one warning and ``skipped.txt`` in the run folder."""
-    if not source.skipped:
-        return
-    first = ", ".join(Path(p).name for p, _ in source.skipped[:3])
-    if strict:
-        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {first}{', ...' if len(source.skipped) > 3 else ''}")
-    atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in source.skipped))
-    if is_primary_process():
-        _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({first}{', ...' if len(source.skipped) > 3 else ''}); list in {run_dir / 'skipped.txt'}")
-
-
 def _warn(line: str) -> None:
-    import sys
-
     print(line, file=sys.stderr, flush=True)
-
-
-def checkpoint_step(path: Path) -> int:
-    """The global step stored in a Lightning checkpoint (read with ``weights_only=True``)."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
-        raise UserError(f"cannot resume from {path}: the checkpoint is unreadable ({type(e).__name__})") from None
-
-
-def resolve_config(config: PretrainConfig | dict[str, Any] | None) -> PretrainConfig:
-    if isinstance(config, PretrainConfig):
-        return config
-    return validate(PretrainConfig, dict(config or {}))
 
 
 def pretrain(
@@ -112,135 +87,260 @@ def pretrain(
 
     Args:
         config: A :class:`PretrainConfig` or a dict of its fields (unknown keys rejected).
+            With ``resume``, the changes to the saved config: only how long to train, how
+            often to save and how to log may change (see :mod:`ssl_toolkit.resume`).
         out: Run folder (default ``runs/<task>-<backbone>-<data>-<time>``).
         overwrite: Replace the run files already in ``out``.
         resume: A run folder to continue from its ``last.ckpt`` (its ``config.yaml`` is used).
+            A finished run is left unchanged unless the changes ask for more training.
         name: Name of the backbone in the checkpoint library (default
             ``<task>-<backbone>-<data>-<date>``, made unique).
 
     Returns:
-        The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added.
+        The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added; for a
+        finished run with nothing left to train, ``finished: True`` and its metadata.
     """
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise UserError(f"cannot resume {resume}: no {CONFIG_FILE} in it")
-        cfg = validate(PretrainConfig, yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})
-    else:
-        cfg = resolve_config(config)
-        run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    plan = plan_run(config, out, overwrite, resume, name)
+    if plan.finished is not None:
+        return {**plan.finished, "finished": True, "run_dir": str(plan.folder.path.resolve())}
+    data = _build_data(plan)
+    model = _build_model(plan, data)
+    _prepare_folder(plan, model, data)
+    trainer, module, seconds = _fit(plan, model, data)
+    if trainer.global_rank != 0:
+        return {}
+    return _finish(plan, model, data, trainer, module, seconds)
+
+
+# --------------------------------------------------------------------------- stage 1: the plan
+
+
+def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str | Path | None, name: str | None) -> Plan:
+    """Resolve the config and the run folder, and check everything that needs no data."""
+    from ssl_toolkit.engine import check_lightning_options
+    from ssl_toolkit.library import check_library_writable, check_name, name_taken
+    from ssl_toolkit.pretext import TASKS
+
     primary = is_primary_process()
+    finished = None
+    if resume is not None:
+        from ssl_toolkit.resume import finished_state, resume_config, trains_further
+
+        folder = RunFolder(resume)
+        if primary:
+            folder.check_resumable()
+        changes = config.model_dump() if isinstance(config, PretrainConfig) else config
+        cfg, _ = resume_config(folder, changes)
+        meta = finished_state(folder)
+        if meta is not None and not trains_further(cfg, meta):
+            finished = meta
+    else:
+        cfg = config if isinstance(config, PretrainConfig) else validate(PretrainConfig, dict(config or {}))
+        folder = RunFolder(out) if out is not None else RunFolder.default(cfg.task, cfg.backbone.name, cfg.data.name)
     if not primary and os.environ.get(RUN_DIR_ENV):  # a DDP worker: same folder as the launching process
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-    task_cls = TASKS.get(cfg.task)  # unknown task: fail before loading data
-    if name is not None:
-        from ssl_toolkit.library import check_name, name_taken
-
-        if name_taken(check_name(name)):
-            raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
+        folder = RunFolder(os.environ[RUN_DIR_ENV])
+    plan = Plan(cfg, folder, resume is not None, overwrite, name, primary, finished)
+    if finished is not None:
+        return plan
+    TASKS.get(cfg.task)  # unknown task: fail before loading data
+    check_lightning_options(cfg.trainer)
+    if name is not None and name_taken(check_name(name)):
+        raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
     if primary:
-        check_run_dir(run_dir, overwrite, resume is not None)
+        check_library_writable()
+        if resume is None:
+            folder.check_new(overwrite)
+    return plan
 
+
+# --------------------------------------------------------------------------- stage 2: the data
+
+
+def _build_data(plan: Plan) -> RunData:
+    """Load the images and build the loaders (the one stage that knows how data is stored).
+
+    In-memory sources are indexed in the training process; streamed folders are decoded by
+    DataLoader workers that cut what the task's worker stage asks for from the original files.
+    """
+    from ssl_toolkit.data.loaders import split_loader
+    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.data.stream import SkipLog
+    from ssl_toolkit.pretext import TASKS, DataFacts
+
+    cfg = plan.cfg
     source = load_source(cfg.data)
     if cfg.data.strict:
-        report_skipped(source, run_dir, strict=True)
+        report_skipped(source, plan.folder, strict=True)
     facts = DataFacts(
-        channels=source.channels,
-        image_size=source.image_size,
-        mean=source.mean,
-        std=source.std,
-        name=source.name,
-        grayscale_origin=source.grayscale_origin,
+        channels=source.channels, image_size=source.image_size, mean=source.mean, std=source.std,
+        name=source.name, grayscale_origin=source.grayscale_origin,
     )
+    task_cls = TASKS.get(cfg.task)
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
     task_cls.check_data(task_cfg, facts)
-    backbone, spec = create_backbone(cfg.backbone, task_cls.backbone_in_chans(task_cfg, facts), source.image_size)
+    stage = task_cls.worker_stage(task_cfg, facts)
+    num_classes = source.num_classes if cfg.trainer.online_probe and source.target_kind in ("multiclass", "binary") else 0  # multi-label: no online probe
+    t = cfg.trainer
+    pin = source.streaming and t.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    skip = SkipLog(plan.folder.skipped, strict=cfg.data.strict)
+    workers = cfg.data.workers if source.streaming else t.num_workers
+    train_loader = split_loader(source.train, t.batch_size, True, seed=t.seed, stage=stage, workers=workers, skip=skip, pin_memory=pin)
+    val_loader = None
+    if num_classes and len(source.test):
+        val_loader = split_loader(source.test, max(t.batch_size, 256), False, workers=cfg.data.workers if source.streaming else 0, skip=skip, pin_memory=pin)
+    return RunData(source, facts, train_loader, val_loader, num_classes)
+
+
+def first_images(split: Any, n: int) -> torch.Tensor:
+    """``(n, C, S, S)`` uint8: the first ``n`` images in memory, or ``n`` readable sampled files when streaming."""
+    if split.streaming:
+        return split.sample(n, seed=0)
+    return split.images[:n]
+
+
+PRIOR_SAMPLE = 4096  # streamed images decoded for a task's data prior (in memory: all of them)
+
+
+def report_skipped(source: Any, folder: RunFolder, strict: bool) -> None:
+    """Unreadable files: exit 2 under ``strict``; otherwise one warning and ``skipped.txt`` in the run folder."""
+    if not source.skipped:
+        return
+    first = ", ".join(Path(p).name for p, _ in source.skipped[:3]) + (", ..." if len(source.skipped) > 3 else "")
+    if strict:
+        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {first}")
+    folder.write_skipped(source.skipped)
+    if is_primary_process():
+        _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({first}); list in {folder.skipped}")
+
+
+# --------------------------------------------------------------------------- stage 3: the model
+
+
+def _build_model(plan: Plan, data: RunData) -> RunModel:
+    """Backbone + task for the data, the precision chosen, and the resolved config."""
+    from ssl_toolkit.backbones import create_backbone, feature_dim
+    from ssl_toolkit.precision import choose_precision
+    from ssl_toolkit.pretext import TASKS, build_task
+
+    cfg, source, facts = plan.cfg, data.source, data.facts
+    task_cls = TASKS.get(cfg.task)
+    task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
+    task_cls.check_data(task_cfg, facts)
+    in_chans = task_cls.backbone_in_chans(task_cfg, facts)
+    backbone, spec = create_backbone(cfg.backbone, in_chans, source.image_size)
     init_info = None
-    if cfg.init_from and resume is None:  # continued pretraining: start from those weights
+    if cfg.init_from and not plan.resume:  # continued pretraining: start from those weights
         from ssl_toolkit.library import init_backbone_from
 
         init_info = init_backbone_from(backbone, spec, cfg.init_from)
     task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
-    task.fit_data_prior(source.train.images)  # data statistics the task needs (e.g. a colour prior)
+    prior = source.train.sample(PRIOR_SAMPLE, seed=cfg.trainer.seed) if source.streaming else source.train.images
+    task.fit_data_prior(prior)  # data statistics the task needs (e.g. a colour prior)
     task.attach(backbone)  # after any init_from, so momentum encoders start from the same weights
-    precision = choose_precision(
-        cfg.trainer.precision, cfg.trainer.accelerator, backbone, task_cls.backbone_in_chans(task_cfg, facts), task.backbone_input_size()
-    )
-    cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
-    lr = cfg.trainer.lr or task_cls.default_lr
-    wd = cfg.trainer.weight_decay if cfg.trainer.weight_decay is not None else task_cls.default_weight_decay
-    opt = cfg.trainer.optimizer or task_cls.default_optimizer
-
-    # everything is checked: only now does the run folder get written
-    if primary:
-        create_run_dir(run_dir, overwrite, resume is not None)
-        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    report_skipped(source, run_dir, strict=False)
-
-    # the resolved config: every default written out, so the folder reproduces the run
+    t = cfg.trainer
+    precision = choose_precision(t.precision, t.accelerator, backbone, in_chans, task.backbone_input_size())
     resolved = cfg.model_dump(mode="json")
     resolved["task_config"] = task.config.model_dump(mode="json")
-    resolved["trainer"].update(lr=lr, weight_decay=wd, optimizer=opt, precision=precision)
-    if resume is None and primary:
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    resolved["trainer"].update(
+        lr=t.lr or task_cls.default_lr,
+        weight_decay=t.weight_decay if t.weight_decay is not None else task_cls.default_weight_decay,
+        optimizer=t.optimizer or task_cls.default_optimizer,
+        precision=precision,
+    )
+    plan.cfg = cfg.model_copy(update={"trainer": t.model_copy(update={"precision": precision})})
+    return RunModel(backbone, spec, task, resolved, init_info)
 
-    num_classes = source.num_classes if cfg.trainer.online_probe and source.labelled else 0
+
+# --------------------------------------------------------------------------- stage 4: the run folder
+
+
+def _prepare_folder(plan: Plan, model: RunModel, data: RunData) -> None:
+    """Everything is checked: only now is the run folder written (config.yaml, skipped.txt)."""
+    if plan.primary:
+        created = not plan.folder.path.exists()
+        try:
+            if not plan.resume:
+                plan.folder.create(plan.overwrite)
+            os.environ[RUN_DIR_ENV] = str(plan.folder.path.resolve())
+            report_skipped(data.source, plan.folder, strict=False)
+            if not plan.resume or plan.folder.read_config() != model.resolved:
+                plan.folder.write_config(model.resolved)
+        except OSError:
+            if created and plan.folder.path.is_dir() and not any(plan.folder.path.iterdir()):
+                plan.folder.path.rmdir()
+            raise
+
+
+# --------------------------------------------------------------------------- stage 5: training
+
+
+def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
+    """Train with Lightning; returns (trainer, module, seconds)."""
+    import lightning as L
+
+    from ssl_toolkit.engine import PretrainModule, build_trainer, checkpoint_step, truncate_metrics
+
+    t, folder = plan.cfg.trainer, plan.folder
+    r = model.resolved["trainer"]
     module = PretrainModule(
-        backbone, task, cfg.trainer, lr, wd, opt, num_classes=num_classes, seed=cfg.trainer.seed,
-        sample_images=source.train.images[:16], samples_dir=run_dir / "samples",
+        model.backbone, model.task, t, r["lr"], r["weight_decay"], r["optimizer"], num_classes=data.num_classes,
+        seed=t.seed, sample_images=first_images(data.source.train, 16), samples_dir=folder.samples,
     )
-    train_loader = make_loader(
-        source.train.images, source.train.labels, cfg.trainer.batch_size, True, cfg.trainer.num_workers, seed=cfg.trainer.seed
-    )
-    val_loader = make_loader(source.test.images, source.test.labels, max(cfg.trainer.batch_size, 256), False, 0) if num_classes and len(source.test) else None
-
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    L.seed_everything(t.seed, workers=True, verbose=False)
     for logger_name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(logger_name).setLevel(logging.WARNING)  # no banners (devices, tips) before the progress bar
-    trainer = build_trainer(cfg.trainer, run_dir, validate=val_loader is not None)
-    start = time.time()
-    ckpt_path = str(run_dir / LAST_CKPT) if resume is not None else None
+        logging.getLogger(logger_name).setLevel(logging.WARNING)  # no banners (devices, tips) in the output
+    trainer = build_trainer(t, folder.path, validate=data.val_loader is not None)
+    ckpt_path = str(folder.last_ckpt) if plan.resume else None
     if ckpt_path is not None:
-        truncate_metrics(run_dir / "metrics.csv", checkpoint_step(Path(ckpt_path)))
+        truncate_metrics(folder.metrics, checkpoint_step(folder.last_ckpt))
+    start = time.time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+            trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
-            raise UserError(f"training stopped: {e}; the last good checkpoint is kept in {run_dir}") from None
+            kept = f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
+            raise UserError(f"training stopped: {e}; {kept}") from None
         except SIGTERMException:
-            raise Interrupted(f"terminated at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {run_dir}", 143) from None
+            raise Interrupted(f"terminated at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 143) from None
         except SystemExit:
             if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
-                raise Interrupted(f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {run_dir}", 130) from None
+                raise Interrupted(f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 130) from None
             raise
-    if trainer.global_rank != 0:
-        return {}
+    return trainer, module, time.time() - start
+
+
+# --------------------------------------------------------------------------- stage 6: backbone and library
+
+
+def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, module: Any, seconds: float) -> dict[str, Any]:
+    """Save the backbone with its metadata into the run folder and register it in the library."""
+    from ssl_toolkit.checkpoints import save_backbone
+    from ssl_toolkit.library import register_run
+
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     meta = {
-        "task": cfg.task,
-        "task_config": resolved["task_config"],
-        "task_state": task.extra_state(),
-        "backbone": spec.to_dict(),
-        **task.backbone_input(),  # in_chans, mean, std (+ input_transform) of what the backbone sees
-        "image_size": source.image_size,
-        "dataset": source.describe(),
+        "task": plan.cfg.task,
+        "task_config": model.resolved["task_config"],
+        "task_state": model.task.extra_state(),
+        "backbone": model.spec.to_dict(),
+        **model.task.backbone_input(),  # in_chans, mean, std (+ input_transform) of what the backbone sees
+        "image_size": data.source.image_size,
+        "dataset": data.source.describe(),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
-        "wall_seconds": round(time.time() - start, 2),
+        "wall_seconds": round(seconds, 2),
         "final_loss": metrics.get("loss_epoch", metrics.get("loss")),
         "final_metrics": metrics,
-        "precision": resolved["trainer"]["precision"],
+        "precision": model.resolved["trainer"]["precision"],
         "world_size": int(trainer.world_size),
         "skipped_steps": module.skipped_steps,
         "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_dir": str(run_dir.resolve()),
+        "run_dir": str(plan.folder.path.resolve()),
     }
-    if init_info:
-        meta["init_from"] = init_info
-    meta = save_backbone(run_dir, module.backbone, meta)
-    from ssl_toolkit.library import register_run
-
-    return {**register_run(run_dir, name), "run_dir": meta["run_dir"]}
+    if model.init_info:
+        meta["init_from"] = model.init_info
+    meta = save_backbone(plan.folder.path, module.backbone, meta)
+    return {**register_run(plan.folder.path, plan.name), "run_dir": meta["run_dir"]}

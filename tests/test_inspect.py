@@ -220,7 +220,7 @@ def test_tensor_source_batched_hashes_and_leak():
 
 
 def test_folder_and_tensor_paths_hash_alike(tmp_path):
-    from ssl_toolkit.data.sources import make_synthetic
+    from ssl_toolkit.data.synthetic import make_synthetic
 
     x, _ = make_synthetic(24, 32, seed=3)
     for i, a in enumerate(x):

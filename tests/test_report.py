@@ -27,7 +27,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 def write_image_folder(root: Path, n_per_class: int, labelled: bool = True) -> None:
     """Procedural shapes, one class per shape, as 16 px PNGs in class folders (or flat)."""
-    from ssl_toolkit.data.sources import make_synthetic
+    from ssl_toolkit.data.synthetic import make_synthetic
 
     images, labels = make_synthetic(n_per_class * len(CLASSES), 16, seed=3, num_classes=len(CLASSES))
     for i, (img, y) in enumerate(zip(images.numpy(), labels.tolist())):

@@ -15,6 +15,7 @@ decorator::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ssl_toolkit.config import StrictModel
+from ssl_toolkit.data.stage import WorkerStage
 from ssl_toolkit.registry import Registry
 
 
@@ -138,6 +140,17 @@ class PretextTask(nn.Module, ABC):
         """
 
     @classmethod
+    def worker_stage(cls, config: TaskConfig, data: DataFacts) -> WorkerStage:
+        """What the data workers hand over when images stream from files (:mod:`ssl_toolkit.data.stage`).
+
+        Default: one centre square at the image size, the view in-memory sources hold, so the
+        task's batched input building is the same for both. Two-view tasks ask for their
+        random-resized crops instead, cut from the original photos.
+        """
+        need, _, _ = cls.size_requirement(config)
+        return WorkerStage(min_size=need, colour=cls.info.needs_colour)
+
+    @classmethod
     def backbone_in_chans(cls, config: TaskConfig, data: DataFacts) -> int:
         """Input channels of the backbone this task trains (default: the data's channels)."""
         return data.channels
@@ -195,6 +208,22 @@ def register_task(name: str):
         return TASKS.register(name)(cls)
 
     return deco
+
+
+INPUT_TRANSFORMS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry(
+    "input transform", package="ssl_toolkit.pretext", group="ssl_toolkit.tasks"
+)
+
+
+def register_input_transform(name: str) -> Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]:
+    """Decorator registering how a task's backbone sees an image other than as its pixels.
+
+    The function maps ``(B, C, H, W)`` images in [0, 1] to ``(B, C', H, W)`` before
+    normalisation. The task that defines it names it in :meth:`PretextTask.backbone_input`
+    (``input_transform``), the name is recorded in ``meta.json``, and evaluators look the
+    function up here by that name, so the contract lives in the task's own module.
+    """
+    return INPUT_TRANSFORMS.register(name)
 
 
 def build_task(name: str, feature_dim: int, task_config: dict[str, Any], data: DataFacts) -> PretextTask:

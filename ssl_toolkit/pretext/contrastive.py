@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
+from ssl_toolkit.data.stage import Crop, WorkerStage
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 
 
@@ -68,11 +69,25 @@ class TwoViewTask(PretextTask):
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
+    @classmethod
+    def worker_stage(cls, config: TaskConfig, data: DataFacts) -> WorkerStage:
+        """Streamed files: both views' random-resized crops are cut by the data workers from the original photo."""
+        second = getattr(config, "second_view", None) or config.views
+        crops = tuple(Crop("random_resized", tuple(v.crop_scale), tuple(v.crop_ratio)) for v in (config.views, second))
+        return WorkerStage(crops=crops)
+
     def two_views(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` in [0, 1] -> ``(2B, C, S, S)`` normalised views [first views; second views]."""
+        """Images in [0, 1] -> ``(2B, C, S, S)`` normalised views [first views; second views].
+
+        ``images`` is ``(B, C, H, W)`` (views cropped here, on the device) or ``(B, 2, C, S, S)``
+        (views already cropped from the original files by the data workers: the rest of
+        each view's augmentation runs here).
+        """
         gen = self.generator if self.generator is not None and self.generator.device == images.device else None
         second = self.views if self.second_views is None else self.second_views
         with building_inputs():
+            if images.dim() == 5:
+                return torch.cat([self.views(images[:, 0], gen, cropped=True), second(images[:, 1], gen, cropped=True)])
             return torch.cat([self.views(images, gen), second(images, gen)])
 
 
