@@ -68,7 +68,7 @@ def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbo
     kw = {"random_init": random_init, "backbone": backbone} if random_init else {}
     out = {
         "linear": st.probe(target, {"mode": "linear", "data": data}, **kw)["top1"],
-        "knn": st.probe(target, {"mode": "knn", "data": data, "k": 200, "temperature": 0.1}, **kw)["top1"],
+        "knn": st.probe(target, {"mode": "knn", "data": data, "evaluator_config": {"k": 200, "temperature": 0.1}}, **kw)["top1"],
     }
     for frac in s["finetune_fractions"]:
         cfg = {"mode": "finetune", "data": data, "label_fraction": frac, "epochs": s["finetune_epochs"], "batch_size": s["finetune_batch_size"]}

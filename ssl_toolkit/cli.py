@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -35,6 +36,25 @@ def echo_rows(rows: list[tuple[str, object]]) -> None:
         click.echo(f"{k:<{width}}  {v}")
 
 
+class LazyHelpOption(click.Option):
+    """A click option whose help text is built when help is shown.
+
+    Help that lists a registry's names (``--task``, ``--mode``) imports the registry's
+    modules only then, so ``ssl --help`` and ``ssl tasks`` never pay for it.
+
+    Args:
+        help_text: Returns the help text.
+    """
+
+    def __init__(self, *args: Any, help_text: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_text = help_text
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self.help_text()
+        return super().get_help_record(ctx)
+
+
 def quiet_libraries() -> None:
     """Keep third-party chatter (tips, banners) out of the user's terminal."""
     import logging
@@ -60,14 +80,10 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    """Import the command modules; each adds its command to :data:`main`."""
-    import importlib
+    """Import every module of :mod:`ssl_toolkit.commands`; each adds its command to :data:`main`."""
+    from ssl_toolkit.plugins import import_submodules
 
-    for name in COMMANDS:
-        importlib.import_module(f"ssl_toolkit.commands.{name}")
-
-
-COMMANDS = ("pretrain", "probe", "tasks", "checkpoints", "embed", "report", "inspect")
+    import_submodules("ssl_toolkit.commands")
 
 
 def run() -> None:

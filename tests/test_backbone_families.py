@@ -81,7 +81,7 @@ def test_stages_and_layer_decay_follow_timm(backbone):
     names = [g.name for g in stages(model)]
     expected = ["stem"] + ([f"stages.{i}" for i in range(4)] if "convnext" in backbone else [f"blocks.{i}" for i in range(6)])
     assert names == expected
-    ev = EVALUATORS.get("finetune")(ProbeConfig(mode="finetune", layer_decay=0.5))
+    ev = EVALUATORS.get("finetune")(ProbeConfig(mode="finetune", evaluator_config={"layer_decay": 0.5}))
     head = torch.nn.Linear(64, 3)
     groups = ev.param_groups(model, head, lr=1.0, weight_decay=0.05)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 2
@@ -99,7 +99,7 @@ def test_every_evaluator_on_family(backbone, tmp_path):
     _pretrain("rotation", backbone, run, steps=3)
     data = {"name": "synthetic", "synthetic_train": 64, "synthetic_test": 48}
     base = {"data": data, "accelerator": "cpu", "batch_size": 32}
-    for mode, extra in (("linear", {}), ("knn", {"k": 10}), ("partial", {"freeze_stages": 1, "epochs": 1}), ("finetune", {"epochs": 1, "layer_decay": 0.7})):
+    for mode, extra in (("linear", {}), ("knn", {"evaluator_config": {"k": 10}}), ("partial", {"evaluator_config": {"freeze_stages": 1}, "epochs": 1}), ("finetune", {"epochs": 1, "evaluator_config": {"layer_decay": 0.7}})):
         result = probe(run, {**base, "mode": mode, **extra})
         assert result["backbone"] == backbone and result["n_test"] == 48
         assert 0.0 <= result["top1"] <= 1.0

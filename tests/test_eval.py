@@ -71,7 +71,7 @@ def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():
 
 
 def test_partial_freezes_exactly_the_frozen_stages():
-    ctx = make_ctx("partial", freeze_stages=2, epochs=1, lr=1e-2)
+    ctx = make_ctx("partial", evaluator_config={"freeze_stages": 2}, epochs=1, lr=1e-2)
     before = snapshot(ctx.model)
     EVALUATORS.get("partial")(ctx.cfg).evaluate(ctx)
     after = ctx.model.state_dict()
@@ -88,7 +88,7 @@ def test_partial_freezes_exactly_the_frozen_stages():
 
 
 def test_finetune_layer_decay_groups():
-    ctx = make_ctx("finetune", layer_decay=0.5)
+    ctx = make_ctx("finetune", evaluator_config={"layer_decay": 0.5})
     ev = EVALUATORS.get("finetune")(ctx.cfg)
     head = torch.nn.Linear(int(ctx.model.num_features), ctx.source.num_classes)
     groups = ev.param_groups(ctx.model, head, lr=1.0, weight_decay=0.05)
@@ -120,7 +120,7 @@ def test_knn_matches_numpy_brute_force():
 
 
 def test_knn_evaluator_reports_each_k():
-    ctx = make_ctx("knn", k=50)
+    ctx = make_ctx("knn", evaluator_config={"k": 50})
     scores, facts = EVALUATORS.get("knn")(ctx.cfg).evaluate(ctx)
     assert facts["k"] == 50 and set(facts["top1_by_k"]) == {"50", "20", "1"}
     assert scores.shape == (48, ctx.source.num_classes)

@@ -6,12 +6,30 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, build_config, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, LazyHelpOption, build_config, echo_rows, main, quiet_libraries
+
+
+def _mode_help() -> str:
+    from ssl_toolkit.evaluators import EVALUATORS
+
+    names = ", ".join(EVALUATORS.names())
+    return f"Evaluator: {names} (see docs/evaluators.md). [default: linear]"
+
+
+def _set_help() -> str:
+    from ssl_toolkit.evaluators import EVALUATORS
+
+    own = []
+    for name in EVALUATORS.names():
+        fields = list(EVALUATORS.get(name).Config.model_fields)
+        if fields:
+            own.append(f"{name}: {', '.join(fields)}")
+    return "Override any probe config key (repeatable); an evaluator's own settings are evaluator_config.KEY (" + "; ".join(own) + ")."
 
 @main.command(context_settings=CONTEXT)
 @click.argument("target", required=False)
 @click.option("--data", "-d", help="Labelled dataset name or folder. [default: digits]")
-@click.option("--mode", "-m", help="Evaluator: linear, knn, partial or finetune (see docs/evaluators.md). [default: linear]")
+@click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help)
 @click.option("--label-fraction", type=float, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
 @click.option("--epochs", type=int, help="partial/finetune: training epochs. [default: 10]")
 @click.option("--lr", type=float, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
@@ -26,7 +44,7 @@ from ssl_toolkit.cli import CONTEXT, build_config, echo_rows, main, quiet_librar
 @click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model for --random-init.")
 @click.option("--small-stem/--timm-stem", default=None, help="--random-init: the 3x3 stride-1 stem or timm's own. [default: small stem at 64 px and less]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any probe config key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
 def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, k, temperature, accelerator, seed, random_init, backbone, small_stem, config_file, overrides, as_json) -> None:
     """Evaluate a pretrained backbone on labelled data.
@@ -43,8 +61,9 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
     cfg = build_config(
         config_file,
         {"data.name": data, "mode": mode, "label_fraction": label_fraction, "epochs": epochs, "lr": lr,
-         "batch_size": batch_size, "freeze_stages": freeze_stages, "layer_decay": layer_decay, "k": k,
-         "temperature": temperature, "accelerator": accelerator, "seed": seed},
+         "batch_size": batch_size, "accelerator": accelerator, "seed": seed,
+         "evaluator_config.freeze_stages": freeze_stages, "evaluator_config.layer_decay": layer_decay,
+         "evaluator_config.k": k, "evaluator_config.temperature": temperature},
         overrides,
     )
     result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem})
@@ -61,5 +80,3 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
     echo_rows(rows)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
-
-

@@ -27,8 +27,10 @@ LUMA = (0.299, 0.587, 0.114)
 class Preprocess:
     """How uint8 images become backbone input: channel adaptation, then normalisation.
 
-    ``transform="lab_l"`` feeds the Lab lightness ``L / 100`` (one channel), as a
-    colorization backbone saw it during pretraining.
+    ``transform`` names an input transform registered by the task that trained the
+    backbone (:func:`ssl_toolkit.pretext.base.register_input_transform`) and recorded in
+    its ``meta.json`` as ``input_transform``; e.g. colorization's ``"lab_l"`` feeds the Lab
+    lightness, as its backbone saw it during pretraining.
     """
 
     in_chans: int
@@ -45,12 +47,10 @@ class Preprocess:
         """``(B, C, S, S)`` uint8 -> ``(B, in_chans, S, S)`` normalised float."""
         x = x_u8.float().div_(255.0)
         c = x.shape[1]
-        if self.transform == "lab_l":
-            from ssl_toolkit.data.color import lab_lightness
+        if self.transform is not None:
+            from ssl_toolkit.pretext.base import INPUT_TRANSFORMS
 
-            x = lab_lightness(x)  # (B, 1, S, S)
-        elif self.transform is not None:
-            raise ValueError(f"unknown input transform {self.transform!r}")
+            x = INPUT_TRANSFORMS.get(self.transform)(x)  # (B, in_chans, S, S)
         elif c == 1 and self.in_chans == 3:
             x = x.expand(-1, 3, -1, -1)
         elif c == 3 and self.in_chans == 1:

@@ -81,9 +81,7 @@ def probe(
         ``confusion``, ``n_train``, ``n_test``, ``seconds`` and evaluator facts.
     """
     cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, dict(config or {}))
-    evaluator_cls = EVALUATORS.get(cfg.mode)
-    if cfg.freeze_stages is not None and cfg.mode != "partial":
-        raise UserError(f"--freeze-stages applies to --mode partial, not {cfg.mode}")
+    evaluator = EVALUATORS.get(cfg.mode)(cfg)  # validates the evaluator's own settings
     start = time.time()
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)
@@ -99,7 +97,6 @@ def probe(
     pre = Preprocess.from_meta(meta)
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
-    evaluator = evaluator_cls(cfg)
     scores, facts = evaluator.evaluate(ctx)
     report = classification_report(scores.float(), source.test.labels, source.num_classes)
     result = {

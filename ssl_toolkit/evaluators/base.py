@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ssl_toolkit.config import ProbeConfig
+from ssl_toolkit.config import ProbeConfig, StrictModel, validate
 from ssl_toolkit.data.sources import DataSource
 from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.registry import Registry
 
 
@@ -50,8 +51,15 @@ def feature_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+class EvaluatorConfig(StrictModel):
+    """Base of an evaluator's own settings (``evaluator_config`` of the probe config)."""
+
+
 class Evaluator(ABC):
     """Base of evaluators: ``evaluate(ctx)`` returns ``(N_test, K)`` class scores and facts to report.
+
+    An evaluator's own settings are its ``Config`` model, validated from the probe
+    config's ``evaluator_config`` into :attr:`settings`, as a task validates ``task_config``.
 
     Args:
         cfg: The probe settings.
@@ -60,9 +68,11 @@ class Evaluator(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Config: ClassVar[type[EvaluatorConfig]] = EvaluatorConfig
 
     def __init__(self, cfg: ProbeConfig, cache: FeatureCache | None = None) -> None:
         self.cfg = cfg
+        self.settings = evaluator_settings(type(self), cfg.evaluator_config)
         self.cache = cache or FeatureCache()
 
     def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
@@ -106,3 +116,13 @@ def register_evaluator(name: str):
         return EVALUATORS.register(name)(cls)
 
     return deco
+
+
+def evaluator_settings(cls: type[Evaluator], values: dict[str, Any]) -> EvaluatorConfig:
+    """``values`` validated by ``cls.Config``; a key that belongs to other modes names them."""
+    own = set(cls.Config.model_fields)
+    for key in values:
+        owners = [n for n in EVALUATORS.names() if key in EVALUATORS.get(n).Config.model_fields]
+        if key not in own and owners:
+            raise UserError(f"evaluator_config.{key} applies to --mode {' or '.join(owners)}, not {cls.name}")
+    return validate(cls.Config, values, what=f"evaluator_config ({cls.name})")

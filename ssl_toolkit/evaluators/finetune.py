@@ -29,6 +29,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from pydantic import Field
 import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import nn
@@ -38,7 +39,7 @@ from ssl_toolkit.config import ProbeConfig
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
 from ssl_toolkit.engine import make_loader, warmup_cosine
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.evaluators.base import EvalContext, Evaluator, register_evaluator
+from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 from ssl_toolkit.eval.features import Preprocess
 
 DEFAULT_EPOCHS = 10
@@ -137,11 +138,35 @@ class FinetuneModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class FinetuneConfig(EvaluatorConfig):
+    """Settings of the ``finetune`` evaluator.
+
+    Attributes:
+        layer_decay: Layer-wise learning-rate decay (1 = off): the head gets ``lr``, the
+            last layer ``lr * d``, the one before ``lr * d**2``, ...
+    """
+
+    layer_decay: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class PartialConfig(FinetuneConfig):
+    """Settings of the ``partial`` evaluator.
+
+    Attributes:
+        freeze_stages: The stem and the first K stages are frozen (``None`` = all but the last).
+    """
+
+    freeze_stages: int | None = None
+
+
 class TrainedEvaluator(Evaluator):
     """Base of the evaluators that train through the backbone with Lightning.
 
     Subclasses only choose how many leading stages (stem = stage 0) stay frozen.
     """
+
+    Config = FinetuneConfig
+    settings: FinetuneConfig
 
     def frozen_count(self, groups: list[Stage]) -> int:
         """How many of ``[stem, s1, ..., sN]`` are frozen (0 = none)."""
@@ -171,7 +196,7 @@ class TrainedEvaluator(Evaluator):
         return [
             {
                 "params": ps,
-                "lr": lr * HEAD_LR_SCALE if d >= depth else lr * self.cfg.layer_decay ** (depth - d),
+                "lr": lr * HEAD_LR_SCALE if d >= depth else lr * self.settings.layer_decay ** (depth - d),
                 "weight_decay": weight_decay if decay else 0.0,
             }
             for (d, decay), ps in sorted(buckets.items())
@@ -223,7 +248,7 @@ class TrainedEvaluator(Evaluator):
             "epochs": epochs,
             "lr": lr,
             "weight_decay": wd,
-            "layer_decay": cfg.layer_decay,
+            "layer_decay": self.settings.layer_decay,
             "frozen": [g.name for g in groups[:n_frozen]],
             "trainable_params": int(n_trainable),
             "train_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 6),
@@ -236,10 +261,12 @@ class PartialEvaluator(TrainedEvaluator):
     """The stem and the first ``K`` stages frozen (weights and BatchNorm statistics), the rest trained."""
 
     description = "stem + first K stages frozen, the rest and a linear head fine-tuned"
+    Config = PartialConfig
+    settings: PartialConfig
 
     def frozen_count(self, groups: list[Stage]) -> int:
         n = len(groups) - 1  # stages after the stem
-        k = self.cfg.freeze_stages
+        k = self.settings.freeze_stages
         if k is None:
             k = n - 1  # default: only the last stage (and the head) trains
         if not 0 <= k <= n:

@@ -19,9 +19,10 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ssl_toolkit.evaluators.base import EvalContext, Evaluator, register_evaluator
+from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 
 EXTRA_KS = (20, 1)
 
@@ -94,11 +95,25 @@ def knn_scores(
     return vote(sims, labels[idx], T, num_classes)
 
 
+class KNNConfig(EvaluatorConfig):
+    """Settings of the ``knn`` evaluator.
+
+    Attributes:
+        k: Neighbours that vote (k = 20 and 1 are reported as well).
+        temperature: Vote temperature ``T`` of the ``exp(s / T)`` weights.
+    """
+
+    k: int = Field(default=200, ge=1)
+    temperature: float = Field(default=0.1, gt=0)
+
+
 @register_evaluator("knn")
 class KNNEvaluator(Evaluator):
     """Frozen backbone, cached features, FAISS weighted kNN; nothing is trained."""
 
     description = "weighted kNN (FAISS, cosine) on frozen, cached features"
+    Config = KNNConfig
+    settings: KNNConfig
 
     def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
         """Nothing: the backbone is frozen and the vote has no weights."""
@@ -107,7 +122,7 @@ class KNNEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
         train_x, test_x = self.features(ctx)
         train_y = ctx.source.train.labels[ctx.train_idx]
-        k, t, c = ctx.cfg.k, ctx.cfg.temperature, ctx.source.num_classes
+        k, t, c = self.settings.k, self.settings.temperature, ctx.source.num_classes
         n = len(train_y)
         k_main = min(k, n)
         ks = sorted({k_main, *(min(e, n) for e in EXTRA_KS)}, reverse=True)

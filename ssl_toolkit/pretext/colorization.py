@@ -22,11 +22,28 @@ from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.data.color import lab_lightness, lab_to_rgb, rgb_to_lab
-from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
+from ssl_toolkit.pretext.base import (
+    DataFacts,
+    PretextTask,
+    TaskConfig,
+    TaskInfo,
+    building_inputs,
+    register_input_transform,
+    register_task,
+)
 from ssl_toolkit.pretext.patches import to_spatial
 
 AB_GRID = 10.0
 AB_RANGE = 110.0
+
+
+LAB_L = "lab_l"
+
+
+@register_input_transform(LAB_L)
+def lab_l(x: torch.Tensor) -> torch.Tensor:
+    """What a colorization backbone sees: ``(B, C, H, W)`` RGB in [0, 1] -> ``(B, 1, H, W)`` Lab ``L / 100``."""
+    return lab_lightness(x)
 
 
 class ColorizationConfig(TaskConfig):
@@ -164,7 +181,7 @@ class ColorizationTask(PretextTask):
         return (lab_lightness(x) - self.l_stats[0]) / self.l_stats[1]
 
     def backbone_input(self):
-        return {"in_chans": 1, "mean": [float(self.l_stats[0])], "std": [float(self.l_stats[1])], "input_transform": "lab_l"}
+        return {"in_chans": 1, "mean": [float(self.l_stats[0])], "std": [float(self.l_stats[1])], "input_transform": LAB_L}
 
     @torch.no_grad()
     def fit_data_prior(self, images: torch.Tensor) -> None:
