@@ -36,6 +36,7 @@ def _set_help() -> str:
 @click.option("--batch-size", type=int, help="Batch size. [default: 256]")
 @click.option("--freeze-stages", type=int, help="partial: freeze the stem and the first K stages. [default: all but the last]")
 @click.option("--layer-decay", type=float, help="finetune/partial: layer-wise lr decay, 0 < d <= 1. [default: 1 (off)]")
+@click.option("--augment", help="partial/finetune: none, basic, randaugment, autoaugment, trivialaugment, or an albumentations FILE.yaml (albumentations.save). [default: basic]")
 @click.option("--k", "k", type=int, help="knn: neighbours. [default: 200]")
 @click.option("--temperature", type=float, help="knn: vote temperature. [default: 0.1]")
 @click.option("--accelerator", help="cpu, gpu, auto (Lightning). [default: auto]")
@@ -46,7 +47,7 @@ def _set_help() -> str:
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
-def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, k, temperature, accelerator, seed, random_init, backbone, small_stem, config_file, overrides, as_json) -> None:
+def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, augment, k, temperature, accelerator, seed, random_init, backbone, small_stem, config_file, overrides, as_json) -> None:
     """Evaluate a pretrained backbone on labelled data.
 
     TARGET is a run folder, a backbone file (.safetensors next to its meta.json) or a
@@ -61,22 +62,42 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
     cfg = build_config(
         config_file,
         {"data.name": data, "mode": mode, "label_fraction": label_fraction, "epochs": epochs, "lr": lr,
-         "batch_size": batch_size, "accelerator": accelerator, "seed": seed,
+         "batch_size": batch_size, "augment": augment, "accelerator": accelerator, "seed": seed,
          "evaluator_config.freeze_stages": freeze_stages, "evaluator_config.layer_decay": layer_decay,
          "evaluator_config.k": k, "evaluator_config.temperature": temperature},
         overrides,
     )
     result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem})
-    top5 = "-" if result["top5"] is None else f"{100 * result['top5']:.2f}"
     rows = [
         ("mode", result["mode"]),
         ("data", result["dataset"]),
         ("label fraction", f"{result['label_fraction']:g}"),
         ("train / test", f"{result['n_train']} / {result['n_test']}"),
-        ("top-1 (%)", f"{100 * result['top1']:.2f}"),
-        ("top-5 (%)", top5),
+        *metric_rows(result),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
     echo_rows(rows)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
+
+
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def metric_rows(result: dict) -> list[tuple[str, str]]:
+    """The metrics that fit the targets: top-1/top-5, binary ROC-AUC/F1/precision/recall, or multi-label mAP/F1."""
+    kind = result.get("target_kind", "multiclass")
+    if kind == "binary":
+        keys = (("ROC-AUC (%)", "roc_auc"), ("accuracy (%)", "accuracy"), ("F1 (%)", "f1"), ("precision (%)", "precision"), ("recall (%)", "recall"))
+    elif kind == "multilabel":
+        keys = (("mAP (%)", "mAP"), ("micro F1 (%)", "micro_f1"), ("macro F1 (%)", "macro_f1"))
+    else:
+        keys = (("top-1 (%)", "top1"), ("top-5 (%)", "top5"))
+    rows = [(label, _pct(result.get(key))) for label, key in keys]
+    if kind == "multilabel":
+        aps = ", ".join(f"{c} {_pct(a)}" for c, a in zip(result.get("classes") or [], result.get("per_class_ap") or []))
+        rows.append(("AP per class (%)", aps))
+    return rows

@@ -2,11 +2,12 @@
 
 Loads the backbone (run folder, backbone file, or a random-init baseline), loads labelled
 data at the backbone's image size, takes the label fraction, runs the evaluator named by
-``mode``, and writes ``probes/<mode>-<fraction>.json`` into the run folder.
+``mode``, and writes ``probes/<dataset>-<mode>-<fraction>.json`` into the run folder.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,16 +26,10 @@ from ssl_toolkit.eval.metrics import classification_report
 
 
 def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Stratified, seeded subset: ``max(1, round(n_c * fraction))`` indices of each class ``c``, sorted."""
-    if fraction >= 1.0:
-        return torch.arange(len(labels))
-    g = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().view(-1)
-        n = max(1, int(round(len(idx) * fraction)))
-        keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
-    return torch.cat(keep).sort().values
+    """Seeded subset that keeps every label present (:func:`~ssl_toolkit.evaluators.targets.label_subset`)."""
+    from ssl_toolkit.evaluators.targets import label_subset as subset
+
+    return subset(labels, fraction, seed)
 
 
 def load_target(target: str | Path | None, random_init: bool, backbone: BackboneConfig, cfg: ProbeConfig) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
@@ -82,6 +77,12 @@ def probe(
     """
     cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, dict(config or {}))
     evaluator = EVALUATORS.get(cfg.mode)(cfg)  # validates the evaluator's own settings
+    if cfg.augment != "basic" and cfg.mode not in ("partial", "finetune"):
+        raise UserError(f"--augment applies to --mode partial and finetune, not {cfg.mode}")
+    if cfg.mode in ("partial", "finetune"):
+        from ssl_toolkit.data.policies import check_augment
+
+        check_augment(cfg.augment)
     start = time.time()
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)
@@ -94,11 +95,13 @@ def probe(
         raise UserError(f"probe needs labelled data; {source.name} has no classes")
     if len(source.test) == 0:
         raise UserError(f"probe needs a test split; {source.name} has none")
+    if source.num_classes < 2:
+        print(f"warning: {source.name} has a single class; every prediction is that class, so top-1 says nothing", file=sys.stderr, flush=True)
     pre = Preprocess.from_meta(meta)
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
     scores, facts = evaluator.evaluate(ctx)
-    report = classification_report(scores.float(), source.test.labels, source.num_classes)
+    report = evaluation_report(source.target_kind, scores, source.test.labels, source.num_classes, facts.get("thresholds"))
     result = {
         "mode": cfg.mode,
         "label_fraction": cfg.label_fraction,
@@ -106,6 +109,7 @@ def probe(
         "n_train": int(len(train_idx)),
         "n_test": len(source.test),
         "num_classes": source.num_classes,
+        "target_kind": source.target_kind,
         "classes": source.classes,
         "dataset": source.name,
         "backbone": meta["backbone"]["timm_name"],
@@ -121,8 +125,20 @@ def probe(
     return result
 
 
+def evaluation_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, num_classes: int, thresholds: list[float] | None) -> dict[str, Any]:
+    """The metrics that fit the targets: top-1/top-5 (multiclass); ROC-AUC, F1, precision and
+    recall (binary); mAP, per-class AP and micro/macro F1 (multi-label). ``top1`` is the
+    accuracy of single-label predictions and ``None`` for multi-label data."""
+    if kind == "multiclass":
+        return {"metric": "top1", **classification_report(scores.float(), labels, num_classes)}
+    from ssl_toolkit.evaluators.targets import target_report
+
+    rep = target_report(kind, scores, labels, thresholds)
+    return {"top1": rep.get("accuracy"), "top5": None, **rep}
+
+
 def record_probe(folder: Path, result: dict[str, Any]) -> None:
-    """Write ``probes/<mode>-<fraction>.json`` and add a summary to the folder's ``meta.json``.
+    """Write ``probes/<dataset>-<mode>-<fraction>.json`` and add a summary to the folder's ``meta.json``.
 
     The summary also reaches the twin of the folder: the library entry of a run folder
     (``library_name`` in its metadata), or the run folder of a library entry. Library
@@ -130,8 +146,12 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
     """
     from ssl_toolkit.library import is_library_entry, record_probe_summary
 
-    name = f"{result['mode']}-{result['label_fraction']:g}"
+    from ssl_toolkit.library import probe_key
+
+    name = probe_key(result["dataset"], result["mode"], result["label_fraction"])
     if not is_library_entry(folder):
         atomic_write_json(folder / "probes" / f"{name}.json", result)
     summary = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
+    if result.get("metric") not in (None, "top1"):  # binary / multi-label: the headline metric too
+        summary.update(metric=result["metric"], score=result.get(result["metric"]))
     record_probe_summary(folder, name, summary)

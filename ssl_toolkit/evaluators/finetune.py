@@ -1,8 +1,10 @@
 """Partial and full fine-tuning through the Lightning Trainer.
 
-Both evaluators train a linear head on the backbone's pooled output, with mild
-augmentation (random resized crop + horizontal flip, made on the device by
-:class:`~ssl_toolkit.data.augment.BatchedViews`), AdamW and a warm-up + cosine schedule.
+Both evaluators train a linear head on the backbone's pooled output, with the
+``--augment`` policy (default ``basic``: random resized crop + horizontal flip on the
+device; :mod:`ssl_toolkit.data.policies`), AdamW and a warm-up + cosine schedule. The head
+and loss follow the target kind (:mod:`ssl_toolkit.evaluators.targets`); for binary and
+multi-label targets 10% of the training labels are held out to choose the thresholds.
 They differ only in :meth:`trainable_parameters`:
 
 - ``partial`` (Yosinski et al., 2014; Zhang et al., 2016): the stem and the first ``K``
@@ -30,15 +32,16 @@ from typing import Any
 import lightning as L
 import torch
 from pydantic import Field
-import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import nn
 
 from ssl_toolkit.backbones import Stage, feature_dim, stages
 from ssl_toolkit.config import ProbeConfig
-from ssl_toolkit.data.augment import BatchedViews, ViewConfig
-from ssl_toolkit.engine import make_loader, warmup_cosine
+from ssl_toolkit.data.policies import build_augment
+from ssl_toolkit.data.loaders import split_loader
+from ssl_toolkit.engine import warmup_cosine
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 from ssl_toolkit.eval.features import Preprocess
 
@@ -48,8 +51,6 @@ DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1
 HEAD_LR_SCALE = 10.0  # the freshly initialised head learns faster than the pretrained weights
-# crop + flip only: colour jitter, grayscale, blur and solarisation are off
-MILD_VIEWS = ViewConfig(crop_scale=(0.5, 1.0), flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
 def stage_of(name: str, groups: list[Stage]) -> int:
@@ -84,9 +85,10 @@ class FinetuneModule(L.LightningModule):
         backbone: timm backbone with pooled output.
         head: ``nn.Linear(num_features, K)``.
         pre: uint8 -> normalised backbone input.
-        source_channels: Channels of the data's images (views are made in those, in [0, 1],
-            and :attr:`pre` adapts and normalises them afterwards).
-        image_size: Side of the training views.
+        augment: The ``--augment`` policy, ``(B, C, S, S)`` uint8 -> augmented uint8
+            (:func:`~ssl_toolkit.data.policies.build_augment`); :attr:`pre` adapts and
+            normalises its output.
+        kind: Target kind (:mod:`~ssl_toolkit.evaluators.targets`): softmax or sigmoid loss.
         param_groups: Optimiser groups (``params``, ``lr``, ``weight_decay``).
         frozen_modules: Backbone modules whose BatchNorm statistics must not move.
         warmup_fraction: Share of the steps spent warming up.
@@ -97,8 +99,8 @@ class FinetuneModule(L.LightningModule):
         backbone: nn.Module,
         head: nn.Linear,
         pre: Preprocess,
-        source_channels: int,
-        image_size: int,
+        augment: nn.Module,
+        kind: str,
         param_groups: list[dict[str, Any]],
         frozen_modules: list[nn.Module],
         warmup_fraction: float = WARMUP_FRACTION,
@@ -107,7 +109,8 @@ class FinetuneModule(L.LightningModule):
         self.backbone = backbone
         self.head = head
         self.pre = pre
-        self.views = BatchedViews(MILD_VIEWS, image_size, (0.0,) * source_channels, (1.0,) * source_channels)
+        self.augment = augment
+        self.kind = kind
         self.param_groups = param_groups
         self.frozen_modules = frozen_modules
         self.warmup_fraction = warmup_fraction
@@ -123,10 +126,9 @@ class FinetuneModule(L.LightningModule):
         return self.head(self.backbone(self.pre(x_u8)))
 
     def training_step(self, batch, batch_idx):
-        x_u8, y = batch  # (B, C, S, S) uint8, (B,) long
-        v = self.views(x_u8.float().div_(255.0))  # (B, C, S, S) in [0, 1]: crop + flip
-        logits = self.head(self.backbone(self.pre(v.mul_(255.0))))
-        loss = F.cross_entropy(logits, y)
+        x_u8, y = batch  # (B, C, S, S) uint8, (B,) long or (B, K) multi-hot
+        logits = self.head(self.backbone(self.pre(self.augment(x_u8))))  # (B, outputs)
+        loss = targets.loss(self.kind, logits, targets.as_targets(self.kind, y))
         self.log("loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -205,23 +207,25 @@ class TrainedEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg: ProbeConfig = ctx.cfg
         torch.manual_seed(cfg.seed)
-        backbone = ctx.model
-        head = nn.Linear(feature_dim(backbone), ctx.source.num_classes)
+        backbone, kind = ctx.model, ctx.source.target_kind
+        head = nn.Linear(feature_dim(backbone), targets.outputs(kind, ctx.source.num_classes))
         groups = stages(backbone)
         n_frozen = self.frozen_count(groups)
         self.freeze(backbone, head)
         frozen_modules = [m for n, m in backbone.named_modules() if n and stage_of(n, groups) < n_frozen]
-        n = len(ctx.train_idx)
+        train = ctx.source.train
+        fit_idx, held_idx = ctx.train_idx, ctx.train_idx[:0]
+        if kind != "multiclass":  # thresholds are chosen on held-out training labels
+            fit, held = targets.holdout_split(train.labels[ctx.train_idx], targets.HOLDOUT_FRACTION, cfg.seed)
+            fit_idx, held_idx = ctx.train_idx[fit], ctx.train_idx[held]
+        n = len(fit_idx)
         steps_per_epoch = n // cfg.batch_size if n > cfg.batch_size else 1  # the loader drops a last partial batch
         epochs = cfg.epochs or max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
         lr = cfg.lr or DEFAULT_LR
         wd = DEFAULT_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
-        module = FinetuneModule(
-            backbone, head, ctx.pre, ctx.source.channels, ctx.source.image_size,
-            self.param_groups(backbone, head, lr, wd), frozen_modules,
-        )
-        train = ctx.source.train
-        loader = make_loader(train.images[ctx.train_idx], train.labels[ctx.train_idx], cfg.batch_size, shuffle=True, num_workers=0)
+        augment = build_augment(cfg.augment, ctx.source.image_size, ctx.source.channels)
+        module = FinetuneModule(backbone, head, ctx.pre, augment, kind, self.param_groups(backbone, head, lr, wd), frozen_modules)
+        loader = split_loader(train.subset(fit_idx), cfg.batch_size, shuffle=True, seed=cfg.seed)
         trainer = L.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
@@ -238,22 +242,33 @@ class TrainedEvaluator(Evaluator):
         module.train()  # Lightning keeps the mode it is given; frozen modules stay in eval mode
         trainer.fit(module, loader)
         module.eval()
-        scores = []
-        with torch.no_grad():
-            for chunk in ctx.source.test.images.split(512):
-                scores.append(module(chunk.to(module.device)).float().cpu())
-        module.cpu()
+        scores = targets.to_scores(kind, score_images(module, ctx.source.test))
         n_trainable = sum(p.numel() for p in self.trainable_parameters(backbone, head))
         facts = {
             "epochs": epochs,
             "lr": lr,
             "weight_decay": wd,
             "layer_decay": self.settings.layer_decay,
+            "augment": cfg.augment,
             "frozen": [g.name for g in groups[:n_frozen]],
             "trainable_params": int(n_trainable),
             "train_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 6),
         }
-        return torch.cat(scores), facts
+        if len(held_idx):
+            held_scores = targets.to_scores(kind, score_images(module, train.subset(held_idx)))
+            facts["thresholds"] = targets.choose_thresholds(kind, held_scores, train.labels[held_idx])
+        module.cpu()
+        return scores, facts
+
+
+def score_images(module: FinetuneModule, images: Any) -> torch.Tensor:
+    """A split's images (or ``(N, C, S, S)`` uint8) -> ``(N, outputs)`` float32 logits on the CPU, no augmentation, no grad."""
+    out = []
+    batches = images.split(512) if isinstance(images, torch.Tensor) else images.batches(512)
+    with torch.no_grad():
+        for chunk in batches:  # (B, C, S, S) uint8, in memory or decoded by DataLoader workers
+            out.append(module(chunk.to(module.device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, module.head.out_features)
 
 
 @register_evaluator("partial")

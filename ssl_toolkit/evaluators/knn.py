@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 
 EXTRA_KS = (20, 1)
@@ -122,6 +123,9 @@ class KNNEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
         train_x, test_x = self.features(ctx)
         train_y = ctx.source.train.labels[ctx.train_idx]
+        kind = ctx.source.target_kind
+        if kind != "multiclass":
+            return self.evaluate_sigmoid_kind(kind, train_x, train_y, test_x)
         k, t, c = self.settings.k, self.settings.temperature, ctx.source.num_classes
         n = len(train_y)
         k_main = min(k, n)
@@ -135,3 +139,40 @@ class KNNEvaluator(Evaluator):
             by_k[str(kk)] = round((s.argmax(1) == test_y).float().mean().item(), 6)
         scores = vote(sims[:, :k_main], neighbour_labels[:, :k_main], t, c)
         return scores, {"k": k_main, "temperature": t, "top1_by_k": by_k}
+
+    def evaluate_sigmoid_kind(self, kind: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Binary and multi-label targets: each label's weighted frequency among the neighbours.
+
+        The decision thresholds are chosen on a held-out 10% of the training labels, whose
+        neighbours are searched among the other 90%.
+        """
+        k, t = self.settings.k, self.settings.temperature
+        multi_hot = train_y.view(len(train_y), -1).float()  # (N, outputs): binary = the class-1 indicator
+        fit, held = targets.holdout_split(train_y, targets.HOLDOUT_FRACTION, self.cfg.seed)
+        thresholds = None
+        if len(fit) and len(held):
+            ho_scores = label_frequencies(train_x[fit], multi_hot[fit], train_x[held], min(k, len(fit)), t)
+            thresholds = targets.choose_thresholds(kind, ho_scores, train_y[held])
+        scores = label_frequencies(train_x, multi_hot, test_x, min(k, len(train_y)), t)
+        facts: dict[str, Any] = {"k": min(k, len(train_y)), "temperature": t}
+        if thresholds is not None:
+            facts["thresholds"] = thresholds
+        return scores, facts
+
+
+def label_frequencies(train_feats: torch.Tensor, multi_hot: torch.Tensor, test_feats: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """Weighted neighbour label frequencies: ``scores[m, c] = sum_j w_mj y_jc / sum_j w_mj``, ``w = exp(s / T)``.
+
+    Args:
+        train_feats: ``(N, D)`` reference features.
+        multi_hot: ``(N, C)`` float 0/1 labels of the references.
+        test_feats: ``(M, D)`` query features.
+        k: Neighbours.
+        temperature: ``T``.
+
+    Returns:
+        ``(M, C)`` float64 frequencies in [0, 1].
+    """
+    sims, idx = knn_search(train_feats, test_feats, k)  # (M, k)
+    w = (sims.double() / temperature).softmax(dim=1)  # (M, k) weights summing to 1
+    return torch.einsum("mk,mkc->mc", w, multi_hot.double()[idx])

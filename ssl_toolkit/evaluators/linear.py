@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ssl_toolkit.evaluators import targets
 
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 SMALL_PROBLEM = 4_000_000  # N * D below which one CPU thread beats several (thread start-up dominates)
@@ -45,15 +46,18 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 
 
 def fit_logistic_regression(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 150, init: torch.nn.Linear | None = None
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 150, init: torch.nn.Linear | None = None,
+    kind: str = "multiclass",
 ) -> torch.nn.Linear:
-    """Multinomial logistic regression, full batch L-BFGS.
+    """Logistic regression, full batch L-BFGS: multinomial, or one sigmoid per output.
 
     Args:
         x: ``(N, D)`` standardised features.
-        y: ``(N,)`` labels.
-        num_classes: Number of classes ``K``.
+        y: ``(N,)`` labels (multiclass), or ``(N, K)`` float targets of the sigmoid kinds
+            (:func:`~ssl_toolkit.evaluators.targets.as_targets`).
+        num_classes: Outputs ``K`` (1 for binary).
         weight_decay: L2 penalty on the weights, ``wd / 2 * ||W||^2``.
+        kind: Target kind (:mod:`~ssl_toolkit.evaluators.targets`): softmax or sigmoid loss.
         max_iter: L-BFGS iterations (the start is deterministic, so no seed is needed).
         init: Start from these weights (a warm start along the regularisation path);
             zeros otherwise.
@@ -69,7 +73,7 @@ def fit_logistic_regression(
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(head(x), y) + 0.5 * weight_decay * head.weight.pow(2).sum()
+        loss = targets.loss(kind, head(x), y) + 0.5 * weight_decay * head.weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -93,36 +97,50 @@ def holdout_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Te
 
 
 def linear_probe(
-    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int, seed: int = 0
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int, seed: int = 0, kind: str = "multiclass"
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Fit the probe (choosing the L2 penalty on a held-out part of train) and score ``test_x``.
 
+    For binary and multi-label targets the held-out part also chooses the decision
+    thresholds (best F1 per output), and the scores are sigmoid probabilities.
+
     Returns:
-        ``(N_test, K)`` logits and facts about the fit (chosen weight decay, held-out accuracies).
+        ``(N_test, outputs)`` scores and facts about the fit (chosen weight decay, held-out
+        scores, thresholds).
     """
     with cpu_threads_for(train_x.numel()):
-        return _linear_probe(train_x, train_y, test_x, num_classes, seed)
+        return _linear_probe(train_x, train_y, test_x, num_classes, seed, kind)
 
 
-def _linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def _linear_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int, seed: int, kind: str
+) -> tuple[torch.Tensor, dict[str, Any]]:
     tr_x, te_x = standardize(train_x.float(), test_x.float())
-    fit_idx, ho_idx = holdout_split(train_y, 0.1, seed)
-    sweep = {}
+    fit_idx, ho_idx = targets.holdout_split(train_y, 0.1, seed)
+    y = targets.as_targets(kind, train_y)
+    n_out = targets.outputs(kind, num_classes)
+    sweep, thresholds = {}, None
     if len(ho_idx) and len(fit_idx):
         heads = {}
         prev = None
         for wd in sorted(WEIGHT_DECAYS, reverse=True):  # strongest first, each fit warm-starts the next
-            prev = heads[wd] = fit_logistic_regression(tr_x[fit_idx], train_y[fit_idx], num_classes, wd, init=prev)
+            prev = heads[wd] = fit_logistic_regression(tr_x[fit_idx], y[fit_idx], n_out, wd, init=prev, kind=kind)
             with torch.no_grad():
-                sweep[wd] = (prev(tr_x[ho_idx]).argmax(1) == train_y[ho_idx]).float().mean().item()
+                sweep[wd] = targets.ranking_score(kind, targets.to_scores(kind, prev(tr_x[ho_idx])), train_y[ho_idx])
         best = max(sweep, key=lambda wd: (sweep[wd], wd))  # ties -> stronger regularisation
         init = heads[best]
+        with torch.no_grad():
+            thresholds = targets.choose_thresholds(kind, targets.to_scores(kind, init(tr_x[ho_idx])), train_y[ho_idx])
     else:
         best, init = 1e-3, None
-    head = fit_logistic_regression(tr_x, train_y, num_classes, best, init=init)
+    head = fit_logistic_regression(tr_x, y, n_out, best, init=init, kind=kind)
     with torch.no_grad():
-        logits = head(te_x)
-    return logits, {"weight_decay": best, "holdout_acc": {str(k): round(v, 4) for k, v in sweep.items()}}
+        scores = targets.to_scores(kind, head(te_x))
+    held = "holdout_acc" if kind == "multiclass" else f"holdout_{'roc_auc' if kind == 'binary' else 'map'}"
+    facts: dict[str, Any] = {"weight_decay": best, held: {str(k): round(v, 4) for k, v in sweep.items()}}
+    if thresholds is not None:
+        facts["thresholds"] = thresholds
+    return scores, facts
 
 
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, register_evaluator  # noqa: E402
@@ -141,5 +159,4 @@ class LinearEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
         train_x, test_x = self.features(ctx)
         train_y = ctx.source.train.labels[ctx.train_idx]
-        logits, facts = linear_probe(train_x, train_y, test_x, ctx.source.num_classes, seed=ctx.cfg.seed)
-        return logits, facts
+        return linear_probe(train_x, train_y, test_x, ctx.source.num_classes, seed=ctx.cfg.seed, kind=ctx.source.target_kind)

@@ -1,0 +1,153 @@
+"""What differs between target kinds: head width, loss, label subsets, thresholds and metrics.
+
+- ``multiclass``: ``K`` logits, softmax cross-entropy; top-1/top-5, per-class accuracy.
+- ``binary`` (single-label, two classes): one logit, a sigmoid with binary cross-entropy;
+  ROC-AUC, and accuracy, F1, precision and recall at a threshold chosen on held-out
+  training labels.
+- ``multilabel`` (``(N, K)`` multi-hot labels): ``K`` logits, a sigmoid per class with
+  binary cross-entropy; mAP (mean over classes of the average precision, the PASCAL VOC /
+  COCO ranking metric), per-class AP, and micro/macro F1 at per-class thresholds chosen on
+  held-out training labels.
+
+Evaluators return ``(N, outputs)`` scores: class scores whose argmax is the prediction
+(multiclass), or probabilities in [0, 1] per output (binary, multi-label: the sigmoid of
+a head's logits, or a kNN's neighbour label frequencies).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
+
+HOLDOUT_FRACTION = 0.1
+
+
+def outputs(kind: str, num_classes: int) -> int:
+    """Width of the classifier head: 1 for binary, ``K`` otherwise."""
+    return 1 if kind == "binary" else num_classes
+
+
+def as_targets(kind: str, labels: torch.Tensor) -> torch.Tensor:
+    """Labels as the loss wants them: ``(N,)`` long (multiclass), ``(N, 1)`` or ``(N, K)`` float."""
+    if kind == "binary":
+        return labels.float().view(-1, 1)
+    if kind == "multilabel":
+        return labels.float()
+    return labels.long()
+
+
+def loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy (multiclass) or sigmoid binary cross-entropy (binary, multi-label)."""
+    if kind == "multiclass":
+        return F.cross_entropy(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (fit, holdout) indices: stratified by class for single labels, random for multi-hot rows."""
+    if labels.dim() == 1:
+        from ssl_toolkit.evaluators.linear import holdout_split as stratified
+
+        return stratified(labels, fraction, seed)
+    n = len(labels)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(round(n * fraction)) if n > 1 else 0
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Seeded subset of about ``fraction`` of the rows that keeps every label present.
+
+    Single labels: ``max(1, round(n_c * fraction))`` rows of each class ``c``. Multi-hot
+    rows: a random ``round(N * fraction)`` rows, plus one random row holding each label
+    the draw missed.
+    """
+    if fraction >= 1.0:
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    if labels.dim() == 1:
+        keep = []
+        for c in labels.unique().tolist():
+            idx = (labels == c).nonzero().view(-1)
+            n = max(1, int(round(len(idx) * fraction)))
+            keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+        return torch.cat(keep).sort().values
+    perm = torch.randperm(len(labels), generator=g)
+    chosen = set(perm[: max(1, int(round(len(labels) * fraction)))].tolist())
+    for c in range(labels.shape[1]):
+        rows = labels[:, c].nonzero().view(-1)
+        if len(rows) and not any(int(r) in chosen for r in rows):
+            chosen.add(int(rows[torch.randint(len(rows), (1,), generator=g)]))
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def probabilities(kind: str, scores: torch.Tensor) -> np.ndarray:
+    """Binary/multi-label scores (probabilities) as an ``(N, outputs)`` float64 array."""
+    return scores.detach().double().cpu().numpy().reshape(len(scores), -1)
+
+
+def to_scores(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """A head's logits as evaluator scores: unchanged (multiclass) or their sigmoid."""
+    return logits if kind == "multiclass" else torch.sigmoid(logits.float())
+
+
+def best_f1_threshold(prob: np.ndarray, y: np.ndarray) -> float:
+    """The probability threshold with the largest F1 on ``(prob, y)`` (0.5 without positives)."""
+    if y.sum() == 0 or y.sum() == len(y):
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y, prob)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def choose_thresholds(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> list[float] | None:
+    """Per-output thresholds maximising F1 on held-out training scores (``None`` for multiclass)."""
+    if kind == "multiclass":
+        return None
+    prob = probabilities(kind, scores)
+    y = labels.numpy().reshape(len(labels), -1)
+    return [round(best_f1_threshold(prob[:, j], y[:, j]), 6) for j in range(prob.shape[1])]
+
+
+def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """What a held-out choice maximises: accuracy (multiclass), ROC-AUC (binary), mAP (multi-label)."""
+    if kind == "multiclass":
+        return float((scores.argmax(1) == labels).float().mean())
+    prob, y = probabilities(kind, scores), labels.numpy().reshape(len(labels), -1)
+    if kind == "binary":
+        return float(roc_auc_score(y[:, 0], prob[:, 0])) if 0 < y.sum() < len(y) else 0.0
+    present = [j for j in range(y.shape[1]) if 0 < y[:, j].sum()]
+    return float(np.mean([average_precision_score(y[:, j], prob[:, j]) for j in present])) if present else 0.0
+
+
+def target_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, thresholds: list[float] | None) -> dict[str, Any]:
+    """Metrics of a binary or multi-label evaluation (multiclass: see ``eval.metrics``)."""
+    prob = probabilities(kind, scores)
+    y = labels.numpy().reshape(len(labels), -1).astype(np.int64)
+    t = np.asarray(thresholds if thresholds is not None else [0.5] * prob.shape[1])
+    pred = (prob >= t[None, :]).astype(np.int64)
+    if kind == "binary":
+        yb, pb = y[:, 0], pred[:, 0]
+        return {
+            "metric": "roc_auc",
+            "roc_auc": round(float(roc_auc_score(yb, prob[:, 0])), 6) if 0 < yb.sum() < len(yb) else None,
+            "accuracy": round(float((yb == pb).mean()), 6),
+            "f1": round(float(f1_score(yb, pb, zero_division=0)), 6),
+            "precision": round(float(precision_score(yb, pb, zero_division=0)), 6),
+            "recall": round(float(recall_score(yb, pb, zero_division=0)), 6),
+            "threshold": float(t[0]),
+        }
+    ap = [round(float(average_precision_score(y[:, j], prob[:, j])), 6) if y[:, j].sum() else None for j in range(y.shape[1])]
+    present = [a for a in ap if a is not None]
+    return {
+        "metric": "mAP",
+        "mAP": round(float(np.mean(present)), 6) if present else None,
+        "per_class_ap": ap,
+        "micro_f1": round(float(f1_score(y, pred, average="micro", zero_division=0)), 6),
+        "macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 6),
+        "thresholds": [float(v) for v in t],
+    }
