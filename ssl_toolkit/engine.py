@@ -22,7 +22,6 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.compile import compile_backbone
@@ -31,42 +30,6 @@ from ssl_toolkit.precision import resolve_precision
 from ssl_toolkit.pretext.base import PretextTask
 
 MAX_BAD_STEPS = 5  # optimiser steps in a row with non-finite gradients before training stops
-
-
-class ImageTensorDataset(Dataset):
-    """``(N, C, S, S)`` uint8 images with labels (``-1`` where unknown); items stay uint8 until on the device."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
-        self.images = images
-        self.labels = labels if labels is not None else torch.full((images.shape[0],), -1, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A random order that depends only on (seed, epoch), so a resumed run sees the same data order.
-
-    Lightning calls :meth:`set_epoch` at every epoch (and shards it across processes under DDP).
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -248,21 +211,6 @@ class PretrainModule(L.LightningModule):
         if self._fit_started is None:
             return 0.0
         return min(1.0, (time.monotonic() - self._fit_started) / (60.0 * float(self.cfg.max_minutes)))
-
-
-def make_loader(
-    images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0
-) -> DataLoader:
-    """A DataLoader over uint8 image tensors; shuffled by (seed, epoch), sharded by Lightning under DDP."""
-    ds = ImageTensorDataset(images, labels)
-    return DataLoader(
-        ds,
-        batch_size=min(batch_size, len(ds)),
-        sampler=EpochShuffleSampler(len(ds), seed) if shuffle else None,
-        drop_last=shuffle and len(ds) > batch_size,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -40,6 +40,13 @@ def library_root() -> Path:
     return toolkit_home() / "checkpoints"
 
 
+def check_library_writable() -> None:
+    """Refuse a library folder that cannot be written (e.g. ``SSL_TOOLKIT_HOME`` names a file), before training."""
+    from ssl_toolkit.outputs import check_writable_dir
+
+    check_writable_dir(library_root(), "checkpoint library (SSL_TOOLKIT_HOME)")
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid entry name (letters, digits, ``._+-``; no leading dot), else a UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -210,14 +217,28 @@ def update_meta(folder: str | Path, change: Callable[[dict[str, Any]], Any], sha
         return None
     with _locked(folder):
         try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
+            meta = read_meta(path)
+        except UserError:  # unreadable or malformed: left as it is, listed as unreadable
             return None
         if sha is not None and meta.get("weights_sha256") != sha:
             return None
         change(meta)
         atomic_write_json(path, meta)
     return meta
+
+
+def probe_key(dataset: str, mode: str, label_fraction: float) -> str:
+    """The key of a probe result: ``<dataset>-<mode>-<fraction>``, e.g. ``digits-knn-1``.
+
+    A folder dataset is named by its last component plus a short hash of its full path,
+    so two folders with the same name never share a key.
+    """
+    name = str(dataset)
+    if os.sep in name or "/" in name:
+        import hashlib
+
+        name = f"{Path(name).name}.{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+    return f"{_slug(name)}-{mode}-{label_fraction:g}"
 
 
 def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) -> None:
@@ -251,12 +272,11 @@ def best_probe(meta: dict[str, Any]) -> tuple[str, float] | None:
 def _summary(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "path": str(folder)}
     try:
-        meta = json.loads((folder / META).read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as e:
+        meta = read_meta(folder / META)
+    except UserError as e:
+        why = str(e).split(": ", 1)[-1] if "not valid backbone metadata" in str(e) else "not backbone metadata" if "not backbone" in str(e) else "invalid JSON"
         return {**row, "task": None, "backbone": None, "dataset": None, "epochs": None, "best_probe": None,
-                "best_top1": None, "size_bytes": None, "created": None, "error": f"unreadable {META}: {type(e).__name__}"}
+                "best_top1": None, "size_bytes": None, "created": None, "error": f"unreadable {META}: {why}"}
     best = best_probe(meta)
     weights = folder / WEIGHTS
     return {

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, LazyHelpOption, build_config, main, quiet_libraries
+
+
+def _task_help() -> str:
+    from ssl_toolkit.pretext import TASKS
+
+    return f"Pretext task: {', '.join(TASKS.names())} (see `ssl tasks`). [default: rotation]"
+
+
+def _data_help() -> str:
+    from ssl_toolkit.data.sources import source_names
+
+    return f"Dataset name ({', '.join(source_names())}) or image folder. [default: digits]"
 
 @main.command(context_settings=CONTEXT)
-@click.option("--task", "-t", help="Pretext task (see `ssl tasks`). [default: rotation]")
-@click.option("--data", "-d", help="Dataset name (digits, synthetic, fashion-mnist) or image folder. [default: digits]")
+@click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help)
+@click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help)
 @click.option("--backbone", "-b", help="timm model name. [default: resnet18]")
 @click.option("--image-size", type=int, help="Square image side in pixels. [default: the dataset's]")
 @click.option("--epochs", type=int, help="Training epochs. [default: 10]")
@@ -54,8 +66,12 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
         },
         overrides,
     )
-    meta = run_pretrain(cfg if resume is None else None, out=out, overwrite=overwrite, resume=resume, name=name)
+    meta = run_pretrain(cfg, out=out, overwrite=overwrite, resume=resume, name=name)
     if not meta:  # non-zero DDP rank
+        return
+    if meta.get("finished"):
+        click.echo(f"{meta['run_dir']} is already finished ({meta['epochs']} epochs, {meta['steps']} steps); nothing changed. "
+                   f"To train further: ssl pretrain --resume {resume} --epochs N (N > {meta['epochs']})")
         return
     fm = meta["final_metrics"]
     line = f"pretrained {meta['task']} on {meta['dataset']['name']}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {meta['final_loss']:.4f}"

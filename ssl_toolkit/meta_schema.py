@@ -1,0 +1,78 @@
+"""The schema of a backbone's ``meta.json``, checked on every read.
+
+A ``meta.json`` edited by hand or written by another version may hold a field of the
+wrong type (``probes`` as a list, ``image_size: "abc"``). Reading it through
+:func:`check_meta` turns that into one line naming the field, instead of a crash deep in
+a command; ``ssl checkpoints list`` shows such an entry as unreadable and lists the rest.
+Fields the schema does not name are kept as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ssl_toolkit.errors import UserError
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), allow_inf_nan=False)
+
+
+class BackboneMetaSpec(_Open):
+    """``backbone``: what rebuilds the model in plain timm."""
+
+    timm_name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    small_stem: bool | None = None
+
+
+class ProbeSummary(_Open):
+    """One entry of ``probes``."""
+
+    mode: str | None = None
+    label_fraction: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+    dataset: str | None = None
+
+
+class DatasetFacts(_Open):
+    name: str | None = None
+
+
+class BackboneMeta(_Open):
+    """A backbone's metadata (the fields commands rely on; others pass through)."""
+
+    backbone: BackboneMetaSpec
+    task: str | None = None
+    image_size: int | None = Field(default=None, ge=1)
+    in_chans: int | None = Field(default=None, ge=1)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    epochs: int | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0)
+    dataset: DatasetFacts | None = None
+    probes: dict[str, ProbeSummary] = Field(default_factory=dict)
+    created: str | None = None
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    weights_bytes: int | None = None
+    library_name: str | None = None
+    run_dir: str | None = None
+
+
+def check_meta(meta: Any, where: str) -> dict[str, Any]:
+    """``meta`` if it matches :class:`BackboneMeta`, else a one-line :class:`UserError` naming the field."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{where} is not backbone metadata (not a JSON object)")
+    try:
+        BackboneMeta.model_validate(meta)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if key == "backbone" and err["type"] == "missing":
+            raise UserError(f"{where} is not backbone metadata (no backbone.timm_name)") from None
+        raise UserError(f"{where} is not valid backbone metadata: {key}: {err['msg']} (got {err.get('input')!r:.60})") from None
+    return meta

@@ -1,0 +1,63 @@
+"""Output paths checked before any work starts: a file under a regular file, a read-only or
+virtual filesystem (procfs, sysfs) or a folder given where a file is expected is a one-line
+:class:`~ssl_toolkit.errors.UserError`, and nothing is left behind by the check itself.
+
+A disk that fills up later (``ENOSPC``) is caught by the CLI as one line too; every writer
+goes through :mod:`ssl_toolkit.atomic`, so no half-written file stays.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ssl_toolkit.errors import UserError
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (symlinks followed)."""
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def check_writable_dir(folder: str | Path, what: str) -> Path:
+    """Refuse ``folder`` unless it is (or can be created as) a folder this process can write into.
+
+    Args:
+        folder: The folder that will be written.
+        what: How the user named it in errors, e.g. ``--out``.
+
+    Returns:
+        ``folder`` with ``~`` expanded.
+    """
+    folder = Path(folder).expanduser()
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        kind = "a file" if existing.exists() else "not a folder"
+        at = "" if existing == folder else f" ({existing} is {kind})"
+        raise UserError(f"{what} {folder} cannot be a folder{at}" if at else f"{what} {folder} is {kind}, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ssl-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"{what} {folder} is not writable ({existing}: {e.strerror or e})") from None
+    return folder
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """Refuse a file path whose folder cannot be written, or that names an existing folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file path")
+    check_writable_dir(path.parent, what=f"{what} {path}: folder")
+    return path
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an operating-system error met while reading or writing (e.g. a full disk)."""
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{e.strerror or e}{where}"

@@ -1,0 +1,95 @@
+"""What ``ssl pretrain --resume RUN`` may change, and whether a finished run has anything left to do.
+
+A resumed run keeps the saved ``config.yaml``. Only the options that say how long to train,
+how often to save and how to show progress may change; asking for any other change is an
+error, since the checkpoint was trained under the saved values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ssl_toolkit.config import PretrainConfig, validate
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.run_folder import RunFolder
+
+RESUMABLE = (
+    "trainer.epochs",
+    "trainer.max_steps",
+    "trainer.max_minutes",
+    "trainer.checkpoint_every_minutes",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.logger",
+)
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "task_config" and key != "kwargs":
+            out.update(_leaves(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[PretrainConfig, list[str]]:
+    """The saved config with the allowed ``changes`` applied; returns it and the keys that changed.
+
+    Raises:
+        UserError: ``changes`` touch anything outside :data:`RESUMABLE`.
+    """
+    saved = folder.read_config()
+    cfg = validate(PretrainConfig, saved, what=f"{folder.config}")
+    current = cfg.model_dump(mode="json")
+    changed: list[str] = []
+    for key, value in _leaves(dict(changes or {})).items():
+        old = _get(current, key)
+        if old == value:
+            continue
+        if key not in RESUMABLE:
+            was = "unset" if old is _MISSING else repr(old)
+            raise UserError(f"--resume cannot change {key} (saved {was}, asked {value!r}); only {', '.join(k.split('.', 1)[1] for k in RESUMABLE)} may change")
+        changed.append(key)
+    if not changed:
+        return cfg, []
+    merged = cfg.model_dump(mode="json")
+    for key in changed:
+        section, field = key.split(".", 1)
+        merged[section][field] = _get(dict(changes or {}), key)
+    return validate(PretrainConfig, merged, what="--resume"), changed
+
+
+def finished_state(folder: RunFolder) -> dict[str, Any] | None:
+    """``meta.json`` of a finished run (``None`` while the run is unfinished or its metadata unreadable)."""
+    if not folder.is_finished():
+        return None
+    try:
+        meta = json.loads(folder.meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("steps"), int) else None
+
+
+def trains_further(cfg: PretrainConfig, meta: dict[str, Any]) -> bool:
+    """Whether the limits of ``cfg`` leave steps to train after the finished run ``meta`` describes."""
+    epochs, steps = int(meta.get("epochs") or 0), int(meta["steps"])
+    more_epochs = cfg.trainer.epochs > epochs
+    more_steps = cfg.trainer.max_steps < 0 or cfg.trainer.max_steps > steps
+    return more_epochs and more_steps

@@ -1,0 +1,127 @@
+"""A run folder and the names of the files in it.
+
+``<run>/config.yaml`` (the resolved config), ``metrics.csv`` (Lightning's CSV logger),
+``last.ckpt`` (the resumable state), ``backbone.safetensors`` + ``meta.json`` (the finished
+backbone), ``skipped.txt`` (unreadable data files), ``samples/`` (pictures of what the task
+sees) and ``probes/`` (evaluation results). Only this class spells those names.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssl_toolkit.atomic import atomic_write_text
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.outputs import check_writable_dir
+
+
+class RunFolder:
+    """The files of one pretraining run.
+
+    Args:
+        path: The folder (created by :meth:`create`).
+    """
+
+    CONFIG = "config.yaml"
+    LAST = "last.ckpt"
+    METRICS = "metrics.csv"
+    WEIGHTS = "backbone.safetensors"
+    META = "meta.json"
+    SKIPPED = "skipped.txt"
+    SAMPLES = "samples"
+    PROBES = "probes"
+    TENSORBOARD = "tensorboard"
+    # what a previous run leaves and ``--overwrite`` removes
+    RUN_FILES = (CONFIG, LAST, METRICS, "hparams.yaml", WEIGHTS, META, SKIPPED)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def default(cls, task: str, backbone: str, data: str) -> RunFolder:
+        """``runs/<task>-<backbone>-<data>-<time>``."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        data = Path(data).name if os.sep in data else data
+        return cls(Path("runs") / f"{task}-{backbone}-{data}-{stamp}")
+
+    # ----- file names -----------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def weights(self) -> Path:
+        return self.path / self.WEIGHTS
+
+    @property
+    def meta(self) -> Path:
+        return self.path / self.META
+
+    @property
+    def skipped(self) -> Path:
+        return self.path / self.SKIPPED
+
+    @property
+    def samples(self) -> Path:
+        return self.path / self.SAMPLES
+
+    def probe_file(self, key: str) -> Path:
+        return self.path / self.PROBES / f"{key}.json"
+
+    # ----- state ----------------------------------------------------------------------
+    def is_finished(self) -> bool:
+        """Whether the run ended and saved its backbone (``backbone.safetensors`` + ``meta.json``)."""
+        return self.weights.is_file() and self.meta.is_file()
+
+    def check_new(self, overwrite: bool) -> None:
+        """Refuse a folder that holds files (unless ``overwrite``) or cannot be written; writes nothing."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+            raise UserError(f"{self.path} already holds files; use --overwrite to replace them or --resume {self.path} to continue")
+        check_writable_dir(self.path, "--out")
+
+    def check_resumable(self) -> None:
+        """Refuse a folder without ``config.yaml`` and ``last.ckpt``, or that cannot be written."""
+        for name in (self.CONFIG, self.LAST):
+            if not (self.path / name).is_file():
+                raise UserError(f"cannot resume {self.path}: no {name} in it")
+        check_writable_dir(self.path, "--resume")
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved ``config.yaml`` (plain YAML only: a ``!!python/...`` tag is refused)."""
+        from ssl_toolkit.config import load_yaml
+
+        return load_yaml(self.config)
+
+    def create(self, overwrite: bool) -> None:
+        """Make the folder; with ``overwrite``, first remove the files a previous run left in it."""
+        if overwrite and self.path.is_dir():
+            for name in self.RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, resolved: dict[str, Any]) -> None:
+        atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))
+
+    def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        atomic_write_text(self.skipped, "".join(f"{p}\t{why}\n" for p, why in skipped))
