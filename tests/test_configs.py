@@ -23,9 +23,11 @@ def test_pretrain_configs_validate(path):
         assert path.stem == cfg.task
 
 
-def test_every_task_has_a_config_and_a_doc():
-    for name in TASKS.names():
-        assert (CONFIGS / "pretrain" / f"{name}.yaml").is_file(), name
+def test_every_built_in_task_has_a_doc_page():
+    """A task is its module plus its doc page; an example config is optional (validated above when present)."""
+    built_in = [n for n in TASKS.names() if TASKS.get(n).__module__.startswith("ssl_toolkit.pretext.")]
+    assert "rotation" in built_in and "simclr" in built_in
+    for name in built_in:
         assert (CONFIGS.parent / "docs" / "pretext" / f"{name}.md").is_file(), name
 
 

@@ -1,0 +1,1 @@
+"""Example ssl-toolkit plugin: ``upside-down`` (pretext task) and ``nearest-mean`` (evaluator)."""

@@ -1,0 +1,129 @@
+"""Plugins: built-ins found by module, third-party packages by entry point.
+
+The example package in ``tests/plugin_example`` is installed with pip into a folder of
+its own (``pip install --target``) that only the test's subprocesses see, so other
+processes using this environment never meet its task; nothing needs uninstalling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_toolkit.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "tests" / "plugin_example"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_registry_imports_its_package_and_entry_points_once(tmp_path, monkeypatch, caplog):
+    _write(tmp_path / "demo_things" / "__init__.py", "")
+    _write(tmp_path / "demo_things" / "registry.py", "from ssl_toolkit.registry import Registry\nREG = Registry('thing', package='demo_things', group='demo.things')\n")
+    _write(tmp_path / "demo_things" / "one.py", "from demo_things.registry import REG\nREG.register('one')(1)\n")
+    _write(tmp_path / "demo_things" / "_private.py", "raise RuntimeError('never imported')\n")
+    _write(tmp_path / "demo_ext.py", "from demo_things.registry import REG\nREG.register('two')(2)\n")
+    _write(tmp_path / "demo_ext-0.1.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: demo-ext\nVersion: 0.1\n")
+    _write(tmp_path / "demo_ext-0.1.dist-info" / "entry_points.txt", "[demo.things]\ntwo = demo_ext\nbroken = demo_no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from demo_things.registry import REG
+
+    assert REG._items == {}  # nothing imported before the first lookup
+    with caplog.at_level(logging.WARNING, logger="ssl_toolkit.plugins"):
+        assert REG.names() == ["one", "two"]
+    assert "plugin 'broken' of demo-ext (demo.things) failed to load: ModuleNotFoundError" in caplog.text
+    assert REG.get("two") == 2 and "one" in REG
+    caplog.clear()
+    REG.names()
+    assert caplog.text == ""  # discovery runs once
+
+
+def test_unknown_name_lists_discovered_ones():
+    from ssl_toolkit.errors import UserError
+
+    reg: Registry[int] = Registry("thing")
+    reg.register("alpha")(1)
+    with pytest.raises(UserError, match=r"unknown thing 'alpah' \(did you mean 'alpha'\?\); valid: alpha"):
+        reg.get("alpah")
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory) -> dict[str, str]:
+    """An environment whose Python sees the example plugin, installed by pip into its own folder."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    src = tmp_path_factory.mktemp("plugin-src") / "example"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))  # builds write next to the source
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(site), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (site / "ssl_example_plugin" / "upside_down.py").is_file()
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+SEVERAL = """
+import contextlib, io, json, sys
+from ssl_toolkit.cli import run
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = ["ssl", *argv]
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def ssl_commands(env: dict[str, str], *commands: list[str]) -> list[tuple[int, str, str]]:
+    """Run several ``ssl`` commands in one fresh Python process (one import of the stack); (code, stdout, stderr) each."""
+    done = subprocess.run([sys.executable, "-c", SEVERAL, json.dumps(commands)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return [tuple(r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+@pytest.mark.slow
+def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plugin_env, tmp_path):
+    env = {**plugin_env, "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
+    run = str(tmp_path / "run")
+    small = ["--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32"]
+    tasks, pretrain, probe, bad_metric, foreign_key = ssl_commands(
+        env,
+        ["tasks", "--json"],
+        ["pretrain", "--task", "upside-down", "--backbone", "test_resnet", "--image-size", "16", "--epochs", "1", "--batch-size", "32",
+         "--accelerator", "cpu", "--set", "task_config.label_smoothing=0.1", "--out", run, "-q", *small],
+        ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=euclidean", "--json", *small],
+        ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=manhattan", *small],
+        ["probe", run, "--mode", "nearest-mean", "--k", "5", *small],
+    )
+    assert tasks[0] == 0, tasks[2]
+    rows = {r["name"]: r for r in json.loads(tasks[1])}
+    assert rows["upside-down"]["paper"].startswith("Gidaris, Singh & Komodakis") and "rotation" in rows
+
+    assert pretrain[0] == 0, pretrain[2]
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["task"] == "upside-down" and meta["task_config"] == {"label_smoothing": 0.1} and meta["epochs"] == 1
+
+    assert probe[0] == 0, probe[2]
+    result = json.loads(probe[1].strip().splitlines()[-1])
+    assert (result["mode"], result["metric"], result["n_train"], result["n_test"]) == ("nearest-mean", "euclidean", 64, 32)
+
+    assert bad_metric[0] == 2 and bad_metric[2].startswith("error: evaluator_config (nearest-mean): metric")
+    assert foreign_key[0] == 2 and "evaluator_config.k applies to --mode knn, not nearest-mean" in foreign_key[2]
