@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.data.color import lab_lightness, lab_to_rgb, rgb_to_lab
+from ssl_toolkit.losses.rebalanced_soft_ce import RebalancedSoftCrossEntropy
 from ssl_toolkit.pretext.base import (
     DataFacts,
     PretextTask,
@@ -35,7 +36,6 @@ from ssl_toolkit.pretext.patches import to_spatial
 
 AB_GRID = 10.0
 AB_RANGE = 110.0
-
 
 LAB_L = "lab_l"
 
@@ -166,6 +166,7 @@ class ColorizationTask(PretextTask):
         self.register_buffer("bins", bins, persistent=False)  # (Q, 2)
         self.register_buffer("prior", torch.full((q,), 1.0 / q))  # (Q,) empirical ab prior (fit_data_prior)
         self.register_buffer("weights", torch.ones(q))  # (Q,) rebalancing weights
+        self.loss = RebalancedSoftCrossEntropy()
         self.register_buffer("l_stats", torch.tensor([0.5, 0.25]))  # mean, std of L / 100
         self.reduce = nn.Sequential(nn.Conv2d(feature_dim, config.decoder_dim, 1), nn.BatchNorm2d(config.decoder_dim), nn.ReLU())
         self.refine = nn.Sequential(
@@ -228,9 +229,7 @@ class ColorizationTask(PretextTask):
             target, near = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, self.config.soft_neighbours, self.config.soft_sigma)
         logits, pooled = self.predict(backbone, lab)  # (B, Q, h, w), (B, D)
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # (N, Q)
-        per_pixel = -(target * F.log_softmax(flat_logits, dim=1)).sum(dim=1)  # (N,)
-        w = self.weights[near]  # (N,)
-        loss = (w * per_pixel).sum() / w.sum()
+        loss = self.loss(flat_logits, target, self.weights[near])  # rarity-weighted soft cross-entropy
         with torch.no_grad():
             acc = (flat_logits.argmax(dim=1) == near).float().mean()
             err = (annealed_mean(logits, self.bins, self.config.temperature) - ab).norm(dim=1).mean()  # ab units

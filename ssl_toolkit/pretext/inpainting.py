@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call
 
+from ssl_toolkit.losses.context_adversarial import ContextEncoderAdversarialLoss
+from ssl_toolkit.losses.masked_l2 import MaskedL2Loss
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 from ssl_toolkit.pretext.patches import spatial_features
 
@@ -119,6 +120,8 @@ class InpaintingTask(PretextTask):
     def __init__(self, feature_dim: int, config: InpaintingConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
         self.decoder = Decoder(feature_dim, config.decoder_dim, data.channels, data.image_size)
+        self.loss = MaskedL2Loss()
+        self.adversarial_loss = ContextEncoderAdversarialLoss()
         if config.adversarial_weight > 0:
             c = data.channels
             self.discriminator = nn.Sequential(
@@ -147,18 +150,11 @@ class InpaintingTask(PretextTask):
             mask = self.make_mask(images.shape[0], images.device)  # (B, 1, S, S)
             weight = mask + (self.config.boundary_weight - 1) * boundary_band(mask, self.config.overlap)  # (B, 1, S, S)
         pred = self.reconstruct(backbone, images, mask)  # (B, C, S, S)
-        sq = (pred - target).pow(2).mean(dim=1, keepdim=True)  # (B, 1, S, S)
-        loss = (weight * sq).sum() / weight.sum()
+        loss = self.loss(pred, target, weight)
         logs = {}
         if self.config.adversarial_weight > 0:
             fake = target * (1 - mask) + pred * mask  # prediction pasted into its context
-            d_params = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-            g_loss = F.binary_cross_entropy_with_logits(  # generator: fool a frozen copy of D
-                functional_call(self.discriminator, d_params, (fake,)), torch.ones(fake.shape[0], 1, device=fake.device)
-            )
-            logits = self.discriminator(torch.cat([target, fake.detach()]))  # (2B, 1)
-            labels = torch.cat([torch.ones_like(logits[: len(target)]), torch.zeros_like(logits[len(target) :])])
-            d_loss = F.binary_cross_entropy_with_logits(logits, labels)
+            g_loss, d_loss = self.adversarial_loss(self.discriminator, target, fake)
             loss = loss + self.config.adversarial_weight * g_loss + d_loss
             logs["disc_loss"] = d_loss.detach()
         with torch.no_grad():  # MSE of [0, 1] pixels inside the hole
