@@ -31,9 +31,11 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
 
 def echo_rows(rows: list[tuple[str, object]]) -> None:
     """Print ``(label, value)`` rows as an aligned two-column table."""
+    from ssl_toolkit.terminal import terminal_safe
+
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
+        click.echo(terminal_safe(f"{k:<{width}}  {v}"))
 
 
 class LazyHelpOption(click.Option):
@@ -86,15 +88,78 @@ def _register_commands() -> None:
     import_submodules("ssl_toolkit.commands")
 
 
+class FiniteFloat(click.ParamType):
+    """A float option that refuses ``inf`` and ``nan`` (click's ``float`` accepts them)."""
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            self.fail(f"{number:g} is not in the range {self.low:g} to {self.high:g}" if self.low is not None and self.high is not None
+                      else f"{number:g} is below {self.low:g}" if self.low is not None else f"{number:g} is above {self.high:g}", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
+POSITIVE = click.IntRange(min=1)
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` torch cannot name or this machine does not have."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: no such CUDA device on this machine; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device!r} is not supported; use cpu or cuda")
+
+
+def _one_line(e: click.ClickException) -> str:
+    """A usage error as one line, with where to find help (click's own did-you-mean kept)."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"error: {message}{where}"
+
+
 def run() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    """Console-script entry point: user errors become one line on stderr and exit code 2.
+
+    Usage errors (unknown command or option, a bad value) and operating-system errors met
+    while reading or writing (a full disk, a read-only folder) are one line too.
+    """
     _register_commands()
     try:
-        rc = main.main(standalone_mode=False)
+        rc = main.main(prog_name="ssl", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(UserError.exit_code)
+    except click.UsageError as e:
+        click.echo(_one_line(e), err=True)
+        sys.exit(2)
+    except OSError as e:
+        from ssl_toolkit.outputs import describe_os_error
+
+        click.echo(f"error: {describe_os_error(e)}", err=True)
         sys.exit(UserError.exit_code)
     except Interrupted as e:
         click.echo(str(e), err=True)

@@ -167,6 +167,7 @@ def import_checkpoint(path: str | Path, name: str | None = None) -> dict[str, An
 
     from ssl_toolkit.checkpoints import load_backbone_files, state_to_cpu
 
+    check_library_writable()
     model, meta = load_backbone_files(path)
     meta = {**meta, "imported_from": str(Path(path).resolve())}
     return register(st_save(state_to_cpu(model)), meta, name or default_name(meta), unique=name is None)
@@ -181,10 +182,35 @@ def remove_checkpoint(name: str) -> Path:
     return folder
 
 
-def export_checkpoint(target: str | Path, out: str | Path, fmt: str = "safetensors") -> tuple[dict[str, Any], str]:
-    """Write a checkpoint as ``fmt`` to ``out``; returns (the written metadata, Python code that loads it)."""
+def check_export_path(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an export path inside the library or a run folder, an existing file without ``overwrite``, or an unwritable one."""
+    from ssl_toolkit.backbone_files import sidecar_path
+    from ssl_toolkit.outputs import check_writable_file
+    from ssl_toolkit.run_folder import RunFolder
+
+    out = check_writable_file(out, "--out")
+    parent = out.resolve().parent
+    root = library_root().resolve()
+    if parent == root or root in parent.parents:
+        raise UserError(f"--out {out} is inside the checkpoint library ({root}); export to a folder of your own")
+    if any((parent / name).exists() for name in (RunFolder.CONFIG, RunFolder.LAST, META, WEIGHTS)):
+        raise UserError(f"--out {out} is inside a run or backbone folder ({parent}); export to a folder of your own")
+    if not overwrite:
+        for path in (out, sidecar_path(out)):
+            if path.exists():
+                raise UserError(f"--out: {path} already exists; use --overwrite to replace it")
+    return out
+
+
+def export_checkpoint(target: str | Path, out: str | Path, fmt: str = "safetensors", overwrite: bool = False) -> tuple[dict[str, Any], str]:
+    """Write a checkpoint as ``fmt`` to ``out``; returns (the written metadata, Python code that loads it).
+
+    ``out`` may not lie in the library or in a run folder, and an existing file is replaced
+    only with ``overwrite``.
+    """
     from ssl_toolkit.checkpoints import export_files, load_snippet
 
+    check_export_path(out, overwrite)
     model, meta, _ = load_backbone_any(target)
     new_meta = export_files(model, meta, out, fmt)
     return new_meta, load_snippet(new_meta, out, fmt)

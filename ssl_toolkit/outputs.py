@@ -34,17 +34,7 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
         ``folder`` with ``~`` expanded.
     """
     folder = Path(folder).expanduser()
-    existing = _nearest_existing(folder)
-    if not existing.is_dir():
-        kind = "a file" if existing.exists() else "not a folder"
-        at = "" if existing == folder else f" ({existing} is {kind})"
-        raise UserError(f"{what} {folder} cannot be a folder{at}" if at else f"{what} {folder} is {kind}, not a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".ssl-write-check-", dir=existing)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UserError(f"{what} {folder} is not writable ({existing}: {e.strerror or e})") from None
+    _check_dir(folder, f"{what} {folder}")
     return folder
 
 
@@ -53,8 +43,20 @@ def check_writable_file(path: str | Path, what: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path")
-    check_writable_dir(path.parent, what=f"{what} {path}: folder")
+    _check_dir(path.parent, f"{what} {path}")
     return path
+
+
+def _check_dir(folder: Path, label: str) -> None:
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise UserError(f"{label}: {existing} is a file, not a folder" if existing.exists() else f"{label}: {existing} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ssl-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"{label} is not writable ({existing}: {e.strerror or e})") from None
 
 
 def describe_os_error(e: OSError) -> str:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 import timm
+import yaml
 from PIL import Image
 
 from ssl_toolkit.backbones import BackboneSpec, apply_small_stem
 from ssl_toolkit.checkpoints import save_backbone
+from ssl_toolkit.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^\| `ssl (?P<args>[^`]*)` \| (?P<what>[^|]+) \| `(?P<message>[^`]+)` \| (?P<code>\d+) \|$")
+ROW = re.compile(r"^\| `(?P<env>(?:[A-Z_]+=\S+ )*)ssl (?P<args>[^`]*)` \| (?P<what>[^|]+) \| `(?P<message>[^`]+)` \| (?P<code>\d+) \|$")
 
 
 def table_rows() -> list[tuple[str, str, int]]:
@@ -22,7 +25,7 @@ def table_rows() -> list[tuple[str, str, int]]:
     for line in (REPO / "docs" / "errors.md").read_text().splitlines():
         m = ROW.match(line)
         if m:
-            rows.append((m["args"], m["message"], int(m["code"])))
+            rows.append((m["env"] + m["args"], m["message"], int(m["code"])))
     return rows
 
 
@@ -59,7 +62,28 @@ def places(tmp_path_factory) -> dict[str, str]:
     mismatch = _run_folder(root / "mismatch", spec)
     meta = (mismatch / "meta.json").read_text().replace('"small_stem": true', '"small_stem": false').replace('"test_resnet"', '"resnet18"')
     (mismatch / "meta.json").write_text(meta)
+    (root / "afile.txt").write_text("a regular file")
+    (root / "exported.safetensors").write_text("an earlier export")
+    resumable = root / "resumable"
+    resumable.mkdir()
+    (resumable / "config.yaml").write_text(yaml.safe_dump(PretrainConfig(backbone={"name": "test_resnet"}).model_dump(mode="json")))
+    (resumable / "last.ckpt").write_bytes(b"")
+    pyconfig = root / "pyconfig"
+    pyconfig.mkdir()
+    (pyconfig / "config.yaml").write_text("task: !!python/object/apply:os.system ['echo pwned']\n")
+    (pyconfig / "last.ckpt").write_bytes(b"")
+    badhome = root / "badhome"
+    for entry, change in (("bad-probes", {"probes": ["linear"]}), ("bad-size", {"image_size": "abc"}),
+                          ("bad-kwargs", {"backbone": {"timm_name": "test_resnet", "kwargs": "x"}}),
+                          ("bad-name", {"backbone": {"timm_name": 18}})):
+        folder = badhome / "checkpoints" / entry
+        _run_folder(folder, spec)
+        meta = json.loads((folder / "meta.json").read_text())
+        meta.update(change)
+        (folder / "meta.json").write_text(json.dumps(meta))
     return {
+        "file": str(root / "afile.txt"), "exported": str(root / "exported.safetensors"), "resumable": str(resumable),
+        "pyconfig": str(pyconfig), "badhome": str(badhome),
         "missing": str(root / "does-not-exist"), "empty": str(root / "empty"), "unreadable": str(root / "unreadable"),
         "mixed": str(root / "mixed"), "unlabelled": str(root / "unlabelled"), "nonempty": str(root / "nonempty"),
         "nockpt": str(root / "nockpt"), "run": str(run), "corrupt": str(corrupt), "mismatch": str(mismatch),
@@ -73,8 +97,11 @@ def test_the_table_covers_every_command_that_takes_user_input():
 
 
 @pytest.mark.parametrize("args, message, code", table_rows(), ids=[r[0][:60] for r in table_rows()])
-def test_error_row(cli, places, args, message, code):
+def test_error_row(cli, places, args, message, code, monkeypatch):
     argv = shlex.split(args.format(**places))
+    while "=" in argv[0] and argv[0].split("=")[0].isupper():  # VAR=value before the command
+        var, value = argv.pop(0).split("=", 1)
+        monkeypatch.setenv(var, value)
     if argv[0] == "pretrain":
         argv += ["--backbone", "test_resnet"] if "--backbone" not in argv else []
         argv += ["--out", places["missing"] + "-out"] if "--out" not in argv and "--resume" not in argv else []
@@ -82,11 +109,24 @@ def test_error_row(cli, places, args, message, code):
     assert rc == code, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0]
+    assert message.format(**places) in lines[0]
     assert "Traceback" not in err + out
+    assert not Path(places["missing"] + "-out").exists()  # nothing written before the error
 
 
 def test_a_user_error_in_a_real_process_has_no_traceback(run_ssl, tmp_path):
     done = run_ssl("probe", tmp_path / "nothing-here")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: no run folder, backbone file or library checkpoint named '{tmp_path / 'nothing-here'}'"]
+
+
+def test_list_marks_bad_metadata_unreadable_and_lists_the_rest(cli, places, monkeypatch):
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", places["badhome"])
+    _run_folder(Path(places["badhome"]) / "checkpoints" / "good", BackboneSpec("test_resnet", {"num_classes": 0, "in_chans": 1}, small_stem=True))
+    rc, out, err = cli("checkpoints", "list")
+    assert rc == 0 and err == "", err
+    rows = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
+    assert sorted(rows) == ["bad-kwargs", "bad-name", "bad-probes", "bad-size", "good"]
+    assert "rotation" in rows["good"] and "unreadable meta.json" not in rows["good"]
+    for name, field in (("bad-probes", "probes"), ("bad-size", "image_size"), ("bad-kwargs", "backbone.kwargs"), ("bad-name", "backbone.timm_name")):
+        assert f"unreadable meta.json: {field}:" in rows[name], rows[name]

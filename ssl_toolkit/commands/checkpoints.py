@@ -83,7 +83,8 @@ def show(name, as_json) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(), help="File to write, e.g. backbone.safetensors or backbone.pt.")
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "timm", "torch"]), default="safetensors", show_default=True,
               help="safetensors: the weights as trained; timm: loadable by timm.create_model(pretrained=True); torch: a state_dict for torch.load(weights_only=True).")
-def export_cmd(name, out, fmt) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out (and its .json metadata) when they exist.")
+def export_cmd(name, out, fmt, overwrite) -> None:
     """Export checkpoint NAME (or a run folder / file) to --out and print the code that loads it.
 
     Metadata goes next to it as <out>.json (e.g. backbone.pt.json), so `ssl probe OUT` and `ssl checkpoints import OUT`
@@ -93,7 +94,7 @@ def export_cmd(name, out, fmt) -> None:
     from ssl_toolkit.checkpoints import sidecar_path
     from ssl_toolkit.library import export_checkpoint
 
-    meta, snippet = export_checkpoint(name, out, fmt)
+    meta, snippet = export_checkpoint(name, out, fmt, overwrite=overwrite)
     click.echo(f"exported {name} as {fmt} to {out} ({human_size(meta['weights_bytes'])}, sha256 {meta['weights_sha256'][:12]}), metadata in {sidecar_path(out)}")
     click.echo("load it in plain Python (no ssl-toolkit needed):\n")
     click.echo(snippet)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, POSITIVE, check_device, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
@@ -15,7 +15,7 @@ from ssl_toolkit.cli import CONTEXT, echo_rows, main, quiet_libraries
 @click.option("--out", "-o", default="embeddings.npz", show_default=True, type=click.Path(dir_okay=False),
               help="Output file: .npz (one file) or .npy (memory-mappable embeddings + FILE.meta.npz).")
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True, help="Which split(s) to embed.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
 def embed(target, data, out, split, batch_size, device, as_json) -> None:
@@ -27,6 +27,10 @@ def embed(target, data, out, split, batch_size, device, as_json) -> None:
     """
     quiet_libraries()
     from ssl_toolkit.eval.embed import embed as run_embed
+    from ssl_toolkit.outputs import check_writable_file
+
+    check_device(device)
+    check_writable_file(out, "--out")
 
     result = run_embed(target, data, out, split=split, batch_size=batch_size, device=device)
     rows = [

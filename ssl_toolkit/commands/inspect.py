@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, build_config, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, build_config, main, quiet_libraries
 
 
 class StageBar:
@@ -41,9 +41,9 @@ class StageBar:
 @click.option("--embed", metavar="TARGET", help="Also group images whose embeddings by this backbone (run folder, file or library name) are close.")
 @click.option("--dedupe-list", type=click.Path(dir_okay=False), help="Write the paths (ids) to drop, keeping one image per duplicate group. Nothing is deleted.")
 @click.option("--near-hamming", type=int, help="Largest difference-hash distance (bits of 64) for near duplicates. [default: 4]")
-@click.option("--near-tolerance", type=float, help="Largest mean absolute thumbnail difference (0-1) for near duplicates. [default: 0.01]")
-@click.option("--embed-threshold", type=float, help="Smallest cosine similarity for --embed neighbours. [default: 0.95]")
-@click.option("--max-imbalance", type=float, help="Warn when largest class / smallest class exceeds this. [default: 10]")
+@click.option("--near-tolerance", type=FINITE, help="Largest mean absolute thumbnail difference (0-1) for near duplicates. [default: 0.01]")
+@click.option("--embed-threshold", type=FINITE, help="Smallest cosine similarity for --embed neighbours. [default: 0.95]")
+@click.option("--max-imbalance", type=FINITE, help="Warn when largest class / smallest class exceeds this. [default: 10]")
 @click.option("--image-size", type=int, help="Size at which the normalisation statistics are measured. [default: the dataset's]")
 @click.option("--workers", type=int, help="Threads reading files. [default: 2 x CPUs, at most 8]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file with inspect settings.")
@@ -66,6 +66,11 @@ def inspect(data, out, as_json, embed, dedupe_list, near_hamming, near_tolerance
         "embed_threshold": embed_threshold, "max_imbalance": max_imbalance, "workers": workers,
     }
     cfg = validate(InspectConfig, build_config(config_file, values, overrides))
+    from ssl_toolkit.outputs import check_writable_file
+
+    for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
+        if path is not None:
+            check_writable_file(path, option)
     bar = StageBar(enabled=not quiet)
     try:
         report = inspect_data(cfg, embed=embed, out=out, dedupe_list=dedupe_list, progress=bar)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, LazyHelpOption, build_config, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, quiet_libraries
 
 
 def _task_help() -> str:
@@ -25,7 +25,7 @@ def _data_help() -> str:
 @click.option("--image-size", type=int, help="Square image side in pixels. [default: the dataset's]")
 @click.option("--epochs", type=int, help="Training epochs. [default: 10]")
 @click.option("--batch-size", type=int, help="Images per batch (per device). [default: 256]")
-@click.option("--lr", type=float, help="Peak learning rate. [default: the task's]")
+@click.option("--lr", type=FINITE, help="Peak learning rate. [default: the task's]")
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/pretrain/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key, e.g. --set trainer.warmup_epochs=1 (repeatable).")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, LazyHelpOption, build_config, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, main, quiet_libraries
 
 
 def _mode_help() -> str:
@@ -30,15 +30,15 @@ def _set_help() -> str:
 @click.argument("target", required=False)
 @click.option("--data", "-d", help="Labelled dataset name or folder. [default: digits]")
 @click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help)
-@click.option("--label-fraction", type=float, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
+@click.option("--label-fraction", type=FINITE, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
 @click.option("--epochs", type=int, help="partial/finetune: training epochs. [default: 10]")
-@click.option("--lr", type=float, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
+@click.option("--lr", type=FINITE, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
 @click.option("--batch-size", type=int, help="Batch size. [default: 256]")
 @click.option("--freeze-stages", type=int, help="partial: freeze the stem and the first K stages. [default: all but the last]")
-@click.option("--layer-decay", type=float, help="finetune/partial: layer-wise lr decay, 0 < d <= 1. [default: 1 (off)]")
+@click.option("--layer-decay", type=FINITE, help="finetune/partial: layer-wise lr decay, 0 < d <= 1. [default: 1 (off)]")
 @click.option("--augment", help="partial/finetune: none, basic, randaugment, autoaugment, trivialaugment, or an albumentations FILE.yaml (albumentations.save). [default: basic]")
 @click.option("--k", "k", type=int, help="knn: neighbours. [default: 200]")
-@click.option("--temperature", type=float, help="knn: vote temperature. [default: 0.1]")
+@click.option("--temperature", type=FINITE, help="knn: vote temperature. [default: 0.1]")
 @click.option("--accelerator", help="cpu, gpu, auto (Lightning). [default: auto]")
 @click.option("--seed", type=int, help="Seed of label subsets and training. [default: 0]")
 @click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, POSITIVE, FiniteFloat, check_device, echo_rows, main, quiet_libraries
+
+UMAP_METRICS = ("cosine", "euclidean", "manhattan", "chebyshev", "minkowski", "correlation", "canberra", "braycurtis")
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("target")
 @click.option("--data", "-d", help="Dataset name or image folder (labelled or not). [default: the dataset the backbone was pretrained on]")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="HTML file. [default: <run>/report.html, or report.html]")
-@click.option("--umap-neighbors", type=int, default=15, show_default=True, help="UMAP n_neighbors.")
-@click.option("--umap-min-dist", type=float, default=0.1, show_default=True, help="UMAP min_dist.")
-@click.option("--umap-metric", default="cosine", show_default=True, help="UMAP metric.")
-@click.option("--umap-max-points", type=int, default=5000, show_default=True, help="Above this, UMAP draws a stratified subsample.")
-@click.option("--clusters", type=int, help="k-means k. [default: number of classes, or 10]")
-@click.option("--queries-per-class", type=int, default=2, show_default=True, help="Example queries per class in the neighbour grids.")
-@click.option("--ivf-threshold", type=int, default=200_000, show_default=True, help="Gallery size from which FAISS uses an IVF index.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--umap-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="UMAP n_neighbors.")
+@click.option("--umap-min-dist", type=FiniteFloat(0.0, 1.0), default=0.1, show_default=True, help="UMAP min_dist, 0 to 1.")
+@click.option("--umap-metric", type=click.Choice(UMAP_METRICS), default="cosine", show_default=True, help="UMAP metric.")
+@click.option("--umap-max-points", type=POSITIVE, default=5000, show_default=True, help="Above this, UMAP draws a stratified subsample.")
+@click.option("--clusters", type=POSITIVE, help="k-means k. [default: number of classes, or 10]")
+@click.option("--queries-per-class", type=POSITIVE, default=2, show_default=True, help="Example queries per class in the neighbour grids.")
+@click.option("--ivf-threshold", type=POSITIVE, default=200_000, show_default=True, help="Gallery size from which FAISS uses an IVF index.")
+@click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of UMAP, subsampling and example picks.")
 @click.option("--split", type=click.Choice(["auto", "train", "test"]), default="auto", show_default=True,
@@ -33,14 +35,13 @@ def report(target, data, out, umap_neighbors, umap_min_dist, umap_metric, umap_m
     and the latest pretext samples. The last line printed is `report: <path>`.
     """
     quiet_libraries()
-    from ssl_toolkit.errors import UserError
     from ssl_toolkit.eval.report import report as run_report
 
-    for name, value in (("--umap-neighbors", umap_neighbors), ("--umap-max-points", umap_max_points), ("--queries-per-class", queries_per_class), ("--ivf-threshold", ivf_threshold), ("--batch-size", batch_size)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1")
-    if clusters is not None and clusters < 1:
-        raise UserError("--clusters must be at least 1")
+    check_device(device)
+    if out is not None:
+        from ssl_toolkit.outputs import check_writable_file
+
+        check_writable_file(out, "--out")
     umap = {"n_neighbors": umap_neighbors, "min_dist": umap_min_dist, "metric": umap_metric, "max_points": umap_max_points, "seed": seed}
     result = run_report(target, data, out, umap=umap, ivf_threshold=ivf_threshold, clusters=clusters,
                         queries_per_class=queries_per_class, batch_size=batch_size, device=device, seed=seed, split=split)

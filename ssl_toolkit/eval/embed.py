@@ -100,14 +100,23 @@ def cache_path(cache: FeatureCache, fingerprint: str, source: DataSource, split:
 
 
 @torch.no_grad()
-def stream_features(model: nn.Module, images: torch.Tensor, pre: Preprocess, out: np.ndarray, batch_size: int = EMBED_BATCH, device: str = "cpu") -> None:
-    """Write the pooled features of ``images`` into ``out`` (``(N, D)``), one batch at a time."""
+def stream_features(model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = EMBED_BATCH, device: str = "cpu") -> None:
+    """Write the pooled features of a split's images into ``out`` (``(N, D)``), one batch at a time.
+
+    ``images`` is a split (in memory, or files decoded by DataLoader workers) or a ``(N, C, S, S)`` uint8 tensor.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, not {batch_size}")
     was_training = model.training
     model.eval().to(device)
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size].to(device)
-        out[start : start + len(chunk)] = model(pre(chunk)).float().cpu().numpy()
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
+    start = 0
+    for chunk in batches:  # (B, C, S, S) uint8
+        out[start : start + len(chunk)] = model(pre(chunk.to(device, non_blocking=True))).float().cpu().numpy()
+        start += len(chunk)
     model.train(was_training)
+    if start != len(out):  # never let a short pass reach the cache as zeros
+        raise RuntimeError(f"features written for {start} of {len(out)} images")
 
 
 def split_features(
@@ -139,7 +148,7 @@ def split_features(
     """
     cache = cache or FeatureCache()
     fingerprint = fingerprint or weights_fingerprint(model)
-    images = getattr(source, split).images
+    images = getattr(source, split)
     path = cache_path(cache, fingerprint, source, split, pre)
     cached = None
     if path.is_file():

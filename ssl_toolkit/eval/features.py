@@ -19,6 +19,7 @@ from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.data.sources import DataSource, Split
 from ssl_toolkit.settings import cache_dir
+from ssl_toolkit.errors import UserError
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -77,11 +78,14 @@ def weights_fingerprint(model: nn.Module) -> str:
 @torch.no_grad()
 def extract(model: nn.Module, images: torch.Tensor, pre: Preprocess, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
     """Pooled features of ``images`` (``(N, C, S, S)`` uint8) -> ``(N, D)`` float32, eval mode, no grad."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, not {batch_size}")
     was_training = model.training
     model.eval().to(device)
     out = []
-    for chunk in images.split(batch_size):
-        out.append(model(pre(chunk.to(device))).float().cpu())
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
+    for chunk in batches:  # (B, C, S, S) uint8, in memory or decoded by DataLoader workers
+        out.append(model(pre(chunk.to(device, non_blocking=True))).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, feature_dim(model))
 
@@ -115,7 +119,7 @@ class FeatureCache:
                     return feats
             except Exception:  # noqa: BLE001  (an unreadable cache entry is recomputed)
                 pass
-        feats = extract(model, data.images, pre, device=device)
+        feats = extract(model, data, pre, device=device)
         self.forward_passes += 1
         import io
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_toolkit.inspection.html import human_bytes
+from ssl_toolkit.terminal import terminal_safe
 
 GROUPS_LISTED = 5
 MEMBERS_LISTED = 4
@@ -70,10 +71,10 @@ def format_summary(report: dict[str, Any]) -> str:
     if lab:
         lines.append(f"{'classes':<16}{lab['num_classes']}; imbalance (largest/smallest) overall {lab['imbalance']}, "
                      f"train {lab['splits']['train']['imbalance']}, test {lab['splits']['test']['imbalance']}")
-        width = max([5] + [len(c) for c in lab["classes"]])
+        width = max([5] + [len(terminal_safe(c)) for c in lab["classes"]])
         lines.append(f"{'':<16}{'class':<{width}}  {'train':>7} {'test':>7}")
         for c in lab["classes"]:
-            lines.append(f"{'':<16}{c:<{width}}  {lab['splits']['train']['counts'][c]:>7} {lab['splits']['test']['counts'][c]:>7}")
+            lines.append(f"{'':<16}{terminal_safe(c):<{width}}  {lab['splits']['train']['counts'][c]:>7} {lab['splits']['test']['counts'][c]:>7}")
     else:
         lines.append(f"{'classes':<16}none (unlabelled)")
     lines += _groups(report, "exact", "exact dups")
@@ -92,4 +93,4 @@ def format_summary(report: dict[str, Any]) -> str:
     if "html" in report:
         lines.append(f"{'html':<16}{report['html']}")
     lines.append(f"{'seconds':<16}{report['seconds']:.1f}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # a class folder named "a\nb" stays on its row
