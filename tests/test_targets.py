@@ -1,0 +1,190 @@
+"""Binary and multi-label targets: labels.csv folders, label subsets, metrics against scikit-learn, kNN label
+frequencies, and the evaluators and CLI end to end on a 3-label folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.data.labels_csv import read_labels_csv
+from ssl_toolkit.data.sources import load_source
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.evaluators import targets
+from ssl_toolkit.evaluators.knn import label_frequencies
+
+NAMES = ("red", "green", "blue")
+
+
+def make_multilabel_folder(root: Path, n: int = 60, size: int = 16, seed: int = 0) -> Path:
+    """``n`` images whose labels are the colours of the squares drawn on them, with a labels.csv."""
+    rng = np.random.default_rng(seed)
+    (root / "imgs").mkdir(parents=True)
+    rows = ["file,labels"]
+    for i in range(n):
+        y = rng.random(3) < 0.45
+        y[i % 3] = True  # every label frequent enough, no empty set
+        img = np.full((size, size, 3), 20, np.uint8)
+        for c in np.flatnonzero(y):
+            r0, c0 = rng.integers(0, size // 2, 2)
+            img[r0 : r0 + size // 2, c0 : c0 + size // 2, c] = 230
+        Image.fromarray(img).save(root / "imgs" / f"{i:03d}.png")
+        rows.append(f"imgs/{i:03d}.png," + ";".join(name for name, v in zip(NAMES, y) if v))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_read_labels_csv_aligns_multi_hot_rows_with_files(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "labels.csv").write_text("file,labels\nc.png,dog\n./a.png,cat;dog\nb.png, cat \n")
+    y, classes = read_labels_csv(tmp_path, [tmp_path / "a.png", Path("b.png"), tmp_path / "c.png"])
+    assert classes == ["cat", "dog"]
+    assert y.dtype == np.uint8 and y.tolist() == [[1, 1], [1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("a.png,cat\nmissing.png,dog\n", "row 3: file missing.png does not exist"),
+        ("a.png,\n", "row 2: a.png has an empty label set"),
+        ("a.png,cat;;dog\n", "row 2: unknown label ''"),
+        ("a.png,cat\na.png,dog\n", "row 3: a.png is listed twice"),
+        ("b.png,cat\n", "1 image(s) have no row, e.g. a.png"),
+    ],
+)
+def test_read_labels_csv_errors_name_the_row(tmp_path, body, message):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    (tmp_path / "labels.csv").write_text("file,labels\n" + body)
+    files = [tmp_path / "a.png"] if "no row" in message else [tmp_path / "a.png", tmp_path / "b.png"]
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_labels_csv(tmp_path, files)
+
+
+def test_folder_with_labels_csv_is_multilabel_and_data_labels_names_another_file(tmp_path):
+    root = make_multilabel_folder(tmp_path / "f", n=30)
+    source = load_source(DataConfig(name=str(root), stream=False))
+    assert source.target_kind == "multilabel" and source.classes == ["blue", "green", "red"]
+    assert source.train.labels.shape == (len(source.train), 3) and source.train.labels.dtype == torch.uint8
+    assert len(source.train) + len(source.test) == 30
+    other = tmp_path / "other.csv"
+    other.write_text("file,labels\n" + "".join(f"imgs/{i:03d}.png,{'odd' if i % 2 else 'even'}\n" for i in range(30)))
+    source = load_source(DataConfig(name=str(root), labels=str(other), stream=False))
+    assert source.classes == ["even", "odd"] and source.train.labels.sum(1).eq(1).all()
+    with pytest.raises(UserError, match="data.labels: file does not exist"):
+        load_source(DataConfig(name=str(root), labels=str(tmp_path / "nope.csv"), stream=False))
+
+
+def test_label_subset_keeps_every_label():
+    labels = torch.zeros(200, 4, dtype=torch.uint8)
+    labels[:, 0] = 1
+    labels[7, 3] = 1  # a rare label: one image in 200
+    labels[100:150, 1] = 1
+    idx = targets.label_subset(labels, 0.05, seed=0)
+    assert labels[idx].sum(0).gt(0).tolist() == [True, True, False, True]  # label 2 has no image at all
+    assert 10 <= len(idx) <= 12 and 7 in idx.tolist()
+    single = torch.tensor([0] * 50 + [1] * 3)
+    assert set(single[targets.label_subset(single, 0.1, seed=1)].tolist()) == {0, 1}
+
+
+def test_multilabel_and_binary_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 3)) < 0.4).astype(np.uint8)
+    prob = np.clip(y * 0.5 + rng.random((200, 3)) * 0.6, 0, 1)
+    thresholds = [0.5, 0.6, 0.7]
+    rep = targets.target_report("multilabel", torch.from_numpy(prob), torch.from_numpy(y), thresholds)
+    aps = [average_precision_score(y[:, j], prob[:, j]) for j in range(3)]
+    assert rep["per_class_ap"] == pytest.approx(aps, abs=1e-6) and rep["mAP"] == pytest.approx(np.mean(aps), abs=1e-6)
+    pred = (prob >= np.array(thresholds)).astype(int)
+    assert rep["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro"), abs=1e-6)
+    assert rep["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)
+    yb, pb = y[:, 0], prob[:, :1]
+    rep = targets.target_report("binary", torch.from_numpy(pb), torch.from_numpy(yb), [0.5])
+    assert rep["roc_auc"] == pytest.approx(roc_auc_score(yb, pb[:, 0]), abs=1e-6)
+    assert rep["f1"] == pytest.approx(f1_score(yb, pb[:, 0] >= 0.5), abs=1e-6)
+
+
+def test_thresholds_maximise_held_out_f1():
+    y = torch.tensor([[0], [0], [0], [1], [1], [0], [1], [1]])
+    scores = torch.tensor([[0.1], [0.2], [0.3], [0.35], [0.4], [0.45], [0.8], [0.9]])
+    (t,) = targets.choose_thresholds("binary", scores, y)
+    assert t == pytest.approx(0.35)  # predicting >= 0.35 gets every positive with one false positive: F1 = 0.889
+
+
+def test_knn_label_frequencies_match_brute_force():
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(size=(80, 8)).astype(np.float32), rng.normal(size=(10, 8)).astype(np.float32)
+    y = (rng.random((80, 3)) < 0.5).astype(np.float32)
+    k, t = 7, 0.1
+    got = label_frequencies(torch.from_numpy(train), torch.from_numpy(y), torch.from_numpy(test), k, t).numpy()
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    b = test / np.linalg.norm(test, axis=1, keepdims=True)
+    sim = b @ a.T
+    for i in range(10):
+        nn_idx = np.argsort(-sim[i])[:k]
+        w = np.exp(sim[i, nn_idx] / t)
+        np.testing.assert_allclose(got[i], (w[:, None] * y[nn_idx]).sum(0) / w.sum(), rtol=1e-5)
+
+
+def _pretrain_on(root: Path, run: Path) -> None:
+    from conftest import tiny_config
+
+    from ssl_toolkit import pretrain
+
+    cfg = tiny_config("rotation", data=str(root), epochs=1)
+    cfg["data"].update(image_size=16, stream=False)
+    cfg["trainer"].update(batch_size=32)
+    pretrain(cfg, out=run)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
+    root = make_multilabel_folder(tmp_path / "f", n=60)
+    run = tmp_path / "run"
+    _pretrain_on(root, run)
+    code, out, err = cli("probe", run, "--data", root, "--mode", "linear", "--json")
+    assert code == 0, err
+    assert "mAP (%)" in out and "AP per class (%)" in out
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["target_kind"] == "multilabel" and res["top1"] is None and len(res["per_class_ap"]) == 3
+    assert 0.0 <= res["mAP"] <= 1.0 and len(res["thresholds"]) == 3
+    for mode, extra in (("knn", ["--k", "5"]), ("finetune", ["--augment", "randaugment", "--epochs", "1"]), ("partial", ["--epochs", "1", "--label-fraction", "0.2"])):
+        code, out, err = cli("probe", run, "--data", root, "--mode", mode, *extra, "--json")
+        assert code == 0, (mode, err)
+        res = json.loads(out.strip().splitlines()[-1])
+        assert res["metric"] == "mAP" and 0.0 <= res["mAP"] <= 1.0 and len(res["thresholds"]) == 3, mode
+    code, out, err = cli("probe", run, "--data", root, "--mode", "linear", "--augment", "randaugment")
+    assert code == 2 and "--augment applies to --mode partial and finetune" in err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
+    code, out, err = cli(
+        "probe", "--random-init", "-b", "test_resnet", "--data", "synthetic", "--mode", "linear", "--json",
+        "--set", "data.synthetic_classes=2", "--set", "data.synthetic_train=120", "--set", "data.synthetic_test=60", "--set", "data.image_size=16",
+    )
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["target_kind"] == "binary" and res["metric"] == "roc_auc" and len(res["thresholds"]) == 1
+    assert {"roc_auc", "f1", "precision", "recall", "accuracy"} <= set(res) and "ROC-AUC (%)" in out
+    assert res["top1"] == res["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_report_shows_multilabel_metrics(tmp_path, cli):
+    root = make_multilabel_folder(tmp_path / "f", n=40)
+    run = tmp_path / "run"
+    _pretrain_on(root, run)
+    assert cli("probe", run, "--data", root, "--mode", "linear")[0] == 0
+    code, out, err = cli("report", run, "--data", root)
+    assert code == 0, err
+    html = (run / "report.html").read_text()
+    assert "linear probe AP (%)" in html and "mAP " in html and "Multi-label data" in html
