@@ -32,7 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_toolkit.config import DataConfig, TrainerConfig
 from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.engine import PretrainModule, make_loader
+from ssl_toolkit.data.loaders import make_loader
+from ssl_toolkit.engine import PretrainModule
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 from ssl_toolkit.pretext.base import INPUTS_SECTION
 

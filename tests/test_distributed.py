@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from lightly.loss import NTXentLoss
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-from ssl_toolkit.engine import EpochShuffleSampler
+from ssl_toolkit.data.loaders import EpochShuffleSampler
 
 
 def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl):

@@ -199,3 +199,28 @@ def test_strict_stops_a_streaming_run_on_the_first_bad_file_with_one_line(tmp_pa
     assert err[-1].startswith("error: unreadable image file during training (--strict):") and "1.jpg" in err[-1]
     assert "Traceback" not in r.stderr
     assert (tmp_path / "run" / "config.yaml").is_file()  # what was written before stays
+
+
+def test_probe_embed_and_report_read_a_streaming_folder(tmp_path):
+    import ssl_toolkit as st
+
+    root = make_folder(tmp_path / "imgs", n_per_class=8)
+    data = {"name": str(root), "image_size": 32, "stream": True, "workers": 1}
+    cfg = {
+        "task": "rotation", "data": data, "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 1, "batch_size": 8, "progress_bar": False, "accelerator": "cpu"},
+    }
+    st.pretrain(cfg, out=tmp_path / "run")
+    in_memory = {**data, "stream": False}
+    for mode in ("linear", "knn", "finetune"):
+        streamed = st.probe(tmp_path / "run", {"data": data, "mode": mode, "epochs": 1} if mode == "finetune" else {"data": data, "mode": mode})
+        held = st.probe(tmp_path / "run", {"data": in_memory, "mode": mode, "epochs": 1} if mode == "finetune" else {"data": in_memory, "mode": mode})
+        assert streamed["n_test"] == held["n_test"] == 4
+        if mode != "finetune":  # the same centre squares, resampled the same way up to rounding
+            assert abs(streamed["top1"] - held["top1"]) <= 0.25
+    out = st.embed(tmp_path / "run", data, out=tmp_path / "emb.npz")
+    with np.load(tmp_path / "emb.npz") as emb:
+        assert emb["embeddings"].shape[0] == out["rows"] == 20
+        assert emb["labels"].tolist()[:4] == [0, 0, 0, 0]
+    rep = st.report(tmp_path / "run", data, out=tmp_path / "report.html")
+    assert (tmp_path / "report.html").stat().st_size > 10_000 and rep["labelled"]

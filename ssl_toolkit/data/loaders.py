@@ -91,3 +91,10 @@ def split_loader(
         pin_memory=pin_memory and n_workers > 0,
         prefetch_factor=4 if n_workers > 0 else None,
     )
+
+
+def make_loader(
+    images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
+) -> DataLoader:
+    """:func:`split_loader` over bare ``(N, C, S, S)`` uint8 tensors (benchmarks, tests)."""
+    return split_loader(Split(images, labels, []), batch_size, shuffle, seed=seed, workers=num_workers)

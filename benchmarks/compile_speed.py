@@ -1,0 +1,95 @@
+"""Does ``trainer.compile`` (torch.compile, inductor) pay for a run of a given length?
+
+Trains our SimCLR (the Lightning engine, as in ``throughput.py``) for ``--steps`` steps,
+eager and compiled, in each precision, and prints the end-to-end fit time (compilation
+included), the first step (where compilation happens), the median steady step, and the
+break-even: the number of steps after which compiling wins end to end. ``auto`` in
+``ssl_toolkit/compile.py`` is set from these figures.
+
+Usage::
+
+    python benchmarks/compile_speed.py --steps 300 --precisions 32-true,bf16-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import benchmark_images, build_module  # noqa: E402
+
+from ssl_toolkit.data.loaders import make_loader  # noqa: E402
+
+
+class StepClock(Callback):
+    """Seconds of every training step, the first one (compilation) included."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+def fit_times(images: torch.Tensor, args, compiled: bool) -> list[float]:
+    """Per-step seconds of ``args.steps`` SimCLR steps, eager or compiled."""
+    torch.manual_seed(0)
+    module = build_module("simclr", images, args, {"num_classes": 0})
+    module.cfg = module.cfg.model_copy(update={"compile": compiled})
+    clock = StepClock()
+    trainer = L.Trainer(
+        accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+    )
+    trainer.fit(module, make_loader(images, None, args.batch_size, shuffle=True, num_workers=0))
+    return clock.times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--precisions", default="32-true,bf16-mixed")
+    ap.add_argument("--accelerator", default="cpu")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    images, data_name = benchmark_images(args.size, limit=8192)
+    print(f"# {data_name}, {args.size} px, {args.backbone} (timm stem), batch {args.batch_size}, {args.steps} steps, "
+          f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| precision | mode | fit s | first step s | steady step s (median) | break-even steps |")
+    print("|---|---|---:|---:|---:|---:|")
+    for precision in args.precisions.split(","):
+        run_args = argparse.Namespace(**{**vars(args), "precision": precision})
+        rows = {}
+        for compiled in (False, True):
+            t = fit_times(images, run_args, compiled)
+            rows[compiled] = (sum(t), t[0], statistics.median(t[len(t) // 2 :]))
+        saving = rows[False][2] - rows[True][2]  # seconds saved per steady step
+        overhead = rows[True][1] - rows[False][1]  # extra seconds of the first step
+        even = f"{overhead / saving:.0f}" if saving > 0 else "never"
+        for compiled, (total, first, steady) in rows.items():
+            print(f"| {precision} | {'compiled' if compiled else 'eager'} | {total:.1f} | {first:.2f} | {steady:.3f} | {even if compiled else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
