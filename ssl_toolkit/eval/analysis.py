@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ssl_toolkit.flat_index import flat_index, flat_search, unit_rows
+
 KNN_KS = (1, 20, 200)
 RECALL_KS = (1, 5, 10)
 DEFAULT_TEMPERATURE = 0.1  # the kNN evaluator's default
@@ -64,14 +66,6 @@ class SearchInfo:
         return text + (", leave-one-out" if self.leave_one_out else "")
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit length, as a new C-contiguous float32 array (zero rows stay zero)."""
-    x = np.ascontiguousarray(x, dtype=np.float32).copy()
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x /= np.maximum(norms, 1e-12)
-    return x
-
-
 def build_index(gallery: np.ndarray, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, seed: int = 0) -> tuple[Any, SearchInfo]:
     """An inner-product FAISS index over ``gallery`` (already normalised), exact or IVF by size.
 
@@ -87,9 +81,7 @@ def build_index(gallery: np.ndarray, ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
 
     n, d = gallery.shape
     if n < ivf_threshold or n < 2 * 39:
-        index = faiss.IndexFlatIP(d)
-        index.add(gallery)
-        return index, SearchInfo("exact", n, d)
+        return flat_index(gallery), SearchInfo("exact", n, d)
     nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -144,8 +136,8 @@ def neighbours(
         ``(N_q, k)`` similarities, ``(N_q, k)`` gallery indices and the :class:`SearchInfo`.
     """
     loo = gallery is None
-    q = l2_normalize(queries)
-    g = q if loo else l2_normalize(gallery)
+    q = unit_rows(queries)
+    g = q if loo else unit_rows(gallery)
     k = max(1, min(k, g.shape[0] - (1 if loo else 0)))
     index, info = build_index(g, ivf_threshold, seed)
     info.leave_one_out = loo
@@ -253,7 +245,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 3
     """FAISS k-means of the L2-normalised rows of ``x`` (best of ``nredo`` starts); returns (assignments, objective)."""
     import faiss
 
-    xn = l2_normalize(x)
+    xn = unit_rows(x)
     k = max(1, min(k, len(xn)))
     # small problems: one thread (OpenMP's per-iteration start-up dominates, worst on busy cores)
     threads = 1 if xn.shape[0] * xn.shape[1] * k < SMALL_KMEANS_WORK else faiss.omp_get_max_threads()
@@ -348,19 +340,12 @@ def knn_graph(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarra
     Returns:
         ``(N, k)`` indices and distances, or ``None`` for other metrics (UMAP then finds neighbours itself).
     """
-    import faiss
-
     if metric == "cosine":
-        xn = l2_normalize(x)
-        index = faiss.IndexFlatIP(xn.shape[1])
-        index.add(xn)
-        sims, idx = index.search(xn, k)
+        xn = unit_rows(x)
+        sims, idx = flat_search(xn, xn, k)
         dists = np.maximum(1.0 - sims, 0.0)
     elif metric == "euclidean":
-        xc = np.ascontiguousarray(x, dtype=np.float32)
-        index = faiss.IndexFlatL2(xc.shape[1])
-        index.add(xc)
-        d2, idx = index.search(xc, k)
+        d2, idx = flat_search(x, x, k, metric="l2")
         dists = np.sqrt(np.maximum(d2, 0.0))
     else:
         return None

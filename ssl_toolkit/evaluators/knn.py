@@ -15,22 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
+from ssl_toolkit.flat_index import flat_search, unit_rows
 
 EXTRA_KS = (20, 1)
-
-
-def _as_f32(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    t = torch.as_tensor(x).detach().float().cpu()
-    return np.ascontiguousarray(F.normalize(t, dim=1).numpy())
 
 
 def knn_search(train_feats: torch.Tensor | np.ndarray, test_feats: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,11 +38,8 @@ def knn_search(train_feats: torch.Tensor | np.ndarray, test_feats: torch.Tensor 
     Returns:
         ``(M, k)`` similarities, largest first, and ``(M, k)`` training indices.
     """
-    xb, xq = _as_f32(train_feats), _as_f32(test_feats)
-    index = faiss.IndexFlatIP(xb.shape[1])  # inner product of unit vectors = cosine similarity
-    index.add(xb)
-    sims, idx = index.search(xq, k)
-    return torch.from_numpy(sims), torch.from_numpy(idx).long()
+    sims, idx = flat_search(unit_rows(train_feats), unit_rows(test_feats), k)  # inner product of unit rows = cosine
+    return torch.from_numpy(sims), torch.from_numpy(idx)
 
 
 def vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, temperature: float, num_classes: int) -> torch.Tensor:

@@ -133,15 +133,13 @@ def embedding_pairs(
     features: torch.Tensor, keys: np.ndarray, threshold: float, progress: StageProgress | None = None, chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, cosine)`` with ``i < j``, different pixels and cosine similarity >= ``threshold``."""
-    import faiss
+    from ssl_toolkit.flat_index import flat_index, unit_rows
 
-    x = torch.nn.functional.normalize(features.float(), dim=1).numpy()
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = unit_rows(features)
     n = len(x)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
+    index = flat_index(x)
     radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))  # FAISS keeps scores > radius
     out_i, out_j, out_s = [], [], []
     for start in range(0, n, chunk):
