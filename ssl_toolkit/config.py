@@ -42,6 +42,11 @@ class DataConfig(StrictModel):
             need over a quarter of the available memory.
         max_pixels: Files with more pixels than this are listed as unreadable instead of decoded.
         workers: DataLoader worker processes that decode streamed files (``None`` = the CPU count less one, at most 8).
+        color_space: What the backbone sees: ``rgb``, ``hsv``, ``lab``, ``ycbcr`` or ``gray``
+            (``ssl_toolkit/data/processing.py``); recorded in ``meta.json``.
+        equalize: Histogram equalisation per image: ``none``, ``global`` or ``clahe``.
+        normalize: ``zscore`` (mean / std) or ``minmax`` (min / range) per channel, measured
+            on the processed training images.
         labels: Folders only: a ``file,labels`` CSV of multi-label targets (``None`` = the folder's
             ``labels.csv`` when it has one; see ``docs/data.md``).
     """
@@ -60,6 +65,9 @@ class DataConfig(StrictModel):
     max_pixels: int | None = Field(default=60_000_000, ge=1)
     workers: int | None = Field(default=None, ge=0, le=64)
     labels: str | None = None
+    color_space: Literal["rgb", "hsv", "lab", "ycbcr", "gray"] = "rgb"
+    equalize: Literal["none", "global", "clahe"] = "none"
+    normalize: Literal["zscore", "minmax"] = "zscore"
 
 
 class BackboneConfig(StrictModel):

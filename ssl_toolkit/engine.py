@@ -12,6 +12,7 @@ import math
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -69,8 +70,10 @@ class PretrainModule(L.LightningModule):
         seed: int = 0,
         sample_images: torch.Tensor | None = None,
         samples_dir: Path | None = None,
+        processing: Any = None,
     ) -> None:
         super().__init__()
+        self.processing = processing  # data.color_space / equalize (ssl_toolkit.data.processing), applied to [0, 1] batches
         self.backbone = backbone
         self.task = task
         self.cfg = trainer_cfg
@@ -110,9 +113,14 @@ class PretrainModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_rng = checkpoint.get("ssl_rng")
 
+    def to_unit(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> float in [0, 1], processed (colour space, equalisation) when the data config asks."""
+        x = x_u8.float().div_(255.0)
+        return x if self.processing is None else self.processing(x)
+
     def training_step(self, batch, batch_idx):
         x_u8, y = batch  # (B, C, S, S) uint8, or (B, V, C, S, S) views cut by the data workers; (B,) long
-        x = x_u8.float().div_(255.0)
+        x = self.to_unit(x_u8)
         if self.cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, logs = self.task(self.backbone, x)
@@ -165,7 +173,7 @@ class PretrainModule(L.LightningModule):
         was_training = self.training
         self.eval()
         with torch.no_grad():
-            x = self.sample_images.to(self.device).float().div_(255.0)
+            x = self.to_unit(self.sample_images.to(self.device))
             self.task.save_samples(self.backbone, x, self.samples_dir, int(self.current_epoch))
         self.train(was_training)
 
@@ -177,7 +185,7 @@ class PretrainModule(L.LightningModule):
         keep = y >= 0
         if not keep.any():
             return
-        feats = self.backbone(self.task.normalize(x_u8.float().div_(255.0)))
+        feats = self.backbone(self.task.normalize(self.to_unit(x_u8)))
         acc = (self.online_head(feats.float()[keep]).argmax(1) == y[keep]).float().mean()
         self.log("online_top1", acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=int(keep.sum()))
 

@@ -1,0 +1,48 @@
+"""``trainer.compile``: ``torch.compile`` (inductor) of the backbone, where it pays.
+
+``true`` compiles the backbone in place (``nn.Module.compile``: parameter names, state
+dicts and checkpoints stay those of the eager module), ``false`` never does, and ``auto``
+compiles only where a measurement showed it winning end to end, compile time included, for
+a run of the planned length: :data:`BREAK_EVEN_STEPS` lists, per device type and precision,
+the optimiser steps after which the time saved per step has repaid the compilation.
+
+Measured so far (``docs/benchmarks.md``, "torch.compile"): on a 2-core CPU, resnet18 SimCLR
+at 32 px, compilation took minutes and did not repay itself within a few hundred steps in
+float32 or bfloat16, so ``auto`` leaves the CPU eager. No GPU has been measured yet, so
+``auto`` leaves GPUs eager too until ``benchmarks/compile_speed.py`` has run on one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+CompileSetting = Literal["auto"] | bool
+
+# (device type, Lightning precision) -> optimiser steps from which compiling wins end to end.
+# Only measured wins belong here; a missing entry means ``auto`` stays eager.
+BREAK_EVEN_STEPS: dict[tuple[str, str], int] = {}
+
+
+def should_compile(setting: CompileSetting, device_type: str, precision: str, planned_steps: int) -> bool:
+    """Whether ``trainer.compile`` turns compilation on for this run.
+
+    Args:
+        setting: ``true``, ``false`` or ``"auto"``.
+        device_type: ``cpu`` or ``cuda``.
+        precision: The run's resolved Lightning precision (``32-true``, ``bf16-mixed``, ...).
+        planned_steps: Optimiser steps the run is expected to make.
+    """
+    if setting != "auto":
+        return bool(setting)
+    break_even = BREAK_EVEN_STEPS.get((device_type, precision))
+    return break_even is not None and planned_steps >= break_even
+
+
+def compile_backbone(backbone: nn.Module, setting: CompileSetting, device_type: str, precision: str, planned_steps: int) -> bool:
+    """Compile ``backbone`` in place with inductor when :func:`should_compile` says so; returns whether it did."""
+    if not should_compile(setting, device_type, precision, planned_steps):
+        return False
+    backbone.compile(backend="inductor")
+    return True
