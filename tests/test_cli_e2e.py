@@ -24,7 +24,7 @@ def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
     assert len(result["per_class_acc"]) == 10 and sum(map(sum, result["confusion"])) == 359
     assert result["seconds"] > 0
     assert "top-1 (%)" in probe.stdout
-    saved = json.loads((run / "probes" / "linear-1.json").read_text())
+    saved = json.loads((run / "probes" / "digits-linear-1.json").read_text())
     assert saved["top1"] == result["top1"]
 
 

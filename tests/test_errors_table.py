@@ -130,3 +130,22 @@ def test_list_marks_bad_metadata_unreadable_and_lists_the_rest(cli, places, monk
     assert "rotation" in rows["good"] and "unreadable meta.json" not in rows["good"]
     for name, field in (("bad-probes", "probes"), ("bad-size", "image_size"), ("bad-kwargs", "backbone.kwargs"), ("bad-name", "backbone.timm_name")):
         assert f"unreadable meta.json: {field}:" in rows[name], rows[name]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(cli, places, full_disk):
+    rc, out, err = cli("checkpoints", "export", places["run"], "--out", str(full_disk / "b.safetensors"))
+    assert rc == 2 and err.strip().splitlines() == [err.strip()] and err.startswith("error: No space left on device"), err
+    assert list(full_disk.iterdir()) == []

@@ -121,8 +121,8 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
     assert meta_b["init_from"]["name"] == "rot-a" and meta_b["library_name"].startswith("rotation-test_resnet-synthetic-")
     rows = {r["name"]: r for r in st.list_checkpoints()}
     assert set(rows) == {"rot-a", meta_b["library_name"]}
-    assert rows["rot-a"]["best_probe"] == "linear-1" and 0 <= rows["rot-a"]["best_top1"] <= 1
-    assert "linear-1" in json.loads((tmp_path / "a" / META).read_text())["probes"]  # the run folder has it too
+    assert rows["rot-a"]["best_probe"] == "synthetic-linear-1" and 0 <= rows["rot-a"]["best_top1"] <= 1
+    assert "synthetic-linear-1" in json.loads((tmp_path / "a" / META).read_text())["probes"]  # the run folder has it too
     assert not (library_root() / "rot-a" / "probes").exists()
     code, out, err = cli("checkpoints", "list")
     assert "rot-a" in out and meta_b["library_name"] in out
@@ -130,3 +130,24 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
         pretrain(small(), out=tmp_path / "c", name="rot-a")
     with pytest.raises(UserError, match=r"architecture mismatch: expected test_resnet \(in_chans=3\), found test_resnet \(in_chans=3, small stem\)"):
         pretrain(small(init_from="rot-a", backbone={"small_stem": False}), out=tmp_path / "d")
+
+
+def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_path, cli):
+    from PIL import Image
+
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, online_probe=False)
+    pretrain(cfg, out=tmp_path / "run", name="rot")
+    one = tmp_path / "one-class" / "only"
+    one.mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(one / f"{i}.png")
+    code, out, err = cli("probe", "rot", "--data", "synthetic", "--mode", "knn", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32")
+    assert code == 0, err
+    code, out, err = cli("probe", "rot", "--data", str(tmp_path / "one-class"), "--mode", "knn")
+    assert code == 0 and "has a single class" in err, err
+    probes = json.loads((tmp_path / "run" / META).read_text())["probes"]
+    folder_key = next(k for k in probes if k.startswith("one-class."))
+    assert folder_key.endswith("-knn-1") and "synthetic-knn-1" in probes
+    assert probes["synthetic-knn-1"]["dataset"] == "synthetic" and probes[folder_key]["top1"] == 1.0

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from conftest import REPO, tiny_config
 from PIL import Image
@@ -186,3 +187,45 @@ def test_a_write_that_fails_half_way_leaves_the_previous_file_intact(tmp_path, m
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
     atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"new"
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tmp_path, run_ssl, toolkit_home):
+    run = tmp_path / "run"
+    assert run_ssl(*TINY_ARGS, "--epochs", "1", "--out", run).returncode == 0
+    before, library = _tree_bytes(run), _tree_bytes(toolkit_home / "checkpoints")
+    for _ in range(2):
+        done = run_ssl("pretrain", "--resume", run, "-q")
+        assert done.returncode == 0, done.stderr
+        assert "is already finished (1 epochs, 6 steps); nothing changed" in done.stdout
+        assert _tree_bytes(run) == before and _tree_bytes(toolkit_home / "checkpoints") == library
+
+    refused = run_ssl("pretrain", "--resume", run, "--lr", "0.5")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --resume cannot change trainer.lr")
+    assert _tree_bytes(run) == before
+
+    more = run_ssl("pretrain", "--resume", run, "--epochs", "2", "-q")
+    assert more.returncode == 0, more.stderr
+    meta = json.loads((run / "meta.json").read_text())
+    assert (meta["epochs"], meta["steps"]) == (2, 12)
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["epochs"] == 2
+    assert len(list((toolkit_home / "checkpoints").iterdir())) == 2  # the longer run is a new entry
+
+
+def test_last_ckpt_every_n_minutes_within_an_epoch(tmp_path):
+    run = tmp_path / "run"
+    proc = _popen([*TINY_ARGS, "--epochs", "3", "--set", "trainer.checkpoint_every_minutes=0.00001", "--out", str(run)], tmp_path)
+    end = time.time() + 300
+    while not (run / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < end, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        first = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert 1 <= first < 6  # written inside the first epoch (6 steps), by the time trigger
