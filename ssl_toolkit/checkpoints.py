@@ -260,6 +260,9 @@ def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
         lines.append(f"model.load_state_dict({load})")
     lines.append("model.eval()")
     lines.append(f"# inputs: {int(meta['in_chans'])} x {size} x {size}, pixels in [0, 1] normalised with mean={mean}, std={std}")
+    proc = meta.get("processing") or {}
+    if proc.get("color_space", "rgb") != "rgb" or proc.get("equalize", "none") != "none":
+        lines.append(f"# before normalising, the [0, 1] pixels were processed as in training: {proc} (ssl_toolkit.data.processing.Processing(**processing))")
     return "\n".join(lines) + "\n"
 
 

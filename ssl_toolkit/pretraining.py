@@ -106,10 +106,10 @@ def pretrain(
     data = _build_data(plan)
     model = _build_model(plan, data)
     _prepare_folder(plan, model, data)
-    trainer, module, seconds = _fit(plan, model, data)
+    trainer, guard, seconds = _fit(plan, model, data)
     if trainer.global_rank != 0:
         return {}
-    return _finish(plan, model, data, trainer, module, seconds)
+    return _finish(plan, model, data, trainer, guard, seconds)
 
 
 # --------------------------------------------------------------------------- stage 1: the plan
@@ -117,7 +117,7 @@ def pretrain(
 
 def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str | Path | None, name: str | None) -> Plan:
     """Resolve the config and the run folder, and check everything that needs no data."""
-    from ssl_toolkit.engine import check_lightning_options
+    from ssl_toolkit.trainer import check_lightning_options
     from ssl_toolkit.library import check_library_writable, check_name, name_taken
     from ssl_toolkit.pretext import TASKS
 
@@ -171,11 +171,17 @@ def _build_data(plan: Plan) -> RunData:
     source = load_source(cfg.data)
     if cfg.data.strict:
         report_skipped(source, plan.folder, strict=True)
+    from ssl_toolkit.data.processing import Processing, processed_stats
+
+    processing = Processing.from_config(cfg.data)
+    channels, mean, std = processed_stats(processing, source)  # what the backbone is fed (data.color_space, equalize, normalize)
     facts = DataFacts(
-        channels=source.channels, image_size=source.image_size, mean=source.mean, std=source.std,
-        name=source.name, grayscale_origin=source.grayscale_origin,
+        channels=channels, image_size=source.image_size, mean=mean, std=std,
+        name=source.name, grayscale_origin=source.grayscale_origin or channels == 1,
     )
     task_cls = TASKS.get(cfg.task)
+    if processing.color_space != "rgb" and task_cls.info.needs_colour:
+        raise UserError(f"{cfg.task} converts RGB itself; it needs data.color_space=rgb, not {processing.color_space}")
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
     task_cls.check_data(task_cfg, facts)
     stage = task_cls.worker_stage(task_cfg, facts)
@@ -275,21 +281,30 @@ def _prepare_folder(plan: Plan, model: RunModel, data: RunData) -> None:
 
 
 def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
-    """Train with Lightning; returns (trainer, module, seconds)."""
+    """Train with Lightning; returns (trainer, gradient guard, seconds)."""
     import lightning as L
 
-    from ssl_toolkit.engine import PretrainModule, build_trainer, checkpoint_step, truncate_metrics
+    from ssl_toolkit.callbacks import GradientGuard, OnlineProbe, RngState, SamplePictures
+    from ssl_toolkit.data.processing import Processing
+    from ssl_toolkit.engine import PretrainModule
+    from ssl_toolkit.trainer import build_trainer, checkpoint_step, truncate_metrics
 
     t, folder = plan.cfg.trainer, plan.folder
     r = model.resolved["trainer"]
     module = PretrainModule(
-        model.backbone, model.task, t, r["lr"], r["weight_decay"], r["optimizer"], num_classes=data.num_classes,
-        seed=t.seed, sample_images=first_images(data.source.train, 16), samples_dir=folder.samples,
+        model.backbone, model.task, t, r["lr"], r["weight_decay"], r["optimizer"], seed=t.seed,
+        processing=Processing.from_config(plan.cfg.data),
     )
+    guard = GradientGuard()
+    callbacks = [guard, RngState(), SamplePictures(first_images(data.source.train, 16), folder.samples)]
+    if data.num_classes:
+        from ssl_toolkit.backbones import feature_dim
+
+        callbacks.insert(0, OnlineProbe(feature_dim(model.backbone), data.num_classes))
     L.seed_everything(t.seed, workers=True, verbose=False)
     for logger_name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger_name).setLevel(logging.WARNING)  # no banners (devices, tips) in the output
-    trainer = build_trainer(t, folder.path, validate=data.val_loader is not None)
+    trainer = build_trainer(t, folder.path, validate=data.val_loader is not None, callbacks=callbacks)
     ckpt_path = str(folder.last_ckpt) if plan.resume else None
     if ckpt_path is not None:
         truncate_metrics(folder.metrics, checkpoint_step(folder.last_ckpt))
@@ -308,15 +323,16 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
             if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
                 raise Interrupted(f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 130) from None
             raise
-    return trainer, module, time.time() - start
+    return trainer, guard, time.time() - start
 
 
 # --------------------------------------------------------------------------- stage 6: backbone and library
 
 
-def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, module: Any, seconds: float) -> dict[str, Any]:
+def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any, seconds: float) -> dict[str, Any]:
     """Save the backbone with its metadata into the run folder and register it in the library."""
     from ssl_toolkit.checkpoints import save_backbone
+    from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.library import register_run
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -326,6 +342,7 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, module: An
         "task_state": model.task.extra_state(),
         "backbone": model.spec.to_dict(),
         **model.task.backbone_input(),  # in_chans, mean, std (+ input_transform) of what the backbone sees
+        "processing": Processing.from_config(plan.cfg.data).to_dict(),  # colour space, equalisation, normalisation
         "image_size": data.source.image_size,
         "dataset": data.source.describe(),
         "epochs": int(trainer.current_epoch),
@@ -335,12 +352,12 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, module: An
         "final_metrics": metrics,
         "precision": model.resolved["trainer"]["precision"],
         "world_size": int(trainer.world_size),
-        "skipped_steps": module.skipped_steps,
+        "skipped_steps": guard.skipped_steps,
         "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(plan.folder.path.resolve()),
     }
     if model.init_info:
         meta["init_from"] = model.init_info
-    meta = save_backbone(plan.folder.path, module.backbone, meta)
+    meta = save_backbone(plan.folder.path, model.backbone, meta)
     return {**register_run(plan.folder.path, plan.name), "run_dir": meta["run_dir"]}

@@ -11,13 +11,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ssl_toolkit.backbones import feature_dim
-from ssl_toolkit.atomic import atomic_write_bytes
-from ssl_toolkit.data.sources import DataSource, Split
+from ssl_toolkit.atomic import atomic_file
+from ssl_toolkit.data.sources import DataSource
 from ssl_toolkit.settings import cache_dir
 from ssl_toolkit.errors import UserError
 
@@ -38,15 +40,23 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     transform: str | None = None
+    processing: dict | None = None  # data.color_space / equalize / normalize of the pretraining (ssl_toolkit.data.processing)
 
     @classmethod
     def from_meta(cls, meta: dict) -> Preprocess:
         """The preprocessing recorded in a backbone's ``meta.json``."""
-        return cls(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]), meta.get("input_transform"))
+        return cls(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]), meta.get("input_transform"), meta.get("processing"))
 
     def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` uint8 -> ``(B, in_chans, S, S)`` normalised float."""
         x = x_u8.float().div_(255.0)
+        if self.processing:
+            from ssl_toolkit.data.processing import Processing
+
+            proc = Processing(**self.processing)
+            if x.shape[1] == 1 and proc.color_space not in ("rgb", "gray"):
+                x = x.expand(-1, 3, -1, -1)  # a colour-space backbone on single-channel data
+            x = proc(x)
         c = x.shape[1]
         if self.transform is not None:
             from ssl_toolkit.pretext.base import INPUT_TRANSFORMS
@@ -62,6 +72,8 @@ class Preprocess:
 
     def key(self) -> dict:
         key = {"in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+        if self.processing and self.processing != {"color_space": "rgb", "equalize": "none", "normalize": "zscore"}:
+            key["processing"] = dict(self.processing)
         return {**key, "transform": self.transform} if self.transform else key
 
 
@@ -76,18 +88,31 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def extract(model: nn.Module, images: torch.Tensor, pre: Preprocess, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Pooled features of ``images`` (``(N, C, S, S)`` uint8) -> ``(N, D)`` float32, eval mode, no grad."""
+def extract_into(model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu") -> None:
+    """Write the pooled features of ``images`` into ``out`` (``(N, D)``, e.g. a memmap), one batch at a time.
+
+    Eval mode, no gradients. ``images`` is a split (in memory, or files decoded by
+    DataLoader workers) or an ``(N, C, S, S)`` uint8 tensor.
+    """
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, not {batch_size}")
     was_training = model.training
     model.eval().to(device)
-    out = []
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
-    for chunk in batches:  # (B, C, S, S) uint8, in memory or decoded by DataLoader workers
-        out.append(model(pre(chunk.to(device, non_blocking=True))).float().cpu())
+    start = 0
+    for chunk in batches:  # (B, C, S, S) uint8
+        out[start : start + len(chunk)] = model(pre(chunk.to(device, non_blocking=True))).float().cpu().numpy()
+        start += len(chunk)
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, feature_dim(model))
+    if start != len(out):  # never let a short pass reach the cache as zeros
+        raise RuntimeError(f"features written for {start} of {len(out)} images")
+
+
+def extract(model: nn.Module, images: Any, pre: Preprocess, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Pooled features of ``images`` -> ``(N, D)`` float32 (see :func:`extract_into`)."""
+    out = np.empty((len(images), feature_dim(model)), dtype=np.float32)
+    extract_into(model, images, pre, out, batch_size, device)
+    return torch.from_numpy(out)
 
 
 class FeatureCache:
@@ -107,23 +132,68 @@ class FeatureCache:
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
 
-    def get(self, model: nn.Module, source: DataSource, split: str, pre: Preprocess, fingerprint: str | None = None, device="cpu") -> torch.Tensor:
-        """Features of ``source.<split>``, loaded from the cache or extracted and stored."""
-        fingerprint = fingerprint or weights_fingerprint(model)
-        path = self.root / f"{self.key(fingerprint, source, split, pre)}.pt"
-        data: Split = getattr(source, split)
-        if path.is_file():
-            try:
-                feats = torch.load(path, map_location="cpu", weights_only=True)
-                if isinstance(feats, torch.Tensor) and feats.shape[0] == len(data):
-                    return feats
-            except Exception:  # noqa: BLE001  (an unreadable cache entry is recomputed)
-                pass
-        feats = extract(model, data, pre, device=device)
-        self.forward_passes += 1
-        import io
+    def path(self, fingerprint: str, source: DataSource, split: str, pre: Preprocess) -> Path:
+        """The cache file of (weights, data, split, preprocessing)."""
+        return self.root / f"{self.key(fingerprint, source, split, pre)}.pt"
 
-        buf = io.BytesIO()
-        torch.save(feats, buf)
-        atomic_write_bytes(path, buf.getvalue())
-        return feats
+    def features(
+        self,
+        model: nn.Module,
+        source: DataSource,
+        split: str,
+        pre: Preprocess,
+        fingerprint: str | None = None,
+        device: str | torch.device | None = None,
+        out: np.ndarray | None = None,
+        batch_size: int = 512,
+    ) -> tuple[np.ndarray, bool]:
+        """Features of ``source.<split>``: memory-mapped from the cache, or extracted and stored.
+
+        Args:
+            model: The backbone (pooled output).
+            source: The data.
+            split: ``"train"`` or ``"test"``.
+            pre: Input preprocessing.
+            fingerprint: :func:`weights_fingerprint` of ``model`` (computed if ``None``).
+            device: Where to run the backbone (default: :func:`~ssl_toolkit.devices.choose_device`).
+            out: Where to put the features (e.g. a slice of a memmap); a new array if ``None``.
+            batch_size: Images per forward pass.
+
+        Returns:
+            The ``(N, D)`` float32 features (``out`` when given) and whether they came from the cache.
+        """
+        images = getattr(source, split)
+        path = self.path(fingerprint or weights_fingerprint(model), source, split, pre)
+        cached = self._load(path, len(images))
+        if cached is not None:
+            if out is None:
+                return cached, True
+            for start in range(0, len(cached), 65536):
+                out[start : start + 65536] = cached[start : start + 65536]
+            return out, True
+        if out is None:
+            out = np.empty((len(images), feature_dim(model)), dtype=np.float32)
+        from ssl_toolkit.devices import choose_device
+
+        extract_into(model, images, pre, out, batch_size, device or choose_device())
+        self.forward_passes += 1
+        with atomic_file(path) as tmp:  # the tensor file, written without another copy in memory
+            torch.save(torch.from_numpy(np.asarray(out)), tmp)
+        return out, False
+
+    @staticmethod
+    def _load(path: Path, rows: int) -> np.ndarray | None:
+        """The cached ``(rows, D)`` features memory-mapped, or ``None`` (missing, unreadable or stale)."""
+        if not path.is_file():
+            return None
+        try:
+            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001  (an unreadable cache entry is recomputed)
+            return None
+        if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == rows:
+            return t.float().numpy()
+        return None
+
+    def get(self, model: nn.Module, source: DataSource, split: str, pre: Preprocess, fingerprint: str | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Features of ``source.<split>`` as a tensor (see :meth:`features`)."""
+        return torch.from_numpy(self.features(model, source, split, pre, fingerprint, device)[0])

@@ -36,15 +36,20 @@ def load_target(target: str | Path | None, random_init: bool, backbone: Backbone
     """The backbone to evaluate, its metadata, and the run folder to write results into (if any)."""
     if random_init:
         torch.manual_seed(cfg.seed)
+        from ssl_toolkit.data.processing import Processing, processed_stats
+
         probe_source = load_source(cfg.data)
-        model, spec = create_backbone(backbone, probe_source.channels, probe_source.image_size)
+        processing = Processing.from_config(cfg.data)  # the baseline is fed as data.color_space/equalize/normalize say
+        channels, mean, std = processed_stats(processing, probe_source)
+        model, spec = create_backbone(backbone, channels, probe_source.image_size)
         meta = {
             "task": "random-init",
             "backbone": spec.to_dict(),
-            "in_chans": probe_source.channels,
+            "in_chans": channels,
             "image_size": probe_source.image_size,
-            "mean": list(probe_source.mean),
-            "std": list(probe_source.std),
+            "mean": list(mean),
+            "std": list(std),
+            "processing": processing.to_dict(),
         }
         return model.eval(), meta, None
     if target is None:

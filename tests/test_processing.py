@@ -1,0 +1,83 @@
+"""data.color_space / equalize / normalize: exact values of the conversions, statistics, and the choice recorded
+in meta.json and applied again by probe with no flag."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from ssl_toolkit import pretrain
+from ssl_toolkit.data.processing import Processing
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.eval.features import Preprocess
+
+WHITE_RED = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]).view(1, 3, 1, 2)  # two pixels: white, pure red
+
+
+def test_colour_spaces_scale_every_channel_to_unit_range():
+    lab = Processing("lab")(WHITE_RED)
+    assert lab[0, :, 0, 0].tolist() == pytest.approx([1.0, 128 / 255, 128 / 255], abs=1e-3)  # white: L = 100, a = b = 0
+    assert lab[0, 0, 0, 1].item() == pytest.approx(53.24 / 100, abs=1e-3)  # red: L = 53.24
+    hsv = Processing("hsv")(WHITE_RED)
+    assert hsv[0, :, 0, 1].tolist() == pytest.approx([0.0, 1.0, 1.0], abs=1e-5)  # red: hue 0, full saturation and value
+    ycbcr = Processing("ycbcr")(WHITE_RED)
+    assert ycbcr[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.5, 0.5], abs=1e-4)
+    gray = Processing("gray")(WHITE_RED)
+    assert gray.shape == (1, 1, 1, 2) and gray[0, 0, 0, 1].item() == pytest.approx(0.299, abs=1e-3)
+    x = torch.rand(4, 3, 8, 8)
+    for space in ("hsv", "lab", "ycbcr"):
+        y = Processing(space)(x)
+        assert y.shape == x.shape and y.min() >= -1e-4 and y.max() <= 1 + 1e-4, space
+    assert torch.equal(Processing()(x), x)
+
+
+def test_equalisation_stretches_a_low_contrast_image():
+    x = 0.4 + 0.1 * torch.rand(2, 1, 64, 64)  # values in [0.4, 0.5]; PIL-style global equalisation needs 256+ pixels per level step
+    for how in ("global", "clahe"):
+        y = Processing(equalize=how)(x)
+        assert y.shape == x.shape
+        assert (y.amax(dim=(2, 3)) - y.amin(dim=(2, 3))).min() > 0.3, how  # the range at least triples (CLAHE: clip limit 2)
+
+
+def test_statistics_zscore_and_minmax():
+    images = torch.tensor([[[[0, 255]]], [[[51, 102]]]], dtype=torch.uint8)  # (2, 1, 1, 2)
+    mean, std = Processing(normalize="zscore").statistics(images)
+    vals = torch.tensor([0, 255, 51, 102], dtype=torch.float64) / 255
+    assert mean[0] == pytest.approx(vals.mean().item(), abs=1e-6) and std[0] == pytest.approx(vals.std().item(), abs=1e-6)
+    assert Processing(normalize="minmax").statistics(images) == ((0.0,), (1.0,))
+
+
+def test_colour_space_on_single_channel_data_is_refused():
+    with pytest.raises(UserError, match="data.color_space=lab needs colour images; digits is single-channel"):
+        Processing("lab").check(1, "digits")
+    Processing("gray").check(1, "digits")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_processing_is_recorded_and_probe_applies_it(tmp_path, cli):
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32, color_space="lab", equalize="clahe", normalize="minmax")
+    meta = pretrain(cfg, out=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert saved["processing"] == {"color_space": "lab", "equalize": "clahe", "normalize": "minmax"}
+    pre = Preprocess.from_meta(saved)
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+
+    x = load_source(DataConfig(name="synthetic", image_size=16, synthetic_train=64, synthetic_test=32)).train.images[:8]
+    manual = Processing("lab", "clahe", "minmax")(x.float() / 255)
+    mean = torch.tensor(saved["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(saved["std"]).view(1, 3, 1, 1)
+    assert torch.allclose(pre(x), (manual - mean) / std, atol=1e-5)
+    code, out, err = cli("probe", tmp_path / "run", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json")
+    assert code == 0, err
+    assert meta["run_dir"]
+
+
+def test_colorization_refuses_another_colour_space(tmp_path, cli):
+    code, out, err = cli("pretrain", "--task", "colorization", "--data", "synthetic", "--set", "data.color_space=hsv", "--out", tmp_path / "c", "--quiet")
+    assert code == 2 and "colorization converts RGB itself; it needs data.color_space=rgb" in err
+    assert not (tmp_path / "c" / "config.yaml").exists()
