@@ -92,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ssl_toolkit.eval.analysis import UmapParams, analyze, umap_projection
-    from ssl_toolkit.eval.embed import embed, load_target_source, split_features
+    from ssl_toolkit.eval.embed import embed, load_target_source
     from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
     from ssl_toolkit.eval.report import report
 
@@ -108,7 +108,7 @@ def main() -> None:
 
     model, meta, _, source, pre = load_target_source(target, args.data)
     fp = weights_fingerprint(model)
-    feats = stage("features", lambda: np.asarray(split_features(model, source, "test", pre, FeatureCache(), fp)[0]), rows)
+    feats = stage("features", lambda: np.asarray(FeatureCache().features(model, source, "test", pre, fp)[0]), rows)
     labels = source.test.labels.numpy()
     print(f"{len(feats):,} images, {feats.shape[1]}-d features")
     res = stage("embed", lambda: embed(target, args.data, work / "test.npz", split="test"), rows)

@@ -8,17 +8,7 @@ import click
 import yaml
 
 from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
+from ssl_toolkit.units import human_size
 
 
 @main.group(context_settings=CONTEXT)

@@ -1,10 +1,10 @@
 """Embeddings of a dataset under a frozen backbone, streamed to disk.
 
-:func:`split_features` gives the features of one split through the evaluators' feature
-cache (``$SSL_TOOLKIT_HOME/cache/features``): a cached split is memory-mapped, a new one
-is extracted batch by batch straight into its destination (an ``.npy`` memmap for
-:func:`embed`) and then stored in the cache, so the features are never held in memory
-as a whole.
+Each split's features come through the evaluators' feature cache
+(:meth:`~ssl_toolkit.eval.features.FeatureCache.features`): a cached split is
+memory-mapped, a new one is extracted batch by batch straight into its destination (an
+``.npy`` memmap for :func:`embed`) and then stored in the cache, so the features are
+never held in memory as a whole.
 
 Output of :func:`embed`:
 
@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
+from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
 
@@ -90,99 +90,6 @@ def preprocess_of(meta: dict[str, Any]) -> Preprocess:
     return Preprocess.from_meta(meta)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cache_path(cache: FeatureCache, fingerprint: str, source: DataSource, split: str, pre: Preprocess) -> Path:
-    """Where :class:`FeatureCache` keeps this split's features (same key, same file)."""
-    return cache.root / f"{cache.key(fingerprint, source, split, pre)}.pt"
-
-
-@torch.no_grad()
-def stream_features(model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = EMBED_BATCH, device: str = "cpu") -> None:
-    """Write the pooled features of a split's images into ``out`` (``(N, D)``), one batch at a time.
-
-    ``images`` is a split (in memory, or files decoded by DataLoader workers) or a ``(N, C, S, S)`` uint8 tensor.
-    """
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, not {batch_size}")
-    was_training = model.training
-    model.eval().to(device)
-    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
-    start = 0
-    for chunk in batches:  # (B, C, S, S) uint8
-        out[start : start + len(chunk)] = model(pre(chunk.to(device, non_blocking=True))).float().cpu().numpy()
-        start += len(chunk)
-    model.train(was_training)
-    if start != len(out):  # never let a short pass reach the cache as zeros
-        raise RuntimeError(f"features written for {start} of {len(out)} images")
-
-
-def split_features(
-    model: nn.Module,
-    source: DataSource,
-    split: str,
-    pre: Preprocess,
-    cache: FeatureCache | None = None,
-    fingerprint: str | None = None,
-    out: np.ndarray | None = None,
-    batch_size: int = EMBED_BATCH,
-    device: str | None = None,
-) -> tuple[np.ndarray, bool]:
-    """Features of ``source.<split>`` through the feature cache.
-
-    Args:
-        model: The backbone (pooled output).
-        source: The data.
-        split: ``"train"`` or ``"test"``.
-        pre: Input preprocessing.
-        cache: The feature cache (default: the toolkit's).
-        fingerprint: :func:`weights_fingerprint` of ``model`` (computed if ``None``).
-        out: Where to put the features (e.g. a slice of a memmap); a new array if ``None``.
-        batch_size: Images per forward pass.
-        device: Where to run the backbone (default: CUDA when available).
-
-    Returns:
-        The ``(N, D)`` float32 features (``out`` when given) and whether they came from the cache.
-    """
-    cache = cache or FeatureCache()
-    fingerprint = fingerprint or weights_fingerprint(model)
-    images = getattr(source, split)
-    path = cache_path(cache, fingerprint, source, split, pre)
-    cached = None
-    if path.is_file():
-        try:
-            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == len(images):
-                cached = t.float().numpy()
-        except Exception:  # noqa: BLE001  (an unreadable cache entry is recomputed)
-            cached = None
-    if cached is not None:
-        if out is None:
-            return cached, True
-        for start in range(0, len(cached), 65536):
-            out[start : start + 65536] = cached[start : start + 65536]
-        return out, True
-    if out is None:
-        out = np.empty((len(images), feature_dim(model)), dtype=np.float32)
-    stream_features(model, images, pre, out, batch_size, device or default_device())
-    cache.forward_passes += 1
-    store_in_cache(path, out)
-    return out, False
-
-
-def store_in_cache(path: Path, feats: np.ndarray) -> None:
-    """Save ``feats`` as the cache's ``.pt`` tensor file, atomically, without another copy in memory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(torch.from_numpy(np.asarray(feats)), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any] | str | None:
@@ -261,23 +168,21 @@ def embed(
     n, dim = sum(counts.values()), feature_dim(model)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    # the embeddings go to an .npy memmap: the destination itself, or a temp file packed into the .npz
-    target_npy = out if out.suffix == ".npy" else None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # the embeddings go to an .npy memmap: the destination itself, or a scratch file packed into the .npz
     cache = FeatureCache()
     fingerprint = weights_fingerprint(model)
-    cached = []
-    try:
-        emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    cached: list[str] = []
+
+    def fill(npy: Path) -> dict[str, np.ndarray]:
+        emb = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, dim))
         row = 0
         for s in splits:
-            _, hit = split_features(model, source, s, pre, cache, fingerprint, emb[row : row + counts[s]], batch_size, device)
+            _, hit = cache.features(model, source, s, pre, fingerprint, device, emb[row : row + counts[s]], batch_size)
             if hit:
                 cached.append(s)
             row += counts[s]
         emb.flush()
+        del emb
         arrays = row_arrays(source, splits)
         info = {
             "target": str(target),
@@ -290,18 +195,23 @@ def embed(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         arrays["meta"] = np.array(json.dumps(info))
-        if target_npy is None:
-            write_npz(out, {"embeddings": emb, **arrays})
-            del emb
-            tmp.unlink()
-            meta_path = None
-        else:
-            del emb
-            os.replace(tmp, target_npy)
-            meta_path = out.with_suffix(".meta.npz")
-            write_npz(meta_path, arrays)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return arrays
+
+    if out.suffix == ".npy":
+        with atomic_file(out) as tmp:
+            arrays = fill(tmp)
+        meta_path: Path | None = out.with_suffix(".meta.npz")
+        write_npz(meta_path, arrays)
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)  # scratch, never renamed
+        os.close(fd)
+        scratch = Path(name)
+        try:
+            arrays = fill(scratch)
+            write_npz(out, {"embeddings": np.load(scratch, mmap_mode="r"), **arrays})
+        finally:
+            scratch.unlink(missing_ok=True)
+        meta_path = None
     return {
         "path": str(out),
         "meta_path": None if meta_path is None else str(meta_path),
@@ -330,15 +240,9 @@ def row_arrays(source: DataSource, splits: list[str]) -> dict[str, np.ndarray]:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` into a temp file renamed into place (arrays, memmaps included, are written in chunks)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.savez`` written atomically (arrays, memmaps included, are written in chunks)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_embeddings(path: str | Path, mmap: bool = True) -> Embeddings:

@@ -13,7 +13,6 @@ sample grids of tasks that save pictures (``<run>/samples/*.png``).
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import math
@@ -29,9 +28,10 @@ from ssl_toolkit._version import __version__
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.html_page import data_uri, render_page
 from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
-from ssl_toolkit.eval.embed import load_target_source, split_features
+from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -124,10 +124,6 @@ def sample_picture(path: Path, max_width: int = 1100) -> dict[str, Any]:
         width = max_width
     scale = max(1, min(4, max_width // max(width, 1)))
     return {"src": data_uri(data), "name": path.name, "width": min(width * scale, max_width)}
-
-
-def data_uri(png: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,16 +242,7 @@ def _short_id(image_id: str) -> str:
 
 def render(context: dict[str, Any]) -> str:
     """The page from ``templates/report.html`` (autoescaped)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True, default=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template("report.html").render(**context)
+    return render_page(TEMPLATES, "report.html", context)
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,8 +301,8 @@ def report(
     # two splits: test queries, training gallery; one split: it searches itself (leave-one-out)
     two = split == "auto" and len(source.test) > 0
     query_name = "test" if two or split == "test" else "train"
-    qx = np.asarray(split_features(model, source, query_name, pre, cache, fp, batch_size=batch_size, device=device)[0])
-    gx = np.asarray(split_features(model, source, "train", pre, cache, fp, batch_size=batch_size, device=device)[0]) if two else None
+    qx = np.asarray(cache.features(model, source, query_name, pre, fp, device, batch_size=batch_size)[0])
+    gx = np.asarray(cache.features(model, source, "train", pre, fp, device, batch_size=batch_size)[0]) if two else None
     seconds["features"] = time.perf_counter() - t
 
     # --- numbers --------------------------------------------------------------------

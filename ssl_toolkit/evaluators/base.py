@@ -19,6 +19,7 @@ from torch import nn
 from ssl_toolkit.config import ProbeConfig, StrictModel, validate
 from ssl_toolkit.data.sources import DataSource
 from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+from ssl_toolkit.devices import choose_device
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.registry import Registry
 
@@ -42,13 +43,6 @@ class EvalContext:
     pre: Preprocess
     train_idx: torch.Tensor
     cfg: ProbeConfig
-
-
-def feature_device(accelerator: str) -> torch.device:
-    """Where frozen features are extracted: the GPU when there is one and ``accelerator`` allows it."""
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 class EvaluatorConfig(StrictModel):
@@ -94,7 +88,7 @@ class Evaluator(ABC):
         """Cached frozen features of the training subset and of the test split (eval mode, no grad)."""
         self.freeze(ctx.model)
         fp = weights_fingerprint(ctx.model)
-        device = feature_device(ctx.cfg.accelerator)
+        device = choose_device(ctx.cfg.accelerator)
         train = self.cache.get(ctx.model, ctx.source, "train", ctx.pre, fp, device=device)
         test = self.cache.get(ctx.model, ctx.source, "test", ctx.pre, fp, device=device)
         ctx.model.cpu()

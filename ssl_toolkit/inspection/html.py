@@ -6,7 +6,6 @@ embedded as a ``data:`` URI, so the page is a single file that opens anywhere.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,9 @@ import numpy as np
 
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.data.scan import READ_ERRORS
+from ssl_toolkit.html_page import data_uri, render_page
 from ssl_toolkit.inspection.table import ImageTable
+from ssl_toolkit.units import human_size
 
 TEMPLATES = Path(__file__).parent / "templates"
 MEMBERS_SHOWN = 8
@@ -32,20 +33,10 @@ class Thumbnails:
         if i not in self.cache:
             try:
                 mime, data = self.table.thumbnail(i, self.px)
-                self.cache[i] = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+                self.cache[i] = data_uri(data, mime)
             except READ_ERRORS:  # the file changed or vanished since the scan
                 self.cache[i] = ""
         return self.cache[i]
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def histogram_rows(hist: dict[str, list], fmt: Callable[[float], str] = lambda v: f"{v:g}") -> list[dict[str, Any]]:
@@ -98,8 +89,6 @@ def group_views(table: ImageTable, section: dict[str, Any] | None, groups: list[
 
 def render_html(result, progress=None) -> str:
     """Render an :class:`~ssl_toolkit.inspection.Inspection` to HTML text."""
-    from jinja2 import Environment, FileSystemLoader
-
     report, table = result.report, result.table
     cfg = report["settings"]
     thumbs = Thumbnails(table)
@@ -112,13 +101,13 @@ def render_html(result, progress=None) -> str:
         ("Aspect ratio (width / height)", histogram_rows(sizes["aspect_ratio"]["histogram"], lambda v: f"{v:.2f}")),
     ]
     if report["file_sizes"]:
-        histograms.append(("File size", histogram_rows(report["file_sizes"]["histogram"], human_bytes)))
+        histograms.append(("File size", histogram_rows(report["file_sizes"]["histogram"], human_size)))
     dups = report["duplicates"]
     context = {
         "r": report,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "histograms": histograms,
-        "human_bytes": human_bytes,
+        "human_bytes": human_size,
         "grids": class_grids(table, cfg["thumbnails_per_class"], thumbs),
         "groups": [
             ("Exact duplicates", "exact", group_views(table, dups["exact"], result.groups["exact"], cfg["max_groups_shown"], thumbs)),
@@ -127,8 +116,7 @@ def render_html(result, progress=None) -> str:
         ],
         "pixelated": table.kind == "tensor",
     }
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    html = env.get_template("inspect.html").render(**context)
+    html = render_page(TEMPLATES, "inspect.html", context, strict=False)
     if progress is not None:
         progress("rendering", 1, 1)
     return html

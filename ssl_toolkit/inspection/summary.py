@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ssl_toolkit.inspection.html import human_bytes
+from ssl_toolkit.units import human_size
 from ssl_toolkit.terminal import terminal_safe
 
 GROUPS_LISTED = 5
@@ -64,7 +64,7 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{'formats':<16}{_counts(report['formats'])}")
     if report["file_sizes"]:
         fs = report["file_sizes"]
-        lines.append(f"{'file size':<16}total {human_bytes(fs['total'])}; per file min {human_bytes(fs['min'])}, median {human_bytes(fs['median'])}, max {human_bytes(fs['max'])}")
+        lines.append(f"{'file size':<16}total {human_size(fs['total'])}; per file min {human_size(fs['min'])}, median {human_size(fs['median'])}, max {human_size(fs['max'])}")
     norm = report["normalisation"]
     lines.append(f"{'normalisation':<16}{norm['channels']} channel(s) at {norm['image_size']}px: mean {norm['mean']}, std {norm['std']}")
     lab = report["labels"]

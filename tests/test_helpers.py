@@ -1,0 +1,45 @@
+"""The one-of-each helpers: sizes, device choice, HTML pages, atomic files."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from ssl_toolkit.atomic import atomic_file
+from ssl_toolkit.devices import choose_device
+from ssl_toolkit.html_page import data_uri, render_page
+from ssl_toolkit.units import human_size
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 1024**3, "5.0 GiB"), (3 * 1024**4, "3.0 TiB")],
+)
+def test_human_size_binary_units(n, text):
+    assert human_size(n) == text
+
+
+def test_choose_device_honours_cpu_and_finds_cuda_when_there():
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_render_page_escapes_values_and_refuses_undefined_names(tmp_path):
+    (tmp_path / "p.html").write_text("<p>{{ name }}</p><img src='{{ img }}'>")
+    html = render_page(tmp_path, "p.html", {"name": "<script>x</script>", "img": data_uri(b"\x89PNG")})
+    assert html == "<p>&lt;script&gt;x&lt;/script&gt;</p><img src='data:image/png;base64,iVBORw=='>"
+    with pytest.raises(Exception, match="'img' is undefined"):
+        render_page(tmp_path, "p.html", {"name": "a"})
+    assert render_page(tmp_path, "p.html", {"name": "a"}, strict=False) == "<p>a</p><img src=''>"
+
+
+def test_atomic_file_keeps_the_old_file_on_error_and_replaces_it_on_success(tmp_path):
+    path = tmp_path / "f.pt"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
+    with atomic_file(path) as tmp:
+        torch.save(torch.arange(3), tmp)
+    assert torch.equal(torch.load(path, weights_only=True), torch.arange(3)) and sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
