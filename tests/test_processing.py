@@ -81,3 +81,23 @@ def test_colorization_refuses_another_colour_space(tmp_path, cli):
     code, out, err = cli("pretrain", "--task", "colorization", "--data", "synthetic", "--set", "data.color_space=hsv", "--out", tmp_path / "c", "--quiet")
     assert code == 2 and "colorization converts RGB itself; it needs data.color_space=rgb" in err
     assert not (tmp_path / "c" / "config.yaml").exists()
+
+
+def test_inspect_shows_channel_histograms_before_and_after(tmp_path, cli):
+    out = tmp_path / "inspect.html"
+    code, _, err = cli("inspect", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=16", "--set", "data.image_size=16",
+                       "--set", "data.color_space=hsv", "--set", "data.equalize=global", "--out", out, "--json", "--quiet")
+    assert code == 0, err
+    html = out.read_text()
+    assert "Channels before and after processing" in html and 'alt="after processing"' in html
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.inspection.processing import processing_section
+
+    source = load_source(DataConfig(name="synthetic", synthetic_train=64, synthetic_test=16, image_size=16))
+    section, pictures = processing_section(source, Processing("hsv"))
+    assert [h["channel"] for h in section["before"]] == ["R", "G", "B"] and [h["channel"] for h in section["after"]] == ["H", "S", "V"]
+    assert all(sum(h["counts"]) == 64 * 16 * 16 for h in section["before"] + section["after"])
+    red = source.train.images[:, 0].float().div(255)
+    assert section["before"][0]["mean"] == pytest.approx(red.mean().item(), abs=1e-4)
+    assert pictures["before"].startswith(b"\x89PNG") and pictures["after"].startswith(b"\x89PNG")

@@ -9,7 +9,7 @@ self-contained HTML page; :func:`format_summary` (:mod:`.summary`) into terminal
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Inspection:
     report: dict[str, Any]
     table: ImageTable
     groups: dict[str, list[np.ndarray]]
+    pictures: dict[str, bytes] = field(default_factory=dict)  # before / after processing strips (PNG)
 
 
 def build_table(cfg: InspectConfig, keep_arrays: bool = False, progress: StageProgress | None = None) -> ImageTable:
@@ -173,9 +174,20 @@ def run_inspection(
         "unreadable": [{"path": p, "reason": r} for p, r in table.unreadable],
         "settings": cfg.model_dump(),
     }
+    report["processing"], pictures = _processing(cfg)
     report["warnings"] = _warnings(report)
     report["seconds"] = round(time.time() - start, 3)
-    return Inspection(report, table, groups)
+    return Inspection(report, table, groups, pictures)
+
+
+def _processing(cfg: InspectConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Per-channel histograms before/after ``data.color_space``/``equalize`` (:mod:`.processing`), on a sample."""
+    from ssl_toolkit.data.processing import Processing
+    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.inspection.processing import processing_section
+
+    data = cfg.data.model_copy(update={"stream": True}) if Path(cfg.data.name).expanduser().is_dir() else cfg.data  # a folder: decode the sample only
+    return processing_section(load_source(data), Processing.from_config(cfg.data))
 
 
 def _warnings(report: dict[str, Any]) -> list[str]:

@@ -87,6 +87,21 @@ def group_views(table: ImageTable, section: dict[str, Any] | None, groups: list[
     return {"section": section, "views": views, "hidden": max(0, len(groups) - len(views))}
 
 
+def processing_view(section: dict[str, Any] | None, pictures: dict[str, bytes]) -> dict[str, Any] | None:
+    """Per-channel histogram rows before and after processing, and the sample strips as data URIs."""
+    if not section:
+        return None
+    pct = lambda v: f"{v:.2f}"  # noqa: E731
+    return {
+        "settings": section["settings"],
+        "images": section["images"],
+        "changed": section["settings"]["color_space"] != "rgb" or section["settings"]["equalize"] != "none",
+        "before": [(h["channel"], h["mean"], h["std"], histogram_rows(h, pct)) for h in section["before"]],
+        "after": [(h["channel"], h["mean"], h["std"], histogram_rows(h, pct)) for h in section["after"]],
+        "pictures": {k: data_uri(v, "image/png") for k, v in pictures.items()},
+    }
+
+
 def render_html(result, progress=None) -> str:
     """Render an :class:`~ssl_toolkit.inspection.Inspection` to HTML text."""
     report, table = result.report, result.table
@@ -115,6 +130,7 @@ def render_html(result, progress=None) -> str:
             ("Embedding neighbours", "embedding", group_views(table, dups["embedding"], result.groups.get("embedding", []), cfg["max_groups_shown"], thumbs)),
         ],
         "pixelated": table.kind == "tensor",
+        "processing": processing_view(report.get("processing"), getattr(result, "pictures", {})),
     }
     html = render_page(TEMPLATES, "inspect.html", context, strict=False)
     if progress is not None:
