@@ -43,3 +43,16 @@ def test_atomic_file_keeps_the_old_file_on_error_and_replaces_it_on_success(tmp_
     with atomic_file(path) as tmp:
         torch.save(torch.arange(3), tmp)
     assert torch.equal(torch.load(path, weights_only=True), torch.arange(3)) and sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
+
+
+def test_per_class_split_draws_the_asked_count_of_each_class_seeded():
+    from ssl_toolkit.sampling import per_class_split
+
+    labels = torch.tensor([2, 0, 0, 1, 0, 1, 2, 2, 2, 0])
+    chosen, others = per_class_split(labels, lambda n: n // 2, seed=0)
+    assert torch.bincount(labels[chosen]).tolist() == [2, 1, 2] and torch.bincount(labels[others]).tolist() == [2, 1, 2]
+    assert sorted(chosen.tolist() + others.tolist()) == list(range(10))
+    assert torch.equal(chosen, per_class_split(labels, lambda n: n // 2, seed=0)[0])
+    draws = {tuple(per_class_split(labels, lambda n: n // 2, seed=s)[0].tolist()) for s in range(8)}
+    assert len(draws) > 1  # the seed matters
+    assert per_class_split(labels, lambda n: 0, seed=0)[0].tolist() == []

@@ -82,20 +82,6 @@ def fit_logistic_regression(
     return head
 
 
-def holdout_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified (train, holdout) index split; classes with one example stay in train."""
-    g = torch.Generator().manual_seed(seed)
-    tr, ho = [], []
-    for c in y.unique():
-        idx = (y == c).nonzero().view(-1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n = int(round(len(idx) * fraction)) if len(idx) > 1 else 0
-        n = max(n, 1) if len(idx) > 1 else 0
-        ho.append(idx[:n])
-        tr.append(idx[n:])
-    return torch.cat(tr).sort().values, torch.cat(ho).sort().values
-
-
 def linear_probe(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int, seed: int = 0, kind: str = "multiclass"
 ) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
 
+from ssl_toolkit.sampling import per_class_split
+
 HOLDOUT_FRACTION = 0.1
 
 
@@ -49,10 +51,9 @@ def loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (fit, holdout) indices: stratified by class for single labels, random for multi-hot rows."""
-    if labels.dim() == 1:
-        from ssl_toolkit.evaluators.linear import holdout_split as stratified
-
-        return stratified(labels, fraction, seed)
+    if labels.dim() == 1:  # at least one of each class held out, a one-image class never
+        held, fit = per_class_split(labels, lambda n: max(1, int(round(n * fraction))) if n > 1 else 0, seed)
+        return fit, held
     n = len(labels)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = int(round(n * fraction)) if n > 1 else 0
@@ -68,14 +69,9 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     """
     if fraction >= 1.0:
         return torch.arange(len(labels))
-    g = torch.Generator().manual_seed(seed)
     if labels.dim() == 1:
-        keep = []
-        for c in labels.unique().tolist():
-            idx = (labels == c).nonzero().view(-1)
-            n = max(1, int(round(len(idx) * fraction)))
-            keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
-        return torch.cat(keep).sort().values
+        return per_class_split(labels, lambda n: max(1, int(round(n * fraction))), seed)[0]
+    g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=g)
     chosen = set(perm[: max(1, int(round(len(labels) * fraction)))].tolist())
     for c in range(labels.shape[1]):
