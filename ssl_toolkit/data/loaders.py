@@ -8,6 +8,8 @@ by ``default_workers()`` persistent workers, with pinned memory when training on
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -53,7 +55,7 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def split_loader(
-    split: Split | FileSplit,
+    split: Any,
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
@@ -74,7 +76,11 @@ def split_loader(
         skip: Where files that go bad are recorded (files only).
         pin_memory: Pin batches for non-blocking copies to a GPU (files only).
     """
-    if isinstance(split, FileSplit):
+    from ssl_toolkit.data.shards import ShardSplit, shard_train_loader
+
+    if isinstance(split, ShardSplit) and shuffle and split.full:  # litdata: DDP-aware, resumable mid-epoch
+        return shard_train_loader(split, batch_size, seed, stage, default_workers() if workers is None else workers, pin_memory)
+    if isinstance(split, (FileSplit, ShardSplit)):
         ds: Dataset = CropDataset(split, stage, skip or SkipLog())
         n_workers = default_workers() if workers is None else workers
     else:

@@ -68,6 +68,10 @@ def load_source(cfg: DataConfig) -> DataSource:
     discover()
     if cfg.name in SOURCES:
         return _limit(SOURCES.get(cfg.name)(cfg), cfg)
+    from ssl_toolkit.data.shards import is_shard_dir, load_shards
+
+    if is_shard_dir(cfg.name):
+        return load_shards(cfg.name, cfg.image_size)
     path = Path(cfg.name).expanduser()
     if not path.exists():
         if os.sep not in cfg.name and not cfg.name.startswith("."):

@@ -1,0 +1,318 @@
+"""Shards for many machines: image folders written in Lightning's ``litdata`` streaming format.
+
+``ssl shard FOLDER --out DIR`` writes ``DIR/train`` and ``DIR/test`` with
+:func:`litdata.optimize`: chunks of items ``{"image": the file's original encoded bytes,
+"label": class index or -1, "index": row}``, plus ``DIR/train/labels.npy`` (and test) and
+``DIR/ssl_shards.json`` (classes, channels, statistics; validated on read). Keeping the
+encoded bytes keeps every crop cut from the original photo, at the size it was taken.
+
+Reading: ``--data DIR`` (or an object-store URL litdata supports, such as ``s3://...``)
+streams the training split through :class:`litdata.StreamingDataset` and its
+``StreamingDataLoader``. Under DDP each rank reads its own part of the chunks and each
+sample is seen once per epoch; the loader's state (epoch, chunks and items consumed) is a
+``state_dict`` that Lightning saves in ``last.ckpt``, so ``--resume`` continues mid-epoch
+without repeating or skipping samples. Evaluation reads items by index.
+
+Why litdata rather than WebDataset: litdata's loader owns the per-rank, per-worker
+assignment and its exact resumable state, which both once-per-epoch under DDP and
+mid-epoch resume need; WebDataset leaves both to the user (equal shard counts per rank,
+no loader state).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ssl_toolkit.data.base import DataSource, channel_stats
+from ssl_toolkit.data.images import Box, center_square, decode_crops, random_resized_box
+from ssl_toolkit.data.stage import CENTER, WorkerStage
+from ssl_toolkit.errors import UserError
+
+INFO_FILE = "ssl_shards.json"
+FORMAT = "litdata"
+SAMPLE_LOG_ENV = "SSL_TOOLKIT_SAMPLE_LOG"  # debugging aid: append every training sample's row, per rank
+
+
+class ShardInfo(BaseModel):
+    """``ssl_shards.json``: what ``ssl shard`` wrote (validated on every read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str
+    version: int
+    source: str
+    classes: list[str] | None
+    channels: int
+    n_train: int
+    n_test: int
+    mean: list[float]
+    std: list[float]
+    image_size: int
+
+
+def is_remote(name: str) -> bool:
+    return "://" in name
+
+
+def is_shard_dir(name: str) -> bool:
+    """Whether ``name`` is an object-store URL or a folder holding ``ssl_shards.json``."""
+    return is_remote(name) or (Path(name).expanduser() / INFO_FILE).is_file()
+
+
+def read_info(root: str) -> ShardInfo:
+    """The validated ``ssl_shards.json`` of a shard folder or URL."""
+    try:
+        if is_remote(root):
+            import fsspec  # litdata's dependency for object stores
+
+            with fsspec.open(f"{root.rstrip('/')}/{INFO_FILE}", "r") as f:
+                text = f.read()
+        else:
+            text = (Path(root).expanduser() / INFO_FILE).read_text()
+        return ShardInfo.model_validate_json(text)
+    except (OSError, ImportError) as e:
+        raise UserError(f"cannot read {INFO_FILE} of {root}: {e}") from None
+    except ValidationError as e:
+        raise UserError(f"{root}/{INFO_FILE} is not a valid shard description: {e.errors()[0]['msg']}") from None
+
+
+def _decode_item(data: bytes, channels: int, size: int, stage: WorkerStage, rng: np.random.Generator | None) -> np.ndarray:
+    def boxes(w: int, h: int) -> list[Box]:
+        return [
+            center_square(w, h) if c.kind == "center" or rng is None else random_resized_box(w, h, c.scale, c.ratio, rng)
+            for c in stage.crops
+        ]
+
+    return decode_crops(io.BytesIO(data), channels, size, boxes)
+
+
+class ShardSplit:
+    """One split of a shard folder, read with litdata (see the module docstring).
+
+    Args:
+        root: Shard folder or URL.
+        split: ``train`` or ``test``.
+        info: The folder's description.
+        size: Side of the square images handed over.
+        rows: Rows of this split to use (``None`` = all, in order).
+    """
+
+    streaming = True
+
+    def __init__(self, root: str, split: str, info: ShardInfo, size: int, rows: np.ndarray | None = None) -> None:
+        self.root, self.split, self.info, self._size = root, split, info, size
+        self.dir = f"{root.rstrip('/')}/{split}"
+        n = info.n_train if split == "train" else info.n_test
+        self.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.full = rows is None
+        labels = self._labels(n)
+        self.labels = None if labels is None else torch.from_numpy(labels[self.rows])
+        self.ids = [f"{root}:{split}:{int(r)}" for r in self.rows]
+        self._dataset: Any = None
+
+    def _labels(self, n: int) -> np.ndarray | None:
+        if self.info.classes is None or n == 0:
+            return None
+        try:
+            if is_remote(self.root):
+                import fsspec
+
+                with fsspec.open(f"{self.dir}/labels.npy", "rb") as f:
+                    labels = np.load(io.BytesIO(f.read()), allow_pickle=False)
+            else:
+                labels = np.load(Path(self.dir) / "labels.npy", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the labels of {self.dir}: {e}") from None
+        if labels.shape != (n,) or labels.dtype != np.int64:
+            raise UserError(f"{self.dir}/labels.npy does not hold {n} int64 labels")
+        return labels
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return self.info.channels
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def dataset(self) -> Any:
+        """A (cached) :class:`litdata.StreamingDataset` over all rows, read by index."""
+        if self._dataset is None:
+            import litdata
+
+            self._dataset = litdata.StreamingDataset(self.dir)
+        return self._dataset
+
+    def path(self, i: int) -> str:
+        return self.ids[i]
+
+    def decode(self, i: int, stage: WorkerStage = CENTER, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``(V, C, S, S)`` uint8 crops of row ``i`` of this split."""
+        item = self.dataset()[int(self.rows[i])]
+        return _decode_item(item["image"], self.channels, self._size, stage, rng)
+
+    def image(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.decode(i)[0])
+
+    def batches(self, batch_size: int, workers: int | None = None) -> Iterator[torch.Tensor]:
+        from ssl_toolkit.data.loaders import split_loader
+
+        for x, _ in split_loader(self, batch_size, False, workers=workers):
+            yield x
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        rows = np.sort(np.random.default_rng(seed).permutation(len(self))[: min(n, len(self))])
+        arrays = [self.decode(int(i))[0] for i in rows]
+        if not arrays:
+            return torch.zeros(0, self.channels, self._size, self._size, dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays))
+
+    def subset(self, index: torch.Tensor) -> ShardSplit:
+        return ShardSplit(self.root, self.split, self.info, self._size, self.rows[index.numpy()])
+
+
+class CropStreamingDataset:
+    """Factory of a :class:`litdata.StreamingDataset` whose items are ``(crops, label)`` for a worker stage."""
+
+    @staticmethod
+    def create(split: ShardSplit, stage: WorkerStage, seed: int, shuffle: bool) -> Any:
+        import litdata
+
+        class _Dataset(litdata.StreamingDataset):
+            def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                item = super().__getitem__(index)
+                rng = self._rng()
+                crops = _decode_item(item["image"], split.channels, split.size, stage, rng if any(c.kind != "center" for c in stage.crops) else None)
+                x = torch.from_numpy(crops if stage.views > 1 else crops[0])
+                return x, torch.tensor(int(item["label"])), torch.tensor(int(item["index"]))
+
+            def _rng(self) -> np.random.Generator:
+                if getattr(self, "_gen_pid", None) != os.getpid():
+                    self._gen = np.random.default_rng(torch.initial_seed() % 2**63)
+                    self._gen_pid = os.getpid()
+                return self._gen
+
+        return _Dataset(split.dir, shuffle=shuffle, drop_last=shuffle, seed=seed)
+
+
+def shard_train_loader(split: ShardSplit, batch_size: int, seed: int, stage: WorkerStage, workers: int, pin_memory: bool) -> Any:
+    """The resumable, DDP-aware training loader over a whole shard split.
+
+    Batches are ``(images, labels, rows)``. The dataset learns the process group when the
+    loader is iterated (Lightning starts DDP after the loaders are built), before any worker
+    starts. With ``$SSL_TOOLKIT_SAMPLE_LOG`` set, every row handed to training is appended
+    to ``<that path>.rank<R>`` as ``epoch<TAB>row`` (a debugging aid for data order).
+    """
+    import litdata
+    from litdata.utilities.env import _DistributedEnv
+
+    class _Loader(litdata.StreamingDataLoader):
+        def _refresh(self) -> None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                self.dataset.distributed_env = _DistributedEnv.detect()
+
+        def __iter__(self):  # type: ignore[override]
+            self._refresh()
+            log = os.environ.get(SAMPLE_LOG_ENV)
+            if not log:
+                yield from super().__iter__()
+                return
+            rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+            for batch in super().__iter__():  # the rows handed to the training loop, as they are handed over
+                with open(f"{log}.rank{rank}", "a") as f:
+                    f.write("".join(f"{self.current_epoch}\t{int(i)}\n" for i in batch[2]))
+                yield batch
+
+        def __len__(self) -> int:
+            self._refresh()
+            return super().__len__()
+
+    ds = CropStreamingDataset.create(split, stage, seed, shuffle=True)
+    return _Loader(ds, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, drop_last=True)
+
+
+def load_shards(root: str, image_size: int | None) -> DataSource:
+    """A :class:`DataSource` over a shard folder or URL."""
+    info = read_info(root)
+    if info.format != FORMAT:
+        raise UserError(f"{root}: shard format '{info.format}' is not supported (expected {FORMAT})")
+    size = image_size or info.image_size
+    train, test = ShardSplit(root, "train", info, size), ShardSplit(root, "test", info, size)
+    mean, std = tuple(info.mean), tuple(info.std)
+    if size != info.image_size:  # statistics depend a little on the size: estimate them again
+        mean, std = channel_stats(train.sample(256))
+    return DataSource(root, train, test, info.classes, info.channels == 1, [], mean, std)
+
+
+def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int, cfg: Any) -> dict[str, Any]:
+    """Write ``folder`` (an image folder) as litdata shards into ``out`` (see the module docstring)."""
+    import litdata
+
+    from ssl_toolkit.atomic import atomic_write_text
+    from ssl_toolkit.data.folder import load_folder
+
+    source = load_folder(Path(folder), cfg.model_copy(update={"stream": True, "image_size": image_size}))
+    if source.target_kind == "multilabel":
+        raise UserError("ssl shard writes single-label or unlabelled folders; multi-label folders stream directly")
+    counts, skipped = {}, list(source.skipped)
+    for split_name in ("train", "test"):
+        split = getattr(source, split_name)
+        paths = [split.index.path(int(r)) for r in split.rows]
+        labels_all = np.full(len(paths), -1, np.int64) if split.labels is None else split.labels.numpy().astype(np.int64)
+        ok = _decodable(paths)
+        skipped += [(p, why) for p, why in zip(paths, ok) if why]
+        keep = [k for k, why in enumerate(ok) if not why]
+        labels = labels_all[keep]
+        counts[split_name] = len(keep)
+        target = out / split_name
+        target.mkdir(parents=True, exist_ok=True)
+        np.save(target / "labels.npy", labels)
+        if not keep:
+            continue
+        jobs = [(paths[k], int(labels_all[k]), row) for row, k in enumerate(keep)]
+        litdata.optimize(fn=_item, inputs=jobs, output_dir=str(target), chunk_bytes=chunk_bytes, num_workers=workers, mode="overwrite", verbose=False, reorder_files=False)
+    info = ShardInfo(
+        format=FORMAT, version=1, source=str(Path(folder).resolve()), classes=source.classes, channels=source.channels,
+        n_train=counts["train"], n_test=counts["test"], mean=list(source.mean), std=list(source.std), image_size=image_size,
+    )
+    if skipped:
+        atomic_write_text(out / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in skipped))
+    atomic_write_text(out / INFO_FILE, info.model_dump_json(indent=1))
+    return {**info.model_dump(), "out": str(out), "skipped": len(skipped)}
+
+
+def _decodable(paths: list[str]) -> list[str | None]:
+    """Per file: ``None`` when it decodes (checked at the smallest JPEG draft scale), else why not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ssl_toolkit.data.images import READ_ERRORS, failure_reason, open_image
+
+    def check(path: str) -> str | None:
+        try:
+            with open_image(path) as im:
+                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
+            return None
+        except READ_ERRORS as e:
+            return failure_reason(e)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
+        return list(ex.map(check, paths))
+
+
+def _item(job: tuple[str, int, int]) -> dict[str, Any]:
+    path, label, row = job
+    with open(path, "rb") as f:
+        return {"image": f.read(), "label": label, "index": row}
