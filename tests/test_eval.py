@@ -137,8 +137,11 @@ def test_label_subset_is_stratified_exact_and_seeded():
     assert len(label_subset(labels, 1.0, seed=0)) == len(labels)
 
 
-@pytest.mark.parametrize("mode", ["linear", "knn"])
-def test_evaluators_register_trainable_parameters(mode):
+@pytest.mark.parametrize(("mode", "head_trains"), [("linear", True), ("knn", False)])
+def test_frozen_feature_evaluators_freeze_the_whole_backbone(mode, head_trains):
     ctx = make_ctx(mode)
-    ev = EVALUATORS.get(mode)(ctx.cfg)
-    assert ev.trainable_parameters(ctx.model, None) == []
+    head = torch.nn.Linear(8, 3)
+    trainable = EVALUATORS.get(mode)(ctx.cfg).freeze(ctx.model, head)
+    assert not any(p.requires_grad for p in ctx.model.parameters())
+    assert [p.requires_grad for p in head.parameters()] == [head_trains, head_trains]
+    assert {id(p) for p in trainable} == ({id(p) for p in head.parameters()} if head_trains else set())

@@ -115,13 +115,14 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
         return cfg
 
     pretrain(small(), out=tmp_path / "a", name="rot-a")
-    code, out, err = cli("probe", "rot-a", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32")
+    code, out, err = cli("probe", "rot-a", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json")
     assert code == 0, err
+    probed = json.loads(out.strip().splitlines()[-1])
     meta_b = pretrain(small(init_from="rot-a"), out=tmp_path / "b")
     assert meta_b["init_from"]["name"] == "rot-a" and meta_b["library_name"].startswith("rotation-test_resnet-synthetic-")
     rows = {r["name"]: r for r in st.list_checkpoints()}
     assert set(rows) == {"rot-a", meta_b["library_name"]}
-    assert rows["rot-a"]["best_probe"] == "synthetic-linear-1" and 0 <= rows["rot-a"]["best_top1"] <= 1
+    assert rows["rot-a"]["best_probe"] == "synthetic-linear-1" and rows["rot-a"]["best_top1"] == probed["top1"]
     assert "synthetic-linear-1" in json.loads((tmp_path / "a" / META).read_text())["probes"]  # the run folder has it too
     assert not (library_root() / "rot-a" / "probes").exists()
     code, out, err = cli("checkpoints", "list")

@@ -12,24 +12,12 @@ import yaml
 from conftest import tiny_config
 
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.pretext.rotation import rotate_batch
 from ssl_toolkit.pretraining import pretrain
 
 
 def epoch_losses(run: Path) -> list[float]:
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     return [float(r["loss_epoch"]) for r in rows if r.get("loss_epoch")]
-
-
-def test_rotation_labels_on_a_tiny_tensor():
-    x = torch.arange(4.0).view(1, 1, 2, 2)  # [[0, 1], [2, 3]]
-    rotated, labels = rotate_batch(torch.cat([x, x + 10]))
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert rotated[0, 0].tolist() == [[0, 1], [2, 3]]
-    assert rotated[2, 0].tolist() == [[1, 3], [0, 2]]  # 90 degrees counter-clockwise
-    assert rotated[4, 0].tolist() == [[3, 2], [1, 0]]
-    assert rotated[6, 0].tolist() == [[2, 0], [3, 1]]
-    assert rotated[3, 0].tolist() == [[11, 13], [10, 12]]
 
 
 @pytest.mark.parametrize("task", ["rotation", "simclr"])

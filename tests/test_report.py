@@ -7,7 +7,6 @@ the CLI test reuses the compiled functions in-process.
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import re
 import shutil
@@ -46,14 +45,17 @@ def write_run(run: Path, data_cfg: dict) -> None:
         run, src.channels, src.image_size, src.mean, src.std, task="colorization", epochs=3, wall_seconds=12.5,
         dataset=src.describe(), versions={"ssl_toolkit": "0.1.0"},
     )
-    with (run / "metrics.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "loss_epoch", "loss_step", "online_top1", "online_train_top1", "pretext_acc", "step"])
-        for e in range(3):
-            for s in range(4):
-                w.writerow([e, "", 2.0 - 0.1 * (4 * e + s), "", "", "", 10 * e + s])
-            w.writerow([e, "", "", 0.4 + 0.1 * e, "", "", 10 * e + 4])
-            w.writerow([e, 1.8 - 0.3 * e, "", "", 0.35 + 0.1 * e, 0.5 + 0.1 * e, 10 * e + 4])
+    # metrics.csv as a run writes it: the run folder's Lightning CSV logger, step rows then epoch rows
+    from ssl_toolkit.trainer import RunCSVLogger
+
+    logger = RunCSVLogger(save_dir=str(run), name="", version="")
+    for e in range(3):
+        for s in range(4):
+            logger.log_metrics({"epoch": e, "loss_step": 2.0 - 0.1 * (4 * e + s)}, step=10 * e + s)
+        logger.log_metrics({"epoch": e, "online_top1": 0.4 + 0.1 * e}, step=10 * e + 4)
+        logger.log_metrics({"epoch": e, "loss_epoch": 1.8 - 0.3 * e, "online_train_top1": 0.35 + 0.1 * e, "pretext_acc": 0.5 + 0.1 * e}, step=10 * e + 4)
+    logger.finalize("success")
+    assert [p.name for p in run.glob("*.csv")] == ["metrics.csv"]
     probes = run / "probes"
     probes.mkdir()
     linear = {"mode": "linear", "label_fraction": 1.0, "top1": 0.8125, "top5": None, "n_train": 150, "n_test": 150,
@@ -204,3 +206,15 @@ def test_report_in_headless_chromium(built, tmp_path):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_training_curves_come_from_the_lightning_csv(built):
+    from ssl_toolkit.eval.report import read_curves
+
+    root, _, _ = built
+    series = read_curves(root / "run" / "metrics.csv")
+    steps, losses = series["loss_epoch"]
+    assert steps == [4.0, 14.0, 24.0] and losses == pytest.approx([1.8, 1.5, 1.2])
+    epochs, top1 = series["online_top1"]
+    assert epochs == [1.0, 2.0, 3.0] and top1 == pytest.approx([0.4, 0.5, 0.6])
+    assert len(series["loss_step"][0]) == 12
