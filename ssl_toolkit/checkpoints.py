@@ -33,6 +33,7 @@ from ssl_toolkit.backbone_files import FORMATS, META, WEIGHTS, read_meta, sha256
 from ssl_toolkit.backbones import BackboneSpec, build_from_spec
 from ssl_toolkit.errors import UserError
 
+
 def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies of ``model``'s state dict."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

@@ -63,9 +63,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items))
-            raise UserError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; valid: {valid}"
-            ) from None
+            raise UserError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; valid: {valid}") from None
 
     def names(self) -> list[str]:
         """Every registered name, sorted (built-ins and plugins)."""

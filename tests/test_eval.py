@@ -10,11 +10,11 @@ from conftest import TINY_BACKBONE
 from ssl_toolkit.backbones import create_backbone, stages
 from ssl_toolkit.config import BackboneConfig, DataConfig, ProbeConfig
 from ssl_toolkit.data.sources import load_source
-from ssl_toolkit.evaluators import EVALUATORS, EvalContext
 from ssl_toolkit.eval.features import FeatureCache, Preprocess
+from ssl_toolkit.eval.probe import label_subset
+from ssl_toolkit.evaluators import EVALUATORS, EvalContext
 from ssl_toolkit.evaluators.finetune import HEAD_LR_SCALE
 from ssl_toolkit.evaluators.knn import knn_scores
-from ssl_toolkit.eval.probe import label_subset
 
 
 def make_ctx(mode: str, fraction: float = 1.0, **cfg) -> EvalContext:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.devices import choose_device

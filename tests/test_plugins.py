@@ -30,7 +30,10 @@ def _write(path: Path, text: str) -> None:
 
 def test_registry_imports_its_package_and_entry_points_once(tmp_path, monkeypatch, caplog):
     _write(tmp_path / "demo_things" / "__init__.py", "")
-    _write(tmp_path / "demo_things" / "registry.py", "from ssl_toolkit.registry import Registry\nREG = Registry('thing', package='demo_things', group='demo.things')\n")
+    _write(
+        tmp_path / "demo_things" / "registry.py",
+        "from ssl_toolkit.registry import Registry\nREG = Registry('thing', package='demo_things', group='demo.things')\n",
+    )
     _write(tmp_path / "demo_things" / "one.py", "from demo_things.registry import REG\nREG.register('one')(1)\n")
     _write(tmp_path / "demo_things" / "_private.py", "raise RuntimeError('never imported')\n")
     _write(tmp_path / "demo_ext.py", "from demo_things.registry import REG\nREG.register('two')(2)\n")
@@ -65,9 +68,22 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
     src = tmp_path_factory.mktemp("plugin-src") / "example"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))  # builds write next to the source
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert (site / "ssl_example_plugin" / "upside_down.py").is_file()
@@ -107,8 +123,27 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
     tasks, pretrain, probe, bad_metric, foreign_key = ssl_commands(
         env,
         ["tasks", "--json"],
-        ["pretrain", "--task", "upside-down", "--backbone", "test_resnet", "--image-size", "16", "--epochs", "1", "--batch-size", "32",
-         "--accelerator", "cpu", "--set", "task_config.label_smoothing=0.1", "--out", run, "-q", *small],
+        [
+            "pretrain",
+            "--task",
+            "upside-down",
+            "--backbone",
+            "test_resnet",
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--accelerator",
+            "cpu",
+            "--set",
+            "task_config.label_smoothing=0.1",
+            "--out",
+            run,
+            "-q",
+            *small,
+        ],
         ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=euclidean", "--json", *small],
         ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=manhattan", *small],
         ["probe", run, "--mode", "nearest-mean", "--k", "5", *small],

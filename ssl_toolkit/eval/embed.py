@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
-from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.atomic import atomic_file
+from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.data.sources import DataSource
-from ssl_toolkit.settings import cache_dir
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.settings import cache_dir
 
 LUMA = (0.299, 0.587, 0.114)
 

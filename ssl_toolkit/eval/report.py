@@ -28,11 +28,11 @@ from ssl_toolkit._version import __version__
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.html_page import data_uri, render_page
 from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+from ssl_toolkit.html_page import data_uri, render_page
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CURVE_COLUMNS = ("loss_step", "loss_epoch", "pretext_acc", "online_top1", "online_train_top1")

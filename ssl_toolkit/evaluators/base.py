@@ -18,9 +18,9 @@ from torch import nn
 
 from ssl_toolkit.config import ProbeConfig, StrictModel, validate
 from ssl_toolkit.data.sources import DataSource
-from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
 from ssl_toolkit.devices import choose_device
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
 from ssl_toolkit.registry import Registry
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ssl_toolkit.units import human_size
 from ssl_toolkit.terminal import terminal_safe
+from ssl_toolkit.units import human_size
 
 GROUPS_LISTED = 5
 MEMBERS_LISTED = 4
