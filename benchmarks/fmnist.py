@@ -143,19 +143,24 @@ def main() -> None:
                 rows[task] = {"skipped": SKIPPED[task]}
                 continue
 
-            def run_task(task: str = task) -> None:
+            def run_task(task: str = task, backbone: dict[str, Any] = s["backbone"], row: str = task) -> None:
                 cfg = {
                     "task": task,
                     "data": train_data,
-                    "backbone": s["backbone"],
+                    "backbone": backbone,
                     "trainer": {**s["trainer"], "max_minutes": s["budget_minutes"], "progress_bar": False, "online_probe": False},
                     "task_config": s.get("task_config", {}).get(task, {}),
                 }
-                meta = st.pretrain(cfg, out=f"{tmp}/{task}", name=f"fmnist{'-quick' if args.quick else ''}-{task}-{stamp}")
-                rows[task] = {**evaluate(meta["library_name"], data, s), "epochs": meta["epochs"], "steps": meta["steps"], "precision": meta["precision"], "checkpoint": meta["library_name"]}
-                print(json.dumps({task: rows[task]}), flush=True)
+                slug = row.replace(" · ", "-")
+                meta = st.pretrain(cfg, out=f"{tmp}/{slug}", name=f"fmnist{'-quick' if args.quick else ''}-{slug}-{stamp}")
+                rows[row] = {**evaluate(meta["library_name"], data, s), "epochs": meta["epochs"], "steps": meta["steps"], "precision": meta["precision"], "checkpoint": meta["library_name"]}
+                print(json.dumps({row: rows[row]}), flush=True)
 
             step(task, run_task)
+        for fam in s.get("family_rows", []):  # other backbone families on a few tasks, same budget
+            for task in fam["tasks"]:
+                row = f"{task} · {fam['backbone']['name']}"
+                step(row, lambda task=task, fam=fam, row=row: run_task(task, fam["backbone"], row))
 
     for frac in [f for f in s["supervised_fractions"] if f >= 1]:  # the longest baseline last
         step(f"supervised from scratch {frac:g}", lambda frac=frac: sup(frac))
@@ -195,7 +200,8 @@ def render(result: dict[str, Any]) -> str:
         "|" + "---|" * (5 + len(fr)),
     ]
     rows = result["rows"]
-    order = [n for n in rows if n not in s["tasks"]] + [t for t in s["tasks"] if t in rows]  # baselines, then tasks in protocol order
+    family = [f"{t} · {f['backbone']['name']}" for f in s.get("family_rows", []) for t in f["tasks"]]
+    order = [n for n in rows if n not in s["tasks"] and n not in family] + [t for t in s["tasks"] if t in rows] + [n for n in family if n in rows]  # baselines, tasks, other families
     for name, row in ((n, rows[n]) for n in order):
         if "failed" in row:
             lines.append(f"| {name} | failed: {row['failed']} |" + " |" * (4 + len(fr)))
