@@ -110,6 +110,11 @@ class TrainerConfig(StrictModel):
         checkpoint_every_n_steps: Also write ``last.ckpt`` every N optimiser steps.
         checkpoint_every_minutes: Also write ``last.ckpt`` every N minutes of training (``0`` = only
             at epoch ends and interruptions); ``last.ckpt`` is always written at every epoch end.
+        logger: Where metrics go besides ``metrics.csv`` (always written): ``csv`` (only there),
+            ``tensorboard`` (``<run>/tensorboard``), ``wandb`` or ``mlflow`` (``<run>/mlruns`` unless
+            ``MLFLOW_TRACKING_URI`` is set). Each needs its extra, e.g. ``pip install 'ssl-toolkit[tensorboard]'``.
+        progress_every_n_steps: When stderr is not a terminal, one progress line every N steps
+            (and at the last one) instead of the progress bar.
         online_probe: Train a linear probe on detached features when the data has labels.
         progress_bar: Show the progress bar.
         channels_last: Run the backbone in channels-last memory layout (faster with bf16 on
@@ -137,6 +142,8 @@ class TrainerConfig(StrictModel):
     log_every_n_steps: int = Field(default=10, ge=1)
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     checkpoint_every_minutes: float = Field(default=10.0, ge=0)
+    logger: Literal["csv", "tensorboard", "wandb", "mlflow"] = "csv"
+    progress_every_n_steps: int = Field(default=50, ge=1)
     online_probe: bool = True
     progress_bar: bool = True
     channels_last: bool = True

@@ -211,6 +211,13 @@ def export_checkpoint(target: str | Path, out: str | Path, fmt: str = "safetenso
     from ssl_toolkit.checkpoints import export_files, load_snippet
 
     check_export_path(out, overwrite)
+    if fmt == "onnx":
+        from ssl_toolkit.onnx_export import check_onnx_available, export_onnx, onnx_snippet
+
+        check_onnx_available()
+        model, meta, _ = load_backbone_any(target)
+        new_meta = export_onnx(model, meta, out)
+        return new_meta, onnx_snippet(new_meta, out)
     model, meta, _ = load_backbone_any(target)
     new_meta = export_files(model, meta, out, fmt)
     return new_meta, load_snippet(new_meta, out, fmt)

@@ -117,7 +117,7 @@ def pretrain(
 
 def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str | Path | None, name: str | None) -> Plan:
     """Resolve the config and the run folder, and check everything that needs no data."""
-    from ssl_toolkit.trainer import check_lightning_options
+    from ssl_toolkit.trainer import check_lightning_options, check_logger
     from ssl_toolkit.library import check_library_writable, check_name, name_taken
     from ssl_toolkit.pretext import TASKS
 
@@ -144,6 +144,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         return plan
     TASKS.get(cfg.task)  # unknown task: fail before loading data
     check_lightning_options(cfg.trainer)
+    check_logger(cfg.trainer.logger)
     if name is not None and name_taken(check_name(name)):
         raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
     if primary:

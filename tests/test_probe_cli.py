@@ -37,9 +37,9 @@ def test_probe_json_schema_and_record(cli, tmp_path):
     assert result["mode"] == "knn" and 40 <= result["n_train"] <= 50 and result["n_test"] == 45
     assert len(result["per_class_acc"]) == k and len(result["confusion"]) == k
     assert sum(map(sum, result["confusion"])) == 45
-    recorded = json.loads((run / "probes" / "knn-0.5.json").read_text())
+    recorded = json.loads((run / "probes" / "synthetic-knn-0.5.json").read_text())
     assert recorded["top1"] == result["top1"]
-    assert "knn-0.5" in json.loads((run / "meta.json").read_text())["probes"]
+    assert "synthetic-knn-0.5" in json.loads((run / "meta.json").read_text())["probes"]
 
 
 def test_random_init_finetune_baseline(cli):
@@ -75,6 +75,8 @@ def test_out_of_range_freeze_stages_and_fraction_exit_2(cli, tmp_path):
 
 def test_online_probe_never_touches_the_backbone():
     from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.backbones import feature_dim
+    from ssl_toolkit.callbacks import OnlineProbe
     from ssl_toolkit.engine import PretrainModule
 
     class NoPretext(torch.nn.Module):
@@ -87,7 +89,8 @@ def test_online_probe_never_touches_the_backbone():
             return torch.zeros((), requires_grad=True), {"features": backbone(x)}
 
     backbone, _ = create_backbone(BackboneConfig(name=TINY_BACKBONE), 3, 16)
-    module = PretrainModule(backbone, NoPretext(), TrainerConfig(), lr=0.1, weight_decay=0.0, optimizer="sgd", num_classes=4)
+    module = PretrainModule(backbone, NoPretext(), TrainerConfig(), lr=0.1, weight_decay=0.0, optimizer="sgd")
+    OnlineProbe(feature_dim(backbone), 4).setup(None, module, "fit")  # what the Trainer does before building the optimiser
     x, y = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 4, (8,))
     module.log = lambda *a, **k: None  # no Trainer attached
     module.training_step((x, y), 0).backward()

@@ -18,7 +18,7 @@ from conftest import REPO, tiny_config
 from PIL import Image
 
 from ssl_toolkit.atomic import atomic_write_bytes
-from ssl_toolkit.engine import AtomicCheckpointIO
+from ssl_toolkit.trainer import AtomicCheckpointIO
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.pretraining import pretrain
 

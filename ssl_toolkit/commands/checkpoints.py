@@ -71,8 +71,9 @@ def show(name, as_json) -> None:
 @checkpoints.command("export", context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--out", "-o", required=True, type=click.Path(), help="File to write, e.g. backbone.safetensors or backbone.pt.")
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "timm", "torch"]), default="safetensors", show_default=True,
-              help="safetensors: the weights as trained; timm: loadable by timm.create_model(pretrained=True); torch: a state_dict for torch.load(weights_only=True).")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "timm", "torch", "onnx"]), default="safetensors", show_default=True,
+              help="safetensors: the weights as trained; timm: loadable by timm.create_model(pretrained=True); torch: a state_dict for "
+                   "torch.load(weights_only=True); onnx: a graph with a dynamic batch for onnxruntime (extra: ssl-toolkit[onnx]).")
 @click.option("--overwrite", is_flag=True, help="Replace --out (and its .json metadata) when they exist.")
 def export_cmd(name, out, fmt, overwrite) -> None:
     """Export checkpoint NAME (or a run folder / file) to --out and print the code that loads it.
@@ -86,7 +87,7 @@ def export_cmd(name, out, fmt, overwrite) -> None:
 
     meta, snippet = export_checkpoint(name, out, fmt, overwrite=overwrite)
     click.echo(f"exported {name} as {fmt} to {out} ({human_size(meta['weights_bytes'])}, sha256 {meta['weights_sha256'][:12]}), metadata in {sidecar_path(out)}")
-    click.echo("load it in plain Python (no ssl-toolkit needed):\n")
+    click.echo("load it in plain Python (no ssl-toolkit needed):\n")  # onnx: onnxruntime only
     click.echo(snippet)
 
 

@@ -38,12 +38,14 @@ def _data_help() -> str:
 @click.option("--strategy", help="Lightning strategy, e.g. ddp. [default: auto]")
 @click.option("--precision", help="auto, 32-true, bf16-mixed, 16-mixed; auto = bf16-mixed where the device has native bfloat16. [default: auto]")
 @click.option("--no-online-probe", is_flag=True, default=None, help="Do not train the online linear probe on labelled data.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--logger", type=click.Choice(["csv", "tensorboard", "wandb", "mlflow"]),
+              help="Experiment logger besides metrics.csv (always written); tensorboard, wandb and mlflow need their extra. [default: csv]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (or progress lines when stderr is not a terminal).")
 @click.option("--strict", is_flag=True, default=None, help="Exit 2 listing unreadable image files instead of skipping them.")
 @click.option("--name", help="Name in the checkpoint library. [default: <task>-<backbone>-<data>-<date>, made unique]")
 @click.option("--init-from", help="Start from this backbone (library name, run folder or file); same architecture required.")
 def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, config_file, overrides, out, overwrite, resume,
-             accelerator, devices, num_nodes, strategy, precision, no_online_probe, quiet, name, init_from, strict) -> None:
+             accelerator, devices, num_nodes, strategy, precision, no_online_probe, logger, quiet, name, init_from, strict) -> None:
     """Pretrain a backbone with a pretext task and write a run folder.
 
     The run folder gets config.yaml (resolved), metrics.csv, last.ckpt, and the backbone as
@@ -61,7 +63,7 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
             "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.lr": lr, "trainer.seed": seed,
             "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.num_nodes": num_nodes,
             "trainer.strategy": strategy, "trainer.precision": precision,
-            "trainer.online_probe": False if no_online_probe else None, "trainer.progress_bar": False if quiet else None,
+            "trainer.online_probe": False if no_online_probe else None, "trainer.logger": logger, "trainer.progress_bar": False if quiet else None,
             "init_from": init_from, "data.strict": strict,
         },
         overrides,

@@ -101,6 +101,14 @@ class PretextTask(nn.Module, ABC):
         """
         return (x - self._mean) / self._std
 
+    # The task's own random stream (two-view tasks draw their augmentations from it). The
+    # engine seeds it once per process and saves/restores its state with every checkpoint,
+    # so a resumed run continues the same views; tasks without one leave it ``None``.
+    generator: torch.Generator | None = None
+
+    def seed_views(self, seed: int, device: torch.device) -> None:
+        """Seed :attr:`generator` on ``device``; a no-op for tasks that draw no random views."""
+
     @classmethod
     def check_data(cls, config: TaskConfig, data: DataFacts) -> None:
         """Raise :class:`~ssl_toolkit.errors.UserError` when the data cannot serve this task."""

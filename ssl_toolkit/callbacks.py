@@ -1,0 +1,216 @@
+"""Lightning callbacks of a pretraining run: each watches or adds one thing around the training step.
+
+* :class:`OnlineProbe`: a linear classifier on detached features, a progress signal.
+* :class:`GradientGuard`: skips an update whose gradients are not finite.
+* :class:`SamplePictures`: what the task sees, saved after every epoch.
+* :class:`RngState`: the random streams saved with every checkpoint and restored on resume.
+* :class:`CheckpointOnInterrupt`: ``last.ckpt`` written on Ctrl-C or SIGTERM.
+* :class:`ProgressLines`: one log line every N steps where no terminal shows a progress bar.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+MAX_BAD_STEPS = 5  # optimiser steps in a row with non-finite gradients before training stops
+
+
+class OnlineProbe(Callback):
+    """A linear classifier trained on detached backbone features next to the pretext task.
+
+    The head is attached to the module as ``online_head`` before the optimiser is built, so
+    the main optimiser trains it and checkpoints keep it. The module adds
+    :meth:`training_loss` to the task's loss inside its training step (so DDP sees the head
+    used in the forward pass); the features are detached, so only the head learns from it.
+    It logs ``online_train_top1`` on training batches and ``online_top1`` on the validation split.
+
+    Args:
+        feature_dim: Width of the backbone's pooled features.
+        num_classes: Classes of the labelled data.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int) -> None:
+        self.feature_dim, self.num_classes = feature_dim, num_classes
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from torchmetrics.aggregation import MeanMetric
+
+        if getattr(pl_module, "online_head", None) is None:
+            pl_module.online_head = nn.Linear(self.feature_dim, self.num_classes)
+            # epoch accuracy over labelled images, accumulated on the device (no per-step host sync)
+            pl_module.online_top1 = MeanMetric(nan_strategy="disable")
+        pl_module.online_probe = self
+
+    def training_loss(self, pl_module: L.LightningModule, x: torch.Tensor, y: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy of the head on detached features, over the labelled images (``y >= 0``).
+
+        Unlabelled images are weighted out rather than indexed out, so the host never waits
+        for their number; a batch without labels adds exactly 0.
+
+        Args:
+            x: ``(B, C, S, S)`` (or ``(B, V, C, S, S)`` views) in [0, 1].
+            y: ``(B,)`` labels, ``-1`` where unknown.
+            feats: ``(B, D)`` features the task already computed, or ``None``.
+        """
+        if feats is None:
+            with torch.no_grad():
+                feats = pl_module.backbone(pl_module.task.normalize(x if x.dim() == 4 else x[:, 0]))
+        keep = (y >= 0).float()  # (B,)
+        logits = pl_module.online_head(feats.detach().float())  # (B, K)
+        per_image = F.cross_entropy(logits, y.clamp_min(0), reduction="none")  # (B,)
+        pl_module.online_top1.update((logits.argmax(1) == y).float(), keep)
+        pl_module.log("online_train_top1", pl_module.online_top1, on_step=False, on_epoch=True)
+        return (per_image * keep).sum() / keep.sum().clamp_min(1.0)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        x_u8, y = batch
+        keep = y >= 0
+        if not keep.any():
+            return
+        feats = pl_module.backbone(pl_module.task.normalize(pl_module.to_unit(x_u8)))  # (B, D)
+        acc = (pl_module.online_head(feats.float()[keep]).argmax(1) == y[keep]).float().mean()
+        pl_module.log("online_top1", acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=int(keep.sum()))
+
+
+class GradientGuard(Callback):
+    """Stops at a non-finite loss; skips an update whose gradients are not finite although the loss was.
+
+    Both are checked with one host synchronisation per step (the module leaves the step's
+    task loss in ``step_loss``). The gradients are dropped (the optimiser leaves parameters
+    without a gradient untouched), so one bad batch cannot write NaN into the weights;
+    after :data:`MAX_BAD_STEPS` in a row training stops, keeping the last good checkpoint.
+    ``skipped_steps`` counts the skipped updates.
+    """
+
+    def __init__(self) -> None:
+        self.skipped_steps = 0
+        self._bad_in_a_row = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        loss = pl_module.step_loss if pl_module.step_loss is not None else torch.zeros((), device=pl_module.device)
+        grad_max = torch.nn.utils.get_total_norm([g for _, g in named], float("inf")) if named else loss.new_zeros(())  # max |g|: NaN/inf propagate
+        finite = torch.isfinite(torch.stack([loss.float(), grad_max.float().to(loss.device)]))  # (2,)
+        if bool(finite.all()):  # the step's only host sync
+            self._bad_in_a_row = 0
+            return
+        if not finite[0]:  # a non-finite loss stops at once, before the update
+            raise FloatingPointError(f"loss is {loss.item()} at step {trainer.global_step}")
+        first = next(n for n, g in named if not torch.isfinite(g).all())
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= MAX_BAD_STEPS:
+            raise FloatingPointError(f"gradients are not finite ({first}) for {MAX_BAD_STEPS} steps in a row at step {trainer.global_step}")
+        for p in pl_module.parameters():
+            p.grad = None
+
+
+class SamplePictures(Callback):
+    """After every epoch, the task draws what it sees for a few training images into ``out_dir``.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8 training images.
+        out_dir: ``<run>/samples``.
+    """
+
+    def __init__(self, images: torch.Tensor, out_dir: Path) -> None:
+        self.images, self.out_dir = images, out_dir
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            x = pl_module.to_unit(self.images.to(pl_module.device))
+            pl_module.task.save_samples(pl_module.backbone, x, self.out_dir, int(trainer.current_epoch))
+        pl_module.train(was_training)
+
+
+class RngState(Callback):
+    """Saves torch's RNG and the task's view generator with every checkpoint; restores them on resume."""
+
+    KEY = "ssl_rng"
+
+    def __init__(self) -> None:
+        self._restored: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        gen = pl_module.task.generator
+        checkpoint[self.KEY] = {"torch": torch.get_rng_state(), "views": None if gen is None else gen.get_state()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._restored = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._restored:
+            return
+        torch.set_rng_state(self._restored["torch"])  # continue the random streams of the interrupted run
+        gen = pl_module.task.generator
+        if gen is not None and self._restored.get("views") is not None:
+            gen.set_state(self._restored["views"])
+
+
+class CheckpointOnInterrupt(Callback):
+    """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM).
+
+    A failed step (non-finite loss, any other error) writes nothing, so the last good
+    checkpoint stays as it was.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            trainer.save_checkpoint(self.path)
+
+
+class ProgressLines(Callback):
+    """One line on stderr every ``every`` steps: epoch, step, loss, images/s and the time left.
+
+    Used instead of the progress bar when stderr is not a terminal (CI, ``nohup``, a pipe),
+    where a bar writes hundreds of carriage-return frames per epoch.
+    """
+
+    def __init__(self, every: int, stream: Any = None) -> None:
+        self.every = max(1, every)
+        self.stream = stream
+        self._t0 = 0.0
+        self._step0 = 0
+        self._images = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._step0, self._images = time.monotonic(), trainer.global_step, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._images += int(batch[0].shape[0]) * trainer.world_size
+        step = trainer.global_step
+        total = int(trainer.estimated_stepping_batches)
+        if trainer.global_rank != 0 or (step % self.every and step != total):
+            return
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        done = max(step - self._step0, 1)
+        eta = (total - step) * elapsed / done
+        loss = trainer.callback_metrics.get("loss_step", trainer.callback_metrics.get("loss"))
+        loss_s = f"{float(loss):.4f}" if loss is not None else "-"
+        line = (f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {step}/{total}  loss {loss_s}  "
+                f"{self._images / elapsed:.0f} images/s  ETA {_clock(eta)}")
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

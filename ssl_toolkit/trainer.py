@@ -1,0 +1,228 @@
+"""The Lightning Trainer of a pretraining run: devices, precision, checkpoints, loggers, callbacks.
+
+Lightning owns the loop, devices (CPU, GPU, DDP over processes and nodes), precision,
+checkpointing and metrics; this module chooses its options for a run folder and checks
+them before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from ssl_toolkit.callbacks import CheckpointOnInterrupt
+from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.precision import resolve_precision
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file, fsynced and renamed: a crash mid-write keeps the previous one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import io
+
+        from ssl_toolkit.atomic import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but it continues an existing ``metrics.csv`` instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+
+class RunCSVLogger(CSVLogger):
+    """CSV metrics written straight into the run folder, continued across resumes."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step stored in a Lightning checkpoint (read with ``weights_only=True``)."""
+    from ssl_toolkit.errors import UserError
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
+        raise UserError(f"cannot resume from {path}: the checkpoint is unreadable ({type(e).__name__})") from None
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop ``metrics.csv`` rows logged after ``last_step`` (work redone after a resume)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= last_step]
+    if len(kept) != len(rows):
+        from ssl_toolkit.atomic import atomic_write_text
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, buf.getvalue())
+
+
+def checkpoint_callbacks(cfg: TrainerConfig, run_dir: Path) -> list[ModelCheckpoint]:
+    """``last.ckpt`` at every epoch end, every ``checkpoint_every_minutes`` and every ``checkpoint_every_n_steps``.
+
+    Each trigger is one Lightning ``ModelCheckpoint`` (its triggers are mutually exclusive)
+    keeping its single latest save under the fixed name ``last.ckpt``; all write through
+    :class:`AtomicCheckpointIO`, so a kill mid-write keeps the previous file.
+    """
+    triggers: list[dict] = [{"every_n_epochs": 1}]
+    if cfg.checkpoint_every_minutes:
+        triggers.append({"train_time_interval": timedelta(minutes=cfg.checkpoint_every_minutes)})
+    if cfg.checkpoint_every_n_steps:
+        triggers.append({"every_n_train_steps": cfg.checkpoint_every_n_steps})
+    return [
+        ModelCheckpoint(dirpath=run_dir, filename=LAST_NAME, save_top_k=1, enable_version_counter=False,
+                        auto_insert_metric_name=False, save_on_train_epoch_end=True, **trigger)
+        for trigger in triggers
+    ]
+
+
+LAST_NAME = "last"  # ``last.ckpt``
+
+
+def lightning_options(cfg: TrainerConfig) -> dict:
+    """The device, precision and strategy options of the Trainer, as Lightning takes them."""
+    return {
+        "accelerator": cfg.accelerator,
+        "devices": cfg.devices,
+        "num_nodes": cfg.num_nodes,
+        "strategy": cfg.strategy,
+        "precision": resolve_precision(cfg.precision, cfg.accelerator),
+    }
+
+
+def check_lightning_options(cfg: TrainerConfig) -> None:
+    """Let Lightning judge accelerator, devices, strategy and precision before anything is written.
+
+    A throwaway Trainer is built with the same options (this starts no process); what
+    Lightning refuses becomes a one-line :class:`~ssl_toolkit.errors.UserError`.
+    """
+    import logging
+
+    from ssl_toolkit.errors import UserError
+
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except Exception as e:  # noqa: BLE001  (Lightning raises ValueError, TypeError or its own exceptions)
+        message = str(e).split(" Find a complete list")[0].replace("`", "'").strip()
+        raise UserError(f"trainer options ({_describe(cfg)}): {message}") from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
+def _describe(cfg: TrainerConfig) -> str:
+    return f"accelerator={cfg.accelerator}, devices={cfg.devices}, strategy={cfg.strategy}, precision={cfg.precision}"
+
+
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_logger(name: str) -> None:
+    """Refuse a ``--logger`` whose package is not installed, naming the extra that installs it."""
+    import importlib.util
+
+    from ssl_toolkit.errors import UserError
+
+    packages = LOGGER_PACKAGES.get(name, ())
+    if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+        raise UserError(f"--logger {name} needs the {packages[0]} package: pip install 'ssl-toolkit[{name}]'")
+
+
+def build_loggers(cfg: TrainerConfig, run_dir: Path) -> list:
+    """``metrics.csv`` always, plus the experiment logger ``cfg.logger`` names (Lightning's own)."""
+    loggers: list = [RunCSVLogger(save_dir=str(run_dir), name="", version="")]
+    name = run_dir.resolve().name
+    if cfg.logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+    elif cfg.logger == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(name=name, save_dir=str(run_dir), project="ssl-toolkit"))
+    elif cfg.logger == "mlflow":
+        import os
+
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.resolve() / "mlruns").as_uri()
+        loggers.append(MLFlowLogger(experiment_name="ssl-toolkit", run_name=name, tracking_uri=uri))
+    return loggers
+
+
+def progress_callbacks(cfg: TrainerConfig) -> list[Callback]:
+    """A progress bar on a terminal; one line every ``progress_every_n_steps`` elsewhere (CI, pipes, ``nohup``)."""
+    import sys
+
+    from ssl_toolkit.callbacks import ProgressLines
+
+    if not cfg.progress_bar:
+        return []
+    if sys.stderr.isatty():
+        return [TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2))]
+    return [ProgressLines(cfg.progress_every_n_steps)]
+
+
+def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: list[Callback] | None = None) -> L.Trainer:
+    """The Lightning Trainer for a pretraining run writing into ``run_dir``.
+
+    Args:
+        cfg: Trainer settings.
+        run_dir: The run folder (``last.ckpt``, ``metrics.csv``).
+        validate: Run the validation split each epoch (for the online probe).
+        callbacks: The run's own callbacks (online probe, gradient guard, ...), added to the
+            checkpoint and progress callbacks.
+    """
+    callbacks = [*(callbacks or []), *checkpoint_callbacks(cfg, run_dir), CheckpointOnInterrupt(run_dir / f"{LAST_NAME}.ckpt")]
+    callbacks += progress_callbacks(cfg)
+    bar = any(isinstance(c, TQDMProgressBar) for c in callbacks)
+    return L.Trainer(
+        **lightning_options(cfg),
+        max_epochs=cfg.epochs,
+        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
+        max_steps=cfg.max_steps,
+        logger=build_loggers(cfg, run_dir),
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.log_every_n_steps,
+        limit_val_batches=1.0 if validate else 0,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+    )
