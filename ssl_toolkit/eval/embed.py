@@ -200,8 +200,8 @@ def embed(
     if out.suffix == ".npy":
         with atomic_file(out) as tmp:
             arrays = fill(tmp)
+        write_npz(out.with_suffix(".meta.npz"), arrays)
         meta_path: Path | None = out.with_suffix(".meta.npz")
-        write_npz(meta_path, arrays)
     else:
         fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)  # scratch, never renamed
         os.close(fd)

@@ -27,7 +27,8 @@ class Thumbnails:
     """Data URIs of table rows, each encoded once."""
 
     def __init__(self, table: ImageTable, px: int = 96) -> None:
-        self.table, self.px, self.cache = table, px, {}
+        self.table, self.px = table, px
+        self.cache: dict[int, str] = {}
 
     def __call__(self, i: int) -> str:
         if i not in self.cache:
