@@ -20,9 +20,9 @@ from ssl_toolkit.backbones import create_backbone
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.evaluators import EVALUATORS, EvalContext
 from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.eval.metrics import classification_report
+from ssl_toolkit.evaluators import EVALUATORS, EvalContext
 
 
 def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -149,9 +149,7 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
     (``library_name`` in its metadata), or the run folder of a library entry. Library
     entries keep only ``backbone.safetensors`` + ``meta.json``, so they get the summary only.
     """
-    from ssl_toolkit.library import is_library_entry, record_probe_summary
-
-    from ssl_toolkit.library import probe_key
+    from ssl_toolkit.library import is_library_entry, probe_key, record_probe_summary
 
     name = probe_key(result["dataset"], result["mode"], result["label_fraction"])
     if not is_library_entry(folder):

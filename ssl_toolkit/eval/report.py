@@ -32,6 +32,7 @@ from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
 from ssl_toolkit.html_page import data_uri, render_page
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -170,34 +171,13 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
         rows.append({
             "mode": str(p.get("mode", "?")),
             "fraction": f"{float(p.get('label_fraction') or 0):g}",
-            **headline_cells(p),
+            **headline_cells(p, _pct),
             "sizes": f"{p.get('n_train', '-')} / {p.get('n_test', '-')}",
             "dataset": str(p.get("dataset", "-")),
             "notes": ", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items()) if isinstance(extra, dict) else "",
             "created": str(p.get("created", "")),
         })
     return rows
-
-
-def headline_cells(p: dict[str, Any]) -> dict[str, str]:
-    """The two metric cells of a probe row: top-1/top-5, ROC-AUC/F1 (binary) or mAP/macro F1 (multi-label)."""
-    kind = p.get("target_kind", "multiclass")
-    first, second = {"binary": (("ROC-AUC", "roc_auc"), ("F1", "f1")), "multilabel": (("mAP", "mAP"), ("macro F1", "macro_f1"))}.get(
-        kind, (("top-1", "top1"), ("top-5", "top5"))
-    )
-    return {"top1": f"{first[0]} {_pct(p.get(first[1]))}", "top5": f"{second[0]} {_pct(p.get(second[1]))}"}
-
-
-def multilabel_rows(source: Any, probes: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Per class of multi-label data: positives in train and test, and the linear probe's AP."""
-    linear = [p for p in probes if p.get("mode") == "linear" and p.get("per_class_ap") and p.get("dataset") == source.name]
-    ap = max(linear, key=lambda p: float(p.get("label_fraction") or 0))["per_class_ap"] if linear else []
-    n_train = source.train.labels.sum(0).tolist()
-    n_test = source.test.labels.sum(0).tolist() if len(source.test) else [0] * len(source.classes)
-    return [
-        {"name": name, "train": str(int(n_train[c])), "test": str(int(n_test[c])), "ap": _pct(ap[c] if c < len(ap) else None)}
-        for c, name in enumerate(source.classes)
-    ]
 
 
 def grid_rows(an: Analysis, query_split: Any, gallery_split: Any, classes: list[str] | None, labelled: bool) -> list[dict[str, Any]]:
@@ -384,7 +364,7 @@ def report(
         "samples": [sample_picture(p) for p in sample_files],
         "sample_epoch": sample_epoch,
         "skipped": len(source.skipped),
-        "multilabel_rows": multilabel_rows(source, probes) if multilabel else [],
+        "multilabel_rows": multilabel_rows(source, probes, _pct) if multilabel else [],
     }
     html = render(context)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,13 +37,13 @@ from torch import nn
 
 from ssl_toolkit.backbones import Stage, feature_dim, stages
 from ssl_toolkit.config import ProbeConfig
-from ssl_toolkit.data.policies import build_augment
 from ssl_toolkit.data.loaders import split_loader
+from ssl_toolkit.data.policies import build_augment
 from ssl_toolkit.engine import warmup_cosine
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
-from ssl_toolkit.eval.features import Preprocess
 
 DEFAULT_EPOCHS = 10
 MIN_STEPS = 100  # default length: at least this many optimiser steps (small label fractions)
