@@ -93,6 +93,7 @@ def test_stages_and_layer_decay_follow_timm(backbone):
     assert stem_lr == {0.5**depth}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", FAMILIES)
 def test_every_evaluator_on_family(backbone, tmp_path):
     run = tmp_path / "run"
