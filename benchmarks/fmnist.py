@@ -5,6 +5,9 @@ on the 10,000 test images with the linear probe, kNN (k = 200, T = 0.1) and fine
 with 1% and 10% of the labels. Baselines under the same protocol: logistic regression on
 raw pixels, the random-init backbone (linear, kNN) and supervised training from scratch
 with 1%, 10% and 100% of the labels. Colorization is skipped: Fashion-MNIST is grayscale.
+``family_rows`` (the quick protocol: ``convnext_atto`` and ``vit_tiny_patch16_224`` with
+rotation and SimCLR) pretrain other backbone families with the same budget and evaluation,
+each with its small-image rule (``docs/backbones.md``).
 
 Writes ``benchmarks/results/fmnist[-quick].json`` and regenerates the table between the
 ``fmnist`` markers in ``docs/benchmarks.md``. The protocol's settings are in
@@ -12,7 +15,7 @@ Writes ``benchmarks/results/fmnist[-quick].json`` and regenerates the table betw
 
 Usage::
 
-    python benchmarks/fmnist.py --quick     # reduced table, under 15 minutes on 2 cores
+    python benchmarks/fmnist.py --quick     # reduced table: the ResNet rows took 9 minutes on 2 cores; the 4 ConvNeXt/ViT rows add more
     python benchmarks/fmnist.py             # the full table (about 2 hours on 2 cores)
     python benchmarks/fmnist.py --resume    # finish an interrupted run, keeping its rows
 """
