@@ -1,0 +1,98 @@
+"""Where a training step's time goes: torch.profiler over SimCLR and RotNet steps.
+
+For each task, a few steps of the Lightning engine (as in ``throughput.py``) run under
+``torch.profiler`` after warm-up. Printed per task: the median step time, the host
+synchronisations per step (``aten::_local_scalar_dense`` is what ``.item()``,
+``float(tensor)`` and ``bool(tensor)`` dispatch to; ``aten::nonzero`` is boolean-mask
+indexing, whose output size the host must wait for), the ops launched per step, and the top
+ops by self CPU time.
+
+Usage::
+
+    python benchmarks/profile_step.py                      # simclr and rotation, resnet18 at 32 px
+    python benchmarks/profile_step.py --tasks rotation --top 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.profiler import ProfilerActivity, profile, schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import benchmark_images, build_module  # noqa: E402
+
+from ssl_toolkit.data.loaders import make_loader  # noqa: E402
+from ssl_toolkit.precision import resolve_precision  # noqa: E402
+
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
+
+
+class ProfiledSteps(Callback):
+    """Steps the profiler's schedule and times every step after ``warmup``."""
+
+    def __init__(self, prof: profile, warmup: int) -> None:
+        self.prof, self.warmup = prof, warmup
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if trainer.global_step > self.warmup:
+            self.times.append(now - self._last)
+        self._last = now
+        self.prof.step()
+
+
+def profile_task(task: str, images: torch.Tensor, args) -> None:
+    module = build_module(task, images, args, {"num_classes": 0})
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.accelerator == "gpu" else [])
+    with profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=1, active=args.steps)) as prof:
+        steps = ProfiledSteps(prof, args.warmup + 1)
+        trainer = L.Trainer(
+            accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.warmup + 1 + args.steps,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[steps],
+        )
+        trainer.fit(module, make_loader(images, None, args.batch_size, shuffle=True, num_workers=0))
+    events = prof.key_averages()
+    syncs = {op: sum(e.count for e in events if e.key == op) / args.steps for op in SYNC_OPS}
+    launched = sum(e.count for e in events if e.key.startswith("aten::")) / args.steps
+    print(f"\n## {task}: median step {statistics.median(steps.times) * 1e3:.1f} ms; host syncs per step: "
+          + ", ".join(f"{op} {n:g}" for op, n in syncs.items()) + f"; aten ops per step {launched:.0f}")
+    print(events.table(sort_by="self_cuda_time_total" if args.accelerator == "gpu" else "self_cpu_time_total", row_limit=args.top))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="simclr,rotation")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--accelerator", default="cpu")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    args.precision = resolve_precision(args.precision, args.accelerator)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    images, data_name = benchmark_images(args.size, limit=2048)
+    print(f"# {data_name}, {args.size} px, {args.backbone}, batch {args.batch_size}, {args.precision}, "
+          f"{'channels-last' if args.channels_last else 'NCHW'}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for task in args.tasks.split(","):
+        profile_task(task, images, args)
+
+
+if __name__ == "__main__":
+    main()
