@@ -184,6 +184,11 @@ def _build_data(plan: Plan) -> RunData:
     if processing.color_space != "rgb" and task_cls.info.needs_colour:
         raise UserError(f"{cfg.task} converts RGB itself; it needs data.color_space=rgb, not {processing.color_space}")
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
+    task_cfg, note = task_cls.fit_geometry(task_cfg, facts, explicit=set(cfg.task_config))
+    if note is not None:  # the adapted geometry goes into the resolved config (and config.yaml)
+        plan.cfg = cfg = cfg.model_copy(update={"task_config": task_cfg.model_dump(mode="json")})
+        if plan.primary:
+            _warn(note)
     task_cls.check_data(task_cfg, facts)
     stage = task_cls.worker_stage(task_cfg, facts)
     num_classes = source.num_classes if cfg.trainer.online_probe and source.target_kind in ("multiclass", "binary") else 0  # multi-label: no online probe

@@ -131,6 +131,32 @@ class PretextTask(nn.Module, ABC):
 
     name: ClassVar[str] = ""
 
+    #: Geometry fields (gap, jitter, ...) and the smaller values tried, in order, when the
+    #: images are too small for the defaults and the user did not set the field.
+    geometry_fallbacks: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @classmethod
+    def fit_geometry(cls, config: TaskConfig, data: DataFacts, explicit: set[str]) -> tuple[TaskConfig, str | None]:
+        """``config`` adapted to the image size through :attr:`geometry_fallbacks`, and a one-line note.
+
+        Fields in ``explicit`` (set by the user) never change; when nothing fits, ``config``
+        comes back unchanged and :meth:`check_data` explains what is needed.
+        """
+        import itertools
+
+        need, _, _ = cls.size_requirement(config)
+        options = {k: v for k, v in cls.geometry_fallbacks.items() if k not in explicit}
+        if not need or data.image_size >= need or not options:
+            return config, None
+        current = config.model_dump()
+        for combo in itertools.product(*[(current[k], *values) for k, values in options.items()]):
+            candidate = type(config).model_validate({**current, **dict(zip(options, combo))})
+            fits, _, _ = cls.size_requirement(candidate)
+            if not fits or data.image_size >= fits:
+                changed = ", ".join(f"{k} {current[k]} -> {v}" for k, v in zip(options, combo) if v != current[k])
+                return candidate, f"note: {cls.name} on {data.image_size} px images: {changed} (the defaults need {need} px); recorded in config.yaml"
+        return config, None
+
     @abstractmethod
     def forward(self, backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the pretext loss of one batch.

@@ -126,6 +126,7 @@ class RelativePositionTask(PretextTask):
         min_image_size=min_image_size(0.5, 0.075),
     )
     default_lr = 1e-3
+    geometry_fallbacks = {"jitter": (0.0,), "gap": (0.25, 0.125, 0.0)}  # a smaller gap first, then no jitter, on 28-32 px images
 
     @classmethod
     def size_requirement(cls, config: RelativePositionConfig) -> tuple[int, str, str]:
