@@ -75,8 +75,16 @@ class PretrainModule(L.LightningModule):
         self._fit_started = time.monotonic()
         if self.cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(self.trainer.estimated_stepping_batches))
+        planned = self.trainer.estimated_stepping_batches  # inf when neither steps nor epochs bound the run
+        compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(min(planned, 10**12)))
         self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
+
+    def on_train_start(self) -> None:
+        # A resumed run's loader state (shards: samples already trained this epoch) is applied by
+        # Lightning when it first sets up the training data. Asking for estimated_stepping_batches
+        # before the checkpoint is restored (schedules, compile) sets the data up too early, so the
+        # state is applied here, after the restore and before the first batch is drawn.
+        self.trainer.fit_loop._load_combined_loader_states()
 
     def to_unit(self, x_u8: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> float in [0, 1], processed (colour space, equalisation) when the data config asks."""

@@ -28,7 +28,7 @@ def test_explicit_settings_win_and_auto_follows_the_measured_break_even(monkeypa
     assert should_compile("auto", "cpu", "bf16-mixed", 10**9) is False
 
 
-def test_auto_stays_eager_on_the_cpu_where_compiling_was_measured_to_lose():
+def test_auto_stays_eager_on_the_cpu_until_a_win_is_measured():
     assert not any(device == "cpu" for device, _ in compile_mod.BREAK_EVEN_STEPS)
     assert should_compile("auto", "cpu", "32-true", 10**6) is False
 
