@@ -141,6 +141,7 @@ def test_timm_layout_pads_a_single_conv_stem_exactly():
     assert (features(plain.eval(), x) - features(ours, x)).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_exports_load_in_a_plain_python_without_ssl_toolkit(tmp_path, toolkit_home):
     """Run the printed snippets literally in ``python -I`` from outside the repository."""
     model, _ = make_backbone(tmp_path / "run")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real processes: each imports the whole stack
+
 
 def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
     run = tmp_path / "rot"

@@ -22,6 +22,7 @@ def simclr_loss():
     return build_task("simclr", 16, {"temperature": 0.3}, facts).loss_fn
 
 
+@pytest.mark.slow
 def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl):
     run = tmp_path / "ddp"
     done = run_ssl(
@@ -48,6 +49,7 @@ def _gathered_loss_worker(rank: int, world: int, init_file: str, z0: torch.Tenso
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_simclr_gathered_loss_equals_single_process_loss_and_gradients(tmp_path):
     torch.manual_seed(0)
     z0, z1 = torch.randn(8, 16), torch.randn(8, 16)

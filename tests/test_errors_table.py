@@ -114,6 +114,7 @@ def test_error_row(cli, places, args, message, code, monkeypatch):
     assert not Path(places["missing"] + "-out").exists()  # nothing written before the error
 
 
+@pytest.mark.slow
 def test_a_user_error_in_a_real_process_has_no_traceback(run_ssl, tmp_path):
     done = run_ssl("probe", tmp_path / "nothing-here")
     assert done.returncode == 2

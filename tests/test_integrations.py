@@ -26,6 +26,7 @@ def _small(**trainer) -> dict:
 
 
 @needs["tensorboard"]
+@pytest.mark.slow
 def test_tensorboard_logger_writes_events_tensorboard_reads(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -46,6 +47,7 @@ def test_a_logger_without_its_package_names_the_extra(cli, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, run_ssl):
     done = run_ssl("pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",
                    "--batch-size", "32", "--epochs", "3", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32",
@@ -59,6 +61,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, run_ssl):
 
 @needs["onnx"]
 @needs["onnxruntime"]
+@pytest.mark.slow
 def test_onnx_export_matches_torch_with_any_batch_size(tmp_path, cli):
     import onnxruntime as ort
 

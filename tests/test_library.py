@@ -105,6 +105,7 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert code == 2 and "invalid checkpoint name" in err
 
 
+@pytest.mark.slow
 def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
     """The new-user flow: pretrain twice, list, probe by name, continue pretraining, refuse a mismatch."""
 
@@ -133,6 +134,7 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
         pretrain(small(init_from="rot-a", backbone={"small_stem": False}), out=tmp_path / "d")
 
 
+@pytest.mark.slow
 def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_path, cli):
     from PIL import Image
 
