@@ -150,3 +150,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(cli, places, full_dis
     rc, out, err = cli("checkpoints", "export", places["run"], "--out", str(full_disk / "b.safetensors"))
     assert rc == 2 and err.strip().splitlines() == [err.strip()] and err.startswith("error: No space left on device"), err
     assert list(full_disk.iterdir()) == []
+
+
+def test_control_characters_in_class_names_are_escaped_in_the_terminal(cli, tmp_path):
+    for name in ("bad\nname\x1b[31m", "plain"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (30 * i, 90 if name == "plain" else 10, 0)).save(tmp_path / "data" / name / f"{i}.png")
+    code, out, err = cli("inspect", tmp_path / "data", "-q")
+    assert code == 0, err
+    assert "\x1b" not in out and "bad\\nname\\x1b[31m" in out
+    row = next(line for line in out.splitlines() if "bad\\nname" in line)
+    assert row.split() == ["bad\\nname\\x1b[31m", "3", "1"]  # one row: the name, train and test counts
