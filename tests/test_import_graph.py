@@ -115,7 +115,11 @@ def test_no_import_cycles(deferred):
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-@pytest.mark.parametrize("args", [["checkpoints", "list"], pytest.param(["tasks"], marks=pytest.mark.slow), ["--help"]])  # tasks import lightly
+# `ssl tasks` imports every task and lightly with them: seconds, so it runs with the slow tests
+SLOW_TASKS = pytest.param(["tasks"], marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("args", [["checkpoints", "list"], SLOW_TASKS, ["--help"]])
 def test_light_commands_import_no_training_or_analysis_stack(args, tmp_path):
     code = (
         "import json, sys\n"

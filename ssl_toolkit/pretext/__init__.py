@@ -8,7 +8,10 @@ from ssl_toolkit.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
-    {name: "ssl_toolkit.pretext.base" for name in ("TASKS", "DataFacts", "PretextTask", "TaskConfig", "TaskInfo", "build_task", "register_task")},
+    {
+        name: "ssl_toolkit.pretext.base"
+        for name in ("TASKS", "DataFacts", "PretextTask", "TaskConfig", "TaskInfo", "build_task", "register_task")
+    },
 )
 
 __all__ = ["TASKS", "DataFacts", "PretextTask", "TaskConfig", "TaskInfo", "build_task", "register_task"]
