@@ -117,9 +117,9 @@ def pretrain(
 
 def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str | Path | None, name: str | None) -> Plan:
     """Resolve the config and the run folder, and check everything that needs no data."""
-    from ssl_toolkit.trainer import check_lightning_options, check_logger
     from ssl_toolkit.library import check_library_writable, check_name, name_taken
     from ssl_toolkit.pretext import TASKS
+    from ssl_toolkit.trainer import check_lightning_options, check_logger
 
     primary = is_primary_process()
     finished = None

@@ -77,8 +77,9 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         fields, rows = reader.fieldnames or [], list(reader)
     kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= last_step]
     if len(kept) != len(rows):
-        from ssl_toolkit.atomic import atomic_write_text
         import io
+
+        from ssl_toolkit.atomic import atomic_write_text
 
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)

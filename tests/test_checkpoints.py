@@ -27,7 +27,8 @@ from ssl_toolkit.checkpoints import (
     to_timm_layout,
 )
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.library import export_checkpoint, register_run
+from ssl_toolkit.export import export_checkpoint
+from ssl_toolkit.library import register_run
 
 
 # a single-conv ResNet stem (resnet18's 7x7 conv1), made small

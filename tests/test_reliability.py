@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from conftest import REPO, tiny_config
 from PIL import Image
 
 from ssl_toolkit.atomic import atomic_write_bytes
-from ssl_toolkit.trainer import AtomicCheckpointIO
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.pretraining import pretrain
+from ssl_toolkit.trainer import AtomicCheckpointIO
 
 TINY_ARGS = [
     "pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",

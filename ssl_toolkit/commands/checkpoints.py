@@ -83,7 +83,7 @@ def export_cmd(name, out, fmt, overwrite) -> None:
     """
     quiet_libraries()
     from ssl_toolkit.checkpoints import sidecar_path
-    from ssl_toolkit.library import export_checkpoint
+    from ssl_toolkit.export import export_checkpoint
 
     meta, snippet = export_checkpoint(name, out, fmt, overwrite=overwrite)
     click.echo(f"exported {name} as {fmt} to {out} ({human_size(meta['weights_bytes'])}, sha256 {meta['weights_sha256'][:12]}), metadata in {sidecar_path(out)}")
