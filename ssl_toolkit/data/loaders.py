@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_toolkit.data.base import Split
 from ssl_toolkit.data.stage import CENTER, WorkerStage
-from ssl_toolkit.data.stream import CropDataset, FileSplit, SkipLog, default_workers
+from ssl_toolkit.data.stream import CropDataset, SkipLog, default_workers
 
 
 class ImageTensorDataset(Dataset):
@@ -76,11 +76,11 @@ def split_loader(
         skip: Where files that go bad are recorded (files only).
         pin_memory: Pin batches for non-blocking copies to a GPU (files only).
     """
-    from ssl_toolkit.data.shards import ShardSplit, shard_train_loader
-
-    if isinstance(split, ShardSplit) and shuffle and split.full:  # litdata: DDP-aware, resumable mid-epoch
-        return shard_train_loader(split, batch_size, seed, stage, default_workers() if workers is None else workers, pin_memory)
-    if isinstance(split, (FileSplit, ShardSplit)):
+    if shuffle and hasattr(split, "train_loader"):  # shards: litdata's DDP-aware loader, resumable mid-epoch
+        loader = split.train_loader(batch_size, seed, stage, default_workers() if workers is None else workers, pin_memory)
+        if loader is not None:
+            return loader
+    if not isinstance(split, Split):  # files or shards, decoded by workers
         ds: Dataset = CropDataset(split, stage, skip or SkipLog())
         n_workers = default_workers() if workers is None else workers
     else:

@@ -28,8 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import litdata
 import numpy as np
 import torch
+from litdata.utilities.env import _DistributedEnv
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ssl_toolkit.data.base import DataSource, channel_stats
@@ -61,11 +63,6 @@ class ShardInfo(BaseModel):
 
 def is_remote(name: str) -> bool:
     return "://" in name
-
-
-def is_shard_dir(name: str) -> bool:
-    """Whether ``name`` is an object-store URL or a folder holding ``ssl_shards.json``."""
-    return is_remote(name) or (Path(name).expanduser() / INFO_FILE).is_file()
 
 
 def read_info(root: str) -> ShardInfo:
@@ -150,8 +147,6 @@ class ShardSplit:
     def dataset(self) -> Any:
         """A (cached) :class:`litdata.StreamingDataset` over all rows, read by index."""
         if self._dataset is None:
-            import litdata
-
             self._dataset = litdata.StreamingDataset(self.dir)
         return self._dataset
 
@@ -182,32 +177,79 @@ class ShardSplit:
     def subset(self, index: torch.Tensor) -> ShardSplit:
         return ShardSplit(self.root, self.split, self.info, self._size, self.rows[index.numpy()])
 
+    def train_loader(self, batch_size: int, seed: int, stage: WorkerStage, workers: int, pin_memory: bool) -> Any:
+        """The streaming training loader when the whole split is used, else ``None`` (read by index)."""
+        return shard_train_loader(self, batch_size, seed, stage, workers, pin_memory) if self.full else None
 
-class CropStreamingDataset:
-    """Factory of a :class:`litdata.StreamingDataset` whose items are ``(crops, label)`` for a worker stage."""
-
-    @staticmethod
-    def create(split: ShardSplit, stage: WorkerStage, seed: int, shuffle: bool) -> Any:
-        import litdata
-
-        class _Dataset(litdata.StreamingDataset):
-            def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-                item = super().__getitem__(index)
-                rng = self._rng()
-                crops = _decode_item(item["image"], split.channels, split.size, stage, rng if any(c.kind != "center" for c in stage.crops) else None)
-                x = torch.from_numpy(crops if stage.views > 1 else crops[0])
-                return x, torch.tensor(int(item["label"])), torch.tensor(int(item["index"]))
-
-            def _rng(self) -> np.random.Generator:
-                if getattr(self, "_gen_pid", None) != os.getpid():
-                    self._gen = np.random.default_rng(torch.initial_seed() % 2**63)
-                    self._gen_pid = os.getpid()
-                return self._gen
-
-        return _Dataset(split.dir, shuffle=shuffle, drop_last=shuffle, seed=seed)
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dataset": None}  # each worker opens its own reader
 
 
-def shard_train_loader(split: ShardSplit, batch_size: int, seed: int, stage: WorkerStage, workers: int, pin_memory: bool) -> Any:
+class CropStreamingDataset(litdata.StreamingDataset):
+    """A :class:`litdata.StreamingDataset` whose items are ``(crops, label, row)`` for a worker stage.
+
+    Args:
+        split: The shard split (its folder, channels and size).
+        stage: What the worker hands over.
+        seed: Seed of the order (litdata shuffles chunks, then items within them, per epoch).
+        shuffle: Shuffle and drop the last partial batch (training).
+    """
+
+    def __init__(self, split: ShardSplit, stage: WorkerStage, seed: int, shuffle: bool) -> None:
+        super().__init__(split.dir, shuffle=shuffle, drop_last=shuffle, seed=seed)
+        self.channels, self.size, self.stage = split.channels, split.size, stage
+        self.random = any(c.kind != "center" for c in stage.crops)
+        self._gen: np.random.Generator | None = None
+        self._gen_pid = -1
+
+    def _rng(self) -> np.random.Generator:
+        if self._gen is None or self._gen_pid != os.getpid():
+            self._gen = np.random.default_rng(torch.initial_seed() % 2**63)
+            self._gen_pid = os.getpid()
+        return self._gen
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        item = super().__getitem__(index)
+        crops = _decode_item(item["image"], self.channels, self.size, self.stage, self._rng() if self.random else None)
+        x = torch.from_numpy(crops if self.stage.views > 1 else crops[0])  # (C, S, S) or (V, C, S, S) uint8
+        return x, torch.tensor(int(item["label"])), torch.tensor(int(item["index"]))
+
+
+class ShardTrainLoader(litdata.StreamingDataLoader):
+    """litdata's loader, told about the process group when iterated; optionally logs the rows it hands over."""
+
+    def _refresh(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.dataset.distributed_env = _DistributedEnv.detect()
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._restored_now = True
+
+    def __iter__(self):  # type: ignore[override]
+        self._refresh()
+        if getattr(self, "restore", False) and not getattr(self, "_restored_now", False):
+            # litdata clears its restore flag when a resumed epoch is iterated to the end; Lightning
+            # stops at the known length instead, so the next epoch must not resume again
+            self.restore = False
+        self._restored_now = False
+        log = os.environ.get(SAMPLE_LOG_ENV)
+        if not log:
+            yield from super().__iter__()
+            return
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if dist else 0
+        for batch in super().__iter__():  # the rows handed to the training loop, as they are handed over
+            with open(f"{log}.rank{rank}", "a") as f:
+                f.write("".join(f"{self.current_epoch}\t{int(i)}\n" for i in batch[2]))
+            yield batch
+
+    def __len__(self) -> int:
+        self._refresh()
+        return super().__len__()
+
+
+def shard_train_loader(split: ShardSplit, batch_size: int, seed: int, stage: WorkerStage, workers: int, pin_memory: bool) -> ShardTrainLoader:
     """The resumable, DDP-aware training loader over a whole shard split.
 
     Batches are ``(images, labels, rows)``. The dataset learns the process group when the
@@ -215,32 +257,8 @@ def shard_train_loader(split: ShardSplit, batch_size: int, seed: int, stage: Wor
     starts. With ``$SSL_TOOLKIT_SAMPLE_LOG`` set, every row handed to training is appended
     to ``<that path>.rank<R>`` as ``epoch<TAB>row`` (a debugging aid for data order).
     """
-    import litdata
-    from litdata.utilities.env import _DistributedEnv
-
-    class _Loader(litdata.StreamingDataLoader):
-        def _refresh(self) -> None:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                self.dataset.distributed_env = _DistributedEnv.detect()
-
-        def __iter__(self):  # type: ignore[override]
-            self._refresh()
-            log = os.environ.get(SAMPLE_LOG_ENV)
-            if not log:
-                yield from super().__iter__()
-                return
-            rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-            for batch in super().__iter__():  # the rows handed to the training loop, as they are handed over
-                with open(f"{log}.rank{rank}", "a") as f:
-                    f.write("".join(f"{self.current_epoch}\t{int(i)}\n" for i in batch[2]))
-                yield batch
-
-        def __len__(self) -> int:
-            self._refresh()
-            return super().__len__()
-
-    ds = CropStreamingDataset.create(split, stage, seed, shuffle=True)
-    return _Loader(ds, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, drop_last=True)
+    ds = CropStreamingDataset(split, stage, seed, shuffle=True)
+    return ShardTrainLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, drop_last=True)
 
 
 def load_shards(root: str, image_size: int | None) -> DataSource:
@@ -258,8 +276,6 @@ def load_shards(root: str, image_size: int | None) -> DataSource:
 
 def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int, cfg: Any) -> dict[str, Any]:
     """Write ``folder`` (an image folder) as litdata shards into ``out`` (see the module docstring)."""
-    import litdata
-
     from ssl_toolkit.atomic import atomic_write_text
     from ssl_toolkit.data.folder import load_folder
 

@@ -24,6 +24,7 @@ __all__ = ["SOURCES", "DataSource", "Split", "channel_stats", "load_source", "re
 
 BUILTIN_MODULES = ("digits", "fashion_mnist", "synthetic")
 ENTRY_POINT_GROUP = "ssl_toolkit.sources"
+SHARD_INFO = "ssl_shards.json"
 _discovered = False
 
 
@@ -48,6 +49,11 @@ def discover() -> None:
             SOURCES.register(ep.name)(obj)
 
 
+def is_shard_dir(name: str) -> bool:
+    """Whether ``name`` is an object-store URL or a folder holding ``ssl_shards.json`` (written by ``ssl shard``)."""
+    return "://" in name or (Path(name).expanduser() / SHARD_INFO).is_file()
+
+
 def source_names() -> list[str]:
     discover()
     return SOURCES.names()
@@ -68,9 +74,9 @@ def load_source(cfg: DataConfig) -> DataSource:
     discover()
     if cfg.name in SOURCES:
         return _limit(SOURCES.get(cfg.name)(cfg), cfg)
-    from ssl_toolkit.data.shards import is_shard_dir, load_shards
-
     if is_shard_dir(cfg.name):
+        from ssl_toolkit.data.shards import load_shards
+
         return load_shards(cfg.name, cfg.image_size)
     path = Path(cfg.name).expanduser()
     if not path.exists():

@@ -1,0 +1,120 @@
+"""Shards (litdata): `ssl shard`, training and evaluation on them, DDP once-per-epoch, mid-epoch resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TINY_BACKBONE
+from test_stream import make_folder, truncated_jpeg
+
+
+@pytest.fixture
+def shards(tmp_path, run_ssl) -> Path:
+    root = make_folder(tmp_path / "imgs", n_per_class=16)  # 32 train + 4 test images
+    truncated_jpeg(root / "train" / "a" / "15.jpg")
+    r = run_ssl("shard", root, "--out", tmp_path / "shards", "--image-size", "32", "--chunk-bytes", "40kb", "--workers", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (result["n_train"], result["n_test"], result["skipped"], result["classes"]) == (31, 4, 1, ["a", "b"])
+    assert "15.jpg" in (tmp_path / "shards" / "skipped.txt").read_text()
+    return tmp_path / "shards"
+
+
+def read_log(path: Path) -> list[tuple[int, int]]:
+    lines = path.read_text().split() if path.is_file() else []
+    return [(int(e), int(r)) for e, r in zip(lines[::2], lines[1::2])]
+
+
+def test_shards_train_and_evaluate(shards, tmp_path):
+    import ssl_toolkit as st
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.shards import ShardSplit
+    from ssl_toolkit.data.sources import load_source
+
+    src = load_source(DataConfig(name=str(shards)))
+    assert isinstance(src.train, ShardSplit) and (len(src.train), len(src.test), src.image_size) == (31, 4, 32)
+    assert src.train.labels.tolist().count(0) == 15 and src.image(0).shape == (3, 32, 32) if hasattr(src, "image") else True
+    cfg = {
+        "task": "simclr", "data": {"name": str(shards), "workers": 1}, "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 1, "batch_size": 8, "progress_bar": False, "accelerator": "cpu"},
+    }
+    meta = st.pretrain(cfg, out=tmp_path / "run")
+    assert meta["steps"] == 3  # 31 samples, batches of 8, the last partial one dropped
+    result = st.probe(tmp_path / "run", {"data": {"name": str(shards)}, "mode": "knn", "evaluator_config": {"k": 5}})
+    assert result["n_test"] == 4
+
+
+def _ddp_epoch(rank: int, world: int, shard_dir: str, log: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), SSL_TOOLKIT_SAMPLE_LOG=log)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.loaders import split_loader
+    from ssl_toolkit.data.sources import load_source
+
+    src = load_source(DataConfig(name=shard_dir))
+    loader = split_loader(src.train, 4, True, seed=0, workers=1)
+    for epoch in range(2):
+        loader.dataset.set_epoch(epoch + 1)
+        for _ in loader:
+            pass
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ddp_processes_see_every_sample_once_per_epoch(shards, tmp_path):
+    import torch.multiprocessing as mp
+
+    log = str(tmp_path / "seen")
+    mp.spawn(_ddp_epoch, args=(2, str(shards), log, 29511), nprocs=2, join=True)
+    seen = {r: read_log(Path(f"{log}.rank{r}")) for r in (0, 1)}
+    for epoch in (1, 2):
+        rows = {r: [row for e, row in seen[r] if e == epoch] for r in (0, 1)}
+        assert len(rows[0]) == len(rows[1]) > 0 and not set(rows[0]) & set(rows[1])  # disjoint parts
+        union = rows[0] + rows[1]
+        assert len(union) == len(set(union)) and len(union) >= 31 - 2 * 4  # once each; at most a last batch per rank dropped
+    assert [row for e, row in seen[0] if e == 1] != [row for e, row in seen[0] if e == 2]  # reshuffled each epoch
+
+
+def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tmp_path, run_ssl, monkeypatch):
+    log = tmp_path / "seen"
+    monkeypatch.setenv("SSL_TOOLKIT_SAMPLE_LOG", str(log))
+    rank0 = Path(f"{log}.rank0")
+    args = [
+        sys.executable, "-m", "ssl_toolkit", "pretrain", "--task", "rotation", "--data", str(shards), "--batch-size", "2",
+        "--epochs", "3", "--backbone", TINY_BACKBONE, "--out", str(tmp_path / "run"), "--quiet",
+        "--set", "trainer.checkpoint_every_n_steps=4", "--set", "data.workers=1", "--set", "trainer.online_probe=false",
+    ]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "run" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and len(read_log(rank0)) >= 14:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    per_epoch = 15  # 31 samples in batches of 2, the last partial batch dropped
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    epoch, in_epoch = divmod(step, per_epoch)
+    assert in_epoch and epoch < 3, step  # the checkpoint is mid-epoch
+    epoch += 1  # litdata counts epochs from 1
+    before = [row for e, row in read_log(rank0) if e == epoch][: 2 * in_epoch]  # rows trained before the checkpoint
+    rank0.unlink()
+    r = run_ssl("pretrain", "--resume", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    after = read_log(rank0)
+    resumed = before + [row for e, row in after if e == epoch]
+    assert len(resumed) == len(set(resumed)) == 2 * per_epoch, (step, read_log(rank0.with_name("x")), before, after)  # every sample of that epoch once
+    for e in range(epoch + 1, 4):
+        rows = [row for ep, row in after if ep == e]
+        assert len(rows) == len(set(rows)) == 2 * per_epoch, (e, epoch, sorted({ep for ep, _ in after}), len(after))
