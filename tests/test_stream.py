@@ -141,7 +141,7 @@ def test_auto_streams_above_a_quarter_of_the_memory_and_says_so(tmp_path, capsys
     monkeypatch.setattr(folder, "available_memory", lambda: 100_000)  # 16 images x 3 x 64 x 64 = 196 KB
     src = load_source(DataConfig(name=str(root), image_size=64))
     assert src.streaming
-    assert "data: 16 images, 196.6 KB decoded at 64 px (over a quarter of the 100.0 KB available): streaming from disk" in capsys.readouterr().err
+    assert "data: 16 images, 192.0 KiB decoded at 64 px (over a quarter of the 97.7 KiB available): streaming from disk" in capsys.readouterr().err
     monkeypatch.setattr(folder, "available_memory", lambda: 10**12)
     assert not load_source(DataConfig(name=str(root), image_size=64)).streaming
     assert "decoding into memory" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from ssl_toolkit.data.layout import assign_split
 from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.data.stream import FileSplit
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.units import human_size
 
 MEMORY_SHARE = 0.25  # auto streams above this share of the available memory
 STATS_SAMPLE = 512  # streamed images decoded to estimate the normalisation statistics
@@ -44,26 +45,17 @@ def available_memory() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KB`` (decimal units)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} TB"
-
-
 def choose_streaming(cfg: DataConfig, n: int, channels: int, size: int) -> tuple[bool, str]:
     """``(stream?, one line saying why)`` for ``n`` images of ``channels`` x ``size`` x ``size`` bytes."""
     need = n * channels * size * size
     if cfg.stream == "auto":
         avail = available_memory()
         stream = need > MEMORY_SHARE * avail
-        why = f"{'over' if stream else 'within'} a quarter of the {human_bytes(avail)} available"
+        why = f"{'over' if stream else 'within'} a quarter of the {human_size(avail)} available"
     else:
         stream, why = bool(cfg.stream), f"data.stream={str(cfg.stream).lower()}"
     how = "streaming from disk" if stream else "decoding into memory"
-    return stream, f"data: {n:,} images, {human_bytes(need)} decoded at {size} px ({why}): {how}"
+    return stream, f"data: {n:,} images, {human_size(need)} decoded at {size} px ({why}): {how}"
 
 
 def split_rows(index: FileIndex, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

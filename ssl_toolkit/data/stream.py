@@ -33,7 +33,15 @@ MAX_REPLACEMENTS = 16  # readable files tried in place of a bad one before givin
 
 
 class BadImageError(UserError):
-    """A file could not be decoded during training under ``strict``."""
+    """A file could not be decoded during training under ``strict``.
+
+    A DataLoader worker's exception is re-raised in the training process with the worker's
+    traceback as its message; only the original one-line message is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        super().__init__(message.rsplit(marker, 1)[-1] if marker in message else message)
 
 
 def default_workers() -> int:
