@@ -40,7 +40,15 @@ def main() -> None:
     for policy in args.policies.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.time()
-            cfg = {"mode": "finetune", "data": data, "label_fraction": args.fraction, "epochs": args.epochs, "batch_size": 256, "augment": policy, "seed": seed}
+            cfg = {
+                "mode": "finetune",
+                "data": data,
+                "label_fraction": args.fraction,
+                "epochs": args.epochs,
+                "batch_size": 256,
+                "augment": policy,
+                "seed": seed,
+            }
             res = st.probe(None, cfg, random_init=True, backbone=args.backbone)
             rows.append({"policy": policy, "seed": seed, "top1": res["top1"], "seconds": round(time.time() - start, 1)})
             print(json.dumps(rows[-1]), flush=True)
@@ -52,7 +60,9 @@ def main() -> None:
     for policy in args.policies.split(","):
         r = [x for x in rows if x["policy"] == policy]
         tops = [100 * x["top1"] for x in r]
-        print(f"| {policy} | {', '.join(f'{t:.1f}' for t in tops)} | {statistics.mean(tops):.1f} | {statistics.mean(x['seconds'] for x in r):.0f} |")
+        print(
+            f"| {policy} | {', '.join(f'{t:.1f}' for t in tops)} | {statistics.mean(tops):.1f} | {statistics.mean(x['seconds'] for x in r):.0f} |"
+        )
 
 
 if __name__ == "__main__":

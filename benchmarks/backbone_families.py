@@ -84,7 +84,9 @@ def main() -> None:
     print("| backbone | params (M) | task | steps | images/s | linear top-1 | kNN top-1 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['params_m']} | {r['task']} | {r['steps']} | {r['images_per_s']} | {100 * r['linear']:.1f} | {100 * r['knn']:.1f} |")
+        print(
+            f"| {r['backbone']} | {r['params_m']} | {r['task']} | {r['steps']} | {r['images_per_s']} | {100 * r['linear']:.1f} | {100 * r['knn']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,15 @@ def fit_times(images: torch.Tensor, args, compiled: bool) -> list[float]:
     module.cfg = module.cfg.model_copy(update={"compile": compiled})
     clock = StepClock()
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.steps, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
     )
     trainer.fit(module, make_loader(images, None, args.batch_size, shuffle=True, num_workers=0))
     return clock.times
@@ -74,8 +81,10 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     images, data_name = benchmark_images(args.size, limit=8192)
-    print(f"# {data_name}, {args.size} px, {args.backbone} (timm stem), batch {args.batch_size}, {args.steps} steps, "
-          f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# {data_name}, {args.size} px, {args.backbone} (timm stem), batch {args.batch_size}, {args.steps} steps, "
+        f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print("| precision | mode | fit s | first step s | steady step s (median) | break-even steps |")
     print("|---|---|---:|---:|---:|---:|")
     for precision in args.precisions.split(","):
@@ -88,7 +97,9 @@ def main() -> None:
         overhead = rows[True][1] - rows[False][1]  # extra seconds of the first step
         even = f"{overhead / saving:.0f}" if saving > 0 else "never"
         for compiled, (total, first, steady) in rows.items():
-            print(f"| {precision} | {'compiled' if compiled else 'eager'} | {total:.1f} | {first:.2f} | {steady:.3f} | {even if compiled else '-'} |")
+            print(
+                f"| {precision} | {'compiled' if compiled else 'eager'} | {total:.1f} | {first:.2f} | {steady:.3f} | {even if compiled else '-'} |"
+            )
 
 
 if __name__ == "__main__":

@@ -111,8 +111,16 @@ def part_memory(folder: Path, work: Path, sizes: list[int]) -> list[dict]:
         cold = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=1", "--out", work / f"first{n}"), env)
         warm = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=1", "--out", work / f"first{n}"), env)
         full = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=20", "--out", work / f"run{n}"), env)
-        rows.append({"images": n, "one_step_cold_s": cold["seconds"], "one_step_warm_s": warm["seconds"],
-                     "peak_mb_20_steps": full["peak_mb"], "seconds_20_steps": full["seconds"], "rc": max(cold["rc"], warm["rc"], full["rc"])})
+        rows.append(
+            {
+                "images": n,
+                "one_step_cold_s": cold["seconds"],
+                "one_step_warm_s": warm["seconds"],
+                "peak_mb_20_steps": full["peak_mb"],
+                "seconds_20_steps": full["seconds"],
+                "rc": max(cold["rc"], warm["rc"], full["rc"]),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -151,8 +159,9 @@ def part_decode(folder: Path, n: int) -> dict:
     for i in idx:
         src.train.decode(int(i), stage, rng)
     ours = n / (time.perf_counter() - t0)
-    tv = datasets.ImageFolder(str(folder / "train"), transform=transforms.Compose(
-        [transforms.RandomResizedCrop(224, scale=scale), transforms.PILToTensor()]))
+    tv = datasets.ImageFolder(
+        str(folder / "train"), transform=transforms.Compose([transforms.RandomResizedCrop(224, scale=scale), transforms.PILToTensor()])
+    )
     t0 = time.perf_counter()
     for i in idx:
         tv[int(i)]
@@ -199,8 +208,15 @@ def part_step(folder: Path, steps: int) -> dict:
         tcfg = TrainerConfig(batch_size=bs, precision="32-true", accelerator="cpu", online_probe=False, progress_bar=False)
         module = PretrainModule(backbone, task, tcfg, 1e-3, 1e-4, "adamw")
         timer, start = Timer(), time.perf_counter()
-        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
         trainer.fit(module, loader)
         wall = time.perf_counter() - start
         return statistics.median(timer.times[2:]), wall / steps  # per step: the step itself, and wall including waits for data
@@ -211,8 +227,14 @@ def part_step(folder: Path, steps: int) -> dict:
     mem = Split(views, None, [])
     mem_loader = split_loader(mem, bs, True)
     mem_step, mem_wall = timed(mem_loader)
-    row = {"workers": default_workers(), "stream_wall_s_per_step": round(stream_wall, 3), "memory_wall_s_per_step": round(mem_wall, 3),
-           "ratio": round(stream_wall / mem_wall, 3), "stream_step_median_s": round(stream_step, 3), "memory_step_median_s": round(mem_step, 3)}
+    row = {
+        "workers": default_workers(),
+        "stream_wall_s_per_step": round(stream_wall, 3),
+        "memory_wall_s_per_step": round(mem_wall, 3),
+        "ratio": round(stream_wall / mem_wall, 3),
+        "stream_step_median_s": round(stream_step, 3),
+        "memory_step_median_s": round(mem_step, 3),
+    }
     print(json.dumps(row), flush=True)
     return row
 

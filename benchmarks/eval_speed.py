@@ -91,9 +91,16 @@ def linear_benchmark(backbone_name: str, epochs: int, lr: float, image_size: int
     t_loop = time.perf_counter() - t0
     acc_loop = (pred == yte).float().mean().item()
     return {
-        "t_extract": t_extract, "t_warm": t_warm, "t_cold": t_cold, "t_loop": t_loop,
-        "acc_cached": acc_cached, "acc_loop": acc_loop, "wd": wd,
-        "dim": int(model.num_features), "n_train": n_train, "n_test": n_test,
+        "t_extract": t_extract,
+        "t_warm": t_warm,
+        "t_cold": t_cold,
+        "t_loop": t_loop,
+        "acc_cached": acc_cached,
+        "acc_loop": acc_loop,
+        "wd": wd,
+        "dim": int(model.num_features),
+        "n_train": n_train,
+        "n_test": n_test,
     }
 
 
@@ -113,7 +120,11 @@ def knn_benchmark(n_train: int, n_test: int, dim: int, k: int, temperature: floa
     xte = (centres[yte] + 2.0 * rng.normal(size=(n_test, dim))).astype(np.float32)
 
     t0 = time.perf_counter()
-    pred_faiss = knn_scores(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), k=k, T=temperature, num_classes=classes).argmax(1).numpy()
+    pred_faiss = (
+        knn_scores(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), k=k, T=temperature, num_classes=classes)
+        .argmax(1)
+        .numpy()
+    )
     t_faiss = time.perf_counter() - t0
 
     unit_tr = xtr / np.linalg.norm(xtr, axis=1, keepdims=True)
@@ -132,8 +143,15 @@ def knn_benchmark(n_train: int, n_test: int, dim: int, k: int, temperature: floa
         times[metric] = time.perf_counter() - t0
         differ[metric] = int((pred_faiss != pred_sk).sum())
     return {
-        "t_faiss": t_faiss, "t_sklearn": times, "differ": differ,
-        "acc": float((pred_faiss == yte).mean()), "n_train": n_train, "n_test": n_test, "dim": dim, "k": k, "threads": threads,
+        "t_faiss": t_faiss,
+        "t_sklearn": times,
+        "differ": differ,
+        "acc": float((pred_faiss == yte).mean()),
+        "n_train": n_train,
+        "n_test": n_test,
+        "dim": dim,
+        "k": k,
+        "threads": threads,
     }
 
 
@@ -152,21 +170,30 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, torch uses {torch.get_num_threads()}")
     lin = linear_benchmark(args.backbone, args.epochs, args.lr, args.image_size)
-    print(f"\nlinear probe: {args.backbone} (random init, {lin['dim']}-d features), digits {lin['n_train']} train / {lin['n_test']} test at {args.image_size} px")
+    print(
+        f"\nlinear probe: {args.backbone} (random init, {lin['dim']}-d features), digits {lin['n_train']} train / {lin['n_test']} test at {args.image_size} px"
+    )
     print(f"  feature extraction (once, then cached)          {lin['t_extract']:8.2f} s")
-    print(f"  cached features + L-BFGS sweep (5 wd + refit)   {lin['t_warm']:8.2f} s   top-1 {100 * lin['acc_cached']:.2f}%  (wd {lin['wd']:g})")
+    print(
+        f"  cached features + L-BFGS sweep (5 wd + refit)   {lin['t_warm']:8.2f} s   top-1 {100 * lin['acc_cached']:.2f}%  (wd {lin['wd']:g})"
+    )
     print(f"  epoch loop through frozen backbone, SGD {args.epochs} ep  {lin['t_loop']:8.2f} s   top-1 {100 * lin['acc_loop']:.2f}%")
     print(f"  speed-up, features cached:    {lin['t_loop'] / lin['t_warm']:6.1f}x")
     print(f"  speed-up, including extraction: {lin['t_loop'] / lin['t_cold']:6.1f}x")
     print(f"  top-1 difference: {100 * abs(lin['acc_cached'] - lin['acc_loop']):.2f} points")
 
     kn = knn_benchmark(args.knn_train, args.knn_test, args.knn_dim, args.k, args.temperature)
-    print(f"\nkNN: {kn['n_train']} x {kn['n_test']} vectors of {kn['dim']} dims, k={kn['k']}, T={args.temperature}, {kn['threads']} threads")
+    print(
+        f"\nkNN: {kn['n_train']} x {kn['n_test']} vectors of {kn['dim']} dims, k={kn['k']}, T={args.temperature}, {kn['threads']} threads"
+    )
     print(f"  FAISS IndexFlatIP + weighted vote               {kn['t_faiss']:8.2f} s")
     for metric, t in kn["t_sklearn"].items():
-        print(f"  scikit-learn KNeighborsClassifier brute {metric:<9} {t:8.2f} s   {t / kn['t_faiss']:5.1f}x slower; "
-              f"predictions differing: {kn['differ'][metric]} of {kn['n_test']}")
+        print(
+            f"  scikit-learn KNeighborsClassifier brute {metric:<9} {t:8.2f} s   {t / kn['t_faiss']:5.1f}x slower; "
+            f"predictions differing: {kn['differ'][metric]} of {kn['n_test']}"
+        )
     print(f"  top-1 of the vote: {100 * kn['acc']:.2f}%")
+
 
 if __name__ == "__main__":
     main()

@@ -36,8 +36,8 @@ import yaml
 
 import ssl_toolkit as st
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.errors import Interrupted
 from ssl_toolkit.data.sources import load_source
+from ssl_toolkit.errors import Interrupted
 from ssl_toolkit.evaluators.linear import linear_probe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,13 @@ def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbo
         "knn": st.probe(target, {"mode": "knn", "data": data, "evaluator_config": {"k": 200, "temperature": 0.1}}, **kw)["top1"],
     }
     for frac in s["finetune_fractions"]:
-        cfg = {"mode": "finetune", "data": data, "label_fraction": frac, "epochs": s["finetune_epochs"], "batch_size": s["finetune_batch_size"]}
+        cfg = {
+            "mode": "finetune",
+            "data": data,
+            "label_fraction": frac,
+            "epochs": s["finetune_epochs"],
+            "batch_size": s["finetune_batch_size"],
+        }
         out[f"finetune_{frac:g}"] = st.probe(target, cfg, **kw)["top1"]
     return out
 
@@ -99,7 +105,12 @@ def main() -> None:
         "rows": {},
         "row_seconds": {},
         "complete": False,
-        "machine": {"cores": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {
+            "cores": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+        },
         "command": "python benchmarks/fmnist.py" + (" --quick" if args.quick else ""),
         "seconds": 0.0,
     }
@@ -132,11 +143,25 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
 
     def sup(frac: float) -> None:
-        cfg = {"mode": "finetune", "data": data, "label_fraction": frac, "epochs": s["finetune_epochs"], "batch_size": s["finetune_batch_size"]}
-        rows.setdefault("supervised from scratch", {})[f"finetune_{frac:g}"] = st.probe(None, cfg, random_init=True, backbone=s["backbone"])["top1"]
+        cfg = {
+            "mode": "finetune",
+            "data": data,
+            "label_fraction": frac,
+            "epochs": s["finetune_epochs"],
+            "batch_size": s["finetune_batch_size"],
+        }
+        rows.setdefault("supervised from scratch", {})[f"finetune_{frac:g}"] = st.probe(
+            None, cfg, random_init=True, backbone=s["backbone"]
+        )["top1"]
 
-    step("raw pixels (logistic regression)", lambda: rows.__setitem__("raw pixels (logistic regression)", {"linear": raw_pixel_baseline(data)["top1"]}))
-    step("random-init backbone", lambda: rows.__setitem__("random-init backbone", evaluate(None, data, {**s, "finetune_fractions": []}, backbone=s["backbone"])))
+    step(
+        "raw pixels (logistic regression)",
+        lambda: rows.__setitem__("raw pixels (logistic regression)", {"linear": raw_pixel_baseline(data)["top1"]}),
+    )
+    step(
+        "random-init backbone",
+        lambda: rows.__setitem__("random-init backbone", evaluate(None, data, {**s, "finetune_fractions": []}, backbone=s["backbone"])),
+    )
     for frac in [f for f in s["supervised_fractions"] if f < 1]:
         step(f"supervised from scratch {frac:g}", lambda frac=frac: sup(frac))
 
@@ -156,7 +181,13 @@ def main() -> None:
                 }
                 slug = row.replace(" · ", "-")
                 meta = st.pretrain(cfg, out=f"{tmp}/{slug}", name=f"fmnist{'-quick' if args.quick else ''}-{slug}-{stamp}")
-                rows[row] = {**evaluate(meta["library_name"], data, s), "epochs": meta["epochs"], "steps": meta["steps"], "precision": meta["precision"], "checkpoint": meta["library_name"]}
+                rows[row] = {
+                    **evaluate(meta["library_name"], data, s),
+                    "epochs": meta["epochs"],
+                    "steps": meta["steps"],
+                    "precision": meta["precision"],
+                    "checkpoint": meta["library_name"],
+                }
                 print(json.dumps({row: rows[row]}), flush=True)
 
             step(task, run_task)
@@ -192,11 +223,16 @@ def budget_cell(row: dict[str, Any]) -> str:
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     fr = s["finetune_fractions"]
-    head = "| method | linear | kNN (k=200) | " + " | ".join(f"fine-tune {100 * f:g}%" for f in fr) + " | supervised 100% | steps (epochs) in budget, precision |"
+    head = (
+        "| method | linear | kNN (k=200) | "
+        + " | ".join(f"fine-tune {100 * f:g}%" for f in fr)
+        + " | supervised 100% | steps (epochs) in budget, precision |"
+    )
     lines = [
         f"Protocol **{result['protocol']}**: `{result['command']}`, {result['date']}, {result['seconds'] / 60:.0f} min in all (the rows' times added up); "
         f"{result['machine']['cores']} CPU threads, torch {result['machine']['torch']}. Backbone `{s['backbone']['name']}` at {s['image_size']} px, "
-        f"{s['budget_minutes']} min of pretraining per task (precision `{s['trainer'].get('precision', 'auto')}`, batch {s['trainer']['batch_size']})" + (f" on {s['train_limit']} training images" if s.get("train_limit") else " on the 60,000 training images")
+        f"{s['budget_minutes']} min of pretraining per task (precision `{s['trainer'].get('precision', 'auto')}`, batch {s['trainer']['batch_size']})"
+        + (f" on {s['train_limit']} training images" if s.get("train_limit") else " on the 60,000 training images")
         + "; test: the 10,000 test images. Top-1 in %.",
         "",
         head,
@@ -204,7 +240,11 @@ def render(result: dict[str, Any]) -> str:
     ]
     rows = result["rows"]
     family = [f"{t} · {f['backbone']['name']}" for f in s.get("family_rows", []) for t in f["tasks"]]
-    order = [n for n in rows if n not in s["tasks"] and n not in family] + [t for t in s["tasks"] if t in rows] + [n for n in family if n in rows]  # baselines, tasks, other families
+    order = (
+        [n for n in rows if n not in s["tasks"] and n not in family]
+        + [t for t in s["tasks"] if t in rows]
+        + [n for n in family if n in rows]
+    )  # baselines, tasks, other families
     for name, row in ((n, rows[n]) for n in order):
         if "failed" in row:
             lines.append(f"| {name} | failed: {row['failed']} |" + " |" * (4 + len(fr)))
@@ -213,7 +253,9 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * (4 + len(fr)))
             continue
         sup100 = row.get("finetune_1") if name == "supervised from scratch" else None
-        cells = [pct(row.get("linear")), pct(row.get("knn"))] + [pct(row.get(f"finetune_{f:g}")) for f in fr] + [pct(sup100), budget_cell(row)]
+        cells = (
+            [pct(row.get("linear")), pct(row.get("knn"))] + [pct(row.get(f"finetune_{f:g}")) for f in fr] + [pct(sup100), budget_cell(row)]
+        )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

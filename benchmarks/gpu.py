@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,14 @@ from PIL import Image
 from ssl_toolkit.precision import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import gemm_flops_per_second, lightly_pairs_per_second, lightly_simclr_rate, lightly_transform, ours_images_per_second, step_flops  # noqa: E402
+from throughput import (  # noqa: E402
+    gemm_flops_per_second,
+    lightly_pairs_per_second,
+    lightly_simclr_rate,
+    lightly_transform,
+    ours_images_per_second,
+    step_flops,
+)
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets; the
 # longest pattern found in torch.cuda.get_device_name() wins.
@@ -141,12 +147,24 @@ def folder_pretrain_rate(task: str, folder: Path, args, batch: int, overrides: l
     def run(steps: int, tag: str) -> tuple[float, float]:
         cfg = {
             "task": task,
-            "data": {"name": str(folder), "image_size": args.size, "test_fraction": 0.05, **streaming(args, True)},  # timed steps in epoch 0
+            "data": {
+                "name": str(folder),
+                "image_size": args.size,
+                "test_fraction": 0.05,
+                **streaming(args, True),
+            },  # timed steps in epoch 0
             "backbone": {"name": args.backbone, "small_stem": False},
             "trainer": {
-                "max_steps": steps, "epochs": 10_000, "batch_size": batch, "precision": args.precision,
-                "accelerator": args.accelerator, "devices": 1, "progress_bar": False, "online_probe": False,
-                "checkpoint_every_n_steps": 10**9, "channels_last": args.channels_last,
+                "max_steps": steps,
+                "epochs": 10_000,
+                "batch_size": batch,
+                "precision": args.precision,
+                "accelerator": args.accelerator,
+                "devices": 1,
+                "progress_bar": False,
+                "online_probe": False,
+                "checkpoint_every_n_steps": 10**9,
+                "channels_last": args.channels_last,
             },
         }
         apply_overrides(cfg, overrides)
@@ -232,7 +250,9 @@ def feature_rows(folder: Path, images: torch.Tensor, args) -> list[tuple]:
     from ssl_toolkit.data.sources import load_source
 
     flops = forward_flops(args, 1)
-    rate, loaded, mem = extraction_rate(lambda: load_source(DataConfig(name=str(folder), image_size=args.size, **streaming(args, False))).train.images, args)
+    rate, loaded, mem = extraction_rate(
+        lambda: load_source(DataConfig(name=str(folder), image_size=args.size, **streaming(args, False))).train.images, args
+    )
     rows = [("features", "ours", "JPEG folder", rate, flops, mem, loaded)]
     rate, _, mem = extraction_rate(lambda: images, args)
     return rows + [("features", "ours", "tensors", rate, flops, mem, None)]
@@ -247,7 +267,7 @@ def print_table(rows: list[tuple], peak_flops: float) -> None:
         mfu = f"{rate * flops_per_image / peak_flops:.3f}" if peak_flops else "-"
         print(f"| {work} | {pipe} | {data} | {rate:.1f} | {mfu} | {mem_s} | {setup_s} |")
     ours = {(r[0], r[2]): r[3] for r in rows if r[1] == "ours"}
-    for (work, pipe, data, rate, *_rest) in rows:
+    for work, pipe, data, rate, *_rest in rows:
         if pipe == "lightly" and (work, data) in ours:
             print(f"{work}, {data}: ours / lightly = {ours[(work, data)] / rate:.2f}x")
 
@@ -265,7 +285,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--window", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (lightly's, and ours streaming the folder)")
+    ap.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (lightly's, and ours streaming the folder)"
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak of this GPU (overrides the table)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--set", action="append", default=[], help="extra key=value for the folder pretraining runs (e.g. data.stream=true)")
@@ -302,10 +324,14 @@ def main() -> None:
 
         images = load_source(DataConfig(name=str(folder), image_size=args.size, **streaming(args, False))).train.images  # the same JPEGs
         print(f"# {device}; peak {tflops or 0:.2f} TFLOP/s ({peak_src}); torch {torch.__version__}")
-        print(f"# {args.backbone} at {args.size} px, {args.precision}, {'channels-last' if args.channels_last else 'NCHW'} (ours); "
-              f"SimCLR batch {args.batch_size} pairs, RotNet batch {args.rotation_batch} x 4; {args.images} JPEGs up to "
-              f"{args.jpeg_side} px wide; {args.workers} DataLoader workers; {args.steps} timed steps after {args.warmup}")
-        print(f"# ours on the JPEG folder: ssl_toolkit.pretrain with data {streaming(args, True) or 'decoded in memory (no stream option)'}")
+        print(
+            f"# {args.backbone} at {args.size} px, {args.precision}, {'channels-last' if args.channels_last else 'NCHW'} (ours); "
+            f"SimCLR batch {args.batch_size} pairs, RotNet batch {args.rotation_batch} x 4; {args.images} JPEGs up to "
+            f"{args.jpeg_side} px wide; {args.workers} DataLoader workers; {args.steps} timed steps after {args.warmup}"
+        )
+        print(
+            f"# ours on the JPEG folder: ssl_toolkit.pretrain with data {streaming(args, True) or 'decoded in memory (no stream option)'}"
+        )
         rows = simclr_rows(folder, images, args, kw) + rotation_rows(folder, images, args, kw) + feature_rows(folder, images, args)
         print()
         print_table(rows, (tflops or 0) * 1e12)

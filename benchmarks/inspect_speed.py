@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args: str) -> tuple[float, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ssl_toolkit", "inspect", *args, "--json", "-q"],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssl_toolkit", "inspect", *args, "--json", "-q"], capture_output=True, text=True, env=env, check=False
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"ssl inspect failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -42,12 +43,16 @@ def run_cli(*args: str) -> tuple[float, dict]:
 
 def describe(name: str, wall: float, report: dict) -> None:
     n = report["images"]
-    print(f"{name}: {n['total']} images (train {n['train']}, test {n['test']}), "
-          f"command {wall:.1f} s wall, inspection {report['seconds']:.1f} s, {os.cpu_count()} CPU cores")
+    print(
+        f"{name}: {n['total']} images (train {n['train']}, test {n['test']}), "
+        f"command {wall:.1f} s wall, inspection {report['seconds']:.1f} s, {os.cpu_count()} CPU cores"
+    )
     for kind in ("exact", "near"):
         d = report["duplicates"][kind]
-        print(f"  {kind:<5} duplicates: {d['num_groups']} groups, {d['images']} images, {d['redundant']} redundant; "
-              f"{d['leak_groups']} groups cross train/test ({d['leaked_test_images']} test images)")
+        print(
+            f"  {kind:<5} duplicates: {d['num_groups']} groups, {d['images']} images, {d['redundant']} redundant; "
+            f"{d['leak_groups']} groups cross train/test ({d['leaked_test_images']} test images)"
+        )
 
 
 def write_folder(root: Path, n: int) -> None:

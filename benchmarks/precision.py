@@ -32,7 +32,13 @@ def main() -> None:
                 "task": args.task,
                 "data": {"name": args.data, "image_size": args.image_size},
                 "backbone": {"name": args.backbone},
-                "trainer": {"epochs": args.epochs, "batch_size": args.batch_size, "precision": precision, "progress_bar": False, "online_probe": False},
+                "trainer": {
+                    "epochs": args.epochs,
+                    "batch_size": args.batch_size,
+                    "precision": precision,
+                    "progress_bar": False,
+                    "online_probe": False,
+                },
             }
             start = time.time()
             meta = st.pretrain(cfg, out=f"{tmp}/run", name=f"precision-{precision}-{int(start)}")
@@ -40,8 +46,10 @@ def main() -> None:
             probe = st.probe(f"{tmp}/run", {"data": {"name": args.data}})
             n_images = meta["dataset"]["n_train"] * args.epochs
             rows.append((precision, seconds, n_images / meta["wall_seconds"], meta["final_loss"], probe["top1"]))
-    print(f"task={args.task} data={args.data} backbone={args.backbone} size={args.image_size} epochs={args.epochs} "
-          f"batch={args.batch_size} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(
+        f"task={args.task} data={args.data} backbone={args.backbone} size={args.image_size} epochs={args.epochs} "
+        f"batch={args.batch_size} torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
     print(f"{'precision':<12} {'seconds':>8} {'img/s':>8} {'loss':>8} {'linear top-1':>13}")
     for p, s, ips, loss, top1 in rows:
         print(f"{p:<12} {s:8.1f} {ips:8.1f} {loss:8.4f} {100 * top1:12.2f}%")

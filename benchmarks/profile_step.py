@@ -60,15 +60,25 @@ def profile_task(task: str, images: torch.Tensor, args) -> None:
     with profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=1, active=args.steps)) as prof:
         steps = ProfiledSteps(prof, args.warmup + 1)
         trainer = L.Trainer(
-            accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.warmup + 1 + args.steps,
-            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[steps],
+            accelerator=args.accelerator,
+            devices=1,
+            precision=args.precision,
+            max_steps=args.warmup + 1 + args.steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[steps],
         )
         trainer.fit(module, make_loader(images, None, args.batch_size, shuffle=True, num_workers=0))
     events = prof.key_averages()
     syncs = {op: sum(e.count for e in events if e.key == op) / args.steps for op in SYNC_OPS}
     launched = sum(e.count for e in events if e.key.startswith("aten::")) / args.steps
-    print(f"\n## {task}: median step {statistics.median(steps.times) * 1e3:.1f} ms; host syncs per step: "
-          + ", ".join(f"{op} {n:g}" for op, n in syncs.items()) + f"; aten ops per step {launched:.0f}")
+    print(
+        f"\n## {task}: median step {statistics.median(steps.times) * 1e3:.1f} ms; host syncs per step: "
+        + ", ".join(f"{op} {n:g}" for op, n in syncs.items())
+        + f"; aten ops per step {launched:.0f}"
+    )
     print(events.table(sort_by="self_cuda_time_total" if args.accelerator == "gpu" else "self_cpu_time_total", row_limit=args.top))
 
 
@@ -88,8 +98,10 @@ def main() -> None:
     args.precision = resolve_precision(args.precision, args.accelerator)
     warnings.filterwarnings("ignore", category=UserWarning)
     images, data_name = benchmark_images(args.size, limit=2048)
-    print(f"# {data_name}, {args.size} px, {args.backbone}, batch {args.batch_size}, {args.precision}, "
-          f"{'channels-last' if args.channels_last else 'NCHW'}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# {data_name}, {args.size} px, {args.backbone}, batch {args.batch_size}, {args.precision}, "
+        f"{'channels-last' if args.channels_last else 'NCHW'}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     for task in args.tasks.split(","):
         profile_task(task, images, args)
 

@@ -77,9 +77,19 @@ def random_backbone(folder: Path, data: str, backbone: str) -> None:
     src = load_source(DataConfig(name=data))
     torch.manual_seed(0)
     model, spec = create_backbone(BackboneConfig(name=backbone), src.channels, src.image_size)
-    save_backbone(folder, model, {"task": "random-init", "backbone": spec.to_dict(), "in_chans": src.channels,
-                                  "image_size": src.image_size, "mean": list(src.mean), "std": list(src.std),
-                                  "dataset": src.describe()})
+    save_backbone(
+        folder,
+        model,
+        {
+            "task": "random-init",
+            "backbone": spec.to_dict(),
+            "in_chans": src.channels,
+            "image_size": src.image_size,
+            "mean": list(src.mean),
+            "std": list(src.std),
+            "dataset": src.describe(),
+        },
+    )
 
 
 def main() -> None:
@@ -115,8 +125,10 @@ def main() -> None:
     assert res["cached"] == ["test"], res
     an = stage("faiss", lambda: analyze(feats, labels, None, None, source.num_classes, project=False), rows)
     s = an.summary()
-    print(f"  search {s['search']['description']}; kNN {s['knn']}; Recall {s['recall']}; mAP@R {s['map_at_r']:.4f} (R<={s['map_r_cap']}); "
-          f"NMI {s['clusters']['nmi_mean']:.4f} ARI {s['clusters']['ari_mean']:.4f}")
+    print(
+        f"  search {s['search']['description']}; kNN {s['knn']}; Recall {s['recall']}; mAP@R {s['map_at_r']:.4f} (R<={s['map_r_cap']}); "
+        f"NMI {s['clusters']['nmi_mean']:.4f} ARI {s['clusters']['ari_mean']:.4f}"
+    )
     stage("umap compile", lambda: umap_projection(np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)), rows)
     params = UmapParams(max_points=args.umap_max_points)
     stage("umap", lambda: umap_projection(feats, labels, params), rows)

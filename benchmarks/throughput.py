@@ -31,12 +31,11 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_toolkit.config import DataConfig, TrainerConfig
-from ssl_toolkit.data.sources import load_source
 from ssl_toolkit.data.loaders import make_loader
+from ssl_toolkit.data.sources import load_source
 from ssl_toolkit.engine import PretrainModule
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 from ssl_toolkit.pretext.base import INPUTS_SECTION
-
 
 # relative-position's default half-patch gap needs 34 px; a quarter-patch gap fits 32 px
 SMALL_IMAGE_TASK_CONFIG = {"relative-position": {"gap": 0.25}}
@@ -171,8 +170,15 @@ def ours_images_per_second(task_name: str, images: torch.Tensor, args, backbone_
     module = build_module(task_name, images, args, backbone_kwargs, task_config)
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.warmup + args.steps + 1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     loader = make_loader(images, None, args.batch_size, shuffle=True, num_workers=0)
     trainer.fit(module, loader)
@@ -206,7 +212,9 @@ def step_flops(task_name: str, images: torch.Tensor, args, backbone_kwargs: dict
     module = build_module(task_name, images, args, backbone_kwargs).to(dev)
     x = images[: args.batch_size].to(dev).float().div(255)
     counter = FlopCounterMode(display=False)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")  # as in training; counts are dtype-free
+    autocast = torch.autocast(
+        dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"
+    )  # as in training; counts are dtype-free
     with counter, autocast:
         loss, _ = module.task(module.backbone, x)
         loss.backward()
@@ -250,8 +258,10 @@ def model_flop_utilisation(images: torch.Tensor, args, backbone_kwargs: dict) ->
     ours = ours_images_per_second("simclr", images, args, backbone_kwargs)
     achieved = flops * ours / args.batch_size
     peak = gemm_flops_per_second(args.accelerator, args.precision)
-    print(f"step {flops / 1e9:.2f} GFLOP x {ours / args.batch_size:.2f} steps/s = {achieved / 1e9:.1f} GFLOP/s; "
-          f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.7)")
+    print(
+        f"step {flops / 1e9:.2f} GFLOP x {ours / args.batch_size:.2f} steps/s = {achieved / 1e9:.1f} GFLOP/s; "
+        f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.7)"
+    )
 
 
 def every_task(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
@@ -277,16 +287,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--tasks", default="all", help="comma-separated tasks for part 3, or all")
-    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                    help="run our backbone in channels-last layout (the engine's default; --no-channels-last for NCHW)")
+    ap.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run our backbone in channels-last layout (the engine's default; --no-channels-last for NCHW)",
+    )
     ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone_kwargs = {"num_classes": 0}
     images, data_name = benchmark_images(args.size, limit=8192)
-    print(f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem), batch {args.batch_size}, precision {args.precision}, "
-          f"{'channels-last' if args.channels_last else 'NCHW'} (ours), "
-          f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps")
+    print(
+        f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem), batch {args.batch_size}, precision {args.precision}, "
+        f"{'channels-last' if args.channels_last else 'NCHW'} (ours), "
+        f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps"
+    )
 
     parts = set(args.parts.split(","))
     if "1" in parts:

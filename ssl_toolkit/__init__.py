@@ -3,6 +3,7 @@
 Python API (mirrors the ``ssl`` command line)::
 
     import ssl_toolkit as st
+
     meta = st.pretrain({"task": "rotation", "data": {"name": "digits"}, "trainer": {"epochs": 2}}, out="runs/rot")
     result = st.probe("runs/rot", {"data": {"name": "digits"}, "mode": "linear"})
 """

@@ -63,7 +63,9 @@ def family_kwargs(timm_name: str, kwargs: dict[str, Any], image_size: int, small
             out.setdefault("patch_size", 1)
         return out, False
     if small and fam != "resnet":
-        raise UserError(f"backbone '{timm_name}' has no small-image stem rule (ResNet, ConvNeXt and ViT have one); --set backbone.small_stem=false")
+        raise UserError(
+            f"backbone '{timm_name}' has no small-image stem rule (ResNet, ConvNeXt and ViT have one); --set backbone.small_stem=false"
+        )
     return out, bool(use_small) and fam == "resnet"
 
 

@@ -71,8 +71,9 @@ class OnlineProbe(Callback):
         pl_module.log("online_train_top1", pl_module.online_top1, on_step=False, on_epoch=True)
         return (per_image * keep).sum() / keep.sum().clamp_min(1.0)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         x_u8, y = batch
         keep = y >= 0
         if not keep.any():
@@ -99,7 +100,9 @@ class GradientGuard(Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
         loss = pl_module.step_loss if pl_module.step_loss is not None else torch.zeros((), device=pl_module.device)
-        grad_max = torch.nn.utils.get_total_norm([g for _, g in named], float("inf")) if named else loss.new_zeros(())  # max |g|: NaN/inf propagate
+        grad_max = (
+            torch.nn.utils.get_total_norm([g for _, g in named], float("inf")) if named else loss.new_zeros(())
+        )  # max |g|: NaN/inf propagate
         finite = torch.isfinite(torch.stack([loss.float(), grad_max.float().to(loss.device)]))  # (2,)
         if bool(finite.all()):  # the step's only host sync
             self._bad_in_a_row = 0
@@ -206,8 +209,10 @@ class ProgressLines(Callback):
         eta = (total - step) * elapsed / done
         loss = trainer.callback_metrics.get("loss_step", trainer.callback_metrics.get("loss"))
         loss_s = f"{float(loss):.4f}" if loss is not None else "-"
-        line = (f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {step}/{total}  loss {loss_s}  "
-                f"{self._images / elapsed:.0f} images/s  ETA {_clock(eta)}")
+        line = (
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {step}/{total}  loss {loss_s}  "
+            f"{self._images / elapsed:.0f} images/s  ETA {_clock(eta)}"
+        )
         print(line, file=self.stream or sys.stderr, flush=True)
 
 

@@ -92,7 +92,9 @@ def load_state(weights: Path, expected_sha: str | None, name: str) -> dict[str, 
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unpickling failure means an unusable file)
-        raise UserError(f"checkpoint {name} cannot be read safely ({type(e).__name__}); weights must be safetensors or a plain state_dict") from None
+        raise UserError(
+            f"checkpoint {name} cannot be read safely ({type(e).__name__}); weights must be safetensors or a plain state_dict"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -173,7 +175,9 @@ def stem_changes(spec: BackboneSpec, layout: str) -> list[tuple[str, str]]:
     if isinstance(conv1, nn.Conv2d):
         if layout == "native":
             bias = conv1.bias is not None
-            lines.append(("conv1.weight", f"model.conv1 = torch.nn.Conv2d({conv1.in_channels}, {conv1.out_channels}, 3, 1, 1, bias={bias})"))
+            lines.append(
+                ("conv1.weight", f"model.conv1 = torch.nn.Conv2d({conv1.in_channels}, {conv1.out_channels}, 3, 1, 1, bias={bias})")
+            )
         else:
             lines.append(("conv1.weight", "model.conv1.stride = (1, 1)"))
     else:
@@ -203,12 +207,20 @@ def to_timm_layout(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[s
         kh, kw = conv.kernel_size
         sh, sw = tensor.shape[-2:]
         fits = (
-            key.endswith(".weight") and tensor.ndim == 4 and tensor.shape[:2] == target.shape[:2]
-            and conv.dilation == (1, 1) and conv.padding == (kh // 2, kw // 2)
-            and kh % 2 == 1 and kw % 2 == 1 and sh <= kh and sw <= kw
+            key.endswith(".weight")
+            and tensor.ndim == 4
+            and tensor.shape[:2] == target.shape[:2]
+            and conv.dilation == (1, 1)
+            and conv.padding == (kh // 2, kw // 2)
+            and kh % 2 == 1
+            and kw % 2 == 1
+            and sh <= kh
+            and sw <= kw
         )
         if not fits:
-            raise UserError(f"{spec.timm_name}: cannot express {key} {tuple(tensor.shape)} in timm's layout {tuple(target.shape)}; export with --format torch")
+            raise UserError(
+                f"{spec.timm_name}: cannot express {key} {tuple(tensor.shape)} in timm's layout {tuple(target.shape)}; export with --format torch"
+            )
         ph, pw = (kh - sh) // 2, (kw - sw) // 2
         out[key] = F.pad(tensor, (pw, pw, ph, ph)).contiguous()
     return out
@@ -263,7 +275,9 @@ def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
     lines.append(f"# inputs: {int(meta['in_chans'])} x {size} x {size}, pixels in [0, 1] normalised with mean={mean}, std={std}")
     proc = meta.get("processing") or {}
     if proc.get("color_space", "rgb") != "rgb" or proc.get("equalize", "none") != "none":
-        lines.append(f"# before normalising, the [0, 1] pixels were processed as in training: {proc} (ssl_toolkit.data.processing.Processing(**processing))")
+        lines.append(
+            f"# before normalising, the [0, 1] pixels were processed as in training: {proc} (ssl_toolkit.data.processing.Processing(**processing))"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -291,7 +305,14 @@ def export_files(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: s
         data = buf.getvalue()
     sidecar = sidecar_path(out)
     keep = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "weights_bytes", "layout", "export_format")}
-    new_meta = {**keep, "export_format": fmt, "layout": layout, "weights_file": out.name, "weights_sha256": sha256_bytes(data), "weights_bytes": len(data)}
+    new_meta = {
+        **keep,
+        "export_format": fmt,
+        "layout": layout,
+        "weights_file": out.name,
+        "weights_sha256": sha256_bytes(data),
+        "weights_bytes": len(data),
+    }
     atomic_write_bytes(out, data)
     atomic_write_json(sidecar, new_meta)
     return new_meta

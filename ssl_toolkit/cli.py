@@ -106,8 +106,15 @@ class FiniteFloat(click.ParamType):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
-            self.fail(f"{number:g} is not in the range {self.low:g} to {self.high:g}" if self.low is not None and self.high is not None
-                      else f"{number:g} is below {self.low:g}" if self.low is not None else f"{number:g} is above {self.high:g}", param, ctx)
+            self.fail(
+                f"{number:g} is not in the range {self.low:g} to {self.high:g}"
+                if self.low is not None and self.high is not None
+                else f"{number:g} is below {self.low:g}"
+                if self.low is not None
+                else f"{number:g} is above {self.high:g}",
+                param,
+                ctx,
+            )
         return number
 
 
@@ -173,4 +180,3 @@ def run() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-

@@ -138,7 +138,9 @@ class PretrainModule(L.LightningModule):
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = int(self.cfg.warmup_epochs * steps_per_epoch)
         if self.cfg.max_minutes:  # a wall-clock budget: the cosine follows the share of the budget spent
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1.0 + math.cos(math.pi * self.time_progress())))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1.0 + math.cos(math.pi * self.time_progress()))
+            )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -148,5 +150,3 @@ class PretrainModule(L.LightningModule):
         if self._fit_started is None:
             return 0.0
         return min(1.0, (time.monotonic() - self._fit_started) / (60.0 * float(self.cfg.max_minutes)))
-
-

@@ -50,7 +50,9 @@ def check_library_writable() -> None:
 def check_name(name: str) -> str:
     """``name`` if it is a valid entry name (letters, digits, ``._+-``; no leading dot), else a UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UserError(f"invalid checkpoint name '{name}': use letters, digits, '.', '_', '+' or '-' (at most 128, not starting with '.' or '-')")
+        raise UserError(
+            f"invalid checkpoint name '{name}': use letters, digits, '.', '_', '+' or '-' (at most 128, not starting with '.' or '-')"
+        )
     return name
 
 
@@ -266,9 +268,25 @@ def _summary(folder: Path) -> dict[str, Any]:
     try:
         meta = read_meta(folder / META)
     except UserError as e:
-        why = str(e).split(": ", 1)[-1] if "not valid backbone metadata" in str(e) else "not backbone metadata" if "not backbone" in str(e) else "invalid JSON"
-        return {**row, "task": None, "backbone": None, "dataset": None, "epochs": None, "best_probe": None,
-                "best_top1": None, "size_bytes": None, "created": None, "error": f"unreadable {META}: {why}"}
+        why = (
+            str(e).split(": ", 1)[-1]
+            if "not valid backbone metadata" in str(e)
+            else "not backbone metadata"
+            if "not backbone" in str(e)
+            else "invalid JSON"
+        )
+        return {
+            **row,
+            "task": None,
+            "backbone": None,
+            "dataset": None,
+            "epochs": None,
+            "best_probe": None,
+            "best_top1": None,
+            "size_bytes": None,
+            "created": None,
+            "error": f"unreadable {META}: {why}",
+        }
     best = best_probe(meta)
     weights = folder / WEIGHTS
     return {

@@ -47,13 +47,28 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: str | Path) -> dict
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            model, (example,), str(path), input_names=["images"], output_names=["features"],
-            dynamic_shapes={"x": {0: batch}}, opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_shapes={"x": {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
         data = path.read_bytes()
     keep = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "weights_bytes", "layout", "export_format")}
-    new_meta = {**keep, "export_format": "onnx", "onnx_opset": OPSET, "onnx_io": {"input": "images", "output": "features"},
-                "weights_file": out.name, "weights_sha256": sha256_bytes(data), "weights_bytes": len(data)}
+    new_meta = {
+        **keep,
+        "export_format": "onnx",
+        "onnx_opset": OPSET,
+        "onnx_io": {"input": "images", "output": "features"},
+        "weights_file": out.name,
+        "weights_sha256": sha256_bytes(data),
+        "weights_bytes": len(data),
+    }
     atomic_write_bytes(out, data)
     atomic_write_json(sidecar_path(out), new_meta)
     return new_meta
@@ -64,11 +79,16 @@ def onnx_snippet(meta: dict[str, Any], path: str | Path) -> str:
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     mean = [round(float(x), 6) for x in meta["mean"]]
     std = [round(float(x), 6) for x in meta["std"]]
-    return "\n".join([
-        "import numpy as np",
-        "import onnxruntime as ort",
-        f"session = ort.InferenceSession({str(Path(path).resolve())!r})",
-        f"images = np.random.rand(4, {chans}, {size}, {size}).astype(np.float32)  # pixels in [0, 1], any batch size",
-        f"mean, std = np.array({mean}, np.float32).reshape(1, -1, 1, 1), np.array({std}, np.float32).reshape(1, -1, 1, 1)",
-        "features = session.run(['features'], {'images': (images - mean) / std})[0]  # (batch, D)",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "import numpy as np",
+                "import onnxruntime as ort",
+                f"session = ort.InferenceSession({str(Path(path).resolve())!r})",
+                f"images = np.random.rand(4, {chans}, {size}, {size}).astype(np.float32)  # pixels in [0, 1], any batch size",
+                f"mean, std = np.array({mean}, np.float32).reshape(1, -1, 1, 1), np.array({std}, np.float32).reshape(1, -1, 1, 1)",
+                "features = session.run(['features'], {'images': (images - mean) / std})[0]  # (batch, D)",
+            ]
+        )
+        + "\n"
+    )

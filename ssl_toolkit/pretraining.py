@@ -177,8 +177,12 @@ def _build_data(plan: Plan) -> RunData:
     processing = Processing.from_config(cfg.data)
     channels, mean, std = processed_stats(processing, source)  # what the backbone is fed (data.color_space, equalize, normalize)
     facts = DataFacts(
-        channels=channels, image_size=source.image_size, mean=mean, std=std,
-        name=source.name, grayscale_origin=source.grayscale_origin or channels == 1,
+        channels=channels,
+        image_size=source.image_size,
+        mean=mean,
+        std=std,
+        name=source.name,
+        grayscale_origin=source.grayscale_origin or channels == 1,
     )
     task_cls = TASKS.get(cfg.task)
     if processing.color_space != "rgb" and task_cls.info.needs_colour:
@@ -191,7 +195,9 @@ def _build_data(plan: Plan) -> RunData:
             _warn(note)
     task_cls.check_data(task_cfg, facts)
     stage = task_cls.worker_stage(task_cfg, facts)
-    num_classes = source.num_classes if cfg.trainer.online_probe and source.target_kind in ("multiclass", "binary") else 0  # multi-label: no online probe
+    num_classes = (
+        source.num_classes if cfg.trainer.online_probe and source.target_kind in ("multiclass", "binary") else 0
+    )  # multi-label: no online probe
     t = cfg.trainer
     pin = source.streaming and t.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     skip = SkipLog(plan.folder.skipped, strict=cfg.data.strict)
@@ -199,7 +205,9 @@ def _build_data(plan: Plan) -> RunData:
     train_loader = split_loader(source.train, t.batch_size, True, seed=t.seed, stage=stage, workers=workers, skip=skip, pin_memory=pin)
     val_loader = None
     if num_classes and len(source.test):
-        val_loader = split_loader(source.test, max(t.batch_size, 256), False, workers=cfg.data.workers if source.streaming else 0, skip=skip, pin_memory=pin)
+        val_loader = split_loader(
+            source.test, max(t.batch_size, 256), False, workers=cfg.data.workers if source.streaming else 0, skip=skip, pin_memory=pin
+        )
     return RunData(source, facts, train_loader, val_loader, num_classes)
 
 
@@ -298,7 +306,13 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     t, folder = plan.cfg.trainer, plan.folder
     r = model.resolved["trainer"]
     module = PretrainModule(
-        model.backbone, model.task, t, r["lr"], r["weight_decay"], r["optimizer"], seed=t.seed,
+        model.backbone,
+        model.task,
+        t,
+        r["lr"],
+        r["weight_decay"],
+        r["optimizer"],
+        seed=t.seed,
         processing=Processing.from_config(plan.cfg.data),
     )
     guard = GradientGuard()
@@ -321,13 +335,19 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         try:
             trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
-            kept = f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
+            kept = (
+                f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
+            )
             raise UserError(f"training stopped: {e}; {kept}") from None
         except SIGTERMException:
-            raise Interrupted(f"terminated at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 143) from None
+            raise Interrupted(
+                f"terminated at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 143
+            ) from None
         except SystemExit:
             if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
-                raise Interrupted(f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 130) from None
+                raise Interrupted(
+                    f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 130
+                ) from None
             raise
     return trainer, guard, time.time() - start
 

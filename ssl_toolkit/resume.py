@@ -65,7 +65,9 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
             continue
         if key not in RESUMABLE:
             was = "unset" if old is _MISSING else repr(old)
-            raise UserError(f"--resume cannot change {key} (saved {was}, asked {value!r}); only {', '.join(k.split('.', 1)[1] for k in RESUMABLE)} may change")
+            raise UserError(
+                f"--resume cannot change {key} (saved {was}, asked {value!r}); only {', '.join(k.split('.', 1)[1] for k in RESUMABLE)} may change"
+            )
         changed.append(key)
     if not changed:
         return cfg, []

@@ -101,8 +101,15 @@ def checkpoint_callbacks(cfg: TrainerConfig, run_dir: Path) -> list[ModelCheckpo
     if cfg.checkpoint_every_n_steps:
         triggers.append({"every_n_train_steps": cfg.checkpoint_every_n_steps})
     return [
-        ModelCheckpoint(dirpath=run_dir, filename=LAST_NAME, save_top_k=1, enable_version_counter=False,
-                        auto_insert_metric_name=False, save_on_train_epoch_end=True, **trigger)
+        ModelCheckpoint(
+            dirpath=run_dir,
+            filename=LAST_NAME,
+            save_top_k=1,
+            enable_version_counter=False,
+            auto_insert_metric_name=False,
+            save_on_train_epoch_end=True,
+            **trigger,
+        )
         for trigger in triggers
     ]
 
@@ -136,8 +143,7 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
     for q in quiet:
         q.setLevel(logging.ERROR)
     try:
-        L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False)
+        L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     except Exception as e:  # noqa: BLE001  (Lightning raises ValueError, TypeError or its own exceptions)
         message = str(e).split(" Find a complete list")[0].replace("`", "'").strip()
         raise UserError(f"trainer options ({_describe(cfg)}): {message}") from None

@@ -55,7 +55,12 @@ def run_ssl():
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         return subprocess.run(
             [sys.executable, "-m", "ssl_toolkit", *map(str, args)],
-            capture_output=True, text=True, timeout=timeout, env=env, cwd=kw.pop("cwd", None), **kw,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=kw.pop("cwd", None),
+            **kw,
         )
 
     return _run

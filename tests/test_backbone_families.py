@@ -88,8 +88,14 @@ def test_stages_and_layer_decay_follow_timm(backbone):
     lrs = sorted({g["lr"] for g in groups})
     depth = len(lrs) - 1  # timm's layers: stem + blocks (+ final norm) before the head
     assert lrs == [0.5**k for k in range(depth, 0, -1)] + [10.0]
-    assert depth == (11 if "convnext" in backbone else 7)  # timm's groups: ConvNeXt stem, downsamples, blocks, head norm; ViT stem + 6 blocks
-    stem_lr = {g["lr"] for g in groups if any(p is model.stem[0].weight if hasattr(model, "stem") else p is model.patch_embed.proj.weight for p in g["params"])}
+    assert depth == (
+        11 if "convnext" in backbone else 7
+    )  # timm's groups: ConvNeXt stem, downsamples, blocks, head norm; ViT stem + 6 blocks
+    stem_lr = {
+        g["lr"]
+        for g in groups
+        if any(p is model.stem[0].weight if hasattr(model, "stem") else p is model.patch_embed.proj.weight for p in g["params"])
+    }
     assert stem_lr == {0.5**depth}
 
 
@@ -100,7 +106,12 @@ def test_every_evaluator_on_family(backbone, tmp_path):
     _pretrain("rotation", backbone, run, steps=3)
     data = {"name": "synthetic", "synthetic_train": 64, "synthetic_test": 48}
     base = {"data": data, "accelerator": "cpu", "batch_size": 32}
-    for mode, extra in (("linear", {}), ("knn", {"evaluator_config": {"k": 10}}), ("partial", {"evaluator_config": {"freeze_stages": 1}, "epochs": 1}), ("finetune", {"epochs": 1, "evaluator_config": {"layer_decay": 0.7}})):
+    for mode, extra in (
+        ("linear", {}),
+        ("knn", {"evaluator_config": {"k": 10}}),
+        ("partial", {"evaluator_config": {"freeze_stages": 1}, "epochs": 1}),
+        ("finetune", {"epochs": 1, "evaluator_config": {"layer_decay": 0.7}}),
+    ):
         result = probe(run, {**base, "mode": mode, **extra})
         assert result["backbone"] == backbone and result["n_test"] == 48
         assert 0.0 <= result["top1"] <= 1.0

@@ -30,12 +30,13 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.export import export_checkpoint
 from ssl_toolkit.library import register_run
 
-
 # a single-conv ResNet stem (resnet18's 7x7 conv1), made small
 SINGLE_CONV = ("resnet18", {"channels": [16, 16, 16, 16]})
 
 
-def make_backbone(folder: Path, timm_name: str = TINY_BACKBONE, in_chans: int = 1, small_stem: bool = True, seed: int = 0, **kwargs) -> tuple[torch.nn.Module, dict]:
+def make_backbone(
+    folder: Path, timm_name: str = TINY_BACKBONE, in_chans: int = 1, small_stem: bool = True, seed: int = 0, **kwargs
+) -> tuple[torch.nn.Module, dict]:
     """A randomly initialised backbone saved as a run folder would hold it."""
     spec = BackboneSpec(timm_name, {"num_classes": 0, "in_chans": in_chans, **kwargs}, small_stem)
     torch.manual_seed(seed)
@@ -47,9 +48,16 @@ def make_backbone(folder: Path, timm_name: str = TINY_BACKBONE, in_chans: int = 
             elif name.endswith("running_var"):
                 buf.uniform_(0.5, 1.5)
     meta = {
-        "task": "rotation", "task_config": {}, "backbone": spec.to_dict(), "in_chans": in_chans, "image_size": 16,
-        "mean": [0.5] * in_chans, "std": [0.25] * in_chans,
-        "dataset": {"name": "synthetic", "channels": in_chans, "n_train": 64}, "epochs": 1, "steps": 2,
+        "task": "rotation",
+        "task_config": {},
+        "backbone": spec.to_dict(),
+        "in_chans": in_chans,
+        "image_size": 16,
+        "mean": [0.5] * in_chans,
+        "std": [0.25] * in_chans,
+        "dataset": {"name": "synthetic", "channels": in_chans, "n_train": 64},
+        "epochs": 1,
+        "steps": 2,
         "created": "2026-01-01T00:00:00+00:00",
     }
     meta = save_backbone(folder, model, meta)
@@ -100,7 +108,10 @@ def test_weights_of_another_architecture_name_both(tmp_path):
     meta = json.loads((tmp_path / "run" / META).read_text())
     meta["weights_sha256"] = sha256_bytes(data)
     (tmp_path / "run" / META).write_text(json.dumps(meta))
-    with pytest.raises(UserError, match=r"expected test_resnet \(in_chans=1, small stem\).*conv1.0.weight has shape \(16, 3, 3, 3\), expected \(16, 1, 3, 3\)"):
+    with pytest.raises(
+        UserError,
+        match=r"expected test_resnet \(in_chans=1, small stem\).*conv1.0.weight has shape \(16, 3, 3, 3\), expected \(16, 1, 3, 3\)",
+    ):
         load_backbone_files(tmp_path / "run")
 
 
@@ -158,9 +169,7 @@ def test_exports_load_in_a_plain_python_without_ssl_toolkit(tmp_path, toolkit_ho
         "import sys\n"
         "outs = []\n"
         + "".join(
-            f"exec({s!r})\n"
-            "assert 'ssl_toolkit' not in sys.modules\n"
-            f"outs.append(model(torch.load({str(tmp_path / 'x.pt')!r})).detach())\n"
+            f"exec({s!r})\nassert 'ssl_toolkit' not in sys.modules\nouts.append(model(torch.load({str(tmp_path / 'x.pt')!r})).detach())\n"
             for s in (timm_snippet, torch_snippet)
         )
         + f"torch.save(outs, {str(tmp_path / 'outs.pt')!r})\n"

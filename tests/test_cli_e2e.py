@@ -12,8 +12,23 @@ pytestmark = pytest.mark.slow  # real processes: each imports the whole stack
 def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
     run = tmp_path / "rot"
     done = run_ssl(
-        "pretrain", "--task", "rotation", "--data", "digits", "--image-size", "16", "--backbone", "test_resnet",
-        "--epochs", "2", "--batch-size", "128", "--out", run, "-q", cwd=tmp_path,
+        "pretrain",
+        "--task",
+        "rotation",
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--backbone",
+        "test_resnet",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "128",
+        "--out",
+        run,
+        "-q",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert "pretrained rotation on digits: 2 epochs" in done.stdout
@@ -35,6 +50,22 @@ def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
 def test_help_explains_every_option(run_ssl):
     done = run_ssl("pretrain", "--help")
     assert done.returncode == 0
-    for option in ("--task", "--data", "--backbone", "--image-size", "--epochs", "--batch-size", "--lr", "--config",
-                   "--set", "--out", "--seed", "--resume", "--accelerator", "--devices", "--precision", "--strategy"):
+    for option in (
+        "--task",
+        "--data",
+        "--backbone",
+        "--image-size",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--config",
+        "--set",
+        "--out",
+        "--seed",
+        "--resume",
+        "--accelerator",
+        "--devices",
+        "--precision",
+        "--strategy",
+    ):
         assert option in done.stdout, option

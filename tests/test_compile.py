@@ -10,11 +10,10 @@ from torch import nn
 
 from ssl_toolkit import compile as compile_mod
 from ssl_toolkit.compile import should_compile
-from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.config import TrainerConfig, validate
 from ssl_toolkit.data.loaders import make_loader
 from ssl_toolkit.engine import PretrainModule
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.config import validate
 from ssl_toolkit.pretext import DataFacts, build_task
 
 
@@ -50,15 +49,24 @@ class StepLosses(Callback):
 
 def train_rotation(compiled: bool, steps: int = 2) -> tuple[PretrainModule, list[float]]:
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # (B, 8)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )  # (B, 8)
     facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
     task = build_task("rotation", 8, {}, facts)
     cfg = TrainerConfig(precision="32-true", accelerator="cpu", online_probe=False, progress_bar=False, batch_size=8, compile=compiled)
     module = PretrainModule(backbone, task, cfg, lr=1e-2, weight_decay=0.0, optimizer="adamw")
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     losses = StepLosses()
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[losses])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[losses],
+    )
     trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
     return module, losses.losses
 

@@ -26,16 +26,46 @@ def simclr_loss():
 def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl):
     run = tmp_path / "ddp"
     done = run_ssl(
-        "pretrain", "--task", "simclr", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",
-        "--epochs", "2", "--batch-size", "32", "--set", "data.synthetic_train=128", "--set", "data.synthetic_test=64",
-        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--out", run, "-q", cwd=tmp_path,
+        "pretrain",
+        "--task",
+        "simclr",
+        "--data",
+        "synthetic",
+        "--backbone",
+        "test_resnet",
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--set",
+        "data.synthetic_train=128",
+        "--set",
+        "data.synthetic_test=64",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--out",
+        run,
+        "-q",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     meta = json.loads((run / "meta.json").read_text())
     assert meta["world_size"] == 2
     # 128 images sharded over 2 processes with 32 per process: 2 steps per epoch, not 4
     assert meta["steps"] == 4 and meta["epochs"] == 2
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["backbone.safetensors", "config.yaml", "last.ckpt", "meta.json", "metrics.csv"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
+        "backbone.safetensors",
+        "config.yaml",
+        "last.ckpt",
+        "meta.json",
+        "metrics.csv",
+    ]
 
 
 def _gathered_loss_worker(rank: int, world: int, init_file: str, z0: torch.Tensor, z1: torch.Tensor, out: str) -> None:

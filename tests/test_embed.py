@@ -22,8 +22,15 @@ def save_random_backbone(folder: Path, in_chans: int, image_size: int, mean, std
 
     torch.manual_seed(0)
     model, spec = create_backbone(BackboneConfig(name=TINY_BACKBONE), in_chans, image_size)
-    info = {"task": "random-init", "backbone": spec.to_dict(), "in_chans": in_chans, "image_size": image_size,
-            "mean": list(mean), "std": list(std), **meta}
+    info = {
+        "task": "random-init",
+        "backbone": spec.to_dict(),
+        "in_chans": in_chans,
+        "image_size": image_size,
+        "mean": list(mean),
+        "std": list(std),
+        **meta,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     save_backbone(folder, model, info)
     return model.eval()
@@ -85,9 +92,7 @@ def test_embed_npz_rows_labels_ids_and_cache(run_dir, tmp_path):
 
 
 def test_embed_npy_memmap_one_split(run_dir, tmp_path, cli):
-    from ssl_toolkit.eval.embed import load_embeddings
-
-    from ssl_toolkit.eval.embed import embed
+    from ssl_toolkit.eval.embed import embed, load_embeddings
 
     run, src = run_dir
     res = embed(run, DATA, tmp_path / "t.npy", split="test", batch_size=16)

@@ -73,20 +73,33 @@ def places(tmp_path_factory) -> dict[str, str]:
     (pyconfig / "config.yaml").write_text("task: !!python/object/apply:os.system ['echo pwned']\n")
     (pyconfig / "last.ckpt").write_bytes(b"")
     badhome = root / "badhome"
-    for entry, change in (("bad-probes", {"probes": ["linear"]}), ("bad-size", {"image_size": "abc"}),
-                          ("bad-kwargs", {"backbone": {"timm_name": "test_resnet", "kwargs": "x"}}),
-                          ("bad-name", {"backbone": {"timm_name": 18}})):
+    for entry, change in (
+        ("bad-probes", {"probes": ["linear"]}),
+        ("bad-size", {"image_size": "abc"}),
+        ("bad-kwargs", {"backbone": {"timm_name": "test_resnet", "kwargs": "x"}}),
+        ("bad-name", {"backbone": {"timm_name": 18}}),
+    ):
         folder = badhome / "checkpoints" / entry
         _run_folder(folder, spec)
         meta = json.loads((folder / "meta.json").read_text())
         meta.update(change)
         (folder / "meta.json").write_text(json.dumps(meta))
     return {
-        "file": str(root / "afile.txt"), "exported": str(root / "exported.safetensors"), "resumable": str(resumable),
-        "pyconfig": str(pyconfig), "badhome": str(badhome),
-        "missing": str(root / "does-not-exist"), "empty": str(root / "empty"), "unreadable": str(root / "unreadable"),
-        "mixed": str(root / "mixed"), "unlabelled": str(root / "unlabelled"), "nonempty": str(root / "nonempty"),
-        "nockpt": str(root / "nockpt"), "run": str(run), "corrupt": str(corrupt), "mismatch": str(mismatch),
+        "file": str(root / "afile.txt"),
+        "exported": str(root / "exported.safetensors"),
+        "resumable": str(resumable),
+        "pyconfig": str(pyconfig),
+        "badhome": str(badhome),
+        "missing": str(root / "does-not-exist"),
+        "empty": str(root / "empty"),
+        "unreadable": str(root / "unreadable"),
+        "mixed": str(root / "mixed"),
+        "unlabelled": str(root / "unlabelled"),
+        "nonempty": str(root / "nonempty"),
+        "nockpt": str(root / "nockpt"),
+        "run": str(run),
+        "corrupt": str(corrupt),
+        "mismatch": str(mismatch),
     }
 
 
@@ -118,18 +131,27 @@ def test_error_row(cli, places, args, message, code, monkeypatch):
 def test_a_user_error_in_a_real_process_has_no_traceback(run_ssl, tmp_path):
     done = run_ssl("probe", tmp_path / "nothing-here")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: no run folder, backbone file or library checkpoint named '{tmp_path / 'nothing-here'}'"]
+    assert done.stderr.strip().splitlines() == [
+        f"error: no run folder, backbone file or library checkpoint named '{tmp_path / 'nothing-here'}'"
+    ]
 
 
 def test_list_marks_bad_metadata_unreadable_and_lists_the_rest(cli, places, monkeypatch):
     monkeypatch.setenv("SSL_TOOLKIT_HOME", places["badhome"])
-    _run_folder(Path(places["badhome"]) / "checkpoints" / "good", BackboneSpec("test_resnet", {"num_classes": 0, "in_chans": 1}, small_stem=True))
+    _run_folder(
+        Path(places["badhome"]) / "checkpoints" / "good", BackboneSpec("test_resnet", {"num_classes": 0, "in_chans": 1}, small_stem=True)
+    )
     rc, out, err = cli("checkpoints", "list")
     assert rc == 0 and err == "", err
     rows = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
     assert sorted(rows) == ["bad-kwargs", "bad-name", "bad-probes", "bad-size", "good"]
     assert "rotation" in rows["good"] and "unreadable meta.json" not in rows["good"]
-    for name, field in (("bad-probes", "probes"), ("bad-size", "image_size"), ("bad-kwargs", "backbone.kwargs"), ("bad-name", "backbone.timm_name")):
+    for name, field in (
+        ("bad-probes", "probes"),
+        ("bad-size", "image_size"),
+        ("bad-kwargs", "backbone.kwargs"),
+        ("bad-name", "backbone.timm_name"),
+    ):
         assert f"unreadable meta.json: {field}:" in rows[name], rows[name]
 
 

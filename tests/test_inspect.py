@@ -76,7 +76,7 @@ def build_folder(root: Path) -> Path:
     picture(21).convert("RGBA").save(d["train/dog"] / "rgba.png")
     picture(22).convert("P", palette=Image.Palette.ADAPTIVE).save(d["train/dog"] / "pal.png")
     picture(23).convert("CMYK").save(d["test/cat"] / "cmyk.jpg")
-    deep = (np.asarray(picture(24).convert("L"), np.uint16) * 257)
+    deep = np.asarray(picture(24).convert("L"), np.uint16) * 257
     Image.fromarray(deep).save(d["test/dog"] / "deep.png")
     # unreadable files
     buf = io.BytesIO()
@@ -210,8 +210,12 @@ def test_tensor_source_batched_hashes_and_leak():
     noisy = train[5].int() + torch.randint(-2, 3, train[5].shape, generator=g)
     train[6] = noisy.clamp(0, 255).to(torch.uint8)  # near duplicate of train[5]
     y = torch.arange(40) % 4
-    source = DataSource("planted", Split(train, y[:30], [f"planted:train:{i}" for i in range(30)]),
-                        Split(test, y[30:], [f"planted:test:{i}" for i in range(10)]), ["a", "b", "c", "d"])
+    source = DataSource(
+        "planted",
+        Split(train, y[:30], [f"planted:train:{i}" for i in range(30)]),
+        Split(test, y[30:], [f"planted:test:{i}" for i in range(10)]),
+        ["a", "b", "c", "d"],
+    )
     table = table_from_source(source)
     exact = [sorted(table.ids[i] for i in grp) for grp in dup.exact_groups(table)]
     assert exact == [["planted:test:0", "planted:train:3"]]

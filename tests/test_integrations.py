@@ -15,7 +15,10 @@ from ssl_toolkit.backbones import BackboneSpec, apply_small_stem
 from ssl_toolkit.checkpoints import load_backbone_files, save_backbone
 from ssl_toolkit.pretraining import pretrain
 
-needs = {name: pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed") for name in ("tensorboard", "onnx", "onnxruntime")}
+needs = {
+    name: pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed")
+    for name in ("tensorboard", "onnx", "onnxruntime")
+}
 
 
 def _small(**trainer) -> dict:
@@ -49,9 +52,29 @@ def test_a_logger_without_its_package_names_the_extra(cli, tmp_path):
 
 @pytest.mark.slow
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, run_ssl):
-    done = run_ssl("pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",
-                   "--batch-size", "32", "--epochs", "3", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32",
-                   "--set", "trainer.progress_every_n_steps=2", "--out", tmp_path / "run")
+    done = run_ssl(
+        "pretrain",
+        "--task",
+        "rotation",
+        "--data",
+        "synthetic",
+        "--backbone",
+        "test_resnet",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "3",
+        "--set",
+        "data.synthetic_train=64",
+        "--set",
+        "data.synthetic_test=32",
+        "--set",
+        "trainer.progress_every_n_steps=2",
+        "--out",
+        tmp_path / "run",
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
     assert [line.split("  ")[1] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"], done.stderr
@@ -68,8 +91,18 @@ def test_onnx_export_matches_torch_with_any_batch_size(tmp_path, cli):
     spec = BackboneSpec("test_resnet", {"num_classes": 0, "in_chans": 3}, small_stem=True)
     model = timm.create_model(spec.timm_name, **spec.kwargs)
     apply_small_stem(model)
-    save_backbone(tmp_path / "run", model, {"task": "rotation", "backbone": spec.to_dict(), "in_chans": 3, "image_size": 16,
-                                            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    save_backbone(
+        tmp_path / "run",
+        model,
+        {
+            "task": "rotation",
+            "backbone": spec.to_dict(),
+            "in_chans": 3,
+            "image_size": 16,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+    )
     out = tmp_path / "export" / "backbone.onnx"
     out.parent.mkdir()
     code, stdout, err = cli("checkpoints", "export", tmp_path / "run", "--out", out, "--format", "onnx")

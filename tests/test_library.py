@@ -116,7 +116,9 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
         return cfg
 
     pretrain(small(), out=tmp_path / "a", name="rot-a")
-    code, out, err = cli("probe", "rot-a", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json")
+    code, out, err = cli(
+        "probe", "rot-a", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json"
+    )
     assert code == 0, err
     probed = json.loads(out.strip().splitlines()[-1])
     meta_b = pretrain(small(init_from="rot-a"), out=tmp_path / "b")
@@ -130,7 +132,9 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
     assert "rot-a" in out and meta_b["library_name"] in out
     with pytest.raises(UserError, match="already exists"):
         pretrain(small(), out=tmp_path / "c", name="rot-a")
-    with pytest.raises(UserError, match=r"architecture mismatch: expected test_resnet \(in_chans=3\), found test_resnet \(in_chans=3, small stem\)"):
+    with pytest.raises(
+        UserError, match=r"architecture mismatch: expected test_resnet \(in_chans=3\), found test_resnet \(in_chans=3, small stem\)"
+    ):
         pretrain(small(init_from="rot-a", backbone={"small_stem": False}), out=tmp_path / "d")
 
 
@@ -146,7 +150,9 @@ def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_pat
     one.mkdir(parents=True)
     for i in range(10):
         Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(one / f"{i}.png")
-    code, out, err = cli("probe", "rot", "--data", "synthetic", "--mode", "knn", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32")
+    code, out, err = cli(
+        "probe", "rot", "--data", "synthetic", "--mode", "knn", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32"
+    )
     assert code == 0, err
     code, out, err = cli("probe", "rot", "--data", str(tmp_path / "one-class"), "--mode", "knn")
     assert code == 0 and "has a single class" in err, err

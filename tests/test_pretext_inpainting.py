@@ -58,7 +58,6 @@ def test_loss_ignores_pixels_outside_the_hole():
     assert (seen["x"][hole] == 0).all() and (seen["x"][~hole] != 0).any()
 
 
-
 def test_adversarial_term_reaches_the_decoder_but_not_the_discriminator():
     facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
 

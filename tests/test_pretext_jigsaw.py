@@ -28,7 +28,10 @@ def test_tiles_put_back_by_the_inverse_permutation_reproduce_the_gridded_image()
     assert not torch.equal(assemble_tiles(shuffled, grid), x)
     assert torch.equal(assemble_tiles(unshuffle_tiles(shuffled, perms), grid), x)
     # shuffled position i holds tile perms[i]
-    assert torch.equal(shuffled[2, 4], x[2, :, 10 * (perms[2, 4] // 3) : 10 * (perms[2, 4] // 3) + 10, 10 * (perms[2, 4] % 3) : 10 * (perms[2, 4] % 3) + 10])
+    assert torch.equal(
+        shuffled[2, 4],
+        x[2, :, 10 * (perms[2, 4] // 3) : 10 * (perms[2, 4] // 3) + 10, 10 * (perms[2, 4] % 3) : 10 * (perms[2, 4] % 3) + 10],
+    )
     # with a gap and jitter every tile is its offset crop from its own cell
     offsets = torch.randint(0, 3, (5, 9, 2), generator=g)
     tiles = cut_tiles(x, grid, 8, offsets)

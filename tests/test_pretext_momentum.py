@@ -6,7 +6,6 @@ import torch
 
 from ssl_toolkit.pretext import DataFacts, build_task
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -79,6 +79,17 @@ def test_jigsaw_on_too_small_images_exits_2_naming_the_minimum(cli, tmp_path):
     assert code == 2
     assert "at least 30 px" in err + out
     code, out, err = cli(
-        "pretrain", "--task", "jigsaw", "--data", "digits", "--image-size", "32", "--set", "task_config.grid=4", "--out", tmp_path / "j4", "--quiet"
+        "pretrain",
+        "--task",
+        "jigsaw",
+        "--data",
+        "digits",
+        "--image-size",
+        "32",
+        "--set",
+        "task_config.grid=4",
+        "--out",
+        tmp_path / "j4",
+        "--quiet",
     )
     assert code == 2 and "at least 40 px" in err + out

@@ -78,21 +78,62 @@ def test_unknown_task_and_config_keys_are_user_errors(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-@pytest.mark.parametrize("task, data, size, changed", [
-    ("relative-position", "synthetic", 32, {"gap": 0.25}),
-    ("jigsaw", "synthetic", 28, {"gap": 0.1}),
-    ("relative-position", "synthetic", 28, {"gap": 0.125}),
-])
+@pytest.mark.parametrize(
+    "task, data, size, changed",
+    [
+        ("relative-position", "synthetic", 32, {"gap": 0.25}),
+        ("jigsaw", "synthetic", 28, {"gap": 0.1}),
+        ("relative-position", "synthetic", 28, {"gap": 0.125}),
+    ],
+)
 def test_task_geometry_adapts_to_small_images_when_not_set(tmp_path, cli, task, data, size, changed):
-    code, out, err = cli("pretrain", "--task", task, "--data", data, "--image-size", size, "--backbone", "test_resnet", "--epochs", "1",
-                         "--batch-size", "32", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "-q",
-                         "--no-online-probe", "--out", tmp_path / "run")
+    code, out, err = cli(
+        "pretrain",
+        "--task",
+        task,
+        "--data",
+        data,
+        "--image-size",
+        size,
+        "--backbone",
+        "test_resnet",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--set",
+        "data.synthetic_train=64",
+        "--set",
+        "data.synthetic_test=32",
+        "-q",
+        "--no-online-probe",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 0, err
     notes = [line for line in err.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and f"{task} on {size} px images" in notes[0], err
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["task_config"]
     assert {k: saved[k] for k in changed} == changed
-    explicit = ["--set", "task_config.gap=0.5", "--set", "task_config.jitter=0.075"] if task == "relative-position" else ["--set", "task_config.gap=0.15"]
-    code, out, err = cli("pretrain", "--task", task, "--data", data, "--image-size", size, "--backbone", "test_resnet", "--epochs", "1",
-                         *explicit, "--out", tmp_path / "explicit")
+    explicit = (
+        ["--set", "task_config.gap=0.5", "--set", "task_config.jitter=0.075"]
+        if task == "relative-position"
+        else ["--set", "task_config.gap=0.15"]
+    )
+    code, out, err = cli(
+        "pretrain",
+        "--task",
+        task,
+        "--data",
+        data,
+        "--image-size",
+        size,
+        "--backbone",
+        "test_resnet",
+        "--epochs",
+        "1",
+        *explicit,
+        "--out",
+        tmp_path / "explicit",
+    )
     assert code == 2 and "needs images of at least" in err  # a geometry the user set is never changed

@@ -13,8 +13,18 @@ from ssl_toolkit.backbones import create_backbone
 from ssl_toolkit.checkpoints import save_backbone
 from ssl_toolkit.config import BackboneConfig
 
-SMALL = ["--data", "synthetic", "--set", "data.synthetic_train=90", "--set", "data.synthetic_test=45",
-         "--set", "data.image_size=16", "--accelerator", "cpu"]
+SMALL = [
+    "--data",
+    "synthetic",
+    "--set",
+    "data.synthetic_train=90",
+    "--set",
+    "data.synthetic_test=45",
+    "--set",
+    "data.image_size=16",
+    "--accelerator",
+    "cpu",
+]
 
 
 def saved_backbone(folder):
@@ -29,9 +39,21 @@ def test_probe_json_schema_and_record(cli, tmp_path):
     code, out, err = cli("probe", run, "--mode", "knn", "--label-fraction", "0.5", "--json", *SMALL)
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    for key, kind in {"mode": str, "label_fraction": float, "top1": float, "top5": float, "per_class_acc": list,
-                      "confusion": list, "n_train": int, "n_test": int, "num_classes": int, "dataset": str,
-                      "backbone": str, "seconds": float, "top1_by_k": dict}.items():
+    for key, kind in {
+        "mode": str,
+        "label_fraction": float,
+        "top1": float,
+        "top5": float,
+        "per_class_acc": list,
+        "confusion": list,
+        "n_train": int,
+        "n_test": int,
+        "num_classes": int,
+        "dataset": str,
+        "backbone": str,
+        "seconds": float,
+        "top1_by_k": dict,
+    }.items():
         assert isinstance(result[key], kind), key
     k = result["num_classes"]
     assert result["mode"] == "knn" and 40 <= result["n_train"] <= 50 and result["n_test"] == 45
@@ -43,8 +65,9 @@ def test_probe_json_schema_and_record(cli, tmp_path):
 
 
 def test_random_init_finetune_baseline(cli):
-    code, out, err = cli("probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1",
-                         "--batch-size", "32", "--json", *SMALL)
+    code, out, err = cli(
+        "probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1", "--batch-size", "32", "--json", *SMALL
+    )
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["random_init"] and result["mode"] == "finetune" and result["frozen"] == []
@@ -74,9 +97,9 @@ def test_out_of_range_freeze_stages_and_fraction_exit_2(cli, tmp_path):
 
 
 def test_online_probe_never_touches_the_backbone():
-    from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.backbones import feature_dim
     from ssl_toolkit.callbacks import OnlineProbe
+    from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.engine import PretrainModule
 
     class NoPretext(torch.nn.Module):

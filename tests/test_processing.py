@@ -72,21 +72,41 @@ def test_processing_is_recorded_and_probe_applies_it(tmp_path, cli):
     mean = torch.tensor(saved["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(saved["std"]).view(1, 3, 1, 1)
     assert torch.allclose(pre(x), (manual - mean) / std, atol=1e-5)
-    code, out, err = cli("probe", tmp_path / "run", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json")
+    code, out, err = cli(
+        "probe", tmp_path / "run", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json"
+    )
     assert code == 0, err
     assert meta["run_dir"]
 
 
 def test_colorization_refuses_another_colour_space(tmp_path, cli):
-    code, out, err = cli("pretrain", "--task", "colorization", "--data", "synthetic", "--set", "data.color_space=hsv", "--out", tmp_path / "c", "--quiet")
+    code, out, err = cli(
+        "pretrain", "--task", "colorization", "--data", "synthetic", "--set", "data.color_space=hsv", "--out", tmp_path / "c", "--quiet"
+    )
     assert code == 2 and "colorization converts RGB itself; it needs data.color_space=rgb" in err
     assert not (tmp_path / "c" / "config.yaml").exists()
 
 
 def test_inspect_shows_channel_histograms_before_and_after(tmp_path, cli):
     out = tmp_path / "inspect.html"
-    code, _, err = cli("inspect", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=16", "--set", "data.image_size=16",
-                       "--set", "data.color_space=hsv", "--set", "data.equalize=global", "--out", out, "--json", "--quiet")
+    code, _, err = cli(
+        "inspect",
+        "synthetic",
+        "--set",
+        "data.synthetic_train=64",
+        "--set",
+        "data.synthetic_test=16",
+        "--set",
+        "data.image_size=16",
+        "--set",
+        "data.color_space=hsv",
+        "--set",
+        "data.equalize=global",
+        "--out",
+        out,
+        "--json",
+        "--quiet",
+    )
     assert code == 0, err
     html = out.read_text()
     assert "Channels before and after processing" in html and 'alt="after processing"' in html

@@ -23,14 +23,30 @@ from ssl_toolkit.pretraining import pretrain
 from ssl_toolkit.trainer import AtomicCheckpointIO
 
 TINY_ARGS = [
-    "pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16",
-    "--batch-size", "32", "--set", "data.synthetic_train=192", "--set", "data.synthetic_test=64", "-q",
+    "pretrain",
+    "--task",
+    "rotation",
+    "--data",
+    "synthetic",
+    "--backbone",
+    "test_resnet",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "32",
+    "--set",
+    "data.synthetic_train=192",
+    "--set",
+    "data.synthetic_test=64",
+    "-q",
 ]
 
 
 def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "ssl_toolkit", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ssl_toolkit", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

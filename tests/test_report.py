@@ -42,8 +42,16 @@ def write_run(run: Path, data_cfg: dict) -> None:
 
     src = load_source(DataConfig(**data_cfg))
     save_random_backbone(
-        run, src.channels, src.image_size, src.mean, src.std, task="colorization", epochs=3, wall_seconds=12.5,
-        dataset=src.describe(), versions={"ssl_toolkit": "0.1.0"},
+        run,
+        src.channels,
+        src.image_size,
+        src.mean,
+        src.std,
+        task="colorization",
+        epochs=3,
+        wall_seconds=12.5,
+        dataset=src.describe(),
+        versions={"ssl_toolkit": "0.1.0"},
     )
     # metrics.csv as a run writes it: the run folder's Lightning CSV logger, step rows then epoch rows
     from ssl_toolkit.trainer import RunCSVLogger
@@ -53,15 +61,36 @@ def write_run(run: Path, data_cfg: dict) -> None:
         for s in range(4):
             logger.log_metrics({"epoch": e, "loss_step": 2.0 - 0.1 * (4 * e + s)}, step=10 * e + s)
         logger.log_metrics({"epoch": e, "online_top1": 0.4 + 0.1 * e}, step=10 * e + 4)
-        logger.log_metrics({"epoch": e, "loss_epoch": 1.8 - 0.3 * e, "online_train_top1": 0.35 + 0.1 * e, "pretext_acc": 0.5 + 0.1 * e}, step=10 * e + 4)
+        logger.log_metrics(
+            {"epoch": e, "loss_epoch": 1.8 - 0.3 * e, "online_train_top1": 0.35 + 0.1 * e, "pretext_acc": 0.5 + 0.1 * e}, step=10 * e + 4
+        )
     logger.finalize("success")
     assert [p.name for p in run.glob("*.csv")] == ["metrics.csv"]
     probes = run / "probes"
     probes.mkdir()
-    linear = {"mode": "linear", "label_fraction": 1.0, "top1": 0.8125, "top5": None, "n_train": 150, "n_test": 150,
-              "dataset": src.name, "classes": src.classes, "confusion": [[40, 5, 5], [3, 45, 2], [4, 1, 45]], "created": "2026-01-01T00:00:00+00:00"}
-    knn = {"mode": "knn", "label_fraction": 0.1, "top1": 0.5, "top5": None, "n_train": 15, "n_test": 150, "dataset": src.name,
-           "top1_by_k": {"15": 0.5, "1": 0.45}, "created": "2026-01-01T00:00:00+00:00"}
+    linear = {
+        "mode": "linear",
+        "label_fraction": 1.0,
+        "top1": 0.8125,
+        "top5": None,
+        "n_train": 150,
+        "n_test": 150,
+        "dataset": src.name,
+        "classes": src.classes,
+        "confusion": [[40, 5, 5], [3, 45, 2], [4, 1, 45]],
+        "created": "2026-01-01T00:00:00+00:00",
+    }
+    knn = {
+        "mode": "knn",
+        "label_fraction": 0.1,
+        "top1": 0.5,
+        "top5": None,
+        "n_train": 15,
+        "n_test": 150,
+        "dataset": src.name,
+        "top1_by_k": {"15": 0.5, "1": 0.45},
+        "created": "2026-01-01T00:00:00+00:00",
+    }
     (probes / "linear-1.json").write_text(json.dumps(linear))
     (probes / "knn-0.1.json").write_text(json.dumps(knn))
     (run / "samples").mkdir()
@@ -174,8 +203,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", "--window-size=1366,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1366,900",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts), profile

@@ -10,10 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TINY_BACKBONE
 from test_stream import make_folder, truncated_jpeg
 
@@ -45,7 +43,9 @@ def test_shards_train_and_evaluate(shards, tmp_path):
     assert isinstance(src.train, ShardSplit) and (len(src.train), len(src.test), src.image_size) == (31, 4, 32)
     assert src.train.labels.tolist().count(0) == 15 and src.image(0).shape == (3, 32, 32) if hasattr(src, "image") else True
     cfg = {
-        "task": "simclr", "data": {"name": str(shards), "workers": 1}, "backbone": {"name": TINY_BACKBONE},
+        "task": "simclr",
+        "data": {"name": str(shards), "workers": 1},
+        "backbone": {"name": TINY_BACKBONE},
         "trainer": {"epochs": 1, "batch_size": 8, "progress_bar": False, "accelerator": "cpu"},
     }
     meta = st.pretrain(cfg, out=tmp_path / "run")
@@ -89,9 +89,29 @@ def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tm
     monkeypatch.setenv("SSL_TOOLKIT_SAMPLE_LOG", str(log))
     rank0 = Path(f"{log}.rank0")
     args = [
-        sys.executable, "-m", "ssl_toolkit", "pretrain", "--task", "rotation", "--data", str(shards), "--batch-size", "2",
-        "--epochs", "3", "--backbone", TINY_BACKBONE, "--out", str(tmp_path / "run"), "--quiet",
-        "--set", "trainer.checkpoint_every_n_steps=4", "--set", "data.workers=1", "--set", "trainer.online_probe=false",
+        sys.executable,
+        "-m",
+        "ssl_toolkit",
+        "pretrain",
+        "--task",
+        "rotation",
+        "--data",
+        str(shards),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "3",
+        "--backbone",
+        TINY_BACKBONE,
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--set",
+        "trainer.checkpoint_every_n_steps=4",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "trainer.online_probe=false",
     ]
     proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ckpt = tmp_path / "run" / "last.ckpt"
@@ -114,7 +134,12 @@ def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tm
     assert r.returncode == 0, r.stderr
     after = read_log(rank0)
     resumed = before + [row for e, row in after if e == epoch]
-    assert len(resumed) == len(set(resumed)) == 2 * per_epoch, (step, read_log(rank0.with_name("x")), before, after)  # every sample of that epoch once
+    assert len(resumed) == len(set(resumed)) == 2 * per_epoch, (
+        step,
+        read_log(rank0.with_name("x")),
+        before,
+        after,
+    )  # every sample of that epoch once
     for e in range(epoch + 1, 4):
         rows = [row for ep, row in after if ep == e]
         assert len(rows) == len(set(rows)) == 2 * per_epoch, (e, epoch, sorted({ep for ep, _ in after}), len(after))

@@ -155,7 +155,11 @@ def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
     res = json.loads(out.strip().splitlines()[-1])
     assert res["target_kind"] == "multilabel" and res["top1"] is None and len(res["per_class_ap"]) == 3
     assert 0.0 <= res["mAP"] <= 1.0 and len(res["thresholds"]) == 3
-    for mode, extra in (("knn", ["--k", "5"]), ("finetune", ["--augment", "randaugment", "--epochs", "1"]), ("partial", ["--epochs", "1", "--label-fraction", "0.2"])):
+    for mode, extra in (
+        ("knn", ["--k", "5"]),
+        ("finetune", ["--augment", "randaugment", "--epochs", "1"]),
+        ("partial", ["--epochs", "1", "--label-fraction", "0.2"]),
+    ):
         code, out, err = cli("probe", run, "--data", root, "--mode", mode, *extra, "--json")
         assert code == 0, (mode, err)
         res = json.loads(out.strip().splitlines()[-1])
@@ -167,8 +171,23 @@ def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
 @pytest.mark.usefixtures("one_thread")
 def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
     code, out, err = cli(
-        "probe", "--random-init", "-b", "test_resnet", "--data", "synthetic", "--mode", "linear", "--json",
-        "--set", "data.synthetic_classes=2", "--set", "data.synthetic_train=120", "--set", "data.synthetic_test=60", "--set", "data.image_size=16",
+        "probe",
+        "--random-init",
+        "-b",
+        "test_resnet",
+        "--data",
+        "synthetic",
+        "--mode",
+        "linear",
+        "--json",
+        "--set",
+        "data.synthetic_classes=2",
+        "--set",
+        "data.synthetic_train=120",
+        "--set",
+        "data.synthetic_test=60",
+        "--set",
+        "data.image_size=16",
     )
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])

@@ -35,7 +35,10 @@ def list_cmd(as_json, task, backbone) -> None:
         click.echo(json.dumps(rows))
         return
     if not rows:
-        click.echo(f"no checkpoints in {library_root()}" + (" matching the filters" if task or backbone else "; `ssl pretrain` adds one when it finishes"))
+        click.echo(
+            f"no checkpoints in {library_root()}"
+            + (" matching the filters" if task or backbone else "; `ssl pretrain` adds one when it finishes")
+        )
         return
     header = ("NAME", "TASK", "BACKBONE", "DATASET", "EPOCHS", "BEST TOP-1", "SIZE", "CREATED")
     table = [header]
@@ -45,7 +48,9 @@ def list_cmd(as_json, task, backbone) -> None:
             continue
         best = f"{100 * r['best_top1']:.2f} ({r['best_probe']})" if r["best_top1"] is not None else "-"
         created = (r["created"] or "-")[:16].replace("T", " ")
-        table.append((r["name"], str(r["task"]), str(r["backbone"]), str(r["dataset"]), str(r["epochs"]), best, human_size(r["size_bytes"]), created))
+        table.append(
+            (r["name"], str(r["task"]), str(r["backbone"]), str(r["dataset"]), str(r["epochs"]), best, human_size(r["size_bytes"]), created)
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -71,9 +76,15 @@ def show(name, as_json) -> None:
 @checkpoints.command("export", context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--out", "-o", required=True, type=click.Path(), help="File to write, e.g. backbone.safetensors or backbone.pt.")
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "timm", "torch", "onnx"]), default="safetensors", show_default=True,
-              help="safetensors: the weights as trained; timm: loadable by timm.create_model(pretrained=True); torch: a state_dict for "
-                   "torch.load(weights_only=True); onnx: a graph with a dynamic batch for onnxruntime (extra: ssl-toolkit[onnx]).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["safetensors", "timm", "torch", "onnx"]),
+    default="safetensors",
+    show_default=True,
+    help="safetensors: the weights as trained; timm: loadable by timm.create_model(pretrained=True); torch: a state_dict for "
+    "torch.load(weights_only=True); onnx: a graph with a dynamic batch for onnxruntime (extra: ssl-toolkit[onnx]).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace --out (and its .json metadata) when they exist.")
 def export_cmd(name, out, fmt, overwrite) -> None:
     """Export checkpoint NAME (or a run folder / file) to --out and print the code that loads it.
@@ -86,7 +97,9 @@ def export_cmd(name, out, fmt, overwrite) -> None:
     from ssl_toolkit.export import export_checkpoint
 
     meta, snippet = export_checkpoint(name, out, fmt, overwrite=overwrite)
-    click.echo(f"exported {name} as {fmt} to {out} ({human_size(meta['weights_bytes'])}, sha256 {meta['weights_sha256'][:12]}), metadata in {sidecar_path(out)}")
+    click.echo(
+        f"exported {name} as {fmt} to {out} ({human_size(meta['weights_bytes'])}, sha256 {meta['weights_sha256'][:12]}), metadata in {sidecar_path(out)}"
+    )
     click.echo("load it in plain Python (no ssl-toolkit needed):\n")  # onnx: onnxruntime only
     click.echo(snippet)
 

@@ -12,8 +12,14 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, check_device, echo_rows, main, qu
 @main.command(context_settings=CONTEXT)
 @click.argument("target")
 @click.option("--data", "-d", help="Dataset name or image folder. [default: the dataset the backbone was pretrained on]")
-@click.option("--out", "-o", default="embeddings.npz", show_default=True, type=click.Path(dir_okay=False),
-              help="Output file: .npz (one file) or .npy (memory-mappable embeddings + FILE.meta.npz).")
+@click.option(
+    "--out",
+    "-o",
+    default="embeddings.npz",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Output file: .npz (one file) or .npy (memory-mappable embeddings + FILE.meta.npz).",
+)
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True, help="Which split(s) to embed.")
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")

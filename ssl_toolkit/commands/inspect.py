@@ -38,8 +38,14 @@ class StageBar:
 @click.argument("data")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (instead of the summary).")
-@click.option("--embed", metavar="TARGET", help="Also group images whose embeddings by this backbone (run folder, file or library name) are close.")
-@click.option("--dedupe-list", type=click.Path(dir_okay=False), help="Write the paths (ids) to drop, keeping one image per duplicate group. Nothing is deleted.")
+@click.option(
+    "--embed", metavar="TARGET", help="Also group images whose embeddings by this backbone (run folder, file or library name) are close."
+)
+@click.option(
+    "--dedupe-list",
+    type=click.Path(dir_okay=False),
+    help="Write the paths (ids) to drop, keeping one image per duplicate group. Nothing is deleted.",
+)
 @click.option("--near-hamming", type=int, help="Largest difference-hash distance (bits of 64) for near duplicates. [default: 4]")
 @click.option("--near-tolerance", type=FINITE, help="Largest mean absolute thumbnail difference (0-1) for near duplicates. [default: 0.01]")
 @click.option("--embed-threshold", type=FINITE, help="Smallest cosine similarity for --embed neighbours. [default: 0.95]")
@@ -47,10 +53,26 @@ class StageBar:
 @click.option("--image-size", type=int, help="Size at which the normalisation statistics are measured. [default: the dataset's]")
 @click.option("--workers", type=int, help="Threads reading files. [default: 2 x CPUs, at most 8]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file with inspect settings.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set data.test_fraction=0.3 (repeatable).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set data.test_fraction=0.3 (repeatable)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def inspect(data, out, as_json, embed, dedupe_list, near_hamming, near_tolerance, embed_threshold, max_imbalance, image_size,
-            workers, config_file, overrides, quiet) -> None:
+def inspect(
+    data,
+    out,
+    as_json,
+    embed,
+    dedupe_list,
+    near_hamming,
+    near_tolerance,
+    embed_threshold,
+    max_imbalance,
+    image_size,
+    workers,
+    config_file,
+    overrides,
+    quiet,
+) -> None:
     """Inspect a dataset: sizes, modes, formats, statistics, labels, duplicates, leakage, unreadable files.
 
     DATA is a dataset name (digits, synthetic, fashion-mnist) or an image folder. Prints a
@@ -62,8 +84,13 @@ def inspect(data, out, as_json, embed, dedupe_list, near_hamming, near_tolerance
     from ssl_toolkit.inspection.summary import format_summary
 
     values = {
-        "data.name": data, "data.image_size": image_size, "near_hamming": near_hamming, "near_tolerance": near_tolerance,
-        "embed_threshold": embed_threshold, "max_imbalance": max_imbalance, "workers": workers,
+        "data.name": data,
+        "data.image_size": image_size,
+        "near_hamming": near_hamming,
+        "near_tolerance": near_tolerance,
+        "embed_threshold": embed_threshold,
+        "max_imbalance": max_imbalance,
+        "workers": workers,
     }
     cfg = validate(InspectConfig, build_config(config_file, values, overrides))
     from ssl_toolkit.outputs import check_writable_file

@@ -18,6 +18,7 @@ def _data_help() -> str:
 
     return f"Dataset name ({', '.join(source_names())}) or image folder. [default: digits]"
 
+
 @main.command(context_settings=CONTEXT)
 @click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help)
 @click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help)
@@ -28,7 +29,13 @@ def _data_help() -> str:
 @click.option("--lr", type=FINITE, help="Peak learning rate. [default: the task's]")
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/pretrain/).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key, e.g. --set trainer.warmup_epochs=1 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any config key, e.g. --set trainer.warmup_epochs=1 (repeatable).",
+)
 @click.option("--out", "-o", type=click.Path(), help="Run folder. [default: runs/<task>-<backbone>-<data>-<time>]")
 @click.option("--overwrite", is_flag=True, help="Replace the run files already in --out.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last checkpoint.")
@@ -36,16 +43,45 @@ def _data_help() -> str:
 @click.option("--devices", help="Devices per node, e.g. 1, 2 or auto. [default: 1]")
 @click.option("--num-nodes", type=int, help="Nodes for multi-node DDP. [default: 1]")
 @click.option("--strategy", help="Lightning strategy, e.g. ddp. [default: auto]")
-@click.option("--precision", help="auto, 32-true, bf16-mixed, 16-mixed; auto = bf16-mixed where the device has native bfloat16. [default: auto]")
+@click.option(
+    "--precision", help="auto, 32-true, bf16-mixed, 16-mixed; auto = bf16-mixed where the device has native bfloat16. [default: auto]"
+)
 @click.option("--no-online-probe", is_flag=True, default=None, help="Do not train the online linear probe on labelled data.")
-@click.option("--logger", type=click.Choice(["csv", "tensorboard", "wandb", "mlflow"]),
-              help="Experiment logger besides metrics.csv (always written); tensorboard, wandb and mlflow need their extra. [default: csv]")
+@click.option(
+    "--logger",
+    type=click.Choice(["csv", "tensorboard", "wandb", "mlflow"]),
+    help="Experiment logger besides metrics.csv (always written); tensorboard, wandb and mlflow need their extra. [default: csv]",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (or progress lines when stderr is not a terminal).")
 @click.option("--strict", is_flag=True, default=None, help="Exit 2 listing unreadable image files instead of skipping them.")
 @click.option("--name", help="Name in the checkpoint library. [default: <task>-<backbone>-<data>-<date>, made unique]")
 @click.option("--init-from", help="Start from this backbone (library name, run folder or file); same architecture required.")
-def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, config_file, overrides, out, overwrite, resume,
-             accelerator, devices, num_nodes, strategy, precision, no_online_probe, logger, quiet, name, init_from, strict) -> None:
+def pretrain(
+    task,
+    data,
+    backbone,
+    image_size,
+    epochs,
+    batch_size,
+    lr,
+    seed,
+    config_file,
+    overrides,
+    out,
+    overwrite,
+    resume,
+    accelerator,
+    devices,
+    num_nodes,
+    strategy,
+    precision,
+    no_online_probe,
+    logger,
+    quiet,
+    name,
+    init_from,
+    strict,
+) -> None:
     """Pretrain a backbone with a pretext task and write a run folder.
 
     The run folder gets config.yaml (resolved), metrics.csv, last.ckpt, and the backbone as
@@ -59,12 +95,24 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
     cfg = build_config(
         config_file,
         {
-            "task": task, "data.name": data, "backbone.name": backbone, "data.image_size": image_size,
-            "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.lr": lr, "trainer.seed": seed,
-            "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.num_nodes": num_nodes,
-            "trainer.strategy": strategy, "trainer.precision": precision,
-            "trainer.online_probe": False if no_online_probe else None, "trainer.logger": logger, "trainer.progress_bar": False if quiet else None,
-            "init_from": init_from, "data.strict": strict,
+            "task": task,
+            "data.name": data,
+            "backbone.name": backbone,
+            "data.image_size": image_size,
+            "trainer.epochs": epochs,
+            "trainer.batch_size": batch_size,
+            "trainer.lr": lr,
+            "trainer.seed": seed,
+            "trainer.accelerator": accelerator,
+            "trainer.devices": devices,
+            "trainer.num_nodes": num_nodes,
+            "trainer.strategy": strategy,
+            "trainer.precision": precision,
+            "trainer.online_probe": False if no_online_probe else None,
+            "trainer.logger": logger,
+            "trainer.progress_bar": False if quiet else None,
+            "init_from": init_from,
+            "data.strict": strict,
         },
         overrides,
     )
@@ -72,8 +120,10 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
     if not meta:  # non-zero DDP rank
         return
     if meta.get("finished"):
-        click.echo(f"{meta['run_dir']} is already finished ({meta['epochs']} epochs, {meta['steps']} steps); nothing changed. "
-                   f"To train further: ssl pretrain --resume {resume} --epochs N (N > {meta['epochs']})")
+        click.echo(
+            f"{meta['run_dir']} is already finished ({meta['epochs']} epochs, {meta['steps']} steps); nothing changed. "
+            f"To train further: ssl pretrain --resume {resume} --epochs N (N > {meta['epochs']})"
+        )
         return
     fm = meta["final_metrics"]
     line = f"pretrained {meta['task']} on {meta['dataset']['name']}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {meta['final_loss']:.4f}"
@@ -85,5 +135,3 @@ def pretrain(task, data, backbone, image_size, epochs, batch_size, lr, seed, con
     click.echo(f"run folder: {meta['run_dir']}")
     if meta.get("library_name"):
         click.echo(f"checkpoint: {meta['library_name']} (use it by name: ssl probe {meta['library_name']})")
-
-

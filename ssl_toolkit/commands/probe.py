@@ -26,6 +26,7 @@ def _set_help() -> str:
             own.append(f"{name}: {', '.join(fields)}")
     return "Override any probe config key (repeatable); an evaluator's own settings are evaluator_config.KEY (" + "; ".join(own) + ")."
 
+
 @main.command(context_settings=CONTEXT)
 @click.argument("target", required=False)
 @click.option("--data", "-d", help="Labelled dataset name or folder. [default: digits]")
@@ -36,18 +37,46 @@ def _set_help() -> str:
 @click.option("--batch-size", type=int, help="Batch size. [default: 256]")
 @click.option("--freeze-stages", type=int, help="partial: freeze the stem and the first K stages. [default: all but the last]")
 @click.option("--layer-decay", type=FINITE, help="finetune/partial: layer-wise lr decay, 0 < d <= 1. [default: 1 (off)]")
-@click.option("--augment", help="partial/finetune: none, basic, randaugment, autoaugment, trivialaugment, or an albumentations FILE.yaml (albumentations.save). [default: basic]")
+@click.option(
+    "--augment",
+    help="partial/finetune: none, basic, randaugment, autoaugment, trivialaugment, or an albumentations FILE.yaml (albumentations.save). [default: basic]",
+)
 @click.option("--k", "k", type=int, help="knn: neighbours. [default: 200]")
 @click.option("--temperature", type=FINITE, help="knn: vote temperature. [default: 0.1]")
 @click.option("--accelerator", help="cpu, gpu, auto (Lightning). [default: auto]")
 @click.option("--seed", type=int, help="Seed of label subsets and training. [default: 0]")
 @click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")
 @click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model for --random-init.")
-@click.option("--small-stem/--timm-stem", default=None, help="--random-init: the 3x3 stride-1 stem or timm's own. [default: small stem at 64 px and less]")
+@click.option(
+    "--small-stem/--timm-stem",
+    default=None,
+    help="--random-init: the 3x3 stride-1 stem or timm's own. [default: small stem at 64 px and less]",
+)
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
-def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_stages, layer_decay, augment, k, temperature, accelerator, seed, random_init, backbone, small_stem, config_file, overrides, as_json) -> None:
+def probe(
+    target,
+    data,
+    mode,
+    label_fraction,
+    epochs,
+    lr,
+    batch_size,
+    freeze_stages,
+    layer_decay,
+    augment,
+    k,
+    temperature,
+    accelerator,
+    seed,
+    random_init,
+    backbone,
+    small_stem,
+    config_file,
+    overrides,
+    as_json,
+) -> None:
     """Evaluate a pretrained backbone on labelled data.
 
     TARGET is a run folder, a backbone file (.safetensors next to its meta.json) or a
@@ -61,10 +90,21 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
 
     cfg = build_config(
         config_file,
-        {"data.name": data, "mode": mode, "label_fraction": label_fraction, "epochs": epochs, "lr": lr,
-         "batch_size": batch_size, "augment": augment, "accelerator": accelerator, "seed": seed,
-         "evaluator_config.freeze_stages": freeze_stages, "evaluator_config.layer_decay": layer_decay,
-         "evaluator_config.k": k, "evaluator_config.temperature": temperature},
+        {
+            "data.name": data,
+            "mode": mode,
+            "label_fraction": label_fraction,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "augment": augment,
+            "accelerator": accelerator,
+            "seed": seed,
+            "evaluator_config.freeze_stages": freeze_stages,
+            "evaluator_config.layer_decay": layer_decay,
+            "evaluator_config.k": k,
+            "evaluator_config.temperature": temperature,
+        },
         overrides,
     )
     result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem})
@@ -81,8 +121,6 @@ def probe(target, data, mode, label_fraction, epochs, lr, batch_size, freeze_sta
         click.echo(json.dumps(result, separators=(",", ":")))
 
 
-
-
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -91,7 +129,13 @@ def metric_rows(result: dict) -> list[tuple[str, str]]:
     """The metrics that fit the targets: top-1/top-5, binary ROC-AUC/F1/precision/recall, or multi-label mAP/F1."""
     kind = result.get("target_kind", "multiclass")
     if kind == "binary":
-        keys = (("ROC-AUC (%)", "roc_auc"), ("accuracy (%)", "accuracy"), ("F1 (%)", "f1"), ("precision (%)", "precision"), ("recall (%)", "recall"))
+        keys = (
+            ("ROC-AUC (%)", "roc_auc"),
+            ("accuracy (%)", "accuracy"),
+            ("F1 (%)", "f1"),
+            ("precision (%)", "precision"),
+            ("recall (%)", "recall"),
+        )
     elif kind == "multilabel":
         keys = (("mAP (%)", "mAP"), ("micro F1 (%)", "micro_f1"), ("macro F1 (%)", "macro_f1"))
     else:

@@ -23,10 +23,29 @@ UMAP_METRICS = ("cosine", "euclidean", "manhattan", "chebyshev", "minkowski", "c
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of UMAP, subsampling and example picks.")
-@click.option("--split", type=click.Choice(["auto", "train", "test"]), default="auto", show_default=True,
-              help="auto: test queries, training gallery; train/test: that split alone, leave-one-out.")
-def report(target, data, out, umap_neighbors, umap_min_dist, umap_metric, umap_max_points, clusters, queries_per_class,
-           ivf_threshold, batch_size, device, seed, split) -> None:
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "train", "test"]),
+    default="auto",
+    show_default=True,
+    help="auto: test queries, training gallery; train/test: that split alone, leave-one-out.",
+)
+def report(
+    target,
+    data,
+    out,
+    umap_neighbors,
+    umap_min_dist,
+    umap_metric,
+    umap_max_points,
+    clusters,
+    queries_per_class,
+    ivf_threshold,
+    batch_size,
+    device,
+    seed,
+    split,
+) -> None:
     """Write one self-contained HTML report about a backbone on a dataset.
 
     TARGET is a run folder, a backbone file or a checkpoint-library name. The page shows the
@@ -43,8 +62,19 @@ def report(target, data, out, umap_neighbors, umap_min_dist, umap_metric, umap_m
 
         check_writable_file(out, "--out")
     umap = {"n_neighbors": umap_neighbors, "min_dist": umap_min_dist, "metric": umap_metric, "max_points": umap_max_points, "seed": seed}
-    result = run_report(target, data, out, umap=umap, ivf_threshold=ivf_threshold, clusters=clusters,
-                        queries_per_class=queries_per_class, batch_size=batch_size, device=device, seed=seed, split=split)
+    result = run_report(
+        target,
+        data,
+        out,
+        umap=umap,
+        ivf_threshold=ivf_threshold,
+        clusters=clusters,
+        queries_per_class=queries_per_class,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        split=split,
+    )
     rows = [("data", result["dataset"]), ("search", result["search"]["description"])]
     if result["labelled"]:
         rows += [(f"kNN top-1 k={k} (%)", f"{100 * v:.2f}") for k, v in result["knn"].items()]

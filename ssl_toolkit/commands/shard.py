@@ -12,8 +12,13 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 @main.command(context_settings=CONTEXT)
 @click.argument("folder")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Shard folder to write (must be new or empty).")
-@click.option("--image-size", type=click.IntRange(8, 1024), default=224, show_default=True,
-              help="Default training size recorded with the shards (files keep their original pixels).")
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 1024),
+    default=224,
+    show_default=True,
+    help="Default training size recorded with the shards (files keep their original pixels).",
+)
 @click.option("--chunk-bytes", default="64MB", show_default=True, help="Target size of one chunk file.")
 @click.option("--workers", type=POSITIVE, default=None, help="Writer processes. [default: the CPU count]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Data options, e.g. --set data.test_fraction=0.1.")
@@ -44,12 +49,14 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
     data = apply_overrides({}, overrides).get("data", {})
     cfg = validate(DataConfig, {**data, "name": folder}, what="--set")
     result = write_shards(folder, target, image_size, chunk_bytes, workers or os.cpu_count() or 1, cfg)
-    echo_rows([
-        ("source", result["source"]),
-        ("images", f"train {result['n_train']}, test {result['n_test']}"),
-        ("classes", ", ".join(result["classes"]) if result["classes"] else "-"),
-        ("skipped", str(result["skipped"])),
-    ])
+    echo_rows(
+        [
+            ("source", result["source"]),
+            ("images", f"train {result['n_train']}, test {result['n_test']}"),
+            ("classes", ", ".join(result["classes"]) if result["classes"] else "-"),
+            ("skipped", str(result["skipped"])),
+        ]
+    )
     click.echo(f"shards: {result['out']}")
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))

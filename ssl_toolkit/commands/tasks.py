@@ -31,5 +31,3 @@ def tasks(as_json) -> None:
         click.echo(f"{r['name']:<18} {r['description']}")
         click.echo(f"{'':<18} paper: {r['paper']}")
         click.echo(f"{'':<18} needs: {r['needs']}")
-
-

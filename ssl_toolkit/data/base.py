@@ -156,6 +156,7 @@ class DataSource:
             "image_size": self.image_size,
             "classes": self.classes,
             "num_classes": self.num_classes,
+            "streaming": self.streaming,
             "n_train": len(self.train),
             "n_test": len(self.test),
             "mean": list(self.mean),

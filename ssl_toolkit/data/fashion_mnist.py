@@ -55,7 +55,8 @@ def find_fashion_mnist(explicit: str | None = None) -> Path:
         if _idx_path(c, FASHION_FILES["train_images"]) is not None:
             return c
     raise UserError(
-        "fashion-mnist not found in " + ", ".join(str(c) for c in candidates)
+        "fashion-mnist not found in "
+        + ", ".join(str(c) for c in candidates)
         + "; install the Debian package dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)"
     )
 

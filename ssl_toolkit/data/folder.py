@@ -107,7 +107,7 @@ def load_folder(root: Path, cfg: DataConfig) -> DataSource:
     size, channels = cfg.image_size or 32, index.channels
     train, test = split_rows(index, cfg)
     stream, line = choose_streaming(cfg, len(train) + len(test), channels, size)
-    if cfg.stream == "auto" and os.environ.get("RANK", "0") == "0":
+    if cfg.stream == "auto" and stream and os.environ.get("RANK", "0") == "0":  # in memory is the quiet default
         print(line, file=sys.stderr, flush=True)
     if stream:
         tr: Split | FileSplit = FileSplit(index, train, channels, size, cfg.max_pixels)

@@ -106,9 +106,7 @@ def center_square(width: int, height: int) -> Box:
     return (left, top, left + side, top + side)
 
 
-def random_resized_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> Box:
+def random_resized_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator) -> Box:
     """A random-resized-crop box (Szegedy et al., 2015; torchvision's sampling rule).
 
     Area drawn uniformly from ``scale`` (share of the image), aspect ratio log-uniformly from
@@ -167,7 +165,7 @@ def decode_crops(
         im = to_mode(im, channels)  # decodes (at the draft scale, when one was set)
         fx, fy = im.size[0] / width, im.size[1] / height
         crops = [
-            to_chw(im.resize((size, size), Image.Resampling.BILINEAR, box=(l * fx, t * fy, r * fx, b * fy), reducing_gap=2.0))
-            for (l, t, r, b) in boxes
+            to_chw(im.resize((size, size), Image.Resampling.BILINEAR, box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy), reducing_gap=2.0))
+            for (x0, y0, x1, y1) in boxes
         ]
     return np.stack(crops)

@@ -188,7 +188,9 @@ def load_index(path: Path, root: Path) -> FileIndex | None:
         return None
     if arrays["rel"].dtype.kind != "S" or (labels is not None and labels.dtype != np.int64):
         return None
-    return FileIndex(root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=[tuple(b) for b in meta.bad], cached=True, **arrays)  # type: ignore[misc]
+    return FileIndex(
+        root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=[tuple(b) for b in meta.bad], cached=True, **arrays
+    )  # type: ignore[misc]
 
 
 def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_cache: bool = True) -> FileIndex:

@@ -144,7 +144,9 @@ def folder_layout(root: Path) -> FolderLayout:
         if classes:  # map both splits onto the union of class names
             labels = [classes.index((tr.classes or [])[i]) for i in tr.labels or []]
             labels += [classes.index((te.classes or [])[i]) for i in te.labels or []]
-        layout = FolderLayout(tr.paths + te.paths, labels, classes, len(tr.paths), tr.sizes + te.sizes, tr.mtimes + te.mtimes, tr.bad + te.bad)
+        layout = FolderLayout(
+            tr.paths + te.paths, labels, classes, len(tr.paths), tr.sizes + te.sizes, tr.mtimes + te.mtimes, tr.bad + te.bad
+        )
     else:
         layout = scan_split(root)
     if not layout.paths:

@@ -54,7 +54,9 @@ def load_albumentations(path: Path):
     try:
         return A.load(str(path), data_format=fmt)
     except Exception as e:  # noqa: BLE001  (albumentations raises many kinds on a bad file)
-        raise UserError(f"--augment {path}: not an albumentations pipeline ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserError(
+            f"--augment {path}: not an albumentations pipeline ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
 
 
 class TorchvisionPolicy(nn.Module):
@@ -85,7 +87,9 @@ class AlbumentationsPolicy(nn.Module):
             a = self.pipeline(image=img)["image"]
             a = a if a.ndim == 3 else a[..., None]
             if a.shape[:2] != (size, size):
-                raise UserError(f"--augment {self.path}: the pipeline returns {a.shape[1]}x{a.shape[0]} images; it must keep {size}x{size} (end it with a Resize)")
+                raise UserError(
+                    f"--augment {self.path}: the pipeline returns {a.shape[1]}x{a.shape[0]} images; it must keep {size}x{size} (end it with a Resize)"
+                )
             out.append(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.uint8))
         return torch.from_numpy(np.stack(out)).to(device)
 

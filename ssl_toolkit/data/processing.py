@@ -70,7 +70,9 @@ class Processing:
     def check(self, channels: int, name: str) -> None:
         """Refuse a colour space that needs colour on single-channel data."""
         if channels == 1 and self.color_space not in ("rgb", "gray"):
-            raise UserError(f"data.color_space={self.color_space} needs colour images; {name or 'the data'} is single-channel (use rgb or gray)")
+            raise UserError(
+                f"data.color_space={self.color_space} needs colour images; {name or 'the data'} is single-channel (use rgb or gray)"
+            )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` or ``(B, V, C, H, W)`` in [0, 1] -> processed, every channel in [0, 1]."""

@@ -22,7 +22,6 @@ no loader state).
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,7 +248,9 @@ class ShardTrainLoader(litdata.StreamingDataLoader):
         return super().__len__()
 
 
-def shard_train_loader(split: ShardSplit, batch_size: int, seed: int, stage: WorkerStage, workers: int, pin_memory: bool) -> ShardTrainLoader:
+def shard_train_loader(
+    split: ShardSplit, batch_size: int, seed: int, stage: WorkerStage, workers: int, pin_memory: bool
+) -> ShardTrainLoader:
     """The resumable, DDP-aware training loader over a whole shard split.
 
     Batches are ``(images, labels, rows)``. The dataset learns the process group when the
@@ -298,10 +299,27 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
         if not keep:
             continue
         jobs = [(paths[k], int(labels_all[k]), row) for row, k in enumerate(keep)]
-        litdata.optimize(fn=_item, inputs=jobs, output_dir=str(target), chunk_bytes=chunk_bytes, num_workers=workers, mode="overwrite", verbose=False, reorder_files=False)
+        litdata.optimize(
+            fn=_item,
+            inputs=jobs,
+            output_dir=str(target),
+            chunk_bytes=chunk_bytes,
+            num_workers=workers,
+            mode="overwrite",
+            verbose=False,
+            reorder_files=False,
+        )
     info = ShardInfo(
-        format=FORMAT, version=1, source=str(Path(folder).resolve()), classes=source.classes, channels=source.channels,
-        n_train=counts["train"], n_test=counts["test"], mean=list(source.mean), std=list(source.std), image_size=image_size,
+        format=FORMAT,
+        version=1,
+        source=str(Path(folder).resolve()),
+        classes=source.classes,
+        channels=source.channels,
+        n_train=counts["train"],
+        n_test=counts["test"],
+        mean=list(source.mean),
+        std=list(source.std),
+        image_size=image_size,
     )
     if skipped:
         atomic_write_text(out / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in skipped))

@@ -148,7 +148,9 @@ def neighbours(
 # ---------------------------------------------------------------------------------------
 # kNN classification and retrieval
 # ---------------------------------------------------------------------------------------
-def knn_votes(sims: np.ndarray, neighbour_labels: np.ndarray, k: int, num_classes: int, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
+def knn_votes(
+    sims: np.ndarray, neighbour_labels: np.ndarray, k: int, num_classes: int, temperature: float = DEFAULT_TEMPERATURE
+) -> np.ndarray:
     """Class scores of the top-``k`` neighbours, each weighted by ``exp(similarity / T)``.
 
     The vote is :func:`ssl_toolkit.evaluators.knn.vote` (the kNN evaluator's); missing
@@ -256,7 +258,9 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 3
 def _kmeans(xn: np.ndarray, k: int, seed: int, niter: int, nredo: int) -> tuple[np.ndarray, float]:
     import faiss
 
-    km = faiss.Kmeans(xn.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False, min_points_per_centroid=1, max_points_per_centroid=100_000)
+    km = faiss.Kmeans(
+        xn.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False, min_points_per_centroid=1, max_points_per_centroid=100_000
+    )
     km.train(xn)
     _, assign = km.index.search(xn, 1)
     return assign[:, 0].astype(np.int64), float(km.obj[-1]) if len(km.obj) else 0.0
@@ -283,7 +287,14 @@ class ClusterResult:
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"k": self.k, "seeds": self.seeds}
         if self.nmi:
-            out.update(nmi_mean=float(np.mean(self.nmi)), nmi_std=float(np.std(self.nmi)), ari_mean=float(np.mean(self.ari)), ari_std=float(np.std(self.ari)), nmi=self.nmi, ari=self.ari)
+            out.update(
+                nmi_mean=float(np.mean(self.nmi)),
+                nmi_std=float(np.std(self.nmi)),
+                ari_mean=float(np.mean(self.ari)),
+                ari_std=float(np.std(self.ari)),
+                nmi=self.nmi,
+                ari=self.ari,
+            )
         return out
 
 

@@ -69,8 +69,13 @@ class Embeddings:
         """The rows of one split."""
         rows = np.flatnonzero(self.split == split)
         return Embeddings(
-            np.asarray(self.features[rows]), None if self.labels is None else self.labels[rows],
-            self.ids[rows], self.split[rows], self.index[rows], self.classes, self.meta,
+            np.asarray(self.features[rows]),
+            None if self.labels is None else self.labels[rows],
+            self.ids[rows],
+            self.split[rows],
+            self.index[rows],
+            self.classes,
+            self.meta,
         )
 
 
@@ -88,8 +93,6 @@ def data_config(data: str | dict[str, Any] | DataConfig, image_size: int | None 
 def preprocess_of(meta: dict[str, Any]) -> Preprocess:
     """The backbone's input preprocessing from its metadata."""
     return Preprocess.from_meta(meta)
-
-
 
 
 def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any] | str | None:
@@ -112,7 +115,9 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
     return name if name in SOURCES else None
 
 
-def load_target_source(target: str | Path, data: str | dict[str, Any] | DataConfig | None) -> tuple[nn.Module, dict[str, Any], Path | None, DataSource, Preprocess]:
+def load_target_source(
+    target: str | Path, data: str | dict[str, Any] | DataConfig | None
+) -> tuple[nn.Module, dict[str, Any], Path | None, DataSource, Preprocess]:
     """The backbone of ``target``, its metadata and folder, and ``data`` at the backbone's image size.
 
     ``data=None`` means the data the backbone was pretrained on: the ``data`` section of the
@@ -261,6 +266,11 @@ def load_embeddings(path: str | Path, mmap: bool = True) -> Embeddings:
         feats = z["embeddings"]
     classes = [str(c) for c in z["classes"]] or None
     return Embeddings(
-        feats, z["labels"] if "labels" in z.files else None, z["ids"], z["split"], z["index"], classes,
+        feats,
+        z["labels"] if "labels" in z.files else None,
+        z["ids"],
+        z["split"],
+        z["index"],
+        classes,
         json.loads(str(z["meta"])),
     )

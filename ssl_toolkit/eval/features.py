@@ -88,7 +88,9 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def extract_into(model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu") -> None:
+def extract_into(
+    model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> None:
     """Write the pooled features of ``images`` into ``out`` (``(N, D)``, e.g. a memmap), one batch at a time.
 
     Eval mode, no gradients. ``images`` is a split (in memory, or files decoded by
@@ -194,6 +196,14 @@ class FeatureCache:
             return t.float().numpy()
         return None
 
-    def get(self, model: nn.Module, source: DataSource, split: str, pre: Preprocess, fingerprint: str | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    def get(
+        self,
+        model: nn.Module,
+        source: DataSource,
+        split: str,
+        pre: Preprocess,
+        fingerprint: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
         """Features of ``source.<split>`` as a tensor (see :meth:`features`)."""
         return torch.from_numpy(self.features(model, source, split, pre, fingerprint, device)[0])

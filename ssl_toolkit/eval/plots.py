@@ -98,7 +98,9 @@ def umap_scatter(coords: np.ndarray, groups: np.ndarray | None, names: Sequence[
             ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=colours[g], alpha=0.75, linewidths=0, label=label)
         ncol = 1 if len(ids) <= 15 else 2 if len(ids) <= 40 else 3
         if len(ids) <= 60:
-            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=max(1.0, 30 / size) ** 0.5, ncol=ncol, frameon=False)
+            ax.legend(
+                loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=max(1.0, 30 / size) ** 0.5, ncol=ncol, frameon=False
+            )
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -124,7 +126,9 @@ def confusion_heatmap(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
         for i in range(k):
             for j in range(k):
                 if conf[i, j]:
-                    ax.text(j, i, str(int(conf[i, j])), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j, i, str(int(conf[i, j])), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black"
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()

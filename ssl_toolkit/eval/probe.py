@@ -32,7 +32,9 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     return subset(labels, fraction, seed)
 
 
-def load_target(target: str | Path | None, random_init: bool, backbone: BackboneConfig, cfg: ProbeConfig) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
+def load_target(
+    target: str | Path | None, random_init: bool, backbone: BackboneConfig, cfg: ProbeConfig
+) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
     """The backbone to evaluate, its metadata, and the run folder to write results into (if any)."""
     if random_init:
         torch.manual_seed(cfg.seed)
@@ -101,7 +103,9 @@ def probe(
     if len(source.test) == 0:
         raise UserError(f"probe needs a test split; {source.name} has none")
     if source.num_classes < 2:
-        print(f"warning: {source.name} has a single class; every prediction is that class, so top-1 says nothing", file=sys.stderr, flush=True)
+        print(
+            f"warning: {source.name} has a single class; every prediction is that class, so top-1 says nothing", file=sys.stderr, flush=True
+        )
     pre = Preprocess.from_meta(meta)
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
@@ -130,7 +134,9 @@ def probe(
     return result
 
 
-def evaluation_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, num_classes: int, thresholds: list[float] | None) -> dict[str, Any]:
+def evaluation_report(
+    kind: str, scores: torch.Tensor, labels: torch.Tensor, num_classes: int, thresholds: list[float] | None
+) -> dict[str, Any]:
     """The metrics that fit the targets: top-1/top-5 (multiclass); ROC-AUC, F1, precision and
     recall (binary); mAP, per-class AP and micro/macro F1 (multi-label). ``top1`` is the
     accuracy of single-label predictions and ``None`` for multi-label data."""

@@ -168,15 +168,17 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for p in probes:
         extra = p.get("top1_by_k")
-        rows.append({
-            "mode": str(p.get("mode", "?")),
-            "fraction": f"{float(p.get('label_fraction') or 0):g}",
-            **headline_cells(p, _pct),
-            "sizes": f"{p.get('n_train', '-')} / {p.get('n_test', '-')}",
-            "dataset": str(p.get("dataset", "-")),
-            "notes": ", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items()) if isinstance(extra, dict) else "",
-            "created": str(p.get("created", "")),
-        })
+        rows.append(
+            {
+                "mode": str(p.get("mode", "?")),
+                "fraction": f"{float(p.get('label_fraction') or 0):g}",
+                **headline_cells(p, _pct),
+                "sizes": f"{p.get('n_train', '-')} / {p.get('n_test', '-')}",
+                "dataset": str(p.get("dataset", "-")),
+                "notes": ", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items()) if isinstance(extra, dict) else "",
+                "created": str(p.get("created", "")),
+            }
+        )
     return rows
 
 
@@ -190,21 +192,25 @@ def grid_rows(an: Analysis, query_split: Any, gallery_split: Any, classes: list[
             if gi < 0:
                 continue
             g_label = int(gallery_split.labels[gi]) if labelled else None
-            cells.append({
-                "src": data_uri(plots.thumbnail(gallery_split.image(gi).numpy())),
-                "label": _class_name(classes, g_label),
-                "id": _short_id(gallery_split.ids[gi]),
-                "rank": rank,
-                "sim": f"{sim:.3f}",
-                "ok": None if not labelled else g_label == q_label,
-            })
-        rows.append({
-            "src": data_uri(plots.thumbnail(query_split.image(qi).numpy())),
-            "label": _class_name(classes, q_label),
-            "id": _short_id(query_split.ids[qi]),
-            "cells": cells,
-            "mistakes": sum(1 for c in cells if c["ok"] is False),
-        })
+            cells.append(
+                {
+                    "src": data_uri(plots.thumbnail(gallery_split.image(gi).numpy())),
+                    "label": _class_name(classes, g_label),
+                    "id": _short_id(gallery_split.ids[gi]),
+                    "rank": rank,
+                    "sim": f"{sim:.3f}",
+                    "ok": None if not labelled else g_label == q_label,
+                }
+            )
+        rows.append(
+            {
+                "src": data_uri(plots.thumbnail(query_split.image(qi).numpy())),
+                "label": _class_name(classes, q_label),
+                "id": _short_id(query_split.ids[qi]),
+                "cells": cells,
+                "mistakes": sum(1 for c in cells if c["ok"] is False),
+            }
+        )
     return rows
 
 
@@ -335,7 +341,14 @@ def report(
         n_train = np.bincount(source.train.labels.numpy(), minlength=len(classes))
         n_test = np.bincount(source.test.labels.numpy(), minlength=len(classes)) if len(source.test) else np.zeros(len(classes), int)
         for c, name in enumerate(classes):
-            class_rows.append({"name": name, "train": int(n_train[c]), "test": int(n_test[c]), "knn": _pct(an.per_class_knn[c] if c < len(an.per_class_knn) else None)})
+            class_rows.append(
+                {
+                    "name": name,
+                    "train": int(n_train[c]),
+                    "test": int(n_test[c]),
+                    "knn": _pct(an.per_class_knn[c] if c < len(an.per_class_knn) else None),
+                }
+            )
     cluster_sizes = np.bincount(an.clusters.assignments, minlength=an.clusters.k).tolist() if an.clusters.assignments is not None else []
     context = {
         "title": f"{meta.get('task') or 'backbone'} · {meta.get('backbone', {}).get('timm_name', '')} · {source.name}",
@@ -360,7 +373,13 @@ def report(
         "scatter": data_uri(scatter) if scatter else None,
         "umap": {"points": int(len(an.umap)), "total": an.n_queries, **vars(umap_params)},
         "grids": grids,
-        "confusion": {"src": data_uri(conf_png), "top1": _pct(confusion.get("top1")), "fraction": f"{float(confusion.get('label_fraction') or 0):g}"} if conf_png else None,
+        "confusion": {
+            "src": data_uri(conf_png),
+            "top1": _pct(confusion.get("top1")),
+            "fraction": f"{float(confusion.get('label_fraction') or 0):g}",
+        }
+        if conf_png
+        else None,
         "samples": [sample_picture(p) for p in sample_files],
         "sample_epoch": sample_epoch,
         "skipped": len(source.skipped),

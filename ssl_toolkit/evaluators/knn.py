@@ -131,7 +131,9 @@ class KNNEvaluator(Evaluator):
         scores = vote(sims[:, :k_main], neighbour_labels[:, :k_main], t, c)
         return scores, {"k": k_main, "temperature": t, "top1_by_k": by_k}
 
-    def evaluate_sigmoid_kind(self, kind: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def evaluate_sigmoid_kind(
+        self, kind: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Binary and multi-label targets: each label's weighted frequency among the neighbours.
 
         The decision thresholds are chosen on a held-out 10% of the training labels, whose
@@ -151,7 +153,9 @@ class KNNEvaluator(Evaluator):
         return scores, facts
 
 
-def label_frequencies(train_feats: torch.Tensor, multi_hot: torch.Tensor, test_feats: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+def label_frequencies(
+    train_feats: torch.Tensor, multi_hot: torch.Tensor, test_feats: torch.Tensor, k: int, temperature: float
+) -> torch.Tensor:
     """Weighted neighbour label frequencies: ``scores[m, c] = sum_j w_mj y_jc / sum_j w_mj``, ``w = exp(s / T)``.
 
     Args:

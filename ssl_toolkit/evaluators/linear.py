@@ -46,7 +46,12 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 
 
 def fit_logistic_regression(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 150, init: torch.nn.Linear | None = None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int = 150,
+    init: torch.nn.Linear | None = None,
     kind: str = "multiclass",
 ) -> torch.nn.Linear:
     """Logistic regression, full batch L-BFGS: multinomial, or one sigmoid per output.
@@ -69,7 +74,9 @@ def fit_logistic_regression(
     with torch.no_grad():
         head.weight.copy_(init.weight if init is not None else torch.zeros_like(head.weight))
         head.bias.copy_(init.bias if init is not None else torch.zeros_like(head.bias))
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+    opt = torch.optim.LBFGS(
+        head.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6
+    )
 
     def closure():
         opt.zero_grad()

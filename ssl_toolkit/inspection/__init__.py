@@ -144,8 +144,12 @@ def run_inspection(
     sections = {
         "exact": _duplicate_section(table, exact),
         "near": _duplicate_section(
-            table, near, _group_scores(near, ni, nj, nd, "max_hamming", max),
-            max_hamming=cfg.near_hamming, tolerance=cfg.near_tolerance, pairs=len(ni),
+            table,
+            near,
+            _group_scores(near, ni, nj, nd, "max_hamming", max),
+            max_hamming=cfg.near_hamming,
+            tolerance=cfg.near_tolerance,
+            pairs=len(ni),
         ),
         "embedding": None,
     }
@@ -155,8 +159,12 @@ def run_inspection(
         emb = dup.groups_from_pairs(table, ei, ej)
         groups["embedding"] = emb
         sections["embedding"] = _duplicate_section(
-            table, emb, _group_scores(emb, ei, ej, es, "min_cosine", min),
-            backbone=str(embed), threshold=cfg.embed_threshold, pairs=len(ei),
+            table,
+            emb,
+            _group_scores(emb, ei, ej, es, "min_cosine", min),
+            backbone=str(embed),
+            threshold=cfg.embed_threshold,
+            pairs=len(ei),
         )
 
     labels = facts.label_facts(table, cfg.max_imbalance)
@@ -186,7 +194,9 @@ def _processing(cfg: InspectConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
     from ssl_toolkit.data.sources import load_source
     from ssl_toolkit.inspection.processing import processing_section
 
-    data = cfg.data.model_copy(update={"stream": True}) if Path(cfg.data.name).expanduser().is_dir() else cfg.data  # a folder: decode the sample only
+    data = (
+        cfg.data.model_copy(update={"stream": True}) if Path(cfg.data.name).expanduser().is_dir() else cfg.data
+    )  # a folder: decode the sample only
     return processing_section(load_source(data), Processing.from_config(cfg.data))
 
 
@@ -199,10 +209,15 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     for kind, what in (("exact", "exact-duplicate"), ("near", "near-duplicate"), ("embedding", "embedding-neighbour")):
         sec = report["duplicates"][kind]
         if sec and sec["leak_groups"]:
-            out.append(f"train/test leakage: {sec['leak_groups']} {what} group(s) span both splits ({sec['leaked_test_images']} test images)")
+            out.append(
+                f"train/test leakage: {sec['leak_groups']} {what} group(s) span both splits ({sec['leaked_test_images']} test images)"
+            )
     if report["modes"]["mixed"]:
-        out.append("mixed colour modes: " + ", ".join(f"{m} {c}" for m, c in report["modes"]["modes"].items())
-                   + f" (the toolkit converts all to {'L' if report['normalisation']['channels'] == 1 else 'RGB'})")
+        out.append(
+            "mixed colour modes: "
+            + ", ".join(f"{m} {c}" for m, c in report["modes"]["modes"].items())
+            + f" (the toolkit converts all to {'L' if report['normalisation']['channels'] == 1 else 'RGB'})"
+        )
     return out
 
 

@@ -81,7 +81,11 @@ def _pairs_from_ranges(lims: np.ndarray, idx: np.ndarray, dist: np.ndarray, offs
 
 
 def near_pairs(
-    table: ImageTable, max_hamming: int, tolerance: float, progress: StageProgress | None = None, chunk: int | None = None,
+    table: ImageTable,
+    max_hamming: int,
+    tolerance: float,
+    progress: StageProgress | None = None,
+    chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicate pairs ``(i, j, hamming)`` with ``i < j`` and different pixels.
 
@@ -130,7 +134,11 @@ def near_pairs(
 
 
 def embedding_pairs(
-    features: torch.Tensor, keys: np.ndarray, threshold: float, progress: StageProgress | None = None, chunk: int = 4096,
+    features: torch.Tensor,
+    keys: np.ndarray,
+    threshold: float,
+    progress: StageProgress | None = None,
+    chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, cosine)`` with ``i < j``, different pixels and cosine similarity >= ``threshold``."""
     from ssl_toolkit.flat_index import flat_index, unit_rows
@@ -196,6 +204,7 @@ LOSSY_FORMATS = {"JPEG", "MPO", "WEBP"}
 
 def keep_index(table: ImageTable, members: np.ndarray) -> int:
     """The member a dedupe keeps: a training image first, then the most pixels, a lossless file, the first id."""
+
     def rank(m: int) -> tuple:
         lossy = table.formats is not None and str(table.formats[m]) in LOSSY_FORMATS
         return (int(table.split[m]), -int(table.width[m]) * int(table.height[m]), lossy, table.ids[m])

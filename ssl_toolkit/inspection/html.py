@@ -64,15 +64,21 @@ def class_grids(table: ImageTable, per_class: int, thumbs: Thumbnails, seed: int
     grids = []
     for name, idx in buckets:
         chosen = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False)) if len(idx) else idx
-        grids.append({
-            "name": name,
-            "count": len(idx),
-            "images": [{"src": thumbs(int(i)), "id": table.ids[i], "split": "train" if table.split[i] == 0 else "test"} for i in chosen],
-        })
+        grids.append(
+            {
+                "name": name,
+                "count": len(idx),
+                "images": [
+                    {"src": thumbs(int(i)), "id": table.ids[i], "split": "train" if table.split[i] == 0 else "test"} for i in chosen
+                ],
+            }
+        )
     return grids
 
 
-def group_views(table: ImageTable, section: dict[str, Any] | None, groups: list[np.ndarray], limit: int, thumbs: Thumbnails) -> dict[str, Any] | None:
+def group_views(
+    table: ImageTable, section: dict[str, Any] | None, groups: list[np.ndarray], limit: int, thumbs: Thumbnails
+) -> dict[str, Any] | None:
     """The groups drawn on the page: leaks first, then the largest; a few members each."""
     if section is None:
         return None
@@ -82,7 +88,9 @@ def group_views(table: ImageTable, section: dict[str, Any] | None, groups: list[
         g, info = groups[k], section["groups"][k]
         members = []
         for m, row in zip(g[:MEMBERS_SHOWN].tolist(), info["members"][:MEMBERS_SHOWN]):
-            members.append({**row, "src": thumbs(m), "name": Path(row["id"]).name if table.kind == "folder" else row["id"].split(":", 1)[-1]})
+            members.append(
+                {**row, "src": thumbs(m), "name": Path(row["id"]).name if table.kind == "folder" else row["id"].split(":", 1)[-1]}
+            )
         score = {key: info[key] for key in ("max_hamming", "min_cosine") if info.get(key) is not None}
         views.append({"info": info, "members": members, "more": len(g) - len(members), "score": score})
     return {"section": section, "views": views, "hidden": max(0, len(groups) - len(views))}
@@ -128,7 +136,11 @@ def render_html(result, progress=None) -> str:
         "groups": [
             ("Exact duplicates", "exact", group_views(table, dups["exact"], result.groups["exact"], cfg["max_groups_shown"], thumbs)),
             ("Near duplicates", "near", group_views(table, dups["near"], result.groups["near"], cfg["max_groups_shown"], thumbs)),
-            ("Embedding neighbours", "embedding", group_views(table, dups["embedding"], result.groups.get("embedding", []), cfg["max_groups_shown"], thumbs)),
+            (
+                "Embedding neighbours",
+                "embedding",
+                group_views(table, dups["embedding"], result.groups.get("embedding", []), cfg["max_groups_shown"], thumbs),
+            ),
         ],
         "pixelated": table.kind == "tensor",
         "processing": processing_view(report.get("processing"), getattr(result, "pictures", {})),

@@ -29,13 +29,15 @@ def channel_histograms(x: torch.Tensor, names: tuple[str, ...]) -> list[dict[str
     for c in range(x.shape[1]):
         v = x[:, c].flatten().clamp(0, 1).double()
         counts = torch.histc(v, bins=BINS, min=0.0, max=1.0)
-        out.append({
-            "channel": names[c] if c < len(names) else str(c),
-            "mean": round(float(v.mean()), 4),
-            "std": round(float(v.std()), 4) if v.numel() > 1 else 0.0,
-            "edges": [round(k / BINS, 4) for k in range(BINS + 1)],
-            "counts": [int(n) for n in counts.tolist()],
-        })
+        out.append(
+            {
+                "channel": names[c] if c < len(names) else str(c),
+                "mean": round(float(v.mean()), 4),
+                "std": round(float(v.std()), 4) if v.numel() > 1 else 0.0,
+                "edges": [round(k / BINS, 4) for k in range(BINS + 1)],
+                "counts": [int(n) for n in counts.tolist()],
+            }
+        )
     return out
 
 
@@ -68,7 +70,9 @@ def processing_section(source: Any, processing: Processing, seed: int = 0) -> tu
         "settings": processing.to_dict(),
         "images": int(len(images)),
         "before": channel_histograms(x, before_names),
-        "after": channel_histograms(y, CHANNEL_NAMES[processing.color_space] if y.shape[1] > 1 or processing.color_space == "gray" else ("L",)),
+        "after": channel_histograms(
+            y, CHANNEL_NAMES[processing.color_space] if y.shape[1] > 1 or processing.color_space == "gray" else ("L",)
+        ),
         "normalisation": {"mean": list(mean), "std": list(std)},
     }
     shown = np.arange(min(SHOWN, len(x)))

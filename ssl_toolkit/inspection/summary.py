@@ -64,17 +64,23 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{'formats':<16}{_counts(report['formats'])}")
     if report["file_sizes"]:
         fs = report["file_sizes"]
-        lines.append(f"{'file size':<16}total {human_size(fs['total'])}; per file min {human_size(fs['min'])}, median {human_size(fs['median'])}, max {human_size(fs['max'])}")
+        lines.append(
+            f"{'file size':<16}total {human_size(fs['total'])}; per file min {human_size(fs['min'])}, median {human_size(fs['median'])}, max {human_size(fs['max'])}"
+        )
     norm = report["normalisation"]
     lines.append(f"{'normalisation':<16}{norm['channels']} channel(s) at {norm['image_size']}px: mean {norm['mean']}, std {norm['std']}")
     lab = report["labels"]
     if lab:
-        lines.append(f"{'classes':<16}{lab['num_classes']}; imbalance (largest/smallest) overall {lab['imbalance']}, "
-                     f"train {lab['splits']['train']['imbalance']}, test {lab['splits']['test']['imbalance']}")
+        lines.append(
+            f"{'classes':<16}{lab['num_classes']}; imbalance (largest/smallest) overall {lab['imbalance']}, "
+            f"train {lab['splits']['train']['imbalance']}, test {lab['splits']['test']['imbalance']}"
+        )
         width = max([5] + [len(terminal_safe(c)) for c in lab["classes"]])
         lines.append(f"{'':<16}{'class':<{width}}  {'train':>7} {'test':>7}")
         for c in lab["classes"]:
-            lines.append(f"{'':<16}{terminal_safe(c):<{width}}  {lab['splits']['train']['counts'][c]:>7} {lab['splits']['test']['counts'][c]:>7}")
+            lines.append(
+                f"{'':<16}{terminal_safe(c):<{width}}  {lab['splits']['train']['counts'][c]:>7} {lab['splits']['test']['counts'][c]:>7}"
+            )
     else:
         lines.append(f"{'classes':<16}none (unlabelled)")
     lines += _groups(report, "exact", "exact dups")

@@ -288,9 +288,18 @@ def table_from_folder(
         kept.append(i)
         digest, small, thumb = rec.extra
         a = rec.array.reshape(3, -1).astype(np.float64)
-        for k, v in (("width", rec.width), ("height", rec.height), ("mode", rec.mode), ("format", rec.format or "?"),
-                     ("bytes", rec.bytes), ("digest", digest), ("small", small), ("thumb", thumb),
-                     ("s1", a.sum(1)), ("s2", (a * a).sum(1))):
+        for k, v in (
+            ("width", rec.width),
+            ("height", rec.height),
+            ("mode", rec.mode),
+            ("format", rec.format or "?"),
+            ("bytes", rec.bytes),
+            ("digest", digest),
+            ("small", small),
+            ("thumb", thumb),
+            ("s1", a.sum(1)),
+            ("s2", (a * a).sum(1)),
+        ):
             cols[k].append(v)
         if keep_arrays:
             cols["array"].append(rec.array)

@@ -27,7 +27,6 @@ from ssl_toolkit.config import StrictModel
 from ssl_toolkit.data.stage import WorkerStage
 from ssl_toolkit.registry import Registry
 
-
 INPUTS_SECTION = "pretext/build_inputs"
 
 
@@ -154,7 +153,10 @@ class PretextTask(nn.Module, ABC):
             fits, _, _ = cls.size_requirement(candidate)
             if not fits or data.image_size >= fits:
                 changed = ", ".join(f"{k} {current[k]} -> {v}" for k, v in zip(options, combo) if v != current[k])
-                return candidate, f"note: {cls.name} on {data.image_size} px images: {changed} (the defaults need {need} px); recorded in config.yaml"
+                return (
+                    candidate,
+                    f"note: {cls.name} on {data.image_size} px images: {changed} (the defaults need {need} px); recorded in config.yaml",
+                )
         return config, None
 
     @abstractmethod

@@ -226,7 +226,9 @@ class ColorizationTask(PretextTask):
         with building_inputs():
             lab = rgb_to_lab(images)  # (B, 3, S, S)
             ab = self._target_ab(lab)  # (B, 2, h, w)
-            target, near = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, self.config.soft_neighbours, self.config.soft_sigma)
+            target, near = soft_encode(
+                ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, self.config.soft_neighbours, self.config.soft_sigma
+            )
         logits, pooled = self.predict(backbone, lab)  # (B, Q, h, w), (B, D)
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # (N, Q)
         loss = self.loss(flat_logits, target, self.weights[near])  # rarity-weighted soft cross-entropy

@@ -50,7 +50,7 @@ class JigsawConfig(TaskConfig):
     def _enough_permutations(cls, n: int, info: ValidationInfo) -> int:
         grid = info.data.get("grid")
         if grid is not None and n > math.factorial(grid**2):
-            raise ValueError(f"a {grid}x{grid} grid has only {math.factorial(grid ** 2)} permutations")
+            raise ValueError(f"a {grid}x{grid} grid has only {math.factorial(grid**2)} permutations")
         return n
 
 

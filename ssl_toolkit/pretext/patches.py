@@ -51,4 +51,3 @@ def to_spatial(backbone: nn.Module, f: torch.Tensor) -> torch.Tensor:
     if f.ndim == 4 and f.shape[1] != d and f.shape[-1] == d:  # (B, h, w, D)
         return f.permute(0, 3, 1, 2)
     return f
-
