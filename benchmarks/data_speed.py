@@ -2,6 +2,10 @@
 
 Parts (``--parts``, default all):
 
+0. ``loader`` / ``model``: peak memory of the streaming data path alone (20 batches of SimCLR
+   views at 224 px) at each folder size, and of the same pretraining on in-memory tensors
+   (the model's own share: activations of 2 x 64 images at 224 px).
+
 1. ``memory``: ``ssl pretrain --task simclr --image-size 224 --batch-size 64 --set trainer.max_steps=20``
    on the folder and on hard-linked subsets of 5k and 10k images: peak memory of the whole
    process tree (the sum of PSS over the training process and its DataLoader workers, so
@@ -97,7 +101,9 @@ def ssl(*args: str) -> list[str]:
 # ----------------------------------------------------------------------------- parts
 
 
-def part_memory(folder: Path, work: Path, sizes: list[int]) -> list[dict]:
+def part_memory(
+    folder: Path, work: Path, sizes: list[int], steps: int = 20, first_step_sizes: tuple[int, ...] = (5000, 10000, 20000)
+) -> list[dict]:
     from benchmarks.make_photos import link_subset
 
     rows = []
@@ -123,6 +129,66 @@ def part_memory(folder: Path, work: Path, sizes: list[int]) -> list[dict]:
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+LOADER_SCRIPT = """
+import sys
+from ssl_toolkit.config import DataConfig
+from ssl_toolkit.data.loaders import split_loader
+from ssl_toolkit.data.sources import load_source
+from ssl_toolkit.pretext import DataFacts
+from ssl_toolkit.pretext.contrastive import SimCLRTask
+src = load_source(DataConfig(name=sys.argv[1], image_size=224, stream=True))
+stage = SimCLRTask.worker_stage(SimCLRTask.Config(), DataFacts(3, 224, src.mean, src.std))
+for i, (x, y) in enumerate(split_loader(src.train, 64, True, stage=stage)):
+    if i == 19:
+        break
+"""
+
+
+def part_loader(folder: Path, work: Path, sizes: list[int]) -> list[dict]:
+    """Peak PSS of the streaming data path alone (index, statistics, workers, 20 batches of SimCLR views), per folder size."""
+    from benchmarks.make_photos import link_subset
+
+    rows = []
+    for n in sizes:
+        data = folder if n >= 20000 else work / f"photos{n // 1000}k"
+        if not data.exists():
+            link_subset(folder, data, n)
+        env = {**os.environ, "SSL_TOOLKIT_HOME": str(work / f"home{n}"), "PYTHONPATH": str(REPO)}
+        r = run_measured([sys.executable, "-c", LOADER_SCRIPT, str(data)], env)
+        rows.append({"images": n, "loader_peak_mb": r["peak_mb"], "seconds": r["seconds"], "rc": r["rc"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def part_model(work: Path) -> dict:
+    """Peak PSS of the same pretraining (SimCLR, resnet18, 224 px, batch 64) on in-memory tensors: the model's own share."""
+    env = {**os.environ, "SSL_TOOLKIT_HOME": str(work / "home-model")}
+    cmd = ssl(
+        "pretrain",
+        "--task",
+        "simclr",
+        "--data",
+        "synthetic",
+        "--image-size",
+        "224",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--overwrite",
+        "--set",
+        "data.synthetic_train=640",
+        "--set",
+        "data.synthetic_test=64",
+        "--set",
+        "trainer.max_steps=3",
+        "--out",
+        work / "model-only",
+    )
+    row = {"in_memory_3_steps": run_measured(cmd, env)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def part_commands(folder: Path, work: Path) -> list[dict]:
@@ -243,18 +309,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/data_speed"))
-    ap.add_argument("--parts", default="memory,commands,decode,step")
+    ap.add_argument("--parts", default="loader,model,decode,memory,commands,step")
     ap.add_argument("--sizes", default="5000,10000,20000")
     ap.add_argument("--decode-images", type=int, default=300)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--memory-steps", type=int, default=20, help="max_steps of the memory runs")
+    ap.add_argument("--first-step-sizes", default="5000,10000,20000", help="sizes whose one-step runs are timed")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     parts = a.parts.split(",")
     results: dict = {}
+    if "loader" in parts:
+        results["loader"] = part_loader(a.folder, a.work, [int(s) for s in a.sizes.split(",")])
+    if "model" in parts:
+        results["model"] = part_model(a.work)
     if "decode" in parts:
         results["decode"] = part_decode(a.folder, a.decode_images)
     if "memory" in parts:
-        results["memory"] = part_memory(a.folder, a.work, [int(s) for s in a.sizes.split(",")])
+        first = tuple(int(s) for s in a.first_step_sizes.split(","))
+        results["memory"] = part_memory(a.folder, a.work, [int(s) for s in a.sizes.split(",")], a.memory_steps, first)
     if "commands" in parts:
         results["commands"] = part_commands(a.folder, a.work)
     if "step" in parts:

@@ -218,7 +218,7 @@ def first_images(split: Any, n: int) -> torch.Tensor:
     return split.images[:n]
 
 
-PRIOR_SAMPLE = 4096  # streamed images decoded for a task's data prior (in memory: all of them)
+PRIOR_SAMPLE = 2048  # streamed images decoded for a task's data prior (in memory: all of them)
 
 
 def report_skipped(source: Any, folder: RunFolder, strict: bool) -> None:
@@ -240,7 +240,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     """Backbone + task for the data, the precision chosen, and the resolved config."""
     from ssl_toolkit.backbones import create_backbone, feature_dim
     from ssl_toolkit.precision import choose_precision
-    from ssl_toolkit.pretext import TASKS, build_task
+    from ssl_toolkit.pretext import TASKS, PretextTask, build_task
 
     cfg, source, facts = plan.cfg, data.source, data.facts
     task_cls = TASKS.get(cfg.task)
@@ -254,8 +254,9 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
 
         init_info = init_backbone_from(backbone, spec, cfg.init_from)
     task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
-    prior = source.train.sample(PRIOR_SAMPLE, seed=cfg.trainer.seed) if source.streaming else source.train.images
-    task.fit_data_prior(prior)  # data statistics the task needs (e.g. a colour prior)
+    if type(task).fit_data_prior is not PretextTask.fit_data_prior:  # only tasks with a data prior read images here
+        prior = source.train.sample(PRIOR_SAMPLE, seed=cfg.trainer.seed) if source.streaming else source.train.images
+        task.fit_data_prior(prior)  # data statistics the task needs (e.g. a colour prior)
     task.attach(backbone)  # after any init_from, so momentum encoders start from the same weights
     t = cfg.trainer
     precision = choose_precision(t.precision, t.accelerator, backbone, in_chans, task.backbone_input_size())

@@ -141,7 +141,7 @@ def test_auto_streams_above_a_quarter_of_the_memory_and_says_so(tmp_path, capsys
     src = load_source(DataConfig(name=str(root), image_size=64))
     assert src.streaming
     assert (
-        "data: 16 images, 192.0 KiB decoded at 64 px (over a quarter of the 97.7 KiB available): streaming from disk"
+        "data: 16 images, 192.0 KiB decoded at 64 px (over 24.4 KiB: the lesser of 512 MiB and a quarter of the 97.7 KiB available): streaming from disk"
         in capsys.readouterr().err
     )
     monkeypatch.setattr(folder, "available_memory", lambda: 10**12)

@@ -164,6 +164,8 @@ class DataSource:
         }
 
 
+STATS_CHUNK_VALUES = 1 << 24  # 16M float64 values (128 MiB) per chunk of channel_stats
+
 SourceFactory = Callable[[DataConfig], DataSource]
 SOURCES: Registry[SourceFactory] = Registry("dataset")
 
@@ -174,14 +176,19 @@ def register_source(name: str) -> Callable[[SourceFactory], SourceFactory]:
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of ``(N, C, H, W)`` uint8 images, on the [0, 1] scale."""
+    """Per-channel mean and std of ``(N, C, H, W)`` uint8 images, on the [0, 1] scale.
+
+    Sums run in float64 over chunks of at most ``STATS_CHUNK_VALUES`` values, so memory stays
+    bounded whatever the number and size of the images.
+    """
     c = images.shape[1]
     s1 = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
-    for chunk in images.split(8192):  # bounded float memory for large sets
+    per_image = max(1, images[0].numel()) if len(images) else 1
+    for chunk in images.split(max(1, STATS_CHUNK_VALUES // per_image)):
         x = chunk.double().div_(255.0).transpose(0, 1).reshape(c, -1)  # (C, n*H*W)
         s1 += x.sum(dim=1)
-        s2 += (x * x).sum(dim=1)
+        s2 += x.square_().sum(dim=1)
     m = max(1, images.numel() // max(c, 1))
     mean = s1 / m
     std = ((s2 - s1 * s1 / m).clamp_min(0) / max(m - 1, 1)).sqrt().clamp_min(1e-3)

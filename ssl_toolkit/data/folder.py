@@ -8,7 +8,7 @@ single-channel (``L``, ``1``, 16-bit, float), else RGB (:mod:`ssl_toolkit.data.i
 centre square at ``image_size``; fastest for sets that fit, and every file is verified
 before training); ``true`` keeps only the index and decodes in DataLoader workers, cutting
 crops from the original photos; ``auto`` streams when the decoded tensors would need more
-than a quarter of the memory available now, and says which it chose.
+than 512 MiB or a quarter of the memory available now, whichever is less, and says so.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from ssl_toolkit.data.stream import FileSplit
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.units import human_size
 
-MEMORY_SHARE = 0.25  # auto streams above this share of the available memory
+MEMORY_SHARE = 0.25  # auto streams above this share of the available memory ...
+MEMORY_CAP = 512 << 20  # ... or above 512 MiB of decoded images, whichever is less
 STATS_SAMPLE = 512  # streamed images decoded to estimate the normalisation statistics
 
 
@@ -50,8 +51,9 @@ def choose_streaming(cfg: DataConfig, n: int, channels: int, size: int) -> tuple
     need = n * channels * size * size
     if cfg.stream == "auto":
         avail = available_memory()
-        stream = need > MEMORY_SHARE * avail
-        why = f"{'over' if stream else 'within'} a quarter of the {human_size(avail)} available"
+        limit = min(MEMORY_SHARE * avail, MEMORY_CAP)
+        stream = need > limit
+        why = f"{'over' if stream else 'within'} {human_size(limit)}: the lesser of 512 MiB and a quarter of the {human_size(avail)} available"
     else:
         stream, why = bool(cfg.stream), f"data.stream={str(cfg.stream).lower()}"
     how = "streaming from disk" if stream else "decoding into memory"
