@@ -88,6 +88,8 @@ def test_jigsaw_on_too_small_images_exits_2_naming_the_minimum(cli, tmp_path):
         "32",
         "--set",
         "task_config.grid=4",
+        "--set",
+        "task_config.gap=0.15",  # set explicitly: never narrowed to fit
         "--out",
         tmp_path / "j4",
         "--quiet",
