@@ -9,7 +9,6 @@ holds the resolved ``config.yaml``, ``metrics.csv``, ``last.ckpt`` and the backb
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -302,7 +301,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     from ssl_toolkit.callbacks import GradientGuard, OnlineProbe, RngState, SamplePictures
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
-    from ssl_toolkit.trainer import build_trainer, checkpoint_step, truncate_metrics
+    from ssl_toolkit.trainer import build_trainer, checkpoint_step, quiet_lightning, truncate_metrics
 
     t, folder = plan.cfg.trainer, plan.folder
     r = model.resolved["trainer"]
@@ -323,8 +322,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
 
         callbacks.insert(0, OnlineProbe(feature_dim(model.backbone), data.num_classes))
     L.seed_everything(t.seed, workers=True, verbose=False)
-    for logger_name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(logger_name).setLevel(logging.WARNING)  # no banners (devices, tips) in the output
+    quiet_lightning()  # no banners (devices, tips) in the output
     trainer = build_trainer(t, folder.path, validate=data.val_loader is not None, callbacks=callbacks)
     ckpt_path = str(folder.last_ckpt) if plan.resume else None
     if ckpt_path is not None:

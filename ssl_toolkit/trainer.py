@@ -152,6 +152,18 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
             q.setLevel(level)
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's banners and tips (devices, loggers, stepping estimates) off the output.
+
+    Importing ``lightning.pytorch`` sets its logger to INFO, so this runs after the import,
+    before a Trainer is built.
+    """
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _describe(cfg: TrainerConfig) -> str:
     return f"accelerator={cfg.accelerator}, devices={cfg.devices}, strategy={cfg.strategy}, precision={cfg.precision}"
 

@@ -132,3 +132,11 @@ def test_online_top1_in_metrics_csv(tmp_path):
     last = float(values[-1])
     assert last == pytest.approx(meta["final_metrics"]["online_top1"], abs=1e-6)  # what meta.json reports is the logged value
     assert last * 64 == pytest.approx(round(last * 64), abs=1e-3)  # a share of the 64 training images (2 batches of 32)
+
+
+def test_finetune_keeps_lightning_banners_off_the_output(run_ssl):
+    r = run_ssl("probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1", "--batch-size", "32", *SMALL)
+    assert r.returncode == 0, r.stderr
+    for banner in ("GPU available", "TPU available", "Tip:", "stepping batches", "`Trainer.fit` stopped"):
+        assert banner not in r.stdout + r.stderr
+    assert r.stdout.splitlines()[0].split() == ["mode", "finetune"]

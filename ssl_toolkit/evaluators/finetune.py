@@ -44,6 +44,7 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
+from ssl_toolkit.trainer import quiet_lightning
 
 DEFAULT_EPOCHS = 10
 MIN_STEPS = 100  # default length: at least this many optimiser steps (small label fractions)
@@ -226,6 +227,7 @@ class TrainedEvaluator(Evaluator):
         augment = build_augment(cfg.augment, ctx.source.image_size, ctx.source.channels)
         module = FinetuneModule(backbone, head, ctx.pre, augment, kind, self.param_groups(backbone, head, lr, wd), frozen_modules)
         loader = split_loader(train.subset(fit_idx), cfg.batch_size, shuffle=True, seed=cfg.seed)
+        quiet_lightning()  # no banners (devices, tips) in the output
         trainer = L.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
