@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,24 @@ def _decode_item(data: bytes, channels: int, size: int, stage: WorkerStage, rng:
     return decode_crops(io.BytesIO(data), channels, size, boxes)
 
 
+class RowIds(Sequence[str]):
+    """``<prefix>:<row>`` ids of some rows, made on access (no per-image strings held)."""
+
+    def __init__(self, prefix: str, rows: np.ndarray) -> None:
+        self.prefix, self.rows = prefix, rows
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [f"{self.prefix}:{int(r)}" for r in self.rows[i]]
+        return f"{self.prefix}:{int(self.rows[i])}"
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{self.prefix}:{int(r)}" for r in self.rows)
+
+
 class ShardSplit:
     """One split of a shard folder, read with litdata (see the module docstring).
 
@@ -112,7 +130,7 @@ class ShardSplit:
         self.full = rows is None
         labels = self._labels(n)
         self.labels = None if labels is None else torch.from_numpy(labels[self.rows])
-        self.ids = [f"{root}:{split}:{int(r)}" for r in self.rows]
+        self.ids = RowIds(f"{root}:{split}", self.rows)
         self._dataset: Any = None
 
     def _labels(self, n: int) -> np.ndarray | None:
