@@ -46,7 +46,7 @@ def main() -> None:
                 "label_fraction": args.fraction,
                 "epochs": args.epochs,
                 "batch_size": 256,
-                "augment": policy,
+                "evaluator_config": {"augment": policy},
                 "seed": seed,
             }
             res = st.probe(None, cfg, random_init=True, backbone=args.backbone)

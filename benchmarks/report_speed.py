@@ -101,9 +101,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="Folder for the outputs (default: a temp folder).")
     args = ap.parse_args()
 
-    from ssl_toolkit.eval.analysis import UmapParams, analyze, umap_projection
+    from ssl_toolkit.eval.analysis import UmapParams, analyze
     from ssl_toolkit.eval.embed import embed, load_target_source
     from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+    from ssl_toolkit.eval.projection import umap_projection
     from ssl_toolkit.eval.report import report
 
     work = Path(args.out or tempfile.mkdtemp(prefix="report-speed-"))

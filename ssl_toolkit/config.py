@@ -173,12 +173,9 @@ class ProbeConfig(StrictModel):
         batch_size: Batch size.
         seed: Seed of label subsets, held-out splits and training.
         weight_decay: Weight decay of ``finetune``/``partial`` (``None`` = the evaluator's default).
-        augment: Augmentation of ``partial``/``finetune`` training images: ``none``, ``basic``
-            (crop + flip), ``randaugment``, ``autoaugment``, ``trivialaugment``, or an
-            albumentations pipeline file saved with ``albumentations.save`` (.yaml/.yml/.json).
         evaluator_config: The evaluator's own settings, validated by its ``Config`` model
             (``knn``: ``k``, ``temperature``; ``partial``: ``freeze_stages``, ``layer_decay``;
-            ``finetune``: ``layer_decay``); see ``ssl probe --help``.
+            ``finetune``: ``layer_decay``, ``augment``); see ``ssl probe --help``.
         precision: Lightning precision of the modes that train through the backbone.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
     """
@@ -191,7 +188,6 @@ class ProbeConfig(StrictModel):
     batch_size: int = Field(default=256, ge=1)
     seed: int = 0
     weight_decay: float | None = Field(default=None, ge=0)
-    augment: str = "basic"
     evaluator_config: dict[str, Any] = Field(default_factory=dict)
     precision: str = "32-true"
     accelerator: str = "auto"

@@ -1,39 +1,76 @@
-"""The one stratified sampler: a seeded per-class draw.
+"""The one stratified sampler: a seeded per-class draw, and the draws built on it.
 
 scikit-learn's ``StratifiedShuffleSplit`` draws the split sizes for the whole set and
-refuses classes with one member; the evaluators need a count chosen per class (at least
-one image of each class kept, a one-image class never held out), so the draw is done
-here, class by class, with a torch generator.
+refuses classes with one member; the toolkit needs a count chosen per class (at least
+one image of each class kept, a one-image class never held out), so every stratified
+draw (a dataset's train/test split, the evaluators' label fractions and hold-outs, the
+report's UMAP subsample and example queries) goes through :func:`per_class_split`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import torch
+import numpy as np
 
 
-def per_class_split(labels: torch.Tensor, count: Callable[[int], int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def per_class_split(labels: Any, count: Callable[[int], int], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of the indices of ``labels``.
 
-    For each class ``c`` in increasing order, ``count(n_c)`` of its ``n_c`` indices, drawn
-    at random, go to the first part and the others to the second.
+    For each class ``c`` in increasing order, its ``n_c`` indices are permuted with a
+    ``numpy`` generator seeded by ``seed``; the first ``count(n_c)`` go to the first part
+    and the others to the second.
 
     Args:
-        labels: ``(N,)`` integer class labels.
+        labels: ``(N,)`` integer class labels (array or CPU tensor).
         count: How many of a class of ``n`` go to the first part (``0 <= count(n) <= n``).
         seed: Seed of the draw; the same seed gives the same split.
 
     Returns:
-        The ``(K,)`` chosen indices and the ``(N - K,)`` others, each sorted.
+        The ``(K,)`` chosen indices and the ``(N - K,)`` others, each sorted, as int64.
     """
-    g = torch.Generator().manual_seed(seed)
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
     chosen, others = [], []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().view(-1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
         n = count(len(idx))
         chosen.append(idx[:n])
         others.append(idx[n:])
-    empty = torch.zeros(0, dtype=torch.long)
-    return torch.cat(chosen or [empty]).sort().values, torch.cat(others or [empty]).sort().values
+    empty = np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(chosen or [empty])).astype(np.int64), np.sort(np.concatenate(others or [empty])).astype(np.int64)
+
+
+def stratified_split(labels: Any, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, test) indices; each class puts ``round(n * test_fraction)`` in test."""
+    test, train = per_class_split(labels, lambda n: int(round(n * test_fraction)), seed)
+    return train, test
+
+
+def proportional_sample(n: int, max_points: int, labels: np.ndarray | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` points, each class kept in proportion (at least one each)."""
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(n, max_points, replace=False))
+    keep, _ = per_class_split(labels, lambda m: min(m, max(1, int(round(m * max_points / n)))), seed)
+    if len(keep) > max_points:  # the one-per-class floor can overshoot
+        keep = np.sort(rng.choice(keep, max_points, replace=False))
+    return keep
+
+
+def per_class_picks(n: int, labels: np.ndarray | None, per_class: int, max_total: int, seed: int = 0) -> np.ndarray:
+    """Example indices: ``per_class`` of each class (the first ``max_total // per_class`` classes), grouped by class.
+
+    Without labels, ``max_total`` indices at random, sorted.
+    """
+    if labels is None:
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(n, min(n, max_total), replace=False))
+    labels = np.asarray(labels)
+    classes = np.unique(labels)[: max(1, max_total // max(1, per_class))]
+    rows = np.flatnonzero(np.isin(labels, classes))
+    picked = rows[per_class_split(labels[rows], lambda m: min(per_class, m), seed)[0]]
+    return picked[np.lexsort((picked, labels[picked]))].astype(np.int64)

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from ssl_toolkit.eval import analysis as A
+from ssl_toolkit.eval import clustering as C
+from ssl_toolkit.eval import neighbours as N
+from ssl_toolkit.eval import projection as P
+from ssl_toolkit.sampling import proportional_sample
 
 
 def blobs(n_per: int, k: int, dim: int, spread: float, seed: int, orthogonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +71,7 @@ def data():
 
 def test_exact_search_matches_brute_force(data):
     q, _, g, _ = data
-    sims, idx, info = A.neighbours(q, g, 10)
+    sims, idx, info = N.neighbours(q, g, 10)
     ref_s, ref_i = brute_neighbours(q, g, 10)
     assert info.index == "exact" and info.n_gallery == len(g) and not info.leave_one_out
     np.testing.assert_array_equal(idx, ref_i)
@@ -76,7 +80,7 @@ def test_exact_search_matches_brute_force(data):
 
 def test_leave_one_out_drops_self(data):
     _, _, g, _ = data
-    sims, idx, info = A.neighbours(g, None, 7)
+    sims, idx, info = N.neighbours(g, None, 7)
     ref_s, ref_i = brute_neighbours(g, g, 7, leave_one_out=True)
     assert info.leave_one_out
     assert not (idx == np.arange(len(g))[:, None]).any()
@@ -87,8 +91,8 @@ def test_leave_one_out_drops_self(data):
 @pytest.mark.parametrize("k", [1, 5, 20, 200])
 def test_knn_accuracy_matches_brute_force(data, k):
     q, ql, g, gl = data
-    sims, idx, _ = A.neighbours(q, g, 200)
-    acc = A.knn_accuracy(sims, gl[idx], ql, 4, ks=(k,), temperature=0.1)[k]
+    sims, idx, _ = N.neighbours(q, g, 200)
+    acc = N.knn_accuracy(sims, gl[idx], ql, 4, ks=(k,), temperature=0.1)[k]
     assert acc == pytest.approx(brute_knn(q, ql, g, gl, k, 4, 0.1), abs=1e-12)
     assert 0.2 < acc <= 1.0
 
@@ -100,8 +104,8 @@ def test_knn_votes_use_the_evaluators_vote(data):
     from ssl_toolkit.evaluators.knn import knn_scores
 
     q, ql, g, gl = data
-    sims, idx, _ = A.neighbours(q, g, 20)
-    ours = A.knn_votes(sims, gl[idx], 20, 4, 0.1)
+    sims, idx, _ = N.neighbours(q, g, 20)
+    ours = N.knn_votes(sims, gl[idx], 20, 4, 0.1)
     theirs = knn_scores(torch.from_numpy(g), torch.from_numpy(gl), torch.from_numpy(q), k=20, T=0.1, num_classes=4).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
 
@@ -109,20 +113,20 @@ def test_knn_votes_use_the_evaluators_vote(data):
 def test_recall_at_k_and_map_at_r_match_brute_force(data):
     q, ql, g, gl = data
     r = np.bincount(gl)[ql]
-    sims, idx, _ = A.neighbours(q, g, int(r.max()))
+    sims, idx, _ = N.neighbours(q, g, int(r.max()))
     nl = gl[idx]
-    rec = A.recall_at_k(nl, ql, (1, 5, 10))
+    rec = N.recall_at_k(nl, ql, (1, 5, 10))
     _, ref_i = brute_neighbours(q, g, 10)
     for k in (1, 5, 10):
         assert rec[k] == pytest.approx(np.mean([(gl[ref_i[i, :k]] == ql[i]).any() for i in range(len(q))]))
     assert rec[1] <= rec[5] <= rec[10]
-    assert A.map_at_r(nl, ql, r) == pytest.approx(brute_map_at_r(q, ql, g, gl), abs=1e-9)
+    assert N.map_at_r(nl, ql, r) == pytest.approx(brute_map_at_r(q, ql, g, gl), abs=1e-9)
 
 
 def test_map_at_r_on_a_hand_example():
     # R = 3 relevant items; retrieved: rel, not, rel, rel -> AP@R = (1/3) * (1/1 + 2/3) = 5/9
     nl = np.array([[1, 0, 1, 1]])
-    assert A.map_at_r(nl, np.array([1]), np.array([3])) == pytest.approx(5 / 9)
+    assert N.map_at_r(nl, np.array([1]), np.array([3])) == pytest.approx(5 / 9)
 
 
 def test_analyze_leave_one_out_matches_brute_force(data):
@@ -136,8 +140,8 @@ def test_analyze_leave_one_out_matches_brute_force(data):
 
 def test_ivf_above_threshold_and_reported(data):
     x, labels = blobs(200, 4, 16, spread=0.3, seed=3)
-    exact_s, exact_i, exact_info = A.neighbours(x[:100], x, 5, ivf_threshold=10_000)
-    ivf_s, ivf_i, ivf_info = A.neighbours(x[:100], x, 5, ivf_threshold=500)
+    exact_s, exact_i, exact_info = N.neighbours(x[:100], x, 5, ivf_threshold=10_000)
+    ivf_s, ivf_i, ivf_info = N.neighbours(x[:100], x, 5, ivf_threshold=500)
     assert exact_info.index == "exact" and ivf_info.index == "ivf"
     assert ivf_info.nlist >= 2 and 1 <= ivf_info.nprobe <= ivf_info.nlist
     assert "IVF" in ivf_info.describe() and "exact" in exact_info.describe()
@@ -166,28 +170,28 @@ def brute_nmi(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_nmi_and_ari_on_a_planted_clustering():
     x, labels = blobs(50, 5, 8, spread=0.05, seed=4, orthogonal=True)
-    res = A.cluster(x, 5, labels, seeds=(0, 1, 2))
+    res = C.cluster(x, 5, labels, seeds=(0, 1, 2))
     assert len(res.nmi) == 3 and res.assignments is not None
     assert min(res.nmi) > 0.99 and min(res.ari) > 0.99
-    assert res.nmi[0] == pytest.approx(brute_nmi(labels, A.kmeans(x, 5, 0)[0]), abs=1e-9)
+    assert res.nmi[0] == pytest.approx(brute_nmi(labels, C.kmeans(x, 5, 0)[0]), abs=1e-9)
     # a partly wrong clustering: the reference formula and the library agree
     rng = np.random.default_rng(0)
     noisy = np.where(rng.random(len(labels)) < 0.3, rng.integers(0, 5, len(labels)), labels)
-    nmi, ari = A.contingency_scores(labels, noisy)
+    nmi, ari = C.contingency_scores(labels, noisy)
     assert nmi == pytest.approx(brute_nmi(labels, noisy), abs=1e-9)
     assert 0.2 < ari < 0.9
     summary = res.summary()
     assert summary["k"] == 5 and summary["nmi_mean"] > 0.99
 
 
-def test_stratified_sample_keeps_class_shares():
+def test_proportional_sample_keeps_class_shares():
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
-    keep = A.stratified_sample(len(labels), 100, labels, seed=0)
+    keep = proportional_sample(len(labels), 100, labels, seed=0)
     assert len(keep) <= 100 and np.all(np.diff(keep) > 0)
     counts = np.bincount(labels[keep], minlength=3)
     assert counts[0] == 90 and counts[1] == 9 and counts[2] == 1
-    np.testing.assert_array_equal(A.stratified_sample(50, 100, None), np.arange(50))
-    np.testing.assert_array_equal(keep, A.stratified_sample(len(labels), 100, labels, seed=0))
+    np.testing.assert_array_equal(proportional_sample(50, 100, None), np.arange(50))
+    np.testing.assert_array_equal(keep, proportional_sample(len(labels), 100, labels, seed=0))
 
 
 def test_analyze_without_labels():
@@ -203,11 +207,11 @@ def test_analyze_without_labels():
 def test_knn_graph_for_umap_starts_with_self():
     x, _ = blobs(10, 2, 4, spread=0.5, seed=6)
     x[1] = x[0]  # a duplicate: its twin may come first in the search
-    idx, dists = A.knn_graph(x, 5, "cosine")
+    idx, dists = P.knn_graph(x, 5, "cosine")
     np.testing.assert_array_equal(idx[:, 0], np.arange(len(x)))
     assert (dists[:, 0] == 0).all() and (np.diff(dists, axis=1) >= -1e-6).all()
     ref_s, ref_i = brute_neighbours(x[2:], x, 5)
     np.testing.assert_array_equal(np.sort(idx[2:, 1:], axis=1), np.sort(ref_i[:, 1:], axis=1))
     assert all(len(set(row)) == 5 for row in idx.tolist())
-    idx_e, d_e = A.knn_graph(x, 3, "euclidean")
-    assert idx_e.shape == (20, 3) and A.knn_graph(x, 3, "manhattan") is None
+    idx_e, d_e = P.knn_graph(x, 3, "euclidean")
+    assert idx_e.shape == (20, 3) and P.knn_graph(x, 3, "manhattan") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,7 +53,23 @@ def test_per_class_split_draws_the_asked_count_of_each_class_seeded():
     chosen, others = per_class_split(labels, lambda n: n // 2, seed=0)
     assert torch.bincount(labels[chosen]).tolist() == [2, 1, 2] and torch.bincount(labels[others]).tolist() == [2, 1, 2]
     assert sorted(chosen.tolist() + others.tolist()) == list(range(10))
-    assert torch.equal(chosen, per_class_split(labels, lambda n: n // 2, seed=0)[0])
+    np.testing.assert_array_equal(chosen, per_class_split(labels.numpy(), lambda n: n // 2, seed=0)[0])
     draws = {tuple(per_class_split(labels, lambda n: n // 2, seed=s)[0].tolist()) for s in range(8)}
     assert len(draws) > 1  # the seed matters
     assert per_class_split(labels, lambda n: 0, seed=0)[0].tolist() == []
+
+
+def test_stratified_split_and_example_picks_are_per_class_draws():
+    from ssl_toolkit.sampling import per_class_picks, per_class_split, stratified_split
+
+    labels = np.repeat(np.arange(4), [10, 20, 5, 1])
+    train, test = stratified_split(labels, 0.2, seed=3)
+    assert np.bincount(labels[test], minlength=4).tolist() == [2, 4, 1, 0]
+    assert sorted(train.tolist() + test.tolist()) == list(range(36))
+    np.testing.assert_array_equal(test, per_class_split(labels, lambda n: int(round(n * 0.2)), 3)[0])
+    picks = per_class_picks(len(labels), labels, per_class=2, max_total=6, seed=0)
+    assert labels[picks].tolist() == [0, 0, 1, 1, 2, 2]  # three classes (6 // 2), grouped by class
+    assert len(set(picks.tolist())) == 6
+    picks = per_class_picks(len(labels), labels, per_class=3, max_total=20, seed=0)
+    assert labels[picks].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]  # a one-image class gives its one
+    assert per_class_picks(36, None, 2, 7, seed=0).tolist() == sorted(set(per_class_picks(36, None, 2, 7, seed=0).tolist()))

@@ -248,7 +248,7 @@ def test_report_in_headless_chromium(built, tmp_path):
 
 
 def test_training_curves_come_from_the_lightning_csv(built):
-    from ssl_toolkit.eval.report import read_curves
+    from ssl_toolkit.eval.run_record import read_curves
 
     root, _, _ = built
     series = read_curves(root / "run" / "metrics.csv")

@@ -164,8 +164,9 @@ def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
         assert code == 0, (mode, err)
         res = json.loads(out.strip().splitlines()[-1])
         assert res["metric"] == "mAP" and 0.0 <= res["mAP"] <= 1.0 and len(res["thresholds"]) == 3, mode
+        assert res.get("augment") == {"finetune": "randaugment", "partial": "basic"}.get(mode), mode
     code, out, err = cli("probe", run, "--data", root, "--mode", "linear", "--augment", "randaugment")
-    assert code == 2 and "--augment applies to --mode partial and finetune" in err
+    assert code == 2 and "augment applies to --mode finetune or partial, not linear" in err and err.count("\n") == 1
 
 
 @pytest.mark.usefixtures("one_thread")

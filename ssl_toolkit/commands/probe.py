@@ -97,7 +97,7 @@ def probe(
             "epochs": epochs,
             "lr": lr,
             "batch_size": batch_size,
-            "augment": augment,
+            "evaluator_config.augment": augment,
             "accelerator": accelerator,
             "seed": seed,
             "evaluator_config.freeze_stages": freeze_stages,

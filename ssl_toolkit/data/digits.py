@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.base import DataSource, Split, register_source, resize_uint8, stratified_split
+from ssl_toolkit.data.base import DataSource, Split, register_source, resize_uint8
+from ssl_toolkit.sampling import stratified_split
 
 
 @register_source("digits")

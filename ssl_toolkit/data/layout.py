@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssl_toolkit.data.base import stratified_split
 from ssl_toolkit.data.images import IMAGE_EXTENSIONS, has_image_suffix
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.sampling import stratified_split
 
 TEST_DIRS = ("test", "val")
 

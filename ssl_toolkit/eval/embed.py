@@ -158,6 +158,52 @@ def embed(
         split), ``labelled``, ``cached`` (splits served by the cache), ``seconds``.
     """
     start = time.time()
+    out = _check_out(out, split)
+    model, meta, _, source, pre = load_target_source(target, data)
+    splits = [s for s in (SPLITS if split == "all" else (split,)) if len(getattr(source, s))]
+    if not splits:
+        raise UserError(f"{source.name} has no images in split '{split}'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = _Rows(model, source, pre, splits, device, batch_size)
+    info = {
+        "target": str(target),
+        "backbone": meta["backbone"]["timm_name"],
+        "task": meta.get("task"),
+        "weights_fingerprint": rows.fingerprint,
+        "dataset": source.describe(),
+        "preprocess": pre.key(),
+        "splits": rows.counts,
+    }
+    meta_path: Path | None = None
+    if out.suffix == ".npy":  # the destination is the memmap itself
+        with atomic_file(out) as tmp:
+            arrays = rows.fill(tmp, info)
+        meta_path = out.with_suffix(".meta.npz")
+        write_npz(meta_path, arrays)
+    else:  # a scratch memmap, packed into the .npz
+        fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)  # scratch, never renamed
+        os.close(fd)
+        scratch = Path(name)
+        try:
+            arrays = rows.fill(scratch, info)
+            write_npz(out, {"embeddings": np.load(scratch, mmap_mode="r"), **arrays})
+        finally:
+            scratch.unlink(missing_ok=True)
+    return {
+        "path": str(out),
+        "meta_path": None if meta_path is None else str(meta_path),
+        "rows": rows.n,
+        "dim": rows.dim,
+        "splits": rows.counts,
+        "labelled": source.labelled,
+        "cached": rows.cached,
+        "dataset": source.name,
+        "seconds": round(time.time() - start, 3),
+    }
+
+
+def _check_out(out: str | Path, split: str) -> Path:
+    """The output path, checked before anything is read or written."""
     out = Path(out).expanduser()
     if out.suffix not in (".npz", ".npy"):
         raise UserError(f"--out must end in .npz or .npy, not '{out.name}'")
@@ -165,69 +211,38 @@ def embed(
         raise UserError(f"unknown split '{split}': use train, test or all")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder")
-    model, meta, _, source, pre = load_target_source(target, data)
-    splits = [s for s in (SPLITS if split == "all" else (split,)) if len(getattr(source, s))]
-    if not splits:
-        raise UserError(f"{source.name} has no images in split '{split}'")
-    counts = {s: len(getattr(source, s)) for s in splits}
-    n, dim = sum(counts.values()), feature_dim(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
-    # the embeddings go to an .npy memmap: the destination itself, or a scratch file packed into the .npz
-    cache = FeatureCache()
-    fingerprint = weights_fingerprint(model)
-    cached: list[str] = []
 
-    def fill(npy: Path) -> dict[str, np.ndarray]:
-        emb = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, dim))
+class _Rows:
+    """The embedding rows of some splits of a source, written into an ``.npy`` memmap through the feature cache."""
+
+    def __init__(self, model: Any, source: DataSource, pre: Any, splits: list[str], device: str | None, batch_size: int) -> None:
+        self.model, self.source, self.pre, self.splits = model, source, pre, splits
+        self.device, self.batch_size = device, batch_size
+        self.counts = {s: len(getattr(source, s)) for s in splits}
+        self.n, self.dim = sum(self.counts.values()), feature_dim(model)
+        self.fingerprint = weights_fingerprint(model)
+        self.cached: list[str] = []  # splits served by the cache
+
+    def fill(self, npy: Path, info: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Write the ``(N, D)`` float32 rows to ``npy``; returns the row arrays and the metadata."""
+        cache = FeatureCache()
+        emb = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
         row = 0
-        for s in splits:
-            _, hit = cache.features(model, source, s, pre, fingerprint, device, emb[row : row + counts[s]], batch_size)
+        for s in self.splits:
+            _, hit = cache.features(
+                self.model, self.source, s, self.pre, self.fingerprint, self.device, emb[row : row + self.counts[s]], self.batch_size
+            )
             if hit:
-                cached.append(s)
-            row += counts[s]
+                self.cached.append(s)
+            row += self.counts[s]
         emb.flush()
         del emb
-        arrays = row_arrays(source, splits)
-        info = {
-            "target": str(target),
-            "backbone": meta["backbone"]["timm_name"],
-            "task": meta.get("task"),
-            "weights_fingerprint": fingerprint,
-            "dataset": source.describe(),
-            "preprocess": pre.key(),
-            "splits": counts,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        arrays = row_arrays(self.source, self.splits)
+        info = {**info, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         arrays["meta"] = np.array(json.dumps(info))
         return arrays
-
-    if out.suffix == ".npy":
-        with atomic_file(out) as tmp:
-            arrays = fill(tmp)
-        write_npz(out.with_suffix(".meta.npz"), arrays)
-        meta_path: Path | None = out.with_suffix(".meta.npz")
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)  # scratch, never renamed
-        os.close(fd)
-        scratch = Path(name)
-        try:
-            arrays = fill(scratch)
-            write_npz(out, {"embeddings": np.load(scratch, mmap_mode="r"), **arrays})
-        finally:
-            scratch.unlink(missing_ok=True)
-        meta_path = None
-    return {
-        "path": str(out),
-        "meta_path": None if meta_path is None else str(meta_path),
-        "rows": n,
-        "dim": dim,
-        "splits": counts,
-        "labelled": source.labelled,
-        "cached": cached,
-        "dataset": source.name,
-        "seconds": round(time.time() - start, 3),
-    }
 
 
 def row_arrays(source: DataSource, splits: list[str]) -> dict[str, np.ndarray]:

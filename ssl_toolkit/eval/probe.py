@@ -84,12 +84,6 @@ def probe(
     """
     cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, dict(config or {}))
     evaluator = EVALUATORS.get(cfg.mode)(cfg)  # validates the evaluator's own settings
-    if cfg.augment != "basic" and cfg.mode not in ("partial", "finetune"):
-        raise UserError(f"--augment applies to --mode partial and finetune, not {cfg.mode}")
-    if cfg.mode in ("partial", "finetune"):
-        from ssl_toolkit.data.policies import check_augment
-
-        check_augment(cfg.augment)
     start = time.time()
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)

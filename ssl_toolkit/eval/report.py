@@ -8,16 +8,16 @@ autoescape, every image embedded as a ``data:`` URI, no external resources).
 What the page shows: the run's header facts, training curves from ``metrics.csv``, the
 probe results saved in the run, FAISS kNN / retrieval / k-means figures, the UMAP
 scatter, nearest-neighbour grids, the linear probe's confusion matrix, and the latest
-sample grids of tasks that save pictures (``<run>/samples/*.png``).
+sample grids of tasks that save pictures (``<run>/samples/*.png``); see
+:mod:`ssl_toolkit.eval.run_record` for what is read from the run folder.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,99 +32,11 @@ from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+from ssl_toolkit.eval.run_record import latest_samples, pick_confusion, read_curves, read_probes, sample_picture
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
 from ssl_toolkit.html_page import data_uri, render_page
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-CURVE_COLUMNS = ("loss_step", "loss_epoch", "pretext_acc", "online_top1", "online_train_top1")
-EPOCH_IN_NAME = re.compile(r"epoch[-_]?(\d+)", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------------------------------
-# reading a run folder
-# ---------------------------------------------------------------------------------------
-def read_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
-    """Series of Lightning's ``metrics.csv``: losses against the step, epoch metrics against the epoch (1-based)."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    if not path.is_file():
-        return series
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            for col in CURVE_COLUMNS:
-                value = _number(row.get(col))
-                if value is None:
-                    continue
-                if col.startswith("loss"):
-                    x = _number(row.get("step"))
-                else:
-                    epoch = _number(row.get("epoch"))
-                    x = None if epoch is None else epoch + 1
-                if x is None:
-                    continue
-                xs, ys = series.setdefault(col, ([], []))
-                xs.append(x)
-                ys.append(value)
-    return series
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
-def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata."""
-    results = []
-    if folder is not None and (folder / "probes").is_dir():
-        for p in sorted((folder / "probes").glob("*.json")):
-            try:
-                r = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(r, dict) and "top1" in r:
-                results.append(r)
-    if not results:
-        results = [dict(v) for v in (meta.get("probes") or {}).values() if isinstance(v, dict) and "top1" in v]
-    return sorted(results, key=lambda r: (str(r.get("mode")), -float(r.get("label_fraction") or 0)))
-
-
-def pick_confusion(probes: list[dict[str, Any]], dataset: str) -> dict[str, Any] | None:
-    """The linear probe with a confusion matrix, preferring this dataset and the most labels."""
-    linear = [p for p in probes if p.get("mode") == "linear" and p.get("confusion") and p.get("classes")]
-    if not linear:
-        return None
-    return max(linear, key=lambda p: (p.get("dataset") == dataset, float(p.get("label_fraction") or 0)))
-
-
-def latest_samples(folder: Path | None) -> tuple[int | None, list[Path]]:
-    """The sample pictures of the latest epoch in ``<run>/samples`` (by the epoch number in the name, else the newest file)."""
-    if folder is None or not (folder / "samples").is_dir():
-        return None, []
-    files = sorted((folder / "samples").glob("*.png"))
-    if not files:
-        return None, []
-    numbered = {p: int(m.group(1)) for p in files if (m := EPOCH_IN_NAME.search(p.stem))}
-    if numbered:
-        last = max(numbered.values())
-        return last, [p for p in files if numbered.get(p) == last]
-    return None, [max(files, key=lambda p: p.stat().st_mtime)]
-
-
-def sample_picture(path: Path, max_width: int = 1100) -> dict[str, Any]:
-    """A saved sample grid for the page: its bytes as a data URI and a display width (small grids scaled up to 4x)."""
-    from PIL import Image
-
-    data = path.read_bytes()
-    try:
-        with Image.open(path) as im:
-            width = int(im.width)
-    except OSError:
-        width = max_width
-    scale = max(1, min(4, max_width // max(width, 1)))
-    return {"src": data_uri(data), "name": path.name, "width": min(width * scale, max_width)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,8 +144,131 @@ def render(context: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# the whole report
+# the whole report, in stages
 # ---------------------------------------------------------------------------------------
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    seconds[stage] = time.perf_counter() - t
+
+
+@dataclass
+class _Sides:
+    """Which split queries and which is searched: test against train, or one split leave-one-out."""
+
+    two: bool
+    query_name: str
+    multilabel: bool
+    labelled: bool  # single labels: neighbour accuracy, class colours and grids need them
+
+    @classmethod
+    def of(cls, source: Any, split: str) -> _Sides:
+        if split not in ("auto", "train", "test"):
+            raise UserError(f"unknown split '{split}': use auto, train or test")
+        if split != "auto" and len(getattr(source, split)) < 2:
+            raise UserError(f"{source.name} has fewer than 2 images in its {split} split")
+        two = split == "auto" and len(source.test) > 0
+        multilabel = source.target_kind == "multilabel"
+        return cls(two, "test" if two or split == "test" else "train", multilabel, source.labelled and not multilabel)
+
+
+def _features(
+    model: Any, source: Any, pre: Any, sides: _Sides, device: str | None, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Query and gallery features through the feature cache (no gallery for leave-one-out)."""
+    cache = FeatureCache()
+    fp = weights_fingerprint(model)
+    qx = np.asarray(cache.features(model, source, sides.query_name, pre, fp, device, batch_size=batch_size)[0])
+    gx = np.asarray(cache.features(model, source, "train", pre, fp, device, batch_size=batch_size)[0]) if sides.two else None
+    return qx, gx
+
+
+def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """The page's pictures and tables that need drawing: curves, UMAP, confusion, samples, neighbour grids."""
+    query_split = getattr(source, sides.query_name)
+    classes = source.classes if sides.labelled else None
+    probes = read_probes(folder, meta)
+    confusion = pick_confusion(probes, source.name)
+    curves = plots.training_curves(read_curves(folder / "metrics.csv")) if folder is not None else None
+    if sides.labelled:
+        groups, names, colour_by = query_split.labels.numpy()[an.umap_index], classes, "class"
+    else:
+        assign = an.clusters.assignments
+        groups = None if assign is None else assign[an.umap_index]
+        names, colour_by = [f"cluster {c}" for c in range(an.clusters.k)], "k-means cluster"
+    scatter = None
+    if len(an.umap):
+        title = f"UMAP of {len(an.umap):,} {sides.query_name} embeddings, coloured by {colour_by}"
+        scatter = plots.umap_scatter(an.umap, groups, names, title)
+    conf_png = plots.confusion_heatmap(np.asarray(confusion["confusion"]), confusion["classes"]) if confusion else None
+    sample_epoch, sample_files = latest_samples(folder)
+    gallery_split = source.train if sides.two else query_split
+    return {
+        "probes": probes,
+        "curves": data_uri(curves) if curves else None,
+        "scatter": data_uri(scatter) if scatter else None,
+        "confusion": {
+            "src": data_uri(conf_png),
+            "top1": _pct(confusion.get("top1")),
+            "fraction": f"{float(confusion.get('label_fraction') or 0):g}",
+        }
+        if confusion and conf_png
+        else None,
+        "samples": [sample_picture(p) for p in sample_files],
+        "sample_epoch": sample_epoch,
+        "grids": grid_rows(an, query_split, gallery_split, classes, sides.labelled),
+    }
+
+
+def class_rows(source: Any, an: Analysis) -> list[dict[str, Any]]:
+    """Per class: images in train and test, and the kNN accuracy of its queries."""
+    classes = source.classes
+    n_train = np.bincount(source.train.labels.numpy(), minlength=len(classes))
+    n_test = np.bincount(source.test.labels.numpy(), minlength=len(classes)) if len(source.test) else np.zeros(len(classes), int)
+    return [
+        {
+            "name": name,
+            "train": int(n_train[c]),
+            "test": int(n_test[c]),
+            "knn": _pct(an.per_class_knn[c] if c < len(an.per_class_knn) else None),
+        }
+        for c, name in enumerate(classes)
+    ]
+
+
+def _context(
+    an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], meta: dict[str, Any], target: str, umap_params: UmapParams
+) -> dict[str, Any]:
+    """Everything ``templates/report.html`` shows."""
+    summary = an.summary()
+    assign = an.clusters.assignments
+    return {
+        **figures,
+        "title": f"{meta.get('task') or 'backbone'} · {meta.get('backbone', {}).get('timm_name', '')} · {source.name}",
+        "header": header_rows(meta, source.name, target),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+        "probes": probe_rows(figures["probes"]),
+        "labelled": sides.labelled,
+        "has_test": sides.two,
+        "split_name": sides.query_name,
+        "n_queries": an.n_queries,
+        "n_gallery": an.search.n_gallery,
+        "search": an.search.describe(),
+        "knn": [{"k": k, "id": f"knn-acc-{k}", "value": an.knn[k], "text": _pct(an.knn[k])} for k in KNN_KS if k in an.knn],
+        "recall": [{"k": k, "id": f"recall-{k}", "value": an.recall[k], "text": _pct(an.recall[k])} for k in RECALL_KS if k in an.recall],
+        "map_at_r": None if an.map_at_r is None else {"value": an.map_at_r, "text": _pct(an.map_at_r), "cap": an.map_r_cap},
+        "temperature": an.temperature,
+        "clusters": summary["clusters"],
+        "cluster_sizes": np.bincount(assign, minlength=an.clusters.k).tolist() if assign is not None else [],
+        "class_rows": class_rows(source, an) if sides.labelled and source.classes else [],
+        "umap": {"points": int(len(an.umap)), "total": an.n_queries, **vars(umap_params)},
+        "skipped": len(source.skipped),
+        "multilabel_rows": multilabel_rows(source, figures["probes"], _pct) if sides.multilabel else [],
+    }
+
+
 def report(
     target: str | Path,
     data: str | dict[str, Any] | DataConfig | None = None,
@@ -272,130 +307,40 @@ def report(
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     umap_params = umap if isinstance(umap, UmapParams) else UmapParams(**{"seed": seed, **dict(umap or {})})
-    model, meta, folder, source, pre = load_target_source(target, data)
-    out_path = Path(out) if out is not None else (folder / "report.html" if folder is not None else Path("report.html"))
-    seconds["load"] = time.perf_counter() - t0
-
-    # --- features -------------------------------------------------------------------
-    t = time.perf_counter()
-    if split not in ("auto", "train", "test"):
-        raise UserError(f"unknown split '{split}': use auto, train or test")
-    if split != "auto" and len(getattr(source, split)) < 2:
-        raise UserError(f"{source.name} has fewer than 2 images in its {split} split")
-    cache = FeatureCache()
-    fp = weights_fingerprint(model)
-    # two splits: test queries, training gallery; one split: it searches itself (leave-one-out)
-    two = split == "auto" and len(source.test) > 0
-    query_name = "test" if two or split == "test" else "train"
-    qx = np.asarray(cache.features(model, source, query_name, pre, fp, device, batch_size=batch_size)[0])
-    gx = np.asarray(cache.features(model, source, "train", pre, fp, device, batch_size=batch_size)[0]) if two else None
-    seconds["features"] = time.perf_counter() - t
-
-    # --- numbers --------------------------------------------------------------------
-    t = time.perf_counter()
-    multilabel = source.target_kind == "multilabel"
-    labelled = source.labelled and not multilabel  # neighbour accuracy, class colours and grids need single labels
-    query_split = getattr(source, query_name)
-    gallery_split = source.train if two else query_split
-    an = analyze(
-        qx,
-        query_split.labels.numpy() if labelled else None,
-        gx,
-        gallery_split.labels.numpy() if labelled and two else None,
-        num_classes=source.num_classes or None,
-        clusters=clusters,
-        umap_params=umap_params,
-        ivf_threshold=ivf_threshold,
-        grid_per_class=queries_per_class,
-        seed=seed,
-    )
-    seconds["analysis"] = time.perf_counter() - t
-
-    # --- figures --------------------------------------------------------------------
-    t = time.perf_counter()
-    classes = source.classes if labelled else None
-    probes = read_probes(folder, meta)
-    confusion = pick_confusion(probes, source.name)
-    curves = plots.training_curves(read_curves(folder / "metrics.csv")) if folder is not None else None
-    if labelled:
-        groups, names, colour_by = query_split.labels.numpy()[an.umap_index], classes, "class"
-    else:
-        assign = an.clusters.assignments
-        groups = None if assign is None else assign[an.umap_index]
-        names, colour_by = [f"cluster {c}" for c in range(an.clusters.k)], "k-means cluster"
-    split_name = query_name
-    scatter = None
-    if len(an.umap):
-        title = f"UMAP of {len(an.umap):,} {split_name} embeddings, coloured by {colour_by}"
-        scatter = plots.umap_scatter(an.umap, groups, names, title)
-    conf_png = plots.confusion_heatmap(np.asarray(confusion["confusion"]), confusion["classes"]) if confusion else None
-    sample_epoch, sample_files = latest_samples(folder)
-    grids = grid_rows(an, query_split, gallery_split, classes, labelled)
-    seconds["plots"] = time.perf_counter() - t
-
-    # --- page -----------------------------------------------------------------------
-    t = time.perf_counter()
-    summary = an.summary()
-    class_rows = []
-    if labelled and classes:
-        n_train = np.bincount(source.train.labels.numpy(), minlength=len(classes))
-        n_test = np.bincount(source.test.labels.numpy(), minlength=len(classes)) if len(source.test) else np.zeros(len(classes), int)
-        for c, name in enumerate(classes):
-            class_rows.append(
-                {
-                    "name": name,
-                    "train": int(n_train[c]),
-                    "test": int(n_test[c]),
-                    "knn": _pct(an.per_class_knn[c] if c < len(an.per_class_knn) else None),
-                }
-            )
-    cluster_sizes = np.bincount(an.clusters.assignments, minlength=an.clusters.k).tolist() if an.clusters.assignments is not None else []
-    context = {
-        "title": f"{meta.get('task') or 'backbone'} · {meta.get('backbone', {}).get('timm_name', '')} · {source.name}",
-        "header": header_rows(meta, source.name, str(target)),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "version": __version__,
-        "curves": data_uri(curves) if curves else None,
-        "probes": probe_rows(probes),
-        "labelled": labelled,
-        "has_test": two,
-        "split_name": split_name,
-        "n_queries": an.n_queries,
-        "n_gallery": an.search.n_gallery,
-        "search": an.search.describe(),
-        "knn": [{"k": k, "id": f"knn-acc-{k}", "value": an.knn[k], "text": _pct(an.knn[k])} for k in KNN_KS if k in an.knn],
-        "recall": [{"k": k, "id": f"recall-{k}", "value": an.recall[k], "text": _pct(an.recall[k])} for k in RECALL_KS if k in an.recall],
-        "map_at_r": None if an.map_at_r is None else {"value": an.map_at_r, "text": _pct(an.map_at_r), "cap": an.map_r_cap},
-        "temperature": an.temperature,
-        "clusters": summary["clusters"],
-        "cluster_sizes": cluster_sizes,
-        "class_rows": class_rows,
-        "scatter": data_uri(scatter) if scatter else None,
-        "umap": {"points": int(len(an.umap)), "total": an.n_queries, **vars(umap_params)},
-        "grids": grids,
-        "confusion": {
-            "src": data_uri(conf_png),
-            "top1": _pct(confusion.get("top1")),
-            "fraction": f"{float(confusion.get('label_fraction') or 0):g}",
-        }
-        if conf_png
-        else None,
-        "samples": [sample_picture(p) for p in sample_files],
-        "sample_epoch": sample_epoch,
-        "skipped": len(source.skipped),
-        "multilabel_rows": multilabel_rows(source, probes, _pct) if multilabel else [],
-    }
-    html = render(context)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_path, html)
-    seconds["render"] = time.perf_counter() - t
+    with _timed(seconds, "load"):
+        model, meta, folder, source, pre = load_target_source(target, data)
+        out_path = Path(out) if out is not None else (folder / "report.html" if folder is not None else Path("report.html"))
+    with _timed(seconds, "features"):
+        sides = _Sides.of(source, split)
+        qx, gx = _features(model, source, pre, sides, device, batch_size)
+    with _timed(seconds, "analysis"):
+        query_split = getattr(source, sides.query_name)
+        an = analyze(
+            qx,
+            query_split.labels.numpy() if sides.labelled else None,
+            gx,
+            source.train.labels.numpy() if sides.labelled and sides.two else None,
+            num_classes=source.num_classes or None,
+            clusters=clusters,
+            umap_params=umap_params,
+            ivf_threshold=ivf_threshold,
+            grid_per_class=queries_per_class,
+            seed=seed,
+        )
+    with _timed(seconds, "plots"):
+        figures = _figures(an, source, sides, folder, meta)
+    with _timed(seconds, "render"):
+        html = render(_context(an, source, sides, figures, meta, str(target), umap_params))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, html)
     seconds["total"] = time.perf_counter() - t0
+    summary = an.summary()
     return {
         "path": str(out_path),
         **summary,
-        "labelled": labelled,
+        "labelled": sides.labelled,
         "dataset": source.name,
-        "probes": len(probes),
+        "probes": len(figures["probes"]),
         "bytes": len(html.encode("utf-8")),
         "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "analysis_stages": summary["seconds"]},
     }

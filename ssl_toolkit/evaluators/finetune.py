@@ -31,14 +31,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from timm.models import group_parameters
 from torch import nn
 
 from ssl_toolkit.backbones import Stage, feature_dim, stages
 from ssl_toolkit.config import ProbeConfig
 from ssl_toolkit.data.loaders import split_loader
-from ssl_toolkit.data.policies import build_augment
+from ssl_toolkit.data.policies import build_augment, check_augment
 from ssl_toolkit.engine import warmup_cosine
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import Preprocess
@@ -147,9 +147,19 @@ class FinetuneConfig(EvaluatorConfig):
     Attributes:
         layer_decay: Layer-wise learning-rate decay (1 = off): the head gets ``lr``, the
             last layer ``lr * d``, the one before ``lr * d**2``, ...
+        augment: Augmentation of the training images (``--augment``): ``none``, ``basic``
+            (crop + flip), ``randaugment``, ``autoaugment``, ``trivialaugment``, or an
+            albumentations pipeline file saved with ``albumentations.save`` (.yaml/.yml/.json).
     """
 
     layer_decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    augment: str = "basic"
+
+    @field_validator("augment")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        check_augment(value)  # a policy name or a readable albumentations file, before anything runs
+        return value
 
 
 class PartialConfig(FinetuneConfig):
@@ -224,7 +234,7 @@ class TrainedEvaluator(Evaluator):
         epochs = cfg.epochs or max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
         lr = cfg.lr or DEFAULT_LR
         wd = DEFAULT_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
-        augment = build_augment(cfg.augment, ctx.source.image_size, ctx.source.channels)
+        augment = build_augment(self.settings.augment, ctx.source.image_size, ctx.source.channels)
         module = FinetuneModule(backbone, head, ctx.pre, augment, kind, self.param_groups(backbone, head, lr, wd), frozen_modules)
         loader = split_loader(train.subset(fit_idx), cfg.batch_size, shuffle=True, seed=cfg.seed)
         quiet_lightning()  # no banners (devices, tips) in the output
@@ -251,7 +261,7 @@ class TrainedEvaluator(Evaluator):
             "lr": lr,
             "weight_decay": wd,
             "layer_decay": self.settings.layer_decay,
-            "augment": cfg.augment,
+            "augment": self.settings.augment,
             "frozen": [g.name for g in groups[:n_frozen]],
             "trainable_params": int(n_trainable),
             "train_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 6),

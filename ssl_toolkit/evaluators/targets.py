@@ -53,7 +53,7 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
     """Seeded (fit, holdout) indices: stratified by class for single labels, random for multi-hot rows."""
     if labels.dim() == 1:  # at least one of each class held out, a one-image class never
         held, fit = per_class_split(labels, lambda n: max(1, int(round(n * fraction))) if n > 1 else 0, seed)
-        return fit, held
+        return torch.from_numpy(fit), torch.from_numpy(held)
     n = len(labels)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = int(round(n * fraction)) if n > 1 else 0
@@ -70,7 +70,7 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     if fraction >= 1.0:
         return torch.arange(len(labels))
     if labels.dim() == 1:
-        return per_class_split(labels, lambda n: max(1, int(round(n * fraction))), seed)[0]
+        return torch.from_numpy(per_class_split(labels, lambda n: max(1, int(round(n * fraction))), seed)[0])
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=g)
     chosen = set(perm[: max(1, int(round(len(labels) * fraction)))].tolist())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import DataSource, Split
 from ssl_toolkit.data.images import HIGH_DEPTH_MODES, SINGLE_CHANNEL_MODES, open_image, to_8bit
 from ssl_toolkit.data.layout import assign_split, folder_layout
-from ssl_toolkit.data.scan import scan_files
+from ssl_toolkit.data.scan import FileScan, scan_files
 from ssl_toolkit.errors import UserError
 
 THUMB = 16  # side of the grayscale thumbnail that confirms near duplicates
@@ -274,35 +274,12 @@ def table_from_folder(
     """
     layout = folder_layout(root)
     size = cfg.image_size or 32
-    kept: list[int] = []
-    unreadable: list[tuple[str, str]] = list(layout.bad)  # fifos, dangling links, directories named like images
-    cols: dict[str, list] = {k: [] for k in ("width", "height", "mode", "format", "bytes", "digest", "small", "thumb", "s1", "s2", "array")}
     report = None if progress is None else (lambda done, total: progress("reading files", done, total))
     # Always decode to RGB: for an all-single-channel folder, channel 0 of the RGB array is
     # exactly the L array load_folder would make, so one pass serves both cases.
     files = scan_files(layout.paths, size, 3, visit=fingerprint, workers=workers, progress=report, max_pixels=cfg.max_pixels)
-    for i, rec in enumerate(files):
-        if not rec.ok:
-            unreadable.append((str(rec.path), rec.error or "unreadable"))
-            continue
-        kept.append(i)
-        digest, small, thumb = rec.extra
-        a = rec.array.reshape(3, -1).astype(np.float64)
-        for k, v in (
-            ("width", rec.width),
-            ("height", rec.height),
-            ("mode", rec.mode),
-            ("format", rec.format or "?"),
-            ("bytes", rec.bytes),
-            ("digest", digest),
-            ("small", small),
-            ("thumb", thumb),
-            ("s1", a.sum(1)),
-            ("s2", (a * a).sum(1)),
-        ):
-            cols[k].append(v)
-        if keep_arrays:
-            cols["array"].append(rec.array)
+    kept, cols, unreadable = _file_columns(files, keep_arrays)
+    unreadable = list(layout.bad) + unreadable  # fifos, dangling links, directories named like images
     if not kept:
         raise UserError(f"no readable image in {root} ({len(layout.paths)} files, none could be decoded)")
     modes = np.asarray(cols["mode"], dtype=object)
@@ -341,6 +318,36 @@ def table_from_folder(
         images=images,
         paths=paths,
     )
+
+
+def _file_columns(files: Iterable[FileScan], keep_arrays: bool) -> tuple[list[int], dict[str, list], list[tuple[str, str]]]:
+    """Per readable file its header facts, fingerprints and channel sums; the unreadable ones with why."""
+    kept: list[int] = []
+    unreadable: list[tuple[str, str]] = []
+    cols: dict[str, list] = {k: [] for k in ("width", "height", "mode", "format", "bytes", "digest", "small", "thumb", "s1", "s2", "array")}
+    for i, rec in enumerate(files):
+        if not rec.ok:
+            unreadable.append((str(rec.path), rec.error or "unreadable"))
+            continue
+        kept.append(i)
+        digest, small, thumb = rec.extra
+        a = rec.array.reshape(3, -1).astype(np.float64)  # (3, S*S)
+        for k, v in (
+            ("width", rec.width),
+            ("height", rec.height),
+            ("mode", rec.mode),
+            ("format", rec.format or "?"),
+            ("bytes", rec.bytes),
+            ("digest", digest),
+            ("small", small),
+            ("thumb", thumb),
+            ("s1", a.sum(1)),
+            ("s2", (a * a).sum(1)),
+        ):
+            cols[k].append(v)
+        if keep_arrays:
+            cols["array"].append(rec.array)
+    return kept, cols, unreadable
 
 
 def limit_train(split: np.ndarray, cfg: DataConfig) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""Seeded 2-D UMAP projections of embeddings, with the neighbour graph computed exactly by FAISS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ssl_toolkit.flat_index import flat_search, unit_rows
+from ssl_toolkit.sampling import proportional_sample
+
+
+@dataclass
+class UmapParams:
+    """UMAP settings (see umap-learn): neighbours, minimum distance, metric, seed, point limit."""
+
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "cosine"
+    seed: int = 0
+    max_points: int = 5000
+
+
+def knn_graph(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact ``k``-neighbour graph (self first) with FAISS for UMAP, for the ``cosine`` and ``euclidean`` metrics.
+
+    Returns:
+        ``(N, k)`` indices and distances, or ``None`` for other metrics (UMAP then finds neighbours itself).
+    """
+    if metric == "cosine":
+        xn = unit_rows(x)
+        sims, idx = flat_search(xn, xn, k)
+        dists = np.maximum(1.0 - sims, 0.0)
+    elif metric == "euclidean":
+        d2, idx = flat_search(x, x, k, metric="l2")
+        dists = np.sqrt(np.maximum(d2, 0.0))
+    else:
+        return None
+    # UMAP expects each point to be its own first neighbour at distance 0
+    # (a duplicate point can come before it: move the point to the front, keep the order of the rest)
+    for i in np.flatnonzero(idx[:, 0] != np.arange(len(x))):
+        others = [(j, d) for j, d in zip(idx[i].tolist(), dists[i].tolist()) if j != i][: k - 1]
+        idx[i] = [i] + [j for j, _ in others]
+        dists[i] = [0.0] + [d for _, d in others]
+    dists[:, 0] = 0.0  # exactly, not float rounding of 1 - 1
+    return idx.astype(np.int64), dists.astype(np.float32)
+
+
+def umap_projection(x: np.ndarray, labels: np.ndarray | None = None, params: UmapParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded 2-D UMAP of ``x`` (a stratified subsample above ``params.max_points``).
+
+    For the cosine and euclidean metrics the neighbour graph is computed exactly with FAISS
+    and handed to UMAP (``precomputed_knn``), which skips UMAP's own approximate search.
+
+    Returns:
+        ``(M, 2)`` float32 coordinates and the ``(M,)`` row indices of ``x`` they belong to.
+    """
+    import warnings
+
+    params = params or UmapParams()
+    keep = proportional_sample(len(x), params.max_points, labels, params.seed)
+    sub = np.ascontiguousarray(x[keep], dtype=np.float32)
+    if len(sub) < 4:
+        return np.zeros((len(sub), 2), dtype=np.float32), keep
+    n_neighbors = max(2, min(params.n_neighbors, len(sub) - 1))
+    graph = knn_graph(sub, n_neighbors, params.metric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import umap
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=n_neighbors,
+            min_dist=params.min_dist,
+            metric=params.metric,
+            random_state=params.seed,
+            precomputed_knn=(None, None, None) if graph is None else (graph[0], graph[1], None),
+            init="spectral" if len(sub) > n_neighbors + 2 else "random",
+        )
+        coords = reducer.fit_transform(sub)
+    return np.asarray(coords, dtype=np.float32), keep

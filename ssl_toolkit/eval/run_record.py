@@ -1,0 +1,99 @@
+"""What a run folder records for its report: training curves, probe results, sample pictures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ssl_toolkit.html_page import data_uri
+
+CURVE_COLUMNS = ("loss_step", "loss_epoch", "pretext_acc", "online_top1", "online_train_top1")
+EPOCH_IN_NAME = re.compile(r"epoch[-_]?(\d+)", re.IGNORECASE)
+
+
+def read_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Series of Lightning's ``metrics.csv``: losses against the step, epoch metrics against the epoch (1-based)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    if not path.is_file():
+        return series
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for col in CURVE_COLUMNS:
+                value = _number(row.get(col))
+                if value is None:
+                    continue
+                if col.startswith("loss"):
+                    x = _number(row.get("step"))
+                else:
+                    epoch = _number(row.get("epoch"))
+                    x = None if epoch is None else epoch + 1
+                if x is None:
+                    continue
+                xs, ys = series.setdefault(col, ([], []))
+                xs.append(x)
+                ys.append(value)
+    return series
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata."""
+    results = []
+    if folder is not None and (folder / "probes").is_dir():
+        for p in sorted((folder / "probes").glob("*.json")):
+            try:
+                r = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(r, dict) and "top1" in r:
+                results.append(r)
+    if not results:
+        results = [dict(v) for v in (meta.get("probes") or {}).values() if isinstance(v, dict) and "top1" in v]
+    return sorted(results, key=lambda r: (str(r.get("mode")), -float(r.get("label_fraction") or 0)))
+
+
+def pick_confusion(probes: list[dict[str, Any]], dataset: str) -> dict[str, Any] | None:
+    """The linear probe with a confusion matrix, preferring this dataset and the most labels."""
+    linear = [p for p in probes if p.get("mode") == "linear" and p.get("confusion") and p.get("classes")]
+    if not linear:
+        return None
+    return max(linear, key=lambda p: (p.get("dataset") == dataset, float(p.get("label_fraction") or 0)))
+
+
+def latest_samples(folder: Path | None) -> tuple[int | None, list[Path]]:
+    """The sample pictures of the latest epoch in ``<run>/samples`` (by the epoch number in the name, else the newest file)."""
+    if folder is None or not (folder / "samples").is_dir():
+        return None, []
+    files = sorted((folder / "samples").glob("*.png"))
+    if not files:
+        return None, []
+    numbered = {p: int(m.group(1)) for p in files if (m := EPOCH_IN_NAME.search(p.stem))}
+    if numbered:
+        last = max(numbered.values())
+        return last, [p for p in files if numbered.get(p) == last]
+    return None, [max(files, key=lambda p: p.stat().st_mtime)]
+
+
+def sample_picture(path: Path, max_width: int = 1100) -> dict[str, Any]:
+    """A saved sample grid for the page: its bytes as a data URI and a display width (small grids scaled up to 4x)."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    try:
+        with Image.open(path) as im:
+            width = int(im.width)
+    except OSError:
+        width = max_width
+    scale = max(1, min(4, max_width // max(width, 1)))
+    return {"src": data_uri(data), "name": path.name, "width": min(width * scale, max_width)}
