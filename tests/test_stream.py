@@ -120,6 +120,31 @@ def test_a_crop_is_resampled_from_the_original_pixels_and_draft_decoding_keeps_i
 # ----------------------------------------------------------------------------- streamed sources
 
 
+def test_streamed_statistics_are_cached_with_the_index_and_a_bad_entry_is_recomputed(tmp_path, toolkit_home, monkeypatch):
+    from ssl_toolkit.data import folder as folder_mod
+
+    root = make_folder(tmp_path / "imgs")
+    cfg = DataConfig(name=str(root), image_size=32, stream=True)
+    first = load_source(cfg)
+    (entry,) = (toolkit_home / "cache" / "index").glob("*.stats-*.json")
+    decoded: list[int] = []
+    real_sample = FileSplit.sample
+    monkeypatch.setattr(FileSplit, "sample", lambda self, n, seed=0: decoded.append(n) or real_sample(self, n, seed))
+    second = load_source(cfg)
+    assert decoded == [] and (second.mean, second.std) == (first.mean, first.std)  # read back, nothing decoded
+    load_source(cfg.model_copy(update={"image_size": 48}))  # another size: another entry
+    assert decoded == [folder_mod.STATS_SAMPLE] and len(list(entry.parent.glob("*.stats-*.json"))) == 2
+    for bad in (
+        b"not json",
+        b'{"version": 1, "mean": [0.5], "std": [0.2]}',
+        b'{"version": 1, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}',
+    ):
+        entry.write_bytes(bad)  # unreadable, wrong channel count, a zero std: recomputed, never trusted
+        again = load_source(cfg)
+        assert (again.mean, again.std) == (first.mean, first.std)
+    assert decoded == [folder_mod.STATS_SAMPLE] * 4
+
+
 def test_streaming_and_in_memory_folders_hold_the_same_images(tmp_path):
     root = make_folder(tmp_path / "imgs")
     mem = load_source(DataConfig(name=str(root), image_size=32, stream=False))

@@ -22,7 +22,7 @@ import torch
 
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import DataSource, Split
-from ssl_toolkit.data.index import FileIndex, folder_index
+from ssl_toolkit.data.index import FileIndex, folder_index, load_stats, save_stats, stats_path
 from ssl_toolkit.data.layout import assign_split
 from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.data.stream import FileSplit
@@ -100,6 +100,22 @@ def with_csv_labels(root: Path, index: FileIndex, explicit: str | None) -> FileI
     return replace(index, labels=labels, classes=classes)
 
 
+def streamed_stats(root: Path, train: FileSplit, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation statistics of ``STATS_SAMPLE`` seeded training files, cached next to the folder's index."""
+    path = stats_path(train.index, train.rows[train.sample_rows(STATS_SAMPLE, seed)], train.channels, train.size, train.max_pixels)
+    hit = load_stats(path, train.channels)
+    if hit is not None:
+        return hit
+    sample = train.sample(STATS_SAMPLE, seed=seed)
+    if len(sample) == 0:
+        raise UserError(f"no readable image in {root}: {len(train)} training files were sampled and none could be decoded")
+    from ssl_toolkit.data.base import channel_stats
+
+    mean, std = channel_stats(sample)
+    save_stats(path, mean, std)
+    return mean, std
+
+
 def load_folder(root: Path, cfg: DataConfig) -> DataSource:
     """Build a :class:`DataSource` from an image folder (see the module docstring)."""
     index = folder_index(root, cfg.max_pixels)
@@ -112,16 +128,9 @@ def load_folder(root: Path, cfg: DataConfig) -> DataSource:
     if cfg.stream == "auto" and stream and os.environ.get("RANK", "0") == "0":  # in memory is the quiet default
         print(line, file=sys.stderr, flush=True)
     if stream:
-        tr: Split | FileSplit = FileSplit(index, train, channels, size, cfg.max_pixels)
-        te: Split | FileSplit = FileSplit(index, test, channels, size, cfg.max_pixels)
-        skipped = list(index.bad)
-        sample = tr.sample(STATS_SAMPLE, seed=cfg.split_seed)
-        if len(sample) == 0:
-            raise UserError(f"no readable image in {root}: {len(tr)} training files were sampled and none could be decoded")
-        from ssl_toolkit.data.base import channel_stats
-
-        mean, std = channel_stats(sample)
-        return DataSource(str(root), tr, te, index.classes, channels == 1, skipped, mean, std)
+        f_tr, f_te = FileSplit(index, train, channels, size, cfg.max_pixels), FileSplit(index, test, channels, size, cfg.max_pixels)
+        mean, std = streamed_stats(root, f_tr, cfg.split_seed)
+        return DataSource(str(root), f_tr, f_te, index.classes, channels == 1, list(index.bad), mean, std)
     tr, bad_tr = in_memory(index, train, size, channels, cfg.max_pixels)
     te, bad_te = in_memory(index, test, size, channels, cfg.max_pixels)
     if not len(tr) and not len(te):

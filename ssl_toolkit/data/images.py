@@ -16,6 +16,7 @@ decoded to make a 224 px view.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +41,9 @@ class TooLarge(ValueError):
 
 
 def has_image_suffix(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not Path(name).name.startswith(".")
+    """An image file name: a known extension (any case), not hidden (string work only: it runs once per listed file)."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
 def failure_reason(e: BaseException) -> str:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,6 +32,7 @@ from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.settings import cache_dir
 
 INDEX_VERSION = 1
+STATS_VERSION = 1
 
 
 class IndexMeta(BaseModel):
@@ -62,6 +65,7 @@ class FileIndex:
         gray: ``(N,)`` bool, the file is single-channel.
         bad: ``(path, reason)`` of files that could not be opened.
         cached: The index was loaded from the cache.
+        key: The listing key it is cached under (empty when it was not cached).
     """
 
     root: Path
@@ -76,6 +80,7 @@ class FileIndex:
     gray: np.ndarray
     bad: list[tuple[str, str]]
     cached: bool = False
+    key: str = ""
 
     def __len__(self) -> int:
         return int(self.rel.shape[0])
@@ -93,20 +98,26 @@ class PathIds(Sequence[str]):
     """Full paths of some index rows, decoded on access (a list-like view; no per-image strings held)."""
 
     def __init__(self, index: FileIndex, rows: np.ndarray) -> None:
-        self.index = index
+        self.files = index
         self.rows = rows
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [self.index.path(int(r)) for r in self.rows[i]]
-        return self.index.path(int(self.rows[i]))
+            return [self.files.path(int(r)) for r in self.rows[i]]
+        return self.files.path(int(self.rows[i]))
 
     def __iter__(self) -> Iterator[str]:
         for r in self.rows:
-            yield self.index.path(int(r))
+            yield self.files.path(int(r))
 
 
 def listing_key(root: Path, layout: FolderLayout, max_pixels: int | None) -> str:
@@ -188,9 +199,8 @@ def load_index(path: Path, root: Path) -> FileIndex | None:
         return None
     if arrays["rel"].dtype.kind != "S" or (labels is not None and labels.dtype != np.int64):
         return None
-    return FileIndex(
-        root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=[tuple(b) for b in meta.bad], cached=True, **arrays
-    )  # type: ignore[misc]
+    bad = [(str(b[0]), str(b[1])) for b in meta.bad]
+    return FileIndex(root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=bad, cached=True, **arrays)
 
 
 def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_cache: bool = True) -> FileIndex:
@@ -200,8 +210,57 @@ def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_ca
     if use_cache:
         hit = load_index(path, root)
         if hit is not None:
+            hit.key = path.stem
             return hit
     index = build_index(root, layout, max_pixels)
     if use_cache:
         save_index(index, path)
+        index.key = path.stem
     return index
+
+
+class CachedStats(BaseModel):
+    """Normalisation statistics of a streamed folder's sample, cached next to its index (validated on read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    mean: list[float]
+    std: list[float]
+
+
+def stats_path(index: FileIndex, rows: np.ndarray, channels: int, size: int, max_pixels: int | None) -> Path | None:
+    """Where the statistics of ``rows`` decoded at ``channels`` x ``size`` are cached (``None``: the index is not cached)."""
+    if not index.key:
+        return None
+    h = hashlib.sha256(f"{STATS_VERSION}\0{index.key}\0{channels}\0{size}\0{max_pixels}\0".encode())
+    h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return cache_dir("index") / f"{index.key}.stats-{h.hexdigest()[:16]}.json"
+
+
+def load_stats(path: Path | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Cached ``(mean, std)``, or ``None`` when missing, unreadable or not ``channels`` finite positive-std values."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        entry = CachedStats.model_validate_json(path.read_bytes())
+    except (OSError, ValueError, ValidationError):
+        return None
+    values = entry.mean + entry.std
+    if entry.version != STATS_VERSION or len(entry.mean) != channels or len(entry.std) != channels:
+        return None
+    if not all(math.isfinite(v) for v in values) or min(entry.std) <= 0:
+        return None
+    return tuple(entry.mean), tuple(entry.std)
+
+
+def save_stats(path: Path | None, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Cache ``(mean, std)`` at ``path``, atomically; failures are ignored (it is a cache)."""
+    if path is None:
+        return
+    from ssl_toolkit.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, CachedStats(version=STATS_VERSION, mean=list(mean), std=list(std)).model_dump_json())
+    except OSError:
+        pass

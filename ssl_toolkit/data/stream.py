@@ -135,9 +135,13 @@ class FileSplit:
         )
         yield from loader
 
+    def sample_rows(self, n: int, seed: int = 0) -> np.ndarray:
+        """Positions in this split of ``min(n, N)`` seeded random files, sorted (what :meth:`sample` decodes)."""
+        return np.sort(np.random.default_rng(seed).permutation(len(self))[: min(n, len(self))])
+
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Centre crops of ``min(n, N)`` seeded random files, decoded in threads (unreadable ones left out)."""
-        rows = np.sort(np.random.default_rng(seed).permutation(len(self))[: min(n, len(self))])
+        rows = self.sample_rows(n, seed)
 
         def one(i: int) -> np.ndarray | None:
             try:
