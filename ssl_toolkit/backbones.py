@@ -22,9 +22,10 @@ rebuild a backbone is kept in a :class:`BackboneSpec`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import timm
+import torch
 from torch import nn
 
 from ssl_toolkit.config import BackboneConfig
@@ -69,6 +70,28 @@ def family_kwargs(timm_name: str, kwargs: dict[str, Any], image_size: int, small
     return out, bool(use_small) and fam == "resnet"
 
 
+class TimmModel(Protocol):
+    """What the toolkit uses of a timm model beyond ``nn.Module``.
+
+    A static view only: ``typing.cast(TimmModel, backbone)`` where a timm attribute is read
+    (``nn.Module`` types unknown attributes as ``Tensor | Module``); nothing is checked.
+
+    Attributes:
+        num_features: Channels of the last feature map (the pooled width, unless the model
+            has a ``head_hidden_size``).
+    """
+
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The unpooled last feature map (or tokens) of ``x``."""
+        ...
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of a :meth:`forward_features` output (what ``model(x)`` returns)."""
+        ...
+
+
 @dataclass
 class BackboneSpec:
     """What rebuilds a backbone: the timm name, its create kwargs, and the stem change."""
@@ -97,7 +120,7 @@ def apply_small_stem(model: nn.Module) -> nn.Module:
     channels; a deep stem (``conv1`` is a ``Sequential``, as in timm's ``resnet*d``/``*t``)
     keeps its convs with the first one's stride set to 1. The max-pool becomes ``Identity``.
     """
-    conv1 = model.conv1
+    conv1 = model.get_submodule("conv1")
     if isinstance(conv1, nn.Conv2d):
         model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=conv1.bias is not None)
     else:
@@ -144,7 +167,7 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tupl
 
 def feature_dim(model: nn.Module) -> int:
     """Length of the pooled feature vector."""
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    return int(getattr(model, "head_hidden_size", None) or cast(TimmModel, model).num_features)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+if TYPE_CHECKING:
+    from ssl_toolkit.engine import PretrainModule
+
 MAX_BAD_STEPS = 5  # optimiser steps in a row with non-finite gradients before training stops
+
+
+def _run_module(pl_module: L.LightningModule) -> PretrainModule:
+    """The module Lightning hands to these callbacks: always the run's :class:`~ssl_toolkit.engine.PretrainModule`."""
+    return cast("PretrainModule", pl_module)
 
 
 class OnlineProbe(Callback):
@@ -44,13 +52,21 @@ class OnlineProbe(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from torchmetrics.aggregation import MeanMetric
 
-        if getattr(pl_module, "online_head", None) is None:
-            pl_module.online_head = nn.Linear(self.feature_dim, self.num_classes)
+        module = _run_module(pl_module)
+        if getattr(module, "online_head", None) is None:
+            module.online_head = nn.Linear(self.feature_dim, self.num_classes)
             # epoch accuracy over labelled images, accumulated on the device (no per-step host sync)
-            pl_module.online_top1 = MeanMetric(nan_strategy="disable")
-        pl_module.online_probe = self
+            module.online_top1 = MeanMetric(nan_strategy="disable")
+        module.online_probe = self
 
-    def training_loss(self, pl_module: L.LightningModule, x: torch.Tensor, y: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _head(module: PretrainModule) -> nn.Module:
+        """The linear head :meth:`setup` attached to ``module``."""
+        if module.online_head is None:
+            raise RuntimeError("OnlineProbe.setup() attaches the online head before training")
+        return module.online_head
+
+    def training_loss(self, pl_module: PretrainModule, x: torch.Tensor, y: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         """Cross-entropy of the head on detached features, over the labelled images (``y >= 0``).
 
         Unlabelled images are weighted out rather than indexed out, so the host never waits
@@ -65,7 +81,7 @@ class OnlineProbe(Callback):
             with torch.no_grad():
                 feats = pl_module.backbone(pl_module.task.normalize(x if x.dim() == 4 else x[:, 0]))
         keep = (y >= 0).float()  # (B,)
-        logits = pl_module.online_head(feats.detach().float())  # (B, K)
+        logits = self._head(pl_module)(feats.detach().float())  # (B, K)
         per_image = F.cross_entropy(logits, y.clamp_min(0), reduction="none")  # (B,)
         pl_module.online_top1.update((logits.argmax(1) == y).float(), keep)
         pl_module.log("online_train_top1", pl_module.online_top1, on_step=False, on_epoch=True)
@@ -78,9 +94,10 @@ class OnlineProbe(Callback):
         keep = y >= 0
         if not keep.any():
             return
-        feats = pl_module.backbone(pl_module.task.normalize(pl_module.to_unit(x_u8)))  # (B, D)
-        acc = (pl_module.online_head(feats.float()[keep]).argmax(1) == y[keep]).float().mean()
-        pl_module.log("online_top1", acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=int(keep.sum()))
+        module = _run_module(pl_module)
+        feats = module.backbone(module.task.normalize(module.to_unit(x_u8)))  # (B, D)
+        acc = (self._head(module)(feats.float()[keep]).argmax(1) == y[keep]).float().mean()
+        module.log("online_top1", acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=int(keep.sum()))
 
 
 class GradientGuard(Callback):
@@ -98,8 +115,9 @@ class GradientGuard(Callback):
         self._bad_in_a_row = 0
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        loss = pl_module.step_loss if pl_module.step_loss is not None else torch.zeros((), device=pl_module.device)
+        module = _run_module(pl_module)
+        named = [(n, p.grad) for n, p in module.named_parameters() if p.grad is not None]
+        loss = module.step_loss if module.step_loss is not None else torch.zeros((), device=module.device)
         grad_max = (
             torch.nn.utils.get_total_norm([g for _, g in named], float("inf")) if named else loss.new_zeros(())
         )  # max |g|: NaN/inf propagate
@@ -114,7 +132,7 @@ class GradientGuard(Callback):
         self._bad_in_a_row += 1
         if self._bad_in_a_row >= MAX_BAD_STEPS:
             raise FloatingPointError(f"gradients are not finite ({first}) for {MAX_BAD_STEPS} steps in a row at step {trainer.global_step}")
-        for p in pl_module.parameters():
+        for p in module.parameters():
             p.grad = None
 
 
@@ -132,12 +150,13 @@ class SamplePictures(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
-        was_training = pl_module.training
-        pl_module.eval()
+        module = _run_module(pl_module)
+        was_training = module.training
+        module.eval()
         with torch.no_grad():
-            x = pl_module.to_unit(self.images.to(pl_module.device))
-            pl_module.task.save_samples(pl_module.backbone, x, self.out_dir, int(trainer.current_epoch))
-        pl_module.train(was_training)
+            x = module.to_unit(self.images.to(module.device))
+            module.task.save_samples(module.backbone, x, self.out_dir, int(trainer.current_epoch))
+        module.train(was_training)
 
 
 class RngState(Callback):
@@ -149,7 +168,7 @@ class RngState(Callback):
         self._restored: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        gen = pl_module.task.generator
+        gen = _run_module(pl_module).task.generator
         checkpoint[self.KEY] = {"torch": torch.get_rng_state(), "views": None if gen is None else gen.get_state()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -159,7 +178,7 @@ class RngState(Callback):
         if not self._restored:
             return
         torch.set_rng_state(self._restored["torch"])  # continue the random streams of the interrupted run
-        gen = pl_module.task.generator
+        gen = _run_module(pl_module).task.generator
         if gen is not None and self._restored.get("views") is not None:
             gen.set_state(self._restored["views"])
 

@@ -170,7 +170,7 @@ def stem_changes(spec: BackboneSpec, layout: str) -> list[tuple[str, str]]:
     if not spec.small_stem:
         return []
     plain = _plain_model(spec)
-    conv1 = plain.conv1
+    conv1 = plain.get_submodule("conv1")
     lines: list[tuple[str, str]] = []
     if isinstance(conv1, nn.Conv2d):
         if layout == "native":
@@ -204,10 +204,11 @@ def to_timm_layout(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[s
         if target is None or target.shape == tensor.shape:
             continue
         conv = plain.get_submodule(key.rsplit(".", 1)[0])
-        kh, kw = conv.kernel_size
+        kh, kw = conv.kernel_size if isinstance(conv, nn.Conv2d) else (0, 0)  # only a stem conv changes shape
         sh, sw = tensor.shape[-2:]
         fits = (
-            key.endswith(".weight")
+            isinstance(conv, nn.Conv2d)
+            and key.endswith(".weight")
             and tensor.ndim == 4
             and tensor.shape[:2] == target.shape[:2]
             and conv.dilation == (1, 1)

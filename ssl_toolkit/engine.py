@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -18,6 +18,11 @@ from torch import nn
 from ssl_toolkit.compile import compile_backbone
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
+
+if TYPE_CHECKING:
+    from torchmetrics.aggregation import MeanMetric
+
+    from ssl_toolkit.callbacks import OnlineProbe
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -45,6 +50,8 @@ class PretrainModule(L.LightningModule):
         processing: Colour space / equalisation applied to ``[0, 1]`` batches (``None`` = none).
     """
 
+    online_top1: MeanMetric  # attached with online_head by the OnlineProbe callback
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -66,7 +73,7 @@ class PretrainModule(L.LightningModule):
         self.optimizer_name = optimizer
         self.seed = seed
         self.online_head: nn.Module | None = None  # attached by the OnlineProbe callback
-        self.online_probe: Any = None
+        self.online_probe: OnlineProbe | None = None
         self.step_loss: torch.Tensor | None = None  # the task's loss, checked with the gradients by GradientGuard
         self._fit_started: float | None = None
 
@@ -120,12 +127,14 @@ class PretrainModule(L.LightningModule):
 
     # ----- optimiser -----------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 or name.startswith("online_head") else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt: torch.optim.Optimizer
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
         elif self.optimizer_name == "lars":
@@ -146,7 +155,7 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def time_progress(self) -> float:
-        """Share of the wall-clock budget (``max_minutes``) spent, in [0, 1]."""
-        if self._fit_started is None:
+        """Share of the wall-clock budget (``max_minutes``) spent, in [0, 1]; 0 without a budget."""
+        if self._fit_started is None or self.cfg.max_minutes is None:
             return 0.0
         return min(1.0, (time.monotonic() - self._fit_started) / (60.0 * float(self.cfg.max_minutes)))

@@ -351,8 +351,8 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
     name = str(target)
     if NAME_RE.fullmatch(name) and (library_root() / name).is_dir():
         lib = library_root() / name
-        meta = read_meta(lib / META) if (lib / META).is_file() else None
-        if meta is None or not (lib / WEIGHTS).is_file() or not meta.get("weights_sha256"):
+        stored = read_meta(lib / META) if (lib / META).is_file() else None
+        if stored is None or not (lib / WEIGHTS).is_file() or not stored.get("weights_sha256"):
             raise UserError(f"checkpoint {name} is corrupt (incomplete library entry {lib})")
         model, meta = load_backbone_files(lib, name=name)
         return model, meta, lib

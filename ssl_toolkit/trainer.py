@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -22,6 +23,9 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from ssl_toolkit.callbacks import CheckpointOnInterrupt
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.precision import resolve_precision
+
+if TYPE_CHECKING:
+    from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -51,7 +55,7 @@ class RunCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> _ExperimentWriter:  # CSVLogger's type; the writer made here is an ExperimentWriter
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from ssl_toolkit.cli import CONTEXT, FINITE, build_config, main, quiet_libraries
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 
 class StageBar:
     """``progress(stage, done, total)`` drawn as one click progress bar per stage, on stderr."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled, self.stage, self.bar, self.done = enabled, None, None, 0
+        self.enabled, self.done = enabled, 0
+        self.stage: str | None = None
+        self.bar: ProgressBar[int] | None = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
@@ -21,10 +27,11 @@ class StageBar:
         if stage != self.stage:
             self.close()
             self.stage, self.done = stage, 0
-            self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<20}", file=click.get_text_stream("stderr"), show_pos=True)
+            stderr = click.get_text_stream("stderr")  # type: ignore[operator]  # click 8.5 serves this deprecated name through a module __getattr__ typed object
+            self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<20}", file=stderr, show_pos=True)
             self.bar.__enter__()
         step = done - self.done
-        if step > 0:
+        if step > 0 and self.bar is not None:
             self.bar.update(step)
             self.done = done
 

@@ -128,6 +128,7 @@ def _pct(v) -> str:
 def metric_rows(result: dict) -> list[tuple[str, str]]:
     """The metrics that fit the targets: top-1/top-5, binary ROC-AUC/F1/precision/recall, or multi-label mAP/F1."""
     kind = result.get("target_kind", "multiclass")
+    keys: tuple[tuple[str, str], ...]
     if kind == "binary":
         keys = (
             ("ROC-AUC (%)", "roc_auc"),

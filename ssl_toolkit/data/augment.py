@@ -190,6 +190,9 @@ class BatchedViews(nn.Module):
         std: Per-channel std used to normalise the output.
     """
 
+    mean: torch.Tensor  # (1, C, 1, 1) buffers
+    std: torch.Tensor
+
     def __init__(self, cfg: ViewConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.cfg = cfg

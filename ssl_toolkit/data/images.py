@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,8 +53,8 @@ def failure_reason(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open ``path`` lazily (header only); :class:`TooLarge` above ``max_pixels``."""
+def open_image(path: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` (a file name or an open binary file) lazily (header only); :class:`TooLarge` above ``max_pixels``."""
     im = Image.open(path)
     if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
         w, h = im.size
@@ -143,7 +144,7 @@ def draft_scale(boxes: Sequence[Box], size: int) -> float:
 
 
 def decode_crops(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     channels: int,
     size: int,
     boxes_for: Callable[[int, int], list[Box]],
@@ -152,7 +153,7 @@ def decode_crops(
     """Decode ``path`` once and cut ``(V, channels, size, size)`` uint8 crops from it.
 
     Args:
-        path: The image file.
+        path: The image file, or an open binary file (a shard's encoded bytes).
         channels: 1 (``L``) or 3 (``RGB``).
         size: Side of every crop.
         boxes_for: ``(width, height) -> list of boxes`` in original pixels (called once, with

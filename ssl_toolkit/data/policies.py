@@ -16,7 +16,6 @@ Every policy maps ``(B, C, S, S)`` uint8 to ``(B, C, S, S)`` uint8.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +105,7 @@ class BasicViews(nn.Module):
         return v.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def build_augment(spec: str, image_size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_augment(spec: str, image_size: int, channels: int) -> nn.Module:
     """The ``--augment`` policy as a module mapping ``(B, C, S, S)`` uint8 batches to augmented ones."""
     spec = check_augment(spec)
     if spec == "none":

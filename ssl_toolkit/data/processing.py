@@ -106,7 +106,10 @@ class Processing:
         ``zscore``: per-channel mean and standard deviation; ``minmax``: per-channel
         minimum and range (std floors at 1e-3 so a constant channel stays finite).
         """
-        s1 = s2 = lo = hi = None
+        s1: torch.Tensor | None = None
+        s2: torch.Tensor | None = None
+        lo: torch.Tensor | None = None
+        hi: torch.Tensor | None = None
         n = 0
         for chunk in images.split(batch_size):
             x = self(chunk.float().div_(255.0)).double().transpose(0, 1).flatten(1)  # (C, b*H*W)
@@ -115,7 +118,7 @@ class Processing:
             lo = x.amin(1) if lo is None else torch.minimum(lo, x.amin(1))
             hi = x.amax(1) if hi is None else torch.maximum(hi, x.amax(1))
             n += x.shape[1]
-        if n == 0:
+        if n == 0 or s1 is None or s2 is None or lo is None or hi is None:  # all set once n > 0
             raise UserError("no images to measure the normalisation statistics on")
         if self.normalize == "minmax":
             mean, std = lo, (hi - lo).clamp_min(1e-3)

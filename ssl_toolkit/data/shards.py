@@ -100,7 +100,7 @@ class RowIds(Sequence[str]):
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [f"{self.prefix}:{int(r)}" for r in self.rows[i]]
         return f"{self.prefix}:{int(self.rows[i])}"
@@ -243,7 +243,7 @@ class ShardTrainLoader(litdata.StreamingDataLoader):
         super().load_state_dict(obj)
         self._restored_now = True
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         self._refresh()
         if getattr(self, "restore", False) and not getattr(self, "_restored_now", False):
             # litdata clears its restore flag when a resumed epoch is iterated to the end; Lightning

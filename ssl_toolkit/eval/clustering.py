@@ -54,7 +54,7 @@ def _kmeans(xn: np.ndarray, k: int, seed: int, niter: int, nredo: int) -> tuple[
     )
     km.train(xn)
     _, assign = km.index.search(xn, 1)
-    return assign[:, 0].astype(np.int64), float(km.obj[-1]) if len(km.obj) else 0.0
+    return assign[:, 0].astype(np.int64), float(km.obj[-1]) if km.obj is not None and len(km.obj) else 0.0
 
 
 @dataclass

@@ -111,8 +111,8 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
             name = str(section["name"])
             if name in SOURCES or Path(name).expanduser().exists():
                 return section
-    name = (meta.get("dataset") or {}).get("name")
-    return name if name in SOURCES else None
+    recorded = (meta.get("dataset") or {}).get("name")
+    return recorded if recorded in SOURCES else None
 
 
 def load_target_source(
@@ -262,7 +262,7 @@ def row_arrays(source: DataSource, splits: list[str]) -> dict[str, np.ndarray]:
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` written atomically (arrays, memmaps included, are written in chunks)."""
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=True, **arrays)  # numpy's default, named so that **arrays is not matched against it
 
 
 def load_embeddings(path: str | Path, mmap: bool = True) -> Embeddings:

@@ -7,7 +7,7 @@ from a run folder) and returns PNG bytes.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,7 +36,7 @@ def class_colours(n: int) -> np.ndarray:
     return colormaps["hsv"](np.linspace(0, 1, n, endpoint=False))
 
 
-def training_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]]) -> bytes | None:
+def training_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> bytes | None:
     """Loss, pretext accuracy and online top-1 side by side.
 
     Args:
@@ -143,7 +143,7 @@ def thumbnail(image: np.ndarray, size: int = 64) -> bytes:
     arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr[:3], (1, 2, 0))
     img = Image.fromarray(np.ascontiguousarray(arr))
     if img.width != size:
-        resample = Image.NEAREST if img.width * 2 <= size else Image.BILINEAR
+        resample = Image.Resampling.NEAREST if img.width * 2 <= size else Image.Resampling.BILINEAR
         img = img.resize((size, size), resample)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)

@@ -27,7 +27,7 @@ epoch). The test split is only scored, once, after training; it never steers tra
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -45,6 +45,9 @@ from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 from ssl_toolkit.trainer import quiet_lightning
+
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 
 DEFAULT_EPOCHS = 10
 MIN_STEPS = 100  # default length: at least this many optimiser steps (small label fractions)
@@ -70,8 +73,9 @@ def layer_ids(backbone: nn.Module) -> dict[str, int]:
     Parameters the matcher leaves out go to the last layer.
     """
     names = [n for n, _ in backbone.named_parameters()]
-    if hasattr(backbone, "group_matcher"):
-        ids = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    group_matcher = getattr(backbone, "group_matcher", None)
+    if group_matcher is not None:
+        ids = group_parameters(backbone, group_matcher(coarse=False), reverse=True)
     else:
         groups = stages(backbone)
         ids = {n: stage_of(n, groups) for n in names}
@@ -241,7 +245,7 @@ class TrainedEvaluator(Evaluator):
         trainer = L.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
-            precision=cfg.precision,
+            precision=cast("_PRECISION_INPUT", cfg.precision),  # a string Lightning validates
             max_epochs=epochs,
             logger=False,
             enable_checkpointing=False,

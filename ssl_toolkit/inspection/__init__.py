@@ -81,8 +81,9 @@ def _embeddings(table: ImageTable, model, pre, progress: StageProgress | None):
     dim = next(p.shape[1] for p in parts.values() if p is not None)
     feats = torch.zeros(len(table), dim)
     for s, split in enumerate(("train", "test")):
-        if parts[split] is not None:
-            feats[torch.from_numpy(np.flatnonzero(table.split == s))] = parts[split]
+        part = parts[split]
+        if part is not None:
+            feats[torch.from_numpy(np.flatnonzero(table.split == s))] = part
     return feats
 
 
@@ -94,9 +95,9 @@ def _group_scores(groups: list[np.ndarray], i: np.ndarray, j: np.ndarray, v: np.
             where[m] = g_idx
     scores: list[list] = [[] for _ in groups]
     for a, b, s in zip(i.tolist(), j.tolist(), v.tolist()):
-        g_idx = where.get(a)
-        if g_idx is not None and where.get(b) == g_idx:
-            scores[g_idx].append(s)
+        group = where.get(a)
+        if group is not None and where.get(b) == group:
+            scores[group].append(s)
     cast = int if key == "max_hamming" else (lambda v: round(float(v), 4))
     return [{key: (cast(worst(s)) if s else None)} for s in scores]
 
@@ -127,7 +128,7 @@ def run_inspection(
     elif isinstance(data, dict):
         cfg = validate(InspectConfig, data)
     else:
-        cfg = InspectConfig(data={"name": str(data)})
+        cfg = InspectConfig.model_validate({"data": {"name": str(data)}})
     embedder = None
     if embed is not None:
         model, pre, size = _load_embedder(embed, cfg)

@@ -186,7 +186,7 @@ def describe_group(table: ImageTable, members: np.ndarray, score: dict[str, Any]
         if table.labels is not None and table.classes:
             row["label"] = table.classes[int(table.labels[m])]
         row["width"], row["height"] = int(table.width[m]), int(table.height[m])
-        if table.formats is not None:
+        if table.formats is not None and table.nbytes is not None:  # folders have both
             row["format"] = str(table.formats[m])
             row["bytes"] = int(table.nbytes[m])
         rows.append(row)

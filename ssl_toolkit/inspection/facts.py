@@ -116,7 +116,7 @@ def label_facts(table: ImageTable, max_imbalance: float) -> dict[str, Any] | Non
     if table.labels is None or not table.classes:
         return None
     k = len(table.classes)
-    per_split = {}
+    per_split: dict[str, dict[str, Any]] = {}
     for s, name in enumerate(SPLITS):
         counts = np.bincount(table.labels[table.split == s], minlength=k)[:k].tolist()
         per_split[name] = {

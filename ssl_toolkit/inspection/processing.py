@@ -45,8 +45,8 @@ def strip_png(x: torch.Tensor) -> bytes:
     """``(N, C, H, W)`` in [0, 1] (C = 1 or 3) -> one PNG with the images side by side."""
     from PIL import Image
 
-    a = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (N, C, H, W)
-    a = a.permute(2, 0, 3, 1).reshape(x.shape[2], -1, x.shape[1]).numpy()  # (H, N*W, C)
+    u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (N, C, H, W)
+    a = u8.permute(2, 0, 3, 1).reshape(x.shape[2], -1, x.shape[1]).numpy()  # (H, N*W, C)
     im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
     buf = io.BytesIO()
     im.save(buf, format="PNG")

@@ -103,6 +103,8 @@ class ImageTable:
     def thumbnail(self, i: int, px: int = 96) -> tuple[str, bytes]:
         """Image ``i`` as a small PNG/JPEG for display: (MIME type, bytes)."""
         if self.paths is None:
+            if self.images is None:
+                raise ValueError("the table keeps neither files nor image arrays")
             a = self.images[i].numpy()
             im = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0))
             if max(im.size) > px:
@@ -331,6 +333,7 @@ def _file_columns(files: Iterable[FileScan], keep_arrays: bool) -> tuple[list[in
             continue
         kept.append(i)
         digest, small, thumb = rec.extra
+        assert rec.array is not None  # the files are scanned at a size, so every readable one has its array
         a = rec.array.reshape(3, -1).astype(np.float64)  # (3, S*S)
         for k, v in (
             ("width", rec.width),

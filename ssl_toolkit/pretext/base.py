@@ -79,6 +79,9 @@ class PretextTask(nn.Module, ABC):
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     info: ClassVar[TaskInfo]
+    config: TaskConfig  # a task narrows it to its own Config type
+    _mean: torch.Tensor  # (1, C, 1, 1) buffers
+    _std: torch.Tensor
     default_lr: ClassVar[float] = 1e-3
     default_optimizer: ClassVar[str] = "adamw"
     default_weight_decay: ClassVar[float] = 1e-4

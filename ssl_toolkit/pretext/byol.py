@@ -15,8 +15,8 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from pydantic import Field
 
 from ssl_toolkit.data.augment import ViewConfig
-from ssl_toolkit.pretext.base import DataFacts, TaskConfig, TaskInfo, register_task
-from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, positive_pair_accuracy
+from ssl_toolkit.pretext.base import DataFacts, TaskInfo, register_task
+from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, TwoViewConfig, positive_pair_accuracy
 
 
 def _byol_view(blur_p: float, solarize_p: float) -> ViewConfig:
@@ -24,7 +24,7 @@ def _byol_view(blur_p: float, solarize_p: float) -> ViewConfig:
     return ViewConfig(saturation=0.2, hue=0.1, blur_p=blur_p, solarize_p=solarize_p)
 
 
-class BYOLConfig(TaskConfig):
+class BYOLConfig(TwoViewConfig):
     """Attributes:
     views: Augmentation of the first view (BYOL: blur always, never solarised).
     second_view: Augmentation of the second view (BYOL: blur 0.1, solarise 0.2).
@@ -50,12 +50,13 @@ class BYOLTask(MomentumTwoViewTask):
         paper="Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning, NeurIPS 2020",
     )
     default_lr = 2e-3
+    config: BYOLConfig
 
     def __init__(self, feature_dim: int, config: BYOLConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
         self.head = BYOLProjectionHead(feature_dim, config.hidden_dim, config.output_dim)
         self.predictor = BYOLPredictionHead(config.output_dim, config.hidden_dim, config.output_dim)
-        self.init_momentum_head()
+        self.init_momentum_head(config.momentum)
         self.loss_fn = NegativeCosineSimilarity()
 
     def forward(self, backbone, images):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from ssl_toolkit.pretext.base import (
     register_task,
 )
 from ssl_toolkit.pretext.patches import to_spatial
+
+if TYPE_CHECKING:
+    from ssl_toolkit.backbones import TimmModel
 
 AB_GRID = 10.0
 AB_RANGE = 110.0
@@ -154,9 +158,14 @@ class ColorizationTask(PretextTask):
         needs_colour=True,
     )
     default_lr = 1e-3
+    config: ColorizationConfig
+    bins: torch.Tensor  # buffers registered in __init__
+    prior: torch.Tensor
+    weights: torch.Tensor
+    l_stats: torch.Tensor
 
     @classmethod
-    def backbone_in_chans(cls, config: ColorizationConfig, data: DataFacts) -> int:
+    def backbone_in_chans(cls, config: TaskConfig, data: DataFacts) -> int:
         return 1  # the backbone sees L only
 
     def __init__(self, feature_dim: int, config: ColorizationConfig, data: DataFacts) -> None:
@@ -215,8 +224,9 @@ class ColorizationTask(PretextTask):
     def predict(self, backbone: nn.Module, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, S, S)`` Lab -> ``(B, Q, h, w)`` bin logits and ``(B, D)`` pooled backbone features."""
         x = ((lab[:, :1] / 100) - self.l_stats[0]) / self.l_stats[1]  # (B, 1, S, S)
-        raw = backbone.forward_features(x)
-        pooled = backbone.forward_head(raw)  # (B, D), what backbone(x) returns
+        timm_backbone = cast("TimmModel", backbone)
+        raw = timm_backbone.forward_features(x)
+        pooled = timm_backbone.forward_head(raw)  # (B, D), what backbone(x) returns
         f = self.reduce(to_spatial(backbone, raw))  # (B, decoder_dim, h', w')
         side = max(1, lab.shape[-1] // self.config.out_stride)
         f = F.interpolate(f, size=(side, side), mode="bilinear", align_corners=False)

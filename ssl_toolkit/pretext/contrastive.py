@@ -25,7 +25,18 @@ from ssl_toolkit.data.stage import Crop, WorkerStage
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 
 
-class SimCLRConfig(TaskConfig):
+class TwoViewConfig(TaskConfig):
+    """Base of the configs of two-view tasks (:class:`TwoViewTask`).
+
+    Attributes:
+        views: Augmentation of both views, or of the first one when the config also has a
+            ``second_view``.
+    """
+
+    views: ViewConfig = Field(default_factory=ViewConfig)
+
+
+class SimCLRConfig(TwoViewConfig):
     """Attributes:
     views: Augmentation of both views.
     hidden_dim: Hidden width of the projection head.
@@ -57,7 +68,9 @@ class TwoViewTask(PretextTask):
     ``None``) for the second one (BYOL's asymmetric augmentations).
     """
 
-    def __init__(self, feature_dim: int, config: TaskConfig, data: DataFacts) -> None:
+    config: TwoViewConfig
+
+    def __init__(self, feature_dim: int, config: TwoViewConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
         self.views = BatchedViews(config.views, data.image_size, data.mean, data.std)
         second = getattr(config, "second_view", None)
@@ -72,6 +85,7 @@ class TwoViewTask(PretextTask):
     @classmethod
     def worker_stage(cls, config: TaskConfig, data: DataFacts) -> WorkerStage:
         """Streamed files: both views' random-resized crops are cut by the data workers from the original photo."""
+        assert isinstance(config, TwoViewConfig)  # always this task's validated Config
         second = getattr(config, "second_view", None) or config.views
         crops = tuple(Crop("random_resized", tuple(v.crop_scale), tuple(v.crop_ratio)) for v in (config.views, second))
         return WorkerStage(crops=crops)
@@ -101,6 +115,7 @@ class SimCLRTask(TwoViewTask):
         paper="Chen, Kornblith, Norouzi & Hinton, A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020",
     )
     default_lr = 2e-3
+    config: SimCLRConfig
 
     def __init__(self, feature_dim: int, config: SimCLRConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
@@ -122,13 +137,19 @@ class MomentumTwoViewTask(TwoViewTask):
     :meth:`attach` copies the run's backbone into ``backbone_momentum`` (frozen; it is not
     the run's backbone and is not saved as one); after every optimiser step the copies
     follow the online weights by an exponential moving average whose momentum rises from
-    ``config.momentum`` to 1 on a cosine schedule (BYOL, Grill et al. 2020).
-    Subclasses build ``self.head`` and call :meth:`init_momentum_head` in ``__init__``.
+    the config's ``momentum`` to 1 on a cosine schedule (BYOL, Grill et al. 2020).
+    Subclasses build ``self.head`` and call :meth:`init_momentum_head` with that momentum
+    in ``__init__``.
     """
 
     backbone_momentum: nn.Module | None
+    head: nn.Module
+    head_momentum: nn.Module
+    start_momentum: float
 
-    def init_momentum_head(self) -> None:
+    def init_momentum_head(self, start_momentum: float) -> None:
+        """Copy ``self.head`` into a frozen ``head_momentum``; the moving averages start at ``start_momentum``."""
+        self.start_momentum = start_momentum
         self.backbone_momentum = None
         self.head_momentum = copy.deepcopy(self.head)
         deactivate_requires_grad(self.head_momentum)
@@ -145,6 +166,6 @@ class MomentumTwoViewTask(TwoViewTask):
             return self.head_momentum(self.backbone_momentum(x)).detach()
 
     def on_train_batch_end(self, backbone: nn.Module, step: int, total_steps: int) -> None:
-        m = cosine_schedule(min(step, total_steps), max(total_steps, 1), self.config.momentum, 1.0)
+        m = cosine_schedule(min(step, total_steps), max(total_steps, 1), self.start_momentum, 1.0)
         update_momentum(backbone, self.backbone_momentum, m)
         update_momentum(self.head, self.head_momentum, m)

@@ -116,6 +116,7 @@ class InpaintingTask(PretextTask):
         paper="Pathak, Krähenbühl, Donahue, Darrell & Efros, Context Encoders: Feature Learning by Inpainting, CVPR 2016",
     )
     default_lr = 1e-3
+    config: InpaintingConfig
 
     def __init__(self, feature_dim: int, config: InpaintingConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)

@@ -170,9 +170,12 @@ class JigsawTask(PretextTask):
     )
     default_lr = 1e-3
     geometry_fallbacks = {"gap": (0.1, 0.05, 0.0)}  # narrower gaps on small images (Fashion-MNIST's 28 px)
+    config: JigsawConfig
+    perms: torch.Tensor  # (N, T) buffer
 
     @classmethod
-    def size_requirement(cls, config: JigsawConfig) -> tuple[int, str, str]:
+    def size_requirement(cls, config: TaskConfig) -> tuple[int, str, str]:
+        assert isinstance(config, JigsawConfig)  # always this task's validated Config
         return min_image_size(config.grid, config.gap), f"jigsaw with a {config.grid}x{config.grid} grid", f" ({MIN_PATCH} px tiles)"
 
     def __init__(self, feature_dim: int, config: JigsawConfig, data: DataFacts) -> None:

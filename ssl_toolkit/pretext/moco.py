@@ -15,11 +15,11 @@ from lightly.models.modules import MoCoProjectionHead
 from pydantic import Field
 
 from ssl_toolkit.data.augment import ViewConfig
-from ssl_toolkit.pretext.base import DataFacts, TaskConfig, TaskInfo, register_task
-from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, positive_pair_accuracy
+from ssl_toolkit.pretext.base import DataFacts, TaskInfo, register_task
+from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, TwoViewConfig, positive_pair_accuracy
 
 
-class MoCoConfig(TaskConfig):
+class MoCoConfig(TwoViewConfig):
     """Attributes:
     views: Augmentation of both views (MoCo v2 adds blur to SimCLR's).
     hidden_dim: Hidden width of the projection head.
@@ -48,11 +48,12 @@ class MoCoTask(MomentumTwoViewTask):
         "(MoCo v2: Chen, Fan, Girshick & He, 2020)",
     )
     default_lr = 2e-3
+    config: MoCoConfig
 
     def __init__(self, feature_dim: int, config: MoCoConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
         self.head = MoCoProjectionHead(feature_dim, config.hidden_dim, config.output_dim)
-        self.init_momentum_head()
+        self.init_momentum_head(config.momentum)
         self.loss_fn = NTXentLoss(
             temperature=config.temperature, memory_bank_size=(config.queue_size, config.output_dim), gather_distributed=True
         )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ssl_toolkit.backbones import TimmModel
 
 MIN_PATCH = 8  # smallest patch side (px) fed to the backbone by the patch-based tasks
 
@@ -31,7 +36,7 @@ def crop_patches(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, si
 
 def spatial_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The backbone's last feature map of ``x`` as ``(B, D, h, w)`` (see :func:`to_spatial`)."""
-    return to_spatial(backbone, backbone.forward_features(x))
+    return to_spatial(backbone, cast("TimmModel", backbone).forward_features(x))
 
 
 def to_spatial(backbone: nn.Module, f: torch.Tensor) -> torch.Tensor:
@@ -41,7 +46,7 @@ def to_spatial(backbone: nn.Module, f: torch.Tensor) -> torch.Tensor:
     ViTs return tokens ``(B, N, D)``, whose prefix (class, register) tokens are dropped
     and the rest laid out on their square grid.
     """
-    d = int(backbone.num_features)
+    d = int(cast("TimmModel", backbone).num_features)
     if f.ndim == 3:  # (B, N, D) tokens
         f = f[:, int(getattr(backbone, "num_prefix_tokens", 0)) :]
         side = int(round(f.shape[1] ** 0.5))

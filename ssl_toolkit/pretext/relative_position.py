@@ -127,9 +127,11 @@ class RelativePositionTask(PretextTask):
     )
     default_lr = 1e-3
     geometry_fallbacks = {"jitter": (0.0,), "gap": (0.25, 0.125, 0.0)}  # a smaller gap first, then no jitter, on 28-32 px images
+    config: RelativePositionConfig
 
     @classmethod
-    def size_requirement(cls, config: RelativePositionConfig) -> tuple[int, str, str]:
+    def size_requirement(cls, config: TaskConfig) -> tuple[int, str, str]:
+        assert isinstance(config, RelativePositionConfig)  # always this task's validated Config
         return min_image_size(config.gap, config.jitter), "relative-position", f" ({MIN_PATCH} px patches with gap {config.gap})"
 
     def __init__(self, feature_dim: int, config: RelativePositionConfig, data: DataFacts) -> None:

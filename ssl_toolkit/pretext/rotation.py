@@ -48,6 +48,8 @@ class RotationTask(PretextTask):
         paper="Gidaris, Singh & Komodakis, Unsupervised Representation Learning by Predicting Image Rotations, ICLR 2018",
     )
     default_lr = 2e-3
+    config: RotationConfig
+    head: nn.Module  # an MLP or a linear layer
 
     def __init__(self, feature_dim: int, config: RotationConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
