@@ -72,6 +72,14 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+def startup_seconds(run: Path) -> float | None:
+    """``startup_seconds`` of a run's meta.json: from the process start to its first training batch."""
+    try:
+        return json.loads((run / "meta.json").read_text()).get("startup_seconds")
+    except (OSError, ValueError):
+        return None
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``cmd``; return its wall seconds, exit code and the peak PSS (MB) of its process tree."""
     start = time.time()
@@ -117,10 +125,17 @@ def part_memory(
         common = ["--task", "simclr", "--data", data, "--image-size", "224", "--batch-size", "64", "--quiet", "--overwrite"]
         row: dict = {"images": n}
         if n in first_step_sizes:
-            shutil.rmtree(home / "cache" / "index", ignore_errors=True)  # a cold index
-            cold = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=1", "--out", work / f"first{n}"), env)
-            warm = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=1", "--out", work / f"first{n}"), env)
-            row.update(one_step_cold_s=cold["seconds"], one_step_warm_s=warm["seconds"])
+            shutil.rmtree(home / "cache" / "index", ignore_errors=True)  # a cold index (and statistics)
+            first = work / f"first{n}"
+            cold = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=1", "--out", first), env)
+            cold_start = startup_seconds(first)
+            warm = run_measured(ssl("pretrain", *common, "--set", "trainer.max_steps=1", "--out", first), env)
+            row.update(
+                one_step_cold_s=cold["seconds"],
+                one_step_warm_s=warm["seconds"],
+                first_step_cold_s=cold_start,
+                first_step_warm_s=startup_seconds(first),
+            )
         full = run_measured(ssl("pretrain", *common, "--set", f"trainer.max_steps={steps}", "--out", work / f"run{n}"), env)
         row.update({f"peak_mb_{steps}_steps": full["peak_mb"], f"seconds_{steps}_steps": full["seconds"], "rc": full["rc"]})
         rows.append(row)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import lightning as L
 import timm
@@ -275,6 +276,17 @@ def every_task(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
         print(f"{name:<18} {ips:8.1f} {100 * share:12.1f}%  (target <= 15%)")
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (bfloat16 figures depend on it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="resnet18")
@@ -298,6 +310,9 @@ def main() -> None:
     torch.manual_seed(0)
     backbone_kwargs = {"num_classes": 0}
     images, data_name = benchmark_images(args.size, limit=8192)
+    from ssl_toolkit.precision import cpu_has_bf16
+
+    print(f"# CPU: {cpu_model()}, native bfloat16 (AVX-512 BF16 / AMX): {'yes' if cpu_has_bf16() else 'no'}")
     print(
         f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem), batch {args.batch_size}, precision {args.precision}, "
         f"{'channels-last' if args.channels_last else 'NCHW'} (ours), "

@@ -6,10 +6,12 @@
 * :class:`RngState`: the random streams saved with every checkpoint and restored on resume.
 * :class:`CheckpointOnInterrupt`: ``last.ckpt`` written on Ctrl-C or SIGTERM.
 * :class:`ProgressLines`: one log line every N steps where no terminal shows a progress bar.
+* :class:`StartupClock`: seconds from the process start to the first training batch.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -238,3 +240,30 @@ class ProgressLines(Callback):
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or ``None`` where that is unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # from field 3 (state) on
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StartupClock(Callback):
+    """Seconds from the process start (interpreter, imports, data, model, Trainer) to the first training batch.
+
+    Recorded as ``startup_seconds`` in ``meta.json``: what a user waits before training starts.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.seconds is None:
+            age = process_seconds()
+            self.seconds = None if age is None else round(age, 2)

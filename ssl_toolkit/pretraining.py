@@ -298,7 +298,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     """Train with Lightning; returns (trainer, gradient guard, seconds)."""
     import lightning as L
 
-    from ssl_toolkit.callbacks import GradientGuard, OnlineProbe, RngState, SamplePictures
+    from ssl_toolkit.callbacks import GradientGuard, OnlineProbe, RngState, SamplePictures, StartupClock
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
     from ssl_toolkit.trainer import build_trainer, checkpoint_step, quiet_lightning, truncate_metrics
@@ -316,7 +316,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         processing=Processing.from_config(plan.cfg.data),
     )
     guard = GradientGuard()
-    callbacks = [guard, RngState(), SamplePictures(first_images(data.source.train, 16), folder.samples)]
+    callbacks = [guard, RngState(), SamplePictures(first_images(data.source.train, 16), folder.samples), StartupClock()]
     if data.num_classes:
         from ssl_toolkit.backbones import feature_dim
 
@@ -356,6 +356,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
 
 def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any, seconds: float) -> dict[str, Any]:
     """Save the backbone with its metadata into the run folder and register it in the library."""
+    from ssl_toolkit.callbacks import StartupClock
     from ssl_toolkit.checkpoints import save_backbone
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.library import register_run
@@ -373,6 +374,7 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "wall_seconds": round(seconds, 2),
+        "startup_seconds": next((c.seconds for c in trainer.callbacks if isinstance(c, StartupClock)), None),
         "final_loss": metrics.get("loss_epoch", metrics.get("loss")),
         "final_metrics": metrics,
         "precision": model.resolved["trainer"]["precision"],

@@ -73,3 +73,13 @@ def test_stratified_split_and_example_picks_are_per_class_draws():
     picks = per_class_picks(len(labels), labels, per_class=3, max_total=20, seed=0)
     assert labels[picks].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]  # a one-image class gives its one
     assert per_class_picks(36, None, 2, 7, seed=0).tolist() == sorted(set(per_class_picks(36, None, 2, 7, seed=0).tolist()))
+
+
+def test_process_seconds_counts_from_the_process_start():
+    import subprocess
+    import sys
+
+    code = "import time; t = time.time(); from ssl_toolkit.callbacks import process_seconds; time.sleep(1.0); print(process_seconds(), time.time() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    age, since_first_line = float(out[0]), float(out[1])
+    assert since_first_line <= age < since_first_line + 5.0  # the interpreter's own start-up comes first

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import tiny_config
 
+from ssl_toolkit.callbacks import process_seconds
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.pretraining import pretrain
 
@@ -33,6 +34,8 @@ def test_two_epochs_on_synthetic_lower_the_loss_and_write_the_run_folder(tmp_pat
     assert saved["in_chans"] == 3 and saved["image_size"] == 32 and len(saved["mean"]) == 3
     assert saved["dataset"]["name"] == "synthetic" and saved["dataset"]["n_train"] == 256
     assert meta["weights_sha256"] == saved["weights_sha256"]
+    age = process_seconds()  # this process's age now; its first training batch came before the fit ended
+    assert age is not None and age - saved["wall_seconds"] - 30 < saved["startup_seconds"] < age
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["task"] == task and resolved["trainer"]["lr"] > 0 and "task_config" in resolved
     rows = list(csv.DictReader((run / "metrics.csv").open()))
