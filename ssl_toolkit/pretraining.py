@@ -220,14 +220,17 @@ def first_images(split: Any, n: int) -> torch.Tensor:
 PRIOR_SAMPLE = 2048  # streamed images decoded for a task's data prior (in memory: all of them)
 
 
-def report_skipped(source: Any, folder: RunFolder, strict: bool) -> None:
-    """Unreadable files: exit 2 under ``strict``; otherwise one warning and ``skipped.txt`` in the run folder."""
+def report_skipped(source: Any, folder: RunFolder, strict: bool, resume: bool = False) -> None:
+    """Unreadable files: exit 2 under ``strict``; otherwise one warning and ``skipped.txt`` in the run folder.
+
+    A resumed run keeps the lines already in ``skipped.txt`` (files that went bad mid-run).
+    """
     if not source.skipped:
         return
     first = ", ".join(Path(p).name for p, _ in source.skipped[:3]) + (", ..." if len(source.skipped) > 3 else "")
     if strict:
         raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {first}")
-    folder.write_skipped(source.skipped)
+    folder.write_skipped(source.skipped, keep=resume)
     if is_primary_process():
         _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({first}); list in {folder.skipped}")
 
@@ -282,7 +285,7 @@ def _prepare_folder(plan: Plan, model: RunModel, data: RunData) -> None:
             if not plan.resume:
                 plan.folder.create(plan.overwrite)
             os.environ[RUN_DIR_ENV] = str(plan.folder.path.resolve())
-            report_skipped(data.source, plan.folder, strict=False)
+            report_skipped(data.source, plan.folder, strict=False, resume=plan.resume)
             if not plan.resume or plan.folder.read_config() != model.resolved:
                 plan.folder.write_config(model.resolved)
         except OSError:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ssl_toolkit.atomic import atomic_write_text
+from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_text
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.outputs import check_writable_dir
 
@@ -123,5 +123,15 @@ class RunFolder:
     def write_config(self, resolved: dict[str, Any]) -> None:
         atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))
 
-    def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
-        atomic_write_text(self.skipped, "".join(f"{p}\t{why}\n" for p, why in skipped))
+    def write_skipped(self, skipped: list[tuple[str, str]], keep: bool = False) -> None:
+        """``skipped.txt``: one ``path<TAB>reason`` line per file.
+
+        With ``keep`` (a resumed run), the lines already there stay first (files that went
+        bad mid-run before the resume) and only files not listed yet are added.
+        """
+        lines: list[str] = []
+        if keep and self.skipped.is_file():
+            lines = self.skipped.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+        listed = {line.split("\t", 1)[0] for line in lines}
+        lines += [f"{p}\t{why}" for p, why in skipped if p not in listed]
+        atomic_write_bytes(self.skipped, "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))

@@ -145,3 +145,28 @@ def test_frozen_feature_evaluators_freeze_the_whole_backbone(mode, head_trains):
     assert not any(p.requires_grad for p in ctx.model.parameters())
     assert [p.requires_grad for p in head.parameters()] == [head_trains, head_trains]
     assert {id(p) for p in trainable} == ({id(p) for p in head.parameters()} if head_trains else set())
+
+
+def test_feature_extraction_on_the_cpu_bounds_the_pixels_of_a_pass_and_keeps_every_row():
+    from torch import nn
+
+    from ssl_toolkit.eval.features import CPU_FORWARD_PIXELS, Preprocess, extract_into
+
+    seen: list[int] = []
+
+    class MeanPool(nn.Module):
+        def forward(self, x):  # (B, C, S, S) -> (B, C)
+            seen.append(len(x))
+            return x.mean(dim=(2, 3))
+
+    pre = Preprocess(3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    big = torch.randint(0, 256, (10, 3, 1000, 1000), dtype=torch.uint8)
+    out = np.zeros((10, 3), np.float32)
+    extract_into(MeanPool(), big, pre, out, batch_size=256)
+    per_pass = CPU_FORWARD_PIXELS // (1000 * 1000)
+    assert seen == [per_pass] * (10 // per_pass) + ([10 % per_pass] if 10 % per_pass else [])
+    expected = ((big.float() / 255 - 0.5) / 0.25).mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    seen.clear()
+    extract_into(MeanPool(), torch.zeros(600, 3, 32, 32, dtype=torch.uint8), pre, np.zeros((600, 3), np.float32), batch_size=512)
+    assert seen == [512, 88]  # small images: the asked batch size

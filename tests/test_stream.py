@@ -196,6 +196,20 @@ def test_a_file_that_goes_bad_mid_run_is_replaced_and_listed(tmp_path):
         list(split_loader(src.train, 4, False, workers=0, skip=SkipLog(log, strict=True)))
 
 
+def test_a_resumed_run_keeps_the_files_that_went_bad_before_it_in_skipped_txt(tmp_path):
+    from ssl_toolkit.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_skipped([("/d/x.png", "cannot identify image file")])  # found when the data was loaded
+    SkipLog(folder.skipped).record("/d/caf\udce9.jpg", "image file is truncated")  # a worker, mid-run (a non-UTF-8 name)
+    folder.write_skipped([("/d/x.png", "cannot identify image file"), ("/d/y.png", "broken")], keep=True)  # --resume
+    lines = folder.skipped.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+    assert lines == ["/d/x.png\tcannot identify image file", "/d/caf\udce9.jpg\timage file is truncated", "/d/y.png\tbroken"]
+    folder.write_skipped([("/d/z.png", "broken")])  # a new run starts the list again
+    assert folder.skipped.read_text() == "/d/z.png\tbroken\n"
+
+
 @pytest.mark.parametrize("task", ["simclr", "rotation"])
 def test_pretraining_streams_a_folder(tmp_path, task):
     import ssl_toolkit as st

@@ -87,6 +87,9 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+CPU_FORWARD_PIXELS = 64 * 224 * 224  # input pixels per forward pass on the CPU (64 images at 224 px; 256 up to 112 px)
+
+
 @torch.no_grad()
 def extract_into(
     model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu"
@@ -94,10 +97,15 @@ def extract_into(
     """Write the pooled features of ``images`` into ``out`` (``(N, D)``, e.g. a memmap), one batch at a time.
 
     Eval mode, no gradients. ``images`` is a split (in memory, or files decoded by
-    DataLoader workers) or an ``(N, C, S, S)`` uint8 tensor.
+    DataLoader workers) or an ``(N, C, S, S)`` uint8 tensor. On the CPU a pass holds at
+    most ``CPU_FORWARD_PIXELS`` input pixels, so that the activations of large images
+    (a batch of 256 at 224 px peaked at 4.6 GB) stay bounded; features do not depend on it.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, not {batch_size}")
+    side = int(images.shape[-1]) if isinstance(images, torch.Tensor) else int(images.size)
+    if torch.device(device).type == "cpu":  # host memory holds the activations: bound the pixels per pass
+        batch_size = max(1, min(batch_size, CPU_FORWARD_PIXELS // max(side * side, 1)))
     was_training = model.training
     model.eval().to(device)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
