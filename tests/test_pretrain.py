@@ -20,6 +20,7 @@ def epoch_losses(run: Path) -> list[float]:
     return [float(r["loss_epoch"]) for r in rows if r.get("loss_epoch")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["rotation", "simclr"])
 def test_two_epochs_on_synthetic_lower_the_loss_and_write_the_run_folder(tmp_path, task):
     run = tmp_path / task
@@ -54,6 +55,7 @@ def test_existing_run_folder_is_not_overwritten_without_flag(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_planned_epochs(tmp_path):
     run = tmp_path / "r"
     cfg = tiny_config("rotation", epochs=1)

@@ -134,6 +134,7 @@ def test_online_top1_in_metrics_csv(tmp_path):
     assert last * 64 == pytest.approx(round(last * 64), abs=1e-3)  # a share of the 64 training images (2 batches of 32)
 
 
+@pytest.mark.slow
 def test_finetune_keeps_lightning_banners_off_the_output(run_ssl):
     r = run_ssl("probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1", "--batch-size", "32", *SMALL)
     assert r.returncode == 0, r.stderr

@@ -57,6 +57,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_epoch_then_resume_finishes_the_planned_run(tmp_path, run_ssl):
     """No checkpoint option set: ``last.ckpt`` is written at every epoch end by default."""
     run = tmp_path / "run"
@@ -83,6 +84,7 @@ def test_sigkill_after_the_first_epoch_then_resume_finishes_the_planned_run(tmp_
     assert lib_meta["steps"] == 18 and model(torch.zeros(1, 3, 16, 16)).shape == (1, 96)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     run = tmp_path / "run"
     proc = _popen([*TINY_ARGS, "--epochs", "50", "--out", str(run)], tmp_path)
@@ -209,6 +211,7 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tmp_path, run_ssl, toolkit_home):
     run = tmp_path / "run"
     assert run_ssl(*TINY_ARGS, "--epochs", "1", "--out", run).returncode == 0

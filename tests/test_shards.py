@@ -70,6 +70,7 @@ def _ddp_epoch(rank: int, world: int, shard_dir: str, log: str, port: int) -> No
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_see_every_sample_once_per_epoch(shards, tmp_path):
     import torch.multiprocessing as mp
 
@@ -84,6 +85,7 @@ def test_two_ddp_processes_see_every_sample_once_per_epoch(shards, tmp_path):
     assert [row for e, row in seen[0] if e == 1] != [row for e, row in seen[0] if e == 2]  # reshuffled each epoch
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tmp_path, run_ssl, monkeypatch):
     log = tmp_path / "seen"
     monkeypatch.setenv("SSL_TOOLKIT_SAMPLE_LOG", str(log))

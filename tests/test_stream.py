@@ -228,6 +228,7 @@ def test_pretraining_streams_a_folder(tmp_path, task):
     assert lines and all(line.startswith(str(root / "train" / "b" / "3.jpg")) for line in lines)
 
 
+@pytest.mark.slow
 def test_strict_stops_a_streaming_run_on_the_first_bad_file_with_one_line(tmp_path, run_ssl):
     root = make_folder(tmp_path / "imgs")
     truncated_jpeg(root / "train" / "a" / "1.jpg")
