@@ -111,7 +111,12 @@ def ssl(*args: str) -> list[str]:
 
 
 def part_memory(
-    folder: Path, work: Path, sizes: list[int], steps: int = 20, first_step_sizes: tuple[int, ...] = (5000, 10000, 20000)
+    folder: Path,
+    work: Path,
+    sizes: list[int],
+    steps: int = 20,
+    first_step_sizes: tuple[int, ...] = (5000, 10000, 20000),
+    overrides: tuple[str, ...] = (),
 ) -> list[dict]:
     from benchmarks.make_photos import link_subset
 
@@ -123,7 +128,8 @@ def part_memory(
         home = work / f"home{n}"
         env = {**os.environ, "SSL_TOOLKIT_HOME": str(home)}
         common = ["--task", "simclr", "--data", data, "--image-size", "224", "--batch-size", "64", "--quiet", "--overwrite"]
-        row: dict = {"images": n}
+        common += [a for o in overrides for a in ("--set", o)]
+        row: dict = {"images": n, "set": list(overrides)}
         if n in first_step_sizes:
             shutil.rmtree(home / "cache" / "index", ignore_errors=True)  # a cold index (and statistics)
             first = work / f"first{n}"
@@ -327,6 +333,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--memory-steps", type=int, default=20, help="max_steps of the memory runs")
     ap.add_argument("--first-step-sizes", default="5000,10000,20000", help="sizes whose one-step runs are timed")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set KEY=VALUE of the memory part's ssl pretrain")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     parts = a.parts.split(",")
@@ -339,7 +346,7 @@ def main() -> None:
         results["decode"] = part_decode(a.folder, a.decode_images)
     if "memory" in parts:
         first = tuple(int(s) for s in a.first_step_sizes.split(","))
-        results["memory"] = part_memory(a.folder, a.work, [int(s) for s in a.sizes.split(",")], a.memory_steps, first)
+        results["memory"] = part_memory(a.folder, a.work, [int(s) for s in a.sizes.split(",")], a.memory_steps, first, tuple(a.overrides))
     if "commands" in parts:
         results["commands"] = part_commands(a.folder, a.work)
     if "step" in parts:

@@ -122,6 +122,9 @@ class TrainerConfig(StrictModel):
         compile: ``torch.compile`` the backbone (inductor): ``true``, ``false``, or ``auto``
             (only where it was measured to win end to end, compile time included, for the
             run's length; see ``ssl_toolkit/compile.py`` and ``docs/benchmarks.md``).
+        grad_checkpointing: Keep only each block's input in the forward pass and recompute the
+            rest in the backward pass (timm's ``set_grad_checkpointing``): much less memory for
+            activations, for about a third more compute per step (``ssl_toolkit/recompute.py``).
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -148,6 +151,7 @@ class TrainerConfig(StrictModel):
     progress_bar: bool = True
     channels_last: bool = True
     compile: Literal["auto"] | bool = "auto"
+    grad_checkpointing: bool = False
 
 
 class PretrainConfig(StrictModel):

@@ -18,6 +18,7 @@ from torch import nn
 from ssl_toolkit.compile import compile_backbone
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
+from ssl_toolkit.recompute import set_grad_checkpointing
 
 if TYPE_CHECKING:
     from torchmetrics.aggregation import MeanMetric
@@ -82,6 +83,8 @@ class PretrainModule(L.LightningModule):
         self._fit_started = time.monotonic()
         if self.cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        if self.cfg.grad_checkpointing:
+            set_grad_checkpointing(self.backbone, True)
         planned = self.trainer.estimated_stepping_batches  # inf when neither steps nor epochs bound the run
         compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(min(planned, 10**12)))
         self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)

@@ -243,6 +243,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     from ssl_toolkit.backbones import create_backbone, feature_dim
     from ssl_toolkit.precision import choose_precision
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
+    from ssl_toolkit.recompute import check_grad_checkpointing
 
     cfg, source, facts = plan.cfg, data.source, data.facts
     task_cls = TASKS.get(cfg.task)
@@ -250,6 +251,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     task_cls.check_data(task_cfg, facts)
     in_chans = task_cls.backbone_in_chans(task_cfg, facts)
     backbone, spec = create_backbone(cfg.backbone, in_chans, source.image_size)
+    if cfg.trainer.grad_checkpointing:
+        check_grad_checkpointing(backbone, cfg.backbone.name)
     init_info = None
     if cfg.init_from and not plan.resume:  # continued pretraining: start from those weights
         from ssl_toolkit.library import init_backbone_from
