@@ -5,7 +5,7 @@ on the 10,000 test images with the linear probe, kNN (k = 200, T = 0.1) and fine
 with 1% and 10% of the labels. Baselines under the same protocol: logistic regression on
 raw pixels, the random-init backbone (linear, kNN) and supervised training from scratch
 with 1%, 10% and 100% of the labels. Colorization is skipped: Fashion-MNIST is grayscale.
-``family_rows`` (the quick protocol: ``convnext_atto`` and ``vit_tiny_patch16_224`` with
+``family_rows`` (the quick protocol: ``test_convnext`` and ``test_vit`` with
 rotation and SimCLR) pretrain other backbone families with the same budget and evaluation,
 each with its small-image rule (``docs/backbones.md``).
 
