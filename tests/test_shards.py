@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
 from test_stream import make_folder, truncated_jpeg
+from test_targets import make_multilabel_folder
 
 
 @pytest.fixture
@@ -52,6 +53,35 @@ def test_shards_train_and_evaluate(shards, tmp_path):
     assert meta["steps"] == 3  # 31 samples, batches of 8, the last partial one dropped
     result = st.probe(tmp_path / "run", {"data": {"name": str(shards)}, "mode": "knn", "evaluator_config": {"k": 5}})
     assert result["n_test"] == 4
+
+
+def test_a_multilabel_folder_is_sharded_with_its_multi_hot_rows(tmp_path, run_ssl, cli):
+    import ssl_toolkit as st
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+
+    root = make_multilabel_folder(tmp_path / "f", n=60)
+    r = run_ssl("shard", root, "--out", tmp_path / "shards", "--image-size", "16", "--chunk-bytes", "8kb", "--workers", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["multilabel"] is True
+    folder = load_source(DataConfig(name=str(root), image_size=16, stream=True))
+    src = load_source(DataConfig(name=str(tmp_path / "shards")))
+    assert src.target_kind == "multilabel" and src.classes == ["blue", "green", "red"]
+    for a, b in ((src.train, folder.train), (src.test, folder.test)):  # the same rows, in the same order
+        assert a.labels.dtype == torch.uint8 and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.image(3), b.image(3))
+    cfg = {
+        "task": "simclr",
+        "data": {"name": str(tmp_path / "shards"), "workers": 1},
+        "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 1, "batch_size": 8, "progress_bar": False, "accelerator": "cpu"},
+    }
+    n_train = len(src.train)
+    assert st.pretrain(cfg, out=tmp_path / "run")["steps"] == n_train // 8  # multi-hot rows batched by the streaming loader
+    code, out, err = cli("probe", tmp_path / "run", "--data", tmp_path / "shards", "--mode", "linear", "--json")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["target_kind"] == "multilabel" and len(res["per_class_ap"]) == 3 and 0.0 <= res["mAP"] <= 1.0
 
 
 def _ddp_epoch(rank: int, world: int, shard_dir: str, log: str, port: int) -> None:

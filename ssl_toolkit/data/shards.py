@@ -3,7 +3,9 @@
 ``ssl shard FOLDER --out DIR`` writes ``DIR/train`` and ``DIR/test`` with
 :func:`litdata.optimize`: chunks of items ``{"image": the file's original encoded bytes,
 "label": class index or -1, "index": row}``, plus ``DIR/train/labels.npy`` (and test) and
-``DIR/ssl_shards.json`` (classes, channels, statistics; validated on read). Keeping the
+``DIR/ssl_shards.json`` (classes, channels, statistics; validated on read). A multi-label
+folder (``labels.csv``) keeps its multi-hot rows in ``labels.npy`` (``(N, K)`` uint8; items'
+``label`` is -1), and the loaders hand them over by row. Keeping the
 encoded bytes keeps every crop cut from the original photo, at the size it was taken.
 
 Reading: ``--data DIR`` (or an object-store URL litdata supports, such as ``s3://...``)
@@ -58,6 +60,7 @@ class ShardInfo(BaseModel):
     mean: list[float]
     std: list[float]
     image_size: int
+    multilabel: bool = False
 
 
 def is_remote(name: str) -> bool:
@@ -146,8 +149,9 @@ class ShardSplit:
                 labels = np.load(Path(self.dir) / "labels.npy", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read the labels of {self.dir}: {e}") from None
-        if labels.shape != (n,) or labels.dtype != np.int64:
-            raise UserError(f"{self.dir}/labels.npy does not hold {n} int64 labels")
+        shape, dtype = ((n, len(self.info.classes)), np.uint8) if self.info.multilabel else ((n,), np.int64)
+        if labels.shape != shape or labels.dtype != dtype:
+            raise UserError(f"{self.dir}/labels.npy does not hold {n} {'multi-hot uint8 rows' if self.info.multilabel else 'int64 labels'}")
         return labels
 
     def __len__(self) -> int:
@@ -215,6 +219,7 @@ class CropStreamingDataset(litdata.StreamingDataset):
     def __init__(self, split: ShardSplit, stage: WorkerStage, seed: int, shuffle: bool) -> None:
         super().__init__(split.dir, shuffle=shuffle, drop_last=shuffle, seed=seed)
         self.channels, self.size, self.stage = split.channels, split.size, stage
+        self.multi_hot = split.labels if split.info.multilabel else None  # (N, K) uint8 by row, or None
         self.random = any(c.kind != "center" for c in stage.crops)
         self._gen: np.random.Generator | None = None
         self._gen_pid = -1
@@ -229,7 +234,9 @@ class CropStreamingDataset(litdata.StreamingDataset):
         item = super().__getitem__(index)
         crops = _decode_item(item["image"], self.channels, self.size, self.stage, self._rng() if self.random else None)
         x = torch.from_numpy(crops if self.stage.views > 1 else crops[0])  # (C, S, S) or (V, C, S, S) uint8
-        return x, torch.tensor(int(item["label"])), torch.tensor(int(item["index"]))
+        row = int(item["index"])
+        label = self.multi_hot[row] if self.multi_hot is not None else torch.tensor(int(item["label"]))  # (K,) uint8 or ()
+        return x, label, torch.tensor(row)
 
 
 class ShardTrainLoader(litdata.StreamingDataLoader):
@@ -299,13 +306,15 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     from ssl_toolkit.data.folder import load_folder
 
     source = load_folder(Path(folder), cfg.model_copy(update={"stream": True, "image_size": image_size}))
-    if source.target_kind == "multilabel":
-        raise UserError("ssl shard writes single-label or unlabelled folders; multi-label folders stream directly")
+    multilabel = source.target_kind == "multilabel"
     counts, skipped = {}, list(source.skipped)
     for split_name in ("train", "test"):
         split = getattr(source, split_name)
         paths = [split.index.path(int(r)) for r in split.rows]
-        labels_all = np.full(len(paths), -1, np.int64) if split.labels is None else split.labels.numpy().astype(np.int64)
+        if split.labels is None:
+            labels_all = np.full(len(paths), -1, np.int64)
+        else:
+            labels_all = split.labels.numpy().astype(np.uint8 if multilabel else np.int64)  # (N, K) multi-hot or (N,)
         ok = _decodable(paths)
         skipped += [(p, why) for p, why in zip(paths, ok) if why]
         keep = [k for k, why in enumerate(ok) if not why]
@@ -316,7 +325,7 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
         np.save(target / "labels.npy", labels)
         if not keep:
             continue
-        jobs = [(paths[k], int(labels_all[k]), row) for row, k in enumerate(keep)]
+        jobs = [(paths[k], -1 if multilabel else int(labels_all[k]), row) for row, k in enumerate(keep)]
         litdata.optimize(
             fn=_item,
             inputs=jobs,
@@ -338,6 +347,7 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
         mean=list(source.mean),
         std=list(source.std),
         image_size=image_size,
+        multilabel=multilabel,
     )
     if skipped:
         atomic_write_text(out / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in skipped))
