@@ -102,3 +102,22 @@ def test_a_backbone_without_it_is_refused_in_one_line(cli, tmp_path):
     assert err.strip().count("\n") == 0
     assert "does not support gradient checkpointing" in err and "trainer.grad_checkpointing=false" in err
     assert not out.exists()  # refused before the run folder is written
+
+
+def test_finetuning_with_checkpointing_trains_like_without(one_thread):
+    import ssl_toolkit as st
+
+    def finetune(checkpointing: bool) -> dict:
+        cfg = {
+            "mode": "finetune",
+            "data": {"name": "digits", "image_size": 16},
+            "epochs": 1,
+            "batch_size": 64,
+            "evaluator_config": {"grad_checkpointing": checkpointing, "augment": "none"},
+        }
+        return st.probe(None, cfg, random_init=True, backbone={"name": "test_resnet"})
+
+    plain, checkpointed = finetune(False), finetune(True)
+    assert checkpointed["grad_checkpointing"] is True and "grad_checkpointing" not in plain
+    assert checkpointed["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)  # same batches, same gradients
+    assert abs(checkpointed["top1"] - plain["top1"]) <= 0.05  # only BatchNorm's running averages differ (updated twice)

@@ -44,6 +44,7 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
+from ssl_toolkit.recompute import check_grad_checkpointing, set_grad_checkpointing
 from ssl_toolkit.trainer import quiet_lightning
 
 if TYPE_CHECKING:
@@ -154,10 +155,13 @@ class FinetuneConfig(EvaluatorConfig):
         augment: Augmentation of the training images (``--augment``): ``none``, ``basic``
             (crop + flip), ``randaugment``, ``autoaugment``, ``trivialaugment``, or an
             albumentations pipeline file saved with ``albumentations.save`` (.yaml/.yml/.json).
+        grad_checkpointing: Recompute the backbone's block activations in the backward pass
+            instead of keeping them (``ssl_toolkit/recompute.py``): less memory, more compute.
     """
 
     layer_decay: float = Field(default=1.0, gt=0.0, le=1.0)
     augment: str = "basic"
+    grad_checkpointing: bool = False
 
     @field_validator("augment")
     @classmethod
@@ -223,6 +227,8 @@ class TrainedEvaluator(Evaluator):
         cfg: ProbeConfig = ctx.cfg
         torch.manual_seed(cfg.seed)
         backbone, kind = ctx.model, ctx.source.target_kind
+        if self.settings.grad_checkpointing:  # refused in one line before any training
+            check_grad_checkpointing(backbone, str(ctx.meta.get("backbone", {}).get("timm_name", type(backbone).__name__)))
         head = nn.Linear(feature_dim(backbone), targets.outputs(kind, ctx.source.num_classes))
         groups = stages(backbone)
         n_frozen = self.frozen_count(groups)
@@ -256,7 +262,13 @@ class TrainedEvaluator(Evaluator):
             deterministic=False,
         )
         module.train()  # Lightning keeps the mode it is given; frozen modules stay in eval mode
-        trainer.fit(module, loader)
+        if self.settings.grad_checkpointing:
+            set_grad_checkpointing(backbone, True)
+        try:
+            trainer.fit(module, loader)
+        finally:
+            if self.settings.grad_checkpointing:
+                set_grad_checkpointing(backbone, False)  # scoring runs without grad
         module.eval()
         scores = targets.to_scores(kind, score_images(module, ctx.source.test))
         n_trainable = sum(p.numel() for p in self.trainable_parameters(backbone, head))
@@ -269,6 +281,7 @@ class TrainedEvaluator(Evaluator):
             "frozen": [g.name for g in groups[:n_frozen]],
             "trainable_params": int(n_trainable),
             "train_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 6),
+            **({"grad_checkpointing": True} if self.settings.grad_checkpointing else {}),
         }
         if len(held_idx):
             held_scores = targets.to_scores(kind, score_images(module, train.subset(held_idx)))
