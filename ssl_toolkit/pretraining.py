@@ -240,12 +240,15 @@ def report_skipped(source: Any, folder: RunFolder, strict: bool, resume: bool = 
 
 def _build_model(plan: Plan, data: RunData) -> RunModel:
     """Backbone + task for the data, the precision chosen, and the resolved config."""
+    import lightning as L
+
     from ssl_toolkit.backbones import create_backbone, feature_dim
     from ssl_toolkit.precision import choose_precision
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
     from ssl_toolkit.recompute import check_grad_checkpointing
 
     cfg, source, facts = plan.cfg, data.source, data.facts
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the backbone's and heads' initial weights follow the seed
     task_cls = TASKS.get(cfg.task)
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
     task_cls.check_data(task_cfg, facts)

@@ -142,3 +142,20 @@ def test_task_geometry_adapts_to_small_images_when_not_set(tmp_path, cli, task, 
         tmp_path / "explicit",
     )
     assert code == 2 and "needs images of at least" in err  # a geometry the user set is never changed
+
+
+def test_the_seed_fixes_the_initial_weights_and_so_the_whole_run(tmp_path, one_thread):
+    import torch
+    from safetensors.torch import load_file
+
+    def run(name: str, seed: int) -> tuple[float, dict]:
+        cfg = tiny_config("rotation", epochs=1, trainer={"seed": seed, "max_steps": 2, "online_probe": False})
+        meta = pretrain(cfg, out=tmp_path / name)
+        return meta["final_loss"], load_file(str(tmp_path / name / "backbone.safetensors"))
+
+    loss_a, weights_a = run("a", 0)
+    loss_b, weights_b = run("b", 0)
+    loss_c, weights_c = run("c", 1)
+    assert loss_a == loss_b  # two runs with one seed: the same initial weights, data order and views
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert loss_c != loss_a and not all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
