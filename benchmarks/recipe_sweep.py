@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ssl_toolkit as st  # noqa: E402
-from benchmarks.fmnist import load_settings  # noqa: E402
+from benchmarks.fmnist import evaluate, load_settings  # noqa: E402
 from ssl_toolkit.config import PretrainConfig, apply_overrides, validate  # noqa: E402
 from ssl_toolkit.pretext import TASKS  # noqa: E402
 
@@ -61,12 +61,11 @@ def run_point(s: dict[str, Any], task: str, minutes: float, point: str, out: str
     start = time.time()
     meta = st.pretrain(pretrain_config(s, task, minutes, point), out=out)
     data = {"name": "fashion-mnist", "image_size": s["image_size"]}
-    linear = st.probe(meta["run_dir"], {"mode": "linear", "data": data})["top1"]
-    knn = st.probe(meta["run_dir"], {"mode": "knn", "data": data, "evaluator_config": {"k": 200, "temperature": 0.1}})["top1"]
+    scores = evaluate(meta["run_dir"], data, {**s, "finetune_fractions": []})  # the protocol's linear probe and kNN
     return {
         "point": point or "defaults",
-        "linear": linear,
-        "knn": knn,
+        "linear": scores["linear"],
+        "knn": scores["knn"],
         "steps": meta["steps"],
         "epochs": meta["epochs"],
         "precision": meta["precision"],
