@@ -185,6 +185,30 @@ class RngState(Callback):
             gen.set_state(self._restored["views"])
 
 
+class EpochRowInCheckpoint(Callback):
+    """Stores the epoch's ``metrics.csv`` row in a checkpoint written before Lightning logs it.
+
+    Lightning saves the epoch-end ``last.ckpt`` in ``on_train_epoch_end`` and only then logs
+    the epoch-level metrics (``loss_epoch``, ``pretext_acc``...). A kill between the two would
+    resume past an epoch whose row never reached the file; the row kept in the checkpoint
+    lets :func:`ssl_toolkit.trainer.restore_metrics` write it back on resume.
+    """
+
+    KEY = "ssl_epoch_row"
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+        connector = trainer._logger_connector
+        if connector._first_loop_iter is not None or trainer._results is None:
+            return  # mid-epoch: every row logged so far is already flushed
+        row = convert_tensors_to_scalars(connector.metrics["log"])
+        if row:
+            # the step Lightning gives epoch rows: the epoch's last optimizer step
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+            checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
+
+
 class CheckpointOnInterrupt(Callback):
     """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM).
 

@@ -307,10 +307,10 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     """Train with Lightning; returns (trainer, gradient guard, seconds)."""
     import lightning as L
 
-    from ssl_toolkit.callbacks import GradientGuard, OnlineProbe, RngState, SamplePictures, StartupClock
+    from ssl_toolkit.callbacks import EpochRowInCheckpoint, GradientGuard, OnlineProbe, RngState, SamplePictures, StartupClock
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
-    from ssl_toolkit.trainer import build_trainer, checkpoint_step, quiet_lightning, truncate_metrics
+    from ssl_toolkit.trainer import build_trainer, quiet_lightning, restore_metrics
 
     t, folder = plan.cfg.trainer, plan.folder
     r = model.resolved["trainer"]
@@ -325,7 +325,13 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         processing=Processing.from_config(plan.cfg.data),
     )
     guard = GradientGuard()
-    callbacks = [guard, RngState(), SamplePictures(first_images(data.source.train, 16), folder.samples), StartupClock()]
+    callbacks = [
+        guard,
+        RngState(),
+        EpochRowInCheckpoint(),
+        SamplePictures(first_images(data.source.train, 16), folder.samples),
+        StartupClock(),
+    ]
     if data.num_classes:
         from ssl_toolkit.backbones import feature_dim
 
@@ -335,7 +341,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     trainer = build_trainer(t, folder.path, validate=data.val_loader is not None, callbacks=callbacks)
     ckpt_path = str(folder.last_ckpt) if plan.resume else None
     if ckpt_path is not None:
-        truncate_metrics(folder.metrics, checkpoint_step(folder.last_ckpt))
+        restore_metrics(folder.metrics, folder.last_ckpt)
     start = time.time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")

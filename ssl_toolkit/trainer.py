@@ -62,34 +62,54 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
-def checkpoint_step(path: Path) -> int:
-    """The global step stored in a Lightning checkpoint (read with ``weights_only=True``)."""
+def restore_metrics(metrics: Path, ckpt: Path) -> None:
+    """Make ``metrics.csv`` match the checkpoint a run resumes from.
+
+    Rows logged after the checkpoint's step are dropped (that work is redone), and the epoch
+    row the checkpoint carries (:class:`ssl_toolkit.callbacks.EpochRowInCheckpoint`) is
+    written back when a kill came before Lightning logged it.
+    """
     from ssl_toolkit.errors import UserError
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        last_step, pending = int(state["global_step"]), state.get("ssl_epoch_row")
     except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
-        raise UserError(f"cannot resume from {path}: the checkpoint is unreadable ({type(e).__name__})") from None
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop ``metrics.csv`` rows logged after ``last_step`` (work redone after a resume)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], list(reader)
+        raise UserError(f"cannot resume from {ckpt}: the checkpoint is unreadable ({type(e).__name__})") from None
+    fields: list[str] = []
+    rows: list[dict] = []
+    if metrics.is_file():
+        with open(metrics, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = list(reader.fieldnames or []), list(reader)
     kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= last_step]
-    if len(kept) != len(rows):
-        import io
+    changed = len(kept) != len(rows)
+    if isinstance(pending, dict) and not any(_same_row(r, pending) for r in kept):
+        kept.append({k: str(v) for k, v in pending.items()})
+        fields = sorted(set(fields) | set(pending))  # Lightning's writer sorts its columns too
+        changed = True
+    if not changed:
+        return
+    import io
 
-        from ssl_toolkit.atomic import atomic_write_text
+    from ssl_toolkit.atomic import atomic_write_text
 
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(kept)
-        atomic_write_text(path, buf.getvalue())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_text(metrics, buf.getvalue())
+
+
+def _same_row(row: dict, pending: dict) -> bool:
+    """Whether a ``metrics.csv`` row is the logged form of the pending epoch row."""
+    metric = next((k for k in pending if k not in ("epoch", "step")), None)
+    return (
+        metric is not None
+        and bool(row.get(metric))
+        and row.get("epoch") == str(pending["epoch"])
+        and row.get("step") == str(pending["step"])
+    )
 
 
 def checkpoint_callbacks(cfg: TrainerConfig, run_dir: Path) -> list[ModelCheckpoint]:

@@ -84,6 +84,33 @@ def test_sigkill_after_the_first_epoch_then_resume_finishes_the_planned_run(tmp_
     assert lib_meta["steps"] == 18 and model(torch.zeros(1, 3, 16, 16)).shape == (1, 96)
 
 
+def test_an_epoch_row_lost_to_a_kill_after_the_checkpoint_is_written_back_on_resume(tmp_path):
+    """Lightning writes the epoch-end checkpoint before it logs the epoch's row; a kill in between loses only the file write."""
+    from ssl_toolkit.trainer import restore_metrics
+
+    run = tmp_path / "run"
+    pretrain(tiny_config("rotation", epochs=2), out=run)
+    metrics = run / "metrics.csv"
+    logged = list(csv.DictReader(metrics.open()))
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    row = ckpt["ssl_epoch_row"]
+    assert row["epoch"] == 1 and row["step"] == ckpt["global_step"] - 1 and set(row) > {"loss_epoch", "pretext_acc"}
+    epoch_row = [r for r in logged if r["loss_epoch"] and r["epoch"] == "1"]
+    assert len(epoch_row) == 1 and all(epoch_row[0][k] == str(v) for k, v in row.items())  # the row Lightning logged
+
+    restore_metrics(metrics, run / "last.ckpt")  # the row is there: nothing changes
+    assert list(csv.DictReader(metrics.open())) == logged
+    with metrics.open("w", newline="") as f:  # the kill: every row but the epoch's last one reached the file
+        writer = csv.DictWriter(f, fieldnames=list(logged[0]))
+        writer.writeheader()
+        writer.writerows(r for r in logged if r is not epoch_row[0])
+    restore_metrics(metrics, run / "last.ckpt")
+    assert list(csv.DictReader(metrics.open())) == logged
+    metrics.unlink()  # killed before the first row was flushed: the file is made with the row
+    restore_metrics(metrics, run / "last.ckpt")
+    assert [r["loss_epoch"] for r in csv.DictReader(metrics.open())] == [epoch_row[0]["loss_epoch"]]
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     run = tmp_path / "run"
