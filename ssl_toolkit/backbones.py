@@ -2,7 +2,8 @@
 
 A backbone is ``timm.create_model(name, num_classes=0, in_chans=C, **kwargs)``. Three
 families are known by the timm module that defines them, each with its small-image rule
-(on by default at ``SMALL_STEM_MAX_SIZE`` px and less):
+(on by default at ``SMALL_STEM_MAX_SIZE`` = 64 px and less; a ResNet trained on a CPU: at 16
+px and less, :func:`resnet_small_max_size`):
 
 - ResNet: the stem is replaced by a 3x3 stride-1 conv and no max-pool (the CIFAR-style
   stem of He et al., 2016, used by SimCLR for small images); total stride 32 -> 8.
@@ -32,6 +33,12 @@ from ssl_toolkit.config import BackboneConfig
 from ssl_toolkit.errors import UserError, did_you_mean
 
 SMALL_STEM_MAX_SIZE = 64
+# A ResNet trained on a CPU takes timm's stem above 16 px: the small stem's 16x compute
+# (resnet18 at 28 px: 0.74 of an epoch of Fashion-MNIST in 15 minutes) costs more than its
+# resolution gains within a CPU's budget, and timm's stem, which pads, still leaves a 28-32 px
+# image a 7x7-8x8 map. ConvNeXt and ViT keep 64 px everywhere: without the rule a ConvNeXt's
+# stride-32 stages need 32 px of input, and a ViT's 16 px patches leave a 1-4 token grid.
+SMALL_STEM_MAX_SIZE_CPU_RESNET = 16
 SMALL_VIT_PATCH = 4  # ViT patch side under the small-image rule
 FAMILY_MODULES = {"resnet": "resnet", "convnext": "convnext", "vit": "vision_transformer"}
 
@@ -42,16 +49,43 @@ def family_of(timm_name: str) -> str:
     return next((f for f, m in FAMILY_MODULES.items() if m == module), "other")
 
 
-def family_kwargs(timm_name: str, kwargs: dict[str, Any], image_size: int, small: bool | None) -> tuple[dict[str, Any], bool]:
+def resnet_small_max_size(accelerator: str) -> int:
+    """The largest image side at which a ResNet gets the small stem by default.
+
+    ``SMALL_STEM_MAX_SIZE`` (64 px) where Lightning's ``accelerator`` setting trains on a
+    GPU, ``SMALL_STEM_MAX_SIZE_CPU_RESNET`` (16 px) on a CPU: the small stem multiplies a
+    ResNet's compute by 16, which a GPU affords and a CPU's budget does not.
+    """
+    from ssl_toolkit.precision import uses_gpu
+
+    return SMALL_STEM_MAX_SIZE if uses_gpu(accelerator) else SMALL_STEM_MAX_SIZE_CPU_RESNET
+
+
+def chosen_small_stem(spec: BackboneSpec, image_size: int) -> bool:
+    """What ``small_stem=None`` chose for the backbone ``spec`` describes.
+
+    A run records it in its resolved config, so that a resume on other hardware (where
+    :func:`resnet_small_max_size` differs) rebuilds the same backbone.
+    """
+    if family_of(spec.timm_name) in ("convnext", "vit"):
+        return image_size <= SMALL_STEM_MAX_SIZE
+    return spec.small_stem  # ResNet: whether the stem was replaced; other families have no rule
+
+
+def family_kwargs(
+    timm_name: str, kwargs: dict[str, Any], image_size: int, small: bool | None, resnet_max: int = SMALL_STEM_MAX_SIZE
+) -> tuple[dict[str, Any], bool]:
     """The create kwargs of the ConvNeXt/ViT rules and whether the ResNet stem surgery applies.
 
     Kwargs the user gave explicitly are never changed (``patch_size``, ``img_size``, ...).
+    ``small=None`` turns the rule on at ``SMALL_STEM_MAX_SIZE`` px and less (a ResNet: at
+    ``resnet_max`` px and less).
 
     Raises:
         UserError: ``small`` is ``True`` for a family without a small-image rule.
     """
     fam = family_of(timm_name)
-    auto = image_size <= SMALL_STEM_MAX_SIZE
+    auto = image_size <= (resnet_max if fam == "resnet" else SMALL_STEM_MAX_SIZE)
     use_small = auto if small is None else small
     out = dict(kwargs)
     if fam == "vit":
@@ -141,11 +175,14 @@ def build_from_spec(spec: BackboneSpec) -> nn.Module:
     return model
 
 
-def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tuple[nn.Module, BackboneSpec]:
+def create_backbone(
+    cfg: BackboneConfig, in_chans: int, image_size: int, resnet_max: int = SMALL_STEM_MAX_SIZE
+) -> tuple[nn.Module, BackboneSpec]:
     """Create a timm backbone for ``in_chans``-channel images of ``image_size`` px.
 
-    The family's small-image rule (module docstring) applies at ``SMALL_STEM_MAX_SIZE``
-    px and less unless ``cfg.small_stem`` says otherwise.
+    The family's small-image rule (module docstring) applies at ``SMALL_STEM_MAX_SIZE`` px
+    and less (a ResNet: ``resnet_max``; runs pass :func:`resnet_small_max_size` of their
+    accelerator) unless ``cfg.small_stem`` says otherwise.
 
     Returns:
         The model (pooled output of size :func:`feature_dim`) and its :class:`BackboneSpec`.
@@ -154,7 +191,7 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, image_size: int) -> tupl
         names = timm.list_models()
         examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "resnet10t", "convnext_atto", "vit_tiny_patch16_224"))
         raise UserError(f"unknown backbone '{cfg.name}'{did_you_mean(cfg.name, names)}; any timm model name works, e.g. {examples}")
-    kwargs, small = family_kwargs(cfg.name, {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}, image_size, cfg.small_stem)
+    kwargs, small = family_kwargs(cfg.name, {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}, image_size, cfg.small_stem, resnet_max)
     if small:  # a timm ResNet-family name whose model may still lack the conv1 + maxpool stem
         probe = timm.create_model(cfg.name, pretrained=False, **kwargs)
         if not supports_small_stem(probe):

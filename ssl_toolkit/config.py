@@ -75,8 +75,9 @@ class BackboneConfig(StrictModel):
 
     Attributes:
         name: ``timm.create_model`` name.
-        small_stem: Replace the stem by a 3x3 stride-1 conv without max-pool; ``None`` = automatic
-            (on for ResNet-style models at 64 px and less).
+        small_stem: The family's small-image rule (a ResNet's 3x3 stride-1 stem without
+            max-pool, a ConvNeXt's 1x1 stem, a ViT's 4 px patches); ``None`` = automatic: on
+            at 64 px and less (a ResNet trained on a CPU: at 16 px and less).
         kwargs: Extra ``timm.create_model`` keyword arguments.
     """
 

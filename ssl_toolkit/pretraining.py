@@ -242,7 +242,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     """Backbone + task for the data, the precision chosen, and the resolved config."""
     import lightning as L
 
-    from ssl_toolkit.backbones import create_backbone, feature_dim
+    from ssl_toolkit.backbones import SMALL_STEM_MAX_SIZE, chosen_small_stem, create_backbone, family_of, feature_dim, resnet_small_max_size
     from ssl_toolkit.precision import choose_precision
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
     from ssl_toolkit.recompute import check_grad_checkpointing
@@ -253,7 +253,15 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
     task_cls.check_data(task_cfg, facts)
     in_chans = task_cls.backbone_in_chans(task_cfg, facts)
-    backbone, spec = create_backbone(cfg.backbone, in_chans, source.image_size)
+    # runs record what the automatic stem chose; a resumed config without it predates the CPU rule
+    resnet_max = SMALL_STEM_MAX_SIZE if plan.resume else resnet_small_max_size(cfg.trainer.accelerator)
+    backbone, spec = create_backbone(cfg.backbone, in_chans, source.image_size, resnet_max)
+    cpu_rule = family_of(cfg.backbone.name) == "resnet" and resnet_max < source.image_size <= SMALL_STEM_MAX_SIZE
+    if cpu_rule and cfg.backbone.small_stem is None and plan.primary and not plan.resume:
+        _warn(
+            f"note: {cfg.backbone.name} keeps timm's stem at {source.image_size} px on a CPU (a ResNet gets the small stem at "
+            f"{resnet_max} px and less here, {SMALL_STEM_MAX_SIZE} on a GPU); --set backbone.small_stem=true turns it on"
+        )
     if cfg.trainer.grad_checkpointing:
         check_grad_checkpointing(backbone, cfg.backbone.name)
     init_info = None
@@ -269,6 +277,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     t = cfg.trainer
     precision = choose_precision(t.precision, t.accelerator, backbone, in_chans, task.backbone_input_size())
     resolved = cfg.model_dump(mode="json")
+    if cfg.backbone.small_stem is None:  # the automatic choice depends on the machine; a resume elsewhere keeps it
+        resolved["backbone"]["small_stem"] = chosen_small_stem(spec, source.image_size)
     resolved["task_config"] = task.config.model_dump(mode="json")
     resolved["trainer"].update(
         lr=t.lr or task_cls.default_lr,

@@ -10,11 +10,12 @@ import math
 
 import pytest
 import torch
+import yaml
 from conftest import tiny_config
 from safetensors.torch import load_file
 
 from ssl_toolkit import pretrain, probe
-from ssl_toolkit.backbones import create_backbone, stages
+from ssl_toolkit.backbones import create_backbone, resnet_small_max_size, stages
 from ssl_toolkit.config import BackboneConfig, ProbeConfig
 from ssl_toolkit.evaluators import EVALUATORS
 from ssl_toolkit.pretext import TASKS
@@ -73,6 +74,36 @@ def test_small_image_rules_per_family():
     assert vit_model(torch.zeros(2, 3, 9, 9)).shape == (2, 64)  # any side: padded to the patch grid
     explicit, spec = create_backbone(BackboneConfig(name="test_vit", kwargs={"patch_size": 8}), 3, 32)
     assert spec.kwargs["patch_size"] == 8  # the user's kwargs win
+
+
+def test_a_resnet_gets_the_small_stem_up_to_64_px_on_a_gpu_and_16_px_on_a_cpu():
+    assert (resnet_small_max_size("cpu"), resnet_small_max_size("gpu"), resnet_small_max_size("cuda")) == (16, 64, 64)
+    cpu = resnet_small_max_size("cpu")
+    at28 = {n: create_backbone(BackboneConfig(name=n), 1, 28, cpu)[1] for n in FAMILIES}
+    assert not at28["test_resnet"].small_stem
+    # ConvNeXt and ViT keep the 64 px rule: a ConvNeXt's stride-32 stages need it below 32 px
+    assert at28["test_convnext"].kwargs["patch_size"] == 1 and at28["test_vit"].kwargs["patch_size"] == 4
+    assert create_backbone(BackboneConfig(name="test_resnet"), 1, 16, cpu)[1].small_stem
+    forced = create_backbone(BackboneConfig(name="test_resnet", small_stem=True), 1, 28, cpu)[1]
+    assert forced.small_stem  # an explicit choice wins on any machine
+
+
+def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one(tmp_path, capsys):
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=28, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, max_steps=2)
+    meta = pretrain(cfg, out=tmp_path / "auto")
+    assert "test_resnet keeps timm's stem at 28 px on a CPU" in capsys.readouterr().err
+    assert meta["backbone"]["small_stem"] is False
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["backbone"]["small_stem"] is False
+    # a run from before the CPU rule: small stem at 28 px, and small_stem: null in its config.yaml
+    run = tmp_path / "old"
+    pretrain({**cfg, "backbone": {"name": "test_resnet", "small_stem": True}}, out=run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["backbone"]["small_stem"] = None
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = pretrain({"trainer": {"epochs": 2, "max_steps": -1}}, resume=run)
+    assert resumed["steps"] == 4 and resumed["backbone"]["small_stem"] is True
 
 
 @pytest.mark.parametrize("backbone", ["test_convnext", "test_vit"])

@@ -50,7 +50,7 @@ def _set_help() -> str:
 @click.option(
     "--small-stem/--timm-stem",
     default=None,
-    help="--random-init: the 3x3 stride-1 stem or timm's own. [default: small stem at 64 px and less]",
+    help="--random-init: the small-image rule (3x3 stride-1 stem, ...) or timm's own stem. [default: the rule at 64 px and less; a ResNet on a CPU: 16 px and less]",
 )
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)

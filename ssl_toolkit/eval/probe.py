@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssl_toolkit.atomic import atomic_write_json
-from ssl_toolkit.backbones import create_backbone
+from ssl_toolkit.backbones import create_backbone, resnet_small_max_size
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
@@ -43,7 +43,7 @@ def load_target(
         probe_source = load_source(cfg.data)
         processing = Processing.from_config(cfg.data)  # the baseline is fed as data.color_space/equalize/normalize say
         channels, mean, std = processed_stats(processing, probe_source)
-        model, spec = create_backbone(backbone, channels, probe_source.image_size)
+        model, spec = create_backbone(backbone, channels, probe_source.image_size, resnet_small_max_size(cfg.accelerator))
         meta = {
             "task": "random-init",
             "backbone": spec.to_dict(),
