@@ -248,9 +248,14 @@ def versus_lightly(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
     print("\n## SimCLR end to end: ours vs lightly's reference pipeline")
     for precision in dict.fromkeys(["32-true", args.precision]):
         run_args = argparse.Namespace(**{**vars(args), "precision": precision})
-        ref = lightly_pairs_per_second(images, run_args, backbone_kwargs)
-        ours = ours_images_per_second("simclr", images, run_args, backbone_kwargs)
-        print(f"{precision:<11} lightly {ref:7.1f} pairs/s | ours {ours:7.1f} pairs/s | ratio {ours / ref:5.2f}x (target >= 1.3)")
+        ratios = []
+        for _ in range(args.repeats):  # alternated, so that a change in machine speed hits both pipelines
+            ref = lightly_pairs_per_second(images, run_args, backbone_kwargs)
+            ours = ours_images_per_second("simclr", images, run_args, backbone_kwargs)
+            ratios.append(ours / ref)
+            print(f"{precision:<11} lightly {ref:7.1f} pairs/s | ours {ours:7.1f} pairs/s | ratio {ours / ref:5.2f}x (target >= 2.0)")
+        if args.repeats > 1:
+            print(f"{precision:<11} median ratio of {args.repeats} runs: {statistics.median(ratios):.2f}x")
 
 
 def model_flop_utilisation(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
@@ -261,7 +266,7 @@ def model_flop_utilisation(images: torch.Tensor, args, backbone_kwargs: dict) ->
     peak = gemm_flops_per_second(args.accelerator, args.precision)
     print(
         f"step {flops / 1e9:.2f} GFLOP x {ours / args.batch_size:.2f} steps/s = {achieved / 1e9:.1f} GFLOP/s; "
-        f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.7)"
+        f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.5)"
     )
 
 
@@ -306,6 +311,9 @@ def main() -> None:
         help="run our backbone in channels-last layout (the engine's default; --no-channels-last for NCHW)",
     )
     ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="part 1: measure each pipeline this many times, alternated; print the median ratio"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone_kwargs = {"num_classes": 0}

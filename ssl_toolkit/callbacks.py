@@ -209,6 +209,31 @@ class EpochRowInCheckpoint(Callback):
             checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
 
 
+class EpochEndResume(Callback):
+    """Resumes an epoch-end ``last.ckpt`` as the start of the next epoch.
+
+    Lightning saves the epoch-end checkpoint in ``on_train_epoch_end``, before it counts the
+    epoch as completed. Its own restart logic finishes that epoch on resume, except when the
+    resumed run has a ``max_steps`` limit (iteration-based training): it then takes the
+    restored epoch's batch counters for the new epoch's, finds it already at its last batch,
+    and trains nothing. Marking the epoch completed and zeroing the per-epoch counters before
+    the loops are restored gives the state Lightning would have between the two epochs.
+    """
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit = checkpoint.get("loops", {}).get("fit_loop", {})
+        epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+        if not epochs or not batches or not batches.get("is_last_batch"):
+            return  # a mid-epoch checkpoint: Lightning resumes it as it is
+        if epochs["total"]["completed"] != epochs["total"]["processed"] - 1:
+            return
+        for counters in (epochs["total"], epochs["current"]):
+            counters["completed"] = counters["processed"]
+        for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress"):
+            fit[key]["current"] = dict.fromkeys(fit[key]["current"], 0)
+        batches["is_last_batch"] = False
+
+
 class CheckpointOnInterrupt(Callback):
     """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM).
 
@@ -228,6 +253,9 @@ class CheckpointOnInterrupt(Callback):
 
 class ProgressLines(Callback):
     """One line on stderr every ``every`` steps: epoch, step, loss, images/s and the time left.
+
+    Under ``trainer.max_minutes`` the step total and the time left are those of the budget
+    when it ends the run before the planned epochs do.
 
     Used instead of the progress bar when stderr is not a terminal (CI, ``nohup``, a pipe),
     where a bar writes hundreds of carriage-return frames per epoch.
@@ -252,6 +280,13 @@ class ProgressLines(Callback):
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         done = max(step - self._step0, 1)
         eta = (total - step) * elapsed / done
+        minutes = getattr(getattr(pl_module, "cfg", None), "max_minutes", None)
+        progress = getattr(pl_module, "time_progress", None)
+        if minutes and callable(progress):  # a wall-clock budget ends the run first when it is shorter
+            share = float(progress())
+            if share > 0:
+                total = min(total, max(step, int(step / share)))
+                eta = min(eta, 60.0 * float(minutes) * (1.0 - share))
         loss = trainer.callback_metrics.get("loss_step", trainer.callback_metrics.get("loss"))
         loss_s = f"{float(loss):.4f}" if loss is not None else "-"
         line = (

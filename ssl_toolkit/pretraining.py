@@ -317,7 +317,15 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     """Train with Lightning; returns (trainer, gradient guard, seconds)."""
     import lightning as L
 
-    from ssl_toolkit.callbacks import EpochRowInCheckpoint, GradientGuard, OnlineProbe, RngState, SamplePictures, StartupClock
+    from ssl_toolkit.callbacks import (
+        EpochEndResume,
+        EpochRowInCheckpoint,
+        GradientGuard,
+        OnlineProbe,
+        RngState,
+        SamplePictures,
+        StartupClock,
+    )
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
     from ssl_toolkit.trainer import build_trainer, quiet_lightning, restore_metrics
@@ -339,6 +347,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         guard,
         RngState(),
         EpochRowInCheckpoint(),
+        EpochEndResume(),
         SamplePictures(first_images(data.source.train, 16), folder.samples),
         StartupClock(),
     ]

@@ -82,6 +82,19 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, run_ssl):
     assert len(done.stdout.strip().splitlines()) == 3  # summary, run folder, checkpoint
 
 
+@pytest.mark.slow
+def test_progress_lines_under_a_time_budget_count_down_the_budget(tmp_path, run_ssl):
+    args = ["--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "32"]
+    sets = ["data.synthetic_train=64", "data.synthetic_test=32", "trainer.progress_every_n_steps=1", "trainer.max_minutes=0.1"]
+    done = run_ssl("pretrain", *args, "--epochs", "1000", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("epoch ")]
+    totals = [int(line.split("  ")[1].split("/")[1]) for line in lines]
+    etas = [sum(int(x) * m for x, m in zip(line.rsplit("ETA ", 1)[1].split(":"), (3600, 60, 1))) for line in lines]
+    assert len(lines) > 3 and max(etas) <= 6  # a 6 s budget, not the 1000 epochs' hours
+    assert totals[-1] < 2000 and totals[-1] >= len(lines)  # the steps the budget allows, not 1000 x 2
+
+
 @needs["onnx"]
 @needs["onnxruntime"]
 @pytest.mark.slow

@@ -261,6 +261,20 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     assert len(list((toolkit_home / "checkpoints").iterdir())) == 2  # the longer run is a new entry
 
 
+@pytest.mark.parametrize("max_steps", [-1, 4])
+def test_a_finished_run_resumed_for_another_epoch_trains_it_with_or_without_a_step_limit(tmp_path, max_steps, one_thread):
+    """With ``max_steps`` set, Lightning's own restart took the finished epoch's counters for the new one and trained nothing."""
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"]["batch_size"] = 32  # 2 steps an epoch
+    run = tmp_path / "run"
+    assert pretrain(cfg, out=run)["steps"] == 2
+    meta = pretrain({"trainer": {"epochs": 2, "max_steps": max_steps}}, resume=run)
+    assert (meta["epochs"], meta["steps"]) == (2, 4)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r["loss_epoch"]] == [0, 1]
+
+
 def test_last_ckpt_every_n_minutes_within_an_epoch(tmp_path):
     run = tmp_path / "run"
     proc = _popen([*TINY_ARGS, "--epochs", "3", "--set", "trainer.checkpoint_every_minutes=0.00001", "--out", str(run)], tmp_path)
