@@ -199,13 +199,15 @@ class EpochRowInCheckpoint(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 
-        connector = trainer._logger_connector
-        if connector._first_loop_iter is not None or trainer._results is None:
-            return  # mid-epoch: every row logged so far is already flushed
-        row = convert_tensors_to_scalars(connector.metrics["log"])
+        try:  # Lightning's internals: a version without them saves the checkpoint without the row
+            connector = trainer._logger_connector
+            if connector._first_loop_iter is not None or trainer._results is None:
+                return  # mid-epoch: every row logged so far is already flushed
+            row = convert_tensors_to_scalars(connector.metrics["log"])
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # Lightning's step of epoch rows
+        except (AttributeError, KeyError):
+            return
         if row:
-            # the step Lightning gives epoch rows: the epoch's last optimizer step
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
             checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
 
 

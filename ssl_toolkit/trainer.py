@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -84,7 +84,9 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
             fields, rows = list(reader.fieldnames or []), list(reader)
     kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= last_step]
     changed = len(kept) != len(rows)
-    if isinstance(pending, dict) and not any(_same_row(r, pending) for r in kept):
+    if not _epoch_row(pending):
+        pending = None  # a checkpoint without a usable row: nothing to write back
+    if pending is not None and not any(_same_row(r, pending) for r in kept):
         kept.append({k: str(v) for k, v in pending.items()})
         fields = sorted(set(fields) | set(pending))  # Lightning's writer sorts its columns too
         changed = True
@@ -99,6 +101,16 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     writer.writeheader()
     writer.writerows(kept)
     atomic_write_text(metrics, buf.getvalue())
+
+
+def _epoch_row(row: Any) -> bool:
+    """Whether a checkpoint's ``ssl_epoch_row`` has the shape ``EpochRowInCheckpoint`` writes: scalars with epoch and step."""
+    return (
+        isinstance(row, dict)
+        and {"epoch", "step"} <= set(row)
+        and len(row) > 2
+        and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in row.items())
+    )
 
 
 def _same_row(row: dict, pending: dict) -> bool:

@@ -109,6 +109,11 @@ def test_an_epoch_row_lost_to_a_kill_after_the_checkpoint_is_written_back_on_res
     metrics.unlink()  # killed before the first row was flushed: the file is made with the row
     restore_metrics(metrics, run / "last.ckpt")
     assert [r["loss_epoch"] for r in csv.DictReader(metrics.open())] == [epoch_row[0]["loss_epoch"]]
+    before = metrics.read_bytes()
+    for bad in ({"epoch": "one", "step": 11, "loss_epoch": 1.0}, {"loss_epoch": 1.0}, ["not", "a", "row"]):
+        torch.save({**ckpt, "ssl_epoch_row": bad}, tmp_path / "bad.ckpt")
+        restore_metrics(metrics, tmp_path / "bad.ckpt")  # a row of the wrong shape is ignored, not written
+        assert metrics.read_bytes() == before
 
 
 @pytest.mark.slow
