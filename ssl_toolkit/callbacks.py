@@ -185,13 +185,19 @@ class RngState(Callback):
             gen.set_state(self._restored["views"])
 
 
-class EpochRowInCheckpoint(Callback):
-    """Stores the epoch's ``metrics.csv`` row in a checkpoint written before Lightning logs it.
+class EpochEndCheckpoint(Callback):
+    """Makes the epoch-end ``last.ckpt`` a clean boundary between two epochs.
 
-    Lightning saves the epoch-end ``last.ckpt`` in ``on_train_epoch_end`` and only then logs
-    the epoch-level metrics (``loss_epoch``, ``pretext_acc``...). A kill between the two would
-    resume past an epoch whose row never reached the file; the row kept in the checkpoint
-    lets :func:`ssl_toolkit.trainer.restore_metrics` write it back on resume.
+    Lightning saves it in ``on_train_epoch_end``, before it logs the epoch-level metrics
+    (``loss_epoch``, ``pretext_acc``...) and before it counts the epoch as completed. So:
+
+    - on save, the epoch's ``metrics.csv`` row goes into the checkpoint (``KEY``); a kill
+      before Lightning logs it would otherwise lose it, and
+      :func:`ssl_toolkit.trainer.restore_metrics` writes it back on resume;
+    - on load, the epoch is marked completed and the per-epoch counters zeroed. Lightning's
+      own restart finishes the epoch except under a ``max_steps`` limit (iteration-based
+      training), where it takes the restored epoch's batch counters for the new epoch's,
+      finds it already at its last batch, and trains nothing.
     """
 
     KEY = "ssl_epoch_row"
@@ -210,18 +216,6 @@ class EpochRowInCheckpoint(Callback):
         if row:
             checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
 
-
-class EpochEndResume(Callback):
-    """Resumes an epoch-end ``last.ckpt`` as the start of the next epoch.
-
-    Lightning saves the epoch-end checkpoint in ``on_train_epoch_end``, before it counts the
-    epoch as completed. Its own restart logic finishes that epoch on resume, except when the
-    resumed run has a ``max_steps`` limit (iteration-based training): it then takes the
-    restored epoch's batch counters for the new epoch's, finds it already at its last batch,
-    and trains nothing. Marking the epoch completed and zeroing the per-epoch counters before
-    the loops are restored gives the state Lightning would have between the two epochs.
-    """
-
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         fit = checkpoint.get("loops", {}).get("fit_loop", {})
         epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
@@ -231,8 +225,9 @@ class EpochEndResume(Callback):
             return
         for counters in (epochs["total"], epochs["current"]):
             counters["completed"] = counters["processed"]
-        for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress"):
-            fit[key]["current"] = dict.fromkeys(fit[key]["current"], 0)
+        for progress in (batches, fit.get("epoch_loop.scheduler_progress")):
+            if progress:
+                progress["current"] = dict.fromkeys(progress["current"], 0)
         batches["is_last_batch"] = False
 
 

@@ -318,8 +318,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     import lightning as L
 
     from ssl_toolkit.callbacks import (
-        EpochEndResume,
-        EpochRowInCheckpoint,
+        EpochEndCheckpoint,
         GradientGuard,
         OnlineProbe,
         RngState,
@@ -346,8 +345,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     callbacks = [
         guard,
         RngState(),
-        EpochRowInCheckpoint(),
-        EpochEndResume(),
+        EpochEndCheckpoint(),
         SamplePictures(first_images(data.source.train, 16), folder.samples),
         StartupClock(),
     ]

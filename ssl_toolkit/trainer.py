@@ -66,7 +66,7 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     """Make ``metrics.csv`` match the checkpoint a run resumes from.
 
     Rows logged after the checkpoint's step are dropped (that work is redone), and the epoch
-    row the checkpoint carries (:class:`ssl_toolkit.callbacks.EpochRowInCheckpoint`) is
+    row the checkpoint carries (:class:`ssl_toolkit.callbacks.EpochEndCheckpoint`) is
     written back when a kill came before Lightning logged it.
     """
     from ssl_toolkit.errors import UserError
@@ -104,7 +104,7 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
 
 
 def _epoch_row(row: Any) -> bool:
-    """Whether a checkpoint's ``ssl_epoch_row`` has the shape ``EpochRowInCheckpoint`` writes: scalars with epoch and step."""
+    """Whether a checkpoint's ``ssl_epoch_row`` has the shape ``EpochEndCheckpoint`` writes: scalars with epoch and step."""
     return (
         isinstance(row, dict)
         and {"epoch", "step"} <= set(row)
