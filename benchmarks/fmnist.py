@@ -9,14 +9,16 @@ with 1%, 10% and 100% of the labels. Colorization is skipped: Fashion-MNIST is g
 rotation and SimCLR) pretrain other backbone families with the same budget and evaluation,
 each with its small-image rule (``docs/backbones.md``).
 
-Writes ``benchmarks/results/fmnist[-quick].json`` and regenerates the table between the
-``fmnist`` markers in ``docs/benchmarks.md``. The protocol's settings are in
-``configs/benchmarks/fmnist.yaml`` (``--quick`` uses its ``quick`` overlay).
+Writes ``benchmarks/results/fmnist[-<overlay>].json`` and regenerates the table between the
+``fmnist[-<overlay>]`` markers in ``docs/benchmarks.md``. The protocol's settings are in
+``configs/benchmarks/fmnist.yaml``; ``--quick`` applies its ``quick`` overlay and
+``--protocol NAME`` any other (``budget15``: the same table at 15 minutes per task).
 
 Usage::
 
     python benchmarks/fmnist.py --quick     # reduced table: the ResNet rows took 9 minutes on 2 cores; the 4 ConvNeXt/ViT rows add more
     python benchmarks/fmnist.py             # the full table (about 2 hours on 2 cores)
+    python benchmarks/fmnist.py --protocol budget15   # 15 minutes per task (about 2.5 hours)
     python benchmarks/fmnist.py --resume    # finish an interrupted run, keeping its rows
 """
 
@@ -47,11 +49,14 @@ BEGIN, END = "<!-- fmnist:begin -->", "<!-- fmnist:end -->"
 SKIPPED = {"colorization": "Fashion-MNIST is grayscale; colorization needs colour images"}
 
 
-def load_settings(quick: bool) -> dict[str, Any]:
+def load_settings(overlay: str | None) -> dict[str, Any]:
+    """The base protocol with one named overlay of ``configs/benchmarks/fmnist.yaml`` applied."""
     cfg = yaml.safe_load(CONFIG.read_text())
     base = cfg["protocol"]
-    if quick:
-        for key, value in cfg["quick"].items():
+    if overlay:
+        if overlay not in cfg or overlay == "protocol":
+            raise SystemExit(f"error: no protocol overlay {overlay!r} in {CONFIG} (have: {', '.join(k for k in cfg if k != 'protocol')})")
+        for key, value in cfg[overlay].items():
             base[key] = {**base[key], **value} if isinstance(value, dict) else value
     return base
 
@@ -88,19 +93,24 @@ def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced protocol (configs/benchmarks/fmnist.yaml: quick)")
+    ap.add_argument("--protocol", default=None, help="another overlay of configs/benchmarks/fmnist.yaml, e.g. budget15")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of tasks")
     ap.add_argument("--resume", action="store_true", help="keep the rows of an unfinished run with the same settings and do the rest")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
-    s = load_settings(args.quick)
+    if args.quick and args.protocol not in (None, "quick"):
+        ap.error("--quick is --protocol quick; give one of them")
+    overlay = "quick" if args.quick else args.protocol
+    suffix = f"-{overlay}" if overlay else ""
+    s = load_settings(overlay)
     data = {"name": "fashion-mnist", "image_size": s["image_size"]}
     train_data = {**data, **({"limit": s["train_limit"]} if s.get("train_limit") else {})}
     tasks = args.tasks.split(",") if args.tasks else s["tasks"]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = ROOT / "benchmarks" / "results" / f"fmnist{'-quick' if args.quick else ''}.json"
+    out = ROOT / "benchmarks" / "results" / f"fmnist{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "protocol": "quick" if args.quick else "full",
+        "protocol": overlay or "full",
         "settings": s,
         "rows": {},
         "row_seconds": {},
@@ -111,7 +121,8 @@ def main() -> None:
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
         },
-        "command": "python benchmarks/fmnist.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/fmnist.py"
+        + (f" --protocol {overlay}" if overlay and overlay != "quick" else " --quick" if overlay else ""),
         "seconds": 0.0,
     }
     if args.resume and out.exists():
@@ -180,7 +191,7 @@ def main() -> None:
                     "task_config": s.get("task_config", {}).get(task, {}),
                 }
                 slug = row.replace(" · ", "-")
-                meta = st.pretrain(cfg, out=f"{tmp}/{slug}", name=f"fmnist{'-quick' if args.quick else ''}-{slug}-{stamp}")
+                meta = st.pretrain(cfg, out=f"{tmp}/{slug}", name=f"fmnist{suffix}-{slug}-{stamp}")
                 rows[row] = {
                     **evaluate(meta["library_name"], data, s),
                     "epochs": meta["epochs"],
@@ -205,7 +216,7 @@ def main() -> None:
     table = render(result)
     print(table)
     if not args.no_doc:
-        write_doc(table, args.quick)
+        write_doc(table, overlay)
 
 
 def pct(v: float | None) -> str:
@@ -260,14 +271,15 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(table: str, quick: bool) -> None:
+def write_doc(table: str, overlay: str | None) -> None:
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    begin, end = (BEGIN.replace("fmnist", "fmnist-quick"), END.replace("fmnist", "fmnist-quick")) if quick else (BEGIN, END)
+    tag = f"fmnist-{overlay}" if overlay else "fmnist"
+    begin, end = BEGIN.replace("fmnist", tag), END.replace("fmnist", tag)
     block = f"{begin}\n{table}\n{end}"
     if begin in doc and end in doc:
         doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
-        doc = doc.rstrip() + f"\n\n## Fashion-MNIST quality ({'quick' if quick else 'full'} protocol, `benchmarks/fmnist.py`)\n\n{block}\n"
+        doc = doc.rstrip() + f"\n\n## Fashion-MNIST quality ({overlay or 'full'} protocol, `benchmarks/fmnist.py`)\n\n{block}\n"
     DOC.write_text(doc)
 
 
