@@ -126,6 +126,11 @@ class TrainerConfig(StrictModel):
         grad_checkpointing: Keep only each block's input in the forward pass and recompute the
             rest in the backward pass (timm's ``set_grad_checkpointing``): much less memory for
             activations, for about a third more compute per step (``ssl_toolkit/recompute.py``).
+        backbone_chunk: Run the backbone on at most this many inputs at a time and recompute
+            each chunk in the backward pass (gradient caching): the loss still sees the whole
+            batch (all of NT-Xent's negatives), and activation memory is that of one chunk,
+            for one more backbone forward per step (``ssl_toolkit/chunked.py``). ``None``: the
+            whole batch at once.
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -153,6 +158,7 @@ class TrainerConfig(StrictModel):
     channels_last: bool = True
     compile: Literal["auto"] | bool = "auto"
     grad_checkpointing: bool = False
+    backbone_chunk: int | None = Field(default=None, ge=1)
 
 
 class PretrainConfig(StrictModel):

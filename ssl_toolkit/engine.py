@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ssl_toolkit.chunked import ChunkedBackbone
 from ssl_toolkit.compile import compile_backbone
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
@@ -77,6 +78,7 @@ class PretrainModule(L.LightningModule):
         self.online_probe: OnlineProbe | None = None
         self.step_loss: torch.Tensor | None = None  # the task's loss, checked with the gradients by GradientGuard
         self._fit_started: float | None = None
+        self._chunked = ChunkedBackbone(backbone, trainer_cfg.backbone_chunk) if trainer_cfg.backbone_chunk else None
 
     # ----- training ------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -96,6 +98,11 @@ class PretrainModule(L.LightningModule):
         # state is applied here, after the restore and before the first batch is drawn.
         self.trainer.fit_loop._load_combined_loader_states()
 
+    @property
+    def step_backbone(self) -> nn.Module | ChunkedBackbone:
+        """What the task calls in a training step: the backbone, or the same backbone a chunk at a time (``trainer.backbone_chunk``)."""
+        return self.backbone if self._chunked is None else self._chunked
+
     def to_unit(self, x_u8: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> float in [0, 1], processed (colour space, equalisation) when the data config asks."""
         x = x_u8.float().div_(255.0)
@@ -108,7 +115,7 @@ class PretrainModule(L.LightningModule):
         x = self.to_unit(x_u8)
         if self.cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # a no-op unless processing changed the layout
-        loss, logs = self.task(self.backbone, x)
+        loss, logs = self.task(self.step_backbone, x)
         feats = logs.pop("features", None)
         self.step_loss = loss.detach()
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)

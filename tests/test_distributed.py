@@ -23,10 +23,12 @@ def simclr_loss():
 
 
 @pytest.mark.slow
-def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl):
+@pytest.mark.parametrize("chunk", [None, 16])  # trainer.backbone_chunk: each parameter's gradient reaches DDP once
+def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk):
     run = tmp_path / "ddp"
     done = run_ssl(
         "pretrain",
+        *(["--set", f"trainer.backbone_chunk={chunk}"] if chunk else []),
         "--task",
         "simclr",
         "--data",

@@ -54,13 +54,19 @@ class Losses(Callback):
         self.values.append(float(outputs["loss"]))
 
 
-def train_simclr(checkpointing: bool) -> tuple[PretrainModule, list[float]]:
+def train_simclr(checkpointing: bool, **trainer) -> tuple[PretrainModule, list[float]]:
     torch.manual_seed(0)
     backbone, _ = create_backbone(BackboneConfig(name="test_resnet"), 3, 16)
     facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
     task = build_task("simclr", feature_dim(backbone), {}, facts)
     cfg = TrainerConfig(
-        precision="32-true", accelerator="cpu", online_probe=False, progress_bar=False, batch_size=8, grad_checkpointing=checkpointing
+        precision="32-true",
+        accelerator="cpu",
+        online_probe=False,
+        progress_bar=False,
+        batch_size=8,
+        grad_checkpointing=checkpointing,
+        **trainer,
     )
     module = PretrainModule(backbone, task, cfg, lr=1e-2, weight_decay=0.0, optimizer="adamw")
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)  # (N, C, H, W)
