@@ -167,7 +167,10 @@ class PretextTask(nn.Module, ABC):
         """Compute the pretext loss of one batch.
 
         Args:
-            backbone: The shared timm backbone (pooled output).
+            backbone: The shared timm backbone (pooled output). Under
+                ``trainer.backbone_chunk`` it is a :class:`~ssl_toolkit.chunked.ChunkedBackbone`:
+                ``backbone(x)`` and ``backbone.forward_features(x)`` then run a chunk at a
+                time, and every other attribute is the backbone's own.
             images: ``(B, C, H, W)`` float images in [0, 1] on the training device; the task
                 normalises what it feeds the backbone (:meth:`normalize`).
 
