@@ -124,7 +124,8 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
         },
         "command": "python benchmarks/fmnist.py"
-        + (f" --protocol {overlay}" if overlay and overlay != "quick" else " --quick" if overlay else ""),
+        + (f" --protocol {overlay}" if overlay and overlay != "quick" else " --quick" if overlay else "")
+        + (f" --tasks {args.tasks}" if args.tasks else ""),
         "seconds": 0.0,
     }
     if args.resume and out.exists():
