@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/simclr_budget.py --minutes 15
     python benchmarks/simclr_budget.py --minutes 15 --rows lightly --resume   # one row, keep the other
+    python benchmarks/simclr_budget.py --minutes 15 --rows ours --ours-image-size 32 --out R.json   # our row at 32 px
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def score(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.n
     return {"linear": linear, "knn": knn}
 
 
-def ours(minutes: float, tmp: str) -> dict[str, Any]:
+def ours(minutes: float, tmp: str, image_size: int | None = None) -> dict[str, Any]:
     start = time.time()
-    meta = st.pretrain({"task": "simclr", "data": {"name": "fashion-mnist"}, "trainer": {"max_minutes": minutes}}, out=f"{tmp}/ours")
+    data: dict[str, Any] = {"name": "fashion-mnist", **({"image_size": image_size} if image_size else {})}
+    meta = st.pretrain({"task": "simclr", "data": data, "trainer": {"max_minutes": minutes}}, out=f"{tmp}/ours")
     trained = time.time() - start
     t = yaml.safe_load((Path(meta["run_dir"]) / "config.yaml").read_text())["trainer"]
     e = np.load(st.embed(meta["run_dir"], out=f"{tmp}/ours.npz")["path"])
@@ -177,12 +179,15 @@ def main() -> None:
     ap.add_argument("--rows", default="ours,lightly", help="comma-separated: ours, lightly")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="lightly's row")
     ap.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
+    ap.add_argument("--ours-image-size", type=int, default=None, help="our row's data.image_size (default: the data's 28 px)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "simclr-budget.json"))
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if not set(rows) <= {"ours", "lightly"} or not math.isfinite(args.minutes) or args.minutes <= 0:
         ap.error("--rows takes ours and/or lightly; --minutes must be positive")
+    if args.ours_image_size is not None and not 8 <= args.ours_image_size <= 1024:
+        ap.error("--ours-image-size must be between 8 and 1024")
     out = Path(args.out)
     result: dict[str, Any] = {
         "minutes": args.minutes,
@@ -193,7 +198,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name in rows:
-            result["rows"][name] = ours(args.minutes, tmp) if name == "ours" else lightly_row(args.minutes, args.precision, args.workers)
+            result["rows"][name] = (
+                ours(args.minutes, tmp, args.ours_image_size) if name == "ours" else lightly_row(args.minutes, args.precision, args.workers)
+            )
             print(json.dumps({name: result["rows"][name]}), flush=True)
             result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             out.parent.mkdir(parents=True, exist_ok=True)
