@@ -19,6 +19,7 @@ Usage::
     python benchmarks/simclr_budget.py --minutes 15
     python benchmarks/simclr_budget.py --minutes 15 --rows lightly --resume   # one row, keep the other
     python benchmarks/simclr_budget.py --minutes 15 --rows ours --ours-image-size 32 --out R.json   # our row at 32 px
+    python benchmarks/simclr_budget.py --minutes 15 --rows ours --ours-set trainer.batch_size=128 --out R.json
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 import ssl_toolkit as st  # noqa: E402
 from benchmarks.throughput import lightly_transform  # noqa: E402
-from ssl_toolkit.config import DataConfig  # noqa: E402
+from ssl_toolkit.config import DataConfig, PretrainConfig, apply_overrides, validate  # noqa: E402
 from ssl_toolkit.data.sources import load_source  # noqa: E402
+from ssl_toolkit.errors import UserError  # noqa: E402
+from ssl_toolkit.pretext import TASKS  # noqa: E402
 
 
 def score(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
@@ -69,10 +72,15 @@ def score(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.n
     return {"linear": linear, "knn": knn}
 
 
-def ours(minutes: float, tmp: str, image_size: int | None = None) -> dict[str, Any]:
-    start = time.time()
+def ours_config(minutes: float, image_size: int | None = None, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The new user's pretraining config, with ``--ours-image-size`` and ``--ours-set`` applied."""
     data: dict[str, Any] = {"name": "fashion-mnist", **({"image_size": image_size} if image_size else {})}
-    meta = st.pretrain({"task": "simclr", "data": data, "trainer": {"max_minutes": minutes}}, out=f"{tmp}/ours")
+    return apply_overrides({"task": "simclr", "data": data, "trainer": {"max_minutes": minutes}}, overrides)
+
+
+def ours(minutes: float, tmp: str, image_size: int | None = None, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    start = time.time()
+    meta = st.pretrain(ours_config(minutes, image_size, overrides), out=f"{tmp}/ours")
     trained = time.time() - start
     t = yaml.safe_load((Path(meta["run_dir"]) / "config.yaml").read_text())["trainer"]
     e = np.load(st.embed(meta["run_dir"], out=f"{tmp}/ours.npz")["path"])
@@ -180,6 +188,7 @@ def main() -> None:
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="lightly's row")
     ap.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
     ap.add_argument("--ours-image-size", type=int, default=None, help="our row's data.image_size (default: the data's 28 px)")
+    ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE", help="our row: one more setting (repeatable)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "simclr-budget.json"))
     args = ap.parse_args()
@@ -188,6 +197,12 @@ def main() -> None:
         ap.error("--rows takes ours and/or lightly; --minutes must be positive")
     if args.ours_image_size is not None and not 8 <= args.ours_image_size <= 1024:
         ap.error("--ours-image-size must be between 8 and 1024")
+    overrides = tuple(args.ours_set)
+    try:  # validated as ``ssl pretrain`` would, before anything runs
+        cfg = validate(PretrainConfig, ours_config(args.minutes, args.ours_image_size, overrides), what="--ours-set")
+        validate(TASKS.get("simclr").Config, cfg.task_config, what="--ours-set (task_config)")
+    except UserError as e:
+        ap.error(str(e))
     out = Path(args.out)
     result: dict[str, Any] = {
         "minutes": args.minutes,
@@ -199,7 +214,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in rows:
             result["rows"][name] = (
-                ours(args.minutes, tmp, args.ours_image_size) if name == "ours" else lightly_row(args.minutes, args.precision, args.workers)
+                ours(args.minutes, tmp, args.ours_image_size, overrides) if name == "ours" else lightly_row(args.minutes, args.precision, args.workers)
             )
             print(json.dumps({name: result["rows"][name]}), flush=True)
             result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
