@@ -6,7 +6,9 @@ families are known by the timm module that defines them, each with its small-ima
 px and less, :func:`resnet_small_max_size`):
 
 - ResNet: the stem is replaced by a 3x3 stride-1 conv and no max-pool (the CIFAR-style
-  stem of He et al., 2016, used by SimCLR for small images); total stride 32 -> 8.
+  stem of He et al., 2016, used by SimCLR for small images); total stride 32 -> 8. A ResNet
+  that keeps timm's stem (on a CPU above 16 px) loses the stem's max-pool at
+  ``STEM_POOL_MAX_SIZE`` (32) px and less: total stride 32 -> 16.
 - ConvNeXt (Liu et al., 2022): the 4x4 stride-4 "patchify" stem becomes 1x1 stride 1
   (timm's ``patch_size=1``); total stride 32 -> 8, as for the ResNet.
 - ViT (Dosovitskiy et al., 2021): ``patch_size=4`` instead of 16, so a 32 px image is an
@@ -40,6 +42,12 @@ SMALL_STEM_MAX_SIZE = 64
 # stride-32 stages need 32 px of input, and a ViT's 16 px patches leave a 1-4 token grid.
 SMALL_STEM_MAX_SIZE_CPU_RESNET = 16
 SMALL_VIT_PATCH = 4  # ViT patch side under the small-image rule
+# A ResNet with timm's stem drops the stem's max-pool at 32 px and less: at 28 px timm's stem
+# leaves layer1 a 7x7 map and the last stage 1x1; without the pool they see 14x14 and 2x2, for
+# about 4x the stages' compute (the small stem costs 16x). Fashion-MNIST SimCLR in 15 minutes of
+# a 2-core CPU: 86.6% linear with the pool, 87.9% at the same stride without it
+# (docs/benchmarks.md, "A new user's SimCLR run").
+STEM_POOL_MAX_SIZE = 32
 FAMILY_MODULES = {"resnet": "resnet", "convnext": "convnext", "vit": "vision_transformer"}
 
 
@@ -128,18 +136,31 @@ class TimmModel(Protocol):
 
 @dataclass
 class BackboneSpec:
-    """What rebuilds a backbone: the timm name, its create kwargs, and the stem change."""
+    """What rebuilds a backbone: the timm name, its create kwargs, and the stem changes.
+
+    Attributes:
+        small_stem: A ResNet's stem was replaced (:func:`apply_small_stem`; no max-pool).
+        stem_pool: ``False`` when the ResNet's max-pool is gone (the small stem, or timm's
+            stem without it); ``True`` otherwise, also for families without one.
+    """
 
     timm_name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     small_stem: bool = False
+    stem_pool: bool = True
+
+    def __post_init__(self) -> None:
+        if self.small_stem:
+            self.stem_pool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
-        return cls(timm_name=d["timm_name"], kwargs=dict(d.get("kwargs", {})), small_stem=bool(d.get("small_stem")))
+        small = bool(d.get("small_stem"))
+        pool = d.get("stem_pool")  # metadata from before stem_pool: the pool went with the small stem only
+        return cls(timm_name=d["timm_name"], kwargs=dict(d.get("kwargs", {})), small_stem=small, stem_pool=not small if pool is None else bool(pool))
 
 
 def supports_small_stem(model: nn.Module) -> bool:
@@ -172,17 +193,23 @@ def build_from_spec(spec: BackboneSpec) -> nn.Module:
         raise UserError(f"cannot create backbone '{spec.timm_name}': {str(e).splitlines()[0]}") from None
     if spec.small_stem:
         apply_small_stem(model)
+    elif not spec.stem_pool:
+        if not supports_small_stem(model):
+            raise UserError(f"backbone '{spec.timm_name}' has no ResNet-style stem max-pool; --set backbone.stem_pool=true")
+        model.maxpool = nn.Identity()  # timm's stem without its max-pool: total stride 32 -> 16
     return model
 
 
 def create_backbone(
-    cfg: BackboneConfig, in_chans: int, image_size: int, resnet_max: int = SMALL_STEM_MAX_SIZE
+    cfg: BackboneConfig, in_chans: int, image_size: int, resnet_max: int = SMALL_STEM_MAX_SIZE, pool_max: int = STEM_POOL_MAX_SIZE
 ) -> tuple[nn.Module, BackboneSpec]:
     """Create a timm backbone for ``in_chans``-channel images of ``image_size`` px.
 
     The family's small-image rule (module docstring) applies at ``SMALL_STEM_MAX_SIZE`` px
     and less (a ResNet: ``resnet_max``; runs pass :func:`resnet_small_max_size` of their
-    accelerator) unless ``cfg.small_stem`` says otherwise.
+    accelerator) unless ``cfg.small_stem`` says otherwise. A ResNet keeping timm's stem
+    drops its max-pool at ``pool_max`` px and less unless ``cfg.stem_pool`` says otherwise
+    (a resumed run from before that rule passes 0).
 
     Returns:
         The model (pooled output of size :func:`feature_dim`) and its :class:`BackboneSpec`.
@@ -191,14 +218,20 @@ def create_backbone(
         names = timm.list_models()
         examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "resnet10t", "convnext_atto", "vit_tiny_patch16_224"))
         raise UserError(f"unknown backbone '{cfg.name}'{did_you_mean(cfg.name, names)}; any timm model name works, e.g. {examples}")
-    kwargs, small = family_kwargs(cfg.name, {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}, image_size, cfg.small_stem, resnet_max)
+    fam = family_of(cfg.name)
+    if cfg.stem_pool is False and fam != "resnet":
+        raise UserError(f"backbone '{cfg.name}' has no ResNet-style stem max-pool; leave backbone.stem_pool unset")
+    # stem_pool=true asks for timm's stem with its max-pool, so the small-stem rule does not apply
+    small_choice = False if cfg.stem_pool and cfg.small_stem is None and fam == "resnet" else cfg.small_stem
+    kwargs, small = family_kwargs(cfg.name, {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}, image_size, small_choice, resnet_max)
     if small:  # a timm ResNet-family name whose model may still lack the conv1 + maxpool stem
         probe = timm.create_model(cfg.name, pretrained=False, **kwargs)
         if not supports_small_stem(probe):
             if cfg.small_stem:
                 raise UserError(f"backbone '{cfg.name}' has no ResNet-style stem; --set backbone.small_stem=false")
             small = False
-    spec = BackboneSpec(cfg.name, kwargs, small)
+    pool = (image_size > pool_max or fam != "resnet") if cfg.stem_pool is None else cfg.stem_pool
+    spec = BackboneSpec(cfg.name, kwargs, small, stem_pool=pool)
     return build_from_spec(spec), spec
 
 

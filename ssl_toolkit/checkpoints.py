@@ -107,6 +107,8 @@ def describe_arch(spec: BackboneSpec) -> str:
     extras = [f"{k}={v}" for k, v in spec.kwargs.items() if k != "num_classes"]
     if spec.small_stem:
         extras.append("small stem")
+    elif not spec.stem_pool:
+        extras.append("no stem max-pool")
     return f"{spec.timm_name} ({', '.join(extras)})" if extras else spec.timm_name
 
 
@@ -135,7 +137,12 @@ def build_with_state(spec: BackboneSpec, state: dict[str, torch.Tensor], name: s
 
 def check_same_arch(expected: BackboneSpec, found: BackboneSpec, name: str) -> None:
     """Refuse ``found`` weights for a model built as ``expected`` (e.g. ``--init-from``)."""
-    if (expected.timm_name, expected.small_stem, expected.kwargs) != (found.timm_name, found.small_stem, found.kwargs):
+    if (expected.timm_name, expected.small_stem, expected.stem_pool, expected.kwargs) != (
+        found.timm_name,
+        found.small_stem,
+        found.stem_pool,
+        found.kwargs,
+    ):
         raise UserError(f"architecture mismatch: expected {describe_arch(expected)}, found {describe_arch(found)} in {name}")
 
 
@@ -166,9 +173,10 @@ def stem_changes(spec: BackboneSpec, layout: str) -> list[tuple[str, str]]:
 
     ``layout`` ``"timm"``: weights keep timm's shapes, so only strides and the max-pool change;
     ``"native"``: a single-conv stem is replaced by a fresh 3x3 conv (weights loaded afterwards).
+    timm's stem without its max-pool (``stem_pool`` false) changes no weights, only the pool.
     """
     if not spec.small_stem:
-        return []
+        return [] if spec.stem_pool else [("", "model.maxpool = torch.nn.Identity()")]
     plain = _plain_model(spec)
     conv1 = plain.get_submodule("conv1")
     lines: list[tuple[str, str]] = []
@@ -186,6 +194,11 @@ def stem_changes(spec: BackboneSpec, layout: str) -> list[tuple[str, str]]:
         lines.append((f"conv1.{first}.weight", f"model.conv1{access}.stride = (1, 1)"))
     lines.append(("", "model.maxpool = torch.nn.Identity()"))
     return lines
+
+
+def stem_words(spec: BackboneSpec) -> str:
+    """How the exported backbone's stem differs from timm's, in words."""
+    return "small-image stem (stride-1 first conv, no max-pool)" if spec.small_stem else "timm's stem without its max-pool"
 
 
 def _plain_model(spec: BackboneSpec) -> nn.Module:
@@ -258,7 +271,7 @@ def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
         lines.append(f"model = timm.create_model({spec.timm_name!r}, pretrained=True, pretrained_cfg_overlay={overlay}{kwargs})")
         changes = stem_changes(spec, "timm")
         if changes:
-            lines.append("# small-image stem (stride-1 first conv, no max-pool), as in training")
+            lines.append(f"# {stem_words(spec)}, as in training")
             lines += [code for _, code in changes]
     else:
         if fmt == "safetensors":
@@ -269,7 +282,7 @@ def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
         lines.append(f"model = timm.create_model({spec.timm_name!r}, pretrained=False{kwargs})")
         changes = stem_changes(spec, "native")
         if changes:
-            lines.append("# small-image stem (stride-1 first conv, no max-pool), as in training")
+            lines.append(f"# {stem_words(spec)}, as in training")
             lines += [code for _, code in changes]
         lines.append(f"model.load_state_dict({load})")
     lines.append("model.eval()")

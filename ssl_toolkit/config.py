@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ssl_toolkit.errors import UserError, did_you_mean
 
@@ -78,12 +78,21 @@ class BackboneConfig(StrictModel):
         small_stem: The family's small-image rule (a ResNet's 3x3 stride-1 stem without
             max-pool, a ConvNeXt's 1x1 stem, a ViT's 4 px patches); ``None`` = automatic: on
             at 64 px and less (a ResNet trained on a CPU: at 16 px and less).
+        stem_pool: A ResNet keeping timm's stem keeps its max-pool (total stride 32; without
+            it 16); ``None`` = automatic: the max-pool goes at 32 px and less.
         kwargs: Extra ``timm.create_model`` keyword arguments.
     """
 
     name: str = "resnet18"
     small_stem: bool | None = None
+    stem_pool: bool | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_stem(self) -> BackboneConfig:
+        if self.small_stem and self.stem_pool:
+            raise ValueError("small_stem=true has no max-pool; leave stem_pool unset")
+        return self
 
 
 class TrainerConfig(StrictModel):

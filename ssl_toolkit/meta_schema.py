@@ -26,6 +26,7 @@ class BackboneMetaSpec(_Open):
     timm_name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     small_stem: bool | None = None
+    stem_pool: bool | None = None
 
 
 class ProbeSummary(_Open):

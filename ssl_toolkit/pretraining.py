@@ -242,7 +242,15 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     """Backbone + task for the data, the precision chosen, and the resolved config."""
     import lightning as L
 
-    from ssl_toolkit.backbones import SMALL_STEM_MAX_SIZE, chosen_small_stem, create_backbone, family_of, feature_dim, resnet_small_max_size
+    from ssl_toolkit.backbones import (
+        SMALL_STEM_MAX_SIZE,
+        STEM_POOL_MAX_SIZE,
+        chosen_small_stem,
+        create_backbone,
+        family_of,
+        feature_dim,
+        resnet_small_max_size,
+    )
     from ssl_toolkit.precision import choose_precision
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
     from ssl_toolkit.recompute import check_grad_checkpointing
@@ -254,13 +262,16 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     task_cls.check_data(task_cfg, facts)
     in_chans = task_cls.backbone_in_chans(task_cfg, facts)
     # runs record what the automatic stem chose; a resumed config without it predates the CPU rule
+    # (a resumed config without stem_pool predates the max-pool rule: it kept the pool)
     resnet_max = SMALL_STEM_MAX_SIZE if plan.resume else resnet_small_max_size(cfg.trainer.accelerator)
-    backbone, spec = create_backbone(cfg.backbone, in_chans, source.image_size, resnet_max)
+    backbone, spec = create_backbone(cfg.backbone, in_chans, source.image_size, resnet_max, 0 if plan.resume else STEM_POOL_MAX_SIZE)
     cpu_rule = family_of(cfg.backbone.name) == "resnet" and resnet_max < source.image_size <= SMALL_STEM_MAX_SIZE
     if cpu_rule and cfg.backbone.small_stem is None and plan.primary and not plan.resume:
+        pool = "with its max-pool" if spec.stem_pool else "without its max-pool"
         _warn(
-            f"note: {cfg.backbone.name} keeps timm's stem at {source.image_size} px on a CPU (a ResNet gets the small stem at "
-            f"{resnet_max} px and less here, {SMALL_STEM_MAX_SIZE} on a GPU); --set backbone.small_stem=true turns it on"
+            f"note: {cfg.backbone.name} keeps timm's stem {pool} at {source.image_size} px on a CPU (a ResNet gets the small stem at "
+            f"{resnet_max} px and less here, {SMALL_STEM_MAX_SIZE} on a GPU; the max-pool goes at {STEM_POOL_MAX_SIZE} px and less); "
+            "--set backbone.small_stem=true or backbone.stem_pool=true/false changes it"
         )
     if cfg.trainer.grad_checkpointing:
         check_grad_checkpointing(backbone, cfg.backbone.name)
@@ -279,6 +290,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     resolved = cfg.model_dump(mode="json")
     if cfg.backbone.small_stem is None:  # the automatic choice depends on the machine; a resume elsewhere keeps it
         resolved["backbone"]["small_stem"] = chosen_small_stem(spec, source.image_size)
+    if cfg.backbone.stem_pool is None and family_of(cfg.backbone.name) == "resnet" and not spec.small_stem:
+        resolved["backbone"]["stem_pool"] = spec.stem_pool  # a resume keeps what the rule chose
     resolved["task_config"] = task.config.model_dump(mode="json")
     resolved["trainer"].update(
         lr=t.lr or task_cls.default_lr,

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from ssl_toolkit import pretrain, probe
 from ssl_toolkit.backbones import create_backbone, resnet_small_max_size, stages
-from ssl_toolkit.config import BackboneConfig, ProbeConfig
+from ssl_toolkit.config import BackboneConfig, PretrainConfig, ProbeConfig, validate
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.evaluators import EVALUATORS
 from ssl_toolkit.pretext import TASKS
 
@@ -88,14 +89,49 @@ def test_a_resnet_gets_the_small_stem_up_to_64_px_on_a_gpu_and_16_px_on_a_cpu():
     assert forced.small_stem  # an explicit choice wins on any machine
 
 
+def test_a_resnet_with_timms_stem_drops_its_max_pool_at_32_px_and_less():
+    cpu = resnet_small_max_size("cpu")
+    grids = {}
+    for size, stem_pool in ((28, None), (32, None), (33, None), (28, True), (64, False)):
+        model, spec = create_backbone(BackboneConfig(name="resnet18", stem_pool=stem_pool), 1, size, cpu)
+        assert not spec.small_stem
+        with torch.no_grad():
+            grids[size, stem_pool] = (spec.stem_pool, tuple(model.eval().forward_features(torch.zeros(1, 1, size, size)).shape[-2:]))
+    assert grids == {
+        (28, None): (False, (2, 2)),  # total stride 16; with the pool the last stage would see 1x1
+        (32, None): (False, (2, 2)),
+        (33, None): (True, (2, 2)),
+        (28, True): (True, (1, 1)),
+        (64, False): (False, (4, 4)),
+    }
+    # stem_pool=true means timm's stem: the small stem's rule (16 px on a CPU) steps aside
+    assert create_backbone(BackboneConfig(name="test_resnet", stem_pool=True), 1, 16, cpu)[1].small_stem is False
+    small = create_backbone(BackboneConfig(name="test_resnet"), 1, 16, cpu)[1]
+    assert small.small_stem and small.stem_pool is False  # the small stem has no max-pool either
+    assert create_backbone(BackboneConfig(name="test_vit"), 3, 28)[1].stem_pool  # other families: nothing to drop
+    with pytest.raises(UserError, match="'test_vit' has no ResNet-style stem max-pool"):
+        create_backbone(BackboneConfig(name="test_vit", stem_pool=False), 3, 28)
+    with pytest.raises(UserError, match="small_stem=true has no max-pool; leave stem_pool unset"):
+        validate(PretrainConfig, {"backbone": {"small_stem": True, "stem_pool": True}})
+
+
 def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one(tmp_path, capsys):
     cfg = tiny_config("rotation", epochs=1)
     cfg["data"].update(image_size=28, synthetic_train=64, synthetic_test=32)
     cfg["trainer"].update(batch_size=32, max_steps=2)
     meta = pretrain(cfg, out=tmp_path / "auto")
-    assert "test_resnet keeps timm's stem at 28 px on a CPU" in capsys.readouterr().err
-    assert meta["backbone"]["small_stem"] is False
-    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["backbone"]["small_stem"] is False
+    assert "test_resnet keeps timm's stem without its max-pool at 28 px on a CPU" in capsys.readouterr().err
+    assert (meta["backbone"]["small_stem"], meta["backbone"]["stem_pool"]) == (False, False)
+    recorded = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["backbone"]
+    assert (recorded["small_stem"], recorded["stem_pool"]) == (False, False)
+    # a run from before the max-pool rule: timm's stem with its pool at 28 px, no stem_pool in its config.yaml
+    pooled = tmp_path / "pooled"
+    pretrain({**cfg, "backbone": {"name": "test_resnet", "stem_pool": True}}, out=pooled)
+    saved = yaml.safe_load((pooled / "config.yaml").read_text())
+    del saved["backbone"]["stem_pool"]
+    (pooled / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = pretrain({"trainer": {"epochs": 2, "max_steps": -1}}, resume=pooled)
+    assert resumed["steps"] == 4 and resumed["backbone"]["stem_pool"] is True
     # a run from before the CPU rule: small stem at 28 px, and small_stem: null in its config.yaml
     run = tmp_path / "old"
     pretrain({**cfg, "backbone": {"name": "test_resnet", "small_stem": True}}, out=run)

@@ -19,6 +19,8 @@ from ssl_toolkit.backbones import BackboneSpec, build_from_spec
 from ssl_toolkit.checkpoints import (
     META,
     WEIGHTS,
+    check_same_arch,
+    describe_arch,
     from_timm_layout,
     load_backbone_files,
     load_snippet,
@@ -151,6 +153,34 @@ def test_timm_layout_pads_a_single_conv_stem_exactly():
     plain.maxpool = torch.nn.Identity()
     x = torch.rand(2, 3, 16, 16)
     assert (features(plain.eval(), x) - features(ours, x)).abs().max() < 1e-5
+
+
+def test_timm_stem_without_its_max_pool_exports_as_one_line_and_refuses_the_pooled_arch(tmp_path):
+    spec = BackboneSpec(SINGLE_CONV[0], {"num_classes": 0, "in_chans": 3, **SINGLE_CONV[1]}, small_stem=False, stem_pool=False)
+    torch.manual_seed(0)
+    ours = build_from_spec(spec).eval()
+    assert isinstance(ours.maxpool, torch.nn.Identity) and ours.conv1.stride == (2, 2)
+    state = ours.state_dict()
+    assert to_timm_layout(state, spec).keys() == state.keys()  # no weight changes shape
+    meta = {"backbone": spec.to_dict(), "in_chans": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    for fmt in ("timm", "safetensors"):
+        snippet = load_snippet(meta, "unused.safetensors", fmt)
+        assert "# timm's stem without its max-pool, as in training\nmodel.maxpool = torch.nn.Identity()" in snippet
+        assert "stride" not in snippet
+    plain = timm.create_model(SINGLE_CONV[0], pretrained=False, num_classes=0, in_chans=3, **SINGLE_CONV[1])
+    plain.load_state_dict(state)
+    plain.maxpool = torch.nn.Identity()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert ours.forward_features(x).shape == (2, 16, 2, 2)  # total stride 16
+    assert (features(plain.eval(), x) - features(ours, x)).abs().max() < 1e-6
+    pooled = BackboneSpec(spec.timm_name, spec.kwargs)
+    assert pooled.stem_pool and describe_arch(spec) == "resnet18 (in_chans=3, channels=[16, 16, 16, 16], no stem max-pool)"
+    with pytest.raises(UserError, match="architecture mismatch: expected .*no stem max-pool.*found resnet18"):
+        check_same_arch(spec, pooled, "x")
+    # metadata from before stem_pool: the max-pool went with the small stem only
+    assert BackboneSpec.from_dict({"timm_name": "resnet18", "small_stem": False}).stem_pool
+    assert not BackboneSpec.from_dict({"timm_name": "resnet18", "small_stem": True}).stem_pool
 
 
 @pytest.mark.slow

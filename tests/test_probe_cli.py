@@ -76,11 +76,19 @@ def test_random_init_finetune_baseline(cli):
 def test_random_init_stem_follows_the_flag(cli):
     """The baseline can use timm's own stem, as a pretraining config with small_stem: false does."""
     stems = {}
-    for flag in ("--small-stem", "--timm-stem"):
-        code, out, err = cli("probe", "--random-init", "--backbone", TINY_BACKBONE, flag, "--json", *SMALL)
+    for flags in (["--small-stem"], ["--timm-stem"], ["--timm-stem", "--no-stem-pool"], ["--stem-pool"]):
+        code, out, err = cli("probe", "--random-init", "--backbone", TINY_BACKBONE, *flags, "--json", *SMALL)
         assert code == 0, err
-        stems[flag] = json.loads(out.strip().splitlines()[-1])["small_stem"]
-    assert stems == {"--small-stem": True, "--timm-stem": False}
+        result = json.loads(out.strip().splitlines()[-1])
+        stems[" ".join(flags)] = (result["small_stem"], result["stem_pool"])
+    assert stems == {
+        "--small-stem": (True, False),
+        "--timm-stem": (False, False),  # 32 px synthetic images: timm's stem loses its max-pool
+        "--timm-stem --no-stem-pool": (False, False),
+        "--stem-pool": (False, True),
+    }
+    code, _, err = cli("probe", "--random-init", "--backbone", TINY_BACKBONE, "--small-stem", "--stem-pool", *SMALL)
+    assert code == 2 and "small_stem=true has no max-pool; leave stem_pool unset" in err
 
 
 def test_out_of_range_freeze_stages_and_fraction_exit_2(cli, tmp_path):

@@ -52,6 +52,11 @@ def _set_help() -> str:
     default=None,
     help="--random-init: the small-image rule (3x3 stride-1 stem, ...) or timm's own stem. [default: the rule at 64 px and less; a ResNet on a CPU: 16 px and less]",
 )
+@click.option(
+    "--stem-pool/--no-stem-pool",
+    default=None,
+    help="--random-init, a ResNet with timm's stem: keep its max-pool or drop it. [default: dropped at 32 px and less]",
+)
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
@@ -73,6 +78,7 @@ def probe(
     random_init,
     backbone,
     small_stem,
+    stem_pool,
     config_file,
     overrides,
     as_json,
@@ -107,7 +113,7 @@ def probe(
         },
         overrides,
     )
-    result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem})
+    result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem, "stem_pool": stem_pool})
     rows = [
         ("mode", result["mode"]),
         ("data", result["dataset"]),

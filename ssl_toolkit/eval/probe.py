@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssl_toolkit.atomic import atomic_write_json
-from ssl_toolkit.backbones import create_backbone, resnet_small_max_size
+from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
@@ -117,6 +117,7 @@ def probe(
         "dataset": source.name,
         "backbone": meta["backbone"]["timm_name"],
         "small_stem": bool(meta["backbone"].get("small_stem")),
+        "stem_pool": BackboneSpec.from_dict(meta["backbone"]).stem_pool,
         "task": meta.get("task"),
         "random_init": random_init,
         **facts,
