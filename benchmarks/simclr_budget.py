@@ -91,7 +91,7 @@ def ours(minutes: float, tmp: str, image_size: int | None = None, overrides: tup
         "steps": meta["steps"],
         "epochs": meta["epochs"],
         "precision": meta["precision"],
-        "settings": f"batch {t['batch_size']}, lr {t['lr']:g}, {meta['image_size']} px, small stem {meta['backbone']['small_stem']}",
+        "settings": f"batch {t['batch_size']}, lr {t['lr']:g}, {meta['image_size']} px, small stem {meta['backbone']['small_stem']}, stem pool {meta['backbone'].get('stem_pool', True)}",
         "train_seconds": round(trained, 1),
         "seconds": round(time.time() - start, 1),
     }
@@ -214,7 +214,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in rows:
             result["rows"][name] = (
-                ours(args.minutes, tmp, args.ours_image_size, overrides) if name == "ours" else lightly_row(args.minutes, args.precision, args.workers)
+                ours(args.minutes, tmp, args.ours_image_size, overrides)
+                if name == "ours"
+                else lightly_row(args.minutes, args.precision, args.workers)
             )
             print(json.dumps({name: result["rows"][name]}), flush=True)
             result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

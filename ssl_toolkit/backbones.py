@@ -44,9 +44,9 @@ SMALL_STEM_MAX_SIZE_CPU_RESNET = 16
 SMALL_VIT_PATCH = 4  # ViT patch side under the small-image rule
 # A ResNet with timm's stem drops the stem's max-pool at 32 px and less: at 28 px timm's stem
 # leaves layer1 a 7x7 map and the last stage 1x1; without the pool they see 14x14 and 2x2, for
-# about 4x the stages' compute (the small stem costs 16x). Fashion-MNIST SimCLR in 15 minutes of
-# a 2-core CPU: 86.6% linear with the pool, 87.9% at the same stride without it
-# (docs/benchmarks.md, "A new user's SimCLR run").
+# about 4x the stages' compute (the small stem costs 16x). A new user's Fashion-MNIST SimCLR run,
+# 15 minutes of a 2-core CPU in bf16: 86.6% linear with the pool (1,246 steps), 87.6% without it
+# (669 steps; docs/benchmarks.md, "A new user's SimCLR run").
 STEM_POOL_MAX_SIZE = 32
 FAMILY_MODULES = {"resnet": "resnet", "convnext": "convnext", "vit": "vision_transformer"}
 
@@ -160,7 +160,12 @@ class BackboneSpec:
     def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
         small = bool(d.get("small_stem"))
         pool = d.get("stem_pool")  # metadata from before stem_pool: the pool went with the small stem only
-        return cls(timm_name=d["timm_name"], kwargs=dict(d.get("kwargs", {})), small_stem=small, stem_pool=not small if pool is None else bool(pool))
+        return cls(
+            timm_name=d["timm_name"],
+            kwargs=dict(d.get("kwargs", {})),
+            small_stem=small,
+            stem_pool=not small if pool is None else bool(pool),
+        )
 
 
 def supports_small_stem(model: nn.Module) -> bool:

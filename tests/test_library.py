@@ -133,7 +133,8 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
     with pytest.raises(UserError, match="already exists"):
         pretrain(small(), out=tmp_path / "c", name="rot-a")
     with pytest.raises(
-        UserError, match=r"architecture mismatch: expected test_resnet \(in_chans=3, no stem max-pool\), found test_resnet \(in_chans=3, small stem\)"
+        UserError,
+        match=r"architecture mismatch: expected test_resnet \(in_chans=3, no stem max-pool\), found test_resnet \(in_chans=3, small stem\)",
     ):
         pretrain(small(init_from="rot-a", backbone={"small_stem": False}), out=tmp_path / "d")
 

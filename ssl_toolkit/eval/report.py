@@ -51,7 +51,11 @@ def header_rows(meta: dict[str, Any], source_name: str, target: str) -> list[tup
     run_version = versions.get("ssl_toolkit")
     version = __version__ if not run_version or run_version == __version__ else f"{__version__} (trained with {run_version})"
     rows = [
-        ("backbone", f"{bb.get('timm_name', '?')}" + (" (small stem)" if bb.get("small_stem") else " (no stem max-pool)" if bb.get("stem_pool") is False else "")),
+        (
+            "backbone",
+            f"{bb.get('timm_name', '?')}"
+            + (" (small stem)" if bb.get("small_stem") else " (no stem max-pool)" if bb.get("stem_pool") is False else ""),
+        ),
         ("pretext task", str(meta.get("task") or "-")),
         ("pretrained on", str(ds.get("name") or "-")),
         ("analysed on", source_name),
