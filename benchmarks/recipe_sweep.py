@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import ssl_toolkit as st  # noqa: E402
 from benchmarks.fmnist import evaluate, load_settings  # noqa: E402
 from ssl_toolkit.config import PretrainConfig, apply_overrides, validate  # noqa: E402
+from ssl_toolkit.errors import UserError  # noqa: E402
 from ssl_toolkit.pretext import TASKS  # noqa: E402
 
 
@@ -94,11 +96,20 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the points already in --out")
     ap.add_argument("--out", default=None, help="JSON results (default benchmarks/results/sweep-<task>.json)")
     args = ap.parse_args()
-    s = load_settings(quick=False)
+    s = load_settings(None)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"sweep-{args.task}.json")
+    if not math.isfinite(args.minutes) or args.minutes <= 0:
+        ap.error("--minutes must be a positive number")
+    if args.task not in TASKS.names():
+        ap.error(f"--task: unknown task {args.task!r}; choose one of {', '.join(TASKS.names())}")
     points = ([] if args.no_defaults else [""]) + args.point
-    for p in points:  # every override is checked before the first point spends its budget
-        check_point(s, args.task, args.minutes, p)
+    if not points:
+        ap.error("--no-defaults needs at least one --point")
+    try:  # every override is checked before the first point spends its budget
+        for p in points:
+            check_point(s, args.task, args.minutes, p)
+    except UserError as e:
+        ap.error(str(e))
     command = "python benchmarks/recipe_sweep.py " + " ".join(sys.argv[1:])
     result = {"task": args.task, "minutes": args.minutes, "command": command, "cores": torch.get_num_threads(), "torch": torch.__version__}
     done: list[dict[str, Any]] = json.loads(out.read_text())["points"] if args.resume and out.exists() else []
