@@ -360,8 +360,13 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
     raise UserError(f"no run folder, backbone file or library checkpoint named '{target}'{did_you_mean(name, names)}")
 
 
-def init_backbone_from(backbone: nn.Module, spec: Any, target: str | Path) -> dict[str, Any]:
+def init_backbone_from(
+    backbone: nn.Module, spec: Any, target: str | Path, loaded: tuple[nn.Module, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Copy the weights of ``target`` into ``backbone`` (built from ``spec``); architectures must match.
+
+    Args:
+        loaded: ``target``'s model and metadata when the caller has loaded them already.
 
     Returns:
         What to record about the source: target, library name, task, epochs and weights hash.
@@ -369,7 +374,7 @@ def init_backbone_from(backbone: nn.Module, spec: Any, target: str | Path) -> di
     from ssl_toolkit.backbones import BackboneSpec
     from ssl_toolkit.checkpoints import check_same_arch
 
-    model, meta, _ = load_backbone_any(target)
+    model, meta = loaded if loaded is not None else load_backbone_any(target)[:2]
     check_same_arch(spec, BackboneSpec.from_dict(meta["backbone"]), f"--init-from {target}")
     backbone.load_state_dict(model.state_dict())
     return {

@@ -245,6 +245,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     from ssl_toolkit.backbones import (
         SMALL_STEM_MAX_SIZE,
         STEM_POOL_MAX_SIZE,
+        BackboneSpec,
         chosen_small_stem,
         create_backbone,
         family_of,
@@ -261,6 +262,14 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
     task_cls.check_data(task_cfg, facts)
     in_chans = task_cls.backbone_in_chans(task_cfg, facts)
+    init_source = None
+    if cfg.init_from and not plan.resume:  # continued pretraining: loaded first, so an unset stem_pool follows it
+        from ssl_toolkit.library import load_backbone_any
+
+        init_source = load_backbone_any(cfg.init_from)[:2]
+        found = BackboneSpec.from_dict(init_source[1]["backbone"])
+        if cfg.backbone.stem_pool is None and not found.small_stem and family_of(cfg.backbone.name) == "resnet":
+            cfg = plan.cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"stem_pool": found.stem_pool})})
     # runs record what the automatic stem chose; a resumed config without it predates the CPU rule
     # (a resumed config without stem_pool predates the max-pool rule: it kept the pool)
     resnet_max = SMALL_STEM_MAX_SIZE if plan.resume else resnet_small_max_size(cfg.trainer.accelerator)
@@ -276,10 +285,10 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     if cfg.trainer.grad_checkpointing:
         check_grad_checkpointing(backbone, cfg.backbone.name)
     init_info = None
-    if cfg.init_from and not plan.resume:  # continued pretraining: start from those weights
+    if init_source is not None:  # continued pretraining: start from those weights
         from ssl_toolkit.library import init_backbone_from
 
-        init_info = init_backbone_from(backbone, spec, cfg.init_from)
+        init_info = init_backbone_from(backbone, spec, str(cfg.init_from), init_source)
     task = build_task(cfg.task, feature_dim(backbone), cfg.task_config, facts)
     if type(task).fit_data_prior is not PretextTask.fit_data_prior:  # only tasks with a data prior read images here
         prior = source.train.sample(PRIOR_SAMPLE, seed=cfg.trainer.seed) if source.streaming else source.train.images

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_BACKBONE, tiny_config
 from test_checkpoints import features, make_backbone
 
@@ -161,3 +162,22 @@ def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_pat
     folder_key = next(k for k in probes if k.startswith("one-class."))
     assert folder_key.endswith("-knn-1") and "synthetic-knn-1" in probes
     assert probes["synthetic-knn-1"]["dataset"] == "synthetic" and probes[folder_key]["top1"] == 1.0
+
+
+def test_continued_pretraining_keeps_the_source_stem_pool_unless_set(tmp_path, toolkit_home):
+    """A backbone trained with timm's stem and its max-pool at 28 px (before the max-pool rule, or by choice)
+    is continued as it was built; an explicit stem_pool that differs is refused."""
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=28, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, max_steps=2, online_probe=False)
+    pretrain({**cfg, "backbone": {"name": TINY_BACKBONE, "stem_pool": True}}, out=tmp_path / "pooled", name="pooled")
+    meta = pretrain({**cfg, "init_from": "pooled"}, out=tmp_path / "continued")
+    assert meta["backbone"]["stem_pool"] is True and meta["init_from"]["name"] == "pooled"
+    assert yaml.safe_load((tmp_path / "continued" / "config.yaml").read_text())["backbone"]["stem_pool"] is True
+    fresh = pretrain(cfg, out=tmp_path / "fresh")  # without --init-from the rule applies at 28 px
+    assert fresh["backbone"]["stem_pool"] is False
+    with pytest.raises(
+        UserError, match=r"architecture mismatch: expected test_resnet \(in_chans=3, no stem max-pool\), found test_resnet \(in_chans=3\)"
+    ):
+        pretrain({**cfg, "init_from": "pooled", "backbone": {"name": TINY_BACKBONE, "stem_pool": False}}, out=tmp_path / "refused")
+    assert not (tmp_path / "refused" / "backbone.safetensors").exists()
