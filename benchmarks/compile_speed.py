@@ -52,6 +52,8 @@ def fit_times(images: torch.Tensor, args, compiled: bool) -> list[float]:
     """Per-step seconds of ``args.steps`` SimCLR steps, eager or compiled."""
     torch.manual_seed(0)
     module = build_module("simclr", images, args, {"num_classes": 0})
+    if not args.stem_pool:
+        module.backbone.maxpool = torch.nn.Identity()  # the toolkit's default at 32 px and less (backbone.stem_pool)
     module.cfg = module.cfg.model_copy(update={"compile": compiled})
     clock = StepClock()
     trainer = L.Trainer(
@@ -78,11 +80,17 @@ def main() -> None:
     ap.add_argument("--precisions", default="32-true,bf16-mixed")
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--stem-pool",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep timm's stem max-pool (--no-stem-pool: total stride 16, the toolkit's default at 32 px and less)",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     images, data_name = benchmark_images(args.size, limit=8192)
     print(
-        f"# {data_name}, {args.size} px, {args.backbone} (timm stem), batch {args.batch_size}, {args.steps} steps, "
+        f"# {data_name}, {args.size} px, {args.backbone} (timm stem{'' if args.stem_pool else ' without its max-pool'}), batch {args.batch_size}, {args.steps} steps, "
         f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print("| precision | mode | fit s | first step s | steady step s (median) | break-even steps |")
