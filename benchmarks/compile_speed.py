@@ -51,9 +51,7 @@ class StepClock(Callback):
 def fit_times(images: torch.Tensor, args, compiled: bool) -> list[float]:
     """Per-step seconds of ``args.steps`` SimCLR steps, eager or compiled."""
     torch.manual_seed(0)
-    module = build_module("simclr", images, args, {"num_classes": 0})
-    if not args.stem_pool:
-        module.backbone.maxpool = torch.nn.Identity()  # the toolkit's default at 32 px and less (backbone.stem_pool)
+    module = build_module("simclr", images, args, {"num_classes": 0})  # without the stem's max-pool under --no-stem-pool
     module.cfg = module.cfg.model_copy(update={"compile": compiled})
     clock = StepClock()
     trainer = L.Trainer(

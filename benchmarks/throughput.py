@@ -84,6 +84,18 @@ def benchmark_images(size: int, limit: int) -> tuple[torch.Tensor, str]:
     return x, name
 
 
+def create_backbone(args, backbone_kwargs: dict) -> torch.nn.Module:
+    """timm's ``args.backbone`` with its own stem; without the stem's max-pool when ``args.stem_pool`` is false.
+
+    Dropping the pool is the toolkit's default for a ResNet at 32 px and less
+    (``backbone.stem_pool``); both pipelines get the same backbone.
+    """
+    model = timm.create_model(args.backbone, **backbone_kwargs)
+    if not getattr(args, "stem_pool", True):
+        model.maxpool = torch.nn.Identity()  # total stride 32 -> 16
+    return model
+
+
 # ---------------------------------------------------------------------------------------
 # 1. lightly's reference pipeline
 # ---------------------------------------------------------------------------------------
@@ -121,7 +133,7 @@ def lightly_simclr_rate(dataset: torch.utils.data.Dataset, args, backbone_kwargs
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0
     )
     dev = device_of(args.accelerator)
-    backbone = timm.create_model(args.backbone, **backbone_kwargs).to(dev)
+    backbone = create_backbone(args, backbone_kwargs).to(dev)
     head = SimCLRProjectionHead(backbone.num_features, 512, 128).to(dev)
     loss_fn = NTXentLoss(temperature=0.2)
     opt = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=2e-3)
@@ -155,7 +167,7 @@ def build_module(task_name: str, images: torch.Tensor, args, backbone_kwargs: di
     task_cls = TASKS.get(task_name)
     cfg = task_cls.Config.model_validate(task_config or {})
     in_chans = task_cls.backbone_in_chans(cfg, facts) if hasattr(task_cls, "backbone_in_chans") else 3
-    backbone = timm.create_model(args.backbone, **{**backbone_kwargs, "in_chans": in_chans})
+    backbone = create_backbone(args, {**backbone_kwargs, "in_chans": in_chans})
     task = build_task(task_name, backbone.num_features, task_config or {}, facts)
     if hasattr(task, "fit_data_prior"):
         task.fit_data_prior(images[:2048])
@@ -310,6 +322,12 @@ def main() -> None:
         default=True,
         help="run our backbone in channels-last layout (the engine's default; --no-channels-last for NCHW)",
     )
+    ap.add_argument(
+        "--stem-pool",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep timm's stem max-pool in both pipelines (--no-stem-pool: total stride 16, the toolkit's default at 32 px and less)",
+    )
     ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
     ap.add_argument(
         "--repeats", type=int, default=1, help="part 1: measure each pipeline this many times, alternated; print the median ratio"
@@ -322,7 +340,7 @@ def main() -> None:
 
     print(f"# CPU: {cpu_model()}, native bfloat16 (AVX-512 BF16 / AMX): {'yes' if cpu_has_bf16() else 'no'}")
     print(
-        f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem), batch {args.batch_size}, precision {args.precision}, "
+        f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem{'' if args.stem_pool else ' without its max-pool'}), batch {args.batch_size}, precision {args.precision}, "
         f"{'channels-last' if args.channels_last else 'NCHW'} (ours), "
         f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps"
     )

@@ -1,4 +1,5 @@
-"""The recipe benchmarks read their protocol and check every setting before any budget is spent.
+"""The recipe benchmarks read their protocol and check every setting before any budget is spent;
+the speed benchmarks build the backbone they are asked for.
 
 ``recipe_sweep.py`` and ``simclr_budget.py`` run for hours when they run; these tests start
 them with one bad setting each, which must stop them at the start with a one-line error
@@ -60,3 +61,17 @@ def test_simclr_budget_refuses_a_bad_setting_before_training(tmp_path, args, mes
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize(("stem_pool", "grid"), [(True, 1), (False, 2)])
+def test_speed_benchmarks_build_the_stem_they_are_asked_for(stem_pool, grid):
+    """``--no-stem-pool`` (throughput, MFU, compile) trains the toolkit's default stem at 32 px: total stride 16."""
+    import argparse
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import create_backbone
+
+    model = create_backbone(argparse.Namespace(backbone="resnet18", stem_pool=stem_pool), {"num_classes": 0})
+    assert model.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (grid, grid)
