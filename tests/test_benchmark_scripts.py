@@ -73,5 +73,6 @@ def test_speed_benchmarks_build_the_stem_they_are_asked_for(stem_pool, grid):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from throughput import create_backbone
 
-    model = create_backbone(argparse.Namespace(backbone="resnet18", stem_pool=stem_pool), {"num_classes": 0})
-    assert model.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (grid, grid)
+    model = create_backbone(argparse.Namespace(backbone="resnet18", stem_pool=stem_pool), {"num_classes": 0}).eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (grid, grid)
