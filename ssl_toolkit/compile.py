@@ -8,10 +8,10 @@ the optimiser steps after which the time saved per step has repaid the compilati
 
 Measured so far (``docs/benchmarks.md``, "torch.compile"): on a quiet 2-core CPU in
 float32, resnet18's SimCLR step at 32 px took 0.827 s compiled against 0.836 s eager (1%,
-within the run-to-run spread) after 54 s of compilation; in bfloat16 on a CPU with AMX, at 28 px without the stem's
-max-pool, 1.080 s against 1.133 s (4.7%) after 24 s, about 2% more steps in a 15-minute run;
-no GPU has been measured. With no
-established win, the table is empty and ``auto`` leaves every run eager.
+within the run-to-run spread) after 54 s of compilation; in bfloat16 on a CPU with AMX, at
+28 px without the stem's max-pool, 1.080 s against 1.133 s (4.7%) after 24 s of compilation,
+about 2% more steps in a 15-minute run. No GPU has been measured. With no established win,
+the table is empty and ``auto`` leaves every run eager.
 """
 
 from __future__ import annotations
