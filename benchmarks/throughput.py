@@ -320,7 +320,7 @@ def main() -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run our backbone in channels-last layout (the engine's default; --no-channels-last for NCHW)",
+        help="run our backbone in channels-last layout (the engine's default except for float32 on a CPU; --no-channels-last for NCHW)",
     )
     ap.add_argument(
         "--stem-pool",
