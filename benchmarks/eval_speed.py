@@ -38,7 +38,7 @@ def linear_benchmark(backbone_name: str, epochs: int, lr: float, image_size: int
     from ssl_toolkit.backbones import create_backbone
     from ssl_toolkit.config import BackboneConfig, DataConfig
     from ssl_toolkit.data.sources import load_source
-    from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+    from ssl_toolkit.eval.features import FeatureCache, Preprocess, model_fingerprint
     from ssl_toolkit.evaluators.linear import linear_probe
 
     data = DataConfig(name="digits", image_size=image_size, test_fraction=0.5)  # 899 train / 898 test
@@ -54,12 +54,12 @@ def linear_benchmark(backbone_name: str, epochs: int, lr: float, image_size: int
     # ---- toolkit: extract once (cold), then from the on-disk cache (warm) ------------
     cache = FeatureCache(root=__import__("pathlib").Path(tempfile.mkdtemp()) / "features")
     t0 = time.perf_counter()
-    fp = weights_fingerprint(model)
+    fp = model_fingerprint(model)
     xtr, xte = cache.get(model, source, "train", pre, fp), cache.get(model, source, "test", pre, fp)
     t_extract = time.perf_counter() - t0
     t0 = time.perf_counter()
     fresh = FeatureCache(root=cache.root)
-    fp = weights_fingerprint(model)
+    fp = model_fingerprint(model)
     xtr, xte = fresh.get(model, source, "train", pre, fp), fresh.get(model, source, "test", pre, fp)
     assert fresh.forward_passes == 0
     logits, facts = linear_probe(xtr, ytr, xte, c, seed=0)

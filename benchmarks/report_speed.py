@@ -103,7 +103,7 @@ def main() -> None:
 
     from ssl_toolkit.eval.analysis import UmapParams, analyze
     from ssl_toolkit.eval.embed import embed, load_target_source
-    from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+    from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
     from ssl_toolkit.eval.projection import umap_projection
     from ssl_toolkit.eval.report import report
 
@@ -118,7 +118,7 @@ def main() -> None:
     rows: list[tuple[str, float, float, float]] = []
 
     model, meta, _, source, pre = load_target_source(target, args.data)
-    fp = weights_fingerprint(model)
+    fp = model_fingerprint(model)
     feats = stage("features", lambda: np.asarray(FeatureCache().features(model, source, "test", pre, fp)[0]), rows)
     labels = source.test.labels.numpy()
     print(f"{len(feats):,} images, {feats.shape[1]}-d features")

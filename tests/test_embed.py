@@ -58,7 +58,7 @@ def reference_features(run: Path, src) -> dict[str, np.ndarray]:
 def test_embed_npz_rows_labels_ids_and_cache(run_dir, tmp_path):
     import ssl_toolkit as st
     from ssl_toolkit.eval.embed import load_embeddings
-    from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+    from ssl_toolkit.eval.features import FeatureCache, Preprocess, model_fingerprint
     from ssl_toolkit.library import load_backbone_any
 
     run, src = run_dir
@@ -80,7 +80,7 @@ def test_embed_npz_rows_labels_ids_and_cache(run_dir, tmp_path):
     model, meta, _ = load_backbone_any(run)
     cache = FeatureCache()
     pre = Preprocess(meta["in_chans"], tuple(meta["mean"]), tuple(meta["std"]))
-    got = cache.get(model, src, "test", pre, weights_fingerprint(model))
+    got = cache.get(model, src, "test", pre, model_fingerprint(model))
     assert cache.forward_passes == 0
     np.testing.assert_array_equal(got.numpy(), emb[96:])
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "rotation", "data": DATA}))

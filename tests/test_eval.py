@@ -70,6 +70,30 @@ def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():
     assert torch.allclose(scores, scores2)
 
 
+def test_the_feature_cache_tells_apart_networks_with_the_same_weights():
+    """resnet18 with and without its stem max-pool has one state_dict; their features must not be shared."""
+    from ssl_toolkit.eval.features import extract, model_fingerprint
+
+    source = load_source(DataConfig(name="synthetic", image_size=32, synthetic_train=24, synthetic_test=8))
+    models = {}
+    for pool in (True, False):
+        torch.manual_seed(0)  # the random-init baseline's seeding: the same weights both times
+        models[pool], _ = create_backbone(BackboneConfig(name=TINY_BACKBONE, small_stem=False, stem_pool=pool), source.channels, 32)
+        models[pool].eval()
+    with_pool, without = snapshot(models[True]), snapshot(models[False])
+    assert with_pool.keys() == without.keys() and all(torch.equal(with_pool[k], without[k]) for k in with_pool)
+    assert model_fingerprint(models[True]) != model_fingerprint(models[False])
+
+    pre = Preprocess(source.channels, source.mean, source.std)
+    cache = FeatureCache()
+    first, hit = cache.features(models[True], source, "test", pre)
+    second, hit2 = cache.features(models[False], source, "test", pre)
+    assert not hit and not hit2 and cache.forward_passes == 2
+    np.testing.assert_allclose(np.asarray(second), extract(models[False], source.test.images, pre).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(first), np.asarray(second))
+    assert cache.features(models[False], source, "test", pre)[1]  # and each is still found again
+
+
 def test_partial_freezes_exactly_the_frozen_stages():
     ctx = make_ctx("partial", evaluator_config={"freeze_stages": 2}, epochs=1, lr=1e-2)
     before = snapshot(ctx.model)

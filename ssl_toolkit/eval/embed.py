@@ -34,7 +34,7 @@ from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+from ssl_toolkit.eval.features import FeatureCache, Preprocess, model_fingerprint
 
 SPLITS = ("train", "test")
 EMBED_BATCH = 256
@@ -169,7 +169,7 @@ def embed(
         "target": str(target),
         "backbone": meta["backbone"]["timm_name"],
         "task": meta.get("task"),
-        "weights_fingerprint": rows.fingerprint,
+        "model_fingerprint": rows.fingerprint,
         "dataset": source.describe(),
         "preprocess": pre.key(),
         "splits": rows.counts,
@@ -222,7 +222,7 @@ class _Rows:
         self.device, self.batch_size = device, batch_size
         self.counts = {s: len(getattr(source, s)) for s in splits}
         self.n, self.dim = sum(self.counts.values()), feature_dim(model)
-        self.fingerprint = weights_fingerprint(model)
+        self.fingerprint = model_fingerprint(model)
         self.cached: list[str] = []  # splits served by the cache
 
     def fill(self, npy: Path, info: dict[str, Any]) -> dict[str, np.ndarray]:

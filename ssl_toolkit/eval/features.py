@@ -1,8 +1,11 @@
 """Feature extraction from a frozen backbone, once, with an on-disk cache.
 
 Features are computed in eval mode without gradients, in batches, and cached under
-``$SSL_TOOLKIT_HOME/cache/features`` keyed by (weights hash, dataset, split,
-preprocessing): a second evaluation of the same backbone does no forward pass.
+``$SSL_TOOLKIT_HOME/cache/features`` keyed by (model hash, dataset, split,
+preprocessing): a second evaluation of the same backbone does no forward pass. The model
+hash covers the module tree as well as the weights, so two networks with the same
+parameters and a different forward pass (a ResNet with and without its stem max-pool, a
+different pooling) never share features.
 """
 
 from __future__ import annotations
@@ -77,9 +80,16 @@ class Preprocess:
         return {**key, "transform": self.transform} if self.transform else key
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (names, shapes and bytes)."""
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the module tree (``repr``: layers and their settings) and of every
+    parameter and buffer (names, shapes and bytes).
+
+    The module tree is part of it because some layers have no parameters: timm's resnet18
+    with and without its stem max-pool has the same ``state_dict``, and a random-init
+    baseline built from the same seed has the same weights, but their features differ.
+    """
     h = hashlib.sha256()
+    h.update(repr(model).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(str(tuple(v.shape)).encode())
@@ -134,7 +144,7 @@ class FeatureCache:
 
     def key(self, fingerprint: str, source: DataSource, split: str, pre: Preprocess) -> str:
         desc = {
-            "weights": fingerprint,
+            "model": fingerprint,
             "data": source.describe(),
             "ids_hash": hashlib.sha256("\n".join(getattr(source, split).ids).encode()).hexdigest(),
             "split": split,
@@ -164,7 +174,7 @@ class FeatureCache:
             source: The data.
             split: ``"train"`` or ``"test"``.
             pre: Input preprocessing.
-            fingerprint: :func:`weights_fingerprint` of ``model`` (computed if ``None``).
+            fingerprint: :func:`model_fingerprint` of ``model`` (computed if ``None``).
             device: Where to run the backbone (default: :func:`~ssl_toolkit.devices.choose_device`).
             out: Where to put the features (e.g. a slice of a memmap); a new array if ``None``.
             batch_size: Images per forward pass.
@@ -173,7 +183,7 @@ class FeatureCache:
             The ``(N, D)`` float32 features (``out`` when given) and whether they came from the cache.
         """
         images = getattr(source, split)
-        path = self.path(fingerprint or weights_fingerprint(model), source, split, pre)
+        path = self.path(fingerprint or model_fingerprint(model), source, split, pre)
         cached = self._load(path, len(images))
         if cached is not None:
             if out is None:

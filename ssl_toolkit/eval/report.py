@@ -31,7 +31,7 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
-from ssl_toolkit.eval.features import FeatureCache, weights_fingerprint
+from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
 from ssl_toolkit.eval.run_record import latest_samples, pick_confusion, read_curves, read_probes, sample_picture
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
 from ssl_toolkit.html_page import data_uri, render_page
@@ -182,7 +182,7 @@ def _features(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Query and gallery features through the feature cache (no gallery for leave-one-out)."""
     cache = FeatureCache()
-    fp = weights_fingerprint(model)
+    fp = model_fingerprint(model)
     qx = np.asarray(cache.features(model, source, sides.query_name, pre, fp, device, batch_size=batch_size)[0])
     gx = np.asarray(cache.features(model, source, "train", pre, fp, device, batch_size=batch_size)[0]) if sides.two else None
     return qx, gx

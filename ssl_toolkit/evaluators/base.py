@@ -20,7 +20,7 @@ from ssl_toolkit.config import ProbeConfig, StrictModel, validate
 from ssl_toolkit.data.sources import DataSource
 from ssl_toolkit.devices import choose_device
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.eval.features import FeatureCache, Preprocess, weights_fingerprint
+from ssl_toolkit.eval.features import FeatureCache, Preprocess, model_fingerprint
 from ssl_toolkit.registry import Registry
 
 
@@ -87,7 +87,7 @@ class Evaluator(ABC):
     def features(self, ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached frozen features of the training subset and of the test split (eval mode, no grad)."""
         self.freeze(ctx.model)
-        fp = weights_fingerprint(ctx.model)
+        fp = model_fingerprint(ctx.model)
         device = choose_device(ctx.cfg.accelerator)
         train = self.cache.get(ctx.model, ctx.source, "train", ctx.pre, fp, device=device)
         test = self.cache.get(ctx.model, ctx.source, "test", ctx.pre, fp, device=device)
