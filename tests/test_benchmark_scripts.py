@@ -76,3 +76,72 @@ def test_speed_benchmarks_build_the_stem_they_are_asked_for(stem_pool, grid):
     model = create_backbone(argparse.Namespace(backbone="resnet18", stem_pool=stem_pool), {"num_classes": 0}).eval()
     with torch.no_grad():
         assert model.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (grid, grid)
+
+
+def test_finetune_seeds_gives_pretrained_and_scratch_the_same_network_and_labels(tmp_path):
+    """``finetune_seeds.py``: per seed one fine-tune of the target and one of the same network from scratch."""
+    import json
+
+    import torch
+
+    from ssl_toolkit.backbones import create_backbone
+    from ssl_toolkit.checkpoints import save_backbone
+    from ssl_toolkit.config import BackboneConfig, DataConfig
+    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.eval.probe import label_subset
+
+    src = load_source(DataConfig(name="digits"))
+    torch.manual_seed(1)
+    model, spec = create_backbone(BackboneConfig(name="test_resnet", small_stem=False, stem_pool=False), src.channels, src.image_size)
+    meta = {"task": "random-init", "backbone": spec.to_dict(), "in_chans": src.channels, "image_size": src.image_size}
+    save_backbone(tmp_path / "run", model, {**meta, "mean": list(src.mean), "std": list(src.std)})
+
+    done = _run(
+        "finetune_seeds.py",
+        "--target",
+        str(tmp_path / "run"),
+        "--data",
+        "digits",
+        "--fraction",
+        "0.1",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        tmp_path=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["backbone"] == {"name": "test_resnet", "small_stem": False, "stem_pool": False, "kwargs": {}}
+    assert [(r["kind"], r["seed"]) for r in result["rows"]] == [("pretrained", 0), ("scratch", 0), ("pretrained", 1), ("scratch", 1)]
+    for r in result["rows"]:  # both kinds fine-tune the same network on the seed's stratified 10%
+        assert r["network"] == "test_resnet, small stem False, stem pool False"
+        assert r["n_train"] == len(label_subset(src.train.labels, 0.1, r["seed"]))
+    top1 = {(r["kind"], r["seed"]): 100 * r["top1"] for r in result["rows"]}
+    assert all(0 <= v <= 100 for v in top1.values())
+    gaps = [top1["pretrained", s] - top1["scratch", s] for s in (0, 1)]
+    assert abs(result["gap_mean"] - sum(gaps) / 2) < 1e-9 and result["gap_min"] == min(gaps)
+    assert "| gap |" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fraction", "0"], "--fraction must be in (0, 1]"),
+        (["--fraction", "nan"], "--fraction must be in (0, 1]"),
+        (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
+        (["--epochs", "0"], "--epochs and --batch-size must be at least 1"),
+    ],
+)
+def test_finetune_seeds_refuses_a_bad_setting_before_training(tmp_path, args, message):
+    done = _run("finetune_seeds.py", "--target", str(tmp_path / "missing"), *args, tmp_path=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_finetune_seeds_says_in_one_line_that_a_target_is_missing(tmp_path):
+    done = _run("finetune_seeds.py", "--target", str(tmp_path / "missing"), tmp_path=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "out.json").exists()
