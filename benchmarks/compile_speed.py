@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--precisions", default="32-true,bf16-mixed")
     ap.add_argument("--accelerator", default="cpu")
-    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: the engine's auto")
     ap.add_argument(
         "--stem-pool",
         action=argparse.BooleanOptionalAction,

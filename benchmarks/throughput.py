@@ -159,6 +159,13 @@ def lightly_simclr_rate(dataset: torch.utils.data.Dataset, args, backbone_kwargs
     return args.batch_size / statistics.median(windows(times, args.window))
 
 
+def layout_name(channels_last: bool | None) -> str:
+    """How the header names our layout setting (``None``: the engine's ``auto``)."""
+    if channels_last is None:
+        return "layout auto (NCHW for float32 on a CPU, else channels-last)"
+    return "channels-last" if channels_last else "NCHW"
+
+
 # ---------------------------------------------------------------------------------------
 # ours: the Lightning engine with a registered task
 # ---------------------------------------------------------------------------------------
@@ -174,7 +181,11 @@ def build_module(task_name: str, images: torch.Tensor, args, backbone_kwargs: di
     if hasattr(task, "attach"):
         task.attach(backbone)
     tcfg = TrainerConfig(
-        precision=args.precision, progress_bar=False, online_probe=False, batch_size=args.batch_size, channels_last=args.channels_last
+        precision=args.precision,
+        progress_bar=False,
+        online_probe=False,
+        batch_size=args.batch_size,
+        channels_last="auto" if args.channels_last is None else args.channels_last,
     )
     return PretrainModule(backbone, task, tcfg, lr=task_cls.default_lr, weight_decay=1e-4, optimizer="adamw", seed=0)
 
@@ -319,8 +330,8 @@ def main() -> None:
     ap.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run our backbone in channels-last layout (the engine's default except for float32 on a CPU; --no-channels-last for NCHW)",
+        default=None,
+        help="our backbone's layout: channels-last, or --no-channels-last for NCHW (default: the engine's auto, NCHW for float32 on a CPU, else channels-last)",
     )
     ap.add_argument(
         "--stem-pool",
@@ -341,7 +352,7 @@ def main() -> None:
     print(f"# CPU: {cpu_model()}, native bfloat16 (AVX-512 BF16 / AMX): {'yes' if cpu_has_bf16() else 'no'}")
     print(
         f"# {data_name}, {args.size} px, backbone {args.backbone} (timm stem{'' if args.stem_pool else ' without its max-pool'}), batch {args.batch_size}, precision {args.precision}, "
-        f"{'channels-last' if args.channels_last else 'NCHW'} (ours), "
+        f"{layout_name(args.channels_last)} (ours), "
         f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps"
     )
 
