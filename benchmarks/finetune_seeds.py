@@ -1,10 +1,10 @@
 """Fine-tuning a pretrained backbone against training the same network from scratch, over seeds.
 
-One label fraction of a labelled dataset (default: Fashion-MNIST, 1% of its labels), several seeds. Each seed draws its own
-stratified label subset, head and data order; the pretrained backbone
-(``ssl probe TARGET --mode finetune``) and the supervised-from-scratch baseline
-(``--random-init``, the same network: timm name, stem and max-pool read from the target's
-metadata, its initialisation drawn from the seed) see the same labels with each seed. Both
+One label fraction of a labelled dataset (default: Fashion-MNIST, 1% of its labels),
+several seeds. Each seed draws its own stratified label subset, head and data order; the
+pretrained backbone (``ssl probe TARGET --mode finetune``) and the supervised-from-scratch
+baseline (``--random-init``, the same network: timm name, stem and max-pool read from the
+target's metadata, its initialisation drawn from the seed) see the same labels. Both
 are scored on the test split, by default with the evaluator's length (10 epochs, at least 100
 steps) at batch 256, as in ``benchmarks/fmnist.py``.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -56,6 +57,13 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         ap.exit(2, f"error: --seeds must be comma-separated integers, got {args.seeds!r}\n")
+    out = Path(args.out)
+    try:  # the results file must be writable before minutes of fine-tuning
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir() or not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+            raise OSError("not a writable file")
+    except OSError as e:
+        ap.exit(2, f"error: --out {args.out}: {e.strerror or e}\n")
     try:
         run(args, seeds)
     except UserError as e:
@@ -111,7 +119,6 @@ def run(args: argparse.Namespace, seeds: list[int]) -> None:
         "gap_mean": statistics.fmean(gaps),
         "gap_min": min(gaps),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"| fine-tune {args.fraction:g} | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
     print("|---|" + "---|" * (len(seeds) + 1))

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import benchmark_images, build_module  # noqa: E402
+from throughput import benchmark_images, build_module, layout_name  # noqa: E402
 
 from ssl_toolkit.data.loaders import make_loader  # noqa: E402
 from ssl_toolkit.precision import resolve_precision  # noqa: E402
@@ -93,14 +93,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: the engine's auto")
     args = ap.parse_args()
     args.precision = resolve_precision(args.precision, args.accelerator)
     warnings.filterwarnings("ignore", category=UserWarning)
     images, data_name = benchmark_images(args.size, limit=2048)
     print(
         f"# {data_name}, {args.size} px, {args.backbone}, batch {args.batch_size}, {args.precision}, "
-        f"{'channels-last' if args.channels_last else 'NCHW'}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{layout_name(args.channels_last)}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     for task in args.tasks.split(","):
         profile_task(task, images, args)

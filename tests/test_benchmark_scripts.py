@@ -145,3 +145,9 @@ def test_finetune_seeds_says_in_one_line_that_a_target_is_missing(tmp_path):
     done = _run("finetune_seeds.py", "--target", str(tmp_path / "missing"), tmp_path=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_finetune_seeds_refuses_an_unwritable_out_before_training(tmp_path):
+    (tmp_path / "out.json").mkdir()  # --out names a folder
+    done = _run("finetune_seeds.py", "--target", str(tmp_path / "missing"), tmp_path=tmp_path)
+    assert done.returncode == 2 and "error: --out" in done.stderr and "Traceback" not in done.stderr
