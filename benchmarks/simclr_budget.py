@@ -20,6 +20,7 @@ Usage::
     python benchmarks/simclr_budget.py --minutes 15 --rows lightly --resume   # one row, keep the other
     python benchmarks/simclr_budget.py --minutes 15 --rows ours --ours-image-size 32 --out R.json   # our row at 32 px
     python benchmarks/simclr_budget.py --minutes 15 --rows ours --ours-set trainer.batch_size=128 --out R.json
+    python benchmarks/simclr_budget.py --minutes 30 --rows ours --work /tmp/s30   # keep the run (library, fine-tunes)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,7 @@ def ours(minutes: float, tmp: str, image_size: int | None = None, overrides: tup
         "steps": meta["steps"],
         "epochs": meta["epochs"],
         "precision": meta["precision"],
-        "settings": f"batch {t['batch_size']}, lr {t['lr']:g}, {meta['image_size']} px, small stem {meta['backbone']['small_stem']}, stem pool {meta['backbone'].get('stem_pool', True)}",
+        "settings": f"{meta['backbone']['timm_name']}, batch {t['batch_size']}, lr {t['lr']:g}, {meta['image_size']} px, small stem {meta['backbone']['small_stem']}, stem pool {meta['backbone'].get('stem_pool', True)}",
         "train_seconds": round(trained, 1),
         "seconds": round(time.time() - start, 1),
     }
@@ -191,6 +193,7 @@ def main() -> None:
     ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE", help="our row: one more setting (repeatable)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "simclr-budget.json"))
+    ap.add_argument("--work", default=None, help="keep our run folder and embeddings here (default: a temporary folder)")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if not set(rows) <= {"ours", "lightly"} or not math.isfinite(args.minutes) or args.minutes <= 0:
@@ -211,7 +214,14 @@ def main() -> None:
         "torch": torch.__version__,
         "rows": json.loads(out.read_text())["rows"] if args.resume and out.exists() else {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.work is not None:
+        if Path(args.work, "ours").exists():
+            ap.error(f"--work {args.work} already holds a run (ours/); give an empty folder")
+        try:
+            Path(args.work).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"--work {args.work}: {e.strerror or e}")
+    with tempfile.TemporaryDirectory() if args.work is None else nullcontext(args.work) as tmp:
         for name in rows:
             result["rows"][name] = (
                 ours(args.minutes, tmp, args.ours_image_size, overrides)

@@ -48,6 +48,14 @@ SMALL_VIT_PATCH = 4  # ViT patch side under the small-image rule
 # 15 minutes of a 2-core CPU in bf16: 86.6% linear with the pool (1,246 steps), 87.6% without it
 # (669 steps; docs/benchmarks.md, "A new user's SimCLR run").
 STEM_POOL_MAX_SIZE = 32
+# backbone.name "auto": resnet18, except where a ResNet trained on a CPU keeps timm's stem
+# without its max-pool (17-32 px). There timm's resnet10t (one basic block per stage, a 3x3
+# three-conv stem, 4.9M parameters against resnet18's 11.2M) made 1.7x the steps of a new
+# user's 15-minute Fashion-MNIST SimCLR run on a 2-core CPU, for 88.7% linear top-1 against
+# resnet18's 87.4-87.6% (docs/benchmarks.md, "The backbone for a CPU budget").
+AUTO_BACKBONE = "auto"
+DEFAULT_BACKBONE = "resnet18"
+SMALL_IMAGE_CPU_BACKBONE = "resnet10t"
 FAMILY_MODULES = {"resnet": "resnet", "convnext": "convnext", "vit": "vision_transformer"}
 
 
@@ -67,6 +75,25 @@ def resnet_small_max_size(accelerator: str) -> int:
     from ssl_toolkit.precision import uses_gpu
 
     return SMALL_STEM_MAX_SIZE if uses_gpu(accelerator) else SMALL_STEM_MAX_SIZE_CPU_RESNET
+
+
+def auto_backbone(image_size: int, accelerator: str) -> str:
+    """The timm name that ``backbone.name: auto`` builds for ``image_size`` px on ``accelerator``.
+
+    ``SMALL_IMAGE_CPU_BACKBONE`` (resnet10t) where a ResNet trained on a CPU keeps timm's
+    stem without its max-pool (above ``SMALL_STEM_MAX_SIZE_CPU_RESNET``, at most
+    ``STEM_POOL_MAX_SIZE`` px); ``DEFAULT_BACKBONE`` (resnet18) everywhere else. A run records
+    the name it chose, so a resume on other hardware rebuilds the same network.
+    """
+    cpu_band = resnet_small_max_size(accelerator) < image_size <= STEM_POOL_MAX_SIZE
+    return SMALL_IMAGE_CPU_BACKBONE if cpu_band else DEFAULT_BACKBONE
+
+
+def resolve_auto(cfg: BackboneConfig, image_size: int, accelerator: str) -> BackboneConfig:
+    """``cfg`` with ``name: auto`` replaced by :func:`auto_backbone`'s choice (unchanged otherwise)."""
+    if cfg.name != AUTO_BACKBONE:
+        return cfg
+    return cfg.model_copy(update={"name": auto_backbone(image_size, accelerator)})
 
 
 def chosen_small_stem(spec: BackboneSpec, image_size: int) -> bool:
@@ -219,6 +246,8 @@ def create_backbone(
     Returns:
         The model (pooled output of size :func:`feature_dim`) and its :class:`BackboneSpec`.
     """
+    if cfg.name == AUTO_BACKBONE:
+        raise ValueError("backbone.name 'auto' is resolved by resolve_auto before create_backbone")
     if not timm.is_model(cfg.name):
         names = timm.list_models()
         examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "resnet10t", "convnext_atto", "vit_tiny_patch16_224"))

@@ -74,7 +74,9 @@ class BackboneConfig(StrictModel):
     """A timm backbone.
 
     Attributes:
-        name: ``timm.create_model`` name.
+        name: ``timm.create_model`` name, or ``auto``: resnet18, except resnet10t where a
+            ResNet trained on a CPU keeps timm's stem without its max-pool (17-32 px; see
+            :func:`ssl_toolkit.backbones.auto_backbone`).
         small_stem: The family's small-image rule (a ResNet's 3x3 stride-1 stem without
             max-pool, a ConvNeXt's 1x1 stem, a ViT's 4 px patches); ``None`` = automatic: on
             at 64 px and less (a ResNet trained on a CPU: at 16 px and less).
@@ -83,7 +85,7 @@ class BackboneConfig(StrictModel):
         kwargs: Extra ``timm.create_model`` keyword arguments.
     """
 
-    name: str = "resnet18"
+    name: str = "auto"
     small_stem: bool | None = None
     stem_pool: bool | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)

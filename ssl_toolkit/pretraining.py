@@ -243,6 +243,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     import lightning as L
 
     from ssl_toolkit.backbones import (
+        AUTO_BACKBONE,
+        DEFAULT_BACKBONE,
         SMALL_STEM_MAX_SIZE,
         STEM_POOL_MAX_SIZE,
         BackboneSpec,
@@ -251,6 +253,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
         family_of,
         feature_dim,
         resnet_small_max_size,
+        resolve_auto,
     )
     from ssl_toolkit.precision import choose_precision
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
@@ -268,8 +271,18 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
 
         init_source = load_backbone_any(cfg.init_from)[:2]
         found = BackboneSpec.from_dict(init_source[1]["backbone"])
+        if cfg.backbone.name == AUTO_BACKBONE:  # continued pretraining keeps the network it starts from
+            cfg = plan.cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"name": found.timm_name})})
         if cfg.backbone.stem_pool is None and not found.small_stem and family_of(cfg.backbone.name) == "resnet":
             cfg = plan.cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"stem_pool": found.stem_pool})})
+    if cfg.backbone.name == AUTO_BACKBONE:  # the resolved config records the choice, so a resume rebuilds it
+        chosen = resolve_auto(cfg.backbone, source.image_size, cfg.trainer.accelerator)
+        cfg = plan.cfg = cfg.model_copy(update={"backbone": chosen})
+        if plan.primary and chosen.name != DEFAULT_BACKBONE:
+            _warn(
+                f"note: backbone auto is {chosen.name} at {source.image_size} px on a CPU ({DEFAULT_BACKBONE} above "
+                f"{STEM_POOL_MAX_SIZE} px and on a GPU); --backbone NAME chooses another"
+            )
     # runs record what the automatic stem chose; a resumed config without it predates the CPU rule
     # (a resumed config without stem_pool predates the max-pool rule: it kept the pool)
     resnet_max = SMALL_STEM_MAX_SIZE if plan.resume else resnet_small_max_size(cfg.trainer.accelerator)

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from ssl_toolkit import pretrain, probe
-from ssl_toolkit.backbones import create_backbone, resnet_small_max_size, stages
+from ssl_toolkit.backbones import auto_backbone, create_backbone, resnet_small_max_size, resolve_auto, stages
 from ssl_toolkit.config import BackboneConfig, PretrainConfig, ProbeConfig, validate
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.evaluators import EVALUATORS
@@ -113,6 +113,42 @@ def test_a_resnet_with_timms_stem_drops_its_max_pool_at_32_px_and_less():
         create_backbone(BackboneConfig(name="test_vit", stem_pool=False), 3, 28)
     with pytest.raises(UserError, match="small_stem=true has no max-pool; leave stem_pool unset"):
         validate(PretrainConfig, {"backbone": {"small_stem": True, "stem_pool": True}})
+
+
+def test_backbone_auto_is_resnet10t_where_a_cpu_resnet_drops_the_stem_pool_and_resnet18_elsewhere():
+    chosen = {(size, acc): auto_backbone(size, acc) for size in (8, 16, 17, 28, 32, 33, 224) for acc in ("cpu", "gpu")}
+    assert chosen == {
+        (8, "cpu"): "resnet18",  # the small stem's range on a CPU
+        (16, "cpu"): "resnet18",
+        (17, "cpu"): "resnet10t",
+        (28, "cpu"): "resnet10t",
+        (32, "cpu"): "resnet10t",
+        (33, "cpu"): "resnet18",
+        (224, "cpu"): "resnet18",
+        **{(size, "gpu"): "resnet18" for size in (8, 16, 17, 28, 32, 33, 224)},
+    }
+    assert BackboneConfig().name == "auto"
+    explicit = BackboneConfig(name="resnet18", stem_pool=False)
+    assert resolve_auto(explicit, 28, "cpu") is explicit  # a name the user gave is kept
+    assert resolve_auto(BackboneConfig(stem_pool=False), 28, "cpu") == BackboneConfig(name="resnet10t", stem_pool=False)
+    with pytest.raises(ValueError, match="resolved by resolve_auto"):
+        create_backbone(BackboneConfig(), 1, 28)
+
+
+def test_a_run_records_the_backbone_auto_chose_and_the_baseline_follows_the_same_rule(tmp_path, capsys):
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=28, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, max_steps=1)
+    del cfg["backbone"]
+    meta = pretrain(cfg, out=tmp_path / "auto")
+    assert "note: backbone auto is resnet10t at 28 px on a CPU" in capsys.readouterr().err
+    assert meta["backbone"]["timm_name"] == "resnet10t" and meta["backbone"]["stem_pool"] is False
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["backbone"]["name"] == "resnet10t"
+    baseline = probe(None, {"mode": "knn", "data": cfg["data"]}, random_init=True)
+    assert (baseline["backbone"], baseline["stem_pool"]) == ("resnet10t", False)  # the same network as the run
+    # continued pretraining from a backbone keeps that backbone's network
+    cont = pretrain({**cfg, "init_from": str(tmp_path / "auto")}, out=tmp_path / "cont")
+    assert cont["backbone"]["timm_name"] == "resnet10t"
 
 
 def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one(tmp_path, capsys):

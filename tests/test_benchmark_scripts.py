@@ -63,6 +63,14 @@ def test_simclr_budget_refuses_a_bad_setting_before_training(tmp_path, args, mes
     assert not (tmp_path / "out.json").exists()
 
 
+def test_simclr_budget_refuses_a_work_folder_that_holds_a_run(tmp_path):
+    (tmp_path / "work" / "ours").mkdir(parents=True)
+    done = _run("simclr_budget.py", "--rows", "ours", "--work", str(tmp_path / "work"), tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "already holds a run (ours/)" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.parametrize(("stem_pool", "grid"), [(True, 1), (False, 2)])
 def test_speed_benchmarks_build_the_stem_they_are_asked_for(stem_pool, grid):
     """``--no-stem-pool`` (throughput, MFU, compile) trains the toolkit's default stem at 32 px: total stride 16."""

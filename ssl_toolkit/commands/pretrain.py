@@ -22,7 +22,7 @@ def _data_help() -> str:
 @main.command(context_settings=CONTEXT)
 @click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help)
 @click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help)
-@click.option("--backbone", "-b", help="timm model name. [default: resnet18]")
+@click.option("--backbone", "-b", help="timm model name, or auto. [default: auto: resnet10t on a CPU at 17-32 px, else resnet18]")
 @click.option("--image-size", type=int, help="Square image side in pixels. [default: the dataset's]")
 @click.option("--epochs", type=int, help="Training epochs. [default: 10]")
 @click.option("--batch-size", type=int, help="Images per batch (per device). [default: 256]")

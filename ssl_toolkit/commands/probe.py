@@ -46,7 +46,7 @@ def _set_help() -> str:
 @click.option("--accelerator", help="cpu, gpu, auto (Lightning). [default: auto]")
 @click.option("--seed", type=int, help="Seed of label subsets and training. [default: 0]")
 @click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")
-@click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model for --random-init.")
+@click.option("--backbone", "-b", default="auto", show_default=True, help="timm model for --random-init (auto: as ssl pretrain chooses).")
 @click.option(
     "--small-stem/--timm-stem",
     default=None,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssl_toolkit.atomic import atomic_write_json
-from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size
+from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size, resolve_auto
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
@@ -43,6 +43,7 @@ def load_target(
         probe_source = load_source(cfg.data)
         processing = Processing.from_config(cfg.data)  # the baseline is fed as data.color_space/equalize/normalize say
         channels, mean, std = processed_stats(processing, probe_source)
+        backbone = resolve_auto(backbone, probe_source.image_size, cfg.accelerator)  # the pretraining's rule
         model, spec = create_backbone(backbone, channels, probe_source.image_size, resnet_small_max_size(cfg.accelerator))
         meta = {
             "task": "random-init",
@@ -66,7 +67,7 @@ def probe(
     target: str | Path | None = None,
     config: ProbeConfig | dict[str, Any] | None = None,
     random_init: bool = False,
-    backbone: str | BackboneConfig | dict[str, Any] = "resnet18",
+    backbone: str | BackboneConfig | dict[str, Any] = "auto",
 ) -> dict[str, Any]:
     """Evaluate a backbone on labelled data.
 
@@ -74,9 +75,10 @@ def probe(
         target: Run folder, backbone file or checkpoint-library name.
         config: A :class:`ProbeConfig` or a dict of its fields.
         random_init: Evaluate an untrained ``backbone`` instead (the baseline).
-        backbone: The untrained backbone for ``random_init``: a timm name, or a
-            :class:`BackboneConfig` (or dict of its fields) to choose the stem as a
-            pretraining config does.
+        backbone: The untrained backbone for ``random_init``: a timm name, ``auto`` (the
+            network a pretraining's ``backbone.name: auto`` builds for the data and the
+            accelerator), or a :class:`BackboneConfig` (or dict of its fields) to choose the
+            stem as a pretraining config does.
 
     Returns:
         The result: ``mode``, ``label_fraction``, ``top1``, ``top5``, ``per_class_acc``,
