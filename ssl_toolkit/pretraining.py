@@ -280,8 +280,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
         cfg = plan.cfg = cfg.model_copy(update={"backbone": chosen})
         if plan.primary and chosen.name != DEFAULT_BACKBONE:
             _warn(
-                f"note: backbone auto is {chosen.name} at {source.image_size} px on a CPU ({DEFAULT_BACKBONE} above "
-                f"{STEM_POOL_MAX_SIZE} px and on a GPU); --backbone NAME chooses another"
+                f"note: backbone auto is {chosen.name} at {source.image_size} px on a CPU ({DEFAULT_BACKBONE} on a GPU, and on a CPU "
+                f"at {resnet_small_max_size('cpu')} px and less or above {STEM_POOL_MAX_SIZE} px); --backbone NAME chooses another"
             )
     # runs record what the automatic stem chose; a resumed config without it predates the CPU rule
     # (a resumed config without stem_pool predates the max-pool rule: it kept the pool)
