@@ -94,12 +94,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: the engine's auto")
+    ap.add_argument(
+        "--stem-pool",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep timm's stem max-pool (--no-stem-pool: total stride 16, the toolkit's default at 32 px and less)",
+    )
     args = ap.parse_args()
     args.precision = resolve_precision(args.precision, args.accelerator)
     warnings.filterwarnings("ignore", category=UserWarning)
     images, data_name = benchmark_images(args.size, limit=2048)
     print(
-        f"# {data_name}, {args.size} px, {args.backbone}, batch {args.batch_size}, {args.precision}, "
+        f"# {data_name}, {args.size} px, {args.backbone}{'' if args.stem_pool else ' (stem without its max-pool)'}, batch {args.batch_size}, {args.precision}, "
         f"{layout_name(args.channels_last)}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     for task in args.tasks.split(","):

@@ -133,6 +133,10 @@ class TrainerConfig(StrictModel):
             or ``auto`` (on, except for float32 on a CPU, where NCHW measured about 10%
             faster; channels-last is faster with bf16 on CPUs with oneDNN and on tensor-core
             GPUs; see ``docs/benchmarks.md``).
+        small_map_conv: Compute convolutions on small maps (up to 4x4 inputs, e.g. the last
+            stages of a ResNet on 28-32 px images) as one dense matrix product, with the same
+            result: ``true``, ``false``, or ``auto`` (on a CPU, where oneDNN's kernels for
+            such maps ran several times slower; ``ssl_toolkit/small_map_conv.py``).
         compile: ``torch.compile`` the backbone (inductor): ``true``, ``false``, or ``auto``
             (only where it was measured to win end to end, compile time included, for the
             run's length; see ``ssl_toolkit/compile.py`` and ``docs/benchmarks.md``).
@@ -169,6 +173,7 @@ class TrainerConfig(StrictModel):
     online_probe: bool = True
     progress_bar: bool = True
     channels_last: Literal["auto"] | bool = "auto"
+    small_map_conv: Literal["auto"] | bool = "auto"
     compile: Literal["auto"] | bool = "auto"
     grad_checkpointing: bool = False
     backbone_chunk: int | None = Field(default=None, ge=1)

@@ -20,6 +20,7 @@ from ssl_toolkit.compile import compile_backbone
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.pretext.base import PretextTask
 from ssl_toolkit.recompute import set_grad_checkpointing
+from ssl_toolkit.small_map_conv import convert_small_map_convs, restore_convs, use_small_map_conv
 
 if TYPE_CHECKING:
     from torchmetrics.aggregation import MeanMetric
@@ -97,6 +98,7 @@ class PretrainModule(L.LightningModule):
         self._fit_started: float | None = None
         self._chunked = ChunkedBackbone(backbone, trainer_cfg.backbone_chunk) if trainer_cfg.backbone_chunk else None
         self._channels_last = False  # resolved from trainer.channels_last when the fit starts
+        self._small_map_convs: list[nn.Conv2d] = []  # converted for the fit (trainer.small_map_conv), restored after
 
     # ----- training ------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -106,9 +108,15 @@ class PretrainModule(L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         if self.cfg.grad_checkpointing:
             set_grad_checkpointing(self.backbone, True)
+        if use_small_map_conv(self.cfg.small_map_conv, self.device.type):
+            self._small_map_convs = convert_small_map_convs(self.backbone)
         planned = self.trainer.estimated_stepping_batches  # inf when neither steps nor epochs bound the run
         compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(min(planned, 10**12)))
         self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
+
+    def on_fit_end(self) -> None:
+        restore_convs(self._small_map_convs)  # the caller gets back the backbone it gave
+        self._small_map_convs = []
 
     def on_train_start(self) -> None:
         # A resumed run's loader state (shards: samples already trained this epoch) is applied by

@@ -1,0 +1,181 @@
+"""Convolutions on small maps as one dense matrix product (``trainer.small_map_conv``).
+
+A ResNet trained on small images ends on tiny maps: resnet18 or resnet10t at 28 px without
+the stem's max-pool runs its last stage on 2x2 maps, at 32 px with the pool on 1x1. oneDNN's
+convolution kernels are built for large maps; on a CPU with AMX its 3x3 convolution of 512
+channels over a 2x2 map (batch 512, forward and backward in bf16) ran at about a twentieth of
+the machine's matrix-multiply rate, and that one layer took a quarter of resnet10t's SimCLR
+step (``docs/benchmarks.md``, "Convolutions on small maps").
+
+A convolution is a linear map. On a map of ``P`` input and ``O`` output positions it is one
+``(O * C_out, P * C_in)`` matrix whose blocks are the kernel's taps (or zero where a tap falls
+in the padding): ``W_dense = W_taps @ T``, with ``T`` a fixed 0/1 matrix that says which tap
+joins which input position to which output position. The forward pass is then one large
+matrix product of the flattened batch, and autograd's backward two more; building
+``W_dense`` copies each weight ``P * O / taps`` times, cheap while the map is small. The
+result is the convolution's, up to floating-point summation order, and the parameters, their
+names and the state dict are untouched: a converted module is an ``nn.Conv2d`` whose forward
+takes the dense path when its input map is small enough (:data:`MAX_IN_POSITIONS`,
+:data:`MAX_POSITION_PAIRS_BF16`, :data:`MAX_POSITION_PAIRS_FP32`) and oneDNN's path otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SmallMapSetting = Literal["auto"] | bool
+
+# Dense-path limits, from a sweep of map sizes on a 2-core CPU with AMX (docs/benchmarks.md,
+# "Convolutions on small maps"), forward + backward at batch 512. In bf16 the dense product won
+# up to 3x3 output maps fed by up to 4x4 input maps (2x2 -> 2x2: 10.8x; 4x4 -> 2x2, stride 2:
+# 2.7x; 3x3 -> 3x3: 1.8x) and lost beyond (5x5 -> 3x3: 0.8x; 4x4 -> 4x4: 0.4x). In float32 the
+# machine's matrix products are slower and the break-even comes sooner: it won up to P * O = 16
+# (2x2 -> 2x2: 3.2x) and tied at 64 (4x4 -> 2x2: 1.0x).
+MAX_IN_POSITIONS = 16  # P, input positions
+MAX_POSITION_PAIRS_BF16 = 81  # P * O, the dense matrix's size in blocks of C_out x C_in
+MAX_POSITION_PAIRS_FP32 = 16
+
+
+def use_small_map_conv(setting: SmallMapSetting, device_type: str) -> bool:
+    """Whether ``trainer.small_map_conv`` converts the backbone's convolutions.
+
+    ``auto`` converts on a CPU only: GPU convolution libraries handle small maps well and
+    nothing has been measured there.
+
+    Args:
+        setting: ``true``, ``false`` or ``"auto"``.
+        device_type: ``cpu`` or ``cuda``.
+    """
+    if setting != "auto":
+        return bool(setting)
+    return device_type == "cpu"
+
+
+@functools.lru_cache(maxsize=128)
+def tap_matrix(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """Which kernel tap joins which input position to which output position.
+
+    Args:
+        in_hw: Input map height and width.
+        kernel: Kernel height and width.
+        stride: Stride (height, width).
+        padding: Zero padding (height, width).
+
+    Returns:
+        ``(kh * kw, P * O)`` float32 0/1 matrix, ``P = H * W`` input positions and ``O`` output
+        positions, both row-major; entry ``(t, p * O + o)`` is 1 when tap ``t`` of output
+        position ``o`` reads input position ``p``. Each column has at most one 1.
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel, stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    t = torch.zeros(kh * kw, h * w, ho * wo)
+    for oi in range(ho):
+        for oj in range(wo):
+            for ki in range(kh):
+                for kj in range(kw):
+                    i, j = oi * sh - ph + ki, oj * sw - pw + kj
+                    if 0 <= i < h and 0 <= j < w:
+                        t[ki * kw + kj, i * w + j, oi * wo + oj] = 1.0
+    return t.view(kh * kw, -1)
+
+
+def dense_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` (groups 1, dilation 1) as one matrix product.
+
+    Args:
+        x: ``(N, C_in, H, W)`` input, any memory layout.
+        weight: ``(C_out, C_in, kh, kw)`` kernel.
+        bias: ``(C_out,)`` or ``None``.
+        stride: Stride (height, width).
+        padding: Zero padding (height, width).
+
+    Returns:
+        ``(N, C_out, H_out, W_out)``, channels-last when ``x`` is, else contiguous NCHW.
+    """
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    p, o = h * w, ho * wo
+    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):  # a 1x1 kernel reads one position: subsample, then one product
+        x_sub = x[:, :, :: stride[0], :: stride[1]].permute(0, 2, 3, 1).reshape(n * o, c_in)  # (N*O, C_in)
+        y = F.linear(x_sub, weight.view(c_out, c_in), bias).view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+        return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
+    taps = tap_matrix((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device)  # (kh*kw, P*O)
+    w_dense = (weight.reshape(c_out * c_in, kh * kw) @ taps).view(c_out, c_in, p, o)  # under autocast: bf16
+    w_dense = w_dense.permute(3, 0, 2, 1).reshape(o * c_out, p * c_in)  # rows (o, c_out), columns (p, c_in)
+    x_flat = x.permute(0, 2, 3, 1).reshape(n, p * c_in)  # (N, P*C_in), a view of a channels-last batch
+    y = F.linear(x_flat, w_dense, None if bias is None else bias.repeat(o))  # (N, O*C_out)
+    y = y.view(n, ho, wo, c_out).permute(0, 3, 1, 2)  # (N, C_out, H_out, W_out), channels-last strides
+    return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
+
+
+class SmallMapConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes small maps with :func:`dense_conv2d` and the rest as usual.
+
+    Made by :func:`small_map_convs` from an ``nn.Conv2d`` in place (its class is swapped back
+    afterwards); it has no state of its own.
+    """
+
+    def _dense_applies(self, x: torch.Tensor) -> bool:
+        if x.dim() != 4 or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return False
+        if tuple(self.dilation) != (1, 1):
+            return False
+        h, w = x.shape[-2:]
+        ho = (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
+        if h * w > MAX_IN_POSITIONS or ho < 1 or wo < 1:
+            return False
+        low_precision = x.dtype == torch.bfloat16 or (
+            torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.bfloat16
+        )
+        return h * w * ho * wo <= (MAX_POSITION_PAIRS_BF16 if low_precision else MAX_POSITION_PAIRS_FP32)
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self._dense_applies(input):
+            return dense_conv2d(input, weight, bias, self.stride, self.padding)  # type: ignore[arg-type]
+        return super()._conv_forward(input, weight, bias)
+
+
+def convert_small_map_convs(module: nn.Module) -> list[nn.Conv2d]:
+    """Make every plain ``nn.Conv2d`` of ``module`` take the dense path on small maps.
+
+    The modules keep their identity, parameters and hooks: only their class is swapped, to
+    :class:`SmallMapConv2d`. :func:`restore_convs` swaps it back.
+
+    Returns:
+        The converted convolutions.
+    """
+    convs = [m for m in module.modules() if type(m) is nn.Conv2d]
+    for m in convs:
+        m.__class__ = SmallMapConv2d
+    return convs
+
+
+def restore_convs(convs: list[nn.Conv2d]) -> None:
+    """Give the convolutions of :func:`convert_small_map_convs` back their class (``repr``, fingerprints)."""
+    for m in convs:
+        m.__class__ = nn.Conv2d
+
+
+@contextmanager
+def small_map_convs(module: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Within the block, :func:`convert_small_map_convs` holds for ``module`` (when ``enabled``).
+
+    Yields:
+        How many convolutions were converted.
+    """
+    convs = convert_small_map_convs(module) if enabled else []
+    try:
+        yield len(convs)
+    finally:
+        restore_convs(convs)
