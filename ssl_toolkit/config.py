@@ -103,8 +103,9 @@ class TrainerConfig(StrictModel):
     Attributes:
         epochs: Training epochs.
         max_steps: Stop after this many optimiser steps (-1 = no limit).
-        max_minutes: Stop after this wall-clock budget; the learning-rate cosine then follows
-            the share of the budget spent instead of the step count.
+        max_minutes: Stop after this wall-clock budget or the epochs (``max_steps``), whichever
+            comes first; the learning-rate cosine then follows the share of the budget spent, or
+            of the planned steps where that is further along, so it ends at zero either way.
         batch_size: Images per batch and process.
         lr: Peak learning rate (``None`` = the task's default).
         weight_decay: Weight decay (``None`` = the task's default).

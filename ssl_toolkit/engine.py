@@ -153,9 +153,9 @@ class PretrainModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.cfg.max_minutes:  # steps the budget will allow, extrapolated from the share spent
-            total = max(self.global_step + 1, int(self.global_step / max(self.time_progress(), 1e-6)))
+        total = int(min(self.trainer.estimated_stepping_batches, 10**12))
+        if self.cfg.max_minutes:  # steps the budget will allow, extrapolated from the share spent, if fewer than planned
+            total = min(total, max(self.global_step + 1, int(self.global_step / max(self.time_progress(), 1e-6))))
         self.task.on_train_batch_end(self.backbone, self.global_step, total)
 
     def validation_step(self, batch, batch_idx):
@@ -183,9 +183,12 @@ class PretrainModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = int(self.cfg.warmup_epochs * steps_per_epoch)
-        if self.cfg.max_minutes:  # a wall-clock budget: the cosine follows the share of the budget spent
+        if self.cfg.max_minutes:  # a wall-clock budget: the cosine follows the budget or the steps, whichever ends the run first
             sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1.0 + math.cos(math.pi * self.time_progress()))
+                opt,
+                lambda s: (s + 1) / warmup
+                if s < warmup
+                else 0.5 * (1.0 + math.cos(math.pi * max(self.time_progress(), (s - warmup) / max(1, total - warmup)))),
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))

@@ -107,9 +107,9 @@ def dense_conv2d(
     p, o = h * w, ho * wo
     if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):  # a 1x1 kernel reads one position: subsample, then one product
         x_sub = x[:, :, :: stride[0], :: stride[1]].permute(0, 2, 3, 1).reshape(n * o, c_in)  # (N*O, C_in)
-        y = F.linear(x_sub, weight.view(c_out, c_in), bias).view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+        y = F.linear(x_sub, weight.reshape(c_out, c_in), bias).view(n, ho, wo, c_out).permute(0, 3, 1, 2)
         return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
-    taps = tap_matrix((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device)  # (kh*kw, P*O)
+    taps = tap_matrix((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device, weight.dtype)  # (kh*kw, P*O)
     w_dense = (weight.reshape(c_out * c_in, kh * kw) @ taps).view(c_out, c_in, p, o)  # under autocast: bf16
     w_dense = w_dense.permute(3, 0, 2, 1).reshape(o * c_out, p * c_in)  # rows (o, c_out), columns (p, c_in)
     x_flat = x.permute(0, 2, 3, 1).reshape(n, p * c_in)  # (N, P*C_in), a view of a channels-last batch

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_config
 
@@ -159,3 +160,45 @@ def test_the_seed_fixes_the_initial_weights_and_so_the_whole_run(tmp_path, one_t
     assert loss_a == loss_b  # two runs with one seed: the same initial weights, data order and views
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert loss_c != loss_a and not all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
+
+
+@pytest.mark.parametrize("max_minutes", [None, 60.0])
+def test_the_learning_rate_cosine_ends_at_zero_when_the_epochs_end_the_run_before_the_budget(max_minutes):
+    """A real 4-step fit: with a one-hour ``max_minutes`` the two epochs end the run, and the cosine with them."""
+    import argparse
+    import sys
+
+    import lightning as L
+    from conftest import REPO, TINY_BACKBONE
+
+    from ssl_toolkit.data.loaders import make_loader
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import build_module
+
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    args = argparse.Namespace(backbone=TINY_BACKBONE, size=16, precision="32-true", batch_size=8, channels_last="auto")
+    module = build_module("rotation", images, args, {"num_classes": 0})
+    module.cfg = module.cfg.model_copy(update={"max_minutes": max_minutes})
+    lrs: list[float] = []
+
+    class RecordLr(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordLr()],
+    )
+    trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
+    base = module.lr
+    assert len(lrs) == 4
+    # steps 0..3 of 4: cos(pi * s / 4) -> 1, 0.854, 0.5, 0.146 of the peak (the time share of an hour adds nothing)
+    assert lrs == pytest.approx([base, 0.8536 * base, 0.5 * base, 0.1464 * base], rel=1e-3)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

@@ -1,0 +1,203 @@
+"""``trainer.small_map_conv``: convolutions on small maps as one dense matrix product, with the convolution's result."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, TINY_BACKBONE
+from pydantic import ValidationError
+from torch import nn
+
+from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.eval.features import model_fingerprint
+from ssl_toolkit.small_map_conv import (
+    SmallMapConv2d,
+    convert_small_map_convs,
+    dense_conv2d,
+    restore_convs,
+    small_map_convs,
+    tap_matrix,
+    use_small_map_conv,
+)
+
+# (input side (h, w), kernel, stride, padding): the shapes a ResNet's last stages meet at 28-32 px, and edges
+SHAPES = [
+    ((2, 2), 3, 1, 1),  # resnet10t / resnet18 at 28 px without the stem's pool: layer4's second conv
+    ((4, 4), 3, 2, 1),  # layer4's first conv
+    ((4, 4), 1, 2, 0),  # a 1x1 downsample with stride
+    ((1, 1), 3, 1, 1),  # resnet18 at 32 px with the pool: layer4 on 1x1 maps
+    ((3, 3), 3, 1, 1),
+    ((2, 3), 3, 1, 1),  # not square
+    ((3, 2), 2, 1, 0),  # an even kernel without padding
+]
+
+
+@pytest.mark.parametrize(("hw", "k", "stride", "pad"), SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_conv_gives_the_convolution_and_its_gradients(hw, k, stride, pad, channels_last, bias):
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, *hw, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(7, 6, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True) if bias else None
+    ref = F.conv2d(x, w, b, stride, pad)
+    out = dense_conv2d(x, w, b, (stride, stride), (pad, pad))
+    assert out.shape == ref.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    wanted = [x, w] + ([b] if bias else [])
+    for got, exp in zip(torch.autograd.grad(out, wanted, g), torch.autograd.grad(ref, wanted, g), strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+
+
+def test_tap_matrix_joins_each_output_to_the_inputs_its_window_covers():
+    t = tap_matrix((2, 2), (3, 3), (1, 1), (1, 1))  # (9 taps, 4 inputs x 4 outputs)
+    assert t.shape == (9, 16)
+    assert t.sum().item() == 16  # on a padded 2x2 map every output reads every input, once
+    assert t.sum(0).max().item() == 1  # at most one tap per (input, output) pair
+    # 4x4 -> 2x2 with stride 2: the corner output reads 2x2 inputs, the edges 2x3, the far corner 3x3
+    assert tap_matrix((4, 4), (3, 3), (2, 2), (1, 1)).sum().item() == 4 + 6 + 6 + 9
+    # tap 4 is the kernel's centre: on a 1x1 map it is the only one inside the map
+    assert tap_matrix((1, 1), (3, 3), (1, 1), (1, 1))[:, 0].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
+
+
+def conv_on(side: int, k: int = 3, stride: int = 1, **kw) -> tuple[SmallMapConv2d, torch.Tensor]:
+    conv = nn.Conv2d(4, 4, k, stride, kw.pop("padding", k // 2), **kw)
+    (conv,) = convert_small_map_convs(nn.Sequential(conv))
+    return conv, torch.zeros(2, 4, side, side)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("side", "stride", "fp32", "bf16"),
+    [
+        (1, 1, True, True),
+        (2, 1, True, True),  # 4 x 4 position pairs
+        (2, 2, True, True),
+        (3, 1, False, True),  # 81: the bf16 limit
+        (4, 2, False, True),  # 64
+        (4, 1, False, False),  # 256: oneDNN's kernels win
+        (5, 2, False, False),  # 25 input positions
+    ],
+)
+def test_the_dense_path_is_taken_where_it_measured_faster(side, stride, fp32, bf16):
+    conv, x = conv_on(side, stride=stride)
+    assert conv._dense_applies(x) is fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv._dense_applies(x) is bf16
+    assert conv._dense_applies(x.bfloat16()) is bf16
+
+
+@pytest.mark.parametrize("kw", [{"groups": 2}, {"dilation": 2, "padding": 2}, {"padding_mode": "reflect"}])
+def test_convolutions_the_dense_path_does_not_cover_keep_onednn(kw):
+    conv, x = conv_on(2, **kw)
+    assert conv._dense_applies(x) is False
+    x = torch.randn_like(x)
+    plain = copy.deepcopy(conv)
+    restore_convs([plain])
+    torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)  # the same kernel, bit for bit
+
+
+def test_string_padding_keeps_onednn():
+    (same,) = convert_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding="same")))
+    assert same._dense_applies(torch.zeros(2, 4, 2, 2)) is False
+
+
+def test_converting_swaps_only_the_class_and_restoring_leaves_no_trace():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(TINY_BACKBONE, num_classes=0)
+    before_repr, before_print = repr(model), model_fingerprint(model)
+    params = {id(p) for p in model.parameters()}
+    keys = list(model.state_dict())
+    n_convs = sum(type(m) is nn.Conv2d for m in model.modules())
+    with small_map_convs(model) as converted:
+        assert converted == n_convs > 0
+        assert all(type(m) is not nn.Conv2d for m in model.modules())
+        assert {id(p) for p in model.parameters()} == params
+        assert list(model.state_dict()) == keys  # checkpoints keep timm's names
+    assert repr(model) == before_repr
+    assert model_fingerprint(model) == before_print  # feature caches keep their keys
+    with small_map_convs(model, enabled=False) as converted:
+        assert converted == 0
+        assert all(type(m) is not SmallMapConv2d for m in model.modules())
+
+
+def test_a_converted_backbone_gives_the_same_loss_and_gradients():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=0)
+    model.maxpool = nn.Identity()  # the toolkit's CPU stem at 28 px: layer4 on 2x2 maps
+    model = model.double()
+    twin = copy.deepcopy(model)
+    x = torch.randn(6, 3, 28, 28, dtype=torch.float64)
+    ref = model(x).pow(2).sum()
+    ref.backward()
+    with small_map_convs(twin):
+        out = twin(x).pow(2).sum()
+        out.backward()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=0)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [("auto", "cpu", True), ("auto", "cuda", False), (True, "cuda", True), (False, "cpu", False)],
+)
+def test_auto_converts_on_a_cpu(setting, device, expected):
+    assert use_small_map_conv(setting, device) is expected
+
+
+def test_the_setting_is_validated():
+    assert TrainerConfig().small_map_conv == "auto"
+    assert TrainerConfig(small_map_conv=False).small_map_conv is False
+    with pytest.raises(ValidationError, match="small_map_conv"):
+        TrainerConfig(small_map_conv="sometimes")
+
+
+@pytest.mark.parametrize(("setting", "dense"), [("auto", True), (False, False)])
+def test_a_fit_on_the_cpu_trains_through_the_dense_path_and_returns_plain_convolutions(setting, dense):
+    """A real two-step Lightning fit: which class each convolution had while training, and after."""
+    import lightning as L
+
+    from ssl_toolkit.data.loaders import make_loader
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import build_module
+
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    args = argparse.Namespace(backbone=TINY_BACKBONE, size=16, precision="32-true", batch_size=8, channels_last="auto")
+    module = build_module("rotation", images, args, {"num_classes": 0})
+    module.cfg = module.cfg.model_copy(update={"small_map_conv": setting})
+    seen: list[bool] = []
+
+    def record(conv, inputs):
+        seen.append(isinstance(conv, SmallMapConv2d) and conv._dense_applies(inputs[0]))
+
+    for m in module.backbone.modules():
+        if type(m) is nn.Conv2d:
+            m.register_forward_pre_hook(record)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
+    assert seen and any(seen) is dense
+    assert all(type(m) is nn.Conv2d for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
