@@ -108,10 +108,12 @@ class PretrainModule(L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         if self.cfg.grad_checkpointing:
             set_grad_checkpointing(self.backbone, True)
-        if use_small_map_conv(self.cfg.small_map_conv, self.device.type):
-            self._small_map_convs = convert_small_map_convs(self.backbone)
         planned = self.trainer.estimated_stepping_batches  # inf when neither steps nor epochs bound the run
-        compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(min(planned, 10**12)))
+        compiled = compile_backbone(self.backbone, self.cfg.compile, self.device.type, self.trainer.precision, int(min(planned, 10**12)))
+        small_maps = self.cfg.small_map_conv
+        auto_after_compile = compiled and small_maps == "auto"  # auto leaves a compiled backbone to inductor
+        if use_small_map_conv(small_maps, self.device.type) and not auto_after_compile:
+            self._small_map_convs = convert_small_map_convs(self.backbone)
         self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
 
     def on_fit_end(self) -> None:
@@ -186,9 +188,11 @@ class PretrainModule(L.LightningModule):
         if self.cfg.max_minutes:  # a wall-clock budget: the cosine follows the budget or the steps, whichever ends the run first
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt,
-                lambda s: (s + 1) / warmup
-                if s < warmup
-                else 0.5 * (1.0 + math.cos(math.pi * max(self.time_progress(), (s - warmup) / max(1, total - warmup)))),
+                lambda s: (
+                    (s + 1) / warmup
+                    if s < warmup
+                    else 0.5 * (1.0 + math.cos(math.pi * max(self.time_progress(), (s - warmup) / max(1, total - warmup))))
+                ),
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))

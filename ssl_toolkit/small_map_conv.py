@@ -37,7 +37,8 @@ SmallMapSetting = Literal["auto"] | bool
 # up to 3x3 output maps fed by up to 4x4 input maps (2x2 -> 2x2: 10.8x; 4x4 -> 2x2, stride 2:
 # 2.7x; 3x3 -> 3x3: 1.8x) and lost beyond (5x5 -> 3x3: 0.8x; 4x4 -> 4x4: 0.4x). In float32 the
 # machine's matrix products are slower and the break-even comes sooner: it won up to P * O = 16
-# (2x2 -> 2x2: 3.2x) and tied at 64 (4x4 -> 2x2: 1.0x).
+# (2x2 -> 2x2: 3.2x) and tied at 64 (4x4 -> 2x2: 1.0x). A 1x1 kernel without padding (a
+# ResNet's downsample) multiplies no zeros on the dense path and won at every size tried.
 MAX_IN_POSITIONS = 16  # P, input positions
 MAX_POSITION_PAIRS_BF16 = 81  # P * O, the dense matrix's size in blocks of C_out x C_in
 MAX_POSITION_PAIRS_FP32 = 16
@@ -135,6 +136,8 @@ class SmallMapConv2d(nn.Conv2d):
         wo = (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
         if h * w > MAX_IN_POSITIONS or ho < 1 or wo < 1:
             return False
+        if tuple(self.kernel_size) == (1, 1) and tuple(self.padding) == (0, 0):  # subsample + one product: no zero taps
+            return True
         low_precision = x.dtype == torch.bfloat16 or (
             torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.bfloat16
         )

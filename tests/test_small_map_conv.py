@@ -94,6 +94,8 @@ def test_the_dense_path_is_taken_where_it_measured_faster(side, stride, fp32, bf
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv._dense_applies(x) is bf16
     assert conv._dense_applies(x.bfloat16()) is bf16
+    downsample, _ = conv_on(side, k=1, stride=stride, padding=0)  # no zero taps: dense in either precision
+    assert downsample._dense_applies(x) is (side * side <= 16)
 
 
 @pytest.mark.parametrize("kw", [{"groups": 2}, {"dilation": 2, "padding": 2}, {"padding_mode": "reflect"}])
