@@ -38,6 +38,33 @@ def tiny_config(task: str, data: str = "synthetic", epochs: int = 2, **extra) ->
     return cfg
 
 
+def quiet_trainer(**kw):
+    """A Lightning Trainer on the CPU that writes nothing and prints no bar or summary; ``kw`` adds or overrides."""
+    import lightning as L
+
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**settings, **kw})
+
+
+def bench_module(task: str, images: torch.Tensor, precision: str = "32-true", batch_size: int = 8):
+    """The PretrainModule ``benchmarks/throughput.py`` times: ``TINY_BACKBONE`` on ``images``' size, the engine's auto layout."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import build_module
+
+    size = int(images.shape[-1])
+    args = argparse.Namespace(backbone=TINY_BACKBONE, size=size, precision=precision, batch_size=batch_size, channels_last="auto")
+    return build_module(task, images, args, {"num_classes": 0})
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest, and with steady timings on a shared machine, on one thread."""

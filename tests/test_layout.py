@@ -35,31 +35,14 @@ def test_channels_last_setting_is_validated():
 @pytest.mark.parametrize(("precision", "channels_last"), [("32-true", False), ("bf16-mixed", True)])
 def test_a_fit_puts_the_backbone_in_the_layout_auto_chose(precision, channels_last):
     """A real one-step Lightning fit on the CPU with ``channels_last: auto``."""
-    import argparse
-    import sys
-
-    import lightning as L
     import torch
-    from conftest import REPO, TINY_BACKBONE
+    from conftest import bench_module, quiet_trainer
 
     from ssl_toolkit.data.loaders import make_loader
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import build_module
-
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    args = argparse.Namespace(backbone=TINY_BACKBONE, size=32, precision=precision, batch_size=8, channels_last="auto")
-    module = build_module("rotation", images, args, {"num_classes": 0})
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=precision,
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    module = bench_module("rotation", images, precision=precision)
+    trainer = quiet_trainer(precision=precision, max_steps=1)
     trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
     weight = next(w for w in module.backbone.parameters() if w.dim() == 4 and w.shape[-1] > 1)  # a k x k convolution
     assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last

@@ -165,20 +165,13 @@ def test_the_seed_fixes_the_initial_weights_and_so_the_whole_run(tmp_path, one_t
 @pytest.mark.parametrize("max_minutes", [None, 60.0])
 def test_the_learning_rate_cosine_ends_at_zero_when_the_epochs_end_the_run_before_the_budget(max_minutes):
     """A real 4-step fit: with a one-hour ``max_minutes`` the two epochs end the run, and the cosine with them."""
-    import argparse
-    import sys
-
     import lightning as L
-    from conftest import REPO, TINY_BACKBONE
+    from conftest import bench_module, quiet_trainer
 
     from ssl_toolkit.data.loaders import make_loader
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import build_module
-
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
-    args = argparse.Namespace(backbone=TINY_BACKBONE, size=16, precision="32-true", batch_size=8, channels_last="auto")
-    module = build_module("rotation", images, args, {"num_classes": 0})
+    module = bench_module("rotation", images)
     module.cfg = module.cfg.model_copy(update={"max_minutes": max_minutes})
     lrs: list[float] = []
 
@@ -186,16 +179,7 @@ def test_the_learning_rate_cosine_ends_at_zero_when_the_epochs_end_the_run_befor
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[RecordLr()],
-    )
+    trainer = quiet_trainer(max_epochs=2, callbacks=[RecordLr()])
     trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
     base = module.lr
     assert len(lrs) == 4

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
 from ssl_toolkit.backbones import create_backbone, feature_dim
@@ -71,16 +71,7 @@ def train_simclr(checkpointing: bool, **trainer) -> tuple[PretrainModule, list[f
     module = PretrainModule(backbone, task, cfg, lr=1e-2, weight_decay=0.0, optimizer="adamw")
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)  # (N, C, H, W)
     losses = Losses()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[losses],
-        deterministic=True,
-    )
+    trainer = quiet_trainer(max_steps=3, callbacks=[losses], deterministic=True)
     trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
     return module, losses.values
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, TINY_BACKBONE
+from conftest import TINY_BACKBONE, bench_module, quiet_trainer
 from pydantic import ValidationError
 from torch import nn
 
 from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.data.loaders import make_loader
 from ssl_toolkit.eval.features import model_fingerprint
 from ssl_toolkit.small_map_conv import (
     SmallMapConv2d,
@@ -171,16 +170,8 @@ def test_the_setting_is_validated():
 @pytest.mark.parametrize(("setting", "dense"), [("auto", True), (False, False)])
 def test_a_fit_on_the_cpu_trains_through_the_dense_path_and_returns_plain_convolutions(setting, dense):
     """A real two-step Lightning fit: which class each convolution had while training, and after."""
-    import lightning as L
-
-    from ssl_toolkit.data.loaders import make_loader
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import build_module
-
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
-    args = argparse.Namespace(backbone=TINY_BACKBONE, size=16, precision="32-true", batch_size=8, channels_last="auto")
-    module = build_module("rotation", images, args, {"num_classes": 0})
+    module = bench_module("rotation", images)
     module.cfg = module.cfg.model_copy(update={"small_map_conv": setting})
     seen: list[bool] = []
 
@@ -190,16 +181,7 @@ def test_a_fit_on_the_cpu_trains_through_the_dense_path_and_returns_plain_convol
     for m in module.backbone.modules():
         if type(m) is nn.Conv2d:
             m.register_forward_pre_hook(record)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(precision="32-true", max_steps=2)
     trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
     assert seen and any(seen) is dense
     assert all(type(m) is nn.Conv2d for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
