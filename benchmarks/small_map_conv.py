@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -51,6 +52,14 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def one_pass(x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int, dense: bool, mode: str, bf16: bool) -> None:
+    """One convolution of ``x`` (forward, and backward in ``train`` mode), by oneDNN or the dense product."""
+    with torch.set_grad_enabled(mode == "train"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = dense_conv2d(x, weight, None, (stride, stride), (pad, pad)) if dense else F.conv2d(x, weight, None, stride, pad)
+    if mode == "train":
+        y.float().sum().backward()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32-true"])
@@ -71,14 +80,8 @@ def main() -> None:
         conv = nn.Conv2d(c_in, c_out, k, stride, pad, bias=False).to(memory_format=layout)
         x = torch.randn(n, c_in, side, side).contiguous(memory_format=layout).requires_grad_(args.mode == "train")
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-
-        def run(dense: bool) -> None:
-            with torch.set_grad_enabled(args.mode == "train"), autocast:
-                y = dense_conv2d(x, conv.weight, None, (stride, stride), (pad, pad)) if dense else F.conv2d(x, conv.weight, None, stride, pad)
-            if args.mode == "train":
-                y.float().sum().backward()
-
-        onednn, dense = median_ms(lambda: run(False), args.repeats), median_ms(lambda: run(True), args.repeats)
+        onednn = median_ms(functools.partial(one_pass, x, conv.weight, stride, pad, False, args.mode, bf16), args.repeats)
+        dense = median_ms(functools.partial(one_pass, x, conv.weight, stride, pad, True, args.mode, bf16), args.repeats)
         probe = nn.Conv2d(c_in, c_out, k, stride, pad, bias=False)
         probe.__class__ = SmallMapConv2d
         with autocast:
