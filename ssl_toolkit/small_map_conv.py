@@ -3,8 +3,8 @@
 A ResNet trained on small images ends on tiny maps: resnet18 or resnet10t at 28 px without
 the stem's max-pool runs its last stage on 2x2 maps, at 32 px with the pool on 1x1. oneDNN's
 convolution kernels are built for large maps; on a CPU with AMX its 3x3 convolution of 512
-channels over a 2x2 map (batch 512, forward and backward in bf16) ran at about a twentieth of
-the machine's matrix-multiply rate, and that one layer took a quarter of resnet10t's SimCLR
+channels over a 2x2 map (batch 512, forward and backward in bf16) ran at about 7% of
+the machine's matrix-multiply rate, and that one layer took a third of resnet10t's SimCLR
 step (``docs/benchmarks.md``, "Convolutions on small maps").
 
 A convolution is a linear map. On a map of ``P`` input and ``O`` output positions it is one
