@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--mode", default="train", choices=["train", "eval"], help="forward + backward, or forward only")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, not {args.repeats}")
     torch.manual_seed(0)
     bf16 = args.precision == "bf16-mixed"
     layout = torch.channels_last if bf16 else torch.contiguous_format  # the engine's auto layout on a CPU

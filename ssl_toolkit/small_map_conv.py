@@ -34,10 +34,10 @@ SmallMapSetting = Literal["auto"] | bool
 
 # Dense-path limits, from a sweep of map sizes on a 2-core CPU with AMX (docs/benchmarks.md,
 # "Convolutions on small maps"), forward + backward at batch 512. In bf16 the dense product won
-# up to 3x3 output maps fed by up to 4x4 input maps (2x2 -> 2x2: 10.8x; 4x4 -> 2x2, stride 2:
-# 2.7x; 3x3 -> 3x3: 1.8x) and lost beyond (5x5 -> 3x3: 0.8x; 4x4 -> 4x4: 0.4x). In float32 the
+# up to 3x3 output maps fed by up to 4x4 input maps (2x2 -> 2x2: 7.8x; 4x4 -> 2x2, stride 2:
+# 2.8x; 3x3 -> 3x3: 1.7x) and lost beyond (5x5 -> 3x3: 0.8x; 4x4 -> 4x4: 0.45x). In float32 the
 # machine's matrix products are slower and the break-even comes sooner: it won up to P * O = 16
-# (2x2 -> 2x2: 3.2x) and tied at 64 (4x4 -> 2x2: 1.0x). A 1x1 kernel without padding (a
+# (2x2 -> 2x2: 3.1x) and tied at 64 (4x4 -> 2x2: 0.96x). A 1x1 kernel without padding (a
 # ResNet's downsample) multiplies no zeros on the dense path and won at every size tried.
 MAX_IN_POSITIONS = 16  # P, input positions
 MAX_POSITION_PAIRS_BF16 = 81  # P * O, the dense matrix's size in blocks of C_out x C_in
@@ -122,8 +122,8 @@ def dense_conv2d(
 class SmallMapConv2d(nn.Conv2d):
     """``nn.Conv2d`` that computes small maps with :func:`dense_conv2d` and the rest as usual.
 
-    Made by :func:`small_map_convs` from an ``nn.Conv2d`` in place (its class is swapped back
-    afterwards); it has no state of its own.
+    Made from an ``nn.Conv2d`` in place by :func:`convert_small_map_convs` (its class is
+    swapped back by :func:`restore_convs`); it has no state of its own.
     """
 
     def _dense_applies(self, x: torch.Tensor) -> bool:
