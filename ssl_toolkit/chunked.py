@@ -21,10 +21,17 @@ forward per step, like ``trainer.grad_checkpointing``, and the two combine. Auto
 random state of each chunk (drop-path) are replayed in the second pass. The parameters are
 inputs of one autograd function, so each receives its gradient once per step, as DDP's
 gradient hooks expect.
+
+``auto`` (the default on a CPU, :func:`auto_chunk`) measures, at the first training step,
+how many bytes of activations autograd keeps per input (saved-tensor hooks on a forward of 2
+and of 4 inputs: the difference is per input, what does not grow with the batch cancels),
+and chunks only when the whole batch would keep more than ``trainer.activation_memory_mb``.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -105,6 +112,53 @@ class _ChunkedCall(torch.autograd.Function):
         return (None, None, None, gx, *sums)
 
 
+AUTO_MIN_CHUNK = 8  # fewer inputs per chunk would leave each BatchNorm too few samples for its statistics
+
+
+def saved_bytes_per_input(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, x: torch.Tensor) -> float:
+    """Bytes of activations that autograd keeps for the backward pass of ``fn``, per row of ``x``.
+
+    ``fn`` runs on 2 and on 4 rows of ``x`` under saved-tensor hooks that add up the storages
+    saved (parameters excluded); the difference of the two, halved, is what each more input
+    costs, so weights cast for autocast and other batch-independent tensors cancel. Running
+    statistics and the random state are left as they were. Tensors saved inside checkpointed
+    blocks (``trainer.grad_checkpointing``) are recomputed, not kept, and are not counted.
+
+    Args:
+        fn: The backbone call, ``(N, ...) -> (N, ...)``.
+        module: The backbone, whose BatchNorm running statistics must not move.
+        x: A batch of at least 4 inputs ``(N, ...)``, in the step's dtype and layout.
+    """
+    totals = []
+    state = _rng_state(x.device)
+    with frozen_running_stats(module), torch.enable_grad():
+        for rows in (2, 4):
+            storages: dict[int, int] = {}
+
+            def pack(t: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
+                if not isinstance(t, nn.Parameter):
+                    s = t.untyped_storage()
+                    storages[s.data_ptr()] = s.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                fn(x[:rows].detach().clone())  # own storage, not the batch's; the graph and what it saved live until the output is dropped
+            totals.append(sum(storages.values()))
+    _set_rng_state(x.device, state)
+    return max(0.0, (totals[1] - totals[0]) / 2)
+
+
+def auto_chunk(per_input: float, n: int, budget: float) -> int | None:
+    """Inputs per chunk that keep ``n`` inputs' activations under ``budget`` bytes; ``None``: no need.
+
+    Chunks are made equal (ceil(n / chunks) each) and never smaller than ``AUTO_MIN_CHUNK``.
+    """
+    if per_input * n <= budget:
+        return None
+    pieces = math.ceil(n / max(AUTO_MIN_CHUNK, int(budget // max(per_input, 1.0))))
+    return max(AUTO_MIN_CHUNK, math.ceil(n / pieces))
+
+
 class ChunkedBackbone:
     """A timm backbone called at most ``chunk`` inputs at a time when gradients are recorded.
 
@@ -115,15 +169,24 @@ class ChunkedBackbone:
 
     Args:
         backbone: The timm backbone.
-        chunk: Inputs per pass through the backbone.
+        chunk: Inputs per pass through the backbone; ``None`` with ``budget``: chosen at the
+            first call that records gradients (:func:`auto_chunk`), which may be the whole batch.
+        budget: Bytes of activations the whole batch may keep before ``auto`` chunks it.
+        announce: Called with one line when ``auto`` decides to chunk.
     """
 
-    def __init__(self, backbone: nn.Module, chunk: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, chunk: int | None, budget: float | None = None, announce: Callable[[str], None] | None = None
+    ) -> None:
+        if chunk is None and budget is None:
+            raise ValueError("ChunkedBackbone needs a chunk or a budget to choose one")
         self.backbone = backbone
         self.chunk = chunk
+        self.budget = budget
+        self.announce = announce
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("backbone", "chunk"):
+        if name in ("backbone", "chunk", "budget", "announce"):
             raise AttributeError(name)
         return getattr(self.backbone, name)
 
@@ -135,8 +198,35 @@ class ChunkedBackbone:
         """``(N, C, H, W)`` -> the backbone's unpooled features (maps or tokens)."""
         return self._run(cast("Callable[[torch.Tensor], torch.Tensor]", self.backbone.forward_features), x)
 
+    def _choose(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+        n, budget = x.shape[0], cast(float, self.budget)
+        per_input = saved_bytes_per_input(fn, self.backbone, x)
+        chunk = auto_chunk(per_input, n, budget)
+        if chunk is None:
+            return sys.maxsize
+        if self.announce is not None:
+            mib = 2**20
+            self.announce(
+                f"trainer.backbone_chunk auto: the backbone keeps {per_input / mib:.1f} MiB of activations per input, "
+                f"{per_input * n / mib:,.0f} MiB for the batch's {n} inputs, over trainer.activation_memory_mb="
+                f"{budget / mib:g}; it runs {chunk} inputs at a time (one more forward per step; "
+                "--set trainer.backbone_chunk=null keeps the whole batch)"
+            )
+        return chunk
+
+    @property
+    def chunks(self) -> bool:
+        """Whether the backbone runs a chunk at a time (``False`` until ``auto`` has decided, or when it chose the whole batch)."""
+        return self.chunk is not None and self.chunk != sys.maxsize
+
     def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         params = [p for p in self.backbone.parameters() if p.requires_grad]
-        if not torch.is_grad_enabled() or x.shape[0] <= self.chunk or not (params or x.requires_grad):
+        if not torch.is_grad_enabled() or not (params or x.requires_grad):
+            return fn(x)
+        if self.chunk is None:  # auto: decided once, at the first call that records gradients on at least 4 inputs
+            if x.shape[0] < 4:
+                return fn(x)
+            self.chunk = self._choose(fn, x)
+        if x.shape[0] <= self.chunk:
             return fn(x)
         return _ChunkedCall.apply(fn, self.backbone, self.chunk, x, *params)

@@ -7,7 +7,7 @@ config is written next to every run so that any run can be reproduced from its f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -149,7 +149,13 @@ class TrainerConfig(StrictModel):
             each chunk in the backward pass (gradient caching): the loss still sees the whole
             batch (all of NT-Xent's negatives), and activation memory is that of one chunk,
             for one more backbone forward per step (``ssl_toolkit/chunked.py``). ``None``: the
-            whole batch at once.
+            whole batch at once. ``auto``: on a CPU, measured at the first step, only when the
+            whole batch would keep more than ``activation_memory_mb`` of activations (in at
+            least 8 inputs per chunk); on other accelerators the whole batch.
+        activation_memory_mb: What ``backbone_chunk: auto`` lets one step's backbone keep for
+            the backward pass on a CPU, in MiB. The default keeps SimCLR on 224 px photos
+            (resnet18, batch 64) under 2 GB in all, and chunks nothing on 28-32 px images at
+            the default batch sizes (``docs/scaling.md``).
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -178,7 +184,8 @@ class TrainerConfig(StrictModel):
     small_map_conv: Literal["auto"] | bool = "auto"
     compile: Literal["auto"] | bool = "auto"
     grad_checkpointing: bool = False
-    backbone_chunk: int | None = Field(default=None, ge=1)
+    backbone_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    activation_memory_mb: float = Field(default=384.0, gt=0)
 
 
 class PretrainConfig(StrictModel):

@@ -7,7 +7,9 @@ step (online probe, gradient guard, samples, RNG state) lives in :mod:`ssl_toolk
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -96,7 +98,8 @@ class PretrainModule(L.LightningModule):
         self.online_probe: OnlineProbe | None = None
         self.step_loss: torch.Tensor | None = None  # the task's loss, checked with the gradients by GradientGuard
         self._fit_started: float | None = None
-        self._chunked = ChunkedBackbone(backbone, trainer_cfg.backbone_chunk) if trainer_cfg.backbone_chunk else None
+        chunk = trainer_cfg.backbone_chunk
+        self._chunked = ChunkedBackbone(backbone, chunk) if isinstance(chunk, int) else None  # auto: decided in on_fit_start
         self._channels_last = False  # resolved from trainer.channels_last when the fit starts
         self._small_map_convs: list[nn.Conv2d] = []  # converted for the fit (trainer.small_map_conv), restored after
 
@@ -114,6 +117,10 @@ class PretrainModule(L.LightningModule):
         auto_after_compile = compiled and small_maps == "auto"  # auto leaves a compiled backbone to inductor
         if use_small_map_conv(small_maps, self.device.type) and not auto_after_compile:
             self._small_map_convs = convert_small_map_convs(self.backbone)
+        if self.cfg.backbone_chunk == "auto" and self.device.type == "cpu" and not compiled:
+            # measured at the first step (ssl_toolkit/chunked.py); a compiled backbone is left whole
+            announce = functools.partial(print, file=sys.stderr, flush=True) if self.global_rank == 0 else None
+            self._chunked = ChunkedBackbone(self.backbone, None, self.cfg.activation_memory_mb * 2**20, announce)
         self.task.seed_views(self.seed * 1000 + self.global_rank, self.device)
 
     def on_fit_end(self) -> None:
@@ -126,6 +133,11 @@ class PretrainModule(L.LightningModule):
         # before the checkpoint is restored (schedules, compile) sets the data up too early, so the
         # state is applied here, after the restore and before the first batch is drawn.
         self.trainer.fit_loop._load_combined_loader_states()
+
+    @property
+    def backbone_chunk(self) -> int | None:
+        """Inputs per backbone pass in the training step; ``None``: the whole batch (or ``auto`` not decided yet)."""
+        return self._chunked.chunk if self._chunked is not None and self._chunked.chunks else None
 
     @property
     def step_backbone(self) -> nn.Module | ChunkedBackbone:

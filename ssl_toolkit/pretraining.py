@@ -445,6 +445,7 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
         "final_loss": metrics.get("loss_epoch", metrics.get("loss")),
         "final_metrics": metrics,
         "precision": model.resolved["trainer"]["precision"],
+        "backbone_chunk": trainer.lightning_module.backbone_chunk,  # inputs per backbone pass (trainer.backbone_chunk, auto resolved); None: whole batch
         "world_size": int(trainer.world_size),
         "skipped_steps": guard.skipped_steps,
         "versions": {"ssl_toolkit": __version__, "torch": torch.__version__, "timm": __import__("timm").__version__},

@@ -9,7 +9,7 @@ import torch
 from test_recompute import saved_bytes, train_simclr
 
 from ssl_toolkit.backbones import create_backbone
-from ssl_toolkit.chunked import ChunkedBackbone
+from ssl_toolkit.chunked import AUTO_MIN_CHUNK, ChunkedBackbone, auto_chunk, saved_bytes_per_input
 from ssl_toolkit.config import BackboneConfig
 
 
@@ -187,3 +187,69 @@ def test_every_kind_of_task_trains_through_the_chunks(task, monkeypatch, tmp_pat
     meta = st.pretrain(cfg, out=tmp_path / "run")
     assert meta["steps"] == 2
     assert len(calls) == 2 and all(n > 24 for n in calls)  # one chunked backbone call per step, over more than a chunk
+
+
+MIB = 2**20
+
+
+def test_auto_chunks_only_over_the_budget_in_equal_chunks_of_at_least_eight():
+    assert auto_chunk(11.34 * MIB, 128, 384 * MIB) == 32  # resnet18, 224 px, bf16: 1,452 MiB -> 4 chunks of 32
+    assert auto_chunk(21.15 * MIB, 128, 384 * MIB) == 16  # the same in float32: 18 fit, so 8 chunks of 16
+    assert auto_chunk(0.64 * MIB, 512, 384 * MIB) is None  # resnet10t, 28 px, float32, batch 256: 328 MiB, whole
+    assert auto_chunk(1.0, 100, 100.0) is None  # exactly the budget: whole
+    assert auto_chunk(10.0, 100, 500.0) == 50  # 50 fit: 2 chunks of 50
+    assert auto_chunk(10.0, 100, 450.0) == 34  # 45 fit: 3 chunks, ceil(100 / 3)
+    assert auto_chunk(100 * MIB, 64, 1 * MIB) == AUTO_MIN_CHUNK == 8  # never fewer than 8 inputs per chunk
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_measured_bytes_per_input_are_what_autograd_keeps(bf16, one_thread):
+    # a convolution keeps its input, a ReLU its output: (3 + 5) x 6 x 6 values per input
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU())
+    x = torch.randn(6, 3, 6, 6)  # (N, C, H, W)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the cast weights do not grow with the batch
+        per_input = saved_bytes_per_input(model, model, x)
+    assert per_input == (3 + 5) * 6 * 6 * (2 if bf16 else 4)
+
+
+def test_measuring_moves_no_running_statistics_and_no_random_state(one_thread):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    saved_bytes_per_input(model, model, torch.randn(8, 3, 5, 5))
+    after_measuring = torch.rand(4)
+    torch.manual_seed(3)
+    torch.randn(8, 3, 5, 5)
+    assert torch.equal(after_measuring, torch.rand(4))  # the dropout masks drawn were given back
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_auto_trains_exactly_as_the_chunk_it_chose_or_as_the_whole_batch(one_thread):
+    # batch 8 = 16 views of test_resnet at 16 px: far under the default budget, so the whole batch
+    module, auto = train_simclr(False)
+    assert module.backbone_chunk is None
+    _, plain = train_simclr(False, backbone_chunk=None)
+    assert auto == plain  # measuring the first step changed nothing
+    tight, tight_losses = train_simclr(False, activation_memory_mb=0.01)
+    _, eights = train_simclr(False, backbone_chunk=8)
+    assert tight.backbone_chunk == 8 and tight_losses == eights
+
+
+def test_auto_says_in_one_line_what_it_chose_and_records_it(cli, tmp_path):
+    common = ("pretrain", "--task", "simclr", "--data", "digits", "--image-size", "16", "--backbone", "test_resnet",
+              "--batch-size", "32", "--set", "trainer.max_steps=1")  # fmt: skip
+    code, _, err = cli(*common, "--out", str(tmp_path / "whole"))
+    assert code == 0, err
+    assert "backbone_chunk" not in err and json.loads((tmp_path / "whole" / "meta.json").read_text())["backbone_chunk"] is None
+    assert "backbone_chunk: auto" in (tmp_path / "whole" / "config.yaml").read_text()
+    code, _, err = cli(*common, "--set", "trainer.activation_memory_mb=3.3", "--out", str(tmp_path / "tight"))
+    assert code == 0, err  # about 0.2 MiB per input: 64 views keep about 13 MiB
+    said = [line for line in err.splitlines() if "backbone_chunk auto" in line]
+    assert len(said) == 1 and "MiB of activations per input" in said[0] and "for the batch's 64 inputs" in said[0]
+    chunk = int(said[0].split("it runs ")[1].split()[0])
+    assert 8 < chunk < 32 and json.loads((tmp_path / "tight" / "meta.json").read_text())["backbone_chunk"] == chunk
+    for bad in ("trainer.activation_memory_mb=0", "trainer.activation_memory_mb=nan", "trainer.backbone_chunk=some"):
+        code, _, err = cli(*common, "--set", bad, "--out", str(tmp_path / "bad"))
+        assert code == 2 and err.strip().count("\n") == 0 and bad.split("=")[0].split(".")[1] in err, (bad, err)
+        assert not (tmp_path / "bad").exists()
