@@ -150,8 +150,9 @@ class TrainerConfig(StrictModel):
             batch (all of NT-Xent's negatives), and activation memory is that of one chunk,
             for one more backbone forward per step (``ssl_toolkit/chunked.py``). ``None``: the
             whole batch at once. ``auto``: on a CPU, measured at the first step, only when the
-            whole batch would keep more than ``activation_memory_mb`` of activations (in at
-            least 8 inputs per chunk); on other accelerators the whole batch.
+            whole batch would keep more than ``activation_memory_mb`` of activations, in chunks
+            keeping at most half of it (and of at least 8 inputs); on other accelerators the
+            whole batch.
         activation_memory_mb: What ``backbone_chunk: auto`` lets one step's backbone keep for
             the backward pass on a CPU, in MiB. The default keeps SimCLR on 224 px photos
             (resnet18, batch 64) under 2 GB in all, and chunks nothing on 28-32 px images at
