@@ -151,8 +151,8 @@ class TrainerConfig(StrictModel):
             for one more backbone forward per step (``ssl_toolkit/chunked.py``). ``None``: the
             whole batch at once. ``auto``: on a CPU, measured at the first step, only when the
             whole batch would keep more than ``activation_memory_mb`` of activations, in chunks
-            keeping at most half of it (and of at least 8 inputs); on other accelerators the
-            whole batch.
+            keeping at most a quarter of it (and of at least 8 inputs); on other accelerators
+            the whole batch.
         activation_memory_mb: What ``backbone_chunk: auto`` lets one step's backbone keep for
             the backward pass on a CPU, in MiB. The default keeps SimCLR on 224 px photos
             (resnet18, batch 64) under 2 GB in all, and chunks nothing on 28-32 px images at

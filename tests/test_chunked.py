@@ -192,14 +192,14 @@ def test_every_kind_of_task_trains_through_the_chunks(task, monkeypatch, tmp_pat
 MIB = 2**20
 
 
-def test_auto_chunks_only_over_the_budget_in_equal_chunks_of_half_of_it_and_at_least_eight():
-    assert auto_chunk(11.34 * MIB, 128, 384 * MIB) == 16  # resnet18, 224 px, bf16: 1,452 MiB -> 8 chunks of 16 (181 MiB)
-    assert auto_chunk(21.15 * MIB, 128, 384 * MIB) == 9  # the same in float32: 9 fit in 192 MiB, so 15 chunks of 9
+def test_auto_chunks_only_over_the_budget_in_equal_chunks_of_a_quarter_of_it_and_at_least_eight():
+    assert auto_chunk(11.34 * MIB, 128, 384 * MIB) == 8  # resnet18, 224 px, bf16: 1,452 MiB -> 16 chunks of 8 (91 MiB)
+    assert auto_chunk(5.0 * MIB, 128, 384 * MIB) == 19  # 19 fit in 96 MiB: 7 chunks, ceil(128 / 7)
+    assert auto_chunk(21.15 * MIB, 128, 384 * MIB) == AUTO_MIN_CHUNK == 8  # float32: 4 would fit, 8 is the least
     assert auto_chunk(0.64 * MIB, 512, 384 * MIB) is None  # resnet10t, 28 px, float32, batch 256: 328 MiB, whole
     assert auto_chunk(1.0, 100, 100.0) is None  # exactly the budget: whole
-    assert auto_chunk(10.0, 100, 500.0) == 25  # 25 fit in half the budget: 4 chunks of 25
-    assert auto_chunk(10.0, 100, 450.0) == 20  # 22 fit: 5 chunks, ceil(100 / 5)
-    assert auto_chunk(100 * MIB, 64, 1 * MIB) == AUTO_MIN_CHUNK == 8  # never fewer than 8 inputs per chunk
+    assert auto_chunk(1.0, 100, 99.0) == 20  # one byte over: 24 fit in a quarter, so 5 equal chunks of 20
+    assert auto_chunk(10.0, 100, 500.0) == 12  # 12 fit in a quarter: 9 chunks, ceil(100 / 9)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -243,7 +243,7 @@ def test_auto_says_in_one_line_what_it_chose_and_records_it(cli, tmp_path):
     assert code == 0, err
     assert "backbone_chunk" not in err and json.loads((tmp_path / "whole" / "meta.json").read_text())["backbone_chunk"] is None
     assert "backbone_chunk: auto" in (tmp_path / "whole" / "config.yaml").read_text()
-    code, _, err = cli(*common, "--set", "trainer.activation_memory_mb=6.6", "--out", str(tmp_path / "tight"))
+    code, _, err = cli(*common, "--set", "trainer.activation_memory_mb=10", "--out", str(tmp_path / "tight"))
     assert code == 0, err  # about 0.2 MiB per input: 64 views keep about 13 MiB
     said = [line for line in err.splitlines() if "backbone_chunk auto" in line]
     assert len(said) == 1 and "MiB of activations per input" in said[0] and "for the batch's 64 inputs" in said[0]
