@@ -26,7 +26,7 @@ gradient hooks expect.
 how many bytes of activations autograd keeps per input (saved-tensor hooks on a forward of 2
 and of 4 inputs: the difference is per input, what does not grow with the batch cancels),
 and chunks only when the whole batch would keep more than ``trainer.activation_memory_mb``,
-in chunks that keep at most a quarter of it (:func:`auto_chunk` says why).
+in chunks that keep at most an eighth of it (:func:`auto_chunk` says why).
 """
 
 from __future__ import annotations
@@ -152,17 +152,19 @@ def saved_bytes_per_input(fn: Callable[[torch.Tensor], torch.Tensor], module: nn
 def auto_chunk(per_input: float, n: int, budget: float) -> int | None:
     """Inputs per chunk when ``n`` inputs would keep more than ``budget`` bytes of activations; ``None``: no need.
 
-    The whole batch runs when it keeps at most ``budget``. Past it, chunking costs its one
-    more forward whatever the chunk's size (chunks of 8 against 16 of resnet18 at 224 px:
-    7% more wall time), and a chunk's recomputation holds the chunk's activations and their
-    gradients at once (a chunked step peaked 2.4-2.6x a chunk's saved bytes above the
-    processes' own memory, the whole batch 1.3x its own; ``docs/benchmarks.md``). So a
-    chunk keeps at most a quarter of the budget. Chunks are made equal (``ceil(n / chunks)``
-    each) and never smaller than ``AUTO_MIN_CHUNK``.
+    The whole batch runs when it keeps at most ``budget``: chunking costs a quarter to a half
+    more wall time (resnet18 at 224 px, bf16, 20 steps: 92 s whole, 118 s in chunks of 16,
+    131 s in chunks of 8; ``docs/benchmarks.md``), so the default budget leaves every
+    task's default batch on 28-32 px images whole, even in float32. Past it, a chunk keeps
+    at most an eighth of the budget: once chunked, the step's peak is the batch-level
+    tensors (the views, the optimiser) plus a chunk's recomputation, which holds the chunk's
+    activations and their gradients at once, and chunks of 8 there peaked about 100 MB
+    lower than chunks of 16, which sometimes crossed 2 GB. Chunks are made as equal as
+    ``ceil(n / chunks)`` allows and never smaller than ``AUTO_MIN_CHUNK``.
     """
     if per_input * n <= budget:
         return None
-    pieces = math.ceil(n / max(AUTO_MIN_CHUNK, int(budget / 4 // max(per_input, 1.0))))
+    pieces = math.ceil(n / max(AUTO_MIN_CHUNK, int(budget / 8 // max(per_input, 1.0))))
     return max(AUTO_MIN_CHUNK, math.ceil(n / pieces))
 
 

@@ -151,12 +151,12 @@ class TrainerConfig(StrictModel):
             for one more backbone forward per step (``ssl_toolkit/chunked.py``). ``None``: the
             whole batch at once. ``auto``: on a CPU, measured at the first step, only when the
             whole batch would keep more than ``activation_memory_mb`` of activations, in chunks
-            keeping at most a quarter of it (and of at least 8 inputs); on other accelerators
+            keeping at most an eighth of it (and of at least 8 inputs); on other accelerators
             the whole batch.
         activation_memory_mb: What ``backbone_chunk: auto`` lets one step's backbone keep for
             the backward pass on a CPU, in MiB. The default keeps SimCLR on 224 px photos
-            (resnet18, batch 64) under 2 GB in all, and chunks nothing on 28-32 px images at
-            the default batch sizes (``docs/scaling.md``).
+            (resnet18, batch 64) under 2 GB in all, and chunks no task's default batch on
+            28-32 px images, even in float32 (``docs/scaling.md``).
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -186,7 +186,7 @@ class TrainerConfig(StrictModel):
     compile: Literal["auto"] | bool = "auto"
     grad_checkpointing: bool = False
     backbone_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
-    activation_memory_mb: float = Field(default=384.0, gt=0)
+    activation_memory_mb: float = Field(default=768.0, gt=0)
 
 
 class PretrainConfig(StrictModel):

@@ -192,14 +192,14 @@ def test_every_kind_of_task_trains_through_the_chunks(task, monkeypatch, tmp_pat
 MIB = 2**20
 
 
-def test_auto_chunks_only_over_the_budget_in_equal_chunks_of_a_quarter_of_it_and_at_least_eight():
-    assert auto_chunk(11.34 * MIB, 128, 384 * MIB) == 8  # resnet18, 224 px, bf16: 1,452 MiB -> 16 chunks of 8 (91 MiB)
-    assert auto_chunk(5.0 * MIB, 128, 384 * MIB) == 19  # 19 fit in 96 MiB: 7 chunks, ceil(128 / 7)
-    assert auto_chunk(21.15 * MIB, 128, 384 * MIB) == AUTO_MIN_CHUNK == 8  # float32: 4 would fit, 8 is the least
-    assert auto_chunk(0.64 * MIB, 512, 384 * MIB) is None  # resnet10t, 28 px, float32, batch 256: 328 MiB, whole
+def test_auto_chunks_only_over_the_budget_in_equal_chunks_of_an_eighth_of_it_and_at_least_eight():
+    assert auto_chunk(11.34 * MIB, 128, 768 * MIB) == 8  # resnet18, 224 px, bf16: 1,452 MiB -> 16 chunks of 8 (91 MiB)
+    assert auto_chunk(7.0 * MIB, 128, 768 * MIB) == 13  # 13 fit in 96 MiB: 10 chunks, ceil(128 / 10)
+    assert auto_chunk(21.15 * MIB, 128, 768 * MIB) == AUTO_MIN_CHUNK == 8  # float32: 4 would fit, 8 is the least
+    assert auto_chunk(0.643 * MIB, 1024, 768 * MIB) is None  # rotation, resnet10t, 28 px, float32, batch 256: 658 MiB, whole
     assert auto_chunk(1.0, 100, 100.0) is None  # exactly the budget: whole
-    assert auto_chunk(1.0, 100, 99.0) == 20  # one byte over: 24 fit in a quarter, so 5 equal chunks of 20
-    assert auto_chunk(10.0, 100, 500.0) == 12  # 12 fit in a quarter: 9 chunks, ceil(100 / 9)
+    assert auto_chunk(1.0, 100, 99.0) == 12  # one byte over: 12 fit in an eighth, so 9 chunks, ceil(100 / 9)
+    assert auto_chunk(10.0, 128, 1200.0) == 15  # 15 fit in an eighth: 9 chunks, ceil(128 / 9)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -238,17 +238,17 @@ def test_auto_trains_exactly_as_the_chunk_it_chose_or_as_the_whole_batch(one_thr
 
 def test_auto_says_in_one_line_what_it_chose_and_records_it(cli, tmp_path):
     common = ("pretrain", "--task", "simclr", "--data", "digits", "--image-size", "16", "--backbone", "test_resnet",
-              "--batch-size", "32", "--set", "trainer.max_steps=1")  # fmt: skip
+              "--batch-size", "128", "--set", "trainer.max_steps=1")  # fmt: skip
     code, _, err = cli(*common, "--out", str(tmp_path / "whole"))
     assert code == 0, err
     assert "backbone_chunk" not in err and json.loads((tmp_path / "whole" / "meta.json").read_text())["backbone_chunk"] is None
     assert "backbone_chunk: auto" in (tmp_path / "whole" / "config.yaml").read_text()
-    code, _, err = cli(*common, "--set", "trainer.activation_memory_mb=10", "--out", str(tmp_path / "tight"))
-    assert code == 0, err  # about 0.2 MiB per input: 64 views keep about 13 MiB
+    code, _, err = cli(*common, "--set", "trainer.activation_memory_mb=40", "--out", str(tmp_path / "tight"))
+    assert code == 0, err  # about 0.2 MiB per input: 256 views keep about 50 MiB, a chunk at most 5
     said = [line for line in err.splitlines() if "backbone_chunk auto" in line]
-    assert len(said) == 1 and "MiB of activations per input" in said[0] and "for the batch's 64 inputs" in said[0]
+    assert len(said) == 1 and "MiB of activations per input" in said[0] and "for the batch's 256 inputs" in said[0]
     chunk = int(said[0].split("it runs ")[1].split()[0])
-    assert 8 < chunk < 32 and json.loads((tmp_path / "tight" / "meta.json").read_text())["backbone_chunk"] == chunk
+    assert 8 < chunk < 64 and json.loads((tmp_path / "tight" / "meta.json").read_text())["backbone_chunk"] == chunk
     for bad in ("trainer.activation_memory_mb=0", "trainer.activation_memory_mb=nan", "trainer.backbone_chunk=some"):
         code, _, err = cli(*common, "--set", bad, "--out", str(tmp_path / "bad"))
         assert code == 2 and err.strip().count("\n") == 0 and bad.split("=")[0].split(".")[1] in err, (bad, err)
