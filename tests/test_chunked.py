@@ -171,8 +171,11 @@ def test_the_command_line_trains_with_it_and_records_it(cli, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("task", ["inpainting", "moco"])  # feature maps; a momentum encoder beside the chunks
-def test_every_kind_of_task_trains_through_the_chunks(task, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("task", "setting"),
+    [("inpainting", {"backbone_chunk": 24}), ("moco", {"backbone_chunk": 24}), ("inpainting", {"activation_memory_mb": 0.01})],
+)  # feature maps; a momentum encoder beside the chunks; auto measuring forward_features
+def test_every_kind_of_task_trains_through_the_chunks(task, setting, monkeypatch, tmp_path):
     from conftest import tiny_config
 
     import ssl_toolkit as st
@@ -182,11 +185,12 @@ def test_every_kind_of_task_trains_through_the_chunks(task, monkeypatch, tmp_pat
     apply = chunked._ChunkedCall.apply
     monkeypatch.setattr(chunked._ChunkedCall, "apply", lambda *a: calls.append(a[3].shape[0]) or apply(*a))
     cfg = tiny_config(task, epochs=1)
-    cfg["trainer"].update(max_steps=2, backbone_chunk=24, online_probe=False)
+    cfg["trainer"].update(max_steps=2, online_probe=False, **setting)
     cfg["data"].update(synthetic_train=128, synthetic_test=64)
     meta = st.pretrain(cfg, out=tmp_path / "run")
-    assert meta["steps"] == 2
-    assert len(calls) == 2 and all(n > 24 for n in calls)  # one chunked backbone call per step, over more than a chunk
+    chunk = setting.get("backbone_chunk", AUTO_MIN_CHUNK)  # a budget of 0.01 MiB: the least chunk
+    assert meta["steps"] == 2 and meta["backbone_chunk"] == chunk
+    assert len(calls) == 2 and all(n > chunk for n in calls)  # one chunked backbone call per step, over more than a chunk
 
 
 MIB = 2**20
