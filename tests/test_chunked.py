@@ -196,7 +196,7 @@ def test_every_kind_of_task_trains_through_the_chunks(task, setting, monkeypatch
 MIB = 2**20
 
 
-def test_auto_chunks_only_over_the_budget_in_equal_chunks_of_an_eighth_of_it_and_at_least_eight():
+def test_auto_chunks_only_over_the_budget_in_chunks_of_an_eighth_of_it_and_at_least_eight():
     assert auto_chunk(11.34 * MIB, 128, 768 * MIB) == 8  # resnet18, 224 px, bf16: 1,452 MiB -> 16 chunks of 8 (91 MiB)
     assert auto_chunk(7.0 * MIB, 128, 768 * MIB) == 13  # 13 fit in 96 MiB: 10 chunks, ceil(128 / 10)
     assert auto_chunk(21.15 * MIB, 128, 768 * MIB) == AUTO_MIN_CHUNK == 8  # float32: 4 would fit, 8 is the least
