@@ -203,11 +203,14 @@ class BatchedViews(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, cropped: bool = False) -> torch.Tensor:
         """``(B, C, H, W)`` images in [0, 1] -> ``(B, C, size, size)`` normalised views.
 
-        With ``cropped``, ``x`` already holds the random-resized crops at ``size`` (cut by the
-        data workers from the original photos): only the flip and what follows it run here.
+        With ``cropped``, ``x`` already holds the random-resized crops (cut by the data workers
+        from the original photos): they are only resized to ``size`` when their side differs,
+        and the flip and what follows it run here.
         """
         cfg = self.cfg
         if cropped:
+            if x.shape[-1] != self.size:  # small views of multi-crop: cut at the image size
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
             v = random_flip(x, cfg.flip_p, generator)
         else:
             v = random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, generator)

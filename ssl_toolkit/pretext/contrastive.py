@@ -11,6 +11,7 @@ projection head, and pulled together by lightly's NT-Xent loss against the other
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from lightly.loss import NTXentLoss
@@ -38,16 +39,23 @@ class TwoViewConfig(TaskConfig):
 
 class SimCLRConfig(TwoViewConfig):
     """Attributes:
-    views: Augmentation of both views.
+    views: Augmentation of both (global) views.
     hidden_dim: Hidden width of the projection head.
     output_dim: Output width of the projection head.
     temperature: NT-Xent temperature.
+    local_crops: Number of small extra views per image (multi-crop, Caron et al. 2020);
+        ``0`` is SimCLR's two views.
+    local_size: Side of the small views as a share of the image side (rounded, at least 8 px).
+    local_views: Augmentation of the small views (their crops cover less of the image).
     """
 
     views: ViewConfig = Field(default_factory=ViewConfig)
     hidden_dim: int = 512
     output_dim: int = 128
     temperature: float = Field(default=0.2, gt=0)
+    local_crops: int = Field(default=0, ge=0, le=16)
+    local_size: float = Field(default=0.5, gt=0, lt=1)
+    local_views: ViewConfig = Field(default_factory=lambda: ViewConfig(crop_scale=(0.1, 0.5)))
 
 
 def positive_pair_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -105,9 +113,20 @@ class TwoViewTask(PretextTask):
             return torch.cat([self.views(images, gen), second(images, gen)])
 
 
+def local_side(config: SimCLRConfig, image_size: int) -> int:
+    """Side in px of SimCLR's small views on ``image_size`` px images."""
+    return min(image_size, max(8, round(config.local_size * image_size)))
+
+
 @register_task("simclr")
 class SimCLRTask(TwoViewTask):
-    """SimCLR (Chen et al., ICML 2020) with batched on-device views and lightly's NT-Xent."""
+    """SimCLR (Chen et al., ICML 2020) with batched on-device views and lightly's NT-Xent.
+
+    With ``local_crops`` > 0 each image also gets that many small views (multi-crop, Caron
+    et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
+    NeurIPS 2020): the loss is the mean of lightly's NT-Xent over every pair of one of the
+    two full-size views with any other view of the same images.
+    """
 
     Config = SimCLRConfig
     info = TaskInfo(
@@ -121,6 +140,30 @@ class SimCLRTask(TwoViewTask):
         super().__init__(feature_dim, config, data)
         self.head = SimCLRProjectionHead(feature_dim, config.hidden_dim, config.output_dim)
         self.loss_fn = NTXentLoss(temperature=config.temperature, gather_distributed=True)
+        self.local_views = (
+            BatchedViews(config.local_views, local_side(config, data.image_size), data.mean, data.std)
+            if config.local_crops
+            else None
+        )
+
+    @classmethod
+    def worker_stage(cls, config: TaskConfig, data: DataFacts) -> WorkerStage:
+        """Streamed files: the two views' crops, then the small views' (at the image size; shrunk on the device)."""
+        assert isinstance(config, SimCLRConfig)
+        stage = super().worker_stage(config, data)
+        v = config.local_views
+        local = Crop("random_resized", tuple(v.crop_scale), tuple(v.crop_ratio))
+        return dataclasses.replace(stage, crops=stage.crops + (local,) * config.local_crops)
+
+    def small_views(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> ``(L*B, C, s, s)`` normalised small views, view-major (L = ``local_crops``)."""
+        assert self.local_views is not None
+        gen = self.generator if self.generator is not None and self.generator.device == images.device else None
+        n = self.config.local_crops
+        with building_inputs():
+            if images.dim() == 5:  # (B, 2 + L, C, S, S): crops cut by the data workers
+                return torch.cat([self.local_views(images[:, 2 + i], gen, cropped=True) for i in range(n)])
+            return torch.cat([self.local_views(images, gen) for _ in range(n)])
 
     def forward(self, backbone, images):
         b = images.shape[0]
@@ -128,6 +171,10 @@ class SimCLRTask(TwoViewTask):
         z = self.head(feats)  # (2B, output_dim)
         z0, z1 = z[:b], z[b:]
         loss = self.loss_fn(z0, z1)
+        if self.local_views is not None:
+            zl = self.head(backbone(self.small_views(images))).split(b)  # L x (B, output_dim)
+            pairs = [self.loss_fn(g, v) for g in (z0, z1) for v in zl]
+            loss = (loss + torch.stack(pairs).sum()) / (1 + len(pairs))
         return loss, {"pretext_acc": positive_pair_accuracy(z0.detach(), z1.detach()), "features": feats[:b].detach()}
 
 
