@@ -23,12 +23,15 @@ def simclr_loss():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk", [None, 16])  # trainer.backbone_chunk: each parameter's gradient reaches DDP once
-def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk):
+# trainer.backbone_chunk: each parameter's gradient reaches DDP once; local_crops: the
+# backbone runs twice per step (full-size and small views)
+@pytest.mark.parametrize(("chunk", "local_crops"), [(None, 0), (16, 0), (None, 2), (16, 2)])
+def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk, local_crops):
     run = tmp_path / "ddp"
     done = run_ssl(
         "pretrain",
         *(["--set", f"trainer.backbone_chunk={chunk}"] if chunk else []),
+        *(["--set", f"task_config.local_crops={local_crops}"] if local_crops else []),
         "--task",
         "simclr",
         "--data",

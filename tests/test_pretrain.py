@@ -186,3 +186,13 @@ def test_the_learning_rate_cosine_ends_at_zero_when_the_epochs_end_the_run_befor
     # steps 0..3 of 4: cos(pi * s / 4) -> 1, 0.854, 0.5, 0.146 of the peak (the time share of an hour adds nothing)
     assert lrs == pytest.approx([base, 0.8536 * base, 0.5 * base, 0.1464 * base], rel=1e-3)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_python_api_does_not_warn_about_the_run_folder_it_wrote_itself(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pretrain(tiny_config("rotation", epochs=1), out=tmp_path / "run")
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
