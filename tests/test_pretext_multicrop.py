@@ -92,8 +92,9 @@ def test_bad_small_view_settings_are_one_line_errors(key, value):
 
 
 def test_pretraining_with_small_views_trains_and_records_them(tmp_path):
-    import ssl_toolkit as st
     from conftest import tiny_config
+
+    import ssl_toolkit as st
 
     meta = st.pretrain(tiny_config("simclr", epochs=1, task_config={"local_crops": 2}), out=tmp_path / "run")
     assert meta["steps"] == 4 and meta["task_config"]["local_crops"] == 2

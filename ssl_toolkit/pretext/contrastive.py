@@ -141,9 +141,7 @@ class SimCLRTask(TwoViewTask):
         self.head = SimCLRProjectionHead(feature_dim, config.hidden_dim, config.output_dim)
         self.loss_fn = NTXentLoss(temperature=config.temperature, gather_distributed=True)
         self.local_views = (
-            BatchedViews(config.local_views, local_side(config, data.image_size), data.mean, data.std)
-            if config.local_crops
-            else None
+            BatchedViews(config.local_views, local_side(config, data.image_size), data.mean, data.std) if config.local_crops else None
         )
 
     @classmethod
@@ -152,7 +150,7 @@ class SimCLRTask(TwoViewTask):
         assert isinstance(config, SimCLRConfig)
         stage = super().worker_stage(config, data)
         v = config.local_views
-        local = Crop("random_resized", tuple(v.crop_scale), tuple(v.crop_ratio))
+        local = Crop("random_resized", v.crop_scale, v.crop_ratio)
         return dataclasses.replace(stage, crops=stage.crops + (local,) * config.local_crops)
 
     def small_views(self, images: torch.Tensor) -> torch.Tensor:
