@@ -210,14 +210,15 @@ def test_a_resumed_run_keeps_the_files_that_went_bad_before_it_in_skipped_txt(tm
     assert folder.skipped.read_text() == "/d/z.png\tbroken\n"
 
 
-@pytest.mark.parametrize("task", ["simclr", "rotation"])
-def test_pretraining_streams_a_folder(tmp_path, task):
+@pytest.mark.parametrize(("task", "task_config"), [("simclr", {}), ("rotation", {}), ("simclr", {"local_crops": 2})])
+def test_pretraining_streams_a_folder(tmp_path, task, task_config):
     import ssl_toolkit as st
 
     root = make_folder(tmp_path / "imgs", n_per_class=8)
     truncated_jpeg(root / "train" / "b" / "3.jpg")
     cfg = {
         "task": task,
+        "task_config": task_config,  # local_crops: the workers cut 2 + 2 crops per file
         "data": {"name": str(root), "image_size": 32, "stream": True, "workers": 1},
         "backbone": {"name": TINY_BACKBONE},
         "trainer": {"epochs": 1, "batch_size": 8, "progress_bar": False, "accelerator": "cpu"},
