@@ -99,3 +99,13 @@ def test_pretraining_with_small_views_trains_and_records_them(tmp_path):
     meta = st.pretrain(tiny_config("simclr", epochs=1, task_config={"local_crops": 2}), out=tmp_path / "run")
     assert meta["steps"] == 4 and meta["task_config"]["local_crops"] == 2
     assert meta["task_config"]["local_views"]["crop_scale"] == [0.1, 0.5]
+
+
+def test_small_views_follow_the_views_augmentation_except_their_crop():
+    cfg = SimCLRTask.Config.model_validate({"views": {"flip_p": 0, "crop_scale": [0.3, 1.0]}})  # e.g. digits: no mirroring
+    assert cfg.local_views.flip_p == 0 and cfg.local_views.crop_scale == (0.1, 0.5)
+    cfg = SimCLRTask.Config.model_validate({"views": {"flip_p": 0}, "local_views": {"crop_scale": [0.05, 0.2], "jitter_p": 0}})
+    assert (cfg.local_views.flip_p, cfg.local_views.jitter_p, cfg.local_views.crop_scale) == (0, 0, (0.05, 0.2))
+    assert SimCLRTask.Config.model_validate(cfg.model_dump(mode="json")) == cfg  # config.yaml reads back the same
+    with pytest.raises(UserError, match=r"local_views"):
+        build_task("simclr", 8, {"local_views": {"flip_p": 2}}, FACTS)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
@@ -37,6 +38,9 @@ class TwoViewConfig(TaskConfig):
     views: ViewConfig = Field(default_factory=ViewConfig)
 
 
+LOCAL_CROP_SCALE = (0.1, 0.5)  # share of the image a small view's crop covers, unless set
+
+
 class SimCLRConfig(TwoViewConfig):
     """Attributes:
     views: Augmentation of both (global) views.
@@ -46,7 +50,8 @@ class SimCLRConfig(TwoViewConfig):
     local_crops: Number of small extra views per image (multi-crop, Caron et al. 2020);
         ``0`` is SimCLR's two views.
     local_size: Side of the small views as a share of the image side (rounded, at least 8 px).
-    local_views: Augmentation of the small views (their crops cover less of the image).
+    local_views: Augmentation of the small views: what it does not set follows ``views``,
+        except the crop, which covers 10-50% of the image unless set.
     """
 
     views: ViewConfig = Field(default_factory=ViewConfig)
@@ -55,7 +60,20 @@ class SimCLRConfig(TwoViewConfig):
     temperature: float = Field(default=0.2, gt=0)
     local_crops: int = Field(default=0, ge=0, le=16)
     local_size: float = Field(default=0.5, gt=0, lt=1)
-    local_views: ViewConfig = Field(default_factory=lambda: ViewConfig(crop_scale=(0.1, 0.5)))
+    local_views: ViewConfig = Field(default_factory=lambda: ViewConfig(crop_scale=LOCAL_CROP_SCALE))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _small_views_follow_views(cls, data: Any) -> Any:
+        """Fill what ``local_views`` leaves unset from ``views`` (a flip turned off stays off)."""
+        if not isinstance(data, dict) or "views" not in data:
+            return data
+        views, local = data["views"], data.get("local_views") or {}
+        if not isinstance(views, dict | ViewConfig) or not isinstance(local, dict | ViewConfig):
+            return data  # the field validators say what is wrong
+        views = views.model_dump() if isinstance(views, ViewConfig) else views
+        local = local.model_dump(exclude_unset=True) if isinstance(local, ViewConfig) else local
+        return {**data, "local_views": {**views, "crop_scale": LOCAL_CROP_SCALE, **local}}
 
 
 def positive_pair_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
