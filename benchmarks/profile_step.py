@@ -7,10 +7,17 @@ synchronisations per step (``aten::_local_scalar_dense`` is what ``.item()``,
 indexing, whose output size the host must wait for), the ops launched per step, and the top
 ops by self CPU time.
 
+``--roofline`` adds, per task, the split of the step between matrix products (convolutions
+forward and backward, ``mm``, ``bmm``, ``addmm``) and everything else (batch norm, activations,
+residual adds, copies, the optimiser), and what a model FLOP utilisation of 0.5 would ask:
+the step's FLOPs (torch's counter) at half the rate of a 2048^3 matrix product in the run's
+precision, against the time the other ops alone took.
+
 Usage::
 
     python benchmarks/profile_step.py                      # simclr and rotation, resnet18 at 32 px
     python benchmarks/profile_step.py --tasks rotation --top 20
+    python benchmarks/profile_step.py --tasks simclr --backbone resnet10t --size 28 --batch-size 256 --no-stem-pool --roofline
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from lightning.pytorch.callbacks import Callback
 from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import benchmark_images, build_module, layout_name  # noqa: E402
+from throughput import benchmark_images, build_module, gemm_flops_per_second, layout_name, step_flops  # noqa: E402
 
 from ssl_toolkit.data.loaders import make_loader  # noqa: E402
 from ssl_toolkit.precision import resolve_precision  # noqa: E402
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
+MATRIX_OPS = ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::convolution", "aten::_convolution")
+MATRIX_OPS += ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear")
 
 
 class ProfiledSteps(Callback):
@@ -80,6 +89,28 @@ def profile_task(task: str, images: torch.Tensor, args) -> None:
         + f"; aten ops per step {launched:.0f}"
     )
     print(events.table(sort_by="self_cuda_time_total" if args.accelerator == "gpu" else "self_cpu_time_total", row_limit=args.top))
+    if args.roofline:
+        roofline(task, images, args, events, statistics.median(steps.times))
+
+
+def roofline(task: str, images: torch.Tensor, args, events, step_s: float) -> None:
+    """Matrix products against the rest of the step, and the step time an MFU of 0.5 would need."""
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 / args.steps for e in events}  # per step
+    total = sum(self_ms.values())
+    matrix = sum(ms for key, ms in self_ms.items() if key in MATRIX_OPS)
+    others = sorted(((ms, key) for key, ms in self_ms.items() if key not in MATRIX_OPS), reverse=True)
+    flops = step_flops(task, images, args, {"num_classes": 0})
+    peak = gemm_flops_per_second(args.accelerator, args.precision)
+    print(
+        f"\n### {task}: roofline (profiled step {total:.1f} ms of self time; median wall-clock step under the profiler {step_s * 1e3:.1f} ms)\n"
+        f"matrix products {matrix:.1f} ms ({matrix / total:.0%}), everything else {total - matrix:.1f} ms ({1 - matrix / total:.0%}); "
+        f"largest others: " + ", ".join(f"{key} {ms:.1f}" for ms, key in others[:6]) + "\n"
+        f"step {flops / 1e9:.2f} GFLOP; 2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; matrix products ran at "
+        f"{flops / (matrix / 1e3) / 1e9:.0f} GFLOP/s ({flops / (matrix / 1e3) / peak:.2f} of the GEMM)\n"
+        f"MFU 0.5 needs a step of {flops / (0.5 * peak) * 1e3:.1f} ms; the ops that are not matrix products took "
+        f"{total - matrix:.1f} ms; MFU if the matrix products ran at the GEMM's rate and the rest stayed: "
+        f"{flops / peak / (flops / peak + (total - matrix) / 1e3):.2f}"
+    )
 
 
 def main() -> None:
@@ -94,6 +125,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: the engine's auto")
+    ap.add_argument("--roofline", action="store_true", help="matrix products against the rest, and what MFU 0.5 would need")
     ap.add_argument(
         "--stem-pool",
         action=argparse.BooleanOptionalAction,

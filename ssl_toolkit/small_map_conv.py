@@ -8,11 +8,13 @@ the machine's matrix-multiply rate, and that one layer took a third of resnet10t
 step (``docs/benchmarks.md``, "Convolutions on small maps").
 
 A convolution is a linear map. On a map of ``P`` input and ``O`` output positions it is one
-``(O * C_out, P * C_in)`` matrix whose blocks are the kernel's taps (or zero where a tap falls
-in the padding): ``W_dense = W_taps @ T``, with ``T`` a fixed 0/1 matrix that says which tap
-joins which input position to which output position. The forward pass is then one large
-matrix product of the flattened batch, and autograd's backward two more; building
-``W_dense`` copies each weight ``P * O / taps`` times, cheap while the map is small. The
+``(C_out * O, P * C_in)`` matrix whose ``(C_out, C_in)`` blocks are the kernel's taps (or zero
+where a tap falls in the padding): block ``(o, p)`` is tap ``tap_index[o, p]``, a fixed table of
+which tap joins input position ``p`` to output position ``o``, and the dense matrix is one
+gather of the taps along that table. The forward pass is then one large matrix product of the
+flattened batch, and autograd's backward two more (and a scatter-add of the dense gradient back
+onto the taps); building the dense matrix copies each weight up to ``P * O / taps`` times,
+cheap while the map is small. The
 result is the convolution's, up to floating-point summation order, and the parameters, their
 names and the state dict are untouched: a converted module is an ``nn.Conv2d`` whose forward
 takes the dense path when its input map is small enough (:data:`MAX_IN_POSITIONS`,
@@ -60,7 +62,7 @@ def use_small_map_conv(setting: SmallMapSetting, device_type: str) -> bool:
 
 
 @functools.lru_cache(maxsize=128)
-def tap_matrix(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+def tap_index(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
     """Which kernel tap joins which input position to which output position.
 
     Args:
@@ -70,21 +72,22 @@ def tap_matrix(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[in
         padding: Zero padding (height, width).
 
     Returns:
-        ``(kh * kw, P * O)`` float32 0/1 matrix, ``P = H * W`` input positions and ``O`` output
-        positions, both row-major; entry ``(t, p * O + o)`` is 1 when tap ``t`` of output
-        position ``o`` reads input position ``p``. Each column has at most one 1.
+        ``(O * P,)`` int64, ``O`` output positions and ``P = H * W`` input positions, both
+        row-major: entry ``o * P + p`` is the tap (``ki * kw + kj``) through which output
+        position ``o`` reads input position ``p``, or ``kh * kw`` (no tap: a zero block) where
+        its window does not cover ``p``.
     """
     (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel, stride, padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    t = torch.zeros(kh * kw, h * w, ho * wo)
+    index = torch.full((ho * wo, h * w), kh * kw, dtype=torch.int64)
     for oi in range(ho):
         for oj in range(wo):
             for ki in range(kh):
                 for kj in range(kw):
                     i, j = oi * sh - ph + ki, oj * sw - pw + kj
                     if 0 <= i < h and 0 <= j < w:
-                        t[ki * kw + kj, i * w + j, oi * wo + oj] = 1.0
-    return t.view(kh * kw, -1)
+                        index[oi * wo + oj, i * w + j] = ki * kw + kj
+    return index.view(-1)
 
 
 def dense_conv2d(
@@ -106,17 +109,21 @@ def dense_conv2d(
     c_out, _, kh, kw = weight.shape
     ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
     p, o = h * w, ho * wo
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
     if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):  # a 1x1 kernel reads one position: subsample, then one product
         x_sub = x[:, :, :: stride[0], :: stride[1]].permute(0, 2, 3, 1).reshape(n * o, c_in)  # (N*O, C_in)
         y = F.linear(x_sub, weight.reshape(c_out, c_in), bias).view(n, ho, wo, c_out).permute(0, 3, 1, 2)
-        return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
-    taps = tap_matrix((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device, weight.dtype)  # (kh*kw, P*O)
-    w_dense = (weight.reshape(c_out * c_in, kh * kw) @ taps).view(c_out, c_in, p, o)  # under autocast: bf16
-    w_dense = w_dense.permute(3, 0, 2, 1).reshape(o * c_out, p * c_in)  # rows (o, c_out), columns (p, c_in)
+        return y if channels_last else y.contiguous()
+    if torch.is_autocast_enabled(x.device.type):  # cast the taps, not the (up to P * O / taps times larger) dense matrix
+        weight = weight.to(torch.get_autocast_dtype(x.device.type))
+    taps = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw, c_in)  # (C_out, taps, C_in): a view of a channels-last kernel
+    taps = torch.cat([taps, taps.new_zeros(c_out, 1, c_in)], dim=1)  # (C_out, taps + 1, C_in), the last one zero
+    index = tap_index((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device)  # type: ignore[arg-type]
+    w_dense = taps.index_select(1, index).view(c_out * o, p * c_in)  # rows (c_out, o), columns (p, c_in)
     x_flat = x.permute(0, 2, 3, 1).reshape(n, p * c_in)  # (N, P*C_in), a view of a channels-last batch
-    y = F.linear(x_flat, w_dense, None if bias is None else bias.repeat(o))  # (N, O*C_out)
-    y = y.view(n, ho, wo, c_out).permute(0, 3, 1, 2)  # (N, C_out, H_out, W_out), channels-last strides
-    return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
+    y = F.linear(x_flat, w_dense, None if bias is None else bias.repeat_interleave(o))  # (N, C_out*O)
+    y = y.view(n, c_out, ho, wo)  # (N, C_out, H_out, W_out), contiguous NCHW
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
 class SmallMapConv2d(nn.Conv2d):

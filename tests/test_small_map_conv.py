@@ -20,7 +20,7 @@ from ssl_toolkit.small_map_conv import (
     dense_conv2d,
     restore_convs,
     small_map_convs,
-    tap_matrix,
+    tap_index,
     use_small_map_conv,
 )
 
@@ -58,15 +58,38 @@ def test_dense_conv_gives_the_convolution_and_its_gradients(hw, k, stride, pad, 
         torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
 
 
-def test_tap_matrix_joins_each_output_to_the_inputs_its_window_covers():
-    t = tap_matrix((2, 2), (3, 3), (1, 1), (1, 1))  # (9 taps, 4 inputs x 4 outputs)
-    assert t.shape == (9, 16)
-    assert t.sum().item() == 16  # on a padded 2x2 map every output reads every input, once
-    assert t.sum(0).max().item() == 1  # at most one tap per (input, output) pair
+def test_tap_index_joins_each_output_to_the_inputs_its_window_covers():
+    no_tap = 9
+    t = tap_index((2, 2), (3, 3), (1, 1), (1, 1)).view(4, 4)  # (4 outputs, 4 inputs)
+    assert (t != no_tap).all()  # on a padded 2x2 map every output reads every input
+    assert t[0].tolist() == [4, 5, 7, 8]  # the top-left output reads itself through the centre tap
+    assert t[3].tolist() == [0, 1, 3, 4]
     # 4x4 -> 2x2 with stride 2: the corner output reads 2x2 inputs, the edges 2x3, the far corner 3x3
-    assert tap_matrix((4, 4), (3, 3), (2, 2), (1, 1)).sum().item() == 4 + 6 + 6 + 9
+    t = tap_index((4, 4), (3, 3), (2, 2), (1, 1)).view(4, 16)
+    assert (t != no_tap).sum(1).tolist() == [4, 6, 6, 9]
+    for o in range(4):  # each output reads each tap at most once
+        taps = t[o][t[o] != no_tap]
+        assert len(set(taps.tolist())) == len(taps)
     # tap 4 is the kernel's centre: on a 1x1 map it is the only one inside the map
-    assert tap_matrix((1, 1), (3, 3), (1, 1), (1, 1))[:, 0].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert tap_index((1, 1), (3, 3), (1, 1), (1, 1)).tolist() == [4]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dense_conv_under_bf16_autocast_matches_the_convolution(channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 4, 4).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 16, 3, 3, requires_grad=True)  # float32 parameters, as under mixed precision
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dense_conv2d(x, w, None, (2, 2), (1, 1))
+        ref = F.conv2d(x, w, None, 2, 1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    (gw,) = torch.autograd.grad(out.float().sum(), [w])
+    (gw_ref,) = torch.autograd.grad(ref.float().sum(), [w])
+    assert gw.dtype == torch.float32
+    torch.testing.assert_close(gw, gw_ref, rtol=2e-2, atol=5e-2)
 
 
 def conv_on(side: int, k: int = 3, stride: int = 1, **kw) -> tuple[SmallMapConv2d, torch.Tensor]:
