@@ -118,7 +118,7 @@ def dense_conv2d(
         weight = weight.to(torch.get_autocast_dtype(x.device.type))
     taps = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw, c_in)  # (C_out, taps, C_in): a view of a channels-last kernel
     taps = torch.cat([taps, taps.new_zeros(c_out, 1, c_in)], dim=1)  # (C_out, taps + 1, C_in), the last one zero
-    index = tap_index((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device)  # type: ignore[arg-type]
+    index = tap_index((h, w), (kh, kw), tuple(stride), tuple(padding)).to(x.device)
     w_dense = taps.index_select(1, index).view(c_out * o, p * c_in)  # rows (c_out, o), columns (p, c_in)
     x_flat = x.permute(0, 2, 3, 1).reshape(n, p * c_in)  # (N, P*C_in), a view of a channels-last batch
     y = F.linear(x_flat, w_dense, None if bias is None else bias.repeat_interleave(o))  # (N, C_out*O)
