@@ -6,9 +6,17 @@ included), the first step (where compilation happens), the median steady step, a
 break-even: the number of steps after which compiling wins end to end. ``auto`` in
 ``ssl_toolkit/compile.py`` is set from these figures.
 
+``--small-map-conv`` keeps ``trainer.small_map_conv`` on in the compiled run too (under
+``auto`` a compiled backbone's convolutions are left to inductor). ``--bn-relu`` times, instead
+of a fit, a ``BatchNorm2d`` + ReLU in training mode (forward and backward, bf16 autocast,
+channels-last) on the map sizes of resnet10t's stages at 28 px, eager against compiled: the
+memory-bound part of the step that a compiler could fuse.
+
 Usage::
 
     python benchmarks/compile_speed.py --steps 300 --precisions 32-true,bf16-mixed
+    python benchmarks/compile_speed.py --steps 60 --precisions bf16-mixed --backbone resnet10t --size 28 --batch-size 256 --no-stem-pool --small-map-conv
+    python benchmarks/compile_speed.py --bn-relu
 """
 
 from __future__ import annotations
@@ -52,7 +60,10 @@ def fit_times(images: torch.Tensor, args, compiled: bool) -> list[float]:
     """Per-step seconds of ``args.steps`` SimCLR steps, eager or compiled."""
     torch.manual_seed(0)
     module = build_module("simclr", images, args, {"num_classes": 0})  # without the stem's max-pool under --no-stem-pool
-    module.cfg = module.cfg.model_copy(update={"compile": compiled})
+    update: dict = {"compile": compiled}
+    if args.small_map_conv is not None:
+        update["small_map_conv"] = args.small_map_conv
+    module.cfg = module.cfg.model_copy(update=update)
     clock = StepClock()
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -67,6 +78,42 @@ def fit_times(images: torch.Tensor, args, compiled: bool) -> list[float]:
     )
     trainer.fit(module, make_loader(images, None, args.batch_size, shuffle=True, num_workers=0))
     return clock.times
+
+
+def bn_relu_times(batch: int = 512, repeats: int = 9) -> None:
+    """Eager against compiled ``BatchNorm2d`` + ReLU, forward and backward, at resnet10t's map sizes."""
+    print(
+        f"# BatchNorm2d + ReLU, training, bf16 autocast, channels-last, batch {batch}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print("| channels | map | compile s | eager ms | compiled ms | compiled / eager |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for channels, side in [(64, 14), (128, 7), (256, 4), (512, 2)]:
+        x = torch.randn(batch, channels, side, side).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
+        grad = torch.randn_like(x)
+        eager = torch.nn.Sequential(torch.nn.BatchNorm2d(channels), torch.nn.ReLU()).train()
+        compiled = torch.compile(torch.nn.Sequential(torch.nn.BatchNorm2d(channels), torch.nn.ReLU()).train(), backend="inductor")
+
+        def once(module: torch.nn.Module, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = module(x)
+            y.backward(grad)
+
+        t = time.perf_counter()
+        once(compiled)
+        compile_s = time.perf_counter() - t
+        ms = {}
+        for name, module in (("eager", eager), ("compiled", compiled)):
+            for _ in range(2):
+                once(module)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                once(module)
+                times.append(time.perf_counter() - t)
+            ms[name] = 1e3 * statistics.median(times)
+        print(
+            f"| {channels} | {side}x{side} | {compile_s:.1f} | {ms['eager']:.2f} | {ms['compiled']:.2f} | {ms['compiled'] / ms['eager']:.2f}x |"
+        )
 
 
 def main() -> None:
@@ -84,12 +131,23 @@ def main() -> None:
         default=True,
         help="keep timm's stem max-pool (--no-stem-pool: total stride 16, the toolkit's default at 32 px and less)",
     )
+    ap.add_argument(
+        "--small-map-conv",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="trainer.small_map_conv for both runs (default: the engine's auto, which leaves a compiled backbone to inductor)",
+    )
+    ap.add_argument("--bn-relu", action="store_true", help="time eager against compiled BatchNorm2d + ReLU instead of a fit")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
+    if args.bn_relu:
+        bn_relu_times()
+        return
     images, data_name = benchmark_images(args.size, limit=8192)
     print(
         f"# {data_name}, {args.size} px, {args.backbone} (timm stem{'' if args.stem_pool else ' without its max-pool'}), batch {args.batch_size}, {args.steps} steps, "
-        f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{args.accelerator}, small_map_conv {'auto' if args.small_map_conv is None else args.small_map_conv}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print("| precision | mode | fit s | first step s | steady step s (median) | break-even steps |")
     print("|---|---|---:|---:|---:|---:|")

@@ -11,6 +11,16 @@ Usage::
     python benchmarks/small_map_conv.py                       # bf16 autocast, channels-last, training
     python benchmarks/small_map_conv.py --precision 32-true   # float32, NCHW (the engine's layout for it)
     python benchmarks/small_map_conv.py --mode eval --precision 32-true
+    python benchmarks/small_map_conv.py --weight-grad         # the weight gradient alone, three ways
+
+``--weight-grad`` times, on the map sizes where the toolkit leaves oneDNN in charge (resnet10t's
+stages at 28 px: 14x14 to 4x4), the part of oneDNN's convolution backward that is slow on these
+maps, the weight gradient, against two ways of writing it as matrix products: im2col (the
+input's patches gathered into one ``(N * O, taps * C_in)`` matrix, then one product with the
+output gradient) and shifted products (on the zero-padded map flattened over the whole batch,
+tap ``(ki, kj)`` of a stride-1 convolution reads the rows ``ki * W_padded + kj`` further on, so
+each tap's gradient is one product of two views, at the cost of also multiplying the padding's
+positions). In the engine's layout for the precision (bf16 channels-last, float32 NCHW).
 """
 
 from __future__ import annotations
@@ -60,15 +70,96 @@ def one_pass(x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int, dense
         y.float().sum().backward()
 
 
+# (batch, C_in, input side, C_out, stride), 3x3 kernels: resnet10t's stages at 28 px without the stem's pool
+# (14x14 to 4x4), resnet18's at 32 px with it (8x8, 4x4), larger widths, a small batch
+WEIGHT_GRAD_SHAPES = [
+    (512, 64, 14, 64, 1),
+    (512, 64, 14, 128, 2),
+    (512, 128, 7, 128, 1),
+    (512, 128, 7, 256, 2),
+    (512, 256, 4, 256, 1),
+    (512, 64, 8, 128, 2),
+    (512, 128, 4, 128, 1),
+    (512, 128, 8, 256, 2),
+    (512, 512, 4, 512, 1),
+    (64, 256, 4, 256, 1),
+]
+WEIGHT_ONLY = [False, True, False]  # convolution_backward's output mask: the weight gradient alone
+
+
+def weight_grad_im2col(grad: torch.Tensor, x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
+    """``(C_out, C_in, k, k)`` weight gradient through one ``(N * O, k * k * C_in)`` patch matrix."""
+    n, c_in, h, w = x.shape
+    c_out, ho, wo = grad.shape[1:]
+    x_pad = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (N, H+2p, W+2p, C_in)
+    cols = x.new_empty(n, ho, wo, k * k, c_in)
+    for i in range(k):
+        for j in range(k):
+            cols[:, :, :, i * k + j] = x_pad[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+    g = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c_out)  # (N*O, C_out)
+    return (g.t() @ cols.view(n * ho * wo, k * k * c_in)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
+
+
+def weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, k: int, pad: int) -> torch.Tensor:
+    """Stride-1 weight gradient as ``k * k`` products of views of the padded, flattened batch."""
+    n, c_in, h, w = x.shape
+    c_out, ho, wo = grad.shape[1:]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    x_flat = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1).contiguous().view(n * hp * wp, c_in)
+    g_pad = grad.new_zeros(n, hp, wp, c_out)
+    g_pad[:, :ho, :wo] = grad.permute(0, 2, 3, 1)  # output (oi, oj) at the row of its window's first input
+    rows = n * hp * wp - (k - 1) * (wp + 1)
+    g_t = g_pad.view(n * hp * wp, c_out)[:rows].t()  # (C_out, rows)
+    out = grad.new_empty(c_out, k, k, c_in)
+    for i in range(k):
+        for j in range(k):
+            out[:, i, j] = g_t @ x_flat[i * wp + j : i * wp + j + rows]
+    return out.permute(0, 3, 1, 2)
+
+
+def weight_grad_table(repeats: int, bf16: bool) -> None:
+    dtype, layout = (torch.bfloat16, torch.channels_last) if bf16 else (torch.float32, torch.contiguous_format)
+    print(
+        f"# weight gradient only, {'bf16, channels-last' if bf16 else 'float32, NCHW'}, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {repeats} runs"
+    )
+    print("| batch | C_in | map | C_out | stride | oneDNN ms | im2col ms | shifted ms |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    for n, c_in, side, c_out, stride in WEIGHT_GRAD_SHAPES:
+        x = torch.randn(n, c_in, side, side).to(dtype).contiguous(memory_format=layout)
+        weight = (0.05 * torch.randn(c_out, c_in, 3, 3)).to(dtype).contiguous(memory_format=layout)
+        grad = torch.randn_like(F.conv2d(x, weight, None, stride, 1))
+        ref = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1, WEIGHT_ONLY)[1]
+        ways = {"im2col": functools.partial(weight_grad_im2col, grad, x, 3, stride, 1)}
+        if stride == 1:
+            ways["shifted"] = functools.partial(weight_grad_shifted, grad, x, 3, 1)
+        for fn in ways.values():  # the same gradient, up to bf16 rounding of the sums
+            torch.testing.assert_close(fn().float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+        onednn = median_ms(
+            lambda g=grad, x=x, w=weight, s=stride: torch.ops.aten.convolution_backward(
+                g, x, w, None, [s] * 2, [1, 1], [1, 1], False, [0, 0], 1, WEIGHT_ONLY
+            ),
+            repeats,
+        )
+        ms = {name: median_ms(fn, repeats) for name, fn in ways.items()}
+        print(
+            f"| {n} | {c_in} | {side}x{side} | {c_out} | {stride} | {onednn:.1f} | {ms['im2col']:.1f} | "
+            + (f"{ms['shifted']:.1f} |" if "shifted" in ms else "- |")
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32-true"])
     ap.add_argument("--mode", default="train", choices=["train", "eval"], help="forward + backward, or forward only")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--weight-grad", action="store_true", help="the weight gradient alone: oneDNN, im2col, shifted products")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error(f"--repeats must be at least 1, not {args.repeats}")
     torch.manual_seed(0)
+    if args.weight_grad:
+        weight_grad_table(args.repeats, args.precision == "bf16-mixed")
+        return
     bf16 = args.precision == "bf16-mixed"
     layout = torch.channels_last if bf16 else torch.contiguous_format  # the engine's auto layout on a CPU
     print(

@@ -135,10 +135,11 @@ class TrainerConfig(StrictModel):
             faster; channels-last is faster with bf16 on CPUs with oneDNN and on tensor-core
             GPUs; see ``docs/benchmarks.md``).
         small_map_conv: Compute convolutions on small maps (up to 4x4 inputs, e.g. the last
-            stages of a ResNet on 28-32 px images) as one dense matrix product, with the same
-            result: ``true``, ``false``, or ``auto`` (on a CPU, where oneDNN's kernels for
-            such maps ran several times slower, unless ``compile`` compiled the backbone;
-            ``ssl_toolkit/small_map_conv.py``).
+            stages of a ResNet on 28-32 px images) as one dense matrix product, and in bf16
+            the weight gradient of those with up to 4x4 outputs as one product with the
+            input's patches, with the same result: ``true``, ``false``, or ``auto`` (on a
+            CPU, where oneDNN's kernels for such maps ran several times slower, unless
+            ``compile`` compiled the backbone; ``ssl_toolkit/small_map_conv.py``).
         compile: ``torch.compile`` the backbone (inductor): ``true``, ``false``, or ``auto``
             (only where it was measured to win end to end, compile time included, for the
             run's length; see ``ssl_toolkit/compile.py`` and ``docs/benchmarks.md``).

@@ -19,6 +19,14 @@ result is the convolution's, up to floating-point summation order, and the param
 names and the state dict are untouched: a converted module is an ``nn.Conv2d`` whose forward
 takes the dense path when its input map is small enough (:data:`MAX_IN_POSITIONS`,
 :data:`MAX_POSITION_PAIRS_BF16`, :data:`MAX_POSITION_PAIRS_FP32`) and oneDNN's path otherwise.
+
+One step larger (outputs of up to 4x4 positions, e.g. resnet10t's layer3 at 28 px), the dense
+matrix multiplies too many zeros, and oneDNN's forward pass and input gradient are fast, but
+its weight gradient is not: in bf16 it took 35 ms for a 3x3 convolution of 256 channels on 4x4
+maps (batch 512) whose forward pass takes under 10. There, in bf16, the converted module keeps
+oneDNN's forward pass and input gradient and computes the weight gradient as one matrix product
+of the output gradient with the input's patches (im2col, :func:`patch_weight_grad`): 1.4-2.7x
+faster on those shapes (:data:`MAX_PATCH_OUT_POSITIONS`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,15 @@ SmallMapSetting = Literal["auto"] | bool
 MAX_IN_POSITIONS = 16  # P, input positions
 MAX_POSITION_PAIRS_BF16 = 81  # P * O, the dense matrix's size in blocks of C_out x C_in
 MAX_POSITION_PAIRS_FP32 = 16
+
+# Patch (im2col) weight-gradient limits, from the same machine (docs/benchmarks.md, "Convolutions
+# on small maps", ``--weight-grad``), bf16, channels-last, 3x3 kernels: against oneDNN's weight
+# gradient it won wherever the output map had at most 4x4 positions (7x7 -> 4x4, stride 2:
+# 2.4x; 4x4 -> 4x4 with 256 channels: 2.4x, with 128: 1.45x; 8x8 -> 4x4, stride 2: 1.4-2.4x)
+# and lost at 7x7 outputs (0.3-0.85x), where the patch matrix's copies outweigh the product.
+# In float32 (no AMX for the product) it lost on every shape, so float32 keeps oneDNN's.
+MAX_PATCH_OUT_POSITIONS = 16  # O, output positions
+MAX_PATCH_IN_POSITIONS = 64  # P, input positions (the largest measured: 8x8, stride 2)
 
 
 def use_small_map_conv(setting: SmallMapSetting, device_type: str) -> bool:
@@ -126,33 +143,122 @@ def dense_conv2d(
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
+def patch_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """A convolution's weight gradient as one matrix product with the input's patches (im2col).
+
+    Args:
+        grad: ``(N, C_out, H_out, W_out)`` gradient of the convolution's output.
+        x: ``(N, C_in, H, W)`` the convolution's input, any memory layout.
+        kernel: Kernel height and width.
+        stride: Stride (height, width).
+        padding: Zero padding (height, width).
+
+    Returns:
+        ``(C_out, C_in, kh, kw)`` gradient of the weight (groups 1, dilation 1), with
+        channels-last strides.
+    """
+    n, c_in = x.shape[:2]
+    c_out, ho, wo = grad.shape[1:]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x_pad = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # (N, H+2ph, W+2pw, C_in)
+    patches = x.new_empty(n, ho, wo, kh * kw, c_in)  # (N, H_out, W_out, taps, C_in)
+    for i in range(kh):
+        for j in range(kw):
+            patches[:, :, :, i * kw + j] = x_pad[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+    g = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c_out)  # (N*O, C_out), a view of a channels-last gradient
+    grad_w = g.t() @ patches.view(n * ho * wo, kh * kw * c_in)  # (C_out, taps*C_in)
+    return grad_w.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+
+
+class PatchWeightGradConv2d(torch.autograd.Function):
+    """``F.conv2d`` whose backward takes the weight gradient from :func:`patch_weight_grad`.
+
+    The forward pass and the input gradient are oneDNN's (``F.conv2d`` and
+    ``aten.convolution_backward``); groups 1, dilation 1. Call it outside autocast, with the
+    input and weight already in the compute dtype.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = tuple(stride), tuple(padding), bias is not None
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = patch_weight_grad(grad, x, tuple(weight.shape[-2:]), ctx.stride, ctx.padding)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def patch_grad_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """``F.conv2d`` (groups 1, dilation 1) with the weight gradient of :func:`patch_weight_grad`.
+
+    Under autocast the input, weight and bias are cast to the autocast dtype first, as
+    ``F.conv2d`` would; the casts stay in the graph, so float32 parameters get float32 gradients.
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    with torch.autocast(device_type, enabled=False):
+        return PatchWeightGradConv2d.apply(x, weight, bias, stride, padding)
+
+
 class SmallMapConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes small maps with :func:`dense_conv2d` and the rest as usual.
+    """``nn.Conv2d`` that computes small maps with :func:`dense_conv2d` or :func:`patch_grad_conv2d`, the rest as usual.
 
     Made from an ``nn.Conv2d`` in place by :func:`convert_small_map_convs` (its class is
     swapped back by :func:`restore_convs`); it has no state of its own.
     """
 
-    def _dense_applies(self, x: torch.Tensor) -> bool:
+    def _path(self, x: torch.Tensor) -> str:
+        """``dense``, ``patches`` or ``onednn``: how this convolution computes ``x``."""
         if x.dim() != 4 or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
-            return False
+            return "onednn"
         if tuple(self.dilation) != (1, 1):
-            return False
+            return "onednn"
         h, w = x.shape[-2:]
         ho = (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
-        if h * w > MAX_IN_POSITIONS or ho < 1 or wo < 1:
-            return False
-        if tuple(self.kernel_size) == (1, 1) and tuple(self.padding) == (0, 0):  # subsample + one product: no zero taps
-            return True
+        if ho < 1 or wo < 1:
+            return "onednn"
+        one_by_one = tuple(self.kernel_size) == (1, 1) and tuple(self.padding) == (0, 0)
+        if h * w <= MAX_IN_POSITIONS and one_by_one:  # subsample + one product: no zero taps
+            return "dense"
         low_precision = x.dtype == torch.bfloat16 or (
             torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.bfloat16
         )
-        return h * w * ho * wo <= (MAX_POSITION_PAIRS_BF16 if low_precision else MAX_POSITION_PAIRS_FP32)
+        if h * w <= MAX_IN_POSITIONS and h * w * ho * wo <= (MAX_POSITION_PAIRS_BF16 if low_precision else MAX_POSITION_PAIRS_FP32):
+            return "dense"
+        if low_precision and not one_by_one and ho * wo <= MAX_PATCH_OUT_POSITIONS and h * w <= MAX_PATCH_IN_POSITIONS:
+            return "patches"
+        return "onednn"
+
+    def _dense_applies(self, x: torch.Tensor) -> bool:
+        return self._path(x) == "dense"
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self._dense_applies(input):
+        path = self._path(input)
+        if path == "dense":
             return dense_conv2d(input, weight, bias, self.stride, self.padding)  # type: ignore[arg-type]
+        if path == "patches" and torch.is_grad_enabled() and weight.requires_grad:
+            return patch_grad_conv2d(input, weight, bias, self.stride, self.padding)  # type: ignore[arg-type]
         return super()._conv_forward(input, weight, bias)
 
 

@@ -18,6 +18,7 @@ from ssl_toolkit.small_map_conv import (
     SmallMapConv2d,
     convert_small_map_convs,
     dense_conv2d,
+    patch_grad_conv2d,
     restore_convs,
     small_map_convs,
     tap_index,
@@ -56,6 +57,78 @@ def test_dense_conv_gives_the_convolution_and_its_gradients(hw, k, stride, pad, 
     wanted = [x, w] + ([b] if bias else [])
     for got, exp in zip(torch.autograd.grad(out, wanted, g), torch.autograd.grad(ref, wanted, g), strict=True):
         torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+
+
+# (input side (h, w), kernel, stride, padding): where the patch weight gradient applies, and edges
+PATCH_SHAPES = [
+    ((4, 4), 3, 1, 1),  # resnet10t's layer3 at 28 px without the stem's pool
+    ((7, 7), 3, 2, 1),  # its first conv
+    ((8, 8), 3, 2, 1),  # resnet18's layer2 at 32 px with the pool
+    ((5, 3), 3, 1, 1),  # not square
+    ((4, 4), 2, 1, 0),  # an even kernel without padding
+    ((6, 6), 5, 2, 2),  # a larger kernel
+]
+
+
+@pytest.mark.parametrize(("hw", "k", "stride", "pad"), PATCH_SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_patch_weight_gradient_gives_the_convolution_and_its_gradients(hw, k, stride, pad, channels_last, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, *hw, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(6, 5, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    ref = F.conv2d(x, w, b, stride, pad)
+    out = patch_grad_conv2d(x, w, b, (stride, stride), (pad, pad))
+    assert type(out.grad_fn).__name__ == "PatchWeightGradConv2dBackward"
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same forward kernel
+    g = torch.randn_like(ref)
+    wanted = [x, w] + ([b] if bias else [])
+    for got, exp in zip(torch.autograd.grad(out, wanted, g), torch.autograd.grad(ref, wanted, g), strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_weight_gradient_under_bf16_autocast_gives_float32_parameters_their_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(16, 32, 4, 4).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 32, 3, 3, requires_grad=True)
+    b = torch.randn(64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = patch_grad_conv2d(x, w, b, (1, 1), (1, 1))
+        ref = F.conv2d(x, w, b, 1, 1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    grads = torch.autograd.grad(out.float().sum(), [w, b])
+    grads_ref = torch.autograd.grad(ref.float().sum(), [w, b])
+    for got, exp in zip(grads, grads_ref, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, exp, rtol=2e-2, atol=2e-2 * exp.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    ("side", "stride", "k", "path"),
+    [
+        (4, 1, 3, "patches"),  # 4x4 outputs: 256 position pairs, too many for the dense matrix
+        (8, 2, 3, "patches"),
+        (7, 2, 3, "patches"),
+        (7, 1, 3, "onednn"),  # 7x7 outputs: oneDNN's weight gradient wins
+        (9, 2, 3, "onednn"),  # 81 input positions
+        (8, 2, 1, "onednn"),  # a 1x1 downsample on 8x8: no patches to gather
+        (3, 1, 3, "dense"),
+    ],
+)
+def test_the_patch_path_is_taken_in_bf16_where_it_measured_faster(side, stride, k, path):
+    conv, x = conv_on(side, k=k, stride=stride, padding=k // 2 if k > 1 else 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv._path(x) == path
+        out = conv(x)
+    assert (type(out.grad_fn).__name__ == "PatchWeightGradConv2dBackward") is (path == "patches")
+    assert conv._path(x) in ("dense", "onednn")  # float32: the patch path lost on every shape
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).grad_fn is None  # without gradients the forward pass is oneDNN's, as before
 
 
 def test_tap_index_joins_each_output_to_the_inputs_its_window_covers():
@@ -208,3 +281,25 @@ def test_a_fit_on_the_cpu_trains_through_the_dense_path_and_returns_plain_convol
     trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
     assert seen and any(seen) is dense
     assert all(type(m) is nn.Conv2d for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_a_bf16_fit_trains_the_small_maps_through_both_paths():
+    """A real bf16 fit of the tiny backbone at 32 px: the 4x4 maps take the patch weight gradient, the 2x2 the dense product."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    module = bench_module("rotation", images, precision="bf16-mixed")
+    paths: dict[str, set[str]] = {}
+    grads: dict[str, list[torch.Tensor]] = {}
+    for name, m in module.backbone.named_modules():
+        if type(m) is nn.Conv2d:
+            m.register_forward_pre_hook(lambda conv, inputs, name=name: paths.setdefault(name, set()).add(conv._path(inputs[0])))
+            m.weight.register_hook(lambda g, name=name: grads.setdefault(name, []).append(g.detach().clone()))
+    trainer = quiet_trainer(precision="bf16-mixed", max_steps=2)
+    trainer.fit(module, make_loader(images, None, 16, shuffle=True, num_workers=0))
+    patched = [name for name, seen in paths.items() if seen == {"patches"}]
+    assert patched and any(seen == {"dense"} for seen in paths.values()) and any(seen == {"onednn"} for seen in paths.values())
+    for name in patched:  # the patch path's weights got a float32 gradient at each step
+        assert len(grads[name]) == 2
+        assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads[name])
+        # (timm zero-initialises each block's last norm: the first step's branch gradients are zero on every path)
+        assert grads[name][1].abs().sum() > 0
