@@ -37,26 +37,34 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize(("hw", "k", "stride", "pad"), SHAPES)
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("bias", [False, True])
-def test_dense_conv_gives_the_convolution_and_its_gradients(hw, k, stride, pad, channels_last, bias):
+def float64_conv_inputs(hw, k: int, channels_last: bool, bias: bool) -> list[torch.Tensor]:
+    """``[x, weight]`` (and a bias) in float64 for a 6 -> 7 channel convolution, all requiring gradients."""
     torch.manual_seed(0)
     x = torch.randn(5, 6, *hw, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    w = torch.randn(7, 6, k, k, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(7, dtype=torch.float64, requires_grad=True) if bias else None
+    w = torch.randn(7, 6, k, k, dtype=torch.float64)
+    return [t.requires_grad_() for t in [x, w] + ([torch.randn(7, dtype=torch.float64)] if bias else [])]
+
+
+def assert_same_gradients(out: torch.Tensor, ref: torch.Tensor, wanted: list[torch.Tensor]) -> None:
+    g = torch.randn_like(ref)
+    for got, exp in zip(torch.autograd.grad(out, wanted, g), torch.autograd.grad(ref, wanted, g), strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("hw", "k", "stride", "pad"), SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_conv_gives_the_convolution_and_its_gradients(hw, k, stride, pad, channels_last, bias):
+    wanted = float64_conv_inputs(hw, k, channels_last, bias)
+    x, w, b = (wanted + [None])[:3]
     ref = F.conv2d(x, w, b, stride, pad)
     out = dense_conv2d(x, w, b, (stride, stride), (pad, pad))
     assert out.shape == ref.shape
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(ref)
-    wanted = [x, w] + ([b] if bias else [])
-    for got, exp in zip(torch.autograd.grad(out, wanted, g), torch.autograd.grad(ref, wanted, g), strict=True):
-        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+    assert_same_gradients(out, ref, wanted)
 
 
 # (input side (h, w), kernel, stride, padding): where the patch weight gradient applies, and edges
@@ -74,21 +82,13 @@ PATCH_SHAPES = [
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_patch_weight_gradient_gives_the_convolution_and_its_gradients(hw, k, stride, pad, channels_last, bias):
-    torch.manual_seed(0)
-    x = torch.randn(3, 5, *hw, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    w = torch.randn(6, 5, k, k, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    wanted = float64_conv_inputs(hw, k, channels_last, bias)
+    x, w, b = (wanted + [None])[:3]
     ref = F.conv2d(x, w, b, stride, pad)
     out = patch_grad_conv2d(x, w, b, (stride, stride), (pad, pad))
     assert type(out.grad_fn).__name__ == "PatchWeightGradConv2dBackward"
     torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same forward kernel
-    g = torch.randn_like(ref)
-    wanted = [x, w] + ([b] if bias else [])
-    for got, exp in zip(torch.autograd.grad(out, wanted, g), torch.autograd.grad(ref, wanted, g), strict=True):
-        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+    assert_same_gradients(out, ref, wanted)
 
 
 def test_patch_weight_gradient_under_bf16_autocast_gives_float32_parameters_their_gradient():
