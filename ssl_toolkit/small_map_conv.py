@@ -25,7 +25,7 @@ matrix multiplies too many zeros, and oneDNN's forward pass and input gradient a
 its weight gradient is not: in bf16 it took 35 ms for a 3x3 convolution of 256 channels on 4x4
 maps (batch 512) whose forward pass takes under 10. There, in bf16, the converted module keeps
 oneDNN's forward pass and input gradient and computes the weight gradient as one matrix product
-of the output gradient with the input's patches (im2col, :func:`patch_weight_grad`): 1.4-2.7x
+of the output gradient with the input's patches (im2col, :func:`patch_weight_grad`): 1.4-2.8x
 faster on those shapes (:data:`MAX_PATCH_OUT_POSITIONS`).
 """
 
