@@ -137,7 +137,7 @@ def main() -> None:
         default=None,
         help="trainer.small_map_conv for both runs (default: the engine's auto, which leaves a compiled backbone to inductor)",
     )
-    ap.add_argument("--bn-relu", action="store_true", help="time eager against compiled BatchNorm2d + ReLU instead of a fit")
+    ap.add_argument("--bn-relu", action="store_true", help="time eager against compiled BatchNorm2d + ReLU on the CPU instead of a fit")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.bn_relu:

@@ -133,6 +133,8 @@ def main() -> None:
         help="keep timm's stem max-pool (--no-stem-pool: total stride 16, the toolkit's default at 32 px and less)",
     )
     args = ap.parse_args()
+    if args.roofline and args.accelerator != "cpu":
+        ap.error("--roofline splits the CPU ops' self time; on a GPU use the profile table's device times")
     args.precision = resolve_precision(args.precision, args.accelerator)
     warnings.filterwarnings("ignore", category=UserWarning)
     images, data_name = benchmark_images(args.size, limit=2048)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_toolkit.small_map_conv import SmallMapConv2d, dense_conv2d
+from ssl_toolkit.small_map_conv import SmallMapConv2d, dense_conv2d, patch_weight_grad
 
 # (batch, C_in, input side, C_out, kernel, stride)
 SHAPES = [
@@ -87,19 +87,6 @@ WEIGHT_GRAD_SHAPES = [
 WEIGHT_ONLY = [False, True, False]  # convolution_backward's output mask: the weight gradient alone
 
 
-def weight_grad_im2col(grad: torch.Tensor, x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
-    """``(C_out, C_in, k, k)`` weight gradient through one ``(N * O, k * k * C_in)`` patch matrix."""
-    n, c_in, h, w = x.shape
-    c_out, ho, wo = grad.shape[1:]
-    x_pad = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (N, H+2p, W+2p, C_in)
-    cols = x.new_empty(n, ho, wo, k * k, c_in)
-    for i in range(k):
-        for j in range(k):
-            cols[:, :, :, i * k + j] = x_pad[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-    g = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c_out)  # (N*O, C_out)
-    return (g.t() @ cols.view(n * ho * wo, k * k * c_in)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
-
-
 def weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, k: int, pad: int) -> torch.Tensor:
     """Stride-1 weight gradient as ``k * k`` products of views of the padded, flattened batch."""
     n, c_in, h, w = x.shape
@@ -129,7 +116,7 @@ def weight_grad_table(repeats: int, bf16: bool) -> None:
         weight = (0.05 * torch.randn(c_out, c_in, 3, 3)).to(dtype).contiguous(memory_format=layout)
         grad = torch.randn_like(F.conv2d(x, weight, None, stride, 1))
         ref = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1, WEIGHT_ONLY)[1]
-        ways = {"im2col": functools.partial(weight_grad_im2col, grad, x, 3, stride, 1)}
+        ways = {"im2col": functools.partial(patch_weight_grad, grad, x, (3, 3), (stride, stride), (1, 1))}  # the toolkit's
         if stride == 1:
             ways["shifted"] = functools.partial(weight_grad_shifted, grad, x, 3, 1)
         for fn in ways.values():  # the same gradient, up to bf16 rounding of the sums
