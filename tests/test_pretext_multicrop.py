@@ -107,5 +107,7 @@ def test_small_views_follow_the_views_augmentation_except_their_crop():
     cfg = SimCLRTask.Config.model_validate({"views": {"flip_p": 0}, "local_views": {"crop_scale": [0.05, 0.2], "jitter_p": 0}})
     assert (cfg.local_views.flip_p, cfg.local_views.jitter_p, cfg.local_views.crop_scale) == (0, 0, (0.05, 0.2))
     assert SimCLRTask.Config.model_validate(cfg.model_dump(mode="json")) == cfg  # config.yaml reads back the same
+    cfg = SimCLRTask.Config.model_validate({"local_views": {"flip_p": 0}})  # small views set, views left alone
+    assert cfg.local_views.flip_p == 0 and cfg.local_views.crop_scale == (0.1, 0.5)
     with pytest.raises(UserError, match=r"local_views"):
         build_task("simclr", 8, {"local_views": {"flip_p": 2}}, FACTS)

@@ -66,9 +66,9 @@ class SimCLRConfig(TwoViewConfig):
     @classmethod
     def _small_views_follow_views(cls, data: Any) -> Any:
         """Fill what ``local_views`` leaves unset from ``views`` (a flip turned off stays off)."""
-        if not isinstance(data, dict) or "views" not in data:
+        if not isinstance(data, dict):
             return data
-        views, local = data["views"], data.get("local_views") or {}
+        views, local = data.get("views") or {}, data.get("local_views") or {}
         if not isinstance(views, dict | ViewConfig) or not isinstance(local, dict | ViewConfig):
             return data  # the field validators say what is wrong
         views = views.model_dump() if isinstance(views, ViewConfig) else views
