@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -110,7 +111,7 @@ def main() -> None:
             check_point(s, args.task, args.minutes, p)
     except UserError as e:
         ap.error(str(e))
-    command = "python benchmarks/recipe_sweep.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/recipe_sweep.py " + shlex.join(sys.argv[1:])
     result = {"task": args.task, "minutes": args.minutes, "command": command, "cores": torch.get_num_threads(), "torch": torch.__version__}
     done: list[dict[str, Any]] = json.loads(out.read_text())["points"] if args.resume and out.exists() else []
     result["points"] = done

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -93,7 +94,8 @@ def ours(minutes: float, tmp: str, image_size: int | None = None, overrides: tup
         "steps": meta["steps"],
         "epochs": meta["epochs"],
         "precision": meta["precision"],
-        "settings": f"{meta['backbone']['timm_name']}, batch {t['batch_size']}, lr {t['lr']:g}, {meta['image_size']} px, small stem {meta['backbone']['small_stem']}, stem pool {meta['backbone'].get('stem_pool', True)}",
+        "settings": f"{meta['backbone']['timm_name']}, batch {t['batch_size']}, lr {t['lr']:g}, {meta['image_size']} px, small stem {meta['backbone']['small_stem']}, stem pool {meta['backbone'].get('stem_pool', True)}"
+        + "".join(f", {k} {v}" for k, v in meta["backbone"].get("kwargs", {}).items() if k not in ("num_classes", "in_chans")),
         "train_seconds": round(trained, 1),
         "seconds": round(time.time() - start, 1),
     }
@@ -209,7 +211,7 @@ def main() -> None:
     out = Path(args.out)
     result: dict[str, Any] = {
         "minutes": args.minutes,
-        "command": "python benchmarks/simclr_budget.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/simclr_budget.py " + shlex.join(sys.argv[1:]),
         "cores": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": json.loads(out.read_text())["rows"] if args.resume and out.exists() else {},
