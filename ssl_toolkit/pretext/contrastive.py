@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
-from lightly.loss import NTXentLoss
+from lightly.loss import DCLLoss, NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
@@ -46,7 +48,11 @@ class SimCLRConfig(TwoViewConfig):
     views: Augmentation of both (global) views.
     hidden_dim: Hidden width of the projection head.
     output_dim: Output width of the projection head.
-    temperature: NT-Xent temperature.
+    temperature: Temperature of the contrastive loss.
+    loss: ``ntxent`` (SimCLR's NT-Xent), ``dcl`` (decoupled contrastive loss: the positive
+        pair left out of the denominator; Yeh et al., "Decoupled Contrastive Learning",
+        ECCV 2022) or ``dclw`` (DCL with its von Mises-Fisher weighting of the positives,
+        sigma 0.5); all three are lightly's.
     local_crops: Number of small extra views per image (multi-crop, Caron et al. 2020);
         ``0`` is SimCLR's two views.
     local_size: Side of the small views as a share of the image side (rounded, at least 8 px).
@@ -58,6 +64,7 @@ class SimCLRConfig(TwoViewConfig):
     hidden_dim: int = 512
     output_dim: int = 128
     temperature: float = Field(default=0.2, gt=0)
+    loss: Literal["ntxent", "dcl", "dclw"] = "ntxent"
     local_crops: int = Field(default=0, ge=0, le=16)
     local_size: float = Field(default=0.5, gt=0, lt=1)
     local_views: ViewConfig = Field(default_factory=lambda: ViewConfig(crop_scale=LOCAL_CROP_SCALE))
@@ -131,6 +138,32 @@ class TwoViewTask(PretextTask):
             return torch.cat([self.views(images, gen), second(images, gen)])
 
 
+def von_mises_fisher_weights(z0: torch.Tensor, z1: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
+    """DCLW's weights of the positive pairs (Yeh et al., ECCV 2022, eq. 8): ``2 - B * softmax(<z0_i, z1_i> / sigma)``.
+
+    The same weights as lightly's ``negative_mises_fisher_weights``, in float32 under
+    bfloat16 autocast and without its copy-construct warning on every step.
+
+    Args:
+        z0: ``(B, D)`` normalised embeddings of the first views.
+        z1: ``(B, D)`` normalised embeddings of the second views.
+        sigma: The weighting's temperature.
+
+    Returns:
+        ``(B,)`` weights, no gradient; they average to 1.
+    """
+    sim = (z0.detach().float() * z1.detach().float()).sum(dim=1) / sigma  # (B,)
+    return 2 - z0.shape[0] * torch.softmax(sim, dim=0)
+
+
+#: ``SimCLRConfig.loss`` -> lightly's loss; each takes ``(temperature, gather_distributed)``.
+CONTRASTIVE_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "ntxent": NTXentLoss,
+    "dcl": DCLLoss,
+    "dclw": functools.partial(DCLLoss, weight_fn=von_mises_fisher_weights),
+}
+
+
 def local_side(config: SimCLRConfig, image_size: int) -> int:
     """Side in px of SimCLR's small views on ``image_size`` px images."""
     return min(image_size, max(8, round(config.local_size * image_size)))
@@ -157,7 +190,7 @@ class SimCLRTask(TwoViewTask):
     def __init__(self, feature_dim: int, config: SimCLRConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)
         self.head = SimCLRProjectionHead(feature_dim, config.hidden_dim, config.output_dim)
-        self.loss_fn = NTXentLoss(temperature=config.temperature, gather_distributed=True)
+        self.loss_fn = CONTRASTIVE_LOSSES[config.loss](temperature=config.temperature, gather_distributed=True)
         self.local_views = (
             BatchedViews(config.local_views, local_side(config, data.image_size), data.mean, data.std) if config.local_crops else None
         )
