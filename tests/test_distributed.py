@@ -16,10 +16,10 @@ from ssl_toolkit.data.loaders import EpochShuffleSampler
 from ssl_toolkit.pretext.base import DataFacts, build_task
 
 
-def simclr_loss():
-    """The loss of our SimCLR task (its NT-Xent, gathered across processes), temperature 0.3."""
+def simclr_loss(name: str = "ntxent"):
+    """The loss of our SimCLR task (NT-Xent, DCL or DCLW, gathered across processes), temperature 0.3."""
     facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
-    return build_task("simclr", 16, {"temperature": 0.3}, facts).loss_fn
+    return build_task("simclr", 16, {"temperature": 0.3, "loss": name}, facts).loss_fn
 
 
 @pytest.mark.slow
@@ -73,28 +73,29 @@ def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk, l
     ]
 
 
-def _gathered_loss_worker(rank: int, world: int, init_file: str, z0: torch.Tensor, z1: torch.Tensor, out: str) -> None:
+def _gathered_loss_worker(rank: int, world: int, init_file: str, z0: torch.Tensor, z1: torch.Tensor, out: str, name: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     n = z0.shape[0] // world
     a = z0[rank * n : (rank + 1) * n].clone().requires_grad_(True)
     b = z1[rank * n : (rank + 1) * n].clone().requires_grad_(True)
-    loss = simclr_loss()(a, b)
+    loss = simclr_loss(name)(a, b)
     loss.backward()
     torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_simclr_gathered_loss_equals_single_process_loss_and_gradients(tmp_path):
+@pytest.mark.parametrize("name", ["ntxent", "dcl", "dclw"])  # dclw: its weights' softmax spans both processes too
+def test_simclr_gathered_loss_equals_single_process_loss_and_gradients(tmp_path, name):
     torch.manual_seed(0)
     z0, z1 = torch.randn(8, 16), torch.randn(8, 16)
     ref_a, ref_b = z0.clone().requires_grad_(True), z1.clone().requires_grad_(True)
-    ref = simclr_loss()(ref_a, ref_b)  # one process: nothing to gather
+    ref = simclr_loss(name)(ref_a, ref_b)  # one process: nothing to gather
     ref.backward()
 
     init_file = tempfile.mktemp(dir=tmp_path)
     out = str(tmp_path / "res")
-    mp.start_processes(_gathered_loss_worker, args=(2, init_file, z0, z1, out), nprocs=2, start_method="spawn")
+    mp.start_processes(_gathered_loss_worker, args=(2, init_file, z0, z1, out, name), nprocs=2, start_method="spawn")
     res = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     # DDP averages the per-process losses and gradients
     assert abs(float((res[0]["loss"] + res[1]["loss"]) / 2) - float(ref)) < 1e-5

@@ -3,9 +3,10 @@
 Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of
 Visual Representations", ICML 2020. Two views of each image are made on the device by
 :class:`~ssl_toolkit.data.augment.BatchedViews`, embedded by the backbone and lightly's
-projection head, and pulled together by lightly's NT-Xent loss against the other
-``2B - 2`` images of the (globally gathered) batch. MoCo (``moco.py``) and BYOL
-(``byol.py``) build on :class:`TwoViewTask` and :class:`MomentumTwoViewTask` here.
+projection head, and pulled together by lightly's NT-Xent loss (or its decoupled
+variant, ``loss: dcl``) against the other ``2B - 2`` images of the (globally gathered)
+batch. MoCo (``moco.py``) and BYOL (``byol.py``) build on :class:`TwoViewTask` and
+:class:`MomentumTwoViewTask` here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from lightly.loss import DCLLoss, NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils import dist as lightly_dist
 from lightly.utils.scheduler import cosine_schedule
 from pydantic import Field, model_validator
 from torch import nn
@@ -139,21 +141,26 @@ class TwoViewTask(PretextTask):
 
 
 def von_mises_fisher_weights(z0: torch.Tensor, z1: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
-    """DCLW's weights of the positive pairs (Yeh et al., ECCV 2022, eq. 8): ``2 - B * softmax(<z0_i, z1_i> / sigma)``.
+    """DCLW's weights of the positive pairs (Yeh et al., ECCV 2022): ``2 - B * softmax(<z0_i, z1_i> / sigma)``.
 
-    The same weights as lightly's ``negative_mises_fisher_weights``, in float32 under
-    bfloat16 autocast and without its copy-construct warning on every step.
+    The weights of lightly's ``negative_mises_fisher_weights``, in float32 under bfloat16
+    autocast, without its copy-construct warning on every step, and with the softmax over
+    the batch of every process (as lightly's DCL gathers its negatives), so that DDP trains
+    what one process would.
 
     Args:
-        z0: ``(B, D)`` normalised embeddings of the first views.
+        z0: ``(B, D)`` normalised embeddings of the first views (this process's).
         z1: ``(B, D)`` normalised embeddings of the second views.
         sigma: The weighting's temperature.
 
     Returns:
-        ``(B,)`` weights, no gradient; they average to 1.
+        ``(B,)`` weights, no gradient; over all processes they average to 1.
     """
     sim = (z0.detach().float() * z1.detach().float()).sum(dim=1) / sigma  # (B,)
-    return 2 - z0.shape[0] * torch.softmax(sim, dim=0)
+    if lightly_dist.world_size() == 1:
+        return 2 - sim.shape[0] * torch.softmax(sim, dim=0)
+    every = torch.cat(lightly_dist.gather(sim))  # (world * B,), equal batches per process
+    return (2 - every.shape[0] * torch.softmax(every, dim=0)).split(sim.shape[0])[lightly_dist.rank()]
 
 
 #: ``SimCLRConfig.loss`` -> lightly's loss; each takes ``(temperature, gather_distributed)``.
@@ -175,8 +182,8 @@ class SimCLRTask(TwoViewTask):
 
     With ``local_crops`` > 0 each image also gets that many small views (multi-crop, Caron
     et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
-    NeurIPS 2020): the loss is the mean of lightly's NT-Xent over every pair of one of the
-    two full-size views with any other view of the same images.
+    NeurIPS 2020): the loss is the mean of the contrastive loss (``loss``) over every pair of
+    one of the two full-size views with any other view of the same images.
     """
 
     Config = SimCLRConfig
