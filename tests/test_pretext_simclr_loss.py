@@ -38,7 +38,7 @@ def test_the_task_uses_the_loss_it_is_given_at_its_temperature(name, cls):
     assert getattr(task.loss_fn, "weight_fn", None) is (von_mises_fisher_weights if name == "dclw" else None)
 
 
-def test_dcl_drops_the_positive_from_the_denominator_and_so_is_nt_xent_minus_a_known_term():
+def test_dcl_drops_the_positive_from_the_denominator_and_so_stays_below_nt_xent():
     torch.manual_seed(0)
     backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0)
     task = build_task("simclr", backbone.num_features, {"loss": "dcl", "hidden_dim": 32}, FACTS)
