@@ -54,7 +54,8 @@ class SimCLRConfig(TwoViewConfig):
     loss: ``ntxent`` (SimCLR's NT-Xent), ``dcl`` (decoupled contrastive loss: the positive
         pair left out of the denominator; Yeh et al., "Decoupled Contrastive Learning",
         ECCV 2022) or ``dclw`` (DCL with its von Mises-Fisher weighting of the positives,
-        sigma 0.5); all three are lightly's.
+        sigma 0.5); lightly's losses, DCLW's weights computed here
+        (:func:`von_mises_fisher_weights`).
     local_crops: Number of small extra views per image (multi-crop, Caron et al. 2020);
         ``0`` is SimCLR's two views.
     local_size: Side of the small views as a share of the image side (rounded, at least 8 px).
@@ -157,9 +158,7 @@ def von_mises_fisher_weights(z0: torch.Tensor, z1: torch.Tensor, sigma: float = 
         ``(B,)`` weights, no gradient; over all processes they average to 1.
     """
     sim = (z0.detach().float() * z1.detach().float()).sum(dim=1) / sigma  # (B,)
-    if lightly_dist.world_size() == 1:
-        return 2 - sim.shape[0] * torch.softmax(sim, dim=0)
-    every = torch.cat(lightly_dist.gather(sim))  # (world * B,), equal batches per process
+    every = torch.cat(lightly_dist.gather(sim)) if lightly_dist.world_size() > 1 else sim  # (world * B,), equal batches
     return (2 - every.shape[0] * torch.softmax(every, dim=0)).split(sim.shape[0])[lightly_dist.rank()]
 
 
