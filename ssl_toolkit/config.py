@@ -258,7 +258,10 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(str(loc[-1]), _field_names(model, loc))
             raise UserError(f"{what}: unknown key '{key}'{hint}") from None
-        raise UserError(f"{what}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # a check across fields
+        got = "" if whole else f" (got {err.get('input')!r})"
+        raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ RESUMABLE = (
     "trainer.checkpoint_every_minutes",
     "trainer.checkpoint_every_n_steps",
     "trainer.progress_bar",
+    "trainer.progress_every_n_steps",
     "trainer.log_every_n_steps",
     "trainer.logger",
 )

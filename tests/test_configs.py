@@ -43,3 +43,28 @@ def test_overrides_reach_nested_keys_and_unknown_keys_get_a_hint():
     assert cfg.trainer.lr == 0.5 and cfg.data.name == "synthetic" and cfg.task_config == {"views": {"flip_p": 0}}
     with pytest.raises(UserError, match=r"unknown key 'data.imagesize' \(did you mean 'image_size'\?\)"):
         validate(PretrainConfig, apply_overrides({}, ["data.imagesize=32"]))
+
+
+def test_every_config_key_is_documented():
+    """Each key of the config models appears, in backquotes, on the page that documents its section."""
+    from ssl_toolkit.config import BackboneConfig, DataConfig, TrainerConfig
+    from ssl_toolkit.data.augment import ViewConfig
+    from ssl_toolkit.inspection.config import InspectConfig
+
+    docs = CONFIGS.parent / "docs"
+    pages = [
+        (PretrainConfig, "configuration.md"),
+        (TrainerConfig, "configuration.md"),
+        (BackboneConfig, "configuration.md"),
+        (ViewConfig, "configuration.md"),
+        (DataConfig, "data.md"),
+        (InspectConfig, "inspect.md"),
+        (ProbeConfig, "evaluators.md"),
+    ]
+    pages += [(EVALUATORS.get(n).Config, "evaluators.md") for n in ("linear", "knn", "partial", "finetune")]
+    pages += [(TASKS.get(n).Config, f"pretext/{n}.md") for n in TASKS.names() if TASKS.get(n).__module__.startswith("ssl_toolkit.pretext.")]
+    missing = {
+        (model.__name__, page): [f for f in model.model_fields if f"`{f}`" not in (docs / page).read_text()] for model, page in pages
+    }
+    assert {k: v for k, v in missing.items() if v} == {}
+    assert len(TrainerConfig.model_fields) >= 28 and len(DataConfig.model_fields) >= 17  # the models were read

@@ -102,3 +102,17 @@ def test_min_image_size_depends_on_the_grid():
     assert min_image_size(2, 0.15) == 20 and min_image_size(3, 0.15) == 30 and min_image_size(4, 0.15) == 40
     with pytest.raises(Exception, match="only 24 permutations"):
         build_task("jigsaw", 16, {"grid": 2, "num_permutations": 25}, DataFacts(1, 32, (0.5,), (0.25,)))
+
+
+def test_a_2x2_grid_takes_all_24_permutations_unless_told_more_which_is_an_error():
+    from ssl_toolkit.config import validate
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.pretext.jigsaw import JigsawConfig
+
+    task = build_task("jigsaw", 16, {"grid": 2}, DataFacts(1, 32, (0.5,), (0.25,)))
+    perms = task.extra_state()["permutations"]
+    assert task.config.num_permutations == 24 and len({tuple(p) for p in perms}) == 24
+    assert task.head[-1].out_features == 24
+    assert JigsawConfig(grid=3).num_permutations == 100 and JigsawConfig(grid=2, num_permutations=24).num_permutations == 24
+    with pytest.raises(UserError, match=r"^task_config \(jigsaw\): num_permutations: a 2x2 grid has only 24 permutations$"):
+        validate(JigsawConfig, {"grid": 2, "num_permutations": 30}, what="task_config (jigsaw)")

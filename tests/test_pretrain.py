@@ -145,6 +145,28 @@ def test_task_geometry_adapts_to_small_images_when_not_set(tmp_path, cli, task, 
     assert code == 2 and "needs images of at least" in err  # a geometry the user set is never changed
 
 
+def test_too_small_for_any_geometry_names_the_smallest_size_the_adaptation_reaches_and_that_size_trains(tmp_path, cli):
+    small = ["--backbone", "test_resnet", "--epochs", "1", "--batch-size", "32", "-q", "--no-online-probe"]
+    small += ["--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32"]
+    code, out, err = cli(
+        "pretrain", "--task", "relative-position", "--data", "synthetic", "--image-size", "20", *small, "--out", tmp_path / "a"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.strip().endswith(
+        "relative-position needs images of at least 34 px (8 px patches with gap 0.5), "
+        "or 24 px with jitter 0.0 and gap 0.0; synthetic is 20 px (--image-size 24)"
+    ), err
+    assert not (tmp_path / "a").exists()
+    code, out, err = cli(
+        "pretrain", "--task", "relative-position", "--data", "synthetic", "--image-size", "24", *small, "--out", tmp_path / "b"
+    )
+    assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["task_config"]
+    assert (saved["gap"], saved["jitter"]) == (0.0, 0.0)
+    code, out, err = cli("tasks")
+    assert "needs: >= 34 px (24 px with a smaller jitter and gap)" in out and "needs: >= 30 px (24 px with a smaller gap)" in out
+
+
 def test_the_seed_fixes_the_initial_weights_and_so_the_whole_run(tmp_path, one_thread):
     import torch
     from safetensors.torch import load_file

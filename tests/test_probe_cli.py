@@ -64,6 +64,23 @@ def test_probe_json_schema_and_record(cli, tmp_path):
     assert "synthetic-knn-0.5" in json.loads((run / "meta.json").read_text())["probes"]
 
 
+def test_without_data_probe_takes_the_data_the_backbone_was_pretrained_on(cli, tmp_path):
+    from ssl_toolkit.pretraining import pretrain
+
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(name="synthetic", image_size=16, synthetic_train=64, synthetic_test=32, synthetic_classes=3)
+    pretrain(cfg, out=tmp_path / "run")
+    code, out, err = cli("probe", tmp_path / "run", "--mode", "knn", "--json", "--set", "data.synthetic_test=24")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    facts = (result["dataset"], result["num_classes"], result["n_train"], result["n_test"])
+    assert facts == ("synthetic", 3, 64, 24)  # the run's data, with the field given on top
+    assert (tmp_path / "run" / "probes" / "synthetic-knn-1.json").is_file()
+    saved = saved_backbone(tmp_path / "bare")  # metadata that names no data
+    code, out, err = cli("probe", saved, "--mode", "knn")
+    assert code == 2 and err.strip() == f"error: --data is needed: {saved} does not say which data it was pretrained on"
+
+
 def test_random_init_finetune_baseline(cli):
     code, out, err = cli(
         "probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1", "--batch-size", "32", "--json", *SMALL

@@ -266,6 +266,20 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     assert len(list((toolkit_home / "checkpoints").iterdir())) == 2  # the longer run is a new entry
 
 
+def test_resume_accepts_how_long_and_how_progress_is_shown_and_refuses_the_rest(tmp_path):
+    from ssl_toolkit.config import PretrainConfig
+    from ssl_toolkit.resume import resume_config
+    from ssl_toolkit.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.config.write_text(yaml.safe_dump(PretrainConfig().model_dump(mode="json")))
+    cfg, changed = resume_config(folder, {"trainer": {"epochs": 12, "progress_every_n_steps": 3, "progress_bar": False, "seed": 0}})
+    assert changed == ["trainer.epochs", "trainer.progress_every_n_steps", "trainer.progress_bar"]  # seed unchanged: not a change
+    assert (cfg.trainer.epochs, cfg.trainer.progress_every_n_steps, cfg.trainer.progress_bar) == (12, 3, False)
+    with pytest.raises(UserError, match=r"^--resume cannot change trainer.batch_size \(saved 256, asked 64\)"):
+        resume_config(folder, {"trainer": {"progress_every_n_steps": 3, "batch_size": 64}})
+
+
 @pytest.mark.parametrize("max_steps", [-1, 4])
 def test_a_finished_run_resumed_for_another_epoch_trains_it_with_or_without_a_step_limit(tmp_path, max_steps, one_thread):
     """With ``max_steps`` set, Lightning's own restart took the finished epoch's counters for the new one and trained nothing."""

@@ -55,6 +55,39 @@ def test_shards_train_and_evaluate(shards, tmp_path):
     assert result["n_test"] == 4
 
 
+def test_inspecting_shards_finds_what_inspecting_their_folder_finds(tmp_path, cli):
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.inspection import inspect_data
+
+    root = make_folder(tmp_path / "imgs", n_per_class=8)  # seed i in both classes and splits: exact duplicates and leaks
+    code, out, err = cli("shard", root, "--out", tmp_path / "sh", "--image-size", "32", "--workers", "1")
+    assert code == 0, err
+    folder, shards = inspect_data(str(root)), inspect_data(str(tmp_path / "sh"), out=tmp_path / "sh.html")
+    assert shards["kind"] == "shards" and shards["images"] == {"total": 20, "train": 16, "test": 4, "unreadable": 0}
+    for key in ("images", "sizes", "modes", "formats", "file_sizes", "normalisation", "labels", "warnings"):
+        assert shards[key] == folder[key], key
+
+    def without_ids(section):
+        return [[{k: v for k, v in m.items() if k != "id"} for m in g["members"]] for g in section["groups"]]
+
+    for kind in ("exact", "near"):
+        a, b = folder["duplicates"][kind], shards["duplicates"][kind]
+        assert without_ids(a) == without_ids(b) and (a["num_groups"], a["leak_groups"]) == (b["num_groups"], b["leak_groups"])
+    assert shards["duplicates"]["exact"]["leak_groups"] == 2
+    assert shards["duplicates"]["exact"]["groups"][0]["members"][0]["id"] == f"{tmp_path / 'sh'}:train:0"
+    page = (tmp_path / "sh.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 20  # thumbnails decoded from the items' bytes
+    code, out, err = cli("inspect", tmp_path / "sh", "--dedupe-list", tmp_path / "drop.txt", "--json")
+    assert code == 0, err
+    drops = (tmp_path / "drop.txt").read_text().split()
+    assert cli("inspect", root, "--dedupe-list", tmp_path / "drop-folder.txt", "--json")[0] == 0
+    assert len(drops) == len((tmp_path / "drop-folder.txt").read_text().split()) >= 12  # the 12 exact copies at least
+    assert all(d.startswith(f"{tmp_path / 'sh'}:") for d in drops)
+    limited = load_source(DataConfig(name=str(tmp_path / "sh"), limit=5))
+    assert (len(limited.train), len(limited.test)) == (5, 4)  # data.limit takes a seeded subset of the shards' training rows
+
+
 def test_a_multilabel_folder_is_sharded_with_its_multi_hot_rows(tmp_path, run_ssl, cli):
     import ssl_toolkit as st
     from ssl_toolkit.config import DataConfig

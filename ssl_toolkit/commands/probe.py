@@ -29,7 +29,9 @@ def _set_help() -> str:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("target", required=False)
-@click.option("--data", "-d", help="Labelled dataset name or folder. [default: digits]")
+@click.option(
+    "--data", "-d", help="Labelled dataset name or folder. [default: the dataset the backbone was pretrained on; digits with --random-init]"
+)
 @click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help)
 @click.option("--label-fraction", type=FINITE, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
 @click.option("--epochs", type=int, help="partial/finetune: training epochs. [default: 10]")
@@ -86,7 +88,7 @@ def probe(
     """Evaluate a pretrained backbone on labelled data.
 
     TARGET is a run folder, a backbone file (.safetensors next to its meta.json) or a
-    checkpoint-library name. Prints top-1/top-5 and writes probes/<mode>-<fraction>.json
+    checkpoint-library name. Prints top-1/top-5 and writes probes/<dataset>-<mode>-<fraction>.json
     into the run folder. With --random-init (no TARGET), an untrained --backbone is
     evaluated instead: the baseline of every mode; `--mode finetune --random-init` is the
     supervised-from-scratch baseline.

@@ -21,8 +21,12 @@ def tasks(as_json) -> None:
         needs = []
         if cls.info.needs_colour:
             needs.append("colour")
-        if cls.info.min_image_size:
-            needs.append(f">= {cls.info.min_image_size} px")
+        default = cls.Config()
+        need = cls.size_requirement(default)[0]
+        if need:
+            smallest = cls.smallest_image_size(default)
+            fallback = f" ({smallest} px with a smaller {' and '.join(cls.geometry_fallbacks)})" if smallest and smallest < need else ""
+            needs.append(f">= {need} px{fallback}")
         rows.append({"name": name, "description": cls.info.description, "paper": cls.info.paper, "needs": ", ".join(needs) or "any images"})
     if as_json:
         click.echo(json.dumps(rows))

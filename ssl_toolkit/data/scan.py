@@ -8,18 +8,20 @@ image to a ``visit`` callback. A file that cannot be read becomes a :class:`File
 with ``error`` set to a one-line reason (:func:`failure_reason`) instead of an exception.
 
 :func:`scan_files` does this in parallel threads, streaming results back in input
-order in bounded chunks, with an optional progress callback.
+order in bounded chunks, with an optional progress callback. :func:`scan_bytes` reads
+encoded bytes held elsewhere (a shard's items) the same way.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -34,7 +36,7 @@ from ssl_toolkit.data.images import (
     to_array,
 )
 
-__all__ = ["HIGH_DEPTH_MODES", "READ_ERRORS", "FileScan", "failure_reason", "scan_file", "scan_files", "to_8bit"]
+__all__ = ["HIGH_DEPTH_MODES", "READ_ERRORS", "FileScan", "failure_reason", "scan_bytes", "scan_file", "scan_files", "to_8bit"]
 
 Progress = Callable[[int, int], None]  # (files done, files total)
 
@@ -44,8 +46,8 @@ class FileScan:
     """What reading one file found.
 
     Attributes:
-        path: The file.
-        bytes: File size on disk.
+        path: The file (or, for bytes held elsewhere, the name they were scanned under).
+        bytes: File size on disk (or of the bytes).
         format: PIL format name (``PNG``, ``JPEG``, ...) or ``None`` when unrecognised.
         mode: PIL mode of the stored image (``L``, ``RGB``, ``P``, ``I;16``, ...).
         width: Stored width in pixels.
@@ -55,7 +57,7 @@ class FileScan:
         extra: Whatever the ``visit`` callback returned.
     """
 
-    path: Path
+    path: Path | str
     bytes: int = 0
     format: str | None = None
     mode: str | None = None
@@ -90,7 +92,7 @@ def scan_file(
     """
     rec = FileScan(Path(path))
     try:
-        st = rec.path.stat()
+        st = Path(path).stat()
         if not stat.S_ISREG(st.st_mode):
             rec.error = "not a regular file"
             return rec
@@ -98,19 +100,44 @@ def scan_file(
         if rec.bytes == 0:
             rec.error = "empty file"
             return rec
-        with open_image(rec.path, max_pixels) as im:
-            rec.format, rec.mode, (rec.width, rec.height) = im.format, im.mode, im.size
-            if not decode:
-                return rec
-            im.load()
-            if visit is not None:
-                rec.extra = visit(im)
-            if size is not None:
-                rec.array = to_array(im, size, channels or 3)
+        _read(rec, Path(path), size, channels, visit, decode, max_pixels)
     except READ_ERRORS as e:
         rec.error = failure_reason(e)
         rec.extra = rec.array = None
     return rec
+
+
+def scan_bytes(
+    name: str,
+    data: bytes,
+    size: int | None = None,
+    channels: int | None = None,
+    visit: Callable[[Image.Image], Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> FileScan:
+    """:func:`scan_file` on a file's encoded bytes held elsewhere (a shard item); ``name`` says which."""
+    rec = FileScan(name, bytes=len(data))
+    if not data:
+        rec.error = "empty file"
+        return rec
+    try:
+        _read(rec, io.BytesIO(data), size, channels, visit, True, max_pixels)
+    except READ_ERRORS as e:
+        rec.error = failure_reason(e)
+        rec.extra = rec.array = None
+    return rec
+
+
+def _read(rec: FileScan, source: Path | IO[bytes], size, channels, visit, decode: bool, max_pixels: int | None) -> None:
+    with open_image(source, max_pixels) as im:
+        rec.format, rec.mode, (rec.width, rec.height) = im.format, im.mode, im.size
+        if not decode:
+            return
+        im.load()
+        if visit is not None:
+            rec.extra = visit(im)
+        if size is not None:
+            rec.array = to_array(im, size, channels or 3)
 
 
 def default_workers() -> int:

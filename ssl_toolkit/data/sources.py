@@ -59,6 +59,14 @@ def source_names() -> list[str]:
     return SOURCES.names()
 
 
+def _limit_rows(source: DataSource, cfg: DataConfig) -> DataSource:
+    """Shards: keep the same seeded subset of ``cfg.limit`` training rows, read by index (statistics: the shards')."""
+    if cfg.limit is not None and cfg.limit < len(source.train):
+        g = torch.Generator().manual_seed(cfg.split_seed)
+        source.train = source.train.subset(torch.randperm(len(source.train), generator=g)[: cfg.limit].sort().values)
+    return source
+
+
 def _limit(source: DataSource, cfg: DataConfig) -> DataSource:
     """Keep a seeded subset of ``cfg.limit`` training images (in-memory sources; folders limit while indexing)."""
     if cfg.limit is None or cfg.limit >= len(source.train) or source.streaming:
@@ -77,7 +85,7 @@ def load_source(cfg: DataConfig) -> DataSource:
     if is_shard_dir(cfg.name):
         from ssl_toolkit.data.shards import load_shards
 
-        return load_shards(cfg.name, cfg.image_size)
+        return _limit_rows(load_shards(cfg.name, cfg.image_size), cfg)
     path = Path(cfg.name).expanduser()
     if not path.exists():
         if os.sep not in cfg.name and not cfg.name.startswith("."):

@@ -97,8 +97,9 @@ def preprocess_of(meta: dict[str, Any]) -> Preprocess:
 
 def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any] | str | None:
     """The data a backbone was pretrained on, if it can still be loaded: the run config's ``data``, or a registered name."""
-    from ssl_toolkit.data.sources import SOURCES
+    from ssl_toolkit.data.sources import SOURCES, discover
 
+    discover()  # the built-in and plugin source names
     config = None if folder is None else folder / "config.yaml"
     if config is not None and config.is_file():
         import yaml

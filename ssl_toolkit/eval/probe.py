@@ -73,7 +73,10 @@ def probe(
 
     Args:
         target: Run folder, backbone file or checkpoint-library name.
-        config: A :class:`ProbeConfig` or a dict of its fields.
+        config: A :class:`ProbeConfig` or a dict of its fields. Without ``data.name`` the
+            data is the one the backbone was pretrained on (its run's ``data`` section, with
+            any other ``data`` fields given here on top), as for ``embed`` and ``report``;
+            with ``random_init``, ``digits``.
         random_init: Evaluate an untrained ``backbone`` instead (the baseline).
         backbone: The untrained backbone for ``random_init``: a timm name, ``auto`` (the
             network a pretraining's ``backbone.name: auto`` builds for the data and the
@@ -92,7 +95,15 @@ def probe(
     elif not isinstance(backbone, BackboneConfig):
         backbone = validate(BackboneConfig, dict(backbone))
     model, meta, run_folder = load_target(target, random_init, backbone, cfg)
-    data_cfg = cfg.data.model_copy(update={"image_size": meta["image_size"]})
+    data_cfg = cfg.data
+    if "name" not in cfg.data.model_fields_set and not random_init:  # as embed and report: the pretraining data
+        from ssl_toolkit.eval.embed import data_config, pretraining_data
+
+        pretrained = pretraining_data(run_folder, meta)
+        if pretrained is None:
+            raise UserError(f"--data is needed: {target} does not say which data it was pretrained on")
+        data_cfg = data_config(pretrained).model_copy(update={k: getattr(cfg.data, k) for k in cfg.data.model_fields_set})
+    data_cfg = data_cfg.model_copy(update={"image_size": meta["image_size"]})
     source: DataSource = load_source(data_cfg)
     if not source.labelled:
         raise UserError(f"probe needs labelled data; {source.name} has no classes")

@@ -20,7 +20,7 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.inspection import duplicates as dup
 from ssl_toolkit.inspection import facts
 from ssl_toolkit.inspection.config import InspectConfig
-from ssl_toolkit.inspection.table import ImageTable, StageProgress, table_from_folder, table_from_source
+from ssl_toolkit.inspection.table import ImageTable, StageProgress, table_from_folder, table_from_shards, table_from_source
 
 
 @dataclass
@@ -34,9 +34,11 @@ class Inspection:
 
 
 def build_table(cfg: InspectConfig, keep_arrays: bool = False, progress: StageProgress | None = None) -> ImageTable:
-    """The per-image table of ``cfg.data``: a registered tensor source or an image folder."""
-    from ssl_toolkit.data.sources import SOURCES, load_source
+    """The per-image table of ``cfg.data``: a registered tensor source, shards or an image folder."""
+    from ssl_toolkit.data.sources import SOURCES, is_shard_dir, load_source
 
+    if cfg.data.name not in SOURCES and is_shard_dir(cfg.data.name):
+        return table_from_shards(cfg.data.name, cfg.data, keep_arrays=keep_arrays, workers=cfg.workers, progress=progress)
     if cfg.data.name not in SOURCES:
         path = Path(cfg.data.name).expanduser()
         if path.is_dir():

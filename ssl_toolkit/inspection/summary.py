@@ -23,6 +23,8 @@ def _short(report: dict[str, Any], member_id: str) -> str:
             return str(Path(member_id).relative_to(root))
         except ValueError:
             return member_id
+    if report["kind"] == "shards":
+        return member_id.removeprefix(f"{report['data']}:")  # split:row
     return member_id
 
 

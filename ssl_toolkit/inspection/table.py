@@ -26,7 +26,7 @@ from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import DataSource, Split
 from ssl_toolkit.data.images import HIGH_DEPTH_MODES, SINGLE_CHANNEL_MODES, open_image, to_8bit
 from ssl_toolkit.data.layout import assign_split, folder_layout
-from ssl_toolkit.data.scan import FileScan, scan_files
+from ssl_toolkit.data.scan import FileScan, default_workers, scan_bytes, scan_files
 from ssl_toolkit.errors import UserError
 
 THUMB = 16  # side of the grayscale thumbnail that confirms near duplicates
@@ -42,7 +42,7 @@ class ImageTable:
 
     Attributes:
         name: Data source name (folder path for folders).
-        kind: ``"tensor"`` or ``"folder"``.
+        kind: ``"tensor"``, ``"folder"`` or ``"shards"``.
         ids: Image identifiers (file paths for folders, ``name:split:index`` otherwise).
         split: ``(N,)`` int8, 0 = train, 1 = test.
         labels: ``(N,)`` int64 class indices, or ``None``.
@@ -50,8 +50,8 @@ class ImageTable:
         width: ``(N,)`` stored widths.
         height: ``(N,)`` stored heights.
         modes: ``(N,)`` PIL modes (``L``/``RGB`` for tensor sources).
-        formats: ``(N,)`` file formats (folders) or ``None``.
-        nbytes: ``(N,)`` file sizes (folders) or ``None``.
+        formats: ``(N,)`` file formats (folders, shards) or ``None``.
+        nbytes: ``(N,)`` file sizes (folders, shards) or ``None``.
         exact_key: ``(N,)`` int64; two images share a key exactly when their decoded pixels are identical.
         dhash: ``(N, 8)`` uint8, the packed 64-bit difference hash.
         thumbs: ``(N, 256)`` uint8 16x16 grayscale thumbnails.
@@ -62,6 +62,7 @@ class ImageTable:
         unreadable: ``(path, reason)`` of files that could not be decoded.
         images: ``(N, C, S, S)`` uint8 toolkit arrays, when kept.
         paths: Files (folders).
+        reader: Encoded bytes of row ``i`` (shards).
     """
 
     name: str
@@ -85,6 +86,7 @@ class ImageTable:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     images: torch.Tensor | None = None
     paths: list[Path] | None = None
+    reader: Callable[[int], bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,7 +104,7 @@ class ImageTable:
 
     def thumbnail(self, i: int, px: int = 96) -> tuple[str, bytes]:
         """Image ``i`` as a small PNG/JPEG for display: (MIME type, bytes)."""
-        if self.paths is None:
+        if self.paths is None and self.reader is None:
             if self.images is None:
                 raise ValueError("the table keeps neither files nor image arrays")
             a = self.images[i].numpy()
@@ -110,7 +112,7 @@ class ImageTable:
             if max(im.size) > px:
                 im.thumbnail((px, px))
             return "image/png", _encode(im, "PNG")
-        with open_image(self.paths[i], None) as src:
+        with open_image(self.paths[i] if self.paths is not None else io.BytesIO(self.reader(i)), None) as src:  # type: ignore[misc]
             src.draft("RGB", (px, px))  # JPEG: decode at a reduced scale
             im = to_8bit(src)
             if im.mode in ("P", "PA", "LA"):
@@ -320,6 +322,97 @@ def table_from_folder(
         images=images,
         paths=paths,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# shards
+# ---------------------------------------------------------------------------------------
+def table_from_shards(
+    root: str,
+    cfg: DataConfig,
+    keep_arrays: bool = False,
+    workers: int | None = None,
+    progress: StageProgress | None = None,
+) -> ImageTable:
+    """Scan a shard folder (``ssl shard``) item by item, as a folder's files are scanned.
+
+    The items hold the files' original encoded bytes, so sizes, modes, formats, hashes and
+    duplicates are those the folder gives; the splits, classes and channels are the ones
+    ``ssl shard`` wrote, and the statistics are recomputed over the training split at
+    ``cfg.image_size`` (default: the shards'). Items stream through in bounded chunks.
+    """
+    from ssl_toolkit.data.shards import FORMAT, ShardSplit, read_info
+
+    info = read_info(root)
+    if info.format != FORMAT:
+        raise UserError(f"{root}: shard format '{info.format}' is not supported (expected {FORMAT})")
+    size = cfg.image_size or info.image_size
+    parts = [ShardSplit(root, name, info, size) for name in ("train", "test")]
+    where = np.concatenate([np.zeros(len(parts[0]), np.int8), np.ones(len(parts[1]), np.int8)])
+    rows = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
+
+    def item(k: int) -> bytes:
+        return parts[int(where[k])].dataset()[int(rows[k])]["image"]
+
+    files = _scan_items(item, parts, size, workers, progress, cfg.max_pixels)
+    kept, cols, unreadable = _file_columns(files, keep_arrays)
+    if not kept:
+        raise UserError(f"no readable image in {root} ({len(where)} items, none could be decoded)")
+    k = np.asarray(kept)
+    channels = info.channels
+    split = where[k]
+    labels = None
+    if info.classes is not None and not info.multilabel and all(p.labels is not None for p in parts if len(p)):
+        labels = np.concatenate([p.labels.numpy() for p in parts if p.labels is not None]).astype(np.int64)[k]
+    s1, s2 = np.stack(cols["s1"])[:, :channels], np.stack(cols["s2"])[:, :channels]
+    train = split == 0
+    mean, std = _stats(s1[train] if train.any() else s1, s2[train] if train.any() else s2, size * size)
+    ids = [parts[int(where[i])].ids[int(rows[i])] for i in kept]
+    return ImageTable(
+        name=root,
+        kind="shards",
+        ids=ids,
+        split=split,
+        labels=labels,
+        classes=info.classes if labels is not None else None,
+        width=np.asarray(cols["width"], np.int64),
+        height=np.asarray(cols["height"], np.int64),
+        modes=np.asarray(cols["mode"], dtype=object),
+        formats=np.asarray(cols["format"], dtype=object),
+        nbytes=np.asarray(cols["bytes"], np.int64),
+        exact_key=exact_keys(np.frombuffer(b"".join(cols["digest"]), np.uint8).reshape(len(kept), -1)),
+        dhash=dhash_codes(np.stack(cols["small"])),
+        thumbs=np.stack(cols["thumb"]),
+        channels=channels,
+        image_size=size,
+        mean=mean,
+        std=std,
+        unreadable=unreadable,
+        images=torch.from_numpy(np.stack(cols["array"])[:, :channels].copy()) if keep_arrays else None,
+        reader=lambda i: item(int(k[i])),
+    )
+
+
+def _scan_items(
+    item: Callable[[int], bytes],
+    parts: list,
+    size: int,
+    workers: int | None,
+    progress: StageProgress | None,
+    max_pixels: int | None,
+    chunk: int = 512,
+) -> Iterable[FileScan]:
+    """:func:`scan_bytes` over every item, read in order and decoded in parallel threads, ``chunk`` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [name for p in parts for name in p.ids]
+    total = len(names)
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as ex:
+        for start in range(0, total, chunk):
+            batch = [(names[i], item(i)) for i in range(start, min(total, start + chunk))]
+            yield from ex.map(lambda nb: scan_bytes(nb[0], nb[1], size, 3, visit=fingerprint, max_pixels=max_pixels), batch)
+            if progress is not None:
+                progress("reading shards", min(total, start + chunk), total)
 
 
 def _file_columns(files: Iterable[FileScan], keep_arrays: bool) -> tuple[list[int], dict[str, list], list[tuple[str, str]]]:

@@ -141,26 +141,58 @@ class PretextTask(nn.Module, ABC):
     def fit_geometry(cls, config: TaskConfig, data: DataFacts, explicit: set[str]) -> tuple[TaskConfig, str | None]:
         """``config`` adapted to the image size through :attr:`geometry_fallbacks`, and a one-line note.
 
-        Fields in ``explicit`` (set by the user) never change; when nothing fits, ``config``
-        comes back unchanged and :meth:`check_data` explains what is needed.
-        """
-        import itertools
+        Fields in ``explicit`` (set by the user) never change. The first combination of
+        fallback values (each field's own value first) whose images fit is taken.
 
-        need, _, _ = cls.size_requirement(config)
-        options = {k: v for k, v in cls.geometry_fallbacks.items() if k not in explicit}
-        if not need or data.image_size >= need or not options:
+        Raises:
+            UserError: When no combination fits, naming the smallest size one reaches.
+        """
+        from ssl_toolkit.errors import UserError
+
+        need, subject, detail = cls.size_requirement(config)
+        if not need or data.image_size >= need:
             return config, None
         current = config.model_dump()
-        for combo in itertools.product(*[(current[k], *values) for k, values in options.items()]):
-            candidate = type(config).model_validate({**current, **dict(zip(options, combo))})
+        smallest: tuple[int, dict[str, Any]] | None = None
+        for combo in cls._geometry_combos(config, explicit):
+            candidate = type(config).model_validate({**current, **combo})
             fits, _, _ = cls.size_requirement(candidate)
             if not fits or data.image_size >= fits:
-                changed = ", ".join(f"{k} {current[k]} -> {v}" for k, v in zip(options, combo) if v != current[k])
+                changed = ", ".join(f"{k} {current[k]} -> {v}" for k, v in combo.items() if v != current[k])
                 return (
                     candidate,
                     f"note: {cls.name} on {data.image_size} px images: {changed} (the defaults need {need} px); recorded in config.yaml",
                 )
-        return config, None
+            if smallest is None or fits < smallest[0]:
+                smallest = (fits, combo)
+        if smallest is None or smallest[0] >= need:
+            return config, None  # nothing to adapt: check_data names the size
+        fits, combo = smallest
+        changed = " and ".join(f"{k} {v}" for k, v in combo.items() if v != current[k])
+        raise UserError(
+            f"{subject} needs images of at least {need} px{detail}, or {fits} px with {changed}; "
+            f"{data.name or 'the data'} is {data.image_size} px (--image-size {fits})"
+        )
+
+    @classmethod
+    def _geometry_combos(cls, config: TaskConfig, explicit: set[str]) -> list[dict[str, Any]]:
+        """Every combination of fallback values for the fields not in ``explicit``, in the order tried."""
+        import itertools
+
+        current = config.model_dump()
+        options = {k: v for k, v in cls.geometry_fallbacks.items() if k not in explicit}
+        return [dict(zip(options, combo)) for combo in itertools.product(*[(current[k], *v) for k, v in options.items()])]
+
+    @classmethod
+    def smallest_image_size(cls, config: TaskConfig, explicit: frozenset[str] = frozenset()) -> int | None:
+        """Smallest image side :meth:`fit_geometry` can adapt ``config`` to (``None`` = any)."""
+        current = config.model_dump()
+        sizes = [
+            cls.size_requirement(type(config).model_validate({**current, **combo}))[0]
+            for combo in cls._geometry_combos(config, set(explicit))
+        ]
+        known = [s for s in sizes if s]
+        return min(known) if known else None
 
     @abstractmethod
     def forward(self, backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

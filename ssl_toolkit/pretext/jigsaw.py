@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
@@ -31,7 +31,8 @@ CANDIDATE_POOL = 100_000  # candidates drawn (seeded) when the grid has too many
 class JigsawConfig(TaskConfig):
     """Attributes:
     grid: Tiles per side (2 to 4; the paper uses 3).
-    num_permutations: Size of the permutation set (the paper's best is 100 to 1000).
+    num_permutations: Size of the permutation set (the paper's best is 100 to 1000; unset on a
+        2x2 grid: all 24).
     gap: Share of each grid cell's side left out around its tile (the paper: 64 px tiles in 75 px cells).
     permutation_seed: Seed of the greedy permutation-set construction.
     tile_dim: Width of the per-tile projection of backbone features (the paper's fc6).
@@ -45,13 +46,14 @@ class JigsawConfig(TaskConfig):
     tile_dim: int = Field(default=256, ge=1)
     hidden_dim: int = Field(default=1024, ge=1)
 
-    @field_validator("num_permutations")
-    @classmethod
-    def _enough_permutations(cls, n: int, info: ValidationInfo) -> int:
-        grid = info.data.get("grid")
-        if grid is not None and n > math.factorial(grid**2):
-            raise ValueError(f"a {grid}x{grid} grid has only {math.factorial(grid**2)} permutations")
-        return n
+    @model_validator(mode="after")
+    def _enough_permutations(self) -> JigsawConfig:
+        available = math.factorial(self.grid**2)
+        if self.num_permutations > available:
+            if "num_permutations" in self.model_fields_set:
+                raise ValueError(f"num_permutations: a {self.grid}x{self.grid} grid has only {available} permutations")
+            self.num_permutations = available  # the default set on a 2x2 grid: all 24
+        return self
 
 
 def tile_geometry(image_size: int, grid: int, gap: float) -> tuple[int, int]:
