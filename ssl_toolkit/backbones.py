@@ -217,12 +217,16 @@ def apply_small_stem(model: nn.Module) -> nn.Module:
     return model
 
 
+def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"cannot create backbone '{name}': {str(e).splitlines()[0]}") from None
+
+
 def build_from_spec(spec: BackboneSpec) -> nn.Module:
     """Create the (randomly initialised) backbone that ``spec`` describes."""
-    try:
-        model = timm.create_model(spec.timm_name, pretrained=False, **spec.kwargs)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise UserError(f"cannot create backbone '{spec.timm_name}': {str(e).splitlines()[0]}") from None
+    model = _create(spec.timm_name, spec.kwargs)
     if spec.small_stem:
         apply_small_stem(model)
     elif not spec.stem_pool:
@@ -259,7 +263,7 @@ def create_backbone(
     small_choice = False if cfg.stem_pool and cfg.small_stem is None and fam == "resnet" else cfg.small_stem
     kwargs, small = family_kwargs(cfg.name, {**cfg.kwargs, "num_classes": 0, "in_chans": in_chans}, image_size, small_choice, resnet_max)
     if small:  # a timm ResNet-family name whose model may still lack the conv1 + maxpool stem
-        probe = timm.create_model(cfg.name, pretrained=False, **kwargs)
+        probe = _create(cfg.name, kwargs)
         if not supports_small_stem(probe):
             if cfg.small_stem:
                 raise UserError(f"backbone '{cfg.name}' has no ResNet-style stem; --set backbone.small_stem=false")

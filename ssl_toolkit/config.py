@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssl_toolkit.errors import UserError, did_you_mean
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 class StrictModel(BaseModel):
@@ -53,7 +55,7 @@ class DataConfig(StrictModel):
 
     name: str = "digits"
     image_size: int | None = Field(default=None, ge=8, le=1024)
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     limit: int | None = Field(default=None, ge=1)
     path: str | None = None
@@ -94,6 +96,9 @@ class BackboneConfig(StrictModel):
     def _one_stem(self) -> BackboneConfig:
         if self.small_stem and self.stem_pool:
             raise ValueError("small_stem=true has no max-pool; leave stem_pool unset")
+        for key, value in self.kwargs.items():  # timm's drop_rate, drop_path_rate, ...: probabilities
+            if key.endswith("_rate") and not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
+                raise ValueError(f"kwargs.{key} is a probability, 0 <= p < 1 (got {value!r})")
         return self
 
 
@@ -161,20 +166,20 @@ class TrainerConfig(StrictModel):
     """
 
     epochs: int = Field(default=10, ge=1)
-    max_steps: int = -1
+    max_steps: int = Field(default=-1, ge=-1)
     max_minutes: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=2)
     lr: float | None = Field(default=None, gt=0)
     weight_decay: float | None = Field(default=None, ge=0)
     optimizer: Literal["adamw", "sgd", "lars"] | None = None
-    warmup_epochs: float = Field(default=0.0, ge=0)
-    precision: str = "auto"
+    warmup_epochs: float = Field(default=0.0, ge=0, le=1e6)
+    precision: Literal["auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16"] = "auto"
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = Field(default=1, ge=1)
     strategy: str = "auto"
-    seed: int = 0
-    num_workers: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    num_workers: int = Field(default=0, ge=0, le=64)
     log_every_n_steps: int = Field(default=10, ge=1)
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     checkpoint_every_minutes: float = Field(default=10.0, ge=0)
@@ -188,6 +193,13 @@ class TrainerConfig(StrictModel):
     grad_checkpointing: bool = False
     backbone_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
     activation_memory_mb: float = Field(default=768.0, gt=0)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, n: int) -> int:
+        if n == 0:
+            raise ValueError("-1 (no limit) or at least 1 step")
+        return n
 
 
 class PretrainConfig(StrictModel):
@@ -226,10 +238,10 @@ class ProbeConfig(StrictModel):
     epochs: int | None = Field(default=None, ge=1)
     lr: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     weight_decay: float | None = Field(default=None, ge=0)
     evaluator_config: dict[str, Any] = Field(default_factory=dict)
-    precision: str = "32-true"
+    precision: Literal["32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16"] = "32-true"
     accelerator: str = "auto"
 
 
@@ -264,13 +276,38 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
         raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the last would win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges a mapping in; its keys are not this one's
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a :class:`UserError`."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file {path} is a folder; give a YAML file")
     if not p.is_file():
         raise UserError(f"config file does not exist: {path}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML: {e.problem or e.context}{where}") from None
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -9,9 +9,10 @@ Fields the schema does not name are kept as they are.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssl_toolkit.errors import UserError
 
@@ -51,7 +52,7 @@ class BackboneMeta(_Open):
     image_size: int | None = Field(default=None, ge=1)
     in_chans: int | None = Field(default=None, ge=1)
     mean: list[float] | None = None
-    std: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
     epochs: int | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
     dataset: DatasetFacts | None = None
@@ -63,6 +64,24 @@ class BackboneMeta(_Open):
     library_name: str | None = None
     run_dir: str | None = None
 
+    @field_validator("weights_file")
+    @classmethod
+    def _beside_the_metadata(cls, name: str | None) -> str | None:
+        if name is not None and (not name or Path(name).name != name or name in (".", "..")):
+            raise ValueError("a file name beside meta.json, without folders")
+        return name
+
+    @model_validator(mode="after")
+    def _channels_agree(self) -> BackboneMeta:
+        built = self.backbone.kwargs.get("in_chans")
+        if self.in_chans is not None and isinstance(built, int) and built != self.in_chans:
+            raise ValueError(f"in_chans is {self.in_chans} but the backbone is built with in_chans={built}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if self.in_chans is not None and values is not None and len(values) != self.in_chans:
+                raise ValueError(f"{key} has {len(values)} values for in_chans={self.in_chans}")
+        return self
+
 
 def check_meta(meta: Any, where: str) -> dict[str, Any]:
     """``meta`` if it matches :class:`BackboneMeta`, else a one-line :class:`UserError` naming the field."""
@@ -73,7 +92,11 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if not err["loc"] and err["type"] == "value_error":  # a check across fields
+            raise UserError(f"{where} is not valid backbone metadata: {err['msg'].removeprefix('Value error, ')}") from None
         if key == "backbone" and err["type"] == "missing":
             raise UserError(f"{where} is not backbone metadata (no backbone.timm_name)") from None
-        raise UserError(f"{where} is not valid backbone metadata: {key}: {err['msg']} (got {err.get('input')!r:.60})") from None
+        raise UserError(
+            f"{where} is not valid backbone metadata: {key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r:.60})"
+        ) from None
     return meta

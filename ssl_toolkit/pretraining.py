@@ -105,10 +105,17 @@ def pretrain(
     data = _build_data(plan)
     model = _build_model(plan, data)
     _prepare_folder(plan, model, data)
-    trainer, guard, seconds = _fit(plan, model, data)
-    if trainer.global_rank != 0:
-        return {}
-    return _finish(plan, model, data, trainer, guard, seconds)
+    try:
+        trainer, guard, seconds = _fit(plan, model, data)
+        result = {} if trainer.global_rank != 0 else _finish(plan, model, data, trainer, guard, seconds)
+    except BaseException as e:
+        if plan.primary:  # --overwrite: a failed run gives the old one back; an interrupted one can resume
+            resumable = isinstance(e, Interrupted | KeyboardInterrupt) and plan.folder.last_ckpt.is_file()
+            plan.folder.settle_replaced(failed=not resumable)
+        raise
+    if plan.primary:
+        plan.folder.settle_replaced(failed=False)
+    return result
 
 
 # --------------------------------------------------------------------------- stage 1: the plan

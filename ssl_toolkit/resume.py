@@ -7,7 +7,6 @@ error, since the checkpoint was trained under the saved values.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ssl_toolkit.config import PretrainConfig, validate
@@ -57,6 +56,9 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
         UserError: ``changes`` touch anything outside :data:`RESUMABLE`.
     """
     saved = folder.read_config()
+    absent = [k for k in ("task", "data", "backbone", "trainer") if k not in saved]
+    if absent:
+        raise UserError(f"{folder.config} is not a saved run config (no {', '.join(absent)}); the run cannot be resumed")
     cfg = validate(PretrainConfig, saved, what=f"{folder.config}")
     current = cfg.model_dump(mode="json")
     changed: list[str] = []
@@ -80,14 +82,20 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
 
 
 def finished_state(folder: RunFolder) -> dict[str, Any] | None:
-    """``meta.json`` of a finished run (``None`` while the run is unfinished or its metadata unreadable)."""
+    """``meta.json`` of a finished run (``None`` while the run is unfinished).
+
+    Raises:
+        UserError: The run finished but its ``meta.json`` is unreadable or not valid backbone
+            metadata with a step count (resuming it would train nothing and rewrite it).
+    """
     if not folder.is_finished():
         return None
-    try:
-        meta = json.loads(folder.meta.read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and isinstance(meta.get("steps"), int) else None
+    from ssl_toolkit.backbone_files import read_meta
+
+    meta = read_meta(folder.meta)
+    if not isinstance(meta.get("steps"), int):
+        raise UserError(f"{folder.meta} is not valid run metadata: steps: missing (the run finished; its metadata cannot be resumed from)")
+    return meta
 
 
 def trains_further(cfg: PretrainConfig, meta: dict[str, Any]) -> bool:

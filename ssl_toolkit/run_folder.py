@@ -9,6 +9,7 @@ sees) and ``probes/`` (evaluation results). Only this class spells those names.
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,37 @@ class RunFolder:
 
         return load_yaml(self.config)
 
+    REPLACED = ".replaced"  # a previous run's files under ``--overwrite``, until the new run has its own
+
     def create(self, overwrite: bool) -> None:
-        """Make the folder; with ``overwrite``, first remove the files a previous run left in it."""
+        """Make the folder; with ``overwrite``, first set aside the files a previous run left in it.
+
+        They wait in ``.replaced/`` until :meth:`settle_replaced` removes them (the new run
+        finished, or was interrupted with a checkpoint to resume from) or puts them back (it
+        failed).
+        """
         if overwrite and self.path.is_dir():
+            aside = self.path / self.REPLACED
+            shutil.rmtree(aside, ignore_errors=True)
             for name in self.RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
+                if (self.path / name).is_file():
+                    aside.mkdir(exist_ok=True)
+                    os.replace(self.path / name, aside / name)
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def settle_replaced(self, failed: bool) -> None:
+        """Drop the set-aside files of a previous run, or, when the new run ``failed``, remove
+        what it wrote and put them back."""
+        aside = self.path / self.REPLACED
+        if not aside.is_dir():
+            return
+        if failed:
+            for name in self.RUN_FILES:
+                if (aside / name).is_file():
+                    os.replace(aside / name, self.path / name)
+                else:
+                    (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
         atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))

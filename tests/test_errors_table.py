@@ -68,6 +68,16 @@ def places(tmp_path_factory) -> dict[str, str]:
     resumable.mkdir()
     (resumable / "config.yaml").write_text(yaml.safe_dump(PretrainConfig(backbone={"name": "test_resnet"}).model_dump(mode="json")))
     (resumable / "last.ckpt").write_bytes(b"")
+    (root / "dup.yaml").write_text("task: rotation\ntask: simclr\n")
+    (root / "binary.yaml").write_bytes(b"\x00\xff\xfe\x80")
+    emptyconfig = root / "emptyconfig"
+    emptyconfig.mkdir()
+    (emptyconfig / "config.yaml").write_text("")
+    (emptyconfig / "last.ckpt").write_bytes(b"")
+    badmeta = _run_folder(root / "badmeta", spec)  # a finished run whose meta.json was cut short
+    (badmeta / "config.yaml").write_text((resumable / "config.yaml").read_text())
+    (badmeta / "last.ckpt").write_bytes(b"")
+    (badmeta / "meta.json").write_text('{"task": ')
     pyconfig = root / "pyconfig"
     pyconfig.mkdir()
     (pyconfig / "config.yaml").write_text("task: !!python/object/apply:os.system ['echo pwned']\n")
@@ -89,6 +99,10 @@ def places(tmp_path_factory) -> dict[str, str]:
         "exported": str(root / "exported.safetensors"),
         "resumable": str(resumable),
         "pyconfig": str(pyconfig),
+        "dupconfig": str(root / "dup.yaml"),
+        "binconfig": str(root / "binary.yaml"),
+        "emptyconfig": str(emptyconfig),
+        "badmeta": str(badmeta),
         "badhome": str(badhome),
         "missing": str(root / "does-not-exist"),
         "empty": str(root / "empty"),

@@ -126,7 +126,7 @@ def pretrain(
         )
         return
     fm = meta["final_metrics"]
-    line = f"pretrained {meta['task']} on {meta['dataset']['name']}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {meta['final_loss']:.4f}"
+    line = f"pretrained {meta['task']} on {meta['dataset']['name']}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {_number(meta.get('final_loss'))}"
     if "pretext_acc" in fm:
         line += f", pretext_acc {fm['pretext_acc']:.3f}"
     if "online_top1" in fm:
@@ -135,3 +135,7 @@ def pretrain(
     click.echo(f"run folder: {meta['run_dir']}")
     if meta.get("library_name"):
         click.echo(f"checkpoint: {meta['library_name']} (use it by name: ssl probe {meta['library_name']})")
+
+
+def _number(x: object) -> str:
+    return f"{x:.4f}" if isinstance(x, int | float) else "-"

@@ -89,6 +89,10 @@ def probe(
     """
     cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, dict(config or {}))
     evaluator = EVALUATORS.get(cfg.mode)(cfg)  # validates the evaluator's own settings
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.trainer import check_lightning_options
+
+    check_lightning_options(TrainerConfig(accelerator=cfg.accelerator, precision=cfg.precision))  # every mode, before any work
     start = time.time()
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)

@@ -64,8 +64,8 @@ class SimCLRConfig(TwoViewConfig):
     """
 
     views: ViewConfig = Field(default_factory=ViewConfig)
-    hidden_dim: int = 512
-    output_dim: int = 128
+    hidden_dim: int = Field(default=512, ge=1)
+    output_dim: int = Field(default=128, ge=1)
     temperature: float = Field(default=0.2, gt=0)
     loss: Literal["ntxent", "dcl", "dclw"] = "ntxent"
     local_crops: int = Field(default=0, ge=0, le=16)

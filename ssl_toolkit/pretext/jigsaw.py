@@ -42,7 +42,7 @@ class JigsawConfig(TaskConfig):
     grid: int = Field(default=3, ge=2, le=4)
     num_permutations: int = Field(default=100, ge=2, le=1000)
     gap: float = Field(default=0.15, ge=0.0, lt=0.5)
-    permutation_seed: int = 0
+    permutation_seed: int = Field(default=0, ge=0, le=2**32 - 1)
     tile_dim: int = Field(default=256, ge=1)
     hidden_dim: int = Field(default=1024, ge=1)
 

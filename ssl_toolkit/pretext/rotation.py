@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
@@ -19,7 +20,7 @@ class RotationConfig(TaskConfig):
     hidden_dim: Width of the hidden layer of the classifier head (0 = linear head).
     """
 
-    hidden_dim: int = 0
+    hidden_dim: int = Field(default=0, ge=0)
 
 
 def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
