@@ -324,7 +324,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise UserError(f"--set {key}: '{p}' is not a mapping")
+            raise UserError(f"cannot set {key}: '{p}' is {nxt!r} in the config, not a mapping")
         node = nxt
     node[parts[-1]] = value
 

@@ -67,5 +67,10 @@ def _check_dir(folder: Path, label: str) -> None:
 
 def describe_os_error(e: OSError) -> str:
     """One line for an operating-system error met while reading or writing (e.g. a full disk)."""
+    from ssl_toolkit.settings import HOME_ENV, toolkit_home
+
     where = f" ({e.filename})" if e.filename else ""
+    home = toolkit_home()
+    if e.filename and (Path(str(e.filename)).expanduser() == home or home in Path(str(e.filename)).expanduser().parents):
+        where += f"; the toolkit's files live under {HOME_ENV}={home}"
     return f"{e.strerror or e}{where}"

@@ -97,7 +97,10 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert code == 2 and err.strip() == "error: checkpoint mine is corrupt (hash mismatch)"
     assert not (tmp_path / "x.safetensors").exists()
     code, out, err = cli("checkpoints", "show", "mine")
-    assert "CORRUPT" in out
+    assert "# weights: CORRUPT (hash mismatch)" in out
+    w.unlink()
+    code, out, err = cli("checkpoints", "show", "mine")
+    assert "# weights: MISSING (no weights file)" in out
     code, out, err = cli("checkpoints", "remove", "mine")
     assert code == 0 and not (library_root() / "mine").exists()
     code, out, err = cli("checkpoints", "remove", "mine")

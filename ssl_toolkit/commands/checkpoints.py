@@ -68,8 +68,12 @@ def show(name, as_json) -> None:
         click.echo(json.dumps(meta, indent=2))
         return
     ok = verify_entry(name)
-    click.echo(f"# {name}  ({entry_dir(name)})")
-    click.echo(f"# weights: {'intact (SHA-256 matches)' if ok else 'CORRUPT (hash mismatch)'}")
+    folder = entry_dir(name)
+    state = "intact (SHA-256 matches)" if ok else "CORRUPT (hash mismatch)"
+    if not ok and not (folder / str(meta.get("weights_file") or "backbone.safetensors")).is_file():
+        state = "MISSING (no weights file)"
+    click.echo(f"# {name}  ({folder})")
+    click.echo(f"# weights: {state}")
     click.echo(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=100).rstrip())
 
 

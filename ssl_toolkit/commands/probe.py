@@ -94,8 +94,15 @@ def probe(
     supervised-from-scratch baseline.
     """
     quiet_libraries()
+    from ssl_toolkit.errors import UserError
     from ssl_toolkit.eval.probe import probe as run_probe
 
+    if random_init and target is not None:
+        raise UserError(f"give a TARGET or --random-init, not both ({target} would not be evaluated)")
+    if not random_init and (backbone != "auto" or small_stem is not None or stem_pool is not None):
+        raise UserError(
+            "--backbone, --small-stem/--timm-stem and --stem-pool/--no-stem-pool choose the --random-init baseline; add --random-init"
+        )
     cfg = build_config(
         config_file,
         {
