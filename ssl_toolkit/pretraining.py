@@ -140,6 +140,8 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         meta = finished_state(folder)
         if meta is not None and not trains_further(cfg, meta):
             finished = meta
+        elif primary:
+            folder.check_checkpoint()  # before config.yaml takes the changes
     else:
         cfg = config if isinstance(config, PretrainConfig) else validate(PretrainConfig, dict(config or {}))
         folder = RunFolder(out) if out is not None else RunFolder.default(cfg.task, cfg.backbone.name, cfg.data.name)

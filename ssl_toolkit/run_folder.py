@@ -108,6 +108,16 @@ class RunFolder:
                 raise UserError(f"cannot resume {self.path}: no {name} in it")
         check_writable_dir(self.path, "--resume")
 
+    def check_checkpoint(self) -> None:
+        """Refuse a ``last.ckpt`` that does not load (read memory-mapped: cheap), before anything is written."""
+        import torch
+
+        try:
+            state = torch.load(self.last_ckpt, map_location="cpu", weights_only=True, mmap=True)
+            int(state["global_step"])
+        except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
+            raise UserError(f"cannot resume from {self.last_ckpt}: the checkpoint is unreadable ({type(e).__name__})") from None
+
     def read_config(self) -> dict[str, Any]:
         """The saved ``config.yaml`` (plain YAML only: a ``!!python/...`` tag is refused)."""
         from ssl_toolkit.config import load_yaml
