@@ -39,16 +39,10 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
 
 
 def check_writable_file(path: str | Path, what: str) -> Path:
-    """Refuse a file path whose folder cannot be written, that names an existing folder, or
-    that names one of a run's or backbone's own files (``meta.json``, ``config.yaml``, ...)."""
-    from ssl_toolkit.run_folder import RunFolder
-
+    """Refuse a file path whose folder cannot be written, or that names an existing folder."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path")
-    folder = RunFolder(path.parent)
-    if path.name in RunFolder.RUN_FILES and (folder.meta.is_file() or folder.config.is_file()):
-        raise UserError(f"{what} {path} would replace a file of the run or backbone in {path.parent}; choose another name")
     _check_dir(path.parent, f"{what} {path}")
     return path
 

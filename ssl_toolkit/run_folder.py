@@ -18,7 +18,7 @@ import yaml
 
 from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_text
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.outputs import check_writable_dir
+from ssl_toolkit.outputs import check_writable_dir, check_writable_file
 
 
 class RunFolder:
@@ -171,3 +171,17 @@ class RunFolder:
         listed = {line.split("\t", 1)[0] for line in lines}
         lines += [f"{p}\t{why}" for p, why in skipped if p not in listed]
         atomic_write_bytes(self.skipped, "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """:func:`~ssl_toolkit.outputs.check_writable_file`, refusing also a run's or backbone's own files.
+
+    A report, page, list or embedding written as ``RUN/meta.json`` would destroy the run;
+    any of :attr:`RunFolder.RUN_FILES` in a folder holding ``meta.json`` or ``config.yaml``
+    is refused.
+    """
+    path = Path(path).expanduser()
+    folder = RunFolder(path.parent)
+    if path.name in RunFolder.RUN_FILES and (folder.meta.is_file() or folder.config.is_file()):
+        raise UserError(f"{what} {path} would replace a file of the run or backbone in {path.parent}; choose another name")
+    return check_writable_file(path, what)

@@ -33,10 +33,10 @@ def embed(target, data, out, split, batch_size, device, as_json) -> None:
     """
     quiet_libraries()
     from ssl_toolkit.eval.embed import embed as run_embed
-    from ssl_toolkit.outputs import check_writable_file
+    from ssl_toolkit.run_folder import check_output_file
 
     check_device(device)
-    check_writable_file(out, "--out")
+    check_output_file(out, "--out")
 
     result = run_embed(target, data, out, split=split, batch_size=batch_size, device=device)
     rows = [

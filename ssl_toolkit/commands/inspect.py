@@ -100,11 +100,11 @@ def inspect(
         "workers": workers,
     }
     cfg = validate(InspectConfig, build_config(config_file, values, overrides))
-    from ssl_toolkit.outputs import check_writable_file
+    from ssl_toolkit.run_folder import check_output_file
 
     for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
         if path is not None:
-            check_writable_file(path, option)
+            check_output_file(path, option)
     bar = StageBar(enabled=not quiet)
     try:
         report = inspect_data(cfg, embed=embed, out=out, dedupe_list=dedupe_list, progress=bar)

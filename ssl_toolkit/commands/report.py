@@ -58,9 +58,9 @@ def report(
 
     check_device(device)
     if out is not None:
-        from ssl_toolkit.outputs import check_writable_file
+        from ssl_toolkit.run_folder import check_output_file
 
-        check_writable_file(out, "--out")
+        check_output_file(out, "--out")
     umap = {"n_neighbors": umap_neighbors, "min_dist": umap_min_dist, "metric": umap_metric, "max_points": umap_max_points, "seed": seed}
     result = run_report(
         target,
