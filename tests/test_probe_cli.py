@@ -76,6 +76,8 @@ def test_without_data_probe_takes_the_data_the_backbone_was_pretrained_on(cli, t
     facts = (result["dataset"], result["num_classes"], result["n_train"], result["n_test"])
     assert facts == ("synthetic", 3, 64, 24)  # the run's data, with the field given on top
     assert (tmp_path / "run" / "probes" / "synthetic-knn-1.json").is_file()
+    code, out, err = cli("probe", tmp_path / "run", "--mode", "knn", "--k", "1000")
+    assert code == 0 and "k               64 (of 1000 asked: the training set's size)" in out.splitlines(), out
     saved = saved_backbone(tmp_path / "bare")  # metadata that names no data
     code, out, err = cli("probe", saved, "--mode", "knn")
     assert code == 2 and err.strip() == f"error: --data is needed: {saved} does not say which data it was pretrained on"

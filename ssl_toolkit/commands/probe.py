@@ -128,12 +128,21 @@ def probe(
         ("data", result["dataset"]),
         ("label fraction", f"{result['label_fraction']:g}"),
         ("train / test", f"{result['n_train']} / {result['n_test']}"),
+        *_k_row(result, cfg.get("evaluator_config", {}).get("k")),
         *metric_rows(result),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
     echo_rows(rows)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
+
+
+def _k_row(result: dict, asked: object) -> list[tuple[str, str]]:
+    """kNN's neighbour count, saying so when the training set was smaller than the ``k`` asked."""
+    if "k" not in result:
+        return []
+    clamped = isinstance(asked, int) and asked > result["k"]
+    return [("k", f"{result['k']} (of {asked} asked: the training set's size)" if clamped else str(result["k"]))]
 
 
 def _pct(v) -> str:
