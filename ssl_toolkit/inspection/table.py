@@ -350,11 +350,12 @@ def table_from_shards(
     parts = [ShardSplit(root, name, info, size) for name in ("train", "test")]
     where = np.concatenate([np.zeros(len(parts[0]), np.int8), np.ones(len(parts[1]), np.int8)])
     rows = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
+    names = [name for p in parts for name in p.ids]  # root:split:row
 
     def item(k: int) -> bytes:
         return parts[int(where[k])].dataset()[int(rows[k])]["image"]
 
-    files = _scan_items(item, parts, size, workers, progress, cfg.max_pixels)
+    files = _scan_items(item, names, size, workers, progress, cfg.max_pixels)
     kept, cols, unreadable = _file_columns(files, keep_arrays)
     if not kept:
         raise UserError(f"no readable image in {root} ({len(where)} items, none could be decoded)")
@@ -367,11 +368,10 @@ def table_from_shards(
     s1, s2 = np.stack(cols["s1"])[:, :channels], np.stack(cols["s2"])[:, :channels]
     train = split == 0
     mean, std = _stats(s1[train] if train.any() else s1, s2[train] if train.any() else s2, size * size)
-    ids = [parts[int(where[i])].ids[int(rows[i])] for i in kept]
     return ImageTable(
         name=root,
         kind="shards",
-        ids=ids,
+        ids=[names[i] for i in kept],
         split=split,
         labels=labels,
         classes=info.classes if labels is not None else None,
@@ -395,17 +395,17 @@ def table_from_shards(
 
 def _scan_items(
     item: Callable[[int], bytes],
-    parts: list,
+    names: list[str],
     size: int,
     workers: int | None,
     progress: StageProgress | None,
     max_pixels: int | None,
     chunk: int = 512,
 ) -> Iterable[FileScan]:
-    """:func:`scan_bytes` over every item, read in order and decoded in parallel threads, ``chunk`` at a time."""
+    """:func:`scan_bytes` over every item (``item(k)``, named ``names[k]``), read in order and decoded
+    in parallel threads, ``chunk`` at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    names = [name for p in parts for name in p.ids]
     total = len(names)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as ex:
         for start in range(0, total, chunk):

@@ -184,12 +184,11 @@ class PretextTask(nn.Module, ABC):
         return [dict(zip(options, combo)) for combo in itertools.product(*[(current[k], *v) for k, v in options.items()])]
 
     @classmethod
-    def smallest_image_size(cls, config: TaskConfig, explicit: frozenset[str] = frozenset()) -> int | None:
-        """Smallest image side :meth:`fit_geometry` can adapt ``config`` to (``None`` = any)."""
+    def smallest_image_size(cls, config: TaskConfig) -> int | None:
+        """Smallest image side :meth:`fit_geometry` can adapt ``config`` to when the user set no geometry (``None`` = any)."""
         current = config.model_dump()
         sizes = [
-            cls.size_requirement(type(config).model_validate({**current, **combo}))[0]
-            for combo in cls._geometry_combos(config, set(explicit))
+            cls.size_requirement(type(config).model_validate({**current, **combo}))[0] for combo in cls._geometry_combos(config, set())
         ]
         known = [s for s in sizes if s]
         return min(known) if known else None
