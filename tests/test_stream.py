@@ -174,6 +174,17 @@ def test_auto_streams_above_a_quarter_of_the_memory_and_says_so(tmp_path, capsys
     assert capsys.readouterr().err == ""  # holding a folder in memory is the quiet default
 
 
+def test_images_far_smaller_than_image_size_are_upscaled_with_a_note(tmp_path, capsys):
+    root = make_folder(tmp_path / "imgs", size=(20, 14))  # 14 px shorter side
+    load_source(DataConfig(name=str(root), image_size=28, stream=False))
+    assert capsys.readouterr().err == ""  # 2x or less: quiet
+    load_source(DataConfig(name=str(root), image_size=29, stream=True))
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "data: the median training image's shorter side is 14 px, upscaled to 29 px "
+        "(set data.image_size or --image-size to the images' own size to train at it)"
+    )
+
+
 def test_two_view_workers_hand_over_fixed_size_uint8_views(tmp_path):
     root = make_folder(tmp_path / "imgs")
     src = load_source(DataConfig(name=str(root), image_size=48, stream=True))

@@ -60,6 +60,23 @@ def choose_streaming(cfg: DataConfig, n: int, channels: int, size: int) -> tuple
     return stream, f"data: {n:,} images, {human_size(need)} decoded at {size} px ({why}): {how}"
 
 
+UPSCALE_NOTE = 2.0  # say so when the median image's shorter side is this many times below image_size
+
+
+def upscale_line(index: FileIndex, rows: np.ndarray, size: int) -> str | None:
+    """A one-line note when the training images are mostly far smaller than ``size`` (they are upscaled), else ``None``."""
+    if not len(rows):
+        return None
+    short = np.minimum(index.width[rows], index.height[rows])  # (N,) stored shorter sides
+    median = int(np.median(short))
+    if median * UPSCALE_NOTE >= size:
+        return None
+    return (
+        f"data: the median training image's shorter side is {median} px, upscaled to {size} px "
+        f"(set data.image_size or --image-size to the images' own size to train at it)"
+    )
+
+
 def split_rows(index: FileIndex, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """Train and test rows of the index (the folder's split, else a seeded one), ``cfg.limit`` applied."""
     single = index.labels if index.labels is not None and index.labels.ndim == 1 else None  # multi-label: random split
@@ -125,8 +142,12 @@ def load_folder(root: Path, cfg: DataConfig) -> DataSource:
     size, channels = cfg.image_size or 32, index.channels
     train, test = split_rows(index, cfg)
     stream, line = choose_streaming(cfg, len(train) + len(test), channels, size)
-    if cfg.stream == "auto" and stream and os.environ.get("RANK", "0") == "0":  # in memory is the quiet default
-        print(line, file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        if cfg.stream == "auto" and stream:  # in memory is the quiet default
+            print(line, file=sys.stderr, flush=True)
+        note = upscale_line(index, train, size)
+        if note is not None:
+            print(note, file=sys.stderr, flush=True)
     if stream:
         f_tr, f_te = FileSplit(index, train, channels, size, cfg.max_pixels), FileSplit(index, test, channels, size, cfg.max_pixels)
         mean, std = streamed_stats(root, f_tr, cfg.split_seed)
