@@ -8,6 +8,8 @@ them before anything is written.
 from __future__ import annotations
 
 import csv
+import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,13 +181,30 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
     for q in quiet:
         q.setLevel(logging.ERROR)
     try:
-        L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trial = L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     except Exception as e:  # noqa: BLE001  (Lightning raises ValueError, TypeError or its own exceptions)
         message = str(e).split(" Find a complete list")[0].replace("`", "'").strip()
         raise UserError(f"trainer options ({_describe(cfg)}): {message}") from None
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
+    note = oversubscription_line(trial)
+    if note is not None and os.environ.get("RANK", "0") == "0":
+        print(note, file=sys.stderr, flush=True)
+
+
+def oversubscription_line(trainer: L.Trainer) -> str | None:
+    """One line when a CPU run starts more processes than the machine has cores, else ``None``.
+
+    On CPU, Lightning's ``devices`` counts processes, not cores or threads.
+    """
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = trainer.num_devices
+    if not isinstance(trainer.accelerator, CPUAccelerator) or processes <= cores:
+        return None
+    return f"trainer: {processes} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)"
 
 
 def quiet_lightning() -> None:

@@ -136,3 +136,16 @@ def test_views_are_seeded_per_rank():
         views.append(task.two_views(x))
     assert torch.equal(views[0], views[2]) and not torch.equal(views[0], views[1])
     assert os.environ.get("WORLD_SIZE") is None
+
+
+def test_more_cpu_processes_than_cores_say_so_in_one_line(capsys):
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.trainer import check_lightning_options
+
+    cores = len(os.sched_getaffinity(0))
+    check_lightning_options(TrainerConfig(accelerator="cpu", devices=cores, strategy="ddp"))
+    assert capsys.readouterr().err == ""
+    check_lightning_options(TrainerConfig(accelerator="cpu", devices=cores + 2, strategy="ddp"))
+    assert capsys.readouterr().err == (
+        f"trainer: {cores + 2} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)\n"
+    )
