@@ -181,7 +181,9 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
     for q in quiet:
         q.setLevel(logging.ERROR)
     try:
-        trial = L.Trainer(**lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trial = L.Trainer(
+            **lightning_options(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        )
     except Exception as e:  # noqa: BLE001  (Lightning raises ValueError, TypeError or its own exceptions)
         message = str(e).split(" Find a complete list")[0].replace("`", "'").strip()
         raise UserError(f"trainer options ({_describe(cfg)}): {message}") from None
@@ -204,7 +206,9 @@ def oversubscription_line(trainer: L.Trainer) -> str | None:
     processes = trainer.num_devices
     if not isinstance(trainer.accelerator, CPUAccelerator) or processes <= cores:
         return None
-    return f"trainer: {processes} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)"
+    return (
+        f"trainer: {processes} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)"
+    )
 
 
 def quiet_lightning() -> None:
