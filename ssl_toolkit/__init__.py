@@ -10,9 +10,11 @@ Python API (mirrors the ``ssl`` command line)::
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from ssl_toolkit._version import __version__
+from ssl_toolkit.api import Flag, public
 
 
 def pretrain(*args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -29,7 +31,8 @@ def probe(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return _probe(*args, **kwargs)
 
 
-def load_backbone(target: str) -> tuple[Any, dict[str, Any]]:
+@public
+def load_backbone(target: str | Path) -> tuple[Any, dict[str, Any]]:
     """Load a backbone (library name, run folder or file) as an eval-mode ``nn.Module`` and its metadata."""
     from ssl_toolkit.library import load_backbone_any
 
@@ -58,11 +61,66 @@ def inspect_data(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return _inspect_data(*args, **kwargs)
 
 
+@public
 def list_checkpoints(task: str | None = None, backbone: str | None = None) -> list[dict[str, Any]]:
-    """The checkpoint library's entries; see :func:`ssl_toolkit.library.list_checkpoints`."""
+    """The checkpoint library's entries (``ssl checkpoints list``); see :func:`ssl_toolkit.library.list_checkpoints`."""
     from ssl_toolkit.library import list_checkpoints as _list
 
     return _list(task=task, backbone=backbone)
 
 
-__all__ = ["__version__", "embed", "inspect_data", "list_checkpoints", "load_backbone", "pretrain", "probe", "report"]
+@public
+def show_checkpoint(name: str) -> dict[str, Any]:
+    """Entry ``name``'s metadata with ``intact`` (its weights still match their SHA-256) and ``path`` (``ssl checkpoints show``)."""
+    from ssl_toolkit.library import entry_dir, entry_meta, verify_entry
+
+    meta = entry_meta(name)
+    return {**meta, "intact": verify_entry(name), "path": str(entry_dir(name))}
+
+
+@public
+def export_checkpoint(
+    target: str | Path, out: str | Path, format: Literal["safetensors", "timm", "torch", "onnx"] = "safetensors", overwrite: Flag = False
+) -> dict[str, Any]:
+    """Export a library entry, run folder or file to ``out`` (``ssl checkpoints export``).
+
+    Returns:
+        The written metadata (also in ``<out>.json``) with ``path`` and ``load_code``, the
+        Python code that loads the file without the toolkit.
+    """
+    from ssl_toolkit.export import export_checkpoint as _export
+
+    meta, code = _export(target, out, format, overwrite=overwrite)
+    return {**meta, "path": str(out), "load_code": code}
+
+
+@public
+def import_checkpoint(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Add a run folder, backbone folder or exported file to the library (``ssl checkpoints import``); returns the entry."""
+    from ssl_toolkit.library import import_checkpoint as _import
+
+    return _import(path, name)
+
+
+@public
+def remove_checkpoint(name: str) -> str:
+    """Delete library entry ``name`` (its run folder, if any, is kept); returns the folder it had (``ssl checkpoints remove``)."""
+    from ssl_toolkit.library import remove_checkpoint as _remove
+
+    return str(_remove(name))
+
+
+__all__ = [
+    "__version__",
+    "embed",
+    "export_checkpoint",
+    "import_checkpoint",
+    "inspect_data",
+    "list_checkpoints",
+    "load_backbone",
+    "pretrain",
+    "probe",
+    "remove_checkpoint",
+    "report",
+    "show_checkpoint",
+]

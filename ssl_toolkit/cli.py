@@ -122,24 +122,6 @@ FINITE = FiniteFloat()
 POSITIVE = click.IntRange(min=1)
 
 
-def check_device(device: str | None) -> None:
-    """Refuse a ``--device`` torch cannot name or this machine does not have."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {device}: no such CUDA device on this machine; use cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {device}: this machine has no MPS device; use cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {device!r} is not supported; use cpu or cuda")
-
-
 def _one_line(e: click.ClickException) -> str:
     """A usage error as one line, with where to find help (click's own did-you-mean kept)."""
     message = " ".join(e.format_message().split())

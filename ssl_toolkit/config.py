@@ -6,15 +6,24 @@ config is written next to every run so that any run can be reproduced from its f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssl_toolkit.errors import UserError, did_you_mean
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+#: A name or a path: a ``pathlib.Path`` given from Python is taken as its text.
+PathText = Annotated[str, BeforeValidator(_path_text)]
 
 
 class StrictModel(BaseModel):
@@ -53,12 +62,12 @@ class DataConfig(StrictModel):
             ``labels.csv`` when it has one; see ``docs/data.md``).
     """
 
-    name: str = "digits"
+    name: PathText = "digits"
     image_size: int | None = Field(default=None, ge=8, le=1024)
     split_seed: int = Field(default=0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     limit: int | None = Field(default=None, ge=1)
-    path: str | None = None
+    path: PathText | None = None
     synthetic_train: int = Field(default=1200, ge=1)
     synthetic_test: int = Field(default=300, ge=1)
     synthetic_classes: int = Field(default=6, ge=2, le=6)
@@ -66,7 +75,7 @@ class DataConfig(StrictModel):
     stream: Literal["auto"] | bool = "auto"
     max_pixels: int | None = Field(default=60_000_000, ge=1)
     workers: int | None = Field(default=None, ge=0, le=64)
-    labels: str | None = None
+    labels: PathText | None = None
     color_space: Literal["rgb", "hsv", "lab", "ycbcr", "gray"] = "rgb"
     equalize: Literal["none", "global", "clahe"] = "none"
     normalize: Literal["zscore", "minmax"] = "zscore"
@@ -210,7 +219,7 @@ class PretrainConfig(StrictModel):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     task_config: dict[str, Any] = Field(default_factory=dict)
-    init_from: str | None = None  # library name, run folder or weights file to start the backbone from
+    init_from: PathText | None = None  # library name, run folder or weights file to start the backbone from
 
 
 class ProbeConfig(StrictModel):

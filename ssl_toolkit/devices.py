@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ssl_toolkit.errors import UserError
+
 
 def choose_device(accelerator: str = "auto") -> torch.device:
     """The first CUDA device when there is one and ``accelerator`` allows it, else the CPU.
@@ -14,3 +16,19 @@ def choose_device(accelerator: str = "auto") -> torch.device:
     if accelerator != "cpu" and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` torch cannot name or this machine does not have."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: no such CUDA device on this machine; use cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: this machine has no MPS device; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device!r} is not supported; use cpu or cuda")

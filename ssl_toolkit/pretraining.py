@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_toolkit._version import __version__
+from ssl_toolkit.api import Flag, config_fields, public
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.errors import Interrupted, UserError
 from ssl_toolkit.run_folder import RunFolder
@@ -75,17 +76,19 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+@public
 def pretrain(
-    config: PretrainConfig | dict[str, Any] | None = None,
+    config: PretrainConfig | dict[str, Any] | str | Path | None = None,
     out: str | Path | None = None,
-    overwrite: bool = False,
+    overwrite: Flag = False,
     resume: str | Path | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain a backbone with a pretext task.
 
     Args:
-        config: A :class:`PretrainConfig` or a dict of its fields (unknown keys rejected).
+        config: A :class:`PretrainConfig`, a dict of its fields, or a YAML file of them (as
+            ``--config``; unknown keys rejected).
             With ``resume``, the changes to the saved config: only how long to train, how
             often to save and how to log may change (see :mod:`ssl_toolkit.resume`).
         out: Run folder (default ``runs/<task>-<backbone>-<data>-<time>``).
@@ -135,7 +138,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         folder = RunFolder(resume)
         if primary:
             folder.check_resumable()
-        changes = config.model_dump() if isinstance(config, PretrainConfig) else config
+        changes = config.model_dump(exclude_unset=True) if isinstance(config, PretrainConfig) else config_fields(config)
         cfg, _ = resume_config(folder, changes)
         meta = finished_state(folder)
         if meta is not None and not trains_further(cfg, meta):
@@ -143,7 +146,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         elif primary:
             folder.check_checkpoint()  # before config.yaml takes the changes
     else:
-        cfg = config if isinstance(config, PretrainConfig) else validate(PretrainConfig, dict(config or {}))
+        cfg = config if isinstance(config, PretrainConfig) else validate(PretrainConfig, config_fields(config))
         folder = RunFolder(out) if out is not None else RunFolder.default(cfg.task, cfg.backbone.name, cfg.data.name)
     if not primary and os.environ.get(RUN_DIR_ENV):  # a DDP worker: same folder as the launching process
         folder = RunFolder(os.environ[RUN_DIR_ENV])

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, POSITIVE, check_device, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
@@ -33,10 +33,6 @@ def embed(target, data, out, split, batch_size, device, as_json) -> None:
     """
     quiet_libraries()
     from ssl_toolkit.eval.embed import embed as run_embed
-    from ssl_toolkit.run_folder import check_output_file
-
-    check_device(device)
-    check_output_file(out, "--out")
 
     result = run_embed(target, data, out, split=split, batch_size=batch_size, device=device)
     rows = [

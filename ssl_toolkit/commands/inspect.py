@@ -100,11 +100,6 @@ def inspect(
         "workers": workers,
     }
     cfg = validate(InspectConfig, build_config(config_file, values, overrides))
-    from ssl_toolkit.run_folder import check_output_file
-
-    for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
-        if path is not None:
-            check_output_file(path, option)
     bar = StageBar(enabled=not quiet)
     try:
         report = inspect_data(cfg, embed=embed, out=out, dedupe_list=dedupe_list, progress=bar)

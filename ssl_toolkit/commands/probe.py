@@ -122,7 +122,8 @@ def probe(
         },
         overrides,
     )
-    result = run_probe(target, cfg, random_init=random_init, backbone={"name": backbone, "small_stem": small_stem, "stem_pool": stem_pool})
+    baseline = {"name": backbone, "small_stem": small_stem, "stem_pool": stem_pool} if random_init else "auto"
+    result = run_probe(target, cfg, random_init=random_init, backbone=baseline)
     rows = [
         ("mode", result["mode"]),
         ("data", result["dataset"]),

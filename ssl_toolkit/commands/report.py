@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, POSITIVE, FiniteFloat, check_device, echo_rows, main, quiet_libraries
-
-UMAP_METRICS = ("cosine", "euclidean", "manhattan", "chebyshev", "minkowski", "correlation", "canberra", "braycurtis")
+from ssl_toolkit.cli import CONTEXT, POSITIVE, FiniteFloat, echo_rows, main, quiet_libraries
+from ssl_toolkit.eval.projection import UMAP_METRICS
 
 
 @main.command(context_settings=CONTEXT)
@@ -56,11 +55,6 @@ def report(
     quiet_libraries()
     from ssl_toolkit.eval.report import report as run_report
 
-    check_device(device)
-    if out is not None:
-        from ssl_toolkit.run_folder import check_output_file
-
-        check_output_file(out, "--out")
     umap = {"n_neighbors": umap_neighbors, "min_dist": umap_min_dist, "metric": umap_metric, "max_points": umap_max_points, "seed": seed}
     result = run_report(
         target,

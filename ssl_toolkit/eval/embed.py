@@ -24,15 +24,17 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
 
+from ssl_toolkit.api import Positive, public
 from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
+from ssl_toolkit.devices import check_device
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import FeatureCache, Preprocess, model_fingerprint
 
@@ -79,12 +81,12 @@ class Embeddings:
         )
 
 
-def data_config(data: str | dict[str, Any] | DataConfig, image_size: int | None = None) -> DataConfig:
+def data_config(data: str | os.PathLike | dict[str, Any] | DataConfig, image_size: int | None = None) -> DataConfig:
     """A :class:`DataConfig` from a name/folder, a dict of its fields or a config; ``image_size`` imposed."""
     if isinstance(data, DataConfig):
         cfg = data
-    elif isinstance(data, str):
-        cfg = DataConfig(name=data)
+    elif isinstance(data, str | os.PathLike):
+        cfg = DataConfig(name=os.fspath(data))
     else:
         cfg = validate(DataConfig, dict(data), what="data")
     return cfg.model_copy(update={"image_size": image_size}) if image_size else cfg
@@ -117,7 +119,7 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
 
 
 def load_target_source(
-    target: str | Path, data: str | dict[str, Any] | DataConfig | None
+    target: str | Path, data: str | Path | dict[str, Any] | DataConfig | None
 ) -> tuple[nn.Module, dict[str, Any], Path | None, DataSource, Preprocess]:
     """The backbone of ``target``, its metadata and folder, and ``data`` at the backbone's image size.
 
@@ -135,12 +137,13 @@ def load_target_source(
     return model, meta, folder, source, preprocess_of(meta)
 
 
+@public
 def embed(
     target: str | Path,
-    data: str | dict[str, Any] | DataConfig | None = None,
+    data: str | Path | dict[str, Any] | DataConfig | None = None,
     out: str | Path = "embeddings.npz",
-    split: str = "all",
-    batch_size: int = EMBED_BATCH,
+    split: Literal["train", "test", "all"] = "all",
+    batch_size: Positive = EMBED_BATCH,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Write the embeddings of ``data`` under the backbone ``target`` to ``out``.
@@ -160,6 +163,7 @@ def embed(
     """
     start = time.time()
     out = _check_out(out, split)
+    check_device(device)
     model, meta, _, source, pre = load_target_source(target, data)
     splits = [s for s in (SPLITS if split == "all" else (split,)) if len(getattr(source, s))]
     if not splits:
@@ -212,7 +216,9 @@ def _check_out(out: str | Path, split: str) -> Path:
         raise UserError(f"unknown split '{split}': use train, test or all")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder")
-    return out
+    from ssl_toolkit.run_folder import check_output_file
+
+    return check_output_file(out, "--out")
 
 
 class _Rows:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ssl_toolkit.api import Flag, config_fields, public
 from ssl_toolkit.atomic import atomic_write_json
 from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size, resolve_auto
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
@@ -63,17 +64,19 @@ def load_target(
     return model, meta, folder
 
 
+@public
 def probe(
     target: str | Path | None = None,
-    config: ProbeConfig | dict[str, Any] | None = None,
-    random_init: bool = False,
+    config: ProbeConfig | dict[str, Any] | str | Path | None = None,
+    random_init: Flag = False,
     backbone: str | BackboneConfig | dict[str, Any] = "auto",
 ) -> dict[str, Any]:
     """Evaluate a backbone on labelled data.
 
     Args:
         target: Run folder, backbone file or checkpoint-library name.
-        config: A :class:`ProbeConfig` or a dict of its fields. Without ``data.name`` the
+        config: A :class:`ProbeConfig`, a dict of its fields, or a YAML file of them (as
+            ``--config``). Without ``data.name`` the
             data is the one the backbone was pretrained on (its run's ``data`` section, with
             any other ``data`` fields given here on top), as for ``embed`` and ``report``;
             with ``random_init``, ``digits``.
@@ -87,7 +90,11 @@ def probe(
         The result: ``mode``, ``label_fraction``, ``top1``, ``top5``, ``per_class_acc``,
         ``confusion``, ``n_train``, ``n_test``, ``seconds`` and evaluator facts.
     """
-    cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, dict(config or {}))
+    if random_init and target is not None:
+        raise UserError(f"give a target or random_init=True, not both ({target} would not be evaluated)")
+    if not random_init and backbone != "auto":
+        raise UserError("backbone= chooses the random_init=True baseline; a target's own backbone is evaluated")
+    cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, config_fields(config))
     evaluator = EVALUATORS.get(cfg.mode)(cfg)  # validates the evaluator's own settings
     from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.trainer import check_lightning_options

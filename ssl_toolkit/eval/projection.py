@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ssl_toolkit.flat_index import flat_search, unit_rows
 from ssl_toolkit.sampling import proportional_sample
 
+UmapMetric = Literal["cosine", "euclidean", "manhattan", "chebyshev", "minkowski", "correlation", "canberra", "braycurtis"]
+UMAP_METRICS: tuple[str, ...] = get_args(UmapMetric)
 
-@dataclass
-class UmapParams:
+
+class UmapParams(BaseModel):
     """UMAP settings (see umap-learn): neighbours, minimum distance, metric, seed, point limit."""
 
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    metric: str = "cosine"
-    seed: int = 0
-    max_points: int = 5000
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_neighbors: int = Field(default=15, ge=2)
+    min_dist: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
+    metric: UmapMetric = "cosine"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    max_points: int = Field(default=5000, ge=1)
 
 
 def knn_graph(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ssl_toolkit._version import __version__
+from ssl_toolkit.api import Positive, Seed, public
 from ssl_toolkit.atomic import atomic_write_text
-from ssl_toolkit.config import DataConfig
+from ssl_toolkit.config import DataConfig, validate
+from ssl_toolkit.devices import check_device
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
@@ -35,6 +37,7 @@ from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
 from ssl_toolkit.eval.run_record import latest_samples, pick_confusion, read_curves, read_probes, sample_picture
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
 from ssl_toolkit.html_page import data_uri, render_page
+from ssl_toolkit.run_folder import check_output_file
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -273,18 +276,19 @@ def _context(
     }
 
 
+@public
 def report(
     target: str | Path,
-    data: str | dict[str, Any] | DataConfig | None = None,
+    data: str | Path | dict[str, Any] | DataConfig | None = None,
     out: str | Path | None = None,
     umap: UmapParams | dict[str, Any] | None = None,
-    ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
-    clusters: int | None = None,
-    queries_per_class: int = 2,
-    batch_size: int = 256,
+    ivf_threshold: Positive = DEFAULT_IVF_THRESHOLD,
+    clusters: Positive | None = None,
+    queries_per_class: Positive = 2,
+    batch_size: Positive = 256,
     device: str | None = None,
-    seed: int = 0,
-    split: str = "auto",
+    seed: Seed = 0,
+    split: Literal["auto", "train", "test"] = "auto",
 ) -> dict[str, Any]:
     """Analyse ``data`` under the backbone ``target`` and write one HTML page.
 
@@ -310,10 +314,15 @@ def report(
     """
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    umap_params = umap if isinstance(umap, UmapParams) else UmapParams(**{"seed": seed, **dict(umap or {})})
+    umap_params = (
+        umap if isinstance(umap, UmapParams) else validate(UmapParams, {"seed": seed, **umap} if umap else {"seed": seed}, what="umap")
+    )
+    check_device(device)
+    if out is not None:
+        check_output_file(out, "--out")
     with _timed(seconds, "load"):
         model, meta, folder, source, pre = load_target_source(target, data)
-        out_path = Path(out) if out is not None else (folder / "report.html" if folder is not None else Path("report.html"))
+        out_path = Path(out).expanduser() if out is not None else (folder / "report.html" if folder is not None else Path("report.html"))
     with _timed(seconds, "features"):
         sides = _Sides.of(source, split)
         qx, gx = _features(model, source, pre, sides, device, batch_size)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ssl_toolkit.api import public
 from ssl_toolkit.config import validate
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.inspection import duplicates as dup
@@ -52,7 +53,7 @@ def build_table(cfg: InspectConfig, keep_arrays: bool = False, progress: StagePr
     return table_from_source(source, progress=progress)
 
 
-def _load_embedder(target: str, cfg: InspectConfig):
+def _load_embedder(target: str | Path, cfg: InspectConfig):
     from ssl_toolkit.eval.features import Preprocess
     from ssl_toolkit.library import load_backbone_any
 
@@ -119,8 +120,8 @@ def _duplicate_section(table: ImageTable, groups: list[np.ndarray], scores: list
 
 
 def run_inspection(
-    data: str | InspectConfig | dict[str, Any] = "digits",
-    embed: str | None = None,
+    data: str | Path | InspectConfig | dict[str, Any] = "digits",
+    embed: str | Path | None = None,
     progress: StageProgress | None = None,
 ) -> Inspection:
     """Inspect ``data`` and return the report with its table (see :func:`inspect_data`)."""
@@ -224,9 +225,10 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     return out
 
 
+@public
 def inspect_data(
-    data: str | InspectConfig | dict[str, Any] = "digits",
-    embed: str | None = None,
+    data: str | Path | InspectConfig | dict[str, Any] = "digits",
+    embed: str | Path | None = None,
     out: str | Path | None = None,
     dedupe_list: str | Path | None = None,
     progress: StageProgress | None = None,
@@ -243,6 +245,11 @@ def inspect_data(
     Returns:
         The JSON-able report (see ``docs/inspect.md``).
     """
+    from ssl_toolkit.run_folder import check_output_file
+
+    for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
+        if path is not None:
+            check_output_file(path, option)
     result = run_inspection(data, embed=embed, progress=progress)
     if dedupe_list is not None:
         write_dedupe_list(result, dedupe_list)

@@ -1,0 +1,113 @@
+"""The Python API's boundary: its arguments checked as the command line checks its options,
+and the caller's process left as it was found.
+
+Every public function (:mod:`ssl_toolkit`'s ``pretrain``, ``probe``, ``embed``, ``report``,
+``inspect_data``, ``load_backbone`` and the checkpoint-library functions) is wrapped by
+:func:`public`:
+
+- its arguments are validated against its annotations by pydantic's ``validate_call``
+  (``Positive`` and ``Seed`` carry the command line's ranges); a wrong type or value is a
+  one-line :class:`~ssl_toolkit.errors.UserError` naming the argument, before any work;
+- the global random generators (``random``, NumPy, torch), the environment variables that
+  Lightning's seeding and the run set, and the Lightning loggers' levels are restored when
+  it returns, so a notebook's own random streams go on where they were.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import ConfigDict, Field, StrictBool, ValidationError, validate_call
+
+from ssl_toolkit.errors import UserError
+
+Positive = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Flag = StrictBool  # True or False: a string such as "no" is refused, not read as true
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Set by Lightning's ``seed_everything`` and by a run for its DDP processes.
+PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR")
+LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+def public(func: F) -> F:
+    """Check ``func``'s arguments against its annotations and keep the caller's global state (module docstring)."""
+    checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True, strict=False))(func)
+    parameters = inspect.signature(func).parameters
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with kept_global_state():
+            try:
+                return checked(*args, **kwargs)
+            except ValidationError as e:
+                if e.title != func.__name__:  # raised inside the function, not by the argument check
+                    raise
+                raise UserError(argument_error(func.__name__, e, list(parameters), parameters)) from None
+
+    return call  # type: ignore[return-value]
+
+
+def argument_error(name: str, e: ValidationError, order: list[str], parameters: Any) -> str:
+    """One line for the first argument ``e`` refuses: its name, what it should be, what it got."""
+    err = e.errors()[0]
+    where = err["loc"][0] if err["loc"] else ""
+    arg = order[where] if isinstance(where, int) and where < len(order) else str(where)
+    same = [x for x in e.errors() if x["loc"] and x["loc"][0] == where]
+    if err["type"] in ("unexpected_keyword_argument", "unexpected_positional_argument", "missing_argument", "multiple_argument_values"):
+        return f"{name}(): {err['msg'].lower()}: {arg}"
+    if len(same) > 1:  # a union: say what the argument may be
+        annotation = parameters[arg].annotation if arg in parameters else "another type"
+        return f"{name}(): {arg} should be {annotation} (got {err.get('input')!r})"
+    return f"{name}(): {arg}: {err['msg']} (got {err.get('input')!r})"
+
+
+def config_fields(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    """A config's fields from a mapping, or from a YAML file as ``--config`` reads it."""
+    if config is None:
+        return {}
+    if isinstance(config, str | os.PathLike):
+        from ssl_toolkit.config import load_yaml
+
+        return load_yaml(Path(config))
+    return dict(config)
+
+
+@contextmanager
+def kept_global_state() -> Iterator[None]:
+    """Restore the random generators, the run's environment variables and Lightning's log levels on exit."""
+    np, torch = sys.modules.get("numpy"), sys.modules.get("torch")  # generators the caller has not imported are not the caller's
+    py = random.getstate()
+    npy = np.random.get_state() if np is not None else None
+    cpu = torch.random.get_rng_state() if torch is not None else None
+    cuda = torch.cuda.get_rng_state_all() if torch is not None and torch.cuda.is_initialized() else None
+    env = {k: os.environ.get(k) for k in PROCESS_ENV}
+    levels = {n: logging.getLogger(n).level for n in LOGGERS}
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        if np is not None:
+            np.random.set_state(npy)
+        if torch is not None:
+            torch.random.set_rng_state(cpu)
+        if torch is not None and cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)

@@ -1,0 +1,126 @@
+"""The Python API: its arguments are checked as the command line's options are, and it leaves the caller's process as it was."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import tiny_config
+
+import ssl_toolkit as st
+from ssl_toolkit.config import DataConfig, PretrainConfig, TrainerConfig
+from ssl_toolkit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One finished 1-epoch rotation run (built through the API, in its own library)."""
+    folder = tmp_path_factory.mktemp("api") / "run"
+    home = folder.parent / "home"
+    before = os.environ.get("SSL_TOOLKIT_HOME")
+    os.environ["SSL_TOOLKIT_HOME"] = str(home)
+    try:
+        st.pretrain(tiny_config("rotation", epochs=1), out=folder)
+    finally:
+        os.environ.pop("SSL_TOOLKIT_HOME") if before is None else os.environ.__setitem__("SSL_TOOLKIT_HOME", before)
+    return folder
+
+
+def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_as_they_were(tmp_path):
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    logging.getLogger("lightning.pytorch").setLevel(logging.INFO)
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR")}
+    meta = st.pretrain(tiny_config("rotation", epochs=1), out=tmp_path / "run")
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert {k: os.environ.get(k) for k in env} == env
+    assert logging.getLogger("lightning.pytorch").level == logging.INFO
+    assert (tmp_path / "run" / "meta.json").is_file() and meta["task"] == "rotation"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: st.pretrain({}, out=p / "r", overwrite="no"), r"^pretrain\(\): overwrite: Input should be a valid boolean \(got 'no'\)$"),
+        (lambda p: st.pretrain({}, out=5), r"^pretrain\(\): out should be str \| Path \| None \(got 5\)$"),
+        (lambda p: st.probe(123), r"^probe\(\): target should be str \| Path \| None \(got 123\)$"),
+        (lambda p: st.load_backbone(None), r"^load_backbone\(\): target should be str \| Path \(got None\)$"),
+        (lambda p: st.embed("x", "digits", p / "e.npz", batch_size=0), r"^embed\(\): batch_size: Input should be greater than or equal to 1 \(got 0\)$"),
+        (lambda p: st.embed("x", "digits", p / "e.npz", batch_size=2.5), r"^embed\(\): batch_size: .*fractional part \(got 2.5\)$"),
+        (lambda p: st.embed("x", "digits", p / "e.npz", split="val"), r"^embed\(\): split: Input should be 'train', 'test' or 'all' \(got 'val'\)$"),
+        (lambda p: st.embed("x", "digits", p / "e.npz", device="tpu"), r"^--device 'tpu' is not a device; use cpu, cuda or cuda:N$"),
+        (lambda p: st.report("x", "digits", p / "r.html", clusters=0), r"^report\(\): clusters: Input should be greater than or equal to 1 \(got 0\)$"),
+        (lambda p: st.report("x", "digits", p / "r.html", seed=-1), r"^report\(\): seed: Input should be greater than or equal to 0 \(got -1\)$"),
+        (lambda p: st.report("x", "digits", p / "r.html", umap={"n_neighbor": 5}), r"^umap: unknown key 'n_neighbor' \(did you mean 'n_neighbors'\?\)$"),
+        (lambda p: st.report("x", "digits", p / "r.html", umap={"n_neighbors": 1}), r"^umap: n_neighbors: Input should be greater than or equal to 2 \(got 1\)$"),
+        (lambda p: st.report("x", "digits", p / "r.html", umap={"metric": "bogus"}), r"^umap: metric: Input should be 'cosine', .* \(got 'bogus'\)$"),
+        (lambda p: st.probe("x", random_init=True), r"^give a target or random_init=True, not both \(x would not be evaluated\)$"),
+        (lambda p: st.probe("x", backbone="resnet50"), r"^backbone= chooses the random_init=True baseline; a target's own backbone is evaluated$"),
+        (lambda p: st.probe("x", p / "missing.yaml"), r"^config file does not exist: .*missing\.yaml$"),
+        (lambda p: st.export_checkpoint("x", p / "b.bin", format="zip"), r"^export_checkpoint\(\): format: Input should be 'safetensors', 'timm', 'torch' or 'onnx'"),
+    ],
+)
+def test_a_wrong_argument_is_one_user_error_naming_it_before_any_work(tmp_path, call, message):
+    with pytest.raises(UserError, match=message):
+        call(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_embed_and_inspect_refuse_to_write_over_a_runs_own_files(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("task: rotation\n")
+    (folder / "metrics.csv").write_text("epoch\n")
+    calls = [
+        (lambda: st.report("x", "digits", folder / "config.yaml"), "--out"),
+        (lambda: st.inspect_data("digits", out=folder / "metrics.csv"), "--out"),
+        (lambda: st.inspect_data("digits", dedupe_list=str(folder / "config.yaml")), "--dedupe-list"),
+    ]
+    for call, option in calls:
+        with pytest.raises(UserError, match=f"^{option} .* would replace a file of the run or backbone in .*; choose another name$"):
+            call()
+    assert (folder / "config.yaml").read_text() == "task: rotation\n" and (folder / "metrics.csv").read_text() == "epoch\n"
+
+
+def test_paths_are_taken_wherever_a_name_or_folder_is():
+    assert DataConfig(name=Path("imgs"), path=Path("/d"), labels=Path("l.csv")).model_dump(include={"name", "path", "labels"}) == {
+        "name": "imgs",
+        "path": "/d",
+        "labels": "l.csv",
+    }
+    assert PretrainConfig(init_from=Path("runs/a")).init_from == "runs/a"
+    from ssl_toolkit.eval.embed import data_config
+
+    assert data_config(Path("imgs"), 16).name == "imgs"
+
+
+def test_a_yaml_file_is_a_config_and_a_config_object_resumes_with_only_the_fields_it_sets(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(run.parent / "home"))
+    knn = tmp_path / "knn.yaml"
+    knn.write_text(yaml.safe_dump({"mode": "knn", "evaluator_config": {"k": 5}}))
+    from_file = st.probe(run, knn)
+    assert from_file == st.probe(str(run), {"mode": "knn", "evaluator_config": {"k": 5}}) | {"seconds": from_file["seconds"]}
+    assert (from_file["mode"], from_file["k"]) == ("knn", 5)
+    again = st.pretrain(PretrainConfig(trainer=TrainerConfig(epochs=1)), resume=run)
+    assert again["finished"] is True  # nothing asked beyond the saved epochs: the run is unchanged
+
+
+def test_the_checkpoint_library_functions_mirror_the_checkpoints_command(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(run.parent / "home"))
+    (entry,) = st.list_checkpoints(task="rotation")
+    shown = st.show_checkpoint(entry["name"])
+    assert shown["intact"] is True and shown["name"] == entry["name"] and Path(shown["path"]).is_dir()
+    out = tmp_path / "b.safetensors"
+    exported = st.export_checkpoint(entry["name"], out)
+    assert out.is_file() and exported["path"] == str(out) and "safetensors" in exported["load_code"]
+    added = st.import_checkpoint(out, name="copy")
+    assert added["name"] == "copy" and {e["name"] for e in st.list_checkpoints()} == {entry["name"], "copy"}
+    assert Path(st.remove_checkpoint("copy")).name == "copy"
+    assert [e["name"] for e in st.list_checkpoints()] == [entry["name"]]
