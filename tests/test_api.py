@@ -48,23 +48,53 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda p: st.pretrain({}, out=p / "r", overwrite="no"), r"^pretrain\(\): overwrite: Input should be a valid boolean \(got 'no'\)$"),
+        (
+            lambda p: st.pretrain({}, out=p / "r", overwrite="no"),
+            r"^pretrain\(\): overwrite: Input should be a valid boolean \(got 'no'\)$",
+        ),
         (lambda p: st.pretrain({}, out=5), r"^pretrain\(\): out should be str \| Path \| None \(got 5\)$"),
         (lambda p: st.probe(123), r"^probe\(\): target should be str \| Path \| None \(got 123\)$"),
         (lambda p: st.load_backbone(None), r"^load_backbone\(\): target should be str \| Path \(got None\)$"),
-        (lambda p: st.embed("x", "digits", p / "e.npz", batch_size=0), r"^embed\(\): batch_size: Input should be greater than or equal to 1 \(got 0\)$"),
+        (
+            lambda p: st.embed("x", "digits", p / "e.npz", batch_size=0),
+            r"^embed\(\): batch_size: Input should be greater than or equal to 1 \(got 0\)$",
+        ),
         (lambda p: st.embed("x", "digits", p / "e.npz", batch_size=2.5), r"^embed\(\): batch_size: .*fractional part \(got 2.5\)$"),
-        (lambda p: st.embed("x", "digits", p / "e.npz", split="val"), r"^embed\(\): split: Input should be 'train', 'test' or 'all' \(got 'val'\)$"),
+        (
+            lambda p: st.embed("x", "digits", p / "e.npz", split="val"),
+            r"^embed\(\): split: Input should be 'train', 'test' or 'all' \(got 'val'\)$",
+        ),
         (lambda p: st.embed("x", "digits", p / "e.npz", device="tpu"), r"^--device 'tpu' is not a device; use cpu, cuda or cuda:N$"),
-        (lambda p: st.report("x", "digits", p / "r.html", clusters=0), r"^report\(\): clusters: Input should be greater than or equal to 1 \(got 0\)$"),
-        (lambda p: st.report("x", "digits", p / "r.html", seed=-1), r"^report\(\): seed: Input should be greater than or equal to 0 \(got -1\)$"),
-        (lambda p: st.report("x", "digits", p / "r.html", umap={"n_neighbor": 5}), r"^umap: unknown key 'n_neighbor' \(did you mean 'n_neighbors'\?\)$"),
-        (lambda p: st.report("x", "digits", p / "r.html", umap={"n_neighbors": 1}), r"^umap: n_neighbors: Input should be greater than or equal to 2 \(got 1\)$"),
-        (lambda p: st.report("x", "digits", p / "r.html", umap={"metric": "bogus"}), r"^umap: metric: Input should be 'cosine', .* \(got 'bogus'\)$"),
+        (
+            lambda p: st.report("x", "digits", p / "r.html", clusters=0),
+            r"^report\(\): clusters: Input should be greater than or equal to 1 \(got 0\)$",
+        ),
+        (
+            lambda p: st.report("x", "digits", p / "r.html", seed=-1),
+            r"^report\(\): seed: Input should be greater than or equal to 0 \(got -1\)$",
+        ),
+        (
+            lambda p: st.report("x", "digits", p / "r.html", umap={"n_neighbor": 5}),
+            r"^umap: unknown key 'n_neighbor' \(did you mean 'n_neighbors'\?\)$",
+        ),
+        (
+            lambda p: st.report("x", "digits", p / "r.html", umap={"n_neighbors": 1}),
+            r"^umap: n_neighbors: Input should be greater than or equal to 2 \(got 1\)$",
+        ),
+        (
+            lambda p: st.report("x", "digits", p / "r.html", umap={"metric": "bogus"}),
+            r"^umap: metric: Input should be 'cosine', .* \(got 'bogus'\)$",
+        ),
         (lambda p: st.probe("x", random_init=True), r"^give a target or random_init=True, not both \(x would not be evaluated\)$"),
-        (lambda p: st.probe("x", backbone="resnet50"), r"^backbone= chooses the random_init=True baseline; a target's own backbone is evaluated$"),
+        (
+            lambda p: st.probe("x", backbone="resnet50"),
+            r"^backbone= chooses the random_init=True baseline; a target's own backbone is evaluated$",
+        ),
         (lambda p: st.probe("x", p / "missing.yaml"), r"^config file does not exist: .*missing\.yaml$"),
-        (lambda p: st.export_checkpoint("x", p / "b.bin", format="zip"), r"^export_checkpoint\(\): format: Input should be 'safetensors', 'timm', 'torch' or 'onnx'"),
+        (
+            lambda p: st.export_checkpoint("x", p / "b.bin", format="zip"),
+            r"^export_checkpoint\(\): format: Input should be 'safetensors', 'timm', 'torch' or 'onnx'",
+        ),
     ],
 )
 def test_a_wrong_argument_is_one_user_error_naming_it_before_any_work(tmp_path, call, message):
