@@ -410,6 +410,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # epoch-level metrics are logged anyway
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the run folder's own config.yaml
         try:
             trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)

@@ -27,6 +27,7 @@ epoch). The test split is only scored, once, after training; it never steers tra
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
@@ -275,7 +276,10 @@ class TrainedEvaluator(Evaluator):
         if self.settings.grad_checkpointing:
             set_grad_checkpointing(backbone, True)
         try:
-            trainer.fit(module, loader)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch name
+                warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # logger=False: nothing is logged
+                trainer.fit(module, loader)
         finally:
             if self.settings.grad_checkpointing:
                 set_grad_checkpointing(backbone, False)  # scoring runs without grad
