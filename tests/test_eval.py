@@ -70,6 +70,20 @@ def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():
     assert torch.allclose(scores, scores2)
 
 
+def test_a_feature_cache_entry_of_the_wrong_width_type_or_with_nan_is_recomputed(toolkit_home):
+    ctx = make_ctx("knn")
+    cache = FeatureCache()
+    first, hit = cache.features(ctx.model, ctx.source, "train", ctx.pre)
+    assert not hit
+    (entry,) = [p for p in (toolkit_home / "cache").rglob("*.pt") if torch.load(p, weights_only=True).shape[0] == len(ctx.source.train)]
+    good = torch.load(entry, weights_only=True)
+    for bad in (good[:, :3].clone(), good.double(), torch.full_like(good, float("nan")), good.long()):
+        torch.save(bad, entry)
+        again, hit = FeatureCache().features(ctx.model, ctx.source, "train", ctx.pre)
+        assert not hit and np.array_equal(again, first)
+    assert FeatureCache().features(ctx.model, ctx.source, "train", ctx.pre)[1]  # the recomputed entry is used again
+
+
 def test_the_feature_cache_tells_apart_networks_with_the_same_weights():
     """resnet18 with and without its stem max-pool has one state_dict; their features must not be shared."""
     from ssl_toolkit.eval.features import extract, model_fingerprint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -67,10 +68,29 @@ def test_a_corrupt_index_cache_is_rebuilt_not_trusted(tmp_path, toolkit_home):
     root = make_folder(tmp_path / "imgs")
     folder_index(root)
     (cache,) = (toolkit_home / "cache" / "index").glob("*.npz")
-    cache.write_bytes(b"not an npz file")
-    again = folder_index(root)
-    assert (again.cached, len(again)) == (False, 16)
-    assert folder_index(root).cached
+    good = {k: v for k, v in np.load(cache).items()}
+    meta = json.loads(good["meta"].tobytes().decode())
+
+    def edited(**change) -> bytes:
+        arrays = dict(good)
+        if "meta" in change:
+            arrays["meta"] = np.frombuffer(json.dumps({**meta, **change.pop("meta")}).encode(), np.uint8)
+        arrays.update(change)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    for bad in (
+        b"not an npz file",
+        b"",  # an empty file: numpy raises EOFError
+        edited(labels=np.full_like(good["labels"], 9)),  # labels beyond the classes
+        edited(meta={"classes": ["a"]}),
+        edited(meta={"n_train": 5000}),  # more train files than files
+    ):
+        cache.write_bytes(bad)
+        again = folder_index(root)
+        assert (again.cached, len(again), again.classes) == (False, 16, ["a", "b"])
+        assert folder_index(root).cached
 
 
 def test_fifos_dangling_links_and_directories_named_like_images_are_listed_as_unusable(tmp_path):
@@ -138,11 +158,13 @@ def test_streamed_statistics_are_cached_with_the_index_and_a_bad_entry_is_recomp
         b"not json",
         b'{"version": 1, "mean": [0.5], "std": [0.2]}',
         b'{"version": 1, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}',
+        b'{"version": 1, "mean": [0.5, 0.5, 0.5], "std": [0.2, 1e-30, 0.2]}',
+        b'{"version": 1, "mean": [0.5, 1e308, 0.5], "std": [0.2, 0.2, 0.2]}',
     ):
-        entry.write_bytes(bad)  # unreadable, wrong channel count, a zero std: recomputed, never trusted
+        entry.write_bytes(bad)  # unreadable, wrong channel count, a std or mean no [0, 1] pixels have: recomputed
         again = load_source(cfg)
         assert (again.mean, again.std) == (first.mean, first.std)
-    assert decoded == [folder_mod.STATS_SAMPLE] * 4
+    assert decoded == [folder_mod.STATS_SAMPLE] * 6
 
 
 def test_streaming_and_in_memory_folders_hold_the_same_images(tmp_path):

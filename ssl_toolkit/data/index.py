@@ -21,10 +21,10 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import Annotated, overload
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssl_toolkit.data.images import DEFAULT_MAX_PIXELS, SINGLE_CHANNEL_MODES
 from ssl_toolkit.data.layout import FolderLayout, folder_layout
@@ -192,12 +192,16 @@ def load_index(path: Path, root: Path) -> FileIndex | None:
             meta = IndexMeta.model_validate_json(z["meta"].tobytes().decode())
             arrays = {k: z[k] for k in ARRAYS}
             labels = z["labels"] if "labels" in z.files else None
-    except (OSError, ValueError, KeyError, ValidationError, zipfile.BadZipFile, json.JSONDecodeError):
+    except (OSError, EOFError, ValueError, KeyError, ValidationError, zipfile.BadZipFile, json.JSONDecodeError):
         return None
     n = meta.n
     if meta.version != INDEX_VERSION or any(a.shape != (n,) for a in arrays.values()) or (labels is not None and labels.shape != (n,)):
         return None
     if arrays["rel"].dtype.kind != "S" or (labels is not None and labels.dtype != np.int64):
+        return None
+    if meta.n_train is not None and not 0 <= meta.n_train <= n:
+        return None
+    if labels is not None and n and not 0 <= labels.min() <= labels.max() < len(meta.classes or ()):
         return None
     bad = [(str(b[0]), str(b[1])) for b in meta.bad]
     return FileIndex(root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=bad, cached=True, **arrays)
@@ -225,8 +229,8 @@ class CachedStats(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int
-    mean: list[float]
-    std: list[float]
+    mean: list[Annotated[float, Field(ge=0.0, le=1.0)]]  # of pixels on the [0, 1] scale
+    std: list[Annotated[float, Field(ge=1e-3, le=1.0)]]  # channel_stats clamps at 1e-3
 
 
 def stats_path(index: FileIndex, rows: np.ndarray, channels: int, size: int, max_pixels: int | None) -> Path | None:

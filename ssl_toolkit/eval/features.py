@@ -184,7 +184,7 @@ class FeatureCache:
         """
         images = getattr(source, split)
         path = self.path(fingerprint or model_fingerprint(model), source, split, pre)
-        cached = self._load(path, len(images))
+        cached = self._load(path, len(images), feature_dim(model))
         if cached is not None:
             if out is None:
                 return cached, True
@@ -202,17 +202,21 @@ class FeatureCache:
         return out, False
 
     @staticmethod
-    def _load(path: Path, rows: int) -> np.ndarray | None:
-        """The cached ``(rows, D)`` features memory-mapped, or ``None`` (missing, unreadable or stale)."""
+    def _load(path: Path, rows: int, dim: int) -> np.ndarray | None:
+        """The cached ``(rows, dim)`` float32 features memory-mapped, or ``None`` (missing, unreadable, stale or not finite)."""
         if not path.is_file():
             return None
         try:
             t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001  (an unreadable cache entry is recomputed)
             return None
-        if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == rows:
-            return t.float().numpy()
-        return None
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != (rows, dim):
+            return None
+        x = t.numpy()
+        for start in range(0, rows, 65536):  # a chunk at a time: the entry stays memory-mapped
+            if not np.isfinite(x[start : start + 65536]).all():
+                return None
+        return x
 
     def get(
         self,
