@@ -22,6 +22,10 @@ def _path_text(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
+ColorSpace = Literal["rgb", "hsv", "lab", "ycbcr", "gray"]
+Equalize = Literal["none", "global", "clahe"]
+Normalize = Literal["zscore", "minmax"]
+
 #: A name or a path: a ``pathlib.Path`` given from Python is taken as its text.
 PathText = Annotated[str, BeforeValidator(_path_text)]
 
@@ -76,9 +80,9 @@ class DataConfig(StrictModel):
     max_pixels: int | None = Field(default=60_000_000, ge=1)
     workers: int | None = Field(default=None, ge=0, le=64)
     labels: PathText | None = None
-    color_space: Literal["rgb", "hsv", "lab", "ycbcr", "gray"] = "rgb"
-    equalize: Literal["none", "global", "clahe"] = "none"
-    normalize: Literal["zscore", "minmax"] = "zscore"
+    color_space: ColorSpace = "rgb"
+    equalize: Equalize = "none"
+    normalize: Normalize = "zscore"
 
 
 class BackboneConfig(StrictModel):

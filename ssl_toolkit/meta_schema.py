@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ssl_toolkit.config import ColorSpace, Equalize, Normalize
 from ssl_toolkit.errors import UserError
 
 
@@ -44,18 +45,29 @@ class DatasetFacts(_Open):
     name: str | None = None
 
 
+class ProcessingMeta(BaseModel):
+    """``processing``: how the backbone's input pixels were prepared (``data.color_space``, ``equalize``, ``normalize``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    color_space: ColorSpace = "rgb"
+    equalize: Equalize = "none"
+    normalize: Normalize = "zscore"
+
+
 class BackboneMeta(_Open):
     """A backbone's metadata (the fields commands rely on; others pass through)."""
 
     backbone: BackboneMetaSpec
     task: str | None = None
-    image_size: int | None = Field(default=None, ge=1)
+    image_size: int | None = Field(default=None, ge=1, le=1024)  # data.image_size's range
     in_chans: int | None = Field(default=None, ge=1)
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0)]] | None = None
     epochs: int | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
     dataset: DatasetFacts | None = None
+    processing: ProcessingMeta | None = None
     probes: dict[str, ProbeSummary] = Field(default_factory=dict)
     created: str | None = None
     weights_file: str | None = None

@@ -88,6 +88,8 @@ def places(tmp_path_factory) -> dict[str, str]:
         ("bad-size", {"image_size": "abc"}),
         ("bad-kwargs", {"backbone": {"timm_name": "test_resnet", "kwargs": "x"}}),
         ("bad-name", {"backbone": {"timm_name": 18}}),
+        ("bad-processing", {"processing": {"foo": 1}}),
+        ("huge-size", {"image_size": 100000}),
     ):
         folder = badhome / "checkpoints" / entry
         _run_folder(folder, spec)
@@ -158,13 +160,15 @@ def test_list_marks_bad_metadata_unreadable_and_lists_the_rest(cli, places, monk
     rc, out, err = cli("checkpoints", "list")
     assert rc == 0 and err == "", err
     rows = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
-    assert sorted(rows) == ["bad-kwargs", "bad-name", "bad-probes", "bad-size", "good"]
+    assert sorted(rows) == ["bad-kwargs", "bad-name", "bad-probes", "bad-processing", "bad-size", "good", "huge-size"]
     assert "rotation" in rows["good"] and "unreadable meta.json" not in rows["good"]
     for name, field in (
         ("bad-probes", "probes"),
         ("bad-size", "image_size"),
         ("bad-kwargs", "backbone.kwargs"),
         ("bad-name", "backbone.timm_name"),
+        ("bad-processing", "processing.foo"),
+        ("huge-size", "image_size"),
     ):
         assert f"unreadable meta.json: {field}:" in rows[name], rows[name]
 
