@@ -20,11 +20,16 @@ def _umask() -> int:
     return mask
 
 
+def temp_prefix(name: str) -> str:
+    """``.NAME.`` for a temp file beside ``name``, ``NAME`` cut to 96 bytes so that any name the filesystem takes fits."""
+    return f".{os.fsencode(name)[:96].decode('utf-8', 'ignore')}."
+
+
 @contextmanager
 def _replacing(path: Path) -> Iterator[tuple[int, Path]]:
     """An open temp file beside ``path``, renamed onto it when the block succeeds, removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # the permissions open() would give, not mkstemp's 0600
         yield fd, Path(tmp)

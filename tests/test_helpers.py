@@ -46,6 +46,15 @@ def test_atomic_file_keeps_the_old_file_on_error_and_replaces_it_on_success(tmp_
     assert torch.equal(torch.load(path, weights_only=True), torch.arange(3)) and sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
 
 
+@pytest.mark.parametrize("name", ["E" * 251 + ".npz", "é" * 125 + ".html"])
+def test_the_longest_names_the_filesystem_takes_are_written_atomically(tmp_path, name):
+    from ssl_toolkit.atomic import atomic_write_text
+
+    assert len(name.encode()) == 255
+    atomic_write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_per_class_split_draws_the_asked_count_of_each_class_seeded():
     from ssl_toolkit.sampling import per_class_split
 

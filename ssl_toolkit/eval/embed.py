@@ -30,7 +30,7 @@ import numpy as np
 from torch import nn
 
 from ssl_toolkit.api import Positive, public
-from ssl_toolkit.atomic import atomic_file
+from ssl_toolkit.atomic import atomic_file, temp_prefix
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
@@ -186,7 +186,7 @@ def embed(
         meta_path = out.with_suffix(".meta.npz")
         write_npz(meta_path, arrays)
     else:  # a scratch memmap, packed into the .npz
-        fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npy", dir=out.parent)  # scratch, never renamed
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.stem), suffix=".npy", dir=out.parent)  # scratch, never renamed
         os.close(fd)
         scratch = Path(name)
         try:
