@@ -107,8 +107,8 @@ def pretrain(
         return {**plan.finished, "finished": True, "run_dir": str(plan.folder.path.resolve())}
     data = _build_data(plan)
     model = _build_model(plan, data)
-    _prepare_folder(plan, model, data)
     try:
+        _prepare_folder(plan, model, data)
         trainer, guard, seconds = _fit(plan, model, data)
         result = {} if trainer.global_rank != 0 else _finish(plan, model, data, trainer, guard, seconds)
     except BaseException as e:

@@ -39,6 +39,7 @@ class RunFolder:
     TENSORBOARD = "tensorboard"
     # what a previous run leaves and ``--overwrite`` removes
     RUN_FILES = (CONFIG, LAST, METRICS, "hparams.yaml", WEIGHTS, META, SKIPPED)
+    RUN_DIRS = (SAMPLES, PROBES, TENSORBOARD)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
@@ -131,16 +132,31 @@ class RunFolder:
 
         They wait in ``.replaced/`` until :meth:`settle_replaced` removes them (the new run
         finished, or was interrupted with a checkpoint to resume from) or puts them back (it
-        failed).
+        failed). A ``.replaced/`` already there holds the last run that was set aside and
+        never settled (its successor was killed): it stays, and that successor's files go.
         """
         if overwrite and self.path.is_dir():
             aside = self.path / self.REPLACED
-            shutil.rmtree(aside, ignore_errors=True)
-            for name in self.RUN_FILES:
-                if (self.path / name).is_file():
-                    aside.mkdir(exist_ok=True)
-                    os.replace(self.path / name, aside / name)
+            if aside.is_dir():
+                for name in self._left():
+                    _remove(self.path / name)
+            else:
+                moved: list[str] = []
+                try:
+                    for name in self._left():
+                        aside.mkdir(exist_ok=True)
+                        os.replace(self.path / name, aside / name)
+                        moved.append(name)
+                except OSError:
+                    for name in moved:  # all or nothing
+                        os.replace(aside / name, self.path / name)
+                    shutil.rmtree(aside, ignore_errors=True)
+                    raise
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def _left(self) -> list[str]:
+        """The run files and folders a previous run left here."""
+        return [n for n in (*self.RUN_FILES, *self.RUN_DIRS) if (self.path / n).is_file() or (self.path / n).is_dir()]
 
     def settle_replaced(self, failed: bool) -> None:
         """Drop the set-aside files of a previous run, or, when the new run ``failed``, remove
@@ -149,11 +165,10 @@ class RunFolder:
         if not aside.is_dir():
             return
         if failed:
-            for name in self.RUN_FILES:
-                if (aside / name).is_file():
+            for name in (*self.RUN_FILES, *self.RUN_DIRS):
+                _remove(self.path / name)
+                if (aside / name).exists():
                     os.replace(aside / name, self.path / name)
-                else:
-                    (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
@@ -171,6 +186,14 @@ class RunFolder:
         listed = {line.split("\t", 1)[0] for line in lines}
         lines += [f"{p}\t{why}" for p, why in skipped if p not in listed]
         atomic_write_bytes(self.skipped, "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def check_output_file(path: str | Path, what: str) -> Path:

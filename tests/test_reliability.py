@@ -266,20 +266,33 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     assert len(list((toolkit_home / "checkpoints").iterdir())) == 2  # the longer run is a new entry
 
 
-def test_an_overwrite_that_fails_gives_the_previous_run_back_and_one_that_finishes_replaces_it(tmp_path, one_thread):
+def test_an_overwrite_that_fails_gives_the_previous_run_back_and_one_that_finishes_replaces_it(tmp_path, one_thread, monkeypatch):
     cfg = tiny_config("rotation", epochs=1)
     cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
     run = tmp_path / "run"
     pretrain(cfg, out=run)
+    (run / "probes").mkdir()
+    (run / "probes" / "synthetic-linear-1.json").write_text('{"top1": 0.5}')  # the old run's probe result
     before = _tree_bytes(run)
     diverging = {**cfg, "trainer": {**cfg["trainer"], "lr": 1e300}}
     with pytest.raises(UserError, match="non-finite|not finite|nan"):
         pretrain(diverging, out=run, overwrite=True)
     assert _tree_bytes(run) == before and not (run / ".replaced").exists()
+
+    from ssl_toolkit.run_folder import RunFolder
+
+    def full_disk(self, resolved):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m, pytest.raises(OSError, match="No space left"):
+        m.setattr(RunFolder, "write_config", full_disk)  # fails while the folder is prepared, before training
+        pretrain(cfg, out=run, overwrite=True)
+    assert _tree_bytes(run) == before and not (run / ".replaced").exists()
+
     longer = {**cfg, "trainer": {**cfg["trainer"], "epochs": 2}}
     meta = pretrain(longer, out=run, overwrite=True)
     assert meta["epochs"] == 2 and json.loads((run / "meta.json").read_text())["epochs"] == 2
-    assert not (run / ".replaced").exists()
+    assert not (run / ".replaced").exists() and not (run / "probes").exists()  # the old run's results went with it
 
 
 def test_resume_accepts_how_long_and_how_progress_is_shown_and_refuses_the_rest(tmp_path):
