@@ -9,8 +9,9 @@ Every public function (:mod:`ssl_toolkit`'s ``pretrain``, ``probe``, ``embed``, 
   (``Positive`` and ``Seed`` carry the command line's ranges); a wrong type or value is a
   one-line :class:`~ssl_toolkit.errors.UserError` naming the argument, before any work;
 - the global random generators (``random``, NumPy, torch), the environment variables that
-  Lightning's seeding and the run set, and the Lightning loggers' levels are restored when
-  it returns, so a notebook's own random streams go on where they were.
+  Lightning's seeding and the run set, the Lightning loggers' levels and the SIGINT/SIGTERM
+  handlers are restored when it returns, so a notebook's own random streams go on where
+  they were and Ctrl-C still works after an interrupted call.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import inspect
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +89,7 @@ def config_fields(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[
 
 @contextmanager
 def kept_global_state() -> Iterator[None]:
-    """Restore the random generators, the run's environment variables and Lightning's log levels on exit."""
+    """Restore the random generators, the run's environment variables, Lightning's log levels and the signal handlers on exit."""
     np, torch = sys.modules.get("numpy"), sys.modules.get("torch")  # generators the caller has not imported are not the caller's
     py = random.getstate()
     npy = np.random.get_state() if np is not None else None
@@ -94,9 +97,14 @@ def kept_global_state() -> Iterator[None]:
     cuda = torch.cuda.get_rng_state_all() if torch is not None and torch.cuda.is_initialized() else None
     env = {k: os.environ.get(k) for k in PROCESS_ENV}
     levels = {n: logging.getLogger(n).level for n in LOGGERS}
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         yield
     finally:
+        for sig, handler in handlers.items():  # Lightning ignores Ctrl-C while it shuts down after one
+            if handler is not None:
+                signal.signal(sig, handler)
         random.setstate(py)
         if np is not None:
             np.random.set_state(npy)

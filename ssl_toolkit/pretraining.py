@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -374,7 +373,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     )
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
-    from ssl_toolkit.trainer import build_trainer, quiet_lightning, restore_metrics
+    from ssl_toolkit.trainer import build_trainer, lightning_interrupts, quiet_lightning, restore_metrics
 
     t, folder = plan.cfg.trainer, plan.folder
     r = model.resolved["trainer"]
@@ -413,22 +412,13 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # epoch-level metrics are logged anyway
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the run folder's own config.yaml
         try:
-            trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)
+            with lightning_interrupts(trainer, f"checkpoint saved, continue with: ssl pretrain --resume {folder}"):
+                trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
             kept = (
                 f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
             )
             raise UserError(f"training stopped: {e}; {kept}") from None
-        except SIGTERMException:
-            raise Interrupted(
-                f"terminated at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 143
-            ) from None
-        except SystemExit:
-            if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
-                raise Interrupted(
-                    f"interrupted at step {trainer.global_step}; checkpoint saved, continue with: ssl pretrain --resume {folder}", 130
-                ) from None
-            raise
     return trainer, guard, time.time() - start
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,6 +211,28 @@ def oversubscription_line(trainer: L.Trainer) -> str | None:
     return (
         f"trainer: {processes} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)"
     )
+
+
+@contextmanager
+def lightning_interrupts(trainer: L.Trainer, after: str) -> Iterator[None]:
+    """Turn Lightning's graceful stop on Ctrl-C (``SystemExit``) and SIGTERM into :class:`Interrupted` (exit 130, 143).
+
+    Args:
+        trainer: The Trainer whose ``fit`` runs in the block.
+        after: What the message says after the step, e.g. where the checkpoint is.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ssl_toolkit.errors import Interrupted
+
+    try:
+        yield
+    except SIGTERMException:
+        raise Interrupted(f"terminated at step {trainer.global_step}; {after}", 143) from None
+    except SystemExit:
+        if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
+            raise Interrupted(f"interrupted at step {trainer.global_step}; {after}", 130) from None
+        raise
 
 
 def quiet_lightning() -> None:

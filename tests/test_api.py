@@ -154,3 +154,30 @@ def test_the_checkpoint_library_functions_mirror_the_checkpoints_command(run, tm
     assert added["name"] == "copy" and {e["name"] for e in st.list_checkpoints()} == {entry["name"], "copy"}
     assert Path(st.remove_checkpoint("copy")).name == "copy"
     assert [e["name"] for e in st.list_checkpoints()] == [entry["name"]]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(None, 130), ("SIGTERM", 143)])
+def test_a_fine_tune_interrupted_by_ctrl_c_or_sigterm_exits_130_or_143_writing_nothing(run, monkeypatch, signum, code):
+    import signal
+
+    from ssl_toolkit.errors import Interrupted
+    from ssl_toolkit.evaluators.finetune import FinetuneModule
+
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(run.parent / "home"))
+    real_step = FinetuneModule.training_step
+
+    def interrupted_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            if signum is None:
+                raise KeyboardInterrupt  # what Ctrl-C raises in the training loop
+            os.kill(os.getpid(), getattr(signal, signum))  # Lightning's handler stops at the next batch
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(FinetuneModule, "training_step", interrupted_step)
+    handler = signal.getsignal(signal.SIGINT)
+    probes = sorted((run / "probes").glob("*")) if (run / "probes").is_dir() else []
+    with pytest.raises(Interrupted, match=r"^(interrupted|terminated) at step \d+; nothing was written$") as e:
+        st.probe(run, {"mode": "finetune", "epochs": 3, "batch_size": 16})
+    assert e.value.exit_code == code
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C works again in the calling process
+    assert (sorted((run / "probes").glob("*")) if (run / "probes").is_dir() else []) == probes

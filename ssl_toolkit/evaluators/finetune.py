@@ -47,7 +47,7 @@ from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 from ssl_toolkit.recompute import check_grad_checkpointing, set_grad_checkpointing
 from ssl_toolkit.small_map_conv import convert_small_map_convs, restore_convs, use_small_map_conv
-from ssl_toolkit.trainer import quiet_lightning
+from ssl_toolkit.trainer import lightning_interrupts, quiet_lightning
 
 if TYPE_CHECKING:
     from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
@@ -276,7 +276,7 @@ class TrainedEvaluator(Evaluator):
         if self.settings.grad_checkpointing:
             set_grad_checkpointing(backbone, True)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), lightning_interrupts(trainer, "nothing was written"):
                 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch name
                 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # logger=False: nothing is logged
                 trainer.fit(module, loader)
