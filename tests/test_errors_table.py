@@ -186,8 +186,16 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing_behind(cli, places, full_disk):
-    rc, out, err = cli("checkpoints", "export", places["run"], "--out", str(full_disk / "b.safetensors"))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("checkpoints", "export", "{run}", "--out", "{disk}/b.safetensors"),
+        ("embed", "{run}", "--data", "digits", "--out", "{disk}/e.npz"),  # written through a memory map: reserved first
+        ("embed", "{run}", "--data", "digits", "--out", "{disk}/e.npy"),
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(cli, places, full_disk, command):
+    rc, out, err = cli(*(a.format(run=places["run"], disk=full_disk) for a in command))
     assert rc == 2 and err.strip().splitlines() == [err.strip()] and err.startswith("error: No space left on device"), err
     assert list(full_disk.iterdir()) == []
 

@@ -17,6 +17,7 @@ Output of :func:`embed`:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -207,6 +208,19 @@ def embed(
     }
 
 
+def reserve_disk(path: Path) -> None:
+    """Allocate ``path``'s blocks for its whole length (``posix_fallocate``) where the filesystem can."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # not supported here: written as before
+                return
+            raise
+
+
 def _check_out(out: str | Path, split: str) -> Path:
     """The output path, checked before anything is read or written."""
     out = Path(out).expanduser()
@@ -236,6 +250,7 @@ class _Rows:
         """Write the ``(N, D)`` float32 rows to ``npy``; returns the row arrays and the metadata."""
         cache = FeatureCache()
         emb = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
+        reserve_disk(npy)  # a full disk is an OSError now, not a SIGBUS when a row is written through the map
         row = 0
         for s in self.splits:
             _, hit = cache.features(
