@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ssl_toolkit._version import __version__
 from ssl_toolkit.api import Flag, config_fields, public
+from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.errors import Interrupted, UserError
 from ssl_toolkit.run_folder import RunFolder
@@ -42,6 +43,7 @@ class Plan:
     name: str | None
     primary: bool  # False in the extra processes a DDP launcher starts
     finished: dict[str, Any] | None = None  # meta.json of a finished run that has nothing left to train
+    saved_config: bytes | None = None  # a resumed run's config.yaml as it was, until its checkpoint has loaded
 
 
 @dataclass
@@ -349,6 +351,7 @@ def _prepare_folder(plan: Plan, model: RunModel, data: RunData) -> None:
             os.environ[RUN_DIR_ENV] = str(plan.folder.path.resolve())
             report_skipped(data.source, plan.folder, strict=False, resume=plan.resume)
             if not plan.resume or plan.folder.read_config() != model.resolved:
+                plan.saved_config = plan.folder.config.read_bytes() if plan.resume else None
                 plan.folder.write_config(model.resolved)
         except OSError:
             if created and plan.folder.path.is_dir() and not any(plan.folder.path.iterdir()):
@@ -419,6 +422,16 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
                 f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
             )
             raise UserError(f"training stopped: {e}; {kept}") from None
+        except RuntimeError as e:
+            if ckpt_path is None or "Error(s) in loading state_dict" not in str(e):
+                raise
+            detail = " ".join(str(e).split("\n\t", 1)[-1].split())
+            if plan.saved_config is not None:  # the requested change is not kept for a run that cannot go on
+                atomic_write_bytes(folder.config, plan.saved_config)
+            raise UserError(
+                f"cannot resume {folder}: last.ckpt does not fit the network its config.yaml describes "
+                f"({detail[:160]}{'...' if len(detail) > 160 else ''}); was config.yaml edited?"
+            ) from None
     return trainer, guard, time.time() - start
 
 

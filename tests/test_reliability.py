@@ -295,6 +295,23 @@ def test_an_overwrite_that_fails_gives_the_previous_run_back_and_one_that_finish
     assert not (run / ".replaced").exists() and not (run / "probes").exists()  # the old run's results went with it
 
 
+def test_resuming_from_a_config_yaml_edited_by_hand_to_another_network_is_one_line(tmp_path, one_thread):
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    run = tmp_path / "run"
+    pretrain(cfg, out=run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["task_config"]["hidden_dim"] = 7  # another head: the checkpoint's weights no longer fit
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = _tree_bytes(run)
+    with pytest.raises(
+        UserError,
+        match=r"^cannot resume .*run: last.ckpt does not fit the network its config.yaml describes \(.*\); was config.yaml edited\?$",
+    ):
+        pretrain({"trainer": {"epochs": 2}}, resume=run)
+    assert _tree_bytes(run) == before
+
+
 def test_resume_accepts_how_long_and_how_progress_is_shown_and_refuses_the_rest(tmp_path):
     from ssl_toolkit.config import PretrainConfig
     from ssl_toolkit.resume import resume_config
