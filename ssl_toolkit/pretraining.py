@@ -27,6 +27,7 @@ from ssl_toolkit.api import Flag, config_fields, public
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.errors import Interrupted, UserError
+from ssl_toolkit.folder_lock import FolderLock
 from ssl_toolkit.run_folder import RunFolder
 
 RUN_DIR_ENV = "SSL_TOOLKIT_RUN_DIR"
@@ -44,6 +45,7 @@ class Plan:
     primary: bool  # False in the extra processes a DDP launcher starts
     finished: dict[str, Any] | None = None  # meta.json of a finished run that has nothing left to train
     saved_config: bytes | None = None  # a resumed run's config.yaml as it was, until its checkpoint has loaded
+    lock: FolderLock | None = None  # held by the primary process while it writes the folder
 
 
 @dataclass
@@ -106,20 +108,24 @@ def pretrain(
     plan = plan_run(config, out, overwrite, resume, name)
     if plan.finished is not None:
         return {**plan.finished, "finished": True, "run_dir": str(plan.folder.path.resolve())}
-    data = _build_data(plan)
-    model = _build_model(plan, data)
     try:
-        _prepare_folder(plan, model, data)
-        trainer, guard, seconds = _fit(plan, model, data)
-        result = {} if trainer.global_rank != 0 else _finish(plan, model, data, trainer, guard, seconds)
-    except BaseException as e:
-        if plan.primary:  # --overwrite: a failed run gives the old one back; an interrupted one can resume
-            resumable = isinstance(e, Interrupted | KeyboardInterrupt) and plan.folder.last_ckpt.is_file()
-            plan.folder.settle_replaced(failed=not resumable)
-        raise
-    if plan.primary:
-        plan.folder.settle_replaced(failed=False)
-    return result
+        data = _build_data(plan)
+        model = _build_model(plan, data)
+        try:
+            _prepare_folder(plan, model, data)
+            trainer, guard, seconds = _fit(plan, model, data)
+            result = {} if trainer.global_rank != 0 else _finish(plan, model, data, trainer, guard, seconds)
+        except BaseException as e:
+            if plan.primary:  # --overwrite: a failed run gives the old one back; an interrupted one can resume
+                resumable = isinstance(e, Interrupted | KeyboardInterrupt) and plan.folder.last_ckpt.is_file()
+                plan.folder.settle_replaced(failed=not resumable)
+            raise
+        if plan.primary:
+            plan.folder.settle_replaced(failed=False)
+        return result
+    finally:
+        if plan.lock is not None:
+            plan.lock.release()
 
 
 # --------------------------------------------------------------------------- stage 1: the plan
@@ -161,8 +167,13 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
     if primary:
         check_library_writable()
-        if resume is None:
-            folder.check_new(overwrite)
+        plan.lock = FolderLock(folder.path).acquire()  # before the folder is judged: a second writer waits for nothing
+        try:
+            if resume is None:
+                folder.check_new(overwrite)
+        except BaseException:
+            plan.lock.release()
+            raise
     return plan
 
 

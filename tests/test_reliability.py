@@ -295,6 +295,26 @@ def test_an_overwrite_that_fails_gives_the_previous_run_back_and_one_that_finish
     assert not (run / ".replaced").exists() and not (run / "probes").exists()  # the old run's results went with it
 
 
+def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_holds_it(tmp_path, one_thread):
+    from ssl_toolkit.folder_lock import FolderLock
+
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    run = tmp_path / "run"
+    first = FolderLock(run).acquire()  # what a running ssl pretrain holds
+    with pytest.raises(
+        UserError, match=rf"^{run} is being written by another ssl pretrain \(pid {os.getpid()}\); wait for it or choose another --out$"
+    ):
+        pretrain(cfg, out=run)
+    assert not run.exists()
+    first.release()
+    pretrain(cfg, out=run)  # free again; and each call lets go when it returns or fails
+    with pytest.raises(UserError, match="unknown dataset"):  # found when the data loads, with the lock held
+        pretrain({**cfg, "data": {**cfg["data"], "name": "no-such-data"}}, out=run, overwrite=True)
+    pretrain(cfg, out=run, overwrite=True)
+    assert FolderLock(run).acquire() is not None
+
+
 def test_resuming_from_a_config_yaml_edited_by_hand_to_another_network_is_one_line(tmp_path, one_thread):
     cfg = tiny_config("rotation", epochs=1)
     cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)

@@ -1,0 +1,54 @@
+"""One writer per run folder: ``ssl pretrain`` holds an exclusive lock on its ``--out`` (or
+``--resume``) folder while it writes there, so that a second process aimed at the same folder
+is refused in one line instead of interleaving its files with the first's.
+
+The lock is an ``flock`` on a file under ``$SSL_TOOLKIT_HOME/locks/`` named by the folder's
+resolved path (the run folder itself gets nothing before the run is checked); the system
+releases it when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ssl_toolkit.errors import UserError
+from ssl_toolkit.settings import toolkit_home
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder path, held until :meth:`release`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        key = hashlib.sha256(os.fsencode(folder.resolve())).hexdigest()[:32]
+        self.path = toolkit_home() / "locks" / f"{key}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        """Take the lock, or raise a :class:`UserError` naming the process that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{self.folder} is being written by another ssl pretrain (pid {holder}); wait for it or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let the folder go (closing the file releases the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
