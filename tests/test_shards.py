@@ -208,3 +208,23 @@ def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tm
     for e in range(epoch + 1, 4):
         rows = [row for ep, row in after if ep == e]
         assert len(rows) == len(set(rows)) == 2 * per_epoch, (e, epoch, sorted({ep for ep, _ in after}), len(after))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_workers(tmp_path, signum, code, what):
+    root = make_folder(tmp_path / "imgs", n_per_class=150, size=(320, 240))
+    out = tmp_path / "sh"
+    args = [sys.executable, "-m", "ssl_toolkit", "shard", str(root), "--out", str(out), "--workers", "2", "--chunk-bytes", "64kb"]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".sh.partial-*/train")):
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.5)  # litdata's workers are writing
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and err.strip().splitlines()[-1] == f"{what}: no shards were written", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # neither --out nor the partial folder
+    time.sleep(1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # and no worker writes on

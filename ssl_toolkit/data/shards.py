@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -302,10 +304,25 @@ def load_shards(root: str, image_size: int | None) -> DataSource:
 
 def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int, cfg: Any) -> dict[str, Any]:
     """Write ``folder`` (an image folder) as litdata shards into ``out`` (see the module docstring)."""
-    from ssl_toolkit.atomic import atomic_write_text
+    from ssl_toolkit.atomic import temp_prefix
     from ssl_toolkit.data.folder import load_folder
 
     source = load_folder(Path(folder), cfg.model_copy(update={"stream": True, "image_size": image_size}))
+    final, out = out, out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # renamed onto --out when complete
+    try:
+        with _stoppable_workers():
+            result = _write_splits(source, folder, out, image_size, chunk_bytes, workers)
+        os.replace(out, final)  # --out is absent or an empty folder
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return {**result, "out": str(final)}
+
+
+def _write_splits(source: DataSource, folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int) -> dict[str, Any]:
+    """The shards, labels and facts of ``source``'s splits, written into ``out``."""
+    from ssl_toolkit.atomic import atomic_write_text
+
     multilabel = source.target_kind == "multilabel"
     counts, skipped = {}, list(source.skipped)
     for split_name in ("train", "test"):
@@ -352,7 +369,51 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     if skipped:
         atomic_write_text(out / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in skipped))
     atomic_write_text(out / INFO_FILE, info.model_dump_json(indent=1))
-    return {**info.model_dump(), "out": str(out), "skipped": len(skipped)}
+    return {**info.model_dump(), "skipped": len(skipped)}
+
+
+@contextmanager
+def _stoppable_workers() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop litdata's worker processes and become :class:`Interrupted` (130, 143).
+
+    ``litdata.optimize`` answers SIGINT by ending the process with exit status 0
+    (``os._exit(0)`` in ``DataProcessor._signal_handler``) and leaves its workers running on
+    SIGTERM. Here SIGTERM is passed on as SIGINT, and the handler terminates the workers and
+    raises, so the caller can remove the partial output.
+    """
+    import signal
+
+    from litdata.processing import data_processor
+
+    from ssl_toolkit.errors import Interrupted
+
+    received: list[int] = []
+
+    def stop(processor: Any, signum: int, frame: Any) -> None:
+        for w in getattr(processor, "workers", None) or []:
+            w.terminate()
+        for w in getattr(processor, "workers", None) or []:
+            w.join(10)
+        raise KeyboardInterrupt
+
+    def term(signum: int, frame: Any) -> None:
+        received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    original = data_processor.DataProcessor._signal_handler
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    data_processor.DataProcessor._signal_handler = stop
+    signal.signal(signal.SIGTERM, term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        code, what = (143, "terminated") if received else (130, "interrupted")
+        raise Interrupted(f"{what}: no shards were written", code) from None
+    finally:
+        data_processor.DataProcessor._signal_handler = original
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _decodable(paths: list[str]) -> list[str | None]:
