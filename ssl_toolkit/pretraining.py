@@ -119,6 +119,8 @@ def pretrain(
             if plan.primary:  # --overwrite: a failed run gives the old one back; an interrupted one can resume
                 resumable = isinstance(e, Interrupted | KeyboardInterrupt) and plan.folder.last_ckpt.is_file()
                 plan.folder.settle_replaced(failed=not resumable)
+                if resumable and isinstance(e, KeyboardInterrupt):  # outside Lightning's loop, e.g. while the backbone is saved
+                    raise Interrupted(f"interrupted; checkpoint saved, continue with: ssl pretrain --resume {plan.folder}", 130) from None
             raise
         if plan.primary:
             plan.folder.settle_replaced(failed=False)
