@@ -33,15 +33,23 @@ class FolderLock:
         except ImportError:  # no flock on this platform: no lock
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "another process"
-            os.close(fd)
-            raise UserError(
-                f"{self.folder} is being written by another ssl pretrain (pid {holder}); wait for it or choose another --out"
-            ) from None
+        for _ in range(2):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                if holder.isdigit() and not _alive(int(holder)):
+                    # the writer is gone; what holds the lock is a DataLoader worker it forked, orphaned for a moment
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise UserError(
+                    f"{self.folder} is being written by another ssl pretrain (pid {holder or '?'}); wait for it or choose another --out"
+                ) from None
+        else:
+            raise UserError(f"{self.folder} is locked by processes that are gone; remove {self.path} and try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -52,3 +60,14 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -315,6 +315,35 @@ def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_holds_it(tmp
     assert FolderLock(run).acquire() is not None
 
 
+def test_a_lock_left_to_a_forked_worker_of_a_killed_run_is_taken_over(tmp_path):
+    from ssl_toolkit.folder_lock import FolderLock
+
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from ssl_toolkit.folder_lock import FolderLock\n"
+        "FolderLock(Path(sys.argv[1])).acquire()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    null = os.open(os.devnull, os.O_RDWR)\n"
+        "    os.dup2(null, 1), os.dup2(null, 2)\n"  # let the test's pipes close
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os._exit(0)\n"  # the run dies; its forked DataLoader worker still holds the lock's file
+    )
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    orphan = int(done.stdout)
+    try:
+        lock = FolderLock(run).acquire()
+        lock.release()
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+
+
 def test_resuming_from_a_config_yaml_edited_by_hand_to_another_network_is_one_line(tmp_path, one_thread):
     cfg = tiny_config("rotation", epochs=1)
     cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
