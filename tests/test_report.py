@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import re
 import shutil
 import tempfile
@@ -257,3 +258,32 @@ def test_training_curves_come_from_the_lightning_csv(built):
     epochs, top1 = series["online_top1"]
     assert epochs == [1.0, 2.0, 3.0] and top1 == pytest.approx([0.4, 0.5, 0.6])
     assert len(series["loss_step"][0]) == 12
+
+
+def test_a_ctrl_c_swallowed_inside_umap_still_stops_the_report_before_it_writes(built, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import ssl_toolkit as st
+    from ssl_toolkit.eval import analysis
+
+    root, _, _ = built
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
+    real = analysis.umap_projection
+
+    def swallowing(*args, **kwargs):  # what numba's compiler does with an exception raised while it compiles
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "umap_projection", swallowing)
+    out = tmp_path / "r.html"
+    out.write_text("the old report")
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        st.report(root / "run", {"name": str(root / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 10})
+    assert out.read_text() == "the old report" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
+    assert signal.getsignal(signal.SIGINT) is handler

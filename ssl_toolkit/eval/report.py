@@ -38,6 +38,7 @@ from ssl_toolkit.eval.run_record import latest_samples, pick_confusion, read_cur
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
 from ssl_toolkit.html_page import data_uri, render_page
 from ssl_toolkit.run_folder import check_output_file
+from ssl_toolkit.sigint import remembered_sigint
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -326,26 +327,28 @@ def report(
     with _timed(seconds, "features"):
         sides = _Sides.of(source, split)
         qx, gx = _features(model, source, pre, sides, device, batch_size)
-    with _timed(seconds, "analysis"):
-        query_split = getattr(source, sides.query_name)
-        an = analyze(
-            qx,
-            query_split.labels.numpy() if sides.labelled else None,
-            gx,
-            source.train.labels.numpy() if sides.labelled and sides.two else None,
-            num_classes=source.num_classes or None,
-            clusters=clusters,
-            umap_params=umap_params,
-            ivf_threshold=ivf_threshold,
-            grid_per_class=queries_per_class,
-            seed=seed,
-        )
-    with _timed(seconds, "plots"):
-        figures = _figures(an, source, sides, folder, meta)
-    with _timed(seconds, "render"):
-        html = render(_context(an, source, sides, figures, meta, str(target), umap_params))
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_path, html)
+    with remembered_sigint() as check_sigint:
+        with _timed(seconds, "analysis"):
+            query_split = getattr(source, sides.query_name)
+            an = analyze(
+                qx,
+                query_split.labels.numpy() if sides.labelled else None,
+                gx,
+                source.train.labels.numpy() if sides.labelled and sides.two else None,
+                num_classes=source.num_classes or None,
+                clusters=clusters,
+                umap_params=umap_params,
+                ivf_threshold=ivf_threshold,
+                grid_per_class=queries_per_class,
+                seed=seed,
+            )
+        with _timed(seconds, "plots"):
+            figures = _figures(an, source, sides, folder, meta)
+        with _timed(seconds, "render"):
+            html = render(_context(an, source, sides, figures, meta, str(target), umap_params))
+            check_sigint()  # a Ctrl-C that numba swallowed under UMAP still stops the report before it writes
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_path, html)
     seconds["total"] = time.perf_counter() - t0
     summary = an.summary()
     return {
