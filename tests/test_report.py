@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import re
 import shutil
 import tempfile
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
