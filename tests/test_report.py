@@ -282,8 +282,11 @@ def test_a_ctrl_c_swallowed_inside_umap_still_stops_the_report_before_it_writes(
     monkeypatch.setattr(analysis, "umap_projection", swallowing)
     out = tmp_path / "r.html"
     out.write_text("the old report")
-    handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        st.report(root / "run", {"name": str(root / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 10})
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl report` process
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            st.report(root / "run", {"name": str(root / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 10})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)
     assert out.read_text() == "the old report" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
-    assert signal.getsignal(signal.SIGINT) is handler
