@@ -46,7 +46,7 @@ LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightn
 
 def public(func: F) -> F:
     """Check ``func``'s arguments against its annotations and keep the caller's global state (module docstring)."""
-    checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True, strict=False))(func)
+    checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
     parameters = inspect.signature(func).parameters
 
     @functools.wraps(func)
@@ -57,13 +57,14 @@ def public(func: F) -> F:
             except ValidationError as e:
                 if e.title != func.__name__:  # raised inside the function, not by the argument check
                     raise
-                raise UserError(argument_error(func.__name__, e, list(parameters), parameters)) from None
+                raise UserError(argument_error(func.__name__, e, parameters)) from None
 
     return call  # type: ignore[return-value]
 
 
-def argument_error(name: str, e: ValidationError, order: list[str], parameters: Any) -> str:
+def argument_error(name: str, e: ValidationError, parameters: Mapping[str, inspect.Parameter]) -> str:
     """One line for the first argument ``e`` refuses: its name, what it should be, what it got."""
+    order = list(parameters)
     err = e.errors()[0]
     where = err["loc"][0] if err["loc"] else ""
     arg = order[where] if isinstance(where, int) and where < len(order) else str(where)
