@@ -3,8 +3,9 @@
 is refused in one line instead of interleaving its files with the first's.
 
 The lock is an ``flock`` on a file under ``$SSL_TOOLKIT_HOME/locks/`` named by the folder's
-resolved path (the run folder itself gets nothing before the run is checked); the system
-releases it when the process ends, however it ends.
+resolved path (the run folder itself gets nothing before the run is checked). It goes when
+the process and the DataLoader workers it forked have closed the file; a lock whose recorded
+pid is gone (its workers outlived a killed run for a moment) is taken over.
 """
 
 from __future__ import annotations
