@@ -11,24 +11,35 @@ Python API (mirrors the ``ssl`` command line)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ssl_toolkit._version import __version__
 from ssl_toolkit.api import Flag, public
+from ssl_toolkit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ssl_toolkit.eval.embed import embed
+    from ssl_toolkit.eval.probe import probe
+    from ssl_toolkit.eval.report import report
+    from ssl_toolkit.inspection import inspect_data
+    from ssl_toolkit.pretraining import pretrain
+
+# The functions that need torch are imported on first use, so that ``import ssl_toolkit`` (and
+# ``ssl --help``) stays light; each is the real function, with its own signature and docstring.
+__getattr__, _lazy_dir = lazy_exports(
+    __name__,
+    {
+        "pretrain": "ssl_toolkit.pretraining",
+        "probe": "ssl_toolkit.eval.probe",
+        "embed": "ssl_toolkit.eval.embed",
+        "report": "ssl_toolkit.eval.report",
+        "inspect_data": "ssl_toolkit.inspection",
+    },
+)
 
 
-def pretrain(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Pretrain a backbone; see :func:`ssl_toolkit.pretraining.pretrain`."""
-    from ssl_toolkit.pretraining import pretrain as _pretrain
-
-    return _pretrain(*args, **kwargs)
-
-
-def probe(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate a backbone; see :func:`ssl_toolkit.eval.probe.probe`."""
-    from ssl_toolkit.eval.probe import probe as _probe
-
-    return _probe(*args, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_lazy_dir()))
 
 
 @public
@@ -38,27 +49,6 @@ def load_backbone(target: str | Path) -> tuple[Any, dict[str, Any]]:
 
     model, meta, _ = load_backbone_any(target)
     return model, meta
-
-
-def embed(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Write a dataset's embeddings to .npz/.npy; see :func:`ssl_toolkit.eval.embed.embed`."""
-    from ssl_toolkit.eval.embed import embed as _embed
-
-    return _embed(*args, **kwargs)
-
-
-def report(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Write the HTML analysis report; see :func:`ssl_toolkit.eval.report.report`."""
-    from ssl_toolkit.eval.report import report as _report
-
-    return _report(*args, **kwargs)
-
-
-def inspect_data(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Inspect a dataset (facts, labels, duplicates, leakage); see :func:`ssl_toolkit.inspection.inspect_data`."""
-    from ssl_toolkit.inspection import inspect_data as _inspect_data
-
-    return _inspect_data(*args, **kwargs)
 
 
 @public

@@ -11,7 +11,11 @@ Every public function (:mod:`ssl_toolkit`'s ``pretrain``, ``probe``, ``embed``, 
 - the global random generators (``random``, NumPy, torch), the environment variables that
   Lightning's seeding and the run set, the Lightning loggers' levels and the SIGINT/SIGTERM
   handlers are restored when it returns, so a notebook's own random streams go on where
-  they were and Ctrl-C still works after an interrupted call.
+  they were and Ctrl-C still works after an interrupted call;
+- an error it raises names the function's arguments and config keys (``out``,
+  ``overwrite=True``, ``trainer.backbone_chunk=null in the config``) where the command line's
+  names its options (``--out``, ``--overwrite``, ``--set trainer.backbone_chunk=null``): the
+  ``ssl`` command runs inside :func:`command_line`, and a call from Python outside it.
 """
 
 from __future__ import annotations
@@ -21,17 +25,19 @@ import inspect
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import ConfigDict, Field, StrictBool, ValidationError, validate_call
 
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.errors import Interrupted, UserError
 
 Positive = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -42,6 +48,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Set by Lightning's ``seed_everything`` and by a run for its DDP processes.
 PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR")
 LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+_CALLER: ContextVar[str] = ContextVar("ssl_toolkit_caller", default="python")
+#: Options whose Python name is a config key, not an argument of the same name.
+_CONFIG_KEYS = {
+    "strict": "data.strict",
+    "logger": "trainer.logger",
+    "augment": "evaluator_config.augment",
+    "freeze-stages": "evaluator_config.freeze_stages",
+}
+# the command line's wording, in the order they are rewritten (the resume hint before the bare option)
+_PYTHON_TERMS = (
+    (re.compile(r"ssl pretrain --resume (\S+)"), lambda m: f"pretrain(resume={m[1]!r})"),
+    (re.compile(r"(?<![\w/.-])--set (\S+?)(?=[;,)]|\s|$)"), lambda m: f"{m[1]} in the config"),
+    (re.compile(r"(?<![\w/.-])--overwrite\b"), lambda m: "overwrite=True"),
+    (re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)( (?=[/~.'\"]))?"), lambda m: python_name(m[1]) + ("=" if m[2] else "")),
+)
 
 
 def public(func: F) -> F:
@@ -58,8 +80,34 @@ def public(func: F) -> F:
                 if e.title != func.__name__:  # raised inside the function, not by the argument check
                     raise
                 raise UserError(argument_error(func.__name__, e, parameters)) from None
+            except (UserError, Interrupted) as e:
+                if _CALLER.get() == "python" and e.args:
+                    e.args = (in_python_terms(str(e.args[0])), *e.args[1:])
+                raise
 
     return call  # type: ignore[return-value]
+
+
+@contextmanager
+def command_line() -> Iterator[None]:
+    """Inside, errors keep the command line's option names (``--out``); the ``ssl`` command runs in it."""
+    token = _CALLER.set("command line")
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def python_name(option: str) -> str:
+    """The argument or config key of the command line's ``--option``."""
+    return _CONFIG_KEYS.get(option, option.replace("-", "_"))
+
+
+def in_python_terms(message: str) -> str:
+    """``message`` with the command line's options named as the Python API's arguments and config keys."""
+    for pattern, words in _PYTHON_TERMS:
+        message = pattern.sub(words, message)
+    return message
 
 
 def argument_error(name: str, e: ValidationError, parameters: Mapping[str, inspect.Parameter]) -> str:

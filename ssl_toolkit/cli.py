@@ -136,9 +136,12 @@ def run() -> None:
     Usage errors (unknown command or option, a bad value) and operating-system errors met
     while reading or writing (a full disk, a read-only folder) are one line too.
     """
+    from ssl_toolkit.api import command_line
+
     _register_commands()
     try:
-        rc = main.main(prog_name="ssl", standalone_mode=False)
+        with command_line():
+            rc = main.main(prog_name="ssl", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except UserError as e:

@@ -64,7 +64,7 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
             lambda p: st.embed("x", "digits", p / "e.npz", split="val"),
             r"^embed\(\): split: Input should be 'train', 'test' or 'all' \(got 'val'\)$",
         ),
-        (lambda p: st.embed("x", "digits", p / "e.npz", device="tpu"), r"^--device 'tpu' is not a device; use cpu, cuda or cuda:N$"),
+        (lambda p: st.embed("x", "digits", p / "e.npz", device="tpu"), r"^device='tpu' is not a device; use cpu, cuda or cuda:N$"),
         (
             lambda p: st.report("x", "digits", p / "r.html", clusters=0),
             r"^report\(\): clusters: Input should be greater than or equal to 1 \(got 0\)$",
@@ -109,14 +109,49 @@ def test_report_embed_and_inspect_refuse_to_write_over_a_runs_own_files(tmp_path
     (folder / "config.yaml").write_text("task: rotation\n")
     (folder / "metrics.csv").write_text("epoch\n")
     calls = [
-        (lambda: st.report("x", "digits", folder / "config.yaml"), "--out"),
-        (lambda: st.inspect_data("digits", out=folder / "metrics.csv"), "--out"),
-        (lambda: st.inspect_data("digits", dedupe_list=str(folder / "config.yaml")), "--dedupe-list"),
+        (lambda: st.report("x", "digits", folder / "config.yaml"), "out"),
+        (lambda: st.inspect_data("digits", out=folder / "metrics.csv"), "out"),
+        (lambda: st.inspect_data("digits", dedupe_list=str(folder / "config.yaml")), "dedupe_list"),
     ]
     for call, option in calls:
-        with pytest.raises(UserError, match=f"^{option} .* would replace a file of the run or backbone in .*; choose another name$"):
+        with pytest.raises(UserError, match=f"^{option}=.* would replace a file of the run or backbone in .*; choose another name$"):
             call()
     assert (folder / "config.yaml").read_text() == "task: rotation\n" and (folder / "metrics.csv").read_text() == "epoch\n"
+
+
+def test_the_top_level_functions_are_the_documented_ones_with_their_signatures():
+    import inspect
+
+    from ssl_toolkit.eval.probe import probe
+    from ssl_toolkit.pretraining import pretrain
+
+    assert st.pretrain is pretrain and st.probe is probe
+    assert list(inspect.signature(st.pretrain).parameters) == ["config", "out", "overwrite", "resume", "name"]
+    assert list(inspect.signature(st.embed).parameters)[:3] == ["target", "data", "out"]
+    assert "Args:" in (st.report.__doc__ or "") and "Args:" in (st.inspect_data.__doc__ or "")
+    assert {"pretrain", "probe", "embed", "report", "inspect_data"} <= set(dir(st))
+
+
+def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the_command_line(run, tmp_path, cli):
+    from ssl_toolkit.api import in_python_terms
+
+    folder = tmp_path / "e.npz"
+    folder.mkdir()
+    with pytest.raises(UserError, match=rf"^out={folder} is a folder$"):
+        st.embed(run, out=folder)
+    run_copy = tmp_path / "r"
+    run_copy.mkdir()
+    (run_copy / "x").write_text("")
+    with pytest.raises(UserError, match=rf"use overwrite=True to replace them or resume={run_copy} to continue$"):
+        st.pretrain(tiny_config("rotation", epochs=1), out=run_copy)
+    code, _, err = cli("pretrain", "--task", "rotation", "--out", run_copy)
+    assert (code, err) == (
+        2,
+        f"error: {run_copy} already holds files; use --overwrite to replace them or --resume {run_copy} to continue\n",
+    )
+    assert in_python_terms("(--set trainer.backbone_chunk=null keeps it)") == "(trainer.backbone_chunk=null in the config keeps it)"
+    assert in_python_terms("continue with: ssl pretrain --resume /r") == "continue with: pretrain(resume='/r')"
+    assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages 9)"
 
 
 def test_paths_are_taken_wherever_a_name_or_folder_is():

@@ -303,7 +303,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_holds_it(tmp
     run = tmp_path / "run"
     first = FolderLock(run).acquire()  # what a running ssl pretrain holds
     with pytest.raises(
-        UserError, match=rf"^{run} is being written by another ssl pretrain \(pid {os.getpid()}\); wait for it or choose another --out$"
+        UserError, match=rf"^{run} is being written by another ssl pretrain \(pid {os.getpid()}\); wait for it or choose another out$"
     ):
         pretrain(cfg, out=run)
     assert not run.exists()
