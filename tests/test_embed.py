@@ -125,3 +125,7 @@ def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
     with np.load(tmp_path / "f.npz") as z:
         assert len(z["embeddings"]) == 12 and list(z["classes"]) == ["a", "b"]
         assert all(str(i).endswith(".png") for i in z["ids"])
+    code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "g.npz", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])  # the documented last line
+    assert (result["path"], result["rows"], result["splits"]) == (str(tmp_path / "g.npz"), 12, {"train": 10, "test": 2})

@@ -44,6 +44,6 @@ def embed(target, data, out, split, batch_size, device, as_json) -> None:
         ("seconds", f"{result['seconds']:.1f}"),
     ]
     echo_rows(rows)
+    click.echo(f"embeddings: {result['path']}")
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
-    click.echo(f"embeddings: {result['path']}")
