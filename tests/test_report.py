@@ -192,6 +192,10 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
     assert 'id="umap"' in html and html.count('class="query"') > 0
     code, _, err = cli("report", tmp_path / "missing-run", "--data", flat)
     assert code == 2 and len(err.strip().splitlines()) == 1
+    code, stdout, err = cli("report", root / "run", "--data", root / "imgs", "--out", tmp_path / "l.html", "--clusters", "1000000")
+    assert code == 0, err
+    row = next(line for line in stdout.splitlines() if line.startswith("k-means NMI / ARI"))
+    assert row.split(None, 4)[4] == "not run: k = 1,000,000 needs at least 2,000,000 points (2 per cluster); there are 60"
 
 
 def browser():
@@ -290,3 +294,62 @@ def test_a_ctrl_c_swallowed_inside_umap_still_stops_the_report_before_it_writes(
     finally:
         signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)
     assert out.read_text() == "the old report" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_report_states_the_values_it_used_and_leaves_out_damaged_run_files(built, tmp_path, monkeypatch, capsys):
+    import ssl_toolkit as st
+
+    root, _, _ = built
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    (run / "metrics.csv").write_bytes(b"epoch,loss\nfoo,bar\n\x00\xff\n")
+    (run / "samples" / "epoch009.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a picture")
+    Image.new("RGB", (30, 20), (5, 90, 200)).save(run / "samples" / "epoch009b.png")
+    capsys.readouterr()
+    out = tmp_path / "r.html"
+    data = {"name": str(root / "imgs"), "test_fraction": 0.5}
+    result = st.report(run, data, out=out, umap={"n_neighbors": 10**12}, clusters=10**6, split="test")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("warning: ") for line in err), err
+    assert "metrics.csv cannot be read (not UTF-8 text: byte 20)" in err[0] and "epoch009.png is left out" in err[1]
+    # leave-one-out on the 150 test images: 149 others per query
+    assert result["knn_k"] == {"1": 1, "20": 20, "200": 149} and result["umap"]["n_neighbors"] == 149
+    assert result["umap"]["n_neighbors_asked"] == 10**12 and "nmi_mean" not in result["clusters"]
+    assert result["clusters"]["not_run"] == "k = 1,000,000 needs at least 2,000,000 points (2 per cluster); there are 150"
+    html = out.read_text(encoding="utf-8")
+    assert "kNN top-1 (%), k = 149 (asked 200; each query has 149 other images)" in html
+    assert "n_neighbors = 149 (asked 1000000000000; at most the 150 points less one)" in html
+    assert 'id="kmeans-nmi"' not in html and "k-means: not run, so no NMI or ARI: k = 1,000,000 needs" in html
+    assert 'id="training"' not in html and 'alt="epoch009b.png"' in html and 'alt="epoch009.png"' not in html
+
+
+def test_long_and_bidi_class_names_stay_on_screen_and_read_as_written(built, tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+
+    import ssl_toolkit as st
+
+    root, _, _ = built
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
+    names = ["L" * 200, "\u202egnp.exe", "\u3000\u00a0"]
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray((rng.random((16, 16, 3)) * 60 + 60 * k).astype(np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    out = tmp_path / "names.html"
+    st.report(root / "run", {"name": str(tmp_path / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 5})
+    html = out.read_text(encoding="utf-8")
+    assert "\u202e" not in html and "[U+202E]gnp.exe" in html
+    driver, profile = browser()
+    try:
+        driver.get(out.resolve().as_uri())
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0
+        shown = sorted(e.text for e in driver.find_elements(By.CSS_SELECTOR, "td.class-name"))
+        assert shown == sorted(["L" * 200, "[U+202E]gnp.exe", "'\\u3000\\xa0'"])
+        table = driver.find_element(By.ID, "classes")
+        assert table.rect["x"] + table.rect["width"] <= driver.execute_script("return document.documentElement.clientWidth")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -74,7 +74,14 @@ def report(
         rows += [(f"kNN top-1 k={k} (%)", f"{100 * v:.2f}") for k, v in result["knn"].items()]
         rows += [(f"Recall@{k} (%)", f"{100 * v:.2f}") for k, v in result["recall"].items()]
         rows.append(("mAP@R (%)", f"{100 * result['map_at_r']:.2f}"))
-        rows.append(("k-means NMI / ARI", f"{result['clusters']['nmi_mean']:.3f} / {result['clusters']['ari_mean']:.3f}"))
+        clusters = result["clusters"]
+        scored = "nmi_mean" in clusters
+        rows.append(
+            (
+                "k-means NMI / ARI",
+                f"{clusters['nmi_mean']:.3f} / {clusters['ari_mean']:.3f}" if scored else f"not run: {clusters['not_run']}",
+            )
+        )
     rows.append(("seconds", f"{result['seconds']['total']:.1f}"))
     echo_rows(rows)
     click.echo(f"report: {result['path']}")

@@ -29,7 +29,7 @@ from ssl_toolkit.eval.neighbours import (
     neighbours,
     recall_at_k,
 )
-from ssl_toolkit.eval.projection import UmapParams, umap_projection
+from ssl_toolkit.eval.projection import UmapParams, neighbours_used, umap_projection
 from ssl_toolkit.sampling import per_class_picks
 
 __all__ = ["DEFAULT_IVF_THRESHOLD", "KNN_KS", "RECALL_KS", "Analysis", "UmapParams", "analyze"]
@@ -41,17 +41,21 @@ class Analysis:
 
     Attributes:
         search: How neighbours were searched.
-        knn: ``{k: top-1}`` (empty without labels).
-        recall: ``{k: Recall@k}`` (empty without labels).
+        knn: ``{k: top-1}`` (empty without labels), keyed by the ``k`` asked (see :meth:`k_used`).
+        recall: ``{k: Recall@k}`` (empty without labels), keyed by the ``k`` asked.
         map_at_r: mAP@R (``None`` without labels).
         map_r_cap: Largest ``R`` used (``R`` is capped at the neighbours fetched).
         clusters: k-means results (on the query set).
         umap: ``(M, 2)`` coordinates of the query rows in ``umap_index``.
         umap_index: Rows of the query set that were projected.
+        umap_settings: The UMAP settings used (``n_neighbors`` as run, at most the points
+            projected less one; ``n_neighbors_asked`` as asked); empty without a projection.
         grid_queries: Query rows shown in neighbour grids.
         grid_neighbours: ``(len(grid_queries), 5)`` gallery rows of their top-5.
         grid_sims: Cosine similarities of those neighbours.
-        per_class_knn: kNN top-1 per class at the middle ``k`` (``None`` for a class without queries).
+        per_class_knn: kNN top-1 per class at ``k = 20`` (``k_used(20)``; ``None`` for a class without queries).
+        per_query: Gallery items each query can be matched with (the gallery, less itself
+            for leave-one-out): every ``k`` of kNN and Recall@k is capped at it.
         n_queries: Query points.
         temperature: kNN vote temperature.
         seconds: Time per stage.
@@ -65,26 +69,37 @@ class Analysis:
     clusters: ClusterResult
     umap: np.ndarray
     umap_index: np.ndarray
+    umap_settings: dict[str, Any]
     grid_queries: np.ndarray
     grid_neighbours: np.ndarray
     grid_sims: np.ndarray
     per_class_knn: list[float | None]
+    per_query: int
     n_queries: int
     temperature: float
     seconds: dict[str, float]
 
+    def k_used(self, k: int) -> int:
+        """The number of neighbours a figure asked for ``k`` actually used (``k`` capped at :attr:`per_query`)."""
+        return min(k, self.per_query)
+
     def summary(self) -> dict[str, Any]:
-        """JSON-able figures (no arrays)."""
+        """JSON-able figures (no arrays); ``knn_k`` and ``recall_k`` map each ``k`` asked to the ``k`` used."""
         return {
             "search": asdict(self.search) | {"description": self.search.describe()},
             "knn": {str(k): v for k, v in self.knn.items()},
+            "knn_k": {str(k): self.k_used(k) for k in self.knn},
             "recall": {str(k): v for k, v in self.recall.items()},
+            "recall_k": {str(k): self.k_used(k) for k in self.recall},
             "map_at_r": self.map_at_r,
             "map_r_cap": self.map_r_cap,
             "clusters": self.clusters.summary(),
             "per_class_knn": self.per_class_knn,
+            "per_class_knn_k": self.k_used(20),
+            "per_query": self.per_query,
             "n_queries": self.n_queries,
             "umap_points": int(len(self.umap_index)),
+            "umap": self.umap_settings,
             "temperature": self.temperature,
             "seconds": self.seconds,
         }
@@ -172,7 +187,8 @@ def analyze(
         gallery: ``(N_g, D)`` features (the training split); ``None`` = leave-one-out on ``queries``.
         gallery_labels: ``(N_g,)`` labels (ignored for leave-one-out).
         num_classes: ``K`` (default: from the labels).
-        clusters: k-means ``k`` (default ``K``, or 10 without labels).
+        clusters: k-means ``k`` (default ``K``, or 10 without labels); k-means is skipped with
+            fewer than 2 points per cluster (see :mod:`ssl_toolkit.eval.clustering`).
         umap_params: UMAP settings.
         ivf_threshold: Gallery size from which the search is approximate (IVF).
         temperature: kNN vote temperature.
@@ -199,9 +215,15 @@ def analyze(
     seconds["kmeans"] = time.perf_counter() - t
 
     coords, keep = np.zeros((0, 2), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    umap_settings: dict[str, Any] = {}
     if project:
         t = time.perf_counter()
-        coords, keep = umap_projection(queries, lab.query if lab else None, umap_params)
+        params = umap_params or UmapParams()
+        coords, keep = umap_projection(queries, lab.query if lab else None, params)
+        umap_settings = params.model_dump() | {
+            "n_neighbors": neighbours_used(params.n_neighbors, len(keep)),
+            "n_neighbors_asked": params.n_neighbors,
+        }
         seconds["umap"] = time.perf_counter() - t
 
     grid_q = per_class_picks(len(queries), lab.query if lab else None, grid_per_class, grid_max, seed)
@@ -214,10 +236,12 @@ def analyze(
         clusters=clus,
         umap=coords,
         umap_index=keep,
+        umap_settings=umap_settings,
         grid_queries=grid_q,
         grid_neighbours=idx[grid_q, : min(5, idx.shape[1])],
         grid_sims=sims[grid_q, : min(5, sims.shape[1])],
         per_class_knn=scores.per_class,
+        per_query=int(len(queries) - 1 if gallery is None else len(gallery)),
         n_queries=int(len(queries)),
         temperature=temperature,
         seconds={k: round(v, 3) for k, v in seconds.items()},

@@ -1,4 +1,9 @@
-"""k-means of embeddings with FAISS, scored against labels by NMI and ARI."""
+"""k-means of embeddings with FAISS, scored against labels by NMI and ARI.
+
+k-means runs only when there are at least ``MIN_POINTS_PER_CLUSTER`` points per cluster:
+with about one point per cluster every point is its own cluster, and NMI and ARI score the
+partition of the points rather than the embeddings (1.000 for any features).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 from ssl_toolkit.flat_index import unit_rows
 
 SMALL_KMEANS_WORK = 200_000_000  # points x dims x clusters below which k-means runs on one thread
+MIN_POINTS_PER_CLUSTER = 2
 
 
 def contingency_scores(labels: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
@@ -64,19 +70,24 @@ class ClusterResult:
     Attributes:
         k: Clusters.
         seeds: Seeds run.
-        nmi: NMI per seed (empty without labels).
-        ari: ARI per seed (empty without labels).
-        assignments: Clusters of the run with the best objective.
+        points: Points clustered.
+        nmi: NMI per seed (empty without labels, or when not run).
+        ari: ARI per seed (empty without labels, or when not run).
+        assignments: Clusters of the run with the best objective (``None`` when not run).
+        not_run: Why k-means did not run (too few points for ``k``), else ``None``.
     """
 
     k: int
     seeds: list[int]
+    points: int = 0
     nmi: list[float] = field(default_factory=list)
     ari: list[float] = field(default_factory=list)
     assignments: np.ndarray | None = None
+    not_run: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"k": self.k, "seeds": self.seeds}
+        """JSON-able figures: ``k``, ``seeds``, ``points``, ``not_run`` and, when scored, NMI and ARI."""
+        out: dict[str, Any] = {"k": self.k, "seeds": self.seeds, "points": self.points, "not_run": self.not_run}
         if self.nmi:
             out.update(
                 nmi_mean=float(np.mean(self.nmi)),
@@ -90,8 +101,17 @@ class ClusterResult:
 
 
 def cluster(x: np.ndarray, k: int, labels: np.ndarray | None = None, seeds: tuple[int, ...] = (0, 1, 2)) -> ClusterResult:
-    """k-means with each seed; NMI and ARI against ``labels`` when given."""
-    res = ClusterResult(k=k, seeds=list(seeds))
+    """k-means with each seed; NMI and ARI against ``labels`` when given.
+
+    With fewer than ``MIN_POINTS_PER_CLUSTER * k`` points nothing runs and
+    :attr:`ClusterResult.not_run` says why.
+    """
+    res = ClusterResult(k=k, seeds=list(seeds), points=len(x))
+    if len(x) < MIN_POINTS_PER_CLUSTER * k:
+        res.not_run = (
+            f"k = {k:,} needs at least {MIN_POINTS_PER_CLUSTER * k:,} points ({MIN_POINTS_PER_CLUSTER} per cluster); there are {len(x):,}"
+        )
+        return res
     best = np.inf
     for seed in seeds:
         assign, obj = kmeans(x, k, seed)

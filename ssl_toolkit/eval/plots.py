@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 
 DPI = 110
 PALETTE = "tab10"
+PLOT_LIMIT = 1e100  # values beyond +-this are not drawn: matplotlib's axis limits and ticks overflow near 1e308
+LEGEND_CHARS = 40  # longer legend entries are shortened with an ellipsis
 
 
 def to_png(fig: Figure) -> bytes:
@@ -43,15 +45,19 @@ def training_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]
         series: ``name -> (x, y)``: ``loss_step`` and ``loss_epoch`` against the global step,
             ``pretext_acc``, ``online_top1`` and ``online_train_top1`` against the epoch.
 
+    Points with a coordinate beyond ``PLOT_LIMIT`` in size are left out, and the panel's
+    title says how many.
+
     Returns:
         PNG bytes, or ``None`` when there is nothing to draw.
     """
+    drawable, dropped = _drawable(series)
     panels = [
         ("loss", "step", [("loss_step", "per step", 0.4), ("loss_epoch", "epoch mean", 1.0)]),
         ("pretext accuracy", "epoch", [("pretext_acc", "train", 1.0)]),
         ("online linear top-1", "epoch", [("online_top1", "test", 1.0), ("online_train_top1", "train", 0.6)]),
     ]
-    panels = [(t, xl, [c for c in curves if series.get(c[0]) and len(series[c[0]][0])]) for t, xl, curves in panels]
+    panels = [(t, xl, [c for c in curves if c[0] in drawable and len(drawable[c[0]][0])]) for t, xl, curves in panels]
     panels = [p for p in panels if p[2]]
     if not panels:
         return None
@@ -59,10 +65,11 @@ def training_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, xlabel, curves) in zip(axes, panels):
         for name, label, alpha in curves:
-            x, y = series[name]
+            x, y = drawable[name]
             marker = "o" if len(x) <= 30 and name != "loss_step" else None
             ax.plot(x, y, marker=marker, markersize=4, alpha=alpha, label=label)
-        ax.set_title(title, fontsize=10)
+        left_out = sum(dropped.get(name, 0) for name, _, _ in curves)
+        ax.set_title(title + (f" ({left_out} point(s) beyond ±{PLOT_LIMIT:.0e} not drawn)" if left_out else ""), fontsize=10)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
@@ -72,6 +79,23 @@ def training_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]
             ax.legend(fontsize=8)
     fig.tight_layout()
     return to_png(fig)
+
+
+def _drawable(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """The finite points of each series within ``PLOT_LIMIT``, and how many were left out per series."""
+    kept, dropped = {}, {}
+    for name, (x, y) in series.items():
+        xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        ok = np.isfinite(xa) & np.isfinite(ya) & (np.abs(xa) <= PLOT_LIMIT) & (np.abs(ya) <= PLOT_LIMIT)
+        kept[name], dropped[name] = (xa[ok], ya[ok]), int((~ok).sum())
+    return kept, dropped
+
+
+def legend_label(name: str) -> str:
+    """A legend entry: at most ``LEGEND_CHARS`` characters (a longer name ends in an ellipsis)."""
+    return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 1] + "…"
 
 
 def umap_scatter(coords: np.ndarray, groups: np.ndarray | None, names: Sequence[str] | None, title: str) -> bytes:
@@ -94,7 +118,7 @@ def umap_scatter(coords: np.ndarray, groups: np.ndarray | None, names: Sequence[
         colours = class_colours(n)
         for g in ids:
             sel = groups == g
-            label = names[g] if names is not None and g < len(names) else str(g)
+            label = legend_label(names[g]) if names is not None and g < len(names) else str(g)
             ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=colours[g], alpha=0.75, linewidths=0, label=label)
         ncol = 1 if len(ids) <= 15 else 2 if len(ids) <= 40 else 3
         if len(ids) <= 60:

@@ -26,6 +26,11 @@ class UmapParams(BaseModel):
     max_points: int = Field(default=5000, ge=1)
 
 
+def neighbours_used(n_neighbors: int, points: int) -> int:
+    """The ``n_neighbors`` UMAP runs with on ``points`` points: at most ``points - 1``, at least 2."""
+    return max(2, min(n_neighbors, points - 1))
+
+
 def knn_graph(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Exact ``k``-neighbour graph (self first) with FAISS for UMAP, for the ``cosine`` and ``euclidean`` metrics.
 
@@ -67,7 +72,7 @@ def umap_projection(x: np.ndarray, labels: np.ndarray | None = None, params: Uma
     sub = np.ascontiguousarray(x[keep], dtype=np.float32)
     if len(sub) < 4:
         return np.zeros((len(sub), 2), dtype=np.float32), keep
-    n_neighbors = max(2, min(params.n_neighbors, len(sub) - 1))
+    n_neighbors = neighbours_used(params.n_neighbors, len(sub))
     graph = knn_graph(sub, n_neighbors, params.metric)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -14,6 +14,7 @@ sample grids of tasks that save pictures (``<run>/samples/*.png``); see
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +35,12 @@ from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
-from ssl_toolkit.eval.run_record import latest_samples, pick_confusion, read_curves, read_probes, sample_picture
+from ssl_toolkit.eval.run_record import UnreadableFile, latest_samples, pick_confusion, read_curves, read_probes, sample_picture
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
-from ssl_toolkit.html_page import data_uri, render_page
+from ssl_toolkit.html_page import data_uri, render_page, shown_name
 from ssl_toolkit.run_folder import check_output_file
 from ssl_toolkit.sigint import remembered_sigint
+from ssl_toolkit.terminal import terminal_safe
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -78,6 +80,20 @@ def _duration(seconds: float) -> str:
     minutes, s = divmod(int(round(seconds)), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
+
+
+def warn(text: str) -> None:
+    """One ``warning: ...`` line on stderr (the report goes on without the part it names)."""
+    print(f"warning: {terminal_safe(text)}", file=sys.stderr, flush=True)
+
+
+def k_text(k: int, an: Analysis) -> str:
+    """``k`` as a figure used it, saying when it was capped, e.g. ``45 (asked 200; the gallery has 45 images)``."""
+    used = an.k_used(k)
+    if used == k:
+        return str(k)
+    room = f"each query has {an.per_query:,} other images" if an.search.leave_one_out else f"the gallery has {an.per_query:,} images"
+    return f"{used} (asked {k}; {room})"
 
 
 def _pct(v: float | None) -> str:
@@ -198,19 +214,30 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
     classes = source.classes if sides.labelled else None
     probes = read_probes(folder, meta)
     confusion = pick_confusion(probes, source.name)
-    curves = plots.training_curves(read_curves(folder / "metrics.csv")) if folder is not None else None
+    curves = _curves(folder / "metrics.csv") if folder is not None else None
+    assign = an.clusters.assignments
     if sides.labelled:
-        groups, names, colour_by = query_split.labels.numpy()[an.umap_index], classes, "class"
+        groups, names, colour = query_split.labels.numpy()[an.umap_index], [shown_name(c) for c in classes or []], ", coloured by class"
+    elif assign is not None:
+        groups, names, colour = assign[an.umap_index], [f"cluster {c}" for c in range(an.clusters.k)], ", coloured by k-means cluster"
     else:
-        assign = an.clusters.assignments
-        groups = None if assign is None else assign[an.umap_index]
-        names, colour_by = [f"cluster {c}" for c in range(an.clusters.k)], "k-means cluster"
+        groups, names, colour = None, None, ""
     scatter = None
     if len(an.umap):
-        title = f"UMAP of {len(an.umap):,} {sides.query_name} embeddings, coloured by {colour_by}"
+        title = f"UMAP of {len(an.umap):,} {sides.query_name} embeddings{colour}"
         scatter = plots.umap_scatter(an.umap, groups, names, title)
-    conf_png = plots.confusion_heatmap(np.asarray(confusion["confusion"]), confusion["classes"]) if confusion else None
+    conf_png = (
+        plots.confusion_heatmap(np.asarray(confusion["confusion"]), [shown_name(str(c)) for c in confusion["classes"]])
+        if confusion
+        else None
+    )
     sample_epoch, sample_files = latest_samples(folder)
+    samples = []
+    for path in sample_files:
+        try:
+            samples.append(sample_picture(path))
+        except UnreadableFile as e:
+            warn(f"{path} is left out of the report: {e}")
     gallery_split = source.train if sides.two else query_split
     return {
         "probes": probes,
@@ -223,10 +250,19 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
         }
         if confusion and conf_png
         else None,
-        "samples": [sample_picture(p) for p in sample_files],
+        "samples": samples,
         "sample_epoch": sample_epoch,
         "grids": grid_rows(an, query_split, gallery_split, classes, sides.labelled),
     }
+
+
+def _curves(path: Path) -> bytes | None:
+    """The training curves of ``metrics.csv``; ``None`` with one warning when it cannot be read."""
+    try:
+        return plots.training_curves(read_curves(path))
+    except UnreadableFile as e:
+        warn(f"{path} cannot be read ({e}): the report has no training curves")
+        return None
 
 
 def class_rows(source: Any, an: Analysis) -> list[dict[str, Any]]:
@@ -245,9 +281,7 @@ def class_rows(source: Any, an: Analysis) -> list[dict[str, Any]]:
     ]
 
 
-def _context(
-    an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], meta: dict[str, Any], target: str, umap_params: UmapParams
-) -> dict[str, Any]:
+def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], meta: dict[str, Any], target: str) -> dict[str, Any]:
     """Everything ``templates/report.html`` shows."""
     summary = an.summary()
     assign = an.clusters.assignments
@@ -264,14 +298,19 @@ def _context(
         "n_queries": an.n_queries,
         "n_gallery": an.search.n_gallery,
         "search": an.search.describe(),
-        "knn": [{"k": k, "id": f"knn-acc-{k}", "value": an.knn[k], "text": _pct(an.knn[k])} for k in KNN_KS if k in an.knn],
-        "recall": [{"k": k, "id": f"recall-{k}", "value": an.recall[k], "text": _pct(an.recall[k])} for k in RECALL_KS if k in an.recall],
+        "knn": [{"k": k_text(k, an), "id": f"knn-acc-{k}", "value": an.knn[k], "text": _pct(an.knn[k])} for k in KNN_KS if k in an.knn],
+        "recall": [
+            {"k": k_text(k, an), "id": f"recall-{k}", "value": an.recall[k], "text": _pct(an.recall[k])}
+            for k in RECALL_KS
+            if k in an.recall
+        ],
+        "class_k": k_text(20, an),
         "map_at_r": None if an.map_at_r is None else {"value": an.map_at_r, "text": _pct(an.map_at_r), "cap": an.map_r_cap},
         "temperature": an.temperature,
         "clusters": summary["clusters"],
         "cluster_sizes": np.bincount(assign, minlength=an.clusters.k).tolist() if assign is not None else [],
         "class_rows": class_rows(source, an) if sides.labelled and source.classes else [],
-        "umap": {"points": int(len(an.umap)), "total": an.n_queries, **vars(umap_params)},
+        "umap": {"points": int(len(an.umap)), "total": an.n_queries, **an.umap_settings},
         "skipped": len(source.skipped),
         "multilabel_rows": multilabel_rows(source, figures["probes"], _pct) if sides.multilabel else [],
     }
@@ -345,7 +384,7 @@ def report(
         with _timed(seconds, "plots"):
             figures = _figures(an, source, sides, folder, meta)
         with _timed(seconds, "render"):
-            html = render(_context(an, source, sides, figures, meta, str(target), umap_params))
+            html = render(_context(an, source, sides, figures, meta, str(target)))
             check_sigint()  # a Ctrl-C that numba swallowed under UMAP still stops the report before it writes
             out_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_path, html)

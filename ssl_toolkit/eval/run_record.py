@@ -1,4 +1,8 @@
-"""What a run folder records for its report: training curves, probe results, sample pictures."""
+"""What a run folder records for its report: training curves, probe results, sample pictures.
+
+A damaged file raises :class:`UnreadableFile` (the report leaves that part out with a
+warning); a missing one is simply absent.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,32 @@ from ssl_toolkit.html_page import data_uri
 
 CURVE_COLUMNS = ("loss_step", "loss_epoch", "pretext_acc", "online_top1", "online_train_top1")
 EPOCH_IN_NAME = re.compile(r"epoch[-_]?(\d+)", re.IGNORECASE)
+PAGE_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
+
+
+class UnreadableFile(Exception):
+    """A file of the run folder exists but cannot be read as what it should be (the message says why)."""
 
 
 def read_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
-    """Series of Lightning's ``metrics.csv``: losses against the step, epoch metrics against the epoch (1-based)."""
+    """Series of Lightning's ``metrics.csv``: losses against the step, epoch metrics against the epoch (1-based).
+
+    Cells that are not finite numbers are skipped; a missing file gives no series.
+
+    Raises:
+        UnreadableFile: The file is not UTF-8 CSV text (or cannot be read at all).
+    """
+    try:
+        return _read_curves(path) if path.is_file() else {}
+    except UnicodeDecodeError as e:
+        raise UnreadableFile(f"not UTF-8 text: byte {e.start}") from None
+    except (OSError, csv.Error) as e:
+        raise UnreadableFile(str(e)) from None
+
+
+def _read_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
     series: dict[str, tuple[list[float], list[float]]] = {}
-    if not path.is_file():
-        return series
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             for col in CURVE_COLUMNS:
                 value = _number(row.get(col))
@@ -39,7 +61,9 @@ def read_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
     return series
 
 
-def _number(text: str | None) -> float | None:
+def _number(text: str | list[str] | None) -> float | None:
+    if not isinstance(text, str):  # a row longer than the header puts a list under the key None
+        return None
     try:
         value = float(text) if text not in (None, "") else None
     except ValueError:
@@ -86,14 +110,23 @@ def latest_samples(folder: Path | None) -> tuple[int | None, list[Path]]:
 
 
 def sample_picture(path: Path, max_width: int = 1100) -> dict[str, Any]:
-    """A saved sample grid for the page: its bytes as a data URI and a display width (small grids scaled up to 4x)."""
+    """A saved sample grid for the page: its bytes as a data URI and a display width (small grids scaled up to 4x).
+
+    Raises:
+        UnreadableFile: The bytes do not decode as a PNG, JPEG, GIF or WebP image.
+    """
+    import io
+
     from PIL import Image
 
-    data = path.read_bytes()
     try:
-        with Image.open(path) as im:
-            width = int(im.width)
-    except OSError:
-        width = max_width
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            kind, width = im.format, int(im.width)
+            im.load()  # decodes every pixel: a truncated or corrupt file fails here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableFile(f"not a readable image ({type(e).__name__}: {e})") from None
+    if kind not in PAGE_IMAGE_TYPES:
+        raise UnreadableFile(f"a {kind} image, which browsers do not show")
     scale = max(1, min(4, max_width // max(width, 1)))
-    return {"src": data_uri(data), "name": path.name, "width": min(width * scale, max_width)}
+    return {"src": data_uri(data, PAGE_IMAGE_TYPES[kind]), "name": path.name, "width": min(width * scale, max_width)}

@@ -41,13 +41,17 @@ class Thumbnails:
 
 
 def histogram_rows(hist: dict[str, list], fmt: Callable[[float], str] = lambda v: f"{v:g}") -> list[dict[str, Any]]:
-    """Rows (label, count, percent of the largest bin) for a CSS bar chart."""
+    """Rows (label, count, percent of the largest bin) for a CSS bar chart.
+
+    A bin whose two edges read the same (one value, or a range narrower than ``fmt``
+    shows) is labelled with that one value.
+    """
     edges, counts = hist["edges"], hist["counts"]
     top = max(counts) if counts else 1
     rows = []
     for k, c in enumerate(counts):
-        lo, hi = edges[k], edges[k + 1]
-        label = fmt(lo) if lo == hi else f"{fmt(lo)} - {fmt(hi)}"
+        lo, hi = fmt(edges[k]), fmt(edges[k + 1])
+        label = lo if lo == hi else f"{lo} - {hi}"
         rows.append({"label": label, "count": c, "pct": round(100.0 * c / top, 1) if top else 0})
     return rows
 
