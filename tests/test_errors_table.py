@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -49,6 +50,11 @@ def places(tmp_path_factory) -> dict[str, str]:
         for i in range(6):
             Image.new("RGB", (16, 16), (40 * i, 10, 10)).save(root / name / f"{i}.png")
     (root / "mixed" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "nested" / "a" / "b").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(root / "nested" / "a" / "b" / "x.png")
+    badname = os.fsdecode(os.fsencode(root) + b"/d\xff")  # a name that is not UTF-8 (held with a lone surrogate)
+    os.mkdir(badname)
+    Image.new("RGB", (16, 16)).save(os.path.join(badname, "x.png"))
     (root / "nonempty").mkdir()
     (root / "nonempty" / "keep.txt").write_text("x")
     (root / "nockpt").mkdir()
@@ -109,6 +115,8 @@ def places(tmp_path_factory) -> dict[str, str]:
         "missing": str(root / "does-not-exist"),
         "empty": str(root / "empty"),
         "unreadable": str(root / "unreadable"),
+        "nested": str(root / "nested"),
+        "badname": badname,
         "mixed": str(root / "mixed"),
         "unlabelled": str(root / "unlabelled"),
         "nonempty": str(root / "nonempty"),

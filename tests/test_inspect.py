@@ -268,3 +268,63 @@ def test_union_find_groups():
     uf.union(3, 4)
     uf.union(4, 5)
     assert [g.tolist() for g in uf.groups(np.arange(6))] == [[3, 4, 5], [0, 1]]
+
+
+def small_labelled_folder(root: Path) -> Path:
+    """``cat/`` and ``dog/``, four pictures each; ``dog/u0.png`` is ``cat/u0.png`` again (the same image, two labels)."""
+    for c, seeds in (("cat", (40, 41, 42, 43)), ("dog", (40, 44, 45, 46))):
+        (root / c).mkdir(parents=True)
+        for k, seed in enumerate(seeds):
+            picture(seed).save(root / c / f"u{k}.png")
+    return root
+
+
+def test_summary_marks_exact_duplicates_that_carry_different_labels(cli, tmp_path):
+    root = small_labelled_folder(tmp_path / "data")
+    code, out, err = cli("inspect", root, "-q")
+    assert code == 0, err
+    head = next(line for line in out.splitlines() if line.startswith("exact dups"))
+    assert head.endswith("; MIXED LABELS: 1 group(s)")
+    assert any(line.strip().startswith("mixed labels: ") and "cat/u0.png [" in line and ", cat]" in line for line in out.splitlines())
+    assert "warning: labels: 1 exact-duplicate group(s) carry different labels (the same image in several classes)" in out
+
+
+def test_dedupe_list_leaves_out_names_with_a_newline_and_says_so(cli, tmp_path):
+    root = small_labelled_folder(tmp_path / "data")
+    picture(41).save(root / "cat" / "zz.png\nu1.png")  # a copy of cat/u1.png whose name holds a newline
+    drops = tmp_path / "drop.txt"
+    code, out, err = cli("inspect", root, "--dedupe-list", drops, "--json", "-q")
+    assert code == 0, err
+    listed = drops.read_text().splitlines()
+    assert [Path(p).relative_to(root).as_posix() for p in listed] == ["dog/u0.png"]  # one kept per group: the first
+    assert all(Path(p).is_file() for p in listed)  # xargs -d '\n' rm -- < drop.txt removes only listed files
+    report = json.loads(out)
+    assert report["dedupe"] == {"path": str(drops), "drop": 1, "left_out": [str(root / "cat" / "zz.png\nu1.png")]}
+    code, out, err = cli("inspect", root, "--dedupe-list", drops, "-q")
+    assert "left out, a newline in the name (delete by hand): cat/zz.png\\nu1.png" in out
+
+
+def test_images_not_used_and_other_files_are_reported(cli, tmp_path):
+    root = small_labelled_folder(tmp_path / "data")
+    picture(50).save(root / "stray.png")
+    (root / "cat" / "sub").mkdir()
+    picture(51).save(root / "cat" / "sub" / "nested.png")
+    (root / "dog" / "x.heic").write_bytes(b"x")
+    (root / "README.txt").write_text("x")
+    code, out, err = cli("inspect", root, "--json", "-q")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["images"]["total"] == 8
+    assert r["unused"] == {
+        "images": 2,
+        "top_level": 1,
+        "nested": 1,
+        "examples": [str(root / "stray.png"), str(root / "cat" / "sub" / "nested.png")],
+        "other_files": {".heic": 1, ".txt": 1},
+        "other_image_files": {".heic": 1},
+    }
+    assert "2 image(s) not used by the folder's layout (1 at the top level, 1 in nested folders; see docs/data.md)" in r["warnings"]
+    code, out, err = cli("inspect", root, "-q")
+    assert "not used        2 image(s) (1 at the top level, 1 in nested folders): stray.png, cat/sub/nested.png" in out
+    assert "other files     .heic 1, .txt 1 (not images the toolkit reads)" in out
+    assert "not used" not in err  # the summary says it once

@@ -156,11 +156,17 @@ class DataSource:
             "classes": self.classes,
             "num_classes": self.num_classes,
             "streaming": self.streaming,
-            "n_train": len(self.train),
-            "n_test": len(self.test),
+            "n_train": readable_count(self.train),
+            "n_test": readable_count(self.test),
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+
+def readable_count(split: Any) -> int:
+    """Images of a split that can be read: a streamed split leaves out the files its run found bad (``FileSplit.readable``)."""
+    readable = getattr(split, "readable", None)
+    return int(readable()) if callable(readable) else len(split)
 
 
 STATS_CHUNK_VALUES = 1 << 24  # 16M float64 values (128 MiB) per chunk of channel_stats

@@ -9,6 +9,10 @@ centre square at ``image_size``; fastest for sets that fit, and every file is ve
 before training); ``true`` keeps only the index and decodes in DataLoader workers, cutting
 crops from the original photos; ``auto`` streams when the decoded tensors would need more
 than 512 MiB or a quarter of the memory available now, whichever is less, and says so.
+
+Images the layout does not read (at the top level next to class folders, in nested
+folders) and files of picture types the toolkit does not read are named in a warning
+(:class:`~ssl_toolkit.data.layout.Unused`) by every command that loads the folder.
 """
 
 from __future__ import annotations
@@ -133,8 +137,12 @@ def streamed_stats(root: Path, train: FileSplit, seed: int) -> tuple[tuple[float
     return mean, std
 
 
-def load_folder(root: Path, cfg: DataConfig) -> DataSource:
-    """Build a :class:`DataSource` from an image folder (see the module docstring)."""
+def load_folder(root: Path, cfg: DataConfig, warn_unused: bool = True) -> DataSource:
+    """Build a :class:`DataSource` from an image folder (see the module docstring).
+
+    ``warn_unused=False`` leaves out the warnings about files the layout does not read
+    (``ssl inspect`` reports them itself).
+    """
     index = folder_index(root, cfg.max_pixels)
     if not len(index):
         raise UserError(f"no readable image in {root} ({len(index.bad)} files, none could be opened)")
@@ -143,6 +151,8 @@ def load_folder(root: Path, cfg: DataConfig) -> DataSource:
     train, test = split_rows(index, cfg)
     stream, line = choose_streaming(cfg, len(train) + len(test), channels, size)
     if os.environ.get("RANK", "0") == "0":
+        for warning in index.unused.warnings(root) if warn_unused else []:  # images the layout leaves out, pictures of other types
+            print(warning, file=sys.stderr, flush=True)
         if cfg.stream == "auto" and stream:  # in memory is the quiet default
             print(line, file=sys.stderr, flush=True)
         note = upscale_line(index, train, size)

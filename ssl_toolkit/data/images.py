@@ -4,19 +4,24 @@ This is the leaf of the data package: every other data module reads pixels throu
 Colour modes: 16-bit and float single-channel images are rescaled to 8-bit ``L``; for
 colour data, palette images go through RGBA, CMYK is converted, and alpha is composited
 onto white. A file above ``max_pixels`` is refused (PIL's decompression-bomb check is
-replaced by this documented cap, so no raw library warning reaches the terminal).
+replaced by this documented cap, so no raw library warning reaches the terminal). Pixels
+are read upright: the EXIF orientation tag (cameras store portrait photos sideways and set
+it) is applied when a file is decoded (:func:`upright`, what PIL's ``exif_transpose`` does,
+without a copy for the usual untagged file). A GIF gives its first frame.
 
 :func:`decode_crops` cuts each requested box out of the *original* photo and resamples it
 to the target size in one ``resize(box=...)``. A JPEG is decoded at a reduced scale
 (PIL's draft mode: 1/2, 1/4 or 1/8, done by libjpeg while decoding) whenever every box
 still has at least the target resolution there, so a 12-megapixel photo is never fully
-decoded to make a 224 px view.
+decoded to make a 224 px view. The boxes are drawn on the upright image; the draft scale
+is the same along both axes, so it is chosen before the decode and the turn done after it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,11 +30,29 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+# Extensions of pictures the toolkit does not read: files with them are counted and named in a warning, never silently ignored.
+OTHER_IMAGE_EXTENSIONS = {
+    ".apng", ".arw", ".avif", ".cr2", ".dng", ".heic", ".heif", ".ico", ".jfif", ".jp2", ".jpe", ".jxl",
+    ".nef", ".pbm", ".pgm", ".pnm", ".ppm", ".psd", ".qoi", ".raw", ".tga",
+}  # fmt: skip
 SINGLE_CHANNEL_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"}
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+DECODE_VERSION = 2  # bumped when the pixels a file decodes to change (2: EXIF orientation applied); caches key on it
 DEFAULT_MAX_PIXELS = 60_000_000  # 60 MP: every camera photo; a 10000 x 10000 image is listed, not decoded
+
+ORIENTATION = 0x0112  # the EXIF tag
+TURNS = {  # EXIF orientation -> the transposition that makes the pixels upright (as PIL's exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SWAPS_SIDES = {5, 6, 7, 8}  # orientations that exchange width and height
 
 Image.MAX_IMAGE_PIXELS = None  # the cap is checked by open_image(), with a one-line reason
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -61,6 +84,38 @@ def open_image(path: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MA
         im.close()
         raise TooLarge(f"{w}x{h} = {w * h:,} pixels is above data.max_pixels ({max_pixels:,})")
     return im
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1-8 (1 when absent, unknown or unreadable).
+
+    JPEG, WebP and TIFF carry it in the header, so reading it decodes nothing; PIL loads a
+    PNG's pixels first (its ``eXIf`` chunk may follow them), so call this on PNGs only where
+    they are decoded anyway.
+    """
+    try:
+        value = im.getexif().get(ORIENTATION, 1)
+    except (*READ_ERRORS, struct.error, TypeError, KeyError):  # a malformed EXIF block: the pixels as stored
+        return 1
+    return value if isinstance(value, int) and value in TURNS else 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` decoded and turned as its EXIF orientation says (PIL's ``exif_transpose``); ``im`` itself when untagged.
+
+    The turned image's orientation tag is cleared, so calling this twice turns once.
+    """
+    turn = orientation(im)
+    if turn == 1:
+        return im
+    im.load()
+    return ImageOps.exif_transpose(im)
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` as displayed: the stored size, swapped when the EXIF orientation turns the image a quarter."""
+    w, h = im.size
+    return (h, w) if orientation(im) in SWAPS_SIDES else (w, h)
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
@@ -95,8 +150,8 @@ def to_chw(im: Image.Image) -> np.ndarray:
 
 
 def to_array(im: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Decode ``im`` to a ``(channels, size, size)`` uint8 array (shorter side resized, centre crop)."""
-    im = ImageOps.fit(to_mode(im, channels), (size, size), method=Image.Resampling.BILINEAR)
+    """Decode ``im`` to a ``(channels, size, size)`` uint8 array (upright, shorter side resized, centre crop)."""
+    im = ImageOps.fit(to_mode(upright(im), channels), (size, size), method=Image.Resampling.BILINEAR)
     return to_chw(im)
 
 
@@ -156,17 +211,20 @@ def decode_crops(
         path: The image file, or an open binary file (a shard's encoded bytes).
         channels: 1 (``L``) or 3 (``RGB``).
         size: Side of every crop.
-        boxes_for: ``(width, height) -> list of boxes`` in original pixels (called once, with
-            the stored size, before decoding: the boxes decide the JPEG draft scale).
+        boxes_for: ``(width, height) -> list of boxes`` in original pixels of the upright image
+            (called once, with its size, before decoding: the boxes decide the JPEG draft scale).
         max_pixels: The pixel cap (:func:`open_image`).
     """
     with open_image(path, max_pixels) as im:
-        width, height = im.size
+        if im.format != "JPEG":  # no draft decoding; a PNG's orientation may follow its pixels
+            im.load()
+        stored_w, stored_h = im.size
+        width, height = upright_size(im)
         boxes = boxes_for(width, height)
         shrink = draft_scale(boxes, size)
-        if shrink >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 directly
-            im.draft("L" if channels == 1 else "RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
-        im = to_mode(im, channels)  # decodes (at the draft scale, when one was set)
+        if shrink >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 directly, the same along both axes
+            im.draft("L" if channels == 1 else "RGB", (math.ceil(stored_w / shrink), math.ceil(stored_h / shrink)))
+        im = to_mode(upright(im), channels)  # decodes (at the draft scale, when one was set), then turns
         fx, fy = im.size[0] / width, im.size[1] / height
         crops = [
             to_chw(im.resize((size, size), Image.Resampling.BILINEAR, box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy), reducing_gap=2.0))

@@ -5,7 +5,9 @@ size, its stored width and height and whether it is single-channel (read from th
 no pixel is decoded), plus the class names, the given train/test boundary and the files
 that could not be opened. It is cached under ``$SSL_TOOLKIT_HOME/cache/index``, keyed by
 the folder's listing (every path, size and modification time), so a second run on an
-unchanged folder only lists it (``os.scandir``) and loads the arrays.
+unchanged folder only lists it (``os.scandir``) and loads the arrays. ``INDEX_VERSION`` is
+part of the key: a release that changes what a listing finds (version 2: ``.gif`` files,
+names that are not UTF-8 listed as unusable) never reads an older index.
 
 Paths are held in one numpy bytes array, not a Python list, so the index costs a few
 bytes per image and DataLoader workers share it without copying.
@@ -19,19 +21,19 @@ import math
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, overload
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ssl_toolkit.data.images import DEFAULT_MAX_PIXELS, SINGLE_CHANNEL_MODES
-from ssl_toolkit.data.layout import FolderLayout, folder_layout
+from ssl_toolkit.data.images import DECODE_VERSION, DEFAULT_MAX_PIXELS, SINGLE_CHANNEL_MODES
+from ssl_toolkit.data.layout import FolderLayout, Unused, folder_layout
 from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.settings import cache_dir
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 STATS_VERSION = 1
 
 
@@ -66,6 +68,7 @@ class FileIndex:
         bad: ``(path, reason)`` of files that could not be opened.
         cached: The index was loaded from the cache.
         key: The listing key it is cached under (empty when it was not cached).
+        unused: What the folder's layout does not read, from the listing of this run (never cached).
     """
 
     root: Path
@@ -81,6 +84,7 @@ class FileIndex:
     bad: list[tuple[str, str]]
     cached: bool = False
     key: str = ""
+    unused: Unused = field(default_factory=Unused)
 
     def __len__(self) -> int:
         return int(self.rel.shape[0])
@@ -159,6 +163,7 @@ def build_index(root: Path, layout: FolderLayout, max_pixels: int | None, worker
         height=np.asarray(height, np.int32),
         gray=np.asarray(gray, bool),
         bad=bad,
+        unused=layout.unused,
     )
 
 
@@ -176,7 +181,8 @@ def save_index(index: FileIndex, path: Path) -> None:
     arrays = {k: getattr(index, k) for k in ARRAYS}
     if index.labels is not None:
         arrays["labels"] = index.labels
-    np.savez(buf, meta=np.frombuffer(meta.model_dump_json().encode(), np.uint8), **arrays)
+    text = json.dumps(meta.model_dump())  # \u escapes: a path that is not UTF-8 (listed in bad) round-trips
+    np.savez(buf, meta=np.frombuffer(text.encode(), np.uint8), **arrays)
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError:
@@ -189,7 +195,7 @@ def load_index(path: Path, root: Path) -> FileIndex | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            meta = IndexMeta.model_validate_json(z["meta"].tobytes().decode())
+            meta = IndexMeta.model_validate(json.loads(z["meta"].tobytes().decode()))
             arrays = {k: z[k] for k in ARRAYS}
             labels = z["labels"] if "labels" in z.files else None
     except (OSError, EOFError, ValueError, KeyError, ValidationError, zipfile.BadZipFile, json.JSONDecodeError):
@@ -214,7 +220,7 @@ def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_ca
     if use_cache:
         hit = load_index(path, root)
         if hit is not None:
-            hit.key = path.stem
+            hit.key, hit.unused = path.stem, layout.unused
             return hit
     index = build_index(root, layout, max_pixels)
     if use_cache:
@@ -237,7 +243,7 @@ def stats_path(index: FileIndex, rows: np.ndarray, channels: int, size: int, max
     """Where the statistics of ``rows`` decoded at ``channels`` x ``size`` are cached (``None``: the index is not cached)."""
     if not index.key:
         return None
-    h = hashlib.sha256(f"{STATS_VERSION}\0{index.key}\0{channels}\0{size}\0{max_pixels}\0".encode())
+    h = hashlib.sha256(f"{STATS_VERSION}\0{DECODE_VERSION}\0{index.key}\0{channels}\0{size}\0{max_pixels}\0".encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     return cache_dir("index") / f"{index.key}.stats-{h.hexdigest()[:16]}.json"
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_toolkit.data.base import Split
 from ssl_toolkit.data.stage import CENTER, WorkerStage
-from ssl_toolkit.data.stream import CropDataset, SkipLog, default_workers
+from ssl_toolkit.data.stream import CropDataset, FileSplit, SkipLog, default_workers
 
 
 class ImageTensorDataset(Dataset):
@@ -82,6 +82,8 @@ def split_loader(
             return loader
     if not isinstance(split, Split):  # files or shards, decoded by workers
         ds: Dataset = CropDataset(split, stage, skip or SkipLog())
+        if isinstance(split, FileSplit) and skip is not None and skip.path is not None:
+            split.skip_log = skip.path  # its readable() leaves out what goes bad in this run
         n_workers = default_workers() if workers is None else workers
     else:
         ds = ImageTensorDataset(split.images, split.labels)

@@ -2,7 +2,8 @@
 
 :func:`scan_file` opens a file once (through :mod:`ssl_toolkit.data.images`),
 records its header (format, mode, size, bytes), decodes every pixel (so truncated files
-fail here, not later in training), and optionally converts the image to the toolkit's
+fail here, not later in training) and turns it upright (its EXIF orientation, so the size
+recorded is the size as displayed), and optionally converts the image to the toolkit's
 square ``uint8`` array (:func:`ssl_toolkit.data.images.to_array`) and/or hands the decoded
 image to a ``visit`` callback. A file that cannot be read becomes a :class:`FileScan`
 with ``error`` set to a one-line reason (:func:`failure_reason`) instead of an exception.
@@ -34,6 +35,7 @@ from ssl_toolkit.data.images import (
     open_image,
     to_8bit,
     to_array,
+    upright,
 )
 
 __all__ = ["HIGH_DEPTH_MODES", "READ_ERRORS", "FileScan", "failure_reason", "scan_bytes", "scan_file", "scan_files", "to_8bit"]
@@ -50,8 +52,9 @@ class FileScan:
         bytes: File size on disk (or of the bytes).
         format: PIL format name (``PNG``, ``JPEG``, ...) or ``None`` when unrecognised.
         mode: PIL mode of the stored image (``L``, ``RGB``, ``P``, ``I;16``, ...).
-        width: Stored width in pixels.
-        height: Stored height in pixels.
+        width: Width in pixels as displayed (EXIF orientation applied) when the file was
+            decoded; as stored when only the header was read (``decode=False``).
+        height: Height in pixels, likewise.
         error: Why the file cannot be used, or ``None``.
         array: ``(C, S, S)`` uint8 toolkit array when a size was asked for.
         extra: Whatever the ``visit`` callback returned.
@@ -134,6 +137,8 @@ def _read(rec: FileScan, source: Path | IO[bytes], size, channels, visit, decode
         if not decode:
             return
         im.load()
+        im = upright(im)
+        rec.width, rec.height = im.size
         if visit is not None:
             rec.extra = visit(im)
         if size is not None:

@@ -321,7 +321,7 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
 
 def _write_splits(source: DataSource, folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int) -> dict[str, Any]:
     """The shards, labels and facts of ``source``'s splits, written into ``out``."""
-    from ssl_toolkit.atomic import atomic_write_text
+    from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_text
 
     multilabel = source.target_kind == "multilabel"
     counts, skipped = {}, list(source.skipped)
@@ -367,7 +367,8 @@ def _write_splits(source: DataSource, folder: str, out: Path, image_size: int, c
         multilabel=multilabel,
     )
     if skipped:
-        atomic_write_text(out / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in skipped))
+        lines = "".join(f"{p}\t{why}\n" for p, why in skipped)
+        atomic_write_bytes(out / "skipped.txt", lines.encode("utf-8", "surrogateescape"))  # names that are not UTF-8, byte for byte
     atomic_write_text(out / INFO_FILE, info.model_dump_json(indent=1))
     return {**info.model_dump(), "skipped": len(skipped)}
 

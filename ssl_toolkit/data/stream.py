@@ -8,16 +8,21 @@ crop is much larger than its target). Evaluation reads the centre square at the 
 size, the same view in-memory sources hold.
 
 A file that cannot be decoded during training is replaced in its batch by the next
-readable file and appended to the run's ``skipped.txt``; with ``strict`` the first such
-file stops the run (:class:`BadImageError`).
+readable file, named in one warning line and appended to the run's ``skipped.txt`` once,
+whichever worker (of whichever rank) meets it first and however often it is met; with
+``strict`` the first such file stops the run (:class:`BadImageError`). A split knows the
+log its loader writes to, so :meth:`FileSplit.readable` (the ``n_train`` / ``n_test`` of
+``meta.json``) leaves those files out.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_toolkit.data.images import READ_ERRORS, Box, TooLarge, center_square, decode_crops, failure_reason, random_resized_box
 from ssl_toolkit.data.index import FileIndex, PathIds
+from ssl_toolkit.data.layout import shown
 from ssl_toolkit.data.stage import CENTER, WorkerStage
 from ssl_toolkit.errors import UserError
 
@@ -49,24 +55,61 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def _read_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def listed_files(path: Path | None) -> set[bytes]:
+    """The files (as bytes) named in a ``skipped.txt``; empty when there is none."""
+    if path is None or not path.is_file():
+        return set()
+    return {line.split(b"\t", 1)[0] for line in path.read_bytes().splitlines()}
+
+
 @dataclass
 class SkipLog:
-    """Where workers append files that went bad mid-run (``path<TAB>reason`` lines), and whether to stop instead."""
+    """Where workers append files that went bad mid-run (``path<TAB>reason`` lines), and whether to stop instead.
+
+    Each file is listed once: a worker checks the log and appends under an exclusive
+    ``flock``, so workers of every process agree, and remembers what it has seen.
+    """
 
     path: Path | None = None
     strict: bool = False
+    seen: set[str] = field(default_factory=set, repr=False)
 
     def record(self, file: str, reason: str) -> None:
         if self.strict:
             raise BadImageError(f"unreadable image file during training (--strict): {file}: {reason}")
-        if self.path is None:
+        if file in self.seen:
             return
-        line = f"{file}\t{reason}\n".encode("utf-8", "surrogateescape")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:  # one small O_APPEND write per line: lines from several workers never interleave
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        self.seen.add(file)
+        if self.path is not None and not _append_once(self.path, file, reason):
+            return  # another worker listed it (and said so) first
+        where = f"; listed in {self.path}" if self.path is not None else ""
+        print(
+            f"warning: cannot decode {shown(file)} ({reason}): the next readable file is used in its place{where}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _append_once(path: Path, file: str, reason: str) -> bool:
+    """Append ``file<TAB>reason`` to the log at ``path`` unless it names ``file`` already; whether it was appended."""
+    name = file.encode("utf-8", "surrogateescape")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # check and append as one step, across processes (released on close)
+        if any(line.split(b"\t", 1)[0] == name for line in _read_all(fd).splitlines()):
+            return False
+        os.write(fd, name + f"\t{reason}\n".encode("utf-8", "surrogateescape"))
+        return True
+    finally:
+        os.close(fd)
 
 
 class FileSplit:
@@ -90,9 +133,18 @@ class FileSplit:
         self.max_pixels = max_pixels
         self.labels = None if index.labels is None else torch.from_numpy(index.labels[self.rows])
         self.ids = PathIds(index, self.rows)
+        self.skip_log: Path | None = None  # the run's skipped.txt, once a loader records into it (split_loader)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
+
+    def readable(self) -> int:
+        """Files of the split, less those its run listed in ``skip_log`` as gone bad (all of them without a log)."""
+        root = os.fsencode(str(self.index.root)) + os.sep.encode()
+        gone = [p[len(root) :] for p in listed_files(self.skip_log) if p.startswith(root)]
+        if not gone:
+            return len(self)
+        return len(self) - int(np.isin(self.index.rel[self.rows], np.array(gone, dtype=np.bytes_)).sum())
 
     @property
     def channels(self) -> int:
@@ -178,6 +230,7 @@ class CropDataset(Dataset):
         self.random = any(c.kind != "center" for c in stage.crops)
         self._rng: np.random.Generator | None = None
         self._rng_pid = -1
+        self._bad: set[int] = set()  # items this process failed to decode: not tried again
 
     def __len__(self) -> int:
         return len(self.split)
@@ -192,11 +245,14 @@ class CropDataset(Dataset):
         n = len(self.split)
         for k in range(MAX_REPLACEMENTS):
             j = (int(i) + k) % n
+            if j in self._bad:
+                continue
             try:
                 crops = self.split.decode(j, self.stage, self.rng() if self.random else None)
             except READ_ERRORS as e:
                 reason = "above data.max_pixels" if isinstance(e, TooLarge) else failure_reason(e)
                 self.skip.record(self.split.path(j), reason)
+                self._bad.add(j)
                 continue
             x = torch.from_numpy(crops if self.stage.views > 1 else crops[0])
             labels = self.split.labels

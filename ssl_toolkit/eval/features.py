@@ -22,6 +22,7 @@ from torch import nn
 
 from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.backbones import feature_dim
+from ssl_toolkit.data.images import DECODE_VERSION
 from ssl_toolkit.data.sources import DataSource
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.settings import cache_dir
@@ -146,7 +147,8 @@ class FeatureCache:
         desc = {
             "model": fingerprint,
             "data": source.describe(),
-            "ids_hash": hashlib.sha256("\n".join(getattr(source, split).ids).encode()).hexdigest(),
+            "ids_hash": hashlib.sha256("\n".join(getattr(source, split).ids).encode("utf-8", "surrogateescape")).hexdigest(),
+            "decode": DECODE_VERSION,  # files decoded by an older rule (before EXIF orientation) are not reused
             "split": split,
             "pre": pre.key(),
         }

@@ -17,6 +17,7 @@ import numpy as np
 
 from ssl_toolkit.api import public
 from ssl_toolkit.config import validate
+from ssl_toolkit.data.layout import shown
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.inspection import duplicates as dup
 from ssl_toolkit.inspection import facts
@@ -183,7 +184,8 @@ def run_inspection(
         "normalisation": {"channels": table.channels, "image_size": table.image_size, "mean": list(table.mean), "std": list(table.std)},
         "labels": labels,
         "duplicates": sections,
-        "unreadable": [{"path": p, "reason": r} for p, r in table.unreadable],
+        "unreadable": [{"path": shown(p), "reason": shown(r)} for p, r in table.unreadable],
+        "unused": _unused_section(table),
         "settings": cfg.model_dump(),
     }
     report["processing"], pictures = _processing(cfg)
@@ -192,24 +194,52 @@ def run_inspection(
     return Inspection(report, table, groups, pictures)
 
 
+def _unused_section(table: ImageTable) -> dict[str, Any] | None:
+    """What a folder's layout does not read: images (counts, a few named) and other files by extension."""
+    u = table.unused
+    if u is None:
+        return None
+    return {
+        "images": u.images,
+        "top_level": u.top_level,
+        "nested": u.nested,
+        "examples": [shown(p) for p in u.examples],
+        "other_files": {shown(ext): n for ext, n in sorted(u.other.items())},
+        "other_image_files": u.other_images(),
+    }
+
+
 def _processing(cfg: InspectConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Per-channel histograms before/after ``data.color_space``/``equalize`` (:mod:`.processing`), on a sample."""
+    from ssl_toolkit.data.folder import load_folder
     from ssl_toolkit.data.processing import Processing
-    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.data.sources import SOURCES, is_shard_dir, load_source
     from ssl_toolkit.inspection.processing import processing_section
 
-    data = (
-        cfg.data.model_copy(update={"stream": True}) if Path(cfg.data.name).expanduser().is_dir() else cfg.data
-    )  # a folder: decode the sample only
-    return processing_section(load_source(data), Processing.from_config(cfg.data))
+    path = Path(cfg.data.name).expanduser()
+    if cfg.data.name not in SOURCES and path.is_dir() and not is_shard_dir(cfg.data.name):  # a folder: decode the sample only
+        source = load_folder(path, cfg.data.model_copy(update={"stream": True}), warn_unused=False)  # the report lists what is not used
+    else:
+        source = load_source(cfg.data)
+    return processing_section(source, Processing.from_config(cfg.data))
 
 
 def _warnings(report: dict[str, Any]) -> list[str]:
     out = []
     if report["unreadable"]:
         out.append(f"{len(report['unreadable'])} unreadable file(s) (skipped by pretraining and evaluation)")
+    unused = report["unused"]
+    if unused and unused["images"]:
+        where = [f"{n} {what}" for n, what in ((unused["top_level"], "at the top level"), (unused["nested"], "in nested folders")) if n]
+        out.append(f"{unused['images']} image(s) not used by the folder's layout ({', '.join(where)}; see docs/data.md)")
+    if unused and unused["other_image_files"]:
+        counts = ", ".join(f"{ext} {n}" for ext, n in unused["other_image_files"].items())
+        out.append(f"{sum(unused['other_image_files'].values())} file(s) of image types the toolkit does not read ({counts})")
     if report["labels"]:
         out += report["labels"]["warnings"]
+    mixed = sum(1 for g in report["duplicates"]["exact"]["groups"] if g.get("mixed_labels"))
+    if mixed:
+        out.append(f"labels: {mixed} exact-duplicate group(s) carry different labels (the same image in several classes)")
     for kind, what in (("exact", "exact-duplicate"), ("near", "near-duplicate"), ("embedding", "embedding-neighbour")):
         sec = report["duplicates"][kind]
         if sec and sec["leak_groups"]:
@@ -262,13 +292,19 @@ def inspect_data(
 
 
 def write_dedupe_list(result: Inspection, path: str | Path) -> list[str]:
-    """Write the ids to drop (all duplicate kinds found, one kept per group); returns them."""
+    """Write the ids to drop (all duplicate kinds found, one kept per group), one per line; returns them.
+
+    A path with a newline in its name is left out (one line per path is what ``xargs -d '\\n'``
+    reads) and named in ``report["dedupe"]["left_out"]``.
+    """
     from ssl_toolkit.atomic import atomic_write_bytes
 
     all_groups = [g for gs in result.groups.values() for g in gs]
     drops = dup.dedupe_drops(result.table, all_groups)
-    atomic_write_bytes(Path(path), ("".join(d + "\n" for d in drops)).encode())
-    result.report["dedupe"] = {"path": str(path), "drop": len(drops)}
+    left_out = [d for d in drops if "\n" in d]
+    drops = [d for d in drops if "\n" not in d]
+    atomic_write_bytes(Path(path), ("".join(d + "\n" for d in drops)).encode("utf-8", "surrogateescape"))
+    result.report["dedupe"] = {"path": str(path), "drop": len(drops), "left_out": [shown(d) for d in left_out]}
     return drops
 
 

@@ -35,6 +35,9 @@ def _groups(report: dict[str, Any], kind: str, title: str) -> list[str]:
     head = f"{title:<16}{sec['num_groups']} group(s), {sec['images']} images, {sec['redundant']} redundant"
     if sec["leak_groups"]:
         head += f"; LEAK: {sec['leak_groups']} group(s) span train and test ({sec['leaked_test_images']} test images)"
+    mixed = sum(1 for g in sec["groups"] if g.get("mixed_labels"))
+    if mixed:
+        head += f"; MIXED LABELS: {mixed} group(s)"
     lines = [head]
     ordered = sorted(sec["groups"], key=lambda g: not g["crosses_split"])
     for g in ordered[:GROUPS_LISTED]:
@@ -42,11 +45,31 @@ def _groups(report: dict[str, Any], kind: str, title: str) -> list[str]:
         if g["crosses_split"]:  # show one image of each split first
             first = [next(m for m in members if m["split"] == s) for s in ("train", "test")]
             members = first + [m for m in members if m not in first]
-        names = [f"{_short(report, m['id'])} [{m['split']}]" for m in members[:MEMBERS_LISTED]]
+        mixed_labels = bool(g.get("mixed_labels"))
+        tags = [lambda m: m["split"]] + ([lambda m: m["label"]] if mixed_labels else [])
+        names = [f"{_short(report, m['id'])} [{', '.join(tag(m) for tag in tags)}]" for m in members[:MEMBERS_LISTED]]
         more = f" +{g['size'] - MEMBERS_LISTED} more" if g["size"] > MEMBERS_LISTED else ""
-        lines.append(f"{'':<16}{'leak: ' if g['crosses_split'] else ''}{', '.join(names)}{more}")
+        marks = ("leak: " if g["crosses_split"] else "") + ("mixed labels: " if mixed_labels else "")
+        lines.append(f"{'':<16}{marks}{', '.join(names)}{more}")
     if len(ordered) > GROUPS_LISTED:
         lines.append(f"{'':<16}... {len(ordered) - GROUPS_LISTED} more (see --json or --out)")
+    return lines
+
+
+def _unused(report: dict[str, Any]) -> list[str]:
+    """Images the folder's layout leaves out (count, a few named) and files of other types by extension."""
+    u = report.get("unused")
+    if not u:
+        return []
+    lines = []
+    if u["images"]:
+        where = [f"{n} {what}" for n, what in ((u["top_level"], "at the top level"), (u["nested"], "in nested folders")) if n]
+        names = ", ".join(_short(report, p) for p in u["examples"]) + (", ..." if u["images"] > len(u["examples"]) else "")
+        lines.append(f"{'not used':<16}{u['images']} image(s) ({', '.join(where)}): {names}")
+    if u["other_files"]:
+        lines.append(
+            f"{'other files':<16}{_counts({ext or '(none)': n for ext, n in u['other_files'].items()})} (not images the toolkit reads)"
+        )
     return lines
 
 
@@ -94,10 +117,14 @@ def format_summary(report: dict[str, Any]) -> str:
             lines.append(f"{'':<16}{_short(report, u['path'])}: {u['reason']}")
         if len(report["unreadable"]) > 20:
             lines.append(f"{'':<16}... {len(report['unreadable']) - 20} more")
+    lines += _unused(report)
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     if "dedupe" in report:
-        lines.append(f"{'dedupe list':<16}{report['dedupe']['drop']} path(s) to drop written to {report['dedupe']['path']}")
+        d = report["dedupe"]
+        lines.append(f"{'dedupe list':<16}{d['drop']} path(s) to drop written to {d['path']}")
+        if d.get("left_out"):
+            lines.append(f"{'':<16}left out, a newline in the name (delete by hand): {', '.join(_short(report, p) for p in d['left_out'])}")
     if "html" in report:
         lines.append(f"{'html':<16}{report['html']}")
     lines.append(f"{'seconds':<16}{report['seconds']:.1f}")

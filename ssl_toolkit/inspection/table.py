@@ -24,8 +24,8 @@ from PIL import Image
 
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import DataSource, Split
-from ssl_toolkit.data.images import HIGH_DEPTH_MODES, SINGLE_CHANNEL_MODES, open_image, to_8bit
-from ssl_toolkit.data.layout import assign_split, folder_layout
+from ssl_toolkit.data.images import HIGH_DEPTH_MODES, SINGLE_CHANNEL_MODES, open_image, to_8bit, upright
+from ssl_toolkit.data.layout import Unused, assign_split, folder_layout
 from ssl_toolkit.data.scan import FileScan, default_workers, scan_bytes, scan_files
 from ssl_toolkit.errors import UserError
 
@@ -47,8 +47,8 @@ class ImageTable:
         split: ``(N,)`` int8, 0 = train, 1 = test.
         labels: ``(N,)`` int64 class indices, or ``None``.
         classes: Class names, or ``None``.
-        width: ``(N,)`` stored widths.
-        height: ``(N,)`` stored heights.
+        width: ``(N,)`` widths as displayed (EXIF orientation applied).
+        height: ``(N,)`` heights as displayed.
         modes: ``(N,)`` PIL modes (``L``/``RGB`` for tensor sources).
         formats: ``(N,)`` file formats (folders, shards) or ``None``.
         nbytes: ``(N,)`` file sizes (folders, shards) or ``None``.
@@ -60,6 +60,7 @@ class ImageTable:
         mean: Per-channel mean of the training split, as the toolkit normalises.
         std: Per-channel std of the training split.
         unreadable: ``(path, reason)`` of files that could not be decoded.
+        unused: What a folder's layout does not read (folders only).
         images: ``(N, C, S, S)`` uint8 toolkit arrays, when kept.
         paths: Files (folders).
         reader: Encoded bytes of row ``i`` (shards).
@@ -84,6 +85,7 @@ class ImageTable:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    unused: Unused | None = None
     images: torch.Tensor | None = None
     paths: list[Path] | None = None
     reader: Callable[[int], bytes] | None = None
@@ -114,7 +116,7 @@ class ImageTable:
             return "image/png", _encode(im, "PNG")
         with open_image(self.paths[i] if self.paths is not None else io.BytesIO(self.reader(i)), None) as src:  # type: ignore[misc]
             src.draft("RGB", (px, px))  # JPEG: decode at a reduced scale
-            im = to_8bit(src)
+            im = to_8bit(upright(src))  # as displayed: the EXIF orientation applied
             if im.mode in ("P", "PA", "LA"):
                 im = im.convert("RGBA")
             elif im.mode == "1":
@@ -319,6 +321,7 @@ def table_from_folder(
         mean=mean,
         std=std,
         unreadable=unreadable,
+        unused=layout.unused,
         images=images,
         paths=paths,
     )
