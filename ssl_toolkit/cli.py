@@ -14,6 +14,7 @@ import click
 
 from ssl_toolkit._version import __version__
 from ssl_toolkit.errors import Interrupted, UserError
+from ssl_toolkit.ranks import is_primary_process
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -156,14 +157,17 @@ def run() -> None:
         click.echo(f"error: {describe_os_error(e)}", err=True)
         sys.exit(UserError.exit_code)
     except Interrupted as e:
+        # A DDP worker stopped with its run: the launching process saves and reports, and
+        # Lightning would kill it (SIGKILL, mid-save) on seeing a worker exit non-zero.
+        if not is_primary_process():
+            sys.exit(0)
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        # before training started, a worker's non-zero exit is what ends a launching process
+        # blocked in DDP's rendezvous (it waits 30 minutes for this worker otherwise)
+        click.echo("aborted" if isinstance(e, click.exceptions.Abort) else "interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)

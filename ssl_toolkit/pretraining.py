@@ -28,6 +28,7 @@ from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.errors import Interrupted, UserError
 from ssl_toolkit.folder_lock import FolderLock
+from ssl_toolkit.ranks import is_primary_process
 from ssl_toolkit.run_folder import RunFolder
 
 RUN_DIR_ENV = "SSL_TOOLKIT_RUN_DIR"
@@ -68,11 +69,6 @@ class RunModel:
     task: Any
     resolved: dict[str, Any]  # the config with every default written out
     init_info: dict[str, Any] | None
-
-
-def is_primary_process() -> bool:
-    """False in the extra processes a DDP launcher starts (they re-run the same command)."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _warn(line: str) -> None:
@@ -356,20 +352,14 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
 
 def _prepare_folder(plan: Plan, model: RunModel, data: RunData) -> None:
     """Everything is checked: only now is the run folder written (config.yaml, skipped.txt)."""
-    if plan.primary:
-        created = not plan.folder.path.exists()
-        try:
-            if not plan.resume:
-                plan.folder.create(plan.overwrite)
-            os.environ[RUN_DIR_ENV] = str(plan.folder.path.resolve())
-            report_skipped(data.source, plan.folder, strict=False, resume=plan.resume)
-            if not plan.resume or plan.folder.read_config() != model.resolved:
-                plan.saved_config = plan.folder.config.read_bytes() if plan.resume else None
-                plan.folder.write_config(model.resolved)
-        except OSError:
-            if created and plan.folder.path.is_dir() and not any(plan.folder.path.iterdir()):
-                plan.folder.path.rmdir()
-            raise
+    if plan.primary:  # a failure from here on leaves the folder as it was (RunFolder.settle_replaced)
+        if not plan.resume:
+            plan.folder.create(plan.overwrite)
+        os.environ[RUN_DIR_ENV] = str(plan.folder.path.resolve())
+        report_skipped(data.source, plan.folder, strict=False, resume=plan.resume)
+        if not plan.resume or plan.folder.read_config() != model.resolved:
+            plan.saved_config = plan.folder.config.read_bytes() if plan.resume else None
+            plan.folder.write_config(model.resolved)
 
 
 # --------------------------------------------------------------------------- stage 5: training

@@ -43,6 +43,8 @@ class RunFolder:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+        self._created = False  # this process made (or emptied of run files) the folder with :meth:`create`
+        self._existed = False  # the folder was there before :meth:`create`
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -104,6 +106,10 @@ class RunFolder:
 
     def check_resumable(self) -> None:
         """Refuse a folder without ``config.yaml`` and ``last.ckpt``, or that cannot be written."""
+        if self.config.is_file() and not self.last_ckpt.is_file():
+            raise UserError(
+                f"cannot resume {self.path}: it stopped before its first checkpoint (no {self.LAST}); start it again with --overwrite"
+            )
         for name in (self.CONFIG, self.LAST):
             if not (self.path / name).is_file():
                 raise UserError(f"cannot resume {self.path}: no {name} in it")
@@ -135,6 +141,7 @@ class RunFolder:
         failed). A ``.replaced/`` already there holds the last run that was set aside and
         never settled (its successor was killed): it stays, and that successor's files go.
         """
+        self._created, self._existed = True, self.path.is_dir()
         if overwrite and self.path.is_dir():
             aside = self.path / self.REPLACED
             if aside.is_dir():
@@ -160,16 +167,22 @@ class RunFolder:
 
     def settle_replaced(self, failed: bool) -> None:
         """Drop the set-aside files of a previous run, or, when the new run ``failed``, remove
-        what it wrote and put them back."""
+        what it wrote and put them back.
+
+        A new run that failed with no previous run to give back and no ``last.ckpt`` to
+        resume from removes what it wrote too (and the folder, if :meth:`create` made it),
+        so the same command can simply be run again.
+        """
         aside = self.path / self.REPLACED
-        if not aside.is_dir():
-            return
-        if failed:
+        if failed and self._created and (aside.is_dir() or not self.last_ckpt.is_file()):
             for name in (*self.RUN_FILES, *self.RUN_DIRS):
                 _remove(self.path / name)
                 if (aside / name).exists():
                     os.replace(aside / name, self.path / name)
-        shutil.rmtree(aside, ignore_errors=True)
+            if not self._existed and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+        if aside.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
         atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))

@@ -149,3 +149,52 @@ def test_more_cpu_processes_than_cores_say_so_in_one_line(capsys):
     assert capsys.readouterr().err == (
         f"trainer: {cores + 2} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)\n"
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_two_process_run_saves_once_exits_130_and_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "ddp"
+    args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16"]
+    args += ["--batch-size", "16", "--set", "data.synthetic_train=256", "--set", "data.synthetic_test=64", "--accelerator", "cpu"]
+    args += ["--devices", "2", "--strategy", "ddp", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssl_toolkit", *args, "--epochs", "40", "--out", str(run)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's own Ctrl-C, even under a background runner
+    )
+    end = time.time() + 300
+    while not (run / "metrics.csv").exists():  # the first epoch is done: training goes on
+        assert proc.poll() is None and time.time() < end, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches every process of the group
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err  # not 137: the launching process was not killed for its worker's exit
+    assert err.strip().splitlines()[-1].endswith(f"checkpoint saved, continue with: ssl pretrain --resume {run}")
+    step = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+    assert step >= 8  # 256 images over 2 processes of 16: 8 steps per epoch
+    done = subprocess.run(
+        [sys.executable, "-m", "ssl_toolkit", "pretrain", "--resume", str(run), "--epochs", "2", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if step < 16:  # interrupted within the second epoch: the resume finishes it
+        assert done.returncode == 0, done.stderr
+        assert json.loads((run / "meta.json").read_text())["steps"] == 16
+    else:  # two epochs were done already
+        assert done.returncode == 0 and "finished" in done.stdout + done.stderr
