@@ -97,6 +97,7 @@ class PretrainModule(L.LightningModule):
         self.online_head: nn.Module | None = None  # attached by the OnlineProbe callback
         self.online_probe: OnlineProbe | None = None
         self.step_loss: torch.Tensor | None = None  # the task's loss, checked with the gradients by GradientGuard
+        self._output_checked = False  # the task's first output is checked once (check_task_output)
         self._fit_started: float | None = None
         chunk = trainer_cfg.backbone_chunk
         self._chunked = ChunkedBackbone(backbone, chunk) if isinstance(chunk, int) else None  # auto: decided in on_fit_start
@@ -158,6 +159,11 @@ class PretrainModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)  # a no-op unless processing changed the layout
         loss, logs = self.task(self.step_backbone, x)
         feats = logs.pop("features", None)
+        if not self._output_checked:
+            check_task_output(
+                getattr(self.task, "name", type(self.task).__name__), loss, logs, feats, len(y) if self.online_probe is not None else None
+            )
+            self._output_checked = True
         self.step_loss = loss.detach()
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         for k, v in logs.items():
@@ -215,3 +221,37 @@ class PretrainModule(L.LightningModule):
         if self._fit_started is None or self.cfg.max_minutes is None:
             return 0.0
         return min(1.0, (time.monotonic() - self._fit_started) / (60.0 * float(self.cfg.max_minutes)))
+
+
+def check_task_output(task: str, loss: Any, logs: dict[str, Any], features: Any, batch: int | None) -> None:
+    """Refuse, in one line naming the task, a first training step whose output Lightning or the online probe cannot use.
+
+    A task's ``__call__`` returns one scalar loss that carries gradients, scalar logs and,
+    for the online probe, ``features`` with one row per image of the batch
+    (:class:`~ssl_toolkit.pretext.base.PretextTask`).
+
+    Args:
+        task: The task's registered name.
+        loss: What the task returned as its loss.
+        logs: Its other outputs, ``features`` taken out.
+        features: Its ``features`` output, if any.
+        batch: Images in the batch when the online probe reads ``features`` (``None``: not checked).
+    """
+    from ssl_toolkit.errors import UserError
+
+    where = f"task '{task}' returned"
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise UserError(f"{where} a loss of shape {shape}; a task returns one floating-point scalar loss")
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise UserError(f"{where} a loss that carries no gradient (detached); the backbone would not learn")
+    for key, value in logs.items():
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise UserError(f"{where} log '{key}' of shape {tuple(value.shape)}; logged values are scalars")
+    if (
+        batch is not None
+        and features is not None
+        and (not isinstance(features, torch.Tensor) or features.dim() != 2 or len(features) != batch)
+    ):
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise UserError(f"{where} features of shape {shape} for a batch of {batch} images; the online probe needs (batch, dim)")

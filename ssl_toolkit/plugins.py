@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 GROUPS = {"task": "ssl_toolkit.tasks", "evaluator": "ssl_toolkit.evaluators", "source": "ssl_toolkit.sources"}
@@ -41,25 +42,31 @@ def import_submodules(package: str) -> list[str]:
     return names
 
 
-def load_entry_points(group: str) -> list[str]:
+def load_entry_points(group: str, registered: Mapping[str, object] | None = None) -> dict[str, str]:
     """Load every entry point of ``group``; one that fails to load is logged and skipped.
 
     A broken third-party package must not take the command line down with it: its
-    error is one warning line on stderr and its names stay unknown.
+    error is one warning line on stderr, and looking its name up later says why it is
+    missing.
 
     Args:
         group: Entry-point group, e.g. ``"ssl_toolkit.tasks"``.
+        registered: What is registered so far, by name: an entry point whose name another
+            module has taken (a built-in's, say) is skipped with a warning.
 
     Returns:
-        The names of the entry points that loaded, sorted.
+        ``name -> why`` for the entry points that did not load.
     """
-    loaded = []
+    failed = {}
     for ep in entry_points(group=group):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        taken = (registered or {}).get(ep.name)
+        if taken is not None and getattr(taken, "__module__", None) != ep.module:
+            log.warning("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, group)
+            continue
         try:
             ep.load()
         except Exception as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
-            dist = ep.dist.name if ep.dist is not None else "?"
+            failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
             log.warning("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
-            continue
-        loaded.append(ep.name)
-    return sorted(loaded)
+    return failed

@@ -30,6 +30,7 @@ class Registry(Generic[T]):
         self.package = package
         self.group = group
         self._items: dict[str, T] = {}
+        self._failed: dict[str, str] = {}  # entry-point name -> why its plugin did not load
         self._discovered = package is None and group is None
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -37,7 +38,7 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+                raise UserError(f"{self.kind} '{name}' is registered twice: by {_origin(self._items[name])} and by {_origin(obj)}")
             self._items[name] = obj
             return obj
 
@@ -53,15 +54,29 @@ class Registry(Generic[T]):
         if self.package:
             import_submodules(self.package)
         if self.group:
-            load_entry_points(self.group)
+            self._failed.update(load_entry_points(self.group, self._items))
+
+    def fail(self, name: str, why: str) -> None:
+        """Remember that the plugin named ``name`` did not load (a lookup of ``name`` says why)."""
+        self._failed[name] = why
+
+    def failure(self, name: str) -> str | None:
+        """Why the plugin named ``name`` did not load (``None`` if it did, or there is none)."""
+        self.discover()
+        return self._failed.get(name)
 
     def get(self, name: str) -> T:
-        """Return the object registered as ``name``; a :class:`UserError` listing the valid names otherwise."""
-        if name not in self._items:
-            self.discover()
+        """Return the object registered as ``name``; a :class:`UserError` listing the valid names otherwise.
+
+        Discovery runs first even when ``name`` is already registered, so a plugin imported
+        before the built-ins cannot take a built-in's name unnoticed.
+        """
+        self.discover()
         try:
             return self._items[name]
         except KeyError:
+            if name in self._failed:
+                raise UserError(f"{self.kind} plugin '{name}' did not load: {self._failed[name]}") from None
             valid = ", ".join(sorted(self._items))
             raise UserError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; valid: {valid}") from None
 
@@ -71,9 +86,13 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        if name not in self._items:
-            self.discover()
+        self.discover()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def _origin(obj: object) -> str:
+    """Where a registered object comes from, for messages: ``module.Name``."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"

@@ -192,6 +192,18 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
+    launcher = type(getattr(trial.strategy, "launcher", None)).__name__
+    if "MultiProcessing" in launcher:  # ddp_spawn, ddp_fork, ddp_notebook: results stay in the spawned processes
+        raise UserError(
+            f"trainer options ({_describe(cfg)}): a strategy that spawns its processes is not supported "
+            "(the run's results and checkpoints stay in them); use strategy=ddp"
+        )
+    environment = type(trial._accelerator_connector.cluster_environment).__name__
+    if trial.num_nodes > 1 and environment == "LightningEnvironment" and "MASTER_ADDR" not in os.environ:
+        raise UserError(
+            f"trainer options ({_describe(cfg)}): {trial.num_nodes} nodes need every node started by torchrun or SLURM "
+            "(or MASTER_ADDR, MASTER_PORT and NODE_RANK set); see docs/scaling.md, Several nodes"
+        )
     note = oversubscription_line(trial)
     if note is not None and os.environ.get("RANK", "0") == "0":
         print(note, file=sys.stderr, flush=True)

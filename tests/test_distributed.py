@@ -138,6 +138,23 @@ def test_views_are_seeded_per_rank():
     assert os.environ.get("WORLD_SIZE") is None
 
 
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_a_strategy_that_spawns_its_processes_and_nodes_without_a_launcher_are_refused(strategy, monkeypatch):
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.trainer import check_lightning_options
+
+    with pytest.raises(UserError, match="a strategy that spawns its processes is not supported .*; use strategy=ddp$"):
+        check_lightning_options(TrainerConfig(accelerator="cpu", devices=2, strategy=strategy))
+    for k in ("MASTER_ADDR", "SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "GROUP_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    nodes = TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", num_nodes=2)
+    with pytest.raises(UserError, match="2 nodes need every node started by torchrun or SLURM"):
+        check_lightning_options(nodes)  # it used to wait 30 minutes for nodes that never come
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    check_lightning_options(nodes)
+
+
 def test_more_cpu_processes_than_cores_say_so_in_one_line(capsys):
     from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.trainer import check_lightning_options

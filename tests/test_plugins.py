@@ -158,7 +158,115 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
 
     assert probe[0] == 0, probe[2]
     result = json.loads(probe[1].strip().splitlines()[-1])
-    assert (result["mode"], result["metric"], result["n_train"], result["n_test"]) == ("nearest-mean", "euclidean", 64, 32)
+    assert (result["mode"], result["similarity"], result["metric"], result["n_train"], result["n_test"]) == (
+        "nearest-mean",
+        "euclidean",
+        "top1",
+        64,
+        32,
+    )
 
     assert bad_metric[0] == 2 and bad_metric[2].startswith("error: evaluator_config (nearest-mean): metric")
     assert foreign_key[0] == 2 and "evaluator_config.k applies to --mode knn, not nearest-mean" in foreign_key[2]
+
+
+BAD_PLUGINS = {
+    "bad_plugins/__init__.py": "",
+    "bad_plugins/plain.py": "from ssl_toolkit.pretext.base import register_task\n\n@register_task('plain-task')\nclass Plain:\n    pass\n",
+    "bad_plugins/needs.py": (
+        "from ssl_toolkit.pretext.base import TaskConfig, register_task\n"
+        "from ssl_toolkit.pretext.rotation import RotationTask\n\n"
+        "class NeedsConfig(TaskConfig):\n    width: int\n\n"
+        "@register_task('needs-width')\nclass Needs(RotationTask):\n    Config = NeedsConfig\n"
+    ),
+    "bad_plugins/vector_loss.py": (
+        "from ssl_toolkit.pretext.base import register_task\n"
+        "from ssl_toolkit.pretext.rotation import RotationTask\n\n"
+        "@register_task('vector-loss')\nclass VectorLoss(RotationTask):\n"
+        "    def forward(self, backbone, images):\n"
+        "        loss, logs = super().forward(backbone, images)\n"
+        "        return loss.expand(2), logs  # (2,): not one scalar\n"
+    ),
+    "bad_plugins/src.py": "def as_text(cfg):\n    return 'not a data source'\n",
+    "bad_plugins-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: bad-plugins\nVersion: 0.1\n",
+    "bad_plugins-0.1.dist-info/entry_points.txt": (
+        "[ssl_toolkit.tasks]\nplain-task = bad_plugins.plain\nneeds-width = bad_plugins.needs\nvector-loss = bad_plugins.vector_loss\n"
+        "[ssl_toolkit.sources]\nbrokensrc = bad_plugins_no_such_module\ntextsrc = bad_plugins.src:as_text\ndigits = bad_plugins.src:as_text\n"
+    ),
+}
+
+
+def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built_ins_keep_working(tmp_path):
+    site = tmp_path / "site"
+    for rel, text in BAD_PLUGINS.items():
+        _write(site / rel, text)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
+    tiny = ["--backbone", "test_resnet", "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--accelerator", "cpu", "-q"]
+    synthetic = ["--data", "synthetic", "--set", "data.synthetic_train=32", "--set", "data.synthetic_test=16"]
+    tasks, plain, broken_src, text_src, vector, built_in = ssl_commands(
+        env,
+        ["tasks", "--json"],
+        ["pretrain", "--task", "plain-task", *synthetic, *tiny, "--out", str(tmp_path / "plain")],
+        ["pretrain", "--task", "rotation", "--data", "brokensrc", *tiny, "--out", str(tmp_path / "b")],
+        ["pretrain", "--task", "rotation", "--data", "textsrc", *tiny, "--out", str(tmp_path / "t")],
+        ["pretrain", "--task", "vector-loss", *synthetic, *tiny, "--out", str(tmp_path / "vector")],
+        ["pretrain", "--task", "rotation", "--data", "digits", "--set", "data.limit=64", *tiny, "--out", str(tmp_path / "ok")],
+    )
+    assert tasks[0] == 0, tasks[2]
+    rows = {r["name"]: r for r in json.loads(tasks[1])}
+    assert "plain-task" not in rows and rows["needs-width"]["needs"] == "settings width" and "rotation" in rows
+    assert "plugin 'plain-task' of bad-plugins (ssl_toolkit.tasks) failed to load: UserError: register_task('plain-task') needs" in tasks[2]
+    assert plain[0] == 2 and plain[2].startswith("error: task plugin 'plain-task' did not load: bad-plugins (bad_plugins.plain): UserError")
+    assert broken_src[0] == 2 and "error: dataset plugin 'brokensrc' did not load: bad-plugins" in broken_src[2]
+    assert "ModuleNotFoundError" in broken_src[2]
+    assert text_src[0] == 2 and text_src[2].strip().endswith("error: data source 'textsrc' gave a str, not a DataSource")
+    assert vector[0] == 2, vector[2]
+    assert (
+        vector[2].strip().splitlines()[-1]
+        == "error: task 'vector-loss' returned a loss of shape (2,); a task returns one floating-point scalar loss"
+    )
+    assert not (tmp_path / "vector").exists()  # nothing to resume from: the folder it made is gone
+    assert built_in[0] == 0, built_in[2]  # the plugin named 'digits' did not replace the built-in
+    assert json.loads((tmp_path / "ok" / "meta.json").read_text())["dataset"]["name"] == "digits"
+
+
+def test_a_name_registered_twice_names_both_and_a_failed_plugin_says_why(tmp_path, monkeypatch):
+    from ssl_toolkit.errors import UserError
+
+    _write(tmp_path / "clash_things" / "__init__.py", "")
+    _write(
+        tmp_path / "clash_things" / "registry.py",
+        "from ssl_toolkit.registry import Registry\nREG = Registry('thing', package='clash_things')\n",
+    )
+    _write(
+        tmp_path / "clash_things" / "builtin.py", "from clash_things.registry import REG\n\n@REG.register('one')\nclass One:\n    pass\n"
+    )
+    _write(tmp_path / "clash_plugin.py", "from clash_things.registry import REG\n\n@REG.register('one')\nclass Other:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import clash_plugin  # noqa: F401  (a plugin imported before the first lookup takes the built-in's name)
+    from clash_things.registry import REG
+
+    with pytest.raises(UserError, match=r"^thing 'one' is registered twice: by clash_plugin.Other and by clash_things.builtin.One$"):
+        REG.get("one")  # discovery runs first: the clash is found, not the plugin silently used
+    reg: Registry[int] = Registry("thing")
+    reg.fail("gone", "pkg (pkg.gone): ImportError: needs h5py")
+    assert reg.failure("gone") == "pkg (pkg.gone): ImportError: needs h5py" and reg.failure("other") is None
+    with pytest.raises(UserError, match=r"^thing plugin 'gone' did not load: pkg \(pkg.gone\): ImportError: needs h5py$"):
+        reg.get("gone")
+
+
+def test_an_evaluators_scores_and_facts_are_checked_before_anything_is_recorded():
+    import torch
+
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.eval.probe import check_scores
+
+    check_scores("m", torch.zeros(4, 3), 4, 3)
+    for scores, message in [
+        (torch.zeros(5, 3), r"scores of shape \(5, 3\); it needs one row per test image \(4\)"),
+        (torch.zeros(4, 2), r"scores of shape \(4, 2\); it needs \(4, 3\)"),
+        (torch.full((4, 3), float("nan")), "scores that are not finite"),
+        ([0, 1, 2, 0], "scores of shape list"),
+    ]:
+        with pytest.raises(UserError, match=rf"^evaluator 'm' returned {message}"):
+            check_scores("m", scores, 4, 3)

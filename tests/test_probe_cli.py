@@ -81,6 +81,13 @@ def test_without_data_probe_takes_the_data_the_backbone_was_pretrained_on(cli, t
     saved = saved_backbone(tmp_path / "bare")  # metadata that names no data
     code, out, err = cli("probe", saved, "--mode", "knn")
     assert code == 2 and err.strip() == f"error: --data is needed: {saved} does not say which data it was pretrained on"
+    meta = json.loads((saved / "meta.json").read_text())
+    (saved / "meta.json").write_text(json.dumps({**meta, "dataset": {"name": "tinyblobs"}}))  # a plugin's data, not installed here
+    code, out, err = cli("probe", saved, "--mode", "knn")
+    assert code == 2 and err.strip() == (
+        f"error: --data is needed: {saved} was pretrained on 'tinyblobs', which is neither a registered dataset here "
+        "(a data-source plugin that is not installed?) nor a folder that still exists"
+    )
 
 
 def test_random_init_finetune_baseline(cli):

@@ -13,6 +13,8 @@ from ssl_toolkit.cli import CONTEXT, main
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def tasks(as_json) -> None:
     """List every registered pretext task with its paper and input needs."""
+    from pydantic import ValidationError
+
     from ssl_toolkit.pretext import TASKS
 
     rows = []
@@ -21,8 +23,13 @@ def tasks(as_json) -> None:
         needs = []
         if cls.info.needs_colour:
             needs.append("colour")
-        default = cls.Config()
-        need = cls.size_requirement(default)[0]
+        try:
+            default = cls.Config()
+        except ValidationError as e:  # a plugin task whose settings have no defaults
+            needs.append("settings " + ", ".join(".".join(map(str, err["loc"])) for err in e.errors()))
+            need = 0
+        else:
+            need = cls.size_requirement(default)[0]
         if need:
             smallest = cls.smallest_image_size(default)
             fallback = f" ({smallest} px with a smaller {' and '.join(cls.geometry_fallbacks)})" if smallest and smallest < need else ""

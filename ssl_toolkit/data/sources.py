@@ -11,6 +11,8 @@ it holds shards written by ``ssl shard``, streamed from them (:mod:`ssl_toolkit.
 from __future__ import annotations
 
 import importlib
+import inspect
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +28,7 @@ BUILTIN_MODULES = ("digits", "fashion_mnist", "synthetic")
 ENTRY_POINT_GROUP = "ssl_toolkit.sources"
 SHARD_INFO = "ssl_shards.json"
 _discovered = False
+log = logging.getLogger("ssl_toolkit.plugins")
 
 
 def discover() -> None:
@@ -39,13 +42,22 @@ def discover() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in SOURCES:
-            continue
+        dist = ep.dist.name if ep.dist is not None else "?"
         try:
             obj = ep.load()
-        except Exception as e:  # noqa: BLE001  (a broken plugin must not break the built-ins)
-            raise UserError(f"data-source plugin '{ep.name}' ({ep.value}) failed to load: {e}") from None
-        if callable(obj) and ep.name not in SOURCES:
+        except Exception as e:  # noqa: BLE001  (a broken plugin must not break the built-ins; its name says why)
+            SOURCES.fail(ep.name, f"{dist} ({ep.value}): {type(e).__name__}: {e}")
+            log.warning("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, ENTRY_POINT_GROUP, type(e).__name__, e)
+            continue
+        if inspect.ismodule(obj):  # a module that registers its sources itself
+            continue
+        if ep.name in SOURCES:
+            if SOURCES.get(ep.name) is not obj:
+                log.warning("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, ENTRY_POINT_GROUP)
+        elif not callable(obj):
+            SOURCES.fail(ep.name, f"{dist} ({ep.value}) is a {type(obj).__name__}, not a function (DataConfig) -> DataSource")
+            log.warning("plugin '%s' of %s (%s) is not a data-source factory", ep.name, dist, ENTRY_POINT_GROUP)
+        else:
             SOURCES.register(ep.name)(obj)
 
 
@@ -81,7 +93,12 @@ def load_source(cfg: DataConfig) -> DataSource:
     """Build the data source named by ``cfg.name``: a registered dataset, shards or an image folder."""
     discover()
     if cfg.name in SOURCES:
-        return _limit(SOURCES.get(cfg.name)(cfg), cfg)
+        source = SOURCES.get(cfg.name)(cfg)
+        if not isinstance(source, DataSource):
+            raise UserError(f"data source '{cfg.name}' gave a {type(source).__name__}, not a DataSource")
+        return _limit(source, cfg)
+    if SOURCES.failure(cfg.name) is not None and not Path(cfg.name).expanduser().exists():
+        SOURCES.get(cfg.name)  # says why the plugin did not load
     if is_shard_dir(cfg.name):
         from ssl_toolkit.data.shards import load_shards
 

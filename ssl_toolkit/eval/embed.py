@@ -119,6 +119,17 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
     return recorded if recorded in SOURCES else None
 
 
+def data_needed(target: str | Path, meta: dict[str, Any]) -> str:
+    """Why ``--data`` must be given for ``target``: no data recorded, or data that cannot be loaded here."""
+    recorded = (meta.get("dataset") or {}).get("name")
+    if recorded:
+        return (
+            f"--data is needed: {target} was pretrained on '{recorded}', which is neither a registered dataset here "
+            "(a data-source plugin that is not installed?) nor a folder that still exists"
+        )
+    return f"--data is needed: {target} does not say which data it was pretrained on"
+
+
 def load_target_source(
     target: str | Path, data: str | Path | dict[str, Any] | DataConfig | None
 ) -> tuple[nn.Module, dict[str, Any], Path | None, DataSource, Preprocess]:
@@ -133,7 +144,7 @@ def load_target_source(
     if data is None:
         data = pretraining_data(folder, meta)
         if data is None:
-            raise UserError(f"--data is needed: {target} does not say which data it was pretrained on")
+            raise UserError(data_needed(target, meta))
     source = load_source(data_config(data, int(meta["image_size"])))
     return model, meta, folder, source, preprocess_of(meta)
 

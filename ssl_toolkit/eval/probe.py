@@ -108,11 +108,11 @@ def probe(
     model, meta, run_folder = load_target(target, random_init, backbone, cfg)
     data_cfg = cfg.data
     if "name" not in cfg.data.model_fields_set and not random_init:  # as embed and report: the pretraining data
-        from ssl_toolkit.eval.embed import data_config, pretraining_data
+        from ssl_toolkit.eval.embed import data_config, data_needed, pretraining_data
 
         pretrained = pretraining_data(run_folder, meta)
         if pretrained is None:
-            raise UserError(f"--data is needed: {target} does not say which data it was pretrained on")
+            raise UserError(data_needed(target, meta))
         data_cfg = data_config(pretrained).model_copy(update={k: getattr(cfg.data, k) for k in cfg.data.model_fields_set})
     data_cfg = data_cfg.model_copy(update={"image_size": meta["image_size"]})
     source: DataSource = load_source(data_cfg)
@@ -128,6 +128,7 @@ def probe(
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
     scores, facts = evaluator.evaluate(ctx)
+    check_scores(cfg.mode, scores, len(source.test), source.num_classes if source.target_kind == "multiclass" else None)
     report = evaluation_report(source.target_kind, scores, source.test.labels, source.num_classes, facts.get("thresholds"))
     result = {
         "mode": cfg.mode,
@@ -144,13 +145,31 @@ def probe(
         "stem_pool": BackboneSpec.from_dict(meta["backbone"]).stem_pool,
         "task": meta.get("task"),
         "random_init": random_init,
-        **facts,
         "seconds": round(time.time() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    clash = sorted(k for k, v in facts.items() if k in result and result[k] != v)
+    if clash:
+        raise UserError(
+            f"evaluator '{cfg.mode}' returned facts named {', '.join(clash)}, which would replace the measured figures; rename them"
+        )
+    result = {**result, **facts}
     if run_folder is not None:
         record_probe(run_folder, result)
     return result
+
+
+def check_scores(mode: str, scores: Any, n_test: int, num_classes: int | None) -> None:
+    """Refuse, in one line naming the evaluator, scores that are not one finite row per test image (``num_classes`` wide, when given)."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() not in (1, 2) or len(scores) != n_test:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise UserError(f"evaluator '{mode}' returned scores of shape {shape}; it needs one row per test image ({n_test})")
+    if num_classes is not None and (scores.dim() != 2 or scores.shape[1] != num_classes):
+        raise UserError(f"evaluator '{mode}' returned scores of shape {tuple(scores.shape)}; it needs ({n_test}, {num_classes})")
+    if not bool(torch.isfinite(scores.float()).all()):
+        raise UserError(
+            f"evaluator '{mode}' returned scores that are not finite (NaN or inf): training diverged or the evaluator is broken"
+        )
 
 
 def evaluation_report(

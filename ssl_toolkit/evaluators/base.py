@@ -106,6 +106,8 @@ def register_evaluator(name: str):
     """Class decorator registering an :class:`Evaluator` under ``name``."""
 
     def deco(cls: type[Evaluator]) -> type[Evaluator]:
+        if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
+            raise UserError(f"register_evaluator('{name}') needs a subclass of ssl_toolkit.evaluators.Evaluator, not {cls!r}")
         cls.name = name
         return EVALUATORS.register(name)(cls)
 

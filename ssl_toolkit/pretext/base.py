@@ -25,6 +25,7 @@ from torch import nn
 
 from ssl_toolkit.config import StrictModel
 from ssl_toolkit.data.stage import WorkerStage
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.registry import Registry
 
 INPUTS_SECTION = "pretext/build_inputs"
@@ -277,6 +278,8 @@ def register_task(name: str):
     """Class decorator registering a :class:`PretextTask` under ``name``."""
 
     def deco(cls: type[PretextTask]) -> type[PretextTask]:
+        if not (isinstance(cls, type) and issubclass(cls, PretextTask)):
+            raise UserError(f"register_task('{name}') needs a subclass of ssl_toolkit.pretext.PretextTask, not {cls!r}")
         cls.name = name
         return TASKS.register(name)(cls)
 

@@ -47,4 +47,4 @@ class NearestMeanEvaluator(Evaluator):
             scores = test_x @ F.normalize(means, dim=1).T  # (M, C)
         else:
             scores = -torch.cdist(test_x, means)  # (M, C)
-        return scores, {"metric": self.settings.metric}
+        return scores, {"similarity": self.settings.metric}
