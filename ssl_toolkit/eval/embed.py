@@ -119,7 +119,7 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
     return recorded if recorded in SOURCES else None
 
 
-def data_needed(target: str | Path, meta: dict[str, Any]) -> str:
+def data_needed(target: str | Path | None, meta: dict[str, Any]) -> str:
     """Why ``--data`` must be given for ``target``: no data recorded, or data that cannot be loaded here."""
     recorded = (meta.get("dataset") or {}).get("name")
     if recorded:
