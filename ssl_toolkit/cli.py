@@ -30,6 +30,23 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
     return apply_overrides(data, overrides)
 
 
+def data_argument(data: str | None, overrides: tuple[str, ...]) -> str | dict[str, Any] | None:
+    """``--data NAME`` with ``--set data.KEY=VALUE`` (the only settings of ``ssl embed`` and ``ssl report``).
+
+    Returns the name alone, a dict of data fields (``name`` absent without ``--data``: the
+    fields then go on top of the data the backbone was pretrained on), or ``None``.
+    """
+    from ssl_toolkit.config import apply_overrides
+
+    if not overrides:
+        return data
+    fields = apply_overrides({}, overrides)
+    other = sorted(set(fields) - {"data"})
+    if other or not isinstance(fields.get("data"), dict):
+        raise UserError(f"--set takes data.KEY=VALUE here, not {other[0] if other else 'data'}")
+    return {**fields["data"], **({"name": data} if data is not None else {})}
+
+
 def echo_rows(rows: list[tuple[str, object]]) -> None:
     """Print ``(label, value)`` rows as an aligned two-column table."""
     from ssl_toolkit.terminal import terminal_safe

@@ -154,6 +154,11 @@ def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the
     assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages 9)"
 
 
+def test_data_fields_without_a_name_go_on_top_of_the_pretraining_data(run, tmp_path):
+    result = st.embed(run, {"limit": 20}, tmp_path / "l.npz", split="train")
+    assert result["splits"] == {"train": 20} and result["dataset"] == tiny_config("rotation", epochs=1)["data"]["name"]
+
+
 def test_paths_are_taken_wherever_a_name_or_folder_is():
     assert DataConfig(name=Path("imgs"), path=Path("/d"), labels=Path("l.csv")).model_dump(include={"name", "path", "labels"}) == {
         "name": "imgs",

@@ -129,3 +129,8 @@ def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])  # the documented last line
     assert (result["path"], result["rows"], result["splits"]) == (str(tmp_path / "g.npz"), 12, {"train": 10, "test": 2})
+    code, out, err = cli("embed", run, "--data", folder, "--set", "data.test_fraction=0.5", "--out", tmp_path / "h.npz", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["splits"] == {"train": 6, "test": 6}  # a data setting, as other commands take
+    code, out, err = cli("embed", run, "--set", "trainer.epochs=3", "--out", tmp_path / "i.npz")
+    assert (code, err) == (2, "error: --set takes data.KEY=VALUE here, not trainer\n")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, POSITIVE, data_argument, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
@@ -23,8 +23,15 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True, help="Which split(s) to embed.")
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="data.KEY=VALUE",
+    help="A data setting, e.g. --set data.limit=1000 (repeatable; docs/data.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
-def embed(target, data, out, split, batch_size, device, as_json) -> None:
+def embed(target, data, out, split, batch_size, device, overrides, as_json) -> None:
     """Write the embeddings of a dataset under a backbone.
 
     TARGET is a run folder, a backbone file or a checkpoint-library name. The file holds
@@ -34,7 +41,7 @@ def embed(target, data, out, split, batch_size, device, as_json) -> None:
     quiet_libraries()
     from ssl_toolkit.eval.embed import embed as run_embed
 
-    result = run_embed(target, data, out, split=split, batch_size=batch_size, device=device)
+    result = run_embed(target, data_argument(data, overrides), out, split=split, batch_size=batch_size, device=device)
     rows = [
         ("data", result["dataset"]),
         ("rows", ", ".join(f"{k} {v}" for k, v in result["splits"].items())),

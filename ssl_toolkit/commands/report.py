@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, POSITIVE, FiniteFloat, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, POSITIVE, FiniteFloat, data_argument, echo_rows, main, quiet_libraries
 from ssl_toolkit.eval.projection import UMAP_METRICS
 
 
@@ -29,6 +29,13 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
     show_default=True,
     help="auto: test queries, training gallery; train/test: that split alone, leave-one-out.",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="data.KEY=VALUE",
+    help="A data setting, e.g. --set data.limit=1000 (repeatable; docs/data.md).",
+)
 def report(
     target,
     data,
@@ -44,6 +51,7 @@ def report(
     device,
     seed,
     split,
+    overrides,
 ) -> None:
     """Write one self-contained HTML report about a backbone on a dataset.
 
@@ -58,7 +66,7 @@ def report(
     umap = {"n_neighbors": umap_neighbors, "min_dist": umap_min_dist, "metric": umap_metric, "max_points": umap_max_points, "seed": seed}
     result = run_report(
         target,
-        data,
+        data_argument(data, overrides),
         out,
         umap=umap,
         ivf_threshold=ivf_threshold,

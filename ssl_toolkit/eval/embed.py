@@ -136,15 +136,17 @@ def load_target_source(
     """The backbone of ``target``, its metadata and folder, and ``data`` at the backbone's image size.
 
     ``data=None`` means the data the backbone was pretrained on: the ``data`` section of the
-    run's ``config.yaml``, else the registered dataset named in its metadata.
+    run's ``config.yaml``, else the registered dataset named in its metadata; a dict of
+    fields without ``name`` goes on top of it.
     """
     from ssl_toolkit.library import load_backbone_any
 
     model, meta, folder = load_backbone_any(target)
-    if data is None:
-        data = pretraining_data(folder, meta)
-        if data is None:
+    if data is None or (isinstance(data, dict) and "name" not in data):  # fields on top of the pretraining data
+        base = pretraining_data(folder, meta)
+        if base is None:
             raise UserError(data_needed(target, meta))
+        data = base if data is None else {**({"name": base} if isinstance(base, str) else base), **data}
     source = load_source(data_config(data, int(meta["image_size"])))
     return model, meta, folder, source, preprocess_of(meta)
 
@@ -162,8 +164,9 @@ def embed(
 
     Args:
         target: Run folder, backbone file or checkpoint-library name.
-        data: Dataset name or folder, a dict of :class:`DataConfig` fields, or a config
-            (default: the registered dataset the backbone was pretrained on).
+        data: Dataset name or folder, a dict of :class:`DataConfig` fields (without
+            ``name``: on top of the data the backbone was pretrained on), or a config
+            (default: the data the backbone was pretrained on).
         out: ``.npz`` (one file) or ``.npy`` (memmap-able embeddings + ``.meta.npz``).
         split: ``train``, ``test`` or ``all`` (train rows, then test rows).
         batch_size: Images per forward pass.

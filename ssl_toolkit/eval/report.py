@@ -334,8 +334,9 @@ def report(
 
     Args:
         target: Run folder, backbone file or checkpoint-library name.
-        data: Dataset name or folder, a dict of :class:`DataConfig` fields, or a config
-            (default: the registered dataset the backbone was pretrained on).
+        data: Dataset name or folder, a dict of :class:`DataConfig` fields (without
+            ``name``: on top of the data the backbone was pretrained on), or a config
+            (default: the data the backbone was pretrained on).
         out: The HTML file (default ``<run>/report.html`` for a folder, else ``report.html``).
         umap: UMAP settings (:class:`UmapParams` or a dict of its fields).
         ivf_threshold: Gallery size from which FAISS searches an IVF index instead of an exact one.
