@@ -417,6 +417,8 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # epoch-level metrics are logged anyway
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the run folder's own config.yaml
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # the online probe is off: nothing to validate
+        warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")  # DDP, channels-last
         try:
             with lightning_interrupts(trainer, f"checkpoint saved, continue with: ssl pretrain --resume {folder}"):
                 trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)

@@ -159,6 +159,18 @@ def test_data_fields_without_a_name_go_on_top_of_the_pretraining_data(run, tmp_p
     assert result["splits"] == {"train": 20} and result["dataset"] == tiny_config("rotation", epochs=1)["data"]["name"]
 
 
+def test_a_run_without_the_online_probe_warns_nothing(tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["trainer"]["online_probe"] = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        st.pretrain(cfg, out=tmp_path / "r")
+    assert [str(w.message) for w in caught] == []  # Lightning's "no val_dataloader" used to reach Python callers
+
+
 def test_paths_are_taken_wherever_a_name_or_folder_is():
     assert DataConfig(name=Path("imgs"), path=Path("/d"), labels=Path("l.csv")).model_dump(include={"name", "path", "labels"}) == {
         "name": "imgs",
