@@ -192,7 +192,8 @@ class EpochEndCheckpoint(Callback):
     (``loss_epoch``, ``pretext_acc``...) and before it counts the epoch as completed. So:
 
     - on save, the epoch's ``metrics.csv`` row goes into the checkpoint (``KEY``); a kill
-      before Lightning logs it would otherwise lose it, and
+      before Lightning logs it would otherwise lose it (so would a Ctrl-C after the epoch's
+      last step, whose checkpoint carries the row Lightning was about to log), and
       :func:`ssl_toolkit.trainer.restore_metrics` writes it back on resume;
     - on load, the epoch is marked completed and the per-epoch counters zeroed. Lightning's
       own restart finishes the epoch except under a ``max_steps`` limit (iteration-based
@@ -206,11 +207,17 @@ class EpochEndCheckpoint(Callback):
         from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 
         try:  # Lightning's internals: a version without them saves the checkpoint without the row
-            connector = trainer._logger_connector
-            if connector._first_loop_iter is not None or trainer._results is None:
+            connector, results = trainer._logger_connector, trainer._results
+            if results is None:
+                return
+            if connector._first_loop_iter is None:  # the epoch-end save
+                row = convert_tensors_to_scalars(connector.metrics["log"])
+                step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # Lightning's step of epoch rows
+            elif trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # interrupted after the epoch's last step
+                row = convert_tensors_to_scalars(results.metrics(False)["log"])  # the epoch row Lightning was about to log
+                step = trainer.global_step - 1  # the same step: that last batch is not yet counted as stepped here
+            else:
                 return  # mid-epoch: every row logged so far is already flushed
-            row = convert_tensors_to_scalars(connector.metrics["log"])
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # Lightning's step of epoch rows
         except (AttributeError, KeyError):
             return
         if row:

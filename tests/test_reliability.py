@@ -403,3 +403,34 @@ def test_last_ckpt_every_n_minutes_within_an_epoch(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert 1 <= first < 6  # written inside the first epoch (6 steps), by the time trigger
+
+
+def test_ctrl_c_after_an_epochs_last_step_keeps_that_epochs_row_on_resume(tmp_path, monkeypatch):
+    from ssl_toolkit import engine
+    from ssl_toolkit.errors import Interrupted
+
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))
+    end_of_epoch = engine.PretrainModule.on_train_batch_end
+
+    def ctrl_c_at_step_4(self, outputs, batch, batch_idx):  # 256 images, 64 per step: the first epoch's last step
+        end_of_epoch(self, outputs, batch, batch_idx)
+        if self.global_step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def epoch_rows(run: Path) -> list[tuple[str, str, str]]:
+        rows = csv.DictReader((run / "metrics.csv").open())
+        return [(r["epoch"], r["step"], r["loss_epoch"]) for r in rows if r["loss_epoch"]]
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
+    try:
+        pretrain(tiny_config("rotation", epochs=2), out=tmp_path / "whole")
+        monkeypatch.setattr(engine.PretrainModule, "on_train_batch_end", ctrl_c_at_step_4)
+        with pytest.raises(Interrupted):
+            pretrain(tiny_config("rotation", epochs=2), out=tmp_path / "cut")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    monkeypatch.setattr(engine.PretrainModule, "on_train_batch_end", end_of_epoch)
+    pretrain({"trainer": {"epochs": 2}}, resume=tmp_path / "cut")
+    whole = epoch_rows(tmp_path / "whole")
+    assert [(e, s) for e, s, _ in whole] == [("0", "3"), ("1", "7")]
+    assert epoch_rows(tmp_path / "cut") == whole  # the first epoch's row was lost before: the Ctrl-C came before Lightning logged it
