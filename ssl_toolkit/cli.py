@@ -181,8 +181,8 @@ def run() -> None:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as e:
-        # before training started, a worker's non-zero exit is what ends a launching process
-        # blocked in DDP's rendezvous (it waits 30 minutes for this worker otherwise)
+        # exit 130 in a DDP worker too: before training starts, its non-zero exit is what ends
+        # a launching process blocked in DDP's rendezvous (it waits 30 minutes otherwise)
         click.echo("aborted" if isinstance(e, click.exceptions.Abort) else "interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
