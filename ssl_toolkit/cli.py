@@ -30,6 +30,15 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
     return apply_overrides(data, overrides)
 
 
+DATA_SETTINGS = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="data.KEY=VALUE",
+    help="A data setting, e.g. --set data.limit=1000 (repeatable; docs/data.md).",
+)  # with data_argument: the settings of `ssl embed` and `ssl report`
+
+
 def data_argument(data: str | None, overrides: tuple[str, ...]) -> str | dict[str, Any] | None:
     """``--data NAME`` with ``--set data.KEY=VALUE`` (the only settings of ``ssl embed`` and ``ssl report``).
 

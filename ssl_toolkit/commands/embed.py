@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, POSITIVE, data_argument, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, DATA_SETTINGS, POSITIVE, data_argument, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
@@ -23,13 +23,7 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, data_argument, echo_rows, main, q
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True, help="Which split(s) to embed.")
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="data.KEY=VALUE",
-    help="A data setting, e.g. --set data.limit=1000 (repeatable; docs/data.md).",
-)
+@DATA_SETTINGS
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
 def embed(target, data, out, split, batch_size, device, overrides, as_json) -> None:
     """Write the embeddings of a dataset under a backbone.

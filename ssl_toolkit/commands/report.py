@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, POSITIVE, FiniteFloat, data_argument, echo_rows, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, DATA_SETTINGS, POSITIVE, FiniteFloat, data_argument, echo_rows, main, quiet_libraries
 from ssl_toolkit.eval.projection import UMAP_METRICS
 
 
@@ -29,13 +29,7 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
     show_default=True,
     help="auto: test queries, training gallery; train/test: that split alone, leave-one-out.",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="data.KEY=VALUE",
-    help="A data setting, e.g. --set data.limit=1000 (repeatable; docs/data.md).",
-)
+@DATA_SETTINGS
 def report(
     target,
     data,
