@@ -27,7 +27,7 @@ INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
 
 
 def show_bidi(text: Any) -> Any:
-    """``text`` with each bidirectional control character written as ``[U+XXXX]`` (other values unchanged).
+    """``text`` with each bidirectional control character written as its code point, e.g. ``[U+202E]`` (other values unchanged).
 
     Markup (already escaped, e.g. the output of Jinja's ``join``) stays markup: the
     replacement holds no character that HTML would need escaped.
