@@ -16,10 +16,12 @@ decorator. Importing the module registers it, so finding plugins means importing
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
+from typing import Any
 
 GROUPS = {"task": "ssl_toolkit.tasks", "evaluator": "ssl_toolkit.evaluators", "source": "ssl_toolkit.sources"}
 
@@ -42,7 +44,9 @@ def import_submodules(package: str) -> list[str]:
     return names
 
 
-def load_entry_points(group: str, registered: Mapping[str, object] | None = None) -> dict[str, str]:
+def load_entry_points(
+    group: str, registered: Mapping[str, object] | None = None, adopt: Callable[[str, Any], None] | None = None
+) -> dict[str, str]:
     """Load every entry point of ``group``; one that fails to load is logged and skipped.
 
     A broken third-party package must not take the command line down with it: its
@@ -53,6 +57,9 @@ def load_entry_points(group: str, registered: Mapping[str, object] | None = None
         group: Entry-point group, e.g. ``"ssl_toolkit.tasks"``.
         registered: What is registered so far, by name: an entry point whose name another
             module has taken (a built-in's, say) is skipped with a warning.
+        adopt: Called with ``(name, object)`` for an entry point that names an object, not
+            a module (a data-source factory is registered under the entry point's name);
+            what it raises counts as a failure to load.
 
     Returns:
         ``name -> why`` for the entry points that did not load.
@@ -65,7 +72,9 @@ def load_entry_points(group: str, registered: Mapping[str, object] | None = None
             log.warning("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, group)
             continue
         try:
-            ep.load()
+            obj = ep.load()
+            if adopt is not None and not inspect.ismodule(obj):
+                adopt(ep.name, obj)
         except Exception as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
             failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
             log.warning("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)

@@ -9,7 +9,7 @@ before a name is asked for, so commands that never look up a task never import o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ssl_toolkit.errors import UserError, did_you_mean
 
@@ -49,16 +49,18 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
-        from ssl_toolkit.plugins import import_submodules, load_entry_points
+        from ssl_toolkit.plugins import import_submodules
 
         if self.package:
             import_submodules(self.package)
         if self.group:
-            self._failed.update(load_entry_points(self.group, self._items))
+            self.load_plugins(self.group)
 
-    def fail(self, name: str, why: str) -> None:
-        """Remember that the plugin named ``name`` did not load (a lookup of ``name`` says why)."""
-        self._failed[name] = why
+    def load_plugins(self, group: str, adopt: Callable[[str, Any], None] | None = None) -> None:
+        """Load the entry points of ``group`` (:func:`ssl_toolkit.plugins.load_entry_points`), remembering why any failed."""
+        from ssl_toolkit.plugins import load_entry_points
+
+        self._failed.update(load_entry_points(group, self._items, adopt))
 
     def failure(self, name: str) -> str | None:
         """Why the plugin named ``name`` did not load (``None`` if it did, or there is none)."""

@@ -198,7 +198,7 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
             f"trainer options ({_describe(cfg)}): a strategy that spawns its processes is not supported "
             "(the run's results and checkpoints stay in them); use strategy=ddp"
         )
-    environment = type(trial._accelerator_connector.cluster_environment).__name__
+    environment = type(getattr(trial.strategy, "cluster_environment", None)).__name__
     if trial.num_nodes > 1 and environment == "LightningEnvironment" and "MASTER_ADDR" not in os.environ:
         raise UserError(
             f"trainer options ({_describe(cfg)}): {trial.num_nodes} nodes need every node started by torchrun or SLURM "

@@ -248,10 +248,12 @@ def test_a_name_registered_twice_names_both_and_a_failed_plugin_says_why(tmp_pat
 
     with pytest.raises(UserError, match=r"^thing 'one' is registered twice: by clash_plugin.Other and by clash_things.builtin.One$"):
         REG.get("one")  # discovery runs first: the clash is found, not the plugin silently used
-    reg: Registry[int] = Registry("thing")
-    reg.fail("gone", "pkg (pkg.gone): ImportError: needs h5py")
-    assert reg.failure("gone") == "pkg (pkg.gone): ImportError: needs h5py" and reg.failure("other") is None
-    with pytest.raises(UserError, match=r"^thing plugin 'gone' did not load: pkg \(pkg.gone\): ImportError: needs h5py$"):
+    _write(tmp_path / "gone_plugin.py", "raise ImportError('needs h5py')\n")
+    _write(tmp_path / "gone-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: gone-ext\nVersion: 0.1\n")
+    _write(tmp_path / "gone-0.1.dist-info/entry_points.txt", "[gone.things]\ngone = gone_plugin\n")
+    reg: Registry[int] = Registry("thing", group="gone.things")
+    assert reg.failure("gone") == "gone-ext (gone_plugin): ImportError: needs h5py" and reg.failure("other") is None
+    with pytest.raises(UserError, match=r"^thing plugin 'gone' did not load: gone-ext \(gone_plugin\): ImportError: needs h5py$"):
         reg.get("gone")
 
 

@@ -11,8 +11,6 @@ it holds shards written by ``ssl shard``, streamed from them (:mod:`ssl_toolkit.
 from __future__ import annotations
 
 import importlib
-import inspect
-import logging
 import os
 from pathlib import Path
 
@@ -28,7 +26,6 @@ BUILTIN_MODULES = ("digits", "fashion_mnist", "synthetic")
 ENTRY_POINT_GROUP = "ssl_toolkit.sources"
 SHARD_INFO = "ssl_shards.json"
 _discovered = False
-log = logging.getLogger("ssl_toolkit.plugins")
 
 
 def discover() -> None:
@@ -39,26 +36,14 @@ def discover() -> None:
     _discovered = True
     for name in BUILTIN_MODULES:
         importlib.import_module(f"ssl_toolkit.data.{name}")
-    from importlib.metadata import entry_points
+    SOURCES.load_plugins(ENTRY_POINT_GROUP, adopt=_adopt_factory)
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "?"
-        try:
-            obj = ep.load()
-        except Exception as e:  # noqa: BLE001  (a broken plugin must not break the built-ins; its name says why)
-            SOURCES.fail(ep.name, f"{dist} ({ep.value}): {type(e).__name__}: {e}")
-            log.warning("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, ENTRY_POINT_GROUP, type(e).__name__, e)
-            continue
-        if inspect.ismodule(obj):  # a module that registers its sources itself
-            continue
-        if ep.name in SOURCES:
-            if SOURCES.get(ep.name) is not obj:
-                log.warning("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, ENTRY_POINT_GROUP)
-        elif not callable(obj):
-            SOURCES.fail(ep.name, f"{dist} ({ep.value}) is a {type(obj).__name__}, not a function (DataConfig) -> DataSource")
-            log.warning("plugin '%s' of %s (%s) is not a data-source factory", ep.name, dist, ENTRY_POINT_GROUP)
-        else:
-            SOURCES.register(ep.name)(obj)
+
+def _adopt_factory(name: str, obj: object) -> None:
+    """Register a plugin's data-source factory (an entry point naming a function) under its entry point's name."""
+    if not callable(obj):
+        raise TypeError(f"a {type(obj).__name__}, not a function (DataConfig) -> DataSource")
+    SOURCES.register(name)(obj)
 
 
 def is_shard_dir(name: str) -> bool:
