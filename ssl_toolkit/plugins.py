@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from ssl_toolkit.ranks import is_primary_process
+
 GROUPS = {"task": "ssl_toolkit.tasks", "evaluator": "ssl_toolkit.evaluators", "source": "ssl_toolkit.sources"}
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,17 @@ def load_entry_points(
 
     Returns:
         ``name -> why`` for the entry points that did not load.
+
+    The extra processes of a DDP run re-run the same command and meet the same plugins;
+    only the primary process prints the warnings, so each is printed once per run.
     """
+    warn = log.warning if is_primary_process() else log.debug
     failed = {}
     for ep in entry_points(group=group):
         dist = ep.dist.name if ep.dist is not None else "?"
         taken = (registered or {}).get(ep.name)
         if taken is not None and getattr(taken, "__module__", None) != ep.module:
-            log.warning("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, group)
+            warn("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, group)
             continue
         try:
             obj = ep.load()
@@ -77,5 +83,5 @@ def load_entry_points(
                 adopt(ep.name, obj)
         except Exception as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
             failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
-            log.warning("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
+            warn("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
     return failed

@@ -99,7 +99,9 @@ def pretrain(
 
     Returns:
         The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added; for a
-        finished run with nothing left to train, ``finished: True`` and its metadata.
+        finished run with nothing left to train, ``finished: True`` and its metadata. In the
+        extra processes of a multi-process (DDP) run, which re-run the caller's script, an
+        empty dict: only the primary process records the run.
     """
     plan = plan_run(config, out, overwrite, resume, name)
     if plan.finished is not None:

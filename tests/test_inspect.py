@@ -106,7 +106,7 @@ def test_counts_sizes_modes_formats(result):
     assert r["kind"] == "folder"
     assert r["images"] == {"total": 21, "train": 16, "test": 5, "unreadable": 3}
     assert r["modes"]["modes"] == {"RGB": 16, "L": 1, "RGBA": 1, "P": 1, "CMYK": 1, "I;16": 1}
-    assert r["modes"]["channels"] == {"1": 3, "3": 16, "4": 2}
+    assert r["modes"]["channels"] == {"1": 2, "3": 17, "4": 2}  # the palette image's colours are RGB
     assert r["modes"]["high_bit_depth"] == 1 and r["modes"]["mixed"]
     assert r["formats"] == {"PNG": 17, "JPEG": 2, "BMP": 1, "TIFF": 1}
     assert r["sizes"]["width"]["min"] == 72 and r["sizes"]["width"]["max"] == 96

@@ -52,6 +52,22 @@ def test_registry_imports_its_package_and_entry_points_once(tmp_path, monkeypatc
     assert caplog.text == ""  # discovery runs once
 
 
+def test_the_extra_processes_of_a_ddp_run_keep_plugin_warnings_to_themselves(tmp_path, monkeypatch, caplog):
+    _write(tmp_path / "demo_quiet.py", "")
+    _write(tmp_path / "demo_quiet-0.1.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: demo-quiet\nVersion: 0.1\n")
+    _write(tmp_path / "demo_quiet-0.1.dist-info" / "entry_points.txt", "[demo.quiet]\nbroken = demo_quiet_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from ssl_toolkit.plugins import load_entry_points
+
+    for rank, expected in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ssl_toolkit.plugins"):
+            failed = load_entry_points("demo.quiet")
+        assert list(failed) == ["broken"] and "ModuleNotFoundError" in failed["broken"]
+        assert caplog.text.count("plugin 'broken' of demo-quiet (demo.quiet) failed to load") == expected
+
+
 def test_unknown_name_lists_discovered_ones():
     from ssl_toolkit.errors import UserError
 

@@ -65,13 +65,21 @@ def bit_depth(mode: str) -> int:
     return 8
 
 
+PALETTE_CHANNELS = {"P": 3, "PA": 4}  # a palette's entries are colours: the file stores one index band per pixel
+
+
+def colour_channels(mode: str) -> int:
+    """Channels of the pixels a PIL mode describes: a palette image counts its colours' (RGB) channels."""
+    return PALETTE_CHANNELS.get(mode, Image.getmodebands(mode))
+
+
 def mode_facts(table: ImageTable) -> dict[str, Any]:
-    """Counts per PIL mode, per channel count, per bit depth; whether modes are mixed."""
+    """Counts per PIL mode, per channel count (of the pixels' colours), per bit depth; whether modes are mixed."""
     modes = Counter(table.modes.tolist())
     channels: Counter = Counter()
     depth: Counter = Counter()
     for mode, count in modes.items():
-        channels[Image.getmodebands(mode)] += count
+        channels[colour_channels(mode)] += count
         depth[bit_depth(mode)] += count
     return {
         "modes": dict(modes.most_common()),
