@@ -7,11 +7,13 @@ config is written next to every run so that any run can be reproduced from its f
 from __future__ import annotations
 
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ssl_toolkit.errors import UserError, did_you_mean
 
@@ -30,10 +32,45 @@ Normalize = Literal["zscore", "minmax"]
 PathText = Annotated[str, BeforeValidator(_path_text)]
 
 
+def number_without_bool(annotation: Any) -> bool:
+    """Whether a field of this type takes numbers but not ``true``/``false`` (``int``, ``float | None``, ...)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return number_without_bool(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return any(number_without_bool(a) for a in args) and not any(takes_bool(a) for a in args)
+    return annotation in (int, float)
+
+
+def takes_bool(annotation: Any) -> bool:
+    """Whether ``true``/``false`` is one of a type's own values (``bool``, ``Literal[..., True]``, ``Any``)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return takes_bool(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return any(takes_bool(a) for a in typing.get_args(annotation))
+    return annotation in (bool, Any)
+
+
 class StrictModel(BaseModel):
-    """Base for all configs: unknown keys are errors, and so are infinite or NaN numbers."""
+    """Base for all configs: unknown keys are errors, and so are infinite or NaN numbers.
+
+    A number field refuses ``true``/``false``: YAML reads ``epochs: yes`` as ``true``, which
+    pydantic would take as ``1``.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and number_without_bool(field.annotation):
+            raise ValueError(f"should be a number, not {str(value).lower()}")
+        return value
 
 
 class DataConfig(StrictModel):

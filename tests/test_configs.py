@@ -68,3 +68,16 @@ def test_every_config_key_is_documented():
     }
     assert {k: v for k, v in missing.items() if v} == {}
     assert len(TrainerConfig.model_fields) >= 28 and len(DataConfig.model_fields) >= 17  # the models were read
+
+
+def test_a_number_setting_refuses_true_and_false_that_yaml_reads_from_yes_and_no(tmp_path):
+    yes = tmp_path / "yes.yaml"
+    yes.write_text("trainer:\n  epochs: yes\n")
+    with pytest.raises(UserError, match=r"trainer\.epochs: should be a number, not true"):
+        validate(PretrainConfig, load_yaml(yes))
+    with pytest.raises(UserError, match=r"k: should be a number, not false"):
+        validate(EVALUATORS.get("knn").Config, apply_overrides({}, ["k=no"]))
+    with pytest.raises(UserError, match=r"^config: temperature: should be a number, not true \(got True\)$"):
+        validate(TASKS.get("simclr").Config, {"temperature": True})
+    flags = validate(PretrainConfig, apply_overrides({}, ["data.strict=yes", "data.stream=true", "trainer.epochs=2"]))
+    assert (flags.data.strict, flags.data.stream, flags.trainer.epochs) == (True, True, 2)  # settings that are flags still take them
