@@ -152,9 +152,30 @@ def test_knn_matches_numpy_brute_force():
         nn_idx = np.argsort(-sim[i])[:k]
         for j in nn_idx:
             ref[i, labels[j]] += np.exp(sim[i, j] / t)
+        ref[i] /= np.exp(sim[i, nn_idx[0]] / t)  # each row is scaled so that its nearest neighbour weighs 1
     np.testing.assert_allclose(scores.numpy(), ref, rtol=1e-4)
     assert (scores.argmax(1).numpy() == ref.argmax(1)).all()
     assert knn_scores(train, labels, test, k=1000, T=t).shape == (40, 5)  # k clipped to the training set
+
+
+def test_knn_vote_stays_finite_and_exact_at_a_small_temperature():
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(size=(200, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, size=200)
+    for t in (1e-3, 1e-300):
+        scores = knn_scores(train, labels, test, k=10, T=t, num_classes=4)
+        assert torch.isfinite(scores).all()
+        a = train / np.linalg.norm(train, axis=1, keepdims=True)
+        b = test / np.linalg.norm(test, axis=1, keepdims=True)
+        sim = (b @ a.T).astype(np.float64)
+        ref = np.full((30, 4), -np.inf)  # log of each class's summed weight
+        for i in range(30):
+            for j in np.argsort(-sim[i])[:10]:
+                ref[i, labels[j]] = np.logaddexp(ref[i, labels[j]], sim[i, j] / t)
+        assert (scores.argmax(1).numpy() == ref.argmax(1)).all()
+    ctx = make_ctx("knn", evaluator_config={"temperature": 1e-3})
+    scores, facts = EVALUATORS.get("knn")(ctx.cfg).evaluate(ctx)
+    assert torch.isfinite(scores).all() and all(0 < v <= 1 for v in facts["top1_by_k"].values())
 
 
 def test_knn_evaluator_reports_each_k():

@@ -130,6 +130,52 @@ def test_out_of_range_freeze_stages_and_fraction_exit_2(cli, tmp_path):
     assert code == 2 and "partial" in err
 
 
+def test_a_learning_rate_adamw_cannot_step_with_is_refused_before_training(cli):
+    code, _, err = cli(
+        "probe", "--random-init", "--backbone", TINY_BACKBONE, "--mode", "finetune", "--epochs", "1", "--lr", "1e300", *SMALL
+    )
+    assert code == 2 and "lr: Input should be less than or equal to 1000 for --mode finetune (got 1e+300)" in err
+    assert "Traceback" not in err
+
+
+def test_a_run_folder_the_result_cannot_be_recorded_in_is_refused_before_any_work(cli, tmp_path, toolkit_home):
+    run = saved_backbone(tmp_path / "run")
+    (run / "probes").write_text("not a folder")
+    meta = (run / "meta.json").read_text()
+    code, _, err = cli("probe", run, "--mode", "knn", *SMALL)
+    assert code == 2 and "probes is a file, not a folder" in err and f"give the backbone file {run / 'backbone.safetensors'}" in err
+    assert not list(toolkit_home.rglob("*.pt"))  # no feature was extracted for a result that could not be kept
+    assert (run / "meta.json").read_text() == meta
+    code, _, err = cli("probe", run / "backbone.safetensors", "--mode", "knn", *SMALL)
+    assert code == 0, err
+    assert (run / "probes").read_text() == "not a folder" and (run / "meta.json").read_text() == meta
+
+
+def test_the_k_row_says_when_the_default_k_is_clipped(cli, tmp_path):
+    run = saved_backbone(tmp_path / "run")
+    code, out, err = cli("probe", run, "--mode", "knn", "--json", *SMALL)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["k"] == 90
+    assert "90 (of 200 asked: the training set's size)" in out
+
+
+def test_test_classes_without_training_images_are_named(cli, tmp_path):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split, classes in (("train", "xyz"), ("test", "xyzw")):
+        for c in classes:
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(4):
+                pixels = torch.randint(0, 256, (16, 16, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    run = saved_backbone(tmp_path / "run")
+    code, out, err = cli("probe", run, "--mode", "knn", "--data", tmp_path / "data", "--accelerator", "cpu", "--json")
+    assert code == 0, err
+    assert "class(es) w have test images but no training image" in err
+    assert json.loads(out.strip().splitlines()[-1])["per_class_acc"][0] == 0.0  # classes sort: w, x, y, z
+
+
 def test_online_probe_never_touches_the_backbone():
     from ssl_toolkit.backbones import feature_dim
     from ssl_toolkit.callbacks import OnlineProbe

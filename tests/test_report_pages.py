@@ -75,6 +75,22 @@ def test_a_metrics_csv_that_is_not_utf8_is_unreadable(tmp_path):
     assert read_curves(tmp_path / "missing.csv") == {}
 
 
+def test_probe_results_with_fields_of_the_wrong_type_are_left_out(tmp_path):
+    import json
+
+    from ssl_toolkit.eval.run_record import read_probes
+
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    good = {"mode": "linear", "label_fraction": 0.5, "top1": 0.8, "confusion": [[1, 0], [0, 1]], "classes": ["a", "b"]}
+    (probes / "good.json").write_text(json.dumps(good))
+    (probes / "words.json").write_text(json.dumps({"mode": "knn", "label_fraction": "lots", "top1": "high"}))
+    (probes / "ragged.json").write_text(json.dumps({**good, "mode": "knn", "confusion": [[1, 0], [0]]}))
+    (probes / "binary.json").write_bytes(b"\xff\xfe{}")
+    assert [r["mode"] for r in read_probes(tmp_path, {})] == ["linear"]
+    assert read_probes(None, {"probes": {"x": {"top1": [1]}, "y": {"mode": "knn", "top1": 0.5}}}) == [{"mode": "knn", "top1": 0.5}]
+
+
 def test_huge_finite_values_are_left_out_of_the_curves_not_a_crash():
     png = plots.training_curves({"loss_step": ([1.0], [1e308]), "loss_epoch": ([1.0, 2.0], [1.0, 0.5])})
     assert png is not None

@@ -129,13 +129,23 @@ def probe(
         ("data", result["dataset"]),
         ("label fraction", f"{result['label_fraction']:g}"),
         ("train / test", f"{result['n_train']} / {result['n_test']}"),
-        *_k_row(result, cfg.get("evaluator_config", {}).get("k")),
+        *_k_row(result, _asked_k(result["mode"], cfg.get("evaluator_config", {}))),
         *metric_rows(result),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
     echo_rows(rows)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))
+
+
+def _asked_k(mode: str, settings: dict) -> object:
+    """The ``k`` the evaluator was asked for: the one given, else its own default (knn: 200)."""
+    from ssl_toolkit.evaluators import EVALUATORS
+
+    if settings.get("k") is not None:
+        return settings["k"]
+    field = EVALUATORS.get(mode).Config.model_fields.get("k")
+    return None if field is None else field.default
 
 
 def _k_row(result: dict, asked: object) -> list[tuple[str, str]]:

@@ -106,6 +106,8 @@ def probe(
     elif not isinstance(backbone, BackboneConfig):
         backbone = validate(BackboneConfig, dict(backbone))
     model, meta, run_folder = load_target(target, random_init, backbone, cfg)
+    if run_folder is not None:
+        check_recordable(run_folder, meta)
     data_cfg = cfg.data
     if "name" not in cfg.data.model_fields_set and not random_init:  # as embed and report: the pretraining data
         from ssl_toolkit.eval.embed import data_config, data_needed, pretraining_data
@@ -126,6 +128,7 @@ def probe(
         )
     pre = Preprocess.from_meta(meta)
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
+    warn_untrained_classes(source)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
     scores, facts = evaluator.evaluate(ctx)
     check_scores(cfg.mode, scores, len(source.test), source.num_classes if source.target_kind == "multiclass" else None)
@@ -157,6 +160,37 @@ def probe(
     if run_folder is not None:
         record_probe(run_folder, result)
     return result
+
+
+def warn_untrained_classes(source: DataSource) -> None:
+    """One warning line naming the classes of the test split that the training split never shows (no evaluator can predict them)."""
+    train, test = source.train.labels, source.test.labels
+    if source.target_kind == "multilabel":
+        absent = ((train.sum(0) == 0) & (test.sum(0) > 0)).nonzero().view(-1).tolist()
+    else:
+        absent = sorted(set(test.unique().tolist()) - set(train.unique().tolist()))
+    if absent:
+        classes = source.classes or []
+        names = ", ".join(str(classes[c]) if c < len(classes) else str(c) for c in absent)
+        print(
+            f"warning: {source.name}: class(es) {names} have test images but no training image: no evaluator can learn them",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def check_recordable(folder: Path, meta: dict[str, Any]) -> None:
+    """Refuse, before any work, a folder the result cannot be recorded in (read-only), naming the backbone file that probes without recording."""
+    from ssl_toolkit.backbone_files import WEIGHTS
+    from ssl_toolkit.library import is_library_entry
+    from ssl_toolkit.outputs import check_writable_dir
+
+    try:
+        check_writable_dir(folder if is_library_entry(folder) else folder / "probes", "the probe record folder")
+    except UserError as e:
+        weights = folder / str(meta.get("weights_file") or WEIGHTS)
+        hint = f"; give the backbone file {weights} as the target to evaluate without recording" if weights.is_file() else ""
+        raise UserError(f"{e}{hint}") from None
 
 
 def check_scores(mode: str, scores: Any, n_test: int, num_classes: int | None) -> None:

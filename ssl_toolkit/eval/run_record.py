@@ -1,7 +1,7 @@
 """What a run folder records for its report: training curves, probe results, sample pictures.
 
 A damaged file raises :class:`UnreadableFile` (the report leaves that part out with a
-warning); a missing one is simply absent.
+warning); a missing one is simply absent; a damaged probe result is left out.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import math
 import re
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ssl_toolkit.html_page import data_uri
 
@@ -71,19 +73,63 @@ def _number(text: str | list[str] | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+class ProbeRecord(BaseModel):
+    """The fields of a probe result (``probes/*.json`` or a ``meta.json`` summary) that the report reads; others pass through."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    mode: str | None = None
+    label_fraction: float | None = None
+    target_kind: str | None = None
+    dataset: str | None = None
+    created: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    roc_auc: float | None = None
+    f1: float | None = None
+    mAP: float | None = None
+    macro_f1: float | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    top1_by_k: dict[str, float | None] | None = None
+    per_class_ap: list[float | None] | None = None
+    classes: list[str] | None = None
+    confusion: list[list[int]] | None = None
+
+    @model_validator(mode="after")
+    def _square_confusion(self) -> ProbeRecord:
+        rows = self.confusion
+        if rows is not None and (any(len(r) != len(rows) for r in rows) or (self.classes is not None and len(self.classes) != len(rows))):
+            raise ValueError("confusion is not a square matrix with a row per class")
+        return self
+
+
+def _probe_record(r: Any) -> dict[str, Any] | None:
+    """``r`` checked as a probe result (:class:`ProbeRecord`, with ``top1``), or ``None`` when it is not one."""
+    if not isinstance(r, dict) or "top1" not in r:
+        return None
+    try:
+        return ProbeRecord.model_validate(r).model_dump(exclude_unset=True)
+    except ValidationError:
+        return None
+
+
 def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata."""
+    """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata.
+
+    A result that is not valid JSON, or whose fields have the wrong types (:class:`ProbeRecord`), is left out.
+    """
     results = []
     if folder is not None and (folder / "probes").is_dir():
         for p in sorted((folder / "probes").glob("*.json")):
             try:
-                r = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
+                r = _probe_record(json.loads(p.read_text()))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
-            if isinstance(r, dict) and "top1" in r:
+            if r is not None:
                 results.append(r)
     if not results:
-        results = [dict(v) for v in (meta.get("probes") or {}).values() if isinstance(v, dict) and "top1" in v]
+        results = [r for v in (meta.get("probes") or {}).values() if (r := _probe_record(v)) is not None]
     return sorted(results, key=lambda r: (str(r.get("mode")), -float(r.get("label_fraction") or 0)))
 
 

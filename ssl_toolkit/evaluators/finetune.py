@@ -42,7 +42,7 @@ from ssl_toolkit.data.loaders import split_loader
 from ssl_toolkit.data.policies import build_augment, check_augment
 from ssl_toolkit.engine import warmup_cosine
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.eval.features import Preprocess
+from ssl_toolkit.eval.features import FeatureCache, Preprocess
 from ssl_toolkit.evaluators import targets
 from ssl_toolkit.evaluators.base import EvalContext, Evaluator, EvaluatorConfig, register_evaluator
 from ssl_toolkit.recompute import check_grad_checkpointing, set_grad_checkpointing
@@ -58,6 +58,7 @@ DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1
 HEAD_LR_SCALE = 10.0  # the freshly initialised head learns faster than the pretrained weights
+MAX_LR = 1e3  # far above any rate AdamW trains at; much larger ones overflow its float32 step (a traceback, not a result)
 
 
 def stage_of(name: str, groups: list[Stage]) -> int:
@@ -199,6 +200,11 @@ class TrainedEvaluator(Evaluator):
 
     Config = FinetuneConfig
     settings: FinetuneConfig
+
+    def __init__(self, cfg: ProbeConfig, cache: FeatureCache | None = None) -> None:
+        super().__init__(cfg, cache)
+        if cfg.lr is not None and cfg.lr > MAX_LR:
+            raise UserError(f"lr: Input should be less than or equal to {MAX_LR:g} for --mode {self.name} (got {cfg.lr:g})")
 
     def frozen_count(self, groups: list[Stage]) -> int:
         """How many of ``[stem, s1, ..., sN]`` are frozen (0 = none)."""

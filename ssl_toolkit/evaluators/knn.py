@@ -45,6 +45,9 @@ def knn_search(train_feats: torch.Tensor | np.ndarray, test_feats: torch.Tensor 
 def vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, temperature: float, num_classes: int) -> torch.Tensor:
     """Temperature-weighted vote: ``scores[m, c] = sum_j [y_j == c] exp(s_mj / T)``.
 
+    Each row is computed as ``exp((s_mj - max_j s_mj) / T)``, the same vote scaled by a
+    positive factor per query, so that a small ``T`` (``exp(1 / 0.001)``) never overflows.
+
     Args:
         sims: ``(M, k)`` similarities.
         neighbour_labels: ``(M, k)`` classes of the neighbours.
@@ -52,9 +55,12 @@ def vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, temperature: float,
         num_classes: ``C``.
 
     Returns:
-        ``(M, C)`` class scores.
+        ``(M, C)`` class scores, the largest neighbour's weight being 1.
     """
-    weights = (sims.double() / temperature).exp()  # float64: exp(1 / 0.1) sums stay exact enough to rank
+    s = sims.double()
+    top = s.max(dim=1, keepdim=True).values if s.shape[1] else s.new_zeros(len(s), 1)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a query without neighbours (all -inf) scores 0
+    weights = ((s - top) / temperature).exp()  # float64, every weight in [0, 1]
     scores = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64)
     return scores.scatter_add_(1, neighbour_labels, weights)
 
