@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.errors import UserError
 
 WEIGHTS = "backbone.safetensors"
@@ -24,6 +25,19 @@ def sidecar_path(weights: str | Path) -> Path:
     """Where an exported weights file keeps its metadata: ``<file name>.json`` beside it."""
     weights = Path(weights)
     return weights.with_name(weights.name + ".json")
+
+
+def write_with_sidecar(weights: str | Path, data: bytes, meta: dict[str, Any]) -> None:
+    """Write an exported file and its ``<file name>.json`` metadata, both or neither.
+
+    Each goes to a temp file beside its target first; the two are renamed into place only
+    once both are written (the metadata first), so a full disk or an interrupt leaves any
+    earlier export whole.
+    """
+    weights = Path(weights)
+    with atomic_file(weights) as weights_tmp, atomic_file(sidecar_path(weights)) as meta_tmp:
+        weights_tmp.write_bytes(data)
+        meta_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -29,7 +29,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_json
-from ssl_toolkit.backbone_files import FORMATS, META, WEIGHTS, read_meta, sha256_bytes, sidecar_path
+from ssl_toolkit.backbone_files import FORMATS, META, WEIGHTS, read_meta, sha256_bytes, sidecar_path, write_with_sidecar
 from ssl_toolkit.backbones import BackboneSpec, build_from_spec
 from ssl_toolkit.errors import UserError
 
@@ -157,8 +157,12 @@ def load_backbone_files(target: str | Path, name: str | None = None) -> tuple[nn
     name = name or str(target)
     weights, meta_path = resolve_backbone_files(target)
     meta = read_meta(meta_path)
+    if meta.get("export_format") == "onnx":
+        raise UserError(f"checkpoint {name} is an ONNX graph; load or import the checkpoint it was exported from")
     spec = BackboneSpec.from_dict(meta["backbone"])
-    expected_sha = meta.get("weights_sha256") if weights.name == meta.get("weights_file", WEIGHTS) else None
+    # the hash is skipped only for a weights file that borrows its folder's meta.json written for another file
+    borrowed = meta_path == weights.with_name(META) and not Path(target).expanduser().is_dir()
+    expected_sha = None if borrowed and weights.name != meta.get("weights_file", WEIGHTS) else meta.get("weights_sha256")
     state = load_state(weights, expected_sha, name)
     if meta.get("layout") == "timm":
         state = from_timm_layout(state, spec)
@@ -317,7 +321,6 @@ def export_files(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: s
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
-    sidecar = sidecar_path(out)
     keep = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "weights_bytes", "layout", "export_format")}
     new_meta = {
         **keep,
@@ -327,6 +330,5 @@ def export_files(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: s
         "weights_sha256": sha256_bytes(data),
         "weights_bytes": len(data),
     }
-    atomic_write_bytes(out, data)
-    atomic_write_json(sidecar, new_meta)
+    write_with_sidecar(out, data, new_meta)
     return new_meta

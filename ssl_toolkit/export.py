@@ -27,6 +27,8 @@ def check_export_path(out: str | Path, overwrite: bool) -> Path:
         raise UserError(f"--out {out} is inside the checkpoint library ({root}); export to a folder of your own")
     if any((parent / name).exists() for name in (RunFolder.CONFIG, RunFolder.LAST, META, WEIGHTS)):
         raise UserError(f"--out {out} is inside a run or backbone folder ({parent}); export to a folder of your own")
+    if sidecar_path(out).is_dir():
+        raise UserError(f"--out {out}: its metadata file {sidecar_path(out)} is a folder")
     if not overwrite:
         for path in (out, sidecar_path(out)):
             if path.exists():

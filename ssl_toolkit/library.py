@@ -129,7 +129,7 @@ def register(weights: bytes, meta: dict[str, Any], name: str | None = None, uniq
     try:
         _write_file(tmp / WEIGHTS, weights)
         for attempt in range(1, 1000):
-            candidate = base if attempt == 1 else f"{base}-{attempt}"
+            candidate = base if attempt == 1 else f"{base[: 128 - len(f'-{attempt}')]}-{attempt}"  # within NAME_RE's 128
             if attempt > 1 and not unique:
                 raise UserError(f"checkpoint '{base}' already exists; choose another --name or `ssl checkpoints remove {base}` first")
             entry["name"] = candidate
@@ -273,6 +273,8 @@ def _summary(folder: Path) -> dict[str, Any]:
             if "not valid backbone metadata" in str(e)
             else "not backbone metadata"
             if "not backbone" in str(e)
+            else "missing"
+            if not (folder / META).is_file()
             else "invalid JSON"
         )
         return {

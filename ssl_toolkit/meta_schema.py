@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from ssl_toolkit.config import ColorSpace, Equalize, Normalize
 from ssl_toolkit.errors import UserError
@@ -27,8 +27,9 @@ class BackboneMetaSpec(_Open):
 
     timm_name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    small_stem: bool | None = None
-    stem_pool: bool | None = None
+    # strict: the model is rebuilt from the raw values, where "false" or "no" would count as true
+    small_stem: StrictBool | None = None
+    stem_pool: StrictBool | None = None
 
 
 class ProbeSummary(_Open):
@@ -60,8 +61,8 @@ class BackboneMeta(_Open):
 
     backbone: BackboneMetaSpec
     task: str | None = None
-    image_size: int | None = Field(default=None, ge=1, le=1024)  # data.image_size's range
-    in_chans: int | None = Field(default=None, ge=1)
+    image_size: StrictInt | None = Field(default=None, ge=1, le=1024)  # data.image_size's range
+    in_chans: StrictInt | None = Field(default=None, ge=1)
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0)]] | None = None
     epochs: int | None = Field(default=None, ge=0)

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_json
-from ssl_toolkit.backbone_files import sha256_bytes, sidecar_path
+from ssl_toolkit.backbone_files import sha256_bytes, write_with_sidecar
 from ssl_toolkit.errors import UserError
 
 OPSET = 18
@@ -44,6 +43,7 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: str | Path) -> dict
     example = torch.zeros(2, in_chans, size, size)  # (B, C, S, S)
     batch = torch.export.Dim("batch", min=1)
     model = model.eval().float()
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
@@ -69,8 +69,7 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: str | Path) -> dict
         "weights_sha256": sha256_bytes(data),
         "weights_bytes": len(data),
     }
-    atomic_write_bytes(out, data)
-    atomic_write_json(sidecar_path(out), new_meta)
+    write_with_sidecar(out, data, new_meta)
     return new_meta
 
 

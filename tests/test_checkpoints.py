@@ -21,6 +21,7 @@ from ssl_toolkit.checkpoints import (
     WEIGHTS,
     check_same_arch,
     describe_arch,
+    export_files,
     from_timm_layout,
     load_backbone_files,
     load_snippet,
@@ -244,3 +245,24 @@ def test_export_refuses_mismatched_file_names(tmp_path):
         export_checkpoint(tmp_path / "run", tmp_path / "x.bin", "safetensors")
     with pytest.raises(UserError, match="pickled state_dict"):
         export_checkpoint(tmp_path / "run", tmp_path / "x.safetensors", "torch")
+
+
+@pytest.mark.parametrize(("key", "value"), [("small_stem", "false"), ("stem_pool", "no"), ("image_size", True)])
+def test_metadata_values_of_the_wrong_type_are_refused_not_coerced(tmp_path, key, value):
+    make_backbone(tmp_path / "run", small_stem=False)  # "false" read as Python would be true: a silently other model
+    meta = json.loads((tmp_path / "run" / META).read_text())
+    (meta["backbone"] if key != "image_size" else meta)[key] = value
+    (tmp_path / "run" / META).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=f"is not valid backbone metadata: .*{key}"):
+        load_backbone_files(tmp_path / "run")
+
+
+def test_an_export_writes_its_weights_and_metadata_together(tmp_path, cli):
+    model, meta = make_backbone(tmp_path / "run")
+    out = tmp_path / "exp" / "b.safetensors"
+    (tmp_path / "exp" / "b.safetensors.json").mkdir(parents=True)  # the second file cannot be written
+    with pytest.raises(OSError):
+        export_files(model, meta, out, "safetensors")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b.safetensors.json"]  # no weights without metadata
+    code, _, err = cli("checkpoints", "export", tmp_path / "run", "--out", out, "--overwrite")
+    assert code == 2 and err.strip().endswith("b.safetensors.json is a folder")

@@ -116,8 +116,7 @@ def test_onnx_export_matches_torch_with_any_batch_size(tmp_path, cli):
             "std": [0.25, 0.25, 0.25],
         },
     )
-    out = tmp_path / "export" / "backbone.onnx"
-    out.parent.mkdir()
+    out = tmp_path / "export" / "backbone.onnx"  # its folder is created, as for the other formats
     code, stdout, err = cli("checkpoints", "export", tmp_path / "run", "--out", out, "--format", "onnx")
     assert code == 0, err
     meta = json.loads((out.parent / "backbone.onnx.json").read_text())
@@ -132,3 +131,5 @@ def test_onnx_export_matches_torch_with_any_batch_size(tmp_path, cli):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     code, _, err = cli("checkpoints", "export", tmp_path / "run", "--out", out, "--format", "onnx")
     assert code == 2 and "already exists; use --overwrite" in err
+    code, _, err = cli("checkpoints", "import", out)
+    assert code == 2 and err.strip().endswith("is an ONNX graph; load or import the checkpoint it was exported from")

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_BACKBONE, tiny_config
+from safetensors.torch import load_file, save_file
 from test_checkpoints import features, make_backbone
 
 import ssl_toolkit as st
@@ -184,3 +185,36 @@ def test_continued_pretraining_keeps_the_source_stem_pool_unless_set(tmp_path, t
     ):
         pretrain({**cfg, "init_from": "pooled", "backbone": {"name": TINY_BACKBONE, "stem_pool": False}}, out=tmp_path / "refused")
     assert not (tmp_path / "refused" / "backbone.safetensors").exists()
+
+
+def test_an_entry_whose_metadata_names_another_weights_file_is_still_hash_checked(tmp_path, cli):
+    make_backbone(tmp_path / "run")
+    register_run(tmp_path / "run", "mine")
+    entry = library_root() / "mine"
+    meta = json.loads((entry / META).read_text())
+    (entry / META).write_text(json.dumps({**meta, "weights_file": "elsewhere.bin"}))
+    state = load_file(entry / WEIGHTS)
+    state["conv1.0.weight"] += 1  # still a valid safetensors file, with other weights
+    save_file(state, entry / WEIGHTS)
+    with pytest.raises(UserError, match=r"checkpoint mine is corrupt \(hash mismatch\)"):
+        st.load_backbone("mine")
+    code, out, err = cli("checkpoints", "show", "mine")
+    assert code == 0 and "# weights: CORRUPT (hash mismatch)" in out
+
+
+def test_a_suffixed_name_stays_a_valid_name(tmp_path, toolkit_home):
+    make_backbone(tmp_path / "run")
+    weights, meta = (tmp_path / "run" / WEIGHTS).read_bytes(), json.loads((tmp_path / "run" / META).read_text())
+    longest = "a" * 128
+    names = [register(weights, meta, longest)["name"] for _ in range(2)]
+    assert names == [longest, "a" * 126 + "-2"]
+    st.load_backbone(names[1])
+    st.remove_checkpoint(names[1])
+
+
+def test_list_says_when_an_entry_has_no_metadata(tmp_path, toolkit_home):
+    make_backbone(tmp_path / "run")
+    (library_root() / "bare").mkdir(parents=True)
+    (library_root() / "bare" / WEIGHTS).write_bytes((tmp_path / "run" / WEIGHTS).read_bytes())
+    [row] = st.list_checkpoints()
+    assert row["error"] == f"unreadable {META}: missing"

@@ -61,6 +61,7 @@ def list_cmd(as_json, task, backbone) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print meta.json as it is.")
 def show(name, as_json) -> None:
     """Show the full metadata of checkpoint NAME and whether its weights are intact."""
+    from ssl_toolkit.backbone_files import WEIGHTS
     from ssl_toolkit.library import entry_dir, entry_meta, verify_entry
 
     meta = entry_meta(name)
@@ -70,7 +71,7 @@ def show(name, as_json) -> None:
     ok = verify_entry(name)
     folder = entry_dir(name)
     state = "intact (SHA-256 matches)" if ok else "CORRUPT (hash mismatch)"
-    if not ok and not (folder / str(meta.get("weights_file") or "backbone.safetensors")).is_file():
+    if not ok and not (folder / WEIGHTS).is_file():
         state = "MISSING (no weights file)"
     click.echo(f"# {name}  ({folder})")
     click.echo(f"# weights: {state}")
