@@ -84,6 +84,18 @@ def test_a_feature_cache_entry_of_the_wrong_width_type_or_with_nan_is_recomputed
     assert FeatureCache().features(ctx.model, ctx.source, "train", ctx.pre)[1]  # the recomputed entry is used again
 
 
+def test_a_cache_that_cannot_be_written_is_one_warning_and_the_features_are_still_given(tmp_path, capsys):
+    ctx = make_ctx("knn")
+    (tmp_path / "cache").write_text("a file where the cache folder would go")
+    cache = FeatureCache(tmp_path / "cache" / "features")
+    train, hit = cache.features(ctx.model, ctx.source, "train", ctx.pre)
+    test, _ = cache.features(ctx.model, ctx.source, "test", ctx.pre)
+    assert not hit and cache.forward_passes == 2 and train.shape[0] == len(ctx.source.train) and np.isfinite(test).all()
+    err = capsys.readouterr().err
+    assert err.count("warning: features are not cached: Not a directory") == 1
+    assert np.array_equal(train, FeatureCache(tmp_path / "elsewhere").features(ctx.model, ctx.source, "train", ctx.pre)[0])
+
+
 def test_the_feature_cache_tells_apart_networks_with_the_same_weights():
     """resnet18 with and without its stem max-pool has one state_dict; their features must not be shared."""
     from ssl_toolkit.eval.features import extract, model_fingerprint

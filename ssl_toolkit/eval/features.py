@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ class FeatureCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or cache_dir("features")
         self.forward_passes = 0
+        self.unwritable: str | None = None  # why features could not be stored (said once; later ones are not tried)
 
     def key(self, fingerprint: str, source: DataSource, split: str, pre: Preprocess) -> str:
         desc = {
@@ -199,9 +201,19 @@ class FeatureCache:
 
         extract_into(model, images, pre, out, batch_size, device or choose_device())
         self.forward_passes += 1
-        with atomic_file(path) as tmp:  # the tensor file, written without another copy in memory
-            torch.save(torch.from_numpy(np.asarray(out)), tmp)
+        self._store(path, out)
         return out, False
+
+    def _store(self, path: Path, features: np.ndarray) -> None:
+        """Write ``features`` to the cache; a cache that cannot be written (read-only, full) is one warning, not a lost result."""
+        if self.unwritable is not None:
+            return
+        try:
+            with atomic_file(path) as tmp:  # the tensor file, written without another copy in memory
+                torch.save(torch.from_numpy(np.asarray(features)), tmp)
+        except OSError as e:
+            self.unwritable = f"{e.strerror or e} ({e.filename or path.parent})"
+            print(f"warning: features are not cached: {self.unwritable}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _load(path: Path, rows: int, dim: int) -> np.ndarray | None:
