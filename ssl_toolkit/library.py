@@ -232,7 +232,7 @@ def probe_key(dataset: str, mode: str, label_fraction: float) -> str:
         import hashlib
 
         name = f"{Path(name).name}.{hashlib.sha1(name.encode()).hexdigest()[:6]}"
-    return f"{_slug(name)}-{mode}-{label_fraction:g}"
+    return f"{_slug(name)}-{mode}-{label_fraction:.12g}"  # 12 digits: fractions that differ are told apart
 
 
 def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) -> None:

@@ -151,6 +151,15 @@ def test_a_run_folder_the_result_cannot_be_recorded_in_is_refused_before_any_wor
     assert (run / "probes").read_text() == "not a folder" and (run / "meta.json").read_text() == meta
 
 
+def test_a_probe_record_keeps_its_seed_and_the_evaluators_settings(cli, tmp_path):
+    run = saved_backbone(tmp_path / "run")
+    code, out, err = cli("probe", run, "--mode", "knn", "--seed", "3", "--set", "evaluator_config.temperature=0.5", "--json", *SMALL)
+    assert code == 0, err
+    recorded = json.loads((run / "probes" / "synthetic-knn-1.json").read_text())
+    assert recorded == json.loads(out.strip().splitlines()[-1])
+    assert recorded["seed"] == 3 and recorded["settings"] == {"k": 200, "temperature": 0.5}
+
+
 def test_the_k_row_says_when_the_default_k_is_clipped(cli, tmp_path):
     run = saved_backbone(tmp_path / "run")
     code, out, err = cli("probe", run, "--mode", "knn", "--json", *SMALL)

@@ -148,6 +148,8 @@ def probe(
         "stem_pool": BackboneSpec.from_dict(meta["backbone"]).stem_pool,
         "task": meta.get("task"),
         "random_init": random_init,
+        "seed": cfg.seed,
+        "settings": evaluator.settings.model_dump(mode="json"),  # the evaluator's own, as evaluator_config takes them
         "seconds": round(time.time() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
