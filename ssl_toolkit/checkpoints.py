@@ -53,13 +53,20 @@ def save_backbone(folder: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     return meta
 
 
+def given_path(target: str | Path) -> Path:
+    """``target`` as a path, refusing an empty one (``Path("")`` would be the working folder)."""
+    if not str(target).strip():
+        raise UserError("no run folder, backbone file or checkpoint given (the name is empty)")
+    return Path(target).expanduser()
+
+
 def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
     """``(weights, meta)`` paths for a run folder, a backbone folder or a weights file.
 
     A weights file's metadata is ``<file name>.json`` next to it (what ``ssl checkpoints
     export`` writes), else ``<file stem>.json``, else ``meta.json`` in the same folder.
     """
-    p = Path(target).expanduser()
+    p = given_path(target)
     if not p.exists():
         raise UserError(f"no such run folder or backbone file: {target}")
     if p.is_dir():

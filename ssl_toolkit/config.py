@@ -262,6 +262,13 @@ class PretrainConfig(StrictModel):
     task_config: dict[str, Any] = Field(default_factory=dict)
     init_from: PathText | None = None  # library name, run folder or weights file to start the backbone from
 
+    @field_validator("init_from")
+    @classmethod
+    def _names_something(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("should name a library checkpoint, run folder or weights file, not be empty")
+        return value
+
 
 class ProbeConfig(StrictModel):
     """Settings of ``ssl probe``.

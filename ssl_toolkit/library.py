@@ -308,6 +308,9 @@ def list_checkpoints(task: str | None = None, backbone: str | None = None) -> li
     """The library's entries, oldest first: name, task, backbone, dataset, epochs, best probe, size, created, path."""
     root = library_root()
     if not root.is_dir():
+        blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # a file where a folder should be: not an empty library
+            raise UserError(f"checkpoint library {root}: {blocker} is not a folder (SSL_TOOLKIT_HOME)")
         return []
     rows = [_summary(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if task:
@@ -344,9 +347,9 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
     ``target`` is an existing path (run folder, backbone folder, weights file) or else the
     name of a library entry.
     """
-    from ssl_toolkit.checkpoints import load_backbone_files
+    from ssl_toolkit.checkpoints import given_path, load_backbone_files
 
-    p = Path(target).expanduser()
+    p = given_path(target)
     if p.exists():
         model, meta = load_backbone_files(p)
         return model, meta, p if p.is_dir() else None

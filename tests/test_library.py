@@ -218,3 +218,19 @@ def test_list_says_when_an_entry_has_no_metadata(tmp_path, toolkit_home):
     (library_root() / "bare" / WEIGHTS).write_bytes((tmp_path / "run" / WEIGHTS).read_bytes())
     [row] = st.list_checkpoints()
     assert row["error"] == f"unreadable {META}: missing"
+
+
+def test_an_empty_name_and_a_home_that_is_a_file_are_one_line_each(tmp_path, cli, monkeypatch):
+    make_backbone(tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")  # an empty path must not mean this folder
+    for args in (("checkpoints", "import", ""), ("probe", "", "--mode", "knn"), ("embed", "")):
+        code, _, err = cli(*args)
+        assert (code, err.strip()) == (2, "error: no run folder, backbone file or checkpoint given (the name is empty)"), args
+    code, _, err = cli("pretrain", "--init-from", " ", "--out", tmp_path / "new")
+    assert code == 2 and "init_from: should name a library checkpoint, run folder or weights file, not be empty" in err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "run" / "probes").exists()
+    (tmp_path / "home").write_text("a file")
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))
+    code, out, err = cli("checkpoints", "list")
+    home = tmp_path / "home"
+    assert code == 2 and err.strip() == f"error: checkpoint library {home / 'checkpoints'}: {home} is not a folder (SSL_TOOLKIT_HOME)"
