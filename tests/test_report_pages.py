@@ -91,6 +91,16 @@ def test_probe_results_with_fields_of_the_wrong_type_are_left_out(tmp_path):
     assert read_probes(None, {"probes": {"x": {"top1": [1]}, "y": {"mode": "knn", "top1": 0.5}}}) == [{"mode": "knn", "top1": 0.5}]
 
 
+def test_a_probe_rows_details_name_its_seed_and_settings_so_two_records_can_be_told_apart():
+    from ssl_toolkit.eval.report import probe_rows
+    from ssl_toolkit.eval.run_record import read_probes
+
+    knn = {"mode": "knn", "top1": 0.5, "top1_by_k": {"20": 0.5, "1": 0.25}, "seed": 0, "settings": {"k": 20, "temperature": 0.1}}
+    partial = {"mode": "partial", "top1": 0.4, "seed": 3, "settings": {"freeze_stages": 2, "augment": "<b>"}}
+    rows = probe_rows(read_probes(None, {"probes": {"a": knn, "b": partial, "c": {**partial, "settings": [1]}}}))
+    assert [r["notes"] for r in rows] == ["k=20: 50.00, k=1: 25.00; k=20, temperature=0.1", "seed 3; freeze_stages=2, augment=<b>"]
+
+
 def test_huge_finite_values_are_left_out_of_the_curves_not_a_crash():
     png = plots.training_curves({"loss_step": ([1.0], [1e308]), "loss_epoch": ([1.0, 2.0], [1.0, 0.5])})
     assert png is not None

@@ -100,10 +100,20 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def probe_details(p: dict[str, Any]) -> str:
+    """A probe's details cell: kNN top-1 at each k, its seed when not 0, and the evaluator's own settings."""
+    extra, settings = p.get("top1_by_k"), p.get("settings")
+    parts = [", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items())] if isinstance(extra, dict) else []
+    if p.get("seed"):
+        parts.append(f"seed {p['seed']}")
+    if isinstance(settings, dict):
+        parts.append(", ".join(f"{k}={v}" for k, v in settings.items()))
+    return "; ".join(x for x in parts if x)
+
+
 def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for p in probes:
-        extra = p.get("top1_by_k")
         rows.append(
             {
                 "mode": str(p.get("mode", "?")),
@@ -111,7 +121,7 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
                 **headline_cells(p, _pct),
                 "sizes": f"{p.get('n_train', '-')} / {p.get('n_test', '-')}",
                 "dataset": str(p.get("dataset", "-")),
-                "notes": ", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items()) if isinstance(extra, dict) else "",
+                "notes": probe_details(p),
                 "created": str(p.get("created", "")),
             }
         )

@@ -91,6 +91,8 @@ class ProbeRecord(BaseModel):
     macro_f1: float | None = None
     n_train: int | None = None
     n_test: int | None = None
+    seed: int | None = None
+    settings: dict[str, str | int | float | bool | None] | None = None
     top1_by_k: dict[str, float | None] | None = None
     per_class_ap: list[float | None] | None = None
     classes: list[str] | None = None
