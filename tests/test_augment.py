@@ -43,6 +43,13 @@ def test_single_channel_jitter_changes_only_brightness_and_contrast():
     assert ratio[:, 0].std() > 0.01  # ... that differs between images
 
 
+def test_a_saturation_above_one_never_inverts_colours():
+    x = torch.tensor([0.6, 0.3, 0.3]).view(1, 3, 1, 1).expand(64, 3, 4, 4)  # reddish
+    cfg = ViewConfig(jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=3.0, hue=0.0)
+    out = color_jitter(x, cfg, torch.Generator().manual_seed(0))
+    assert (out[:, 0] >= out[:, 1] - 1e-6).all()  # factor from [max(0, 1 - s), 1 + s]: red stays red, or gray
+
+
 def test_hue_rotation_preserves_gray_and_blur_preserves_constant_images():
     gray = torch.full((4, 3, 8, 8), 0.4)
     out = color_jitter(gray, ViewConfig(jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.5))

@@ -1,8 +1,11 @@
 """Colorization: Lab conversion, the 313 ab bins, soft targets, rebalancing and decoding."""
 
+import pytest
+import timm
 import torch
 
 from ssl_toolkit.data.color import lab_lightness, lab_to_rgb, rgb_to_lab
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import Preprocess
 from ssl_toolkit.pretext import DataFacts, build_task
 from ssl_toolkit.pretext.colorization import ab_bins, annealed_mean, rebalancing_weights, soft_encode
@@ -85,3 +88,28 @@ def test_backbone_sees_l_and_probing_feeds_the_same():
     x = task.normalize(images.float() / 255)
     assert x.shape == (20, 1, 16, 16) and abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
     assert torch.allclose(Preprocess.from_meta(meta)(images), x, atol=1e-5)
+
+
+@pytest.mark.parametrize(("key", "value"), [("prior_lambda", 0.0), ("prior_sigma", 1e-30), ("soft_sigma", 1e-30), ("temperature", 1e-40)])
+def test_settings_that_make_the_loss_or_colours_nan_are_refused(key, value):
+    facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
+    with pytest.raises(UserError, match=rf"task_config \(colorization\): {key}: Input should be greater than"):
+        build_task("colorization", 8, {key: value}, facts)
+
+
+def test_the_smallest_accepted_settings_train_with_a_finite_loss():
+    facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
+    cfg = {"prior_lambda": 1e-9, "prior_sigma": 0.01, "soft_sigma": 0.01, "temperature": 0.01, "decoder_dim": 8}
+    backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0, in_chans=1)
+    task = build_task("colorization", int(backbone.num_features), cfg, facts)
+    gen = torch.Generator().manual_seed(0)
+    task.fit_data_prior((torch.rand(8, 3, 16, 16, generator=gen) * 255).to(torch.uint8))
+    loss, logs = task(backbone, torch.rand(4, 3, 16, 16, generator=gen))
+    assert torch.isfinite(loss) and torch.isfinite(logs["recon_error"])
+
+
+def test_an_out_stride_above_the_image_side_is_refused():
+    facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
+    with pytest.raises(UserError, match="out_stride 17 is larger than t's 16 px images"):
+        build_task("colorization", 8, {"out_stride": 17}, facts)
+    assert build_task("colorization", 8, {"out_stride": 16}, facts).config.out_stride == 16

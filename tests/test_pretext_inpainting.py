@@ -1,7 +1,9 @@
 """Inpainting: the masks cover exactly the requested area; the loss only looks inside them."""
 
+import pytest
 import torch
 
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.pretext import DataFacts, build_task
 from ssl_toolkit.pretext.inpainting import block_mask, boundary_band, center_mask, region_mask
 
@@ -23,6 +25,22 @@ def test_region_and_block_masks_cover_the_requested_area():
     area = b.flatten(1).sum(1)
     assert (area <= 0.25 * 32 * 32).all() and (area >= 8 * 8).all()  # union of four 8 x 8 squares
     assert not torch.equal(b[0], b[1])
+
+
+@pytest.mark.parametrize(
+    ("cfg", "size", "message"),
+    [
+        ({"mask": "blocks", "num_blocks": 1000, "mask_fraction": 0.01}, 16, "each of the 1000 blocks covers less than one pixel"),
+        ({"mask_fraction": 0.001}, 8, "the center mask covers less than one pixel"),  # round(8 * sqrt(0.001)) = 0
+        ({"mask_fraction": 0.999}, 16, "the center mask covers all of t's 16 px images, leaving no context"),
+        ({"mask": "regions", "mask_fraction": 0.999}, 16, "the regions mask covers all"),
+        ({"mask": "blocks", "num_blocks": 1, "mask_fraction": 0.97}, 16, "each of the 1 blocks covers all"),
+    ],
+)
+def test_a_mask_under_one_pixel_or_over_the_whole_image_is_refused(cfg, size, message):
+    facts = DataFacts(channels=3, image_size=size, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
+    with pytest.raises(UserError, match=message):
+        build_task("inpainting", 8, cfg, facts)
 
 
 def test_boundary_band_is_the_inner_border():

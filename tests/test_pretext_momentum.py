@@ -46,3 +46,12 @@ def test_byol_views_are_asymmetric():
     assert task.views.cfg.blur_p == 1.0 and task.views.cfg.solarize_p == 0.0
     assert task.second_views.cfg.blur_p == 0.1 and task.second_views.cfg.solarize_p == 0.2
     assert build_task("simclr", 8, {}, facts).second_views is None  # SimCLR: one augmentation for both views
+
+
+def test_a_view_key_set_alone_keeps_the_tasks_other_view_defaults():
+    facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
+    byol = build_task("byol", 8, {"views": {"flip_p": 0.3}, "second_view": {"flip_p": 0.1}}, facts)
+    assert byol.views.cfg.flip_p == 0.3 and byol.views.cfg.blur_p == 1.0 and byol.views.cfg.saturation == 0.2
+    assert byol.second_views.cfg.flip_p == 0.1 and byol.second_views.cfg.solarize_p == 0.2 and byol.second_views.cfg.saturation == 0.2
+    moco = build_task("moco", 8, {"views": {"flip_p": 0.3}}, facts)
+    assert moco.views.cfg.blur_p == 0.5  # MoCo v2's blur stays

@@ -75,6 +75,23 @@ def test_an_unknown_loss_is_a_one_line_error_naming_the_choices():
         build_task("simclr", 8, {"loss": "infonce"}, FACTS)
 
 
+@pytest.mark.parametrize("name", ["simclr", "moco"])
+@pytest.mark.parametrize("temperature", [1e-9, 1e30])
+def test_a_temperature_the_loss_cannot_use_is_a_one_line_error(name, temperature):
+    with pytest.raises(UserError, match=rf"task_config \({name}\): temperature: Input should be"):
+        build_task(name, 8, {"temperature": temperature}, FACTS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("views.crop_ratio", [0, 1]), ("views.crop_scale", [0, 0]), ("views.crop_scale", [1, 0.2]), ("local_views.blur_sigma", [-5, -1])],
+)
+def test_a_view_range_out_of_order_or_bounds_is_a_one_line_error(key, value):
+    view, field = key.split(".")
+    with pytest.raises(UserError, match=rf"task_config \(simclr\): {key}: should be \[low, high\]"):
+        build_task("simclr", 8, {view: {field: value}, "local_crops": 1}, FACTS)
+
+
 def test_pretraining_with_dclw_and_small_views_trains_and_records_the_loss(tmp_path):
     from conftest import tiny_config
 

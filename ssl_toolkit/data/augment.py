@@ -16,7 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ssl_toolkit.config import StrictModel
@@ -35,9 +35,9 @@ class ViewConfig(StrictModel):
         crop_ratio: Range of the crop's aspect ratio.
         flip_p: Probability of a horizontal flip.
         jitter_p: Probability of colour jitter.
-        brightness: Brightness factor drawn from ``[1 - b, 1 + b]``.
-        contrast: Contrast factor drawn from ``[1 - c, 1 + c]``.
-        saturation: Saturation factor drawn from ``[1 - s, 1 + s]`` (colour only).
+        brightness: Brightness factor drawn from ``[max(0, 1 - b), 1 + b]``.
+        contrast: Contrast factor drawn from ``[max(0, 1 - c), 1 + c]``.
+        saturation: Saturation factor drawn from ``[max(0, 1 - s), 1 + s]`` (colour only).
         hue: Hue shift drawn from ``[-h, h]`` turns (colour only).
         gray_p: Probability of converting to grayscale (colour only).
         blur_p: Probability of a Gaussian blur (SimCLR used 0.5 on ImageNet, none on CIFAR).
@@ -57,6 +57,19 @@ class ViewConfig(StrictModel):
     blur_p: float = Field(default=0.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @classmethod
+    def _a_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        """``(low, high)`` with ``low <= high``: crop areas in (0, 1], aspect ratios above 0, sigmas at least 0."""
+        lo, hi = value
+        if info.field_name == "crop_scale" and not 0 < lo <= hi <= 1:
+            raise ValueError("should be [low, high] shares of the image with 0 < low <= high <= 1")
+        if info.field_name == "crop_ratio" and not 0 < lo <= hi:
+            raise ValueError("should be [low, high] aspect ratios with 0 < low <= high")
+        if info.field_name == "blur_sigma" and not 0 <= lo <= hi:
+            raise ValueError("should be [low, high] sigmas with 0 <= low <= high")
+        return value
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +134,8 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, generator=None) -> torch.Tens
     b, c, dev = x.shape[0], x.shape[1], x.device
     on = _coin(b, cfg.jitter_p, dev, generator).view(b, 1, 1, 1)
 
-    def factor(strength: float) -> torch.Tensor:
-        f = _uniform(b, 1 - strength, 1 + strength, dev, generator).view(b, 1, 1, 1)
+    def factor(strength: float) -> torch.Tensor:  # from [max(0, 1 - s), 1 + s], as torchvision: never negative
+        f = _uniform(b, max(0.0, 1 - strength), 1 + strength, dev, generator).view(b, 1, 1, 1)
         return torch.where(on, f, torch.ones_like(f))
 
     out = (x * factor(cfg.brightness)).clamp(0, 1)

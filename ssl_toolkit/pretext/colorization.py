@@ -54,7 +54,8 @@ class ColorizationConfig(TaskConfig):
     """Attributes:
     out_stride: The predicted ``ab`` map has ``1 / out_stride`` of the image's side (the paper: 4).
     decoder_dim: Channels of the decoder head.
-    prior_lambda: Weight of the uniform mixed into the smoothed prior for class rebalancing.
+    prior_lambda: Weight of the uniform mixed into the smoothed prior for class rebalancing (above 0:
+        without it a colour absent from the prior would weigh infinitely).
     prior_sigma: Gaussian smoothing of the empirical ``ab`` prior, in ``ab`` units.
     rebalance: Weight each pixel's loss by the rarity of its colour.
     soft_neighbours: Bins sharing each pixel's soft-encoded target.
@@ -65,12 +66,12 @@ class ColorizationConfig(TaskConfig):
 
     out_stride: int = Field(default=4, ge=1)
     decoder_dim: int = Field(default=128, ge=1)
-    prior_lambda: float = Field(default=0.5, ge=0.0, le=1.0)
-    prior_sigma: float = Field(default=5.0, gt=0)
+    prior_lambda: float = Field(default=0.5, gt=0.0, le=1.0)  # 0: infinite weights for unseen colours
+    prior_sigma: float = Field(default=5.0, ge=0.01)
     rebalance: bool = True
     soft_neighbours: int = Field(default=5, ge=1, le=313)
-    soft_sigma: float = Field(default=5.0, gt=0)
-    temperature: float = Field(default=0.38, gt=0, le=1)
+    soft_sigma: float = Field(default=5.0, ge=0.01)
+    temperature: float = Field(default=0.38, ge=0.01, le=1)
     prior_images: int = Field(default=4096, ge=1)
 
 
@@ -163,6 +164,19 @@ class ColorizationTask(PretextTask):
     prior: torch.Tensor
     weights: torch.Tensor
     l_stats: torch.Tensor
+
+    @classmethod
+    def check_data(cls, config: TaskConfig, data: DataFacts) -> None:
+        """Colour images, and a prediction map of at least one pixel (``out_stride`` at most the image side)."""
+        super().check_data(config, data)
+        assert isinstance(config, ColorizationConfig)  # always this task's validated Config
+        if config.out_stride > data.image_size:
+            from ssl_toolkit.errors import UserError
+
+            raise UserError(
+                f"colorization: out_stride {config.out_stride} is larger than {data.name or 'the data'}'s "
+                f"{data.image_size} px images (the prediction map would be under one pixel); use at most {data.image_size}"
+            )
 
     @classmethod
     def backbone_in_chans(cls, config: TaskConfig, data: DataFacts) -> int:

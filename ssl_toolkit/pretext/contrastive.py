@@ -23,7 +23,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils import dist as lightly_dist
 from lightly.utils.scheduler import cosine_schedule
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
@@ -41,8 +41,32 @@ class TwoViewConfig(TaskConfig):
 
     views: ViewConfig = Field(default_factory=ViewConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _views_keep_task_defaults(cls, data: Any) -> Any:
+        """A view given in part changes only the keys it names; the rest keep this task's
+        defaults (MoCo v2's blur, BYOL's asymmetric views), not :class:`ViewConfig`'s."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in ("views", "second_view"):  # SimCLR's local_views follow views instead
+            given, field = data.get(key), cls.model_fields.get(key)
+            if isinstance(given, dict) and field is not None and field.default_factory is not None:
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, ViewConfig):
+                    out[key] = {**default.model_dump(), **given}
+        return out
+
 
 LOCAL_CROP_SCALE = (0.1, 0.5)  # share of the image a small view's crop covers, unless set
+MIN_TEMPERATURE = 1e-3  # similarities / temperature stay finite in float16 (lightly refuses below 1e-8)
+
+
+def usable_temperature(value: float) -> float:
+    """A contrastive loss's temperature, refused below :data:`MIN_TEMPERATURE` (after ``gt=0``)."""
+    if value < MIN_TEMPERATURE:
+        raise ValueError(f"Input should be greater than or equal to {MIN_TEMPERATURE}")
+    return value
 
 
 class SimCLRConfig(TwoViewConfig):
@@ -66,11 +90,13 @@ class SimCLRConfig(TwoViewConfig):
     views: ViewConfig = Field(default_factory=ViewConfig)
     hidden_dim: int = Field(default=512, ge=1)
     output_dim: int = Field(default=128, ge=1)
-    temperature: float = Field(default=0.2, gt=0)
+    temperature: float = Field(default=0.2, gt=0, le=100)
     loss: Literal["ntxent", "dcl", "dclw"] = "ntxent"
     local_crops: int = Field(default=0, ge=0, le=16)
     local_size: float = Field(default=0.5, gt=0, lt=1)
     local_views: ViewConfig = Field(default_factory=lambda: ViewConfig(crop_scale=LOCAL_CROP_SCALE))
+
+    _temperature = field_validator("temperature")(usable_temperature)
 
     @model_validator(mode="before")
     @classmethod

@@ -42,9 +42,9 @@ class InpaintingConfig(TaskConfig):
     mask_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     num_blocks: int = Field(default=4, ge=1)
     overlap: int = Field(default=2, ge=0)
-    boundary_weight: float = Field(default=1.0, ge=1.0)
+    boundary_weight: float = Field(default=1.0, ge=1.0, le=1000.0)
     decoder_dim: int = Field(default=128, ge=8)
-    adversarial_weight: float = Field(default=0.0, ge=0.0)
+    adversarial_weight: float = Field(default=0.0, ge=0.0, le=1000.0)
 
 
 def center_mask(b: int, size: int, fraction: float, device=None) -> torch.Tensor:
@@ -117,6 +117,30 @@ class InpaintingTask(PretextTask):
     )
     default_lr = 1e-3
     config: InpaintingConfig
+
+    @classmethod
+    def check_data(cls, config: TaskConfig, data: DataFacts) -> None:
+        """Refuse a mask that hides less than one pixel, or the whole image (no context left)."""
+        super().check_data(config, data)
+        assert isinstance(config, InpaintingConfig)  # always this task's validated Config
+        from ssl_toolkit.errors import UserError
+
+        s, f, n = data.image_size, config.mask_fraction, config.num_blocks
+        if config.mask == "regions":
+            hidden, whole = round(f * s * s), s * s
+        else:  # side of the square (of each square for blocks), as center_mask and block_mask round it
+            hidden, whole = round(s * math.sqrt(f / n if config.mask == "blocks" else f)), s
+        what = f"each of the {n} blocks" if config.mask == "blocks" else f"the {config.mask} mask"
+        name = data.name or "the data"
+        if hidden < 1:
+            raise UserError(
+                f"inpainting: with mask_fraction {f}, {what} covers less than one pixel of "
+                f"{name}'s {s} px images; raise mask_fraction{', lower num_blocks' if config.mask == 'blocks' else ''} or --image-size"
+            )
+        if hidden >= whole:
+            raise UserError(
+                f"inpainting: with mask_fraction {f}, {what} covers all of {name}'s {s} px images, leaving no context; lower mask_fraction"
+            )
 
     def __init__(self, feature_dim: int, config: InpaintingConfig, data: DataFacts) -> None:
         super().__init__(feature_dim, config, data)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ssl_toolkit.data.augment import ViewConfig
 from ssl_toolkit.pretext.base import DataFacts, TaskInfo, register_task
-from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, TwoViewConfig, positive_pair_accuracy
+from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, TwoViewConfig, positive_pair_accuracy, usable_temperature
 
 
 class MoCoConfig(TwoViewConfig):
@@ -32,9 +32,11 @@ class MoCoConfig(TwoViewConfig):
     views: ViewConfig = Field(default_factory=lambda: ViewConfig(blur_p=0.5))
     hidden_dim: int = Field(default=512, ge=1)
     output_dim: int = Field(default=128, ge=1)
-    temperature: float = Field(default=0.2, gt=0)
+    temperature: float = Field(default=0.2, gt=0, le=100)
     queue_size: int = Field(default=4096, ge=1)
     momentum: float = Field(default=0.99, ge=0.0, le=1.0)
+
+    _temperature = field_validator("temperature")(usable_temperature)
 
 
 @register_task("moco")
