@@ -98,6 +98,22 @@ def test_fashion_mnist_explicit_path_is_used_or_refused(tmp_path):
         load_source(DataConfig(name="fashion-mnist", path=str(tmp_path)))
 
 
+def test_fashion_mnist_files_come_from_one_folder_and_must_agree(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+    _write_idx(a / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (20, 28, 28)))
+    _write_idx(a / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (10, 28, 28)))
+    _write_idx(a / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+    _write_idx(b / "train-labels-idx1-ubyte.gz", np.arange(7))  # another copy's labels
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte\(.gz\) missing in .*/a, next to train-images"):
+        load_source(DataConfig(name="fashion-mnist", path=str(tmp_path)))
+    (b / "train-labels-idx1-ubyte.gz").rename(a / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(UserError, match=r"train files in .*/a do not match: \(20, 28, 28\) images, \(7,\) labels"):
+        load_source(DataConfig(name="fashion-mnist", path=str(tmp_path)))
+
+
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_debian_package():
     src = load_source(DataConfig(name="fashion-mnist"))
@@ -166,6 +182,17 @@ def test_folder_errors(tmp_path, setup, message):
     setup(tmp_path)
     with pytest.raises(UserError, match=message):
         load_source(DataConfig(name=str(tmp_path)))
+
+
+def test_test_fraction_that_leaves_no_training_image_is_refused(tmp_path):
+    for c in ("cat", "dog"):
+        for i in range(2):
+            _img(tmp_path / c / f"{i}.png", "RGB", (i * 90, 100, 50))
+    for stream in (False, True):
+        with pytest.raises(UserError, match=r"no training images in .* \(4 test image\(s\)\); .*data.test_fraction=0.9"):
+            load_source(DataConfig(name=str(tmp_path), test_fraction=0.9, stream=stream, workers=0))
+    with pytest.raises(UserError, match=r"no training images in digits \(1797 test image\(s\)\)"):
+        load_source(DataConfig(name="digits", test_fraction=0.999, image_size=8))
 
 
 def test_unknown_dataset_lists_valid_names():

@@ -56,6 +56,28 @@ def test_colour_space_on_single_channel_data_is_refused():
     Processing("gray").check(1, "digits")
 
 
+def test_clahe_on_images_smaller_than_its_grid_is_refused(tmp_path, cli):
+    with pytest.raises(UserError, match="data.equalize=clahe needs images of at least 9 px .*; digits is 8 px"):
+        Processing(equalize="clahe").check(1, "digits", 8)
+    Processing(equalize="clahe").check(1, "digits", 9)
+    for command in ("inspect", "pretrain"):
+        code, _, err = cli(
+            command,
+            *(["synthetic"] if command == "inspect" else ["--data", "synthetic", "--out", tmp_path / "r"]),
+            "--set",
+            "data.synthetic_train=8",
+            "--set",
+            "data.synthetic_test=4",
+            "--set",
+            "data.image_size=8",
+            "--set",
+            "data.equalize=clahe",
+            "--quiet",
+        )
+        assert code == 2 and "data.equalize=clahe needs images of at least 9 px" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_processing_is_recorded_and_probe_applies_it(tmp_path, cli):
     cfg = tiny_config("rotation", epochs=1)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_toolkit.config import DataConfig
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.registry import Registry
 
 
@@ -161,6 +162,15 @@ class DataSource:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+
+def require_training(name: str, n_train: int, n_test: int, test_fraction: float) -> None:
+    """Refuse a split without training images (``data.test_fraction`` can round every class into test)."""
+    if n_train == 0:
+        raise UserError(
+            f"no training images in {name} ({n_test} test image(s)); where the split is made by "
+            f"data.test_fraction={test_fraction}, every class rounds into test: lower it"
+        )
 
 
 def readable_count(split: Any) -> int:

@@ -61,8 +61,12 @@ def find_fashion_mnist(explicit: str | None = None) -> Path:
     )
 
 
+def _idx_names(stem: str) -> tuple[str, ...]:
+    return (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx"))
+
+
 def _idx_path(folder: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+    for name in _idx_names(stem):
         hits = list(folder.rglob(name)) if folder.is_dir() else []
         if hits:
             return sorted(hits)[0]
@@ -72,13 +76,22 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
 @register_source("fashion-mnist")
 def fashion_mnist(cfg: DataConfig) -> DataSource:
     """Fashion-MNIST (Xiao et al., 2017): 60,000 + 10,000 grayscale 28x28 images, 10 classes."""
-    root = find_fashion_mnist(cfg.path)
+    found = _idx_path(find_fashion_mnist(cfg.path), FASHION_FILES["train_images"])
+    assert found is not None  # find_fashion_mnist returns a folder holding it
+    root = found.parent  # the four files of one copy, never mixed from several folders
     arrays = {}
     for key, stem in FASHION_FILES.items():
-        p = _idx_path(root, stem)
+        p = next((root / n for n in _idx_names(stem) if (root / n).is_file()), None)
         if p is None:
-            raise UserError(f"fashion-mnist file {stem}(.gz) missing under {root}")
+            raise UserError(f"fashion-mnist file {stem}(.gz) missing in {root}, next to {found.name}")
         arrays[key] = read_idx(p)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or (labels.size and labels.max() >= len(FASHION_CLASSES)):
+            raise UserError(
+                f"fashion-mnist {split} files in {root} do not match: {images.shape} images, {labels.shape} labels "
+                f"(expected (N, H, W) images and N labels below {len(FASHION_CLASSES)})"
+            )
     size = cfg.image_size or 28
     splits = {}
     for split in ("train", "test"):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.base import DataSource, Split
+from ssl_toolkit.data.base import DataSource, Split, require_training
 from ssl_toolkit.data.index import FileIndex, folder_index, load_stats, save_stats, stats_path
 from ssl_toolkit.data.layout import assign_split
 from ssl_toolkit.data.scan import scan_files
@@ -149,6 +149,7 @@ def load_folder(root: Path, cfg: DataConfig, warn_unused: bool = True) -> DataSo
     index = with_csv_labels(root, index, cfg.labels)  # labels.csv: multi-hot (N, K) targets
     size, channels = cfg.image_size or 32, index.channels
     train, test = split_rows(index, cfg)
+    require_training(str(root), len(train), len(test), cfg.test_fraction)
     stream, line = choose_streaming(cfg, len(train) + len(test), channels, size)
     if os.environ.get("RANK", "0") == "0":
         for warning in index.unused.warnings(root) if warn_unused else []:  # images the layout leaves out, pictures of other types

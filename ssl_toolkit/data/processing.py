@@ -67,11 +67,17 @@ class Processing:
         """Channels after processing ``channels``-channel images."""
         return 1 if self.color_space == "gray" else channels
 
-    def check(self, channels: int, name: str) -> None:
-        """Refuse a colour space that needs colour on single-channel data."""
+    def check(self, channels: int, name: str, size: int | None = None) -> None:
+        """Refuse a colour space that needs colour on single-channel data, and CLAHE on images smaller than its grid."""
         if channels == 1 and self.color_space not in ("rgb", "gray"):
             raise UserError(
                 f"data.color_space={self.color_space} needs colour images; {name or 'the data'} is single-channel (use rgb or gray)"
+            )
+        smallest = CLAHE_GRID[0] + 1  # kornia's tiles need more pixels than grid cells
+        if self.equalize == "clahe" and size is not None and size < smallest:
+            raise UserError(
+                f"data.equalize=clahe needs images of at least {smallest} px (an {CLAHE_GRID[0]}x{CLAHE_GRID[1]} grid); "
+                f"{name or 'the data'} is {size} px (--image-size {smallest}, or data.equalize=global)"
             )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +139,7 @@ def processed_stats(processing: Processing, source: Any) -> tuple[int, tuple[flo
 
     The source's own statistics are reused when processing is the default (plain RGB, z-score).
     """
-    processing.check(source.channels, source.name)
+    processing.check(source.channels, source.name, source.image_size)
     if not processing.changes_pixels and processing.normalize == "zscore":
         return source.channels, tuple(source.mean), tuple(source.std)
     sample = source.train.sample(STATS_IMAGES, seed=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.base import SOURCES, DataSource, Split, channel_stats, register_source
+from ssl_toolkit.data.base import SOURCES, DataSource, Split, channel_stats, register_source, require_training
 from ssl_toolkit.errors import UserError
 
 __all__ = ["SOURCES", "DataSource", "Split", "channel_stats", "load_source", "register_source", "source_names"]
@@ -81,6 +81,7 @@ def load_source(cfg: DataConfig) -> DataSource:
         source = SOURCES.get(cfg.name)(cfg)
         if not isinstance(source, DataSource):
             raise UserError(f"data source '{cfg.name}' gave a {type(source).__name__}, not a DataSource")
+        require_training(source.name, len(source.train), len(source.test), cfg.test_fraction)
         return _limit(source, cfg)
     if SOURCES.failure(cfg.name) is not None and not Path(cfg.name).expanduser().exists():
         SOURCES.get(cfg.name)  # says why the plugin did not load

@@ -60,7 +60,7 @@ def processing_section(source: Any, processing: Processing, seed: int = 0) -> tu
         source: A data source; ``SAMPLE`` training images are drawn from it (seeded).
         processing: The ``data.color_space`` / ``equalize`` / ``normalize`` choice.
     """
-    processing.check(source.channels, source.name)
+    processing.check(source.channels, source.name, source.image_size)
     images = source.train.sample(SAMPLE, seed=seed)  # (n, C, S, S) uint8
     x = images.float().div_(255.0)
     before_names = ("L",) if x.shape[1] == 1 else CHANNEL_NAMES["rgb"]
