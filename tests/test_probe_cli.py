@@ -160,6 +160,22 @@ def test_a_probe_record_keeps_its_seed_and_the_evaluators_settings(cli, tmp_path
     assert recorded["seed"] == 3 and recorded["settings"] == {"k": 200, "temperature": 0.5}
 
 
+def test_a_data_setting_the_backbones_recorded_input_would_override_is_refused(cli, tmp_path, toolkit_home):
+    run = saved_backbone(tmp_path / "run")  # pretrained at 16 px, rgb, no equalisation
+    data = ["--data", "synthetic", "--set", "data.synthetic_train=90", "--set", "data.synthetic_test=45"]
+    for args, setting in (
+        (("probe", run, "--mode", "knn", *data, "--set", "data.color_space=hsv"), "data.color_space=hsv differs from the backbone's rgb"),
+        (("probe", run, "--mode", "knn", *data, "--set", "data.image_size=8"), "data.image_size=8 differs from the backbone's 16"),
+        (("embed", run, *data, "--set", "data.equalize=global", "--out", tmp_path / "e.npz"), "data.equalize=global differs"),
+        (("report", run, *data, "--set", "data.image_size=32", "--out", tmp_path / "r.html"), "data.image_size=32 differs"),
+    ):
+        code, _, err = cli(*args)
+        assert code == 2 and setting in err and "leave data." in err, args
+    assert not (run / "probes").exists() and not (tmp_path / "e.npz").exists() and not (tmp_path / "r.html").exists()
+    code, _, err = cli("probe", run, "--mode", "knn", *data, "--set", "data.image_size=16", "--set", "data.color_space=rgb")
+    assert code == 0, err  # the recorded values themselves may be given
+
+
 def test_the_k_row_says_when_the_default_k_is_clipped(cli, tmp_path):
     run = saved_backbone(tmp_path / "run")
     code, out, err = cli("probe", run, "--mode", "knn", "--json", *SMALL)

@@ -93,6 +93,31 @@ def data_config(data: str | os.PathLike | dict[str, Any] | DataConfig, image_siz
     return cfg.model_copy(update={"image_size": image_size}) if image_size else cfg
 
 
+RECORDED_INPUT = ("image_size", "color_space", "equalize", "normalize")  # fixed by the backbone's meta.json
+
+
+def check_recorded_input(data: DataConfig, meta: dict[str, Any]) -> None:
+    """Refuse a data setting that the backbone's recorded input would silently override.
+
+    A pretrained backbone is always fed as it was pretrained: its image size and
+    ``processing`` (colour space, equalisation, normalisation) come from its metadata, so a
+    different value given for them would be ignored.
+    """
+    defaults = DataConfig()
+    recorded = {
+        "image_size": meta.get("image_size"),
+        **{k: getattr(defaults, k) for k in RECORDED_INPUT[1:]},
+        **(meta.get("processing") or {}),
+    }
+    for key in RECORDED_INPUT:
+        value = getattr(data, key)
+        if key in data.model_fields_set and value is not None and recorded.get(key) is not None and value != recorded[key]:
+            raise UserError(
+                f"data.{key}={value} differs from the backbone's {recorded[key]} (recorded in its meta.json): "
+                f"a backbone is fed as it was pretrained; leave data.{key} unset"
+            )
+
+
 def preprocess_of(meta: dict[str, Any]) -> Preprocess:
     """The backbone's input preprocessing from its metadata."""
     return Preprocess.from_meta(meta)
@@ -147,7 +172,9 @@ def load_target_source(
         if base is None:
             raise UserError(data_needed(target, meta))
         data = base if data is None else {**({"name": base} if isinstance(base, str) else base), **data}
-    source = load_source(data_config(data, int(meta["image_size"])))
+    data_cfg = data_config(data)
+    check_recorded_input(data_cfg, meta)
+    source = load_source(data_cfg.model_copy(update={"image_size": int(meta["image_size"])}))
     return model, meta, folder, source, preprocess_of(meta)
 
 

@@ -116,6 +116,10 @@ def probe(
         if pretrained is None:
             raise UserError(data_needed(target, meta))
         data_cfg = data_config(pretrained).model_copy(update={k: getattr(cfg.data, k) for k in cfg.data.model_fields_set})
+    if not random_init:
+        from ssl_toolkit.eval.embed import check_recorded_input
+
+        check_recorded_input(data_cfg, meta)
     data_cfg = data_cfg.model_copy(update={"image_size": meta["image_size"]})
     source: DataSource = load_source(data_cfg)
     if not source.labelled:
