@@ -217,6 +217,8 @@ def _build_data(plan: Plan) -> RunData:
         if plan.primary:
             _warn(note)
     task_cls.check_data(task_cfg, facts)
+    if plan.primary:
+        warn_colour_views(cfg.task, task_cfg, processing.color_space)
     stage = task_cls.worker_stage(task_cfg, facts)
     num_classes = (
         source.num_classes if cfg.trainer.online_probe and source.target_kind in ("multiclass", "binary") else 0
@@ -232,6 +234,25 @@ def _build_data(plan: Plan) -> RunData:
             source.test, max(t.batch_size, 256), False, workers=cfg.data.workers if source.streaming else 0, skip=skip, pin_memory=pin
         )
     return RunData(source, facts, train_loader, val_loader, num_classes)
+
+
+def warn_colour_views(task: str, task_cfg: Any, color_space: str) -> None:
+    """One note when a task's colour jitter or random grayscale will act on HSV, Lab or YCbCr channels.
+
+    Processing runs before the task's views, so those augmentations treat the converted
+    channels as if they were R, G and B.
+    """
+    from ssl_toolkit.data.augment import ViewConfig
+
+    if color_space not in ("hsv", "lab", "ycbcr"):
+        return
+    names = ("views", "second_view")  # local_views follows views
+    jittered = [k for k in names if isinstance(v := getattr(task_cfg, k, None), ViewConfig) and (v.jitter_p > 0 or v.gray_p > 0)]
+    if jittered:
+        _warn(
+            f"note: {task}'s colour jitter and random grayscale act on the {color_space} channels as if they were R, G, B; "
+            f"set jitter_p=0 and gray_p=0 in task_config.{' and task_config.'.join(jittered)} to turn them off"
+        )
 
 
 def first_images(split: Any, n: int) -> torch.Tensor:

@@ -109,6 +109,18 @@ def test_colorization_refuses_another_colour_space(tmp_path, cli):
     assert not (tmp_path / "c" / "config.yaml").exists()
 
 
+def test_colour_jitter_on_converted_channels_is_noted_once_and_not_when_turned_off(tmp_path, cli):
+    tiny = ["--data", "synthetic", "--backbone", "test_resnet", "--epochs", "1", "--image-size", "16", "--quiet"]
+    tiny += ["--set", "data.synthetic_train=32", "--set", "data.synthetic_test=16", "--set", "data.color_space=hsv"]
+    code, _, err = cli("pretrain", "--task", "byol", *tiny, "--out", tmp_path / "b")
+    assert code == 0, err
+    note = "note: byol's colour jitter and random grayscale act on the hsv channels as if they were R, G, B; "
+    assert err.count(note + "set jitter_p=0 and gray_p=0 in task_config.views and task_config.second_view") == 1
+    off = ["--set", "task_config.views.jitter_p=0", "--set", "task_config.views.gray_p=0"]
+    code, _, err = cli("pretrain", "--task", "simclr", *tiny, *off, "--out", tmp_path / "s")
+    assert code == 0 and "colour jitter" not in err, err
+
+
 def test_inspect_shows_channel_histograms_before_and_after(tmp_path, cli):
     out = tmp_path / "inspect.html"
     code, _, err = cli(
