@@ -228,3 +228,66 @@ def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # neither --out nor the partial folder
     time.sleep(1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # and no worker writes on
+
+
+def test_damaged_shards_are_refused_in_one_line(shards, tmp_path, cli):
+    import shutil
+
+    import numpy as np
+
+    def chunk(split: str) -> Path:
+        return sorted((tmp_path / "d" / split).glob("chunk-*.bin"))[0]
+
+    def edit_json(path: Path, change) -> None:
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+
+    def out_of_range_label(d: Path) -> None:
+        labels = np.load(d / "train" / "labels.npy")
+        labels[0] = 7
+        np.save(d / "train" / "labels.npy", labels)
+
+    damages = {
+        "is missing": lambda d: chunk("train").unlink(),
+        "holds 100 bytes": lambda d: os.truncate(chunk("test"), 100),
+        "is not a litdata index": lambda d: (d / "train" / "index.json").write_text("{"),
+        "lists": lambda d: edit_json(d / "train" / "index.json", lambda x: x["chunks"].pop()),
+        "labels outside 0..1": out_of_range_label,
+        "channels must be 1 or 3": lambda d: edit_json(d / "ssl_shards.json", lambda x: x.update(channels=5)),
+        "mean and std need 3": lambda d: edit_json(d / "ssl_shards.json", lambda x: x.update(mean=[0.5])),
+    }
+    for message, damage in damages.items():
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        shutil.copytree(shards, tmp_path / "d")
+        damage(tmp_path / "d")
+        code, out, err = cli("inspect", tmp_path / "d", "--json")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (message, err)
+
+
+def test_shards_smaller_than_a_batch_train_one_batch_as_a_folder_does(shards, tmp_path):
+    import ssl_toolkit as st
+
+    cfg = {
+        "task": "rotation",
+        "data": {"name": str(shards), "workers": 0},
+        "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 1, "batch_size": 256, "progress_bar": False, "accelerator": "cpu", "online_probe": False},
+    }
+    assert st.pretrain(cfg, out=tmp_path / "run")["steps"] == 1  # 31 samples: one batch of 31
+
+
+def test_shards_without_a_test_split_read_back(tmp_path, cli):
+    from PIL import Image
+
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+
+    for c in "ab":  # two images a class: the default split keeps both in train
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200 if c == "a" else 20)).save(tmp_path / "f" / c / f"{i}.png")
+    code, _, err = cli("shard", tmp_path / "f", "--out", tmp_path / "s", "--image-size", "16", "--workers", "1")
+    assert code == 0, err
+    src = load_source(DataConfig(name=str(tmp_path / "s")))
+    assert (len(src.train), len(src.test), src.train.labels.tolist()) == (4, 0, [0, 0, 1, 1])

@@ -44,8 +44,8 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
     if not Path(folder).is_dir():
         raise UserError(f"data path is not a folder: {folder}")
     size = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b|[kmgt])\s*", chunk_bytes, re.IGNORECASE)
-    if size is None or float(size[1]) <= 0:
-        raise UserError(f"--chunk-bytes {chunk_bytes!r}: give a positive size with its unit, such as 64MB or 500kb")
+    if size is None or float(size[1]) * 1000 ** "bkmgt".index(size[2][0].lower()) < 1:  # litdata's units: kb = 1000 bytes
+        raise UserError(f"--chunk-bytes {chunk_bytes!r}: give a positive size with its unit (1 byte or more), such as 64MB or 500kb")
     target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise UserError(f"--out {out} already holds files; choose a new folder")

@@ -24,6 +24,7 @@ no loader state).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ import litdata
 import numpy as np
 import torch
 from litdata.utilities.env import _DistributedEnv
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ssl_toolkit.data.base import DataSource, channel_stats
 from ssl_toolkit.data.images import Box, center_square, decode_crops, random_resized_box
@@ -57,12 +58,22 @@ class ShardInfo(BaseModel):
     source: str
     classes: list[str] | None
     channels: int
-    n_train: int
-    n_test: int
+    n_train: int = Field(ge=0)
+    n_test: int = Field(ge=0)
     mean: list[float]
     std: list[float]
-    image_size: int
+    image_size: int = Field(ge=8, le=1024)
     multilabel: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShardInfo:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels or not all(s > 0 for s in self.std):
+            raise ValueError(f"mean and std need {self.channels} value(s) each, std above 0")
+        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
+            raise ValueError("classes must be distinct names")
+        return self
 
 
 def is_remote(name: str) -> bool:
@@ -83,7 +94,9 @@ def read_info(root: str) -> ShardInfo:
     except (OSError, ImportError) as e:
         raise UserError(f"cannot read {INFO_FILE} of {root}: {e}") from None
     except ValidationError as e:
-        raise UserError(f"{root}/{INFO_FILE} is not a valid shard description: {e.errors()[0]['msg']}") from None
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise UserError(f"{root}/{INFO_FILE} is not a valid shard description: {where + ': ' if where else ''}{err['msg']}") from None
 
 
 def _decode_item(data: bytes, channels: int, size: int, stage: WorkerStage, rng: np.random.Generator | None) -> np.ndarray:
@@ -133,6 +146,8 @@ class ShardSplit:
         n = info.n_train if split == "train" else info.n_test
         self.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self.full = rows is None
+        if self.full:  # a subset's rows come from a split already checked
+            self._check_chunks(n)
         labels = self._labels(n)
         self.labels = None if labels is None else torch.from_numpy(labels[self.rows])
         self.ids = RowIds(f"{root}:{split}", self.rows)
@@ -154,7 +169,29 @@ class ShardSplit:
         shape, dtype = ((n, len(self.info.classes)), np.uint8) if self.info.multilabel else ((n,), np.int64)
         if labels.shape != shape or labels.dtype != dtype:
             raise UserError(f"{self.dir}/labels.npy does not hold {n} {'multi-hot uint8 rows' if self.info.multilabel else 'int64 labels'}")
+        top = 1 if self.info.multilabel else len(self.info.classes) - 1
+        if labels.size and (labels.min() < 0 or labels.max() > top):
+            raise UserError(f"{self.dir}/labels.npy holds labels outside 0..{top}")
         return labels
+
+    def _check_chunks(self, n: int) -> None:
+        """Refuse a local split whose ``index.json`` or chunk files do not match what ``ssl shard`` wrote."""
+        if is_remote(self.root) or n == 0:
+            return
+        where = Path(self.dir)
+        try:
+            chunks = json.loads((where / "index.json").read_text())["chunks"]
+            files = [(where / c["filename"], int(c["chunk_size"]), int(c["chunk_bytes"])) for c in chunks]
+        except OSError as e:
+            raise UserError(f"cannot read {where}/index.json: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{where}/index.json is not a litdata index: {e}") from None
+        if sum(size for _, size, _ in files) != n:
+            raise UserError(f"{where}/index.json lists {sum(size for _, size, _ in files)} items, not the {n} of {INFO_FILE}")
+        for path, _, nbytes in files:
+            if not path.is_file() or path.stat().st_size != nbytes:
+                what = "is missing" if not path.is_file() else f"holds {path.stat().st_size} bytes, not {nbytes}"
+                raise UserError(f"shard chunk {path} {what}; write the shards again with ssl shard")
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -286,6 +323,7 @@ def shard_train_loader(
     to ``<that path>.rank<R>`` as ``epoch<TAB>row`` (a debugging aid for data order).
     """
     ds = CropStreamingDataset(split, stage, seed, shuffle=True)
+    batch_size = max(1, min(batch_size, len(split)))  # as for folders: a split smaller than a batch is one batch
     return ShardTrainLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, drop_last=True)
 
 
@@ -311,7 +349,7 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     final, out = out, out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # renamed onto --out when complete
     try:
         with _stoppable_workers():
-            result = _write_splits(source, folder, out, image_size, chunk_bytes, workers)
+            result = _write_splits(source, folder, out, image_size, chunk_bytes, workers, cfg.strict)
         os.replace(out, final)  # --out is absent or an empty folder
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
@@ -319,7 +357,9 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     return {**result, "out": str(final)}
 
 
-def _write_splits(source: DataSource, folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int) -> dict[str, Any]:
+def _write_splits(
+    source: DataSource, folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int, strict: bool = False
+) -> dict[str, Any]:
     """The shards, labels and facts of ``source``'s splits, written into ``out``."""
     from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_text
 
@@ -334,6 +374,8 @@ def _write_splits(source: DataSource, folder: str, out: Path, image_size: int, c
             labels_all = split.labels.numpy().astype(np.uint8 if multilabel else np.int64)  # (N, K) multi-hot or (N,)
         ok = _decodable(paths)
         skipped += [(p, why) for p, why in zip(paths, ok) if why]
+        if strict and skipped:
+            raise UserError(f"{len(skipped)} unreadable image file(s) in {folder} (data.strict): {skipped[0][0]}: {skipped[0][1]}")
         keep = [k for k, why in enumerate(ok) if not why]
         labels = labels_all[keep]
         counts[split_name] = len(keep)
@@ -348,7 +390,7 @@ def _write_splits(source: DataSource, folder: str, out: Path, image_size: int, c
             inputs=jobs,
             output_dir=str(target),
             chunk_bytes=chunk_bytes,
-            num_workers=workers,
+            num_workers=min(workers, len(jobs)),  # a writer without items would only start and stop
             mode="overwrite",
             verbose=False,
             reorder_files=False,
