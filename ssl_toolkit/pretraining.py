@@ -229,6 +229,11 @@ def _build_data(plan: Plan) -> RunData:
     workers = cfg.data.workers if source.streaming else t.num_workers
     train_loader = split_loader(source.train, t.batch_size, True, seed=t.seed, stage=stage, workers=workers, skip=skip, pin_memory=pin)
     val_loader = None
+    if num_classes and not len(source.test) and plan.primary:
+        _warn(
+            f"warning: {source.name} has no test images: no online probe, and ssl probe will need --data with a test split "
+            "(a folder without train/ and test/ is split by data.test_fraction)"
+        )
     if num_classes and len(source.test):
         val_loader = split_loader(
             source.test, max(t.batch_size, 256), False, workers=cfg.data.workers if source.streaming else 0, skip=skip, pin_memory=pin

@@ -195,6 +195,18 @@ def test_test_fraction_that_leaves_no_training_image_is_refused(tmp_path):
         load_source(DataConfig(name="digits", test_fraction=0.999, image_size=8))
 
 
+def test_a_pretraining_split_without_test_images_is_warned_once(tmp_path, cli):
+    for c in ("cat", "dog"):
+        for i in range(2):  # two images a class: the default test_fraction 0.2 rounds both into train
+            _img(tmp_path / "f" / c / f"{i}.png", "RGB", (i * 90, 100, 50))
+    tiny = ["--backbone", "test_resnet", "--epochs", "1", "--image-size", "16", "--quiet"]
+    code, _, err = cli("pretrain", "--data", tmp_path / "f", *tiny, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert err.count(f"warning: {tmp_path / 'f'} has no test images: no online probe, and ssl probe will need --data") == 1
+    code, _, err = cli("pretrain", "--data", tmp_path / "f", *tiny, "--set", "data.test_fraction=0.5", "--out", tmp_path / "split")
+    assert code == 0 and "no test images" not in err, err
+
+
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(UserError, match=r"unknown dataset 'digitz' \(did you mean 'digits'\?\); valid: digits, fashion-mnist, synthetic"):
         load_source(DataConfig(name="digitz"))
