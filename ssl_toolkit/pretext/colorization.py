@@ -23,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from ssl_toolkit.data.color import lab_lightness, lab_to_rgb, rgb_to_lab
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.losses.rebalanced_soft_ce import RebalancedSoftCrossEntropy
 from ssl_toolkit.pretext.base import (
     DataFacts,
@@ -171,8 +172,6 @@ class ColorizationTask(PretextTask):
         super().check_data(config, data)
         assert isinstance(config, ColorizationConfig)  # always this task's validated Config
         if config.out_stride > data.image_size:
-            from ssl_toolkit.errors import UserError
-
             raise UserError(
                 f"colorization: out_stride {config.out_stride} is larger than {data.name or 'the data'}'s "
                 f"{data.image_size} px images (the prediction map would be under one pixel); use at most {data.image_size}"

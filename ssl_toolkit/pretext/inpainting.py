@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ssl_toolkit.errors import UserError
 from ssl_toolkit.losses.context_adversarial import ContextEncoderAdversarialLoss
 from ssl_toolkit.losses.masked_l2 import MaskedL2Loss
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
@@ -47,9 +48,19 @@ class InpaintingConfig(TaskConfig):
     adversarial_weight: float = Field(default=0.0, ge=0.0, le=1000.0)
 
 
+def square_side(size: int, fraction: float) -> int:
+    """Side of a square covering ``fraction`` of an ``size`` px image, rounded (0 when under half a pixel)."""
+    return round(size * math.sqrt(fraction))
+
+
+def region_pixels(size: int, fraction: float) -> int:
+    """Pixels of a region covering ``fraction`` of an ``size`` px image, rounded."""
+    return round(fraction * size * size)
+
+
 def center_mask(b: int, size: int, fraction: float, device=None) -> torch.Tensor:
     """``(B, 1, S, S)`` float mask, 1 on the central square of side ``round(S * sqrt(fraction))``."""
-    side = max(1, round(size * math.sqrt(fraction)))
+    side = max(1, square_side(size, fraction))
     lo = (size - side) // 2
     m = torch.zeros(b, 1, size, size, device=device)
     m[:, :, lo : lo + side, lo : lo + side] = 1
@@ -58,7 +69,7 @@ def center_mask(b: int, size: int, fraction: float, device=None) -> torch.Tensor
 
 def block_mask(b: int, size: int, fraction: float, n: int, device=None, generator=None) -> torch.Tensor:
     """``(B, 1, S, S)`` union of ``n`` random squares per image, each of area ``fraction / n``."""
-    side = max(1, round(size * math.sqrt(fraction / n)))
+    side = max(1, square_side(size, fraction / n))
     top = torch.randint(0, size - side + 1, (b, n, 1, 1), device=device, generator=generator)
     left = torch.randint(0, size - side + 1, (b, n, 1, 1), device=device, generator=generator)
     r = torch.arange(size, device=device)
@@ -74,7 +85,7 @@ def region_mask(b: int, size: int, fraction: float, device=None, generator=None)
     """
     coarse = torch.rand(b, 1, 4, 4, device=device, generator=generator)
     field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).flatten(1)  # (B, S*S)
-    k = max(1, round(fraction * size * size))
+    k = max(1, region_pixels(size, fraction))
     top = field.topk(k, dim=1).indices
     return torch.zeros_like(field).scatter_(1, top, 1.0).view(b, 1, size, size)
 
@@ -123,13 +134,11 @@ class InpaintingTask(PretextTask):
         """Refuse a mask that hides less than one pixel, or the whole image (no context left)."""
         super().check_data(config, data)
         assert isinstance(config, InpaintingConfig)  # always this task's validated Config
-        from ssl_toolkit.errors import UserError
-
         s, f, n = data.image_size, config.mask_fraction, config.num_blocks
         if config.mask == "regions":
-            hidden, whole = round(f * s * s), s * s
+            hidden, whole = region_pixels(s, f), s * s
         else:  # side of the square (of each square for blocks), as center_mask and block_mask round it
-            hidden, whole = round(s * math.sqrt(f / n if config.mask == "blocks" else f)), s
+            hidden, whole = square_side(s, f / n if config.mask == "blocks" else f), s
         what = f"each of the {n} blocks" if config.mask == "blocks" else f"the {config.mask} mask"
         name = data.name or "the data"
         if hidden < 1:
