@@ -251,8 +251,14 @@ class CheckpointOnInterrupt(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            trainer.save_checkpoint(self.path)
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        try:
+            trainer.save_checkpoint(self.path)  # the first process writes it, then every process meets at a barrier
+        except RuntimeError:
+            if trainer.world_size == 1:
+                raise
+            # DDP: a peer that stopped first has left, so the barrier after the write fails; the file is written
 
 
 class ProgressLines(Callback):
