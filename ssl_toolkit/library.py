@@ -179,8 +179,12 @@ def remove_checkpoint(name: str) -> Path:
     """Delete an entry (renamed away first, so it disappears at once)."""
     folder = _existing_entry(name)
     trash = Path(tempfile.mkdtemp(prefix=f".trash-{name[:40]}-", dir=folder.parent))
-    os.rename(folder, trash / name)
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(folder, trash / name)
+    except FileNotFoundError:  # removed by another process since the check above
+        raise UserError(f"no checkpoint named '{name}' in the library (it was removed meanwhile)") from None
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
     return folder
 
 

@@ -91,6 +91,10 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert code == 0 and "intact" in out and "weights_sha256:" in out and "timm_name: test_resnet" in out
     code, out, err = cli("checkpoints", "show", "mien")
     assert code == 2 and "did you mean 'mine'" in err
+    code, out, err = cli("checkpoints", "show", "mine", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["intact"] is True and shown["path"] == str(library_root() / "mine")
+    assert shown["backbone"]["timm_name"] == "test_resnet"
     # a damaged weights file: refused on load, reported by show
     w = library_root() / "mine" / WEIGHTS
     w.write_bytes(w.read_bytes()[:-100])
@@ -99,6 +103,8 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert not (tmp_path / "x.safetensors").exists()
     code, out, err = cli("checkpoints", "show", "mine")
     assert "# weights: CORRUPT (hash mismatch)" in out
+    code, out, err = cli("checkpoints", "show", "mine", "--json")
+    assert code == 0 and json.loads(out)["intact"] is False
     w.unlink()
     code, out, err = cli("checkpoints", "show", "mine")
     assert "# weights: MISSING (no weights file)" in out
@@ -234,3 +240,23 @@ def test_an_empty_name_and_a_home_that_is_a_file_are_one_line_each(tmp_path, cli
     code, out, err = cli("checkpoints", "list")
     home = tmp_path / "home"
     assert code == 2 and err.strip() == f"error: checkpoint library {home / 'checkpoints'}: {home} is not a folder (SSL_TOOLKIT_HOME)"
+
+
+def test_a_remove_that_loses_a_race_is_one_line(tmp_path, toolkit_home, monkeypatch):
+    """A second remover that found the entry, then lost it to the first, gets a UserError, not FileNotFoundError."""
+    import ssl_toolkit.library as lib
+
+    make_backbone(tmp_path / "run")
+    register_run(tmp_path / "run", name="mine")
+    found = lib._existing_entry
+
+    def found_then_removed_by_another(name):
+        folder = found(name)
+        monkeypatch.setattr(lib, "_existing_entry", found)
+        lib.remove_checkpoint(name)  # the other process wins between the check and the rename
+        return folder
+
+    monkeypatch.setattr(lib, "_existing_entry", found_then_removed_by_another)
+    with pytest.raises(UserError, match="no checkpoint named 'mine' in the library \\(it was removed meanwhile\\)"):
+        lib.remove_checkpoint("mine")
+    assert list(library_root().iterdir()) == []  # neither remover left a temp folder

@@ -58,16 +58,17 @@ def list_cmd(as_json, task, backbone) -> None:
 
 @checkpoints.command(context_settings=CONTEXT)
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print meta.json as it is.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: meta.json with `intact` and `path` added.")
 def show(name, as_json) -> None:
     """Show the full metadata of checkpoint NAME and whether its weights are intact."""
+    from ssl_toolkit import show_checkpoint
     from ssl_toolkit.backbone_files import WEIGHTS
     from ssl_toolkit.library import entry_dir, entry_meta, verify_entry
 
-    meta = entry_meta(name)
     if as_json:
-        click.echo(json.dumps(meta, indent=2))
+        click.echo(json.dumps(show_checkpoint(name), indent=2))
         return
+    meta = entry_meta(name)
     ok = verify_entry(name)
     folder = entry_dir(name)
     state = "intact (SHA-256 matches)" if ok else "CORRUPT (hash mismatch)"
