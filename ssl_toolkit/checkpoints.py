@@ -18,6 +18,7 @@ Two weight layouts exist:
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,10 @@ def load_backbone_files(target: str | Path, name: str | None = None) -> tuple[nn
     spec = BackboneSpec.from_dict(meta["backbone"])
     # the hash is skipped only for a weights file that borrows its folder's meta.json written for another file
     borrowed = meta_path == weights.with_name(META) and not Path(target).expanduser().is_dir()
-    expected_sha = None if borrowed and weights.name != meta.get("weights_file", WEIGHTS) else meta.get("weights_sha256")
+    skip = borrowed and weights.name != meta.get("weights_file", WEIGHTS)
+    expected_sha = None if skip else meta.get("weights_sha256")
+    if not expected_sha and not skip:
+        print(f"warning: {meta_path} records no weights_sha256; {weights.name} is loaded unverified", file=sys.stderr, flush=True)
     state = load_state(weights, expected_sha, name)
     if meta.get("layout") == "timm":
         state = from_timm_layout(state, spec)

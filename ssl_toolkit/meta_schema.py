@@ -72,7 +72,7 @@ class BackboneMeta(_Open):
     probes: dict[str, ProbeSummary] = Field(default_factory=dict)
     created: str | None = None
     weights_file: str | None = None
-    weights_sha256: str | None = None
+    weights_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     weights_bytes: int | None = None
     library_name: str | None = None
     run_dir: str | None = None

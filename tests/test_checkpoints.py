@@ -31,7 +31,7 @@ from ssl_toolkit.checkpoints import (
 )
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.export import export_checkpoint
-from ssl_toolkit.library import register_run
+from ssl_toolkit.library import library_root, register_run
 
 # a single-conv ResNet stem (resnet18's 7x7 conv1), made small
 SINGLE_CONV = ("resnet18", {"channels": [16, 16, 16, 16]})
@@ -101,6 +101,27 @@ def test_corrupt_weights_are_refused(tmp_path, damage):
     w.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"is corrupt \(hash mismatch\)"):
         load_backbone_files(tmp_path / "run", name="mybackbone")
+
+
+def test_metadata_without_a_hash_loads_with_a_warning_and_a_malformed_hash_is_refused(tmp_path, capsys, cli):
+    make_backbone(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / META).read_text())
+    (tmp_path / "run" / META).write_text(json.dumps({**meta, "weights_sha256": "ABC"}))
+    with pytest.raises(UserError, match="is not valid backbone metadata: .*weights_sha256"):
+        load_backbone_files(tmp_path / "run")
+    del meta["weights_sha256"]
+    (tmp_path / "run" / META).write_text(json.dumps(meta))
+    capsys.readouterr()
+    load_backbone_files(tmp_path / "run")
+    assert capsys.readouterr().err == f"warning: {tmp_path / 'run' / META} records no weights_sha256; {WEIGHTS} is loaded unverified\n"
+    code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "nohash")
+    assert code == 0, err  # the library records the hash of what it copied
+    code, out, err = cli("checkpoints", "show", "nohash")
+    assert code == 0 and "# weights: intact" in out
+    entry = library_root() / "nohash" / META
+    entry.write_text(json.dumps({k: v for k, v in json.loads(entry.read_text()).items() if k != "weights_sha256"}))
+    code, out, err = cli("checkpoints", "show", "nohash")
+    assert code == 0 and "# weights: UNVERIFIED (meta.json records no weights_sha256)" in out
 
 
 def test_weights_of_another_architecture_name_both(tmp_path):
