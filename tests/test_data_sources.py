@@ -77,9 +77,11 @@ def test_fashion_mnist_reads_idx_from_explicit_path_and_env(tmp_path, monkeypatc
     assert (len(src.train), len(src.test), src.channels, src.image_size, src.num_classes) == (30, 10, 1, 28, 10)
     assert src.train.labels.tolist() == (np.arange(30) % 10).tolist()
     assert np.array_equal(src.test.images[:, 0].numpy(), read_idx(root / "t10k-images-idx3-ubyte.gz"))
+    assert src.describe()["path"] == str(root)  # the copy that was read is recorded
     monkeypatch.setenv("SSL_TOOLKIT_DATA", str(tmp_path))
     (tmp_path / "fashion-mnist").symlink_to(root)
-    assert len(load_source(DataConfig(name="fashion-mnist")).train) == 30
+    src = load_source(DataConfig(name="fashion-mnist"))
+    assert len(src.train) == 30 and src.describe()["path"] == str(tmp_path / "fashion-mnist")
 
 
 def test_fashion_mnist_missing_names_the_debian_package(tmp_path, monkeypatch):

@@ -126,7 +126,8 @@ def pretrain(
         )
         return
     fm = meta["final_metrics"]
-    line = f"pretrained {meta['task']} on {meta['dataset']['name']}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {_number(meta.get('final_loss'))}"
+    where = f" ({meta['dataset']['path']})" if meta["dataset"].get("path") else ""
+    line = f"pretrained {meta['task']} on {meta['dataset']['name']}{where}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {_number(meta.get('final_loss'))}"
     if "pretext_acc" in fm:
         line += f", pretext_acc {fm['pretext_acc']:.3f}"
     if "online_top1" in fm:

@@ -114,6 +114,7 @@ class DataSource:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    location: str | None = None  # the folder a named dataset was read from (its name is not a path)
 
     def __post_init__(self) -> None:
         if not self.mean:
@@ -149,9 +150,10 @@ class DataSource:
         return "binary" if self.num_classes == 2 else "multiclass"
 
     def describe(self) -> dict:
-        """A JSON-able summary: name, channels, image size, classes, split sizes, statistics."""
+        """A JSON-able summary: name, (its folder), channels, image size, classes, split sizes, statistics."""
         return {
             "name": self.name,
+            **({"path": self.location} if self.location else {}),
             "channels": self.channels,
             "image_size": self.image_size,
             "classes": self.classes,

@@ -98,4 +98,4 @@ def fashion_mnist(cfg: DataConfig) -> DataSource:
         x = resize_uint8(torch.from_numpy(arrays[f"{split}_images"].copy()).unsqueeze(1), size)
         y = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
         splits[split] = Split(x, y, [f"fashion-mnist:{split}:{i}" for i in range(len(y))])
-    return DataSource("fashion-mnist", splits["train"], splits["test"], list(FASHION_CLASSES), grayscale_origin=True)
+    return DataSource("fashion-mnist", splits["train"], splits["test"], list(FASHION_CLASSES), grayscale_origin=True, location=str(root))
