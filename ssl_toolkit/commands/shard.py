@@ -8,6 +8,9 @@ import click
 
 from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 
+# the data settings that decide what is written: which files, their split and labels
+SHARD_SETTINGS = ("test_fraction", "split_seed", "labels", "strict", "max_pixels")
+
 
 @main.command(context_settings=CONTEXT)
 @click.argument("folder")
@@ -21,7 +24,13 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 )
 @click.option("--chunk-bytes", default="64MB", show_default=True, help="Target size of one chunk file.")
 @click.option("--workers", type=POSITIVE, default=None, help="Writer processes. [default: the CPU count]")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Data options, e.g. --set data.test_fraction=0.1.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="How files are split and labelled: data.test_fraction, split_seed, labels, strict or max_pixels.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
 def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> None:
     """Write an image FOLDER as shards in Lightning's litdata streaming format.
@@ -46,12 +55,19 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
     size = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b|[kmgt])\s*", chunk_bytes, re.IGNORECASE)
     if size is None or float(size[1]) * 1000 ** "bkmgt".index(size[2][0].lower()) < 1:  # litdata's units: kb = 1000 bytes
         raise UserError(f"--chunk-bytes {chunk_bytes!r}: give a positive size with its unit (1 byte or more), such as 64MB or 500kb")
+    data = apply_overrides({}, overrides).get("data")
+    cfg = validate(DataConfig, {**(data if isinstance(data, dict) else {}), "name": folder}, what="--set")
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    unused = [k for k in keys if not k.startswith("data.") or k.removeprefix("data.") not in SHARD_SETTINGS]
+    if unused:
+        raise UserError(
+            f"--set {unused[0]}: ssl shard does not use it; the shards take {', '.join('data.' + k for k in SHARD_SETTINGS)} "
+            "and --image-size (other data settings are given when training from the shards)"
+        )
     target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise UserError(f"--out {out} already holds files; choose a new folder")
     check_writable_dir(target, "--out")
-    data = apply_overrides({}, overrides).get("data", {})
-    cfg = validate(DataConfig, {**data, "name": folder}, what="--set")
     result = write_shards(folder, target, image_size, chunk_bytes, workers or os.cpu_count() or 1, cfg)
     echo_rows(
         [
