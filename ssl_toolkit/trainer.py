@@ -205,8 +205,22 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
             "(or MASTER_ADDR, MASTER_PORT and NODE_RANK set); see docs/scaling.md, Several nodes"
         )
     note = oversubscription_line(trial)
+    cores = usable_cores()
+    if note is not None and trial.num_devices > CPU_PROCESSES_PER_CORE * cores:
+        raise UserError(
+            f"trainer options ({_describe(cfg)}): {trial.num_devices} CPU processes on {cores} cores; at most "
+            f"{CPU_PROCESSES_PER_CORE * cores} ({CPU_PROCESSES_PER_CORE} per core): on CPU, devices counts processes, each a full copy of the model"
+        )
     if note is not None and os.environ.get("RANK", "0") == "0":
         print(note, file=sys.stderr, flush=True)
+
+
+CPU_PROCESSES_PER_CORE = 4  # above this, a CPU run spends its time switching between copies of the model
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def oversubscription_line(trainer: L.Trainer) -> str | None:
@@ -216,7 +230,7 @@ def oversubscription_line(trainer: L.Trainer) -> str | None:
     """
     from lightning.pytorch.accelerators import CPUAccelerator
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     processes = trainer.num_devices
     if not isinstance(trainer.accelerator, CPUAccelerator) or processes <= cores:
         return None

@@ -160,8 +160,9 @@ def test_a_strategy_that_spawns_its_processes_and_nodes_without_a_launcher_are_r
     check_lightning_options(nodes)
 
 
-def test_more_cpu_processes_than_cores_say_so_in_one_line(capsys):
+def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refused(capsys):
     from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.errors import UserError
     from ssl_toolkit.trainer import check_lightning_options
 
     cores = len(os.sched_getaffinity(0))
@@ -171,6 +172,9 @@ def test_more_cpu_processes_than_cores_say_so_in_one_line(capsys):
     assert capsys.readouterr().err == (
         f"trainer: {cores + 2} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)\n"
     )
+    check_lightning_options(TrainerConfig(accelerator="cpu", devices=4 * cores, strategy="ddp"))
+    with pytest.raises(UserError, match=f"{4 * cores + 1} CPU processes on {cores} cores; at most {4 * cores} \\(4 per core\\)"):
+        check_lightning_options(TrainerConfig(accelerator="cpu", devices=4 * cores + 1, strategy="ddp"))
 
 
 @pytest.mark.slow
