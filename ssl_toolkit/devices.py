@@ -1,10 +1,19 @@
-"""Choosing the device for work done outside a Lightning Trainer (feature extraction, embeddings)."""
+"""Choosing the device for work done outside a Lightning Trainer (feature extraction, embeddings), and counting cores."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from ssl_toolkit.errors import UserError
+
+CPU_PROCESSES_PER_CORE = 4  # above this, CPU processes spend their time switching between each other
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def choose_device(accelerator: str = "auto") -> torch.device:

@@ -26,6 +26,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ssl_toolkit.callbacks import CheckpointOnInterrupt
 from ssl_toolkit.config import TrainerConfig
+from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
 from ssl_toolkit.precision import resolve_precision
 
 if TYPE_CHECKING:
@@ -213,14 +214,6 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
         )
     if note is not None and os.environ.get("RANK", "0") == "0":
         print(note, file=sys.stderr, flush=True)
-
-
-CPU_PROCESSES_PER_CORE = 4  # above this, a CPU run spends its time switching between copies of the model
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def oversubscription_line(trainer: L.Trainer) -> str | None:

@@ -41,12 +41,12 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
     continues mid-epoch. Files that cannot be decoded are left out and listed in OUT/skipped.txt.
     """
     quiet_libraries()
-    import os
     import re
     from pathlib import Path
 
     from ssl_toolkit.config import DataConfig, apply_overrides, validate
     from ssl_toolkit.data.shards import write_shards
+    from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
     from ssl_toolkit.errors import UserError
     from ssl_toolkit.outputs import check_writable_dir
 
@@ -64,11 +64,16 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
             f"--set {unused[0]}: ssl shard does not use it; the shards take {', '.join('data.' + k for k in SHARD_SETTINGS)} "
             "and --image-size (other data settings are given when training from the shards)"
         )
+    cores = usable_cores()
+    if workers is not None and workers > CPU_PROCESSES_PER_CORE * cores:
+        raise UserError(
+            f"--workers {workers}: at most {CPU_PROCESSES_PER_CORE * cores} writer processes on {cores} cores ({CPU_PROCESSES_PER_CORE} per core)"
+        )
     target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise UserError(f"--out {out} already holds files; choose a new folder")
     check_writable_dir(target, "--out")
-    result = write_shards(folder, target, image_size, chunk_bytes, workers or os.cpu_count() or 1, cfg)
+    result = write_shards(folder, target, image_size, chunk_bytes, workers or cores, cfg)
     echo_rows(
         [
             ("source", result["source"]),
