@@ -196,6 +196,11 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
     assert code == 0, err
     row = next(line for line in stdout.splitlines() if line.startswith("k-means NMI / ARI"))
     assert row.split(None, 4)[4] == "not run: k = 1,000,000 needs at least 2,000,000 points (2 per cluster); there are 60"
+    few = tmp_path / "few"
+    write_image_folder(few, 1, labelled=False)  # 3 images, 1 of them in the test split: too few for a UMAP layout
+    code, _, err = cli("report", root / "run", "--data", few, "--out", tmp_path / "f.html")
+    html = (tmp_path / "f.html").read_text()
+    assert code == 0 and "Not drawn: UMAP needs at least 4 points, and there is 1." in html and "UMAP scatter" not in html, err
 
 
 def browser():

@@ -26,6 +26,9 @@ class UmapParams(BaseModel):
     max_points: int = Field(default=5000, ge=1)
 
 
+UMAP_MIN_POINTS = 4  # fewer points make no layout (UMAP needs 2 neighbours besides the point itself)
+
+
 def neighbours_used(n_neighbors: int, points: int) -> int:
     """The ``n_neighbors`` UMAP runs with on ``points`` points: at most ``points - 1``, at least 2."""
     return max(2, min(n_neighbors, points - 1))
@@ -63,15 +66,16 @@ def umap_projection(x: np.ndarray, labels: np.ndarray | None = None, params: Uma
     and handed to UMAP (``precomputed_knn``), which skips UMAP's own approximate search.
 
     Returns:
-        ``(M, 2)`` float32 coordinates and the ``(M,)`` row indices of ``x`` they belong to.
+        ``(M, 2)`` float32 coordinates and the ``(M,)`` row indices of ``x`` they belong to;
+        ``M`` is 0 below :data:`UMAP_MIN_POINTS` points.
     """
     import warnings
 
     params = params or UmapParams()
     keep = proportional_sample(len(x), params.max_points, labels, params.seed)
     sub = np.ascontiguousarray(x[keep], dtype=np.float32)
-    if len(sub) < 4:
-        return np.zeros((len(sub), 2), dtype=np.float32), keep
+    if len(sub) < UMAP_MIN_POINTS:  # no neighbour graph to lay out: nothing is drawn
+        return np.zeros((0, 2), dtype=np.float32), keep[:0]
     n_neighbors = neighbours_used(params.n_neighbors, len(sub))
     graph = knn_graph(sub, n_neighbors, params.metric)
     with warnings.catch_warnings():

@@ -35,6 +35,7 @@ from ssl_toolkit.eval import plots
 from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
+from ssl_toolkit.eval.projection import UMAP_MIN_POINTS
 from ssl_toolkit.eval.run_record import UnreadableFile, latest_samples, pick_confusion, read_curves, read_probes, sample_picture
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
 from ssl_toolkit.html_page import data_uri, render_page, shown_name
@@ -320,7 +321,7 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
         "clusters": summary["clusters"],
         "cluster_sizes": np.bincount(assign, minlength=an.clusters.k).tolist() if assign is not None else [],
         "class_rows": class_rows(source, an) if sides.labelled and source.classes else [],
-        "umap": {"points": int(len(an.umap)), "total": an.n_queries, **an.umap_settings},
+        "umap": {"points": int(len(an.umap)), "total": an.n_queries, "min_points": UMAP_MIN_POINTS, **an.umap_settings},
         "skipped": len(source.skipped),
         "multilabel_rows": multilabel_rows(source, figures["probes"], _pct) if sides.multilabel else [],
     }
