@@ -219,6 +219,8 @@ def _build_data(plan: Plan) -> RunData:
     task_cls.check_data(task_cfg, facts)
     if plan.primary:
         warn_colour_views(cfg.task, task_cfg, processing.color_space)
+        for line in task_cfg.unused_settings():
+            _warn(f"note: {line}")
     stage = task_cls.worker_stage(task_cfg, facts)
     num_classes = (
         source.num_classes if cfg.trainer.online_probe and source.target_kind in ("multiclass", "binary") else 0

@@ -111,3 +111,17 @@ def test_small_views_follow_the_views_augmentation_except_their_crop():
     assert cfg.local_views.flip_p == 0 and cfg.local_views.crop_scale == (0.1, 0.5)
     with pytest.raises(UserError, match=r"local_views"):
         build_task("simclr", 8, {"local_views": {"flip_p": 2}}, FACTS)
+
+
+def test_small_view_settings_without_small_views_are_named():
+    note = "task_config.{} no effect while task_config.local_crops is 0 (no small views)"
+    validate = SimCLRTask.Config.model_validate
+    assert validate({}).unused_settings() == []
+    assert validate({"views": {"flip_p": 0}}).unused_settings() == []  # the small views follow: nothing was set for them
+    assert validate({"local_views": {"flip_p": 0}, "local_crops": 2}).unused_settings() == []
+    assert validate({"local_views": {"flip_p": 0}}).unused_settings() == [note.format("local_views takes")]
+    both = validate({"local_size": 0.3, "local_views": {"crop_scale": [0.05, 0.2]}})
+    assert both.unused_settings() == [note.format("local_views and task_config.local_size take")]
+    assert validate(both.model_dump(mode="json")).unused_settings() == both.unused_settings()  # as config.yaml reads back
+    saved = validate(validate({"views": {"flip_p": 0}}).model_dump(mode="json"))  # a resumed run's config: every key present
+    assert saved.unused_settings() == []

@@ -39,6 +39,10 @@ def building_inputs() -> torch.profiler.record_function:
 class TaskConfig(StrictModel):
     """Base of every task's config (unknown keys rejected)."""
 
+    def unused_settings(self) -> list[str]:
+        """Settings that take no effect under the others (e.g. small-view settings without small views), one line each."""
+        return []
+
 
 @dataclass(frozen=True)
 class TaskInfo:

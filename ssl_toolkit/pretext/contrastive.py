@@ -111,6 +111,18 @@ class SimCLRConfig(TwoViewConfig):
         local = local.model_dump(exclude_unset=True) if isinstance(local, ViewConfig) else local
         return {**data, "local_views": {**views, "crop_scale": LOCAL_CROP_SCALE, **local}}
 
+    def unused_settings(self) -> list[str]:
+        """``local_views`` or ``local_size`` set while ``local_crops`` is 0 (no small views are made)."""
+        if self.local_crops:
+            return []
+        followed = ViewConfig(**{**self.views.model_dump(), "crop_scale": LOCAL_CROP_SCALE})
+        default_size = type(self).model_fields["local_size"].default
+        changed = [k for k, v in (("local_views", followed), ("local_size", default_size)) if getattr(self, k) != v]
+        if not changed:
+            return []
+        verb = "take" if len(changed) > 1 else "takes"
+        return [f"task_config.{' and task_config.'.join(changed)} {verb} no effect while task_config.local_crops is 0 (no small views)"]
+
 
 def positive_pair_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
     """Share of ``z0`` rows whose most similar ``z1`` row is their own positive.
