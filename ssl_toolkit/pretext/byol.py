@@ -30,7 +30,8 @@ class BYOLConfig(TwoViewConfig):
     second_view: Augmentation of the second view (BYOL: blur 0.1, solarise 0.2).
     hidden_dim: Hidden width of the projection and prediction heads (BYOL: 4096).
     output_dim: Projection width (BYOL: 256).
-    momentum: Starting momentum of the target network (BYOL: 0.996), raised to 1 on a cosine schedule.
+    momentum: Starting momentum of the target network (BYOL: 0.996), raised to 1 on a cosine schedule;
+        1 keeps the target at its initial random weights (the paper's fixed-target ablation).
     """
 
     views: ViewConfig = Field(default_factory=lambda: _byol_view(1.0, 0.0))

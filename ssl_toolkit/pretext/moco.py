@@ -26,7 +26,8 @@ class MoCoConfig(TwoViewConfig):
     output_dim: Output width of the projection head (and of the queued keys).
     temperature: InfoNCE temperature (MoCo v2: 0.2).
     queue_size: Keys kept as negatives (MoCo: 65536 on ImageNet).
-    momentum: Starting momentum of the key encoder, raised to 1 on a cosine schedule.
+    momentum: Starting momentum of the key encoder, raised to 1 on a cosine schedule; 1 keeps the
+        key encoder at its initial weights.
     """
 
     views: ViewConfig = Field(default_factory=lambda: ViewConfig(blur_p=0.5))
