@@ -134,3 +134,82 @@ def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
     assert json.loads(out.strip().splitlines()[-1])["splits"] == {"train": 6, "test": 6}  # a data setting, as other commands take
     code, out, err = cli("embed", run, "--set", "trainer.epochs=3", "--out", tmp_path / "i.npz")
     assert (code, err) == (2, "error: --set takes data.KEY=VALUE here, not trainer\n")
+
+
+def test_npy_whose_metadata_file_is_a_folder_is_refused_before_anything_is_written(run_dir, tmp_path, cli):
+    run, _ = run_dir
+    (tmp_path / "e.meta.npz").mkdir()
+    (tmp_path / "e.npy").write_text("an earlier file")
+    code, out, err = cli("embed", run, "--data", "digits", "--out", tmp_path / "e.npy")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: --out {tmp_path / 'e.npy'} keeps its other arrays in {tmp_path / 'e.meta.npz'}, which is a folder; "
+        "remove it or choose another name\n"
+    )
+    assert (tmp_path / "e.npy").read_text() == "an earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.meta.npz", "e.npy", "run"]
+
+
+def embeddings_arrays(n: int = 4) -> dict[str, np.ndarray]:
+    """The arrays of a valid ``.npz`` as `ssl embed` writes it, ``n`` rows of two classes."""
+    return {
+        "embeddings": np.ones((n, 3), dtype=np.float32),
+        "labels": np.arange(n, dtype=np.int64) % 2,
+        "ids": np.array([f"d:train:{i}" for i in range(n)]),
+        "split": np.array(["train"] * n),
+        "index": np.arange(n, dtype=np.int64),
+        "classes": np.array(["a", "b"]),
+        "meta": np.array(json.dumps({"backbone": TINY_BACKBONE})),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"ids": None}, "no ids array"),
+        ({"embeddings": np.ones((4, 3))}, "embeddings are float64 of shape (4, 3), not (N, D) float32"),
+        ({"embeddings": np.ones(4, dtype=np.float32)}, "embeddings are float32 of shape (4,), not (N, D) float32"),
+        ({"index": np.arange(3)}, "index is int64 of shape (3,), not 4 rows"),
+        ({"labels": np.ones(4, dtype=np.float32)}, "labels is float32 of shape (4,), not 4 rows"),
+        ({"split": np.array(["train", "val", "test", "test"])}, "split holds values other than train, test"),
+        ({"labels": np.array([0, 1, 2, 0])}, "labels outside 0 to 1"),
+        ({"meta": np.array("[1, 2]")}, "meta is not a JSON object"),
+        ({"meta": np.array("{not json")}, "meta is not a JSON object"),
+    ],
+)
+def test_load_embeddings_refuses_a_file_embed_would_not_write(tmp_path, change, why):
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.eval.embed import load_embeddings
+
+    arrays = {k: v for k, v in {**embeddings_arrays(), **change}.items() if v is not None}
+    np.savez(tmp_path / "e.npz", **arrays)
+    with pytest.raises(UserError) as e:
+        load_embeddings(tmp_path / "e.npz")
+    assert str(e.value) == f"{tmp_path / 'e.npz'} is not an embeddings file written by ssl embed: {why}"
+
+
+def test_load_embeddings_reads_a_valid_file_and_refuses_damaged_ones(tmp_path):
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.eval.embed import load_embeddings
+
+    arrays = embeddings_arrays()
+    np.savez(tmp_path / "e.npz", **arrays)
+    loaded = load_embeddings(tmp_path / "e.npz")
+    assert loaded.labels.tolist() == [0, 1, 0, 1] and loaded.classes == ["a", "b"] and loaded.meta == {"backbone": TINY_BACKBONE}
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "e.npz").read_bytes()[:200])
+    with pytest.raises(UserError, match=r"^cannot read .*cut\.npz: "):
+        load_embeddings(tmp_path / "cut.npz")
+    np.save(tmp_path / "x.npy", arrays["embeddings"])
+    with pytest.raises(UserError, match=r"x\.meta\.npz is missing next to .*x\.npy$"):
+        load_embeddings(tmp_path / "x.npy")
+    np.savez(tmp_path / "x.meta.npz", **{k: v for k, v in arrays.items() if k != "embeddings"})
+    assert load_embeddings(tmp_path / "x.npy").features.shape == (4, 3)
+    with open(tmp_path / "y.npy", "wb") as f:  # an archive under the name of an array
+        np.savez(f, a=np.ones(2))
+    np.savez(tmp_path / "y.meta.npz", **{k: v for k, v in arrays.items() if k != "embeddings"})
+    with pytest.raises(UserError, match="the embeddings are not one array$"):
+        load_embeddings(tmp_path / "y.npy")
+    np.save(tmp_path / "z.npy", arrays["embeddings"])
+    (tmp_path / "z.npy").rename(tmp_path / "z.npz")  # an array under the name of an archive
+    with pytest.raises(UserError, match=r"^cannot read .*z\.npz: not an \.npz archive$"):
+        load_embeddings(tmp_path / "z.npz")

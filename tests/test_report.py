@@ -358,3 +358,68 @@ def test_long_and_bidi_class_names_stay_on_screen_and_read_as_written(built, tmp
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_the_page_path_is_checked_before_any_work(built, tmp_path, cli, monkeypatch):
+    import ssl_toolkit as st
+    from ssl_toolkit.errors import UserError
+
+    root, _, _ = built
+    data = {"name": str(root / "imgs"), "test_fraction": 0.5}
+    (tmp_path / "emb.npz").write_bytes(b"embeddings")
+    code, out, err = cli("report", root / "run", "--data", root / "imgs", "--out", tmp_path / "emb.npz")
+    assert (code, out, err) == (2, "", "error: --out must end in .html or .htm, not 'emb.npz'\n")
+    assert (tmp_path / "emb.npz").read_bytes() == b"embeddings"
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    (run / "report.html").mkdir()  # the default page path is a folder: refused before the backbone is loaded
+    with pytest.raises(UserError) as e:
+        st.report(run, data)
+    assert str(e.value) == f"out (default) {run / 'report.html'} is a folder; give a file path"
+    code, out, err = cli("report", root / "run", "--data", root / "imgs", "--seed", "-1")
+    assert (code, err) == (2, "error: Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295. (see 'ssl report --help')\n")
+
+
+def test_the_default_page_goes_into_a_run_folder_and_never_into_the_checkpoint_library(built, tmp_path, monkeypatch):
+    import ssl_toolkit as st
+    from ssl_toolkit.eval.report import report_path
+    from ssl_toolkit.library import library_root
+
+    root, _, _ = built
+    (tmp_path / "run").mkdir()
+    assert report_path(tmp_path / "run", None) == tmp_path / "run" / "report.html"
+    assert report_path(tmp_path / "run" / "backbone.safetensors", None) == Path("report.html")
+    assert report_path(tmp_path / "run", tmp_path / "page.HTM") == tmp_path / "page.HTM"
+    st.import_checkpoint(root / "run", name="tiny")
+    monkeypatch.chdir(tmp_path)
+    result = st.report("tiny", {"name": str(root / "imgs"), "test_fraction": 0.5}, umap={"n_neighbors": 5})
+    assert result["path"] == "report.html" and (tmp_path / "report.html").is_file()
+    assert sorted(p.name for p in (library_root() / "tiny").iterdir()) == ["backbone.safetensors", "meta.json"]
+
+
+def test_leave_one_out_needs_two_images(built, tmp_path, cli):
+    root, _, _ = built
+    one = tmp_path / "one" / "cat"
+    one.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(one / "a.png")  # one image: a training split, no test split
+    code, out, err = cli("report", root / "run", "--data", tmp_path / "one", "--out", tmp_path / "r.html")
+    assert (code, out, err) == (2, "", f"error: {tmp_path / 'one'} has fewer than 2 images in its train split\n")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_class_names_that_matplotlib_would_read_as_markup_are_drawn(built, tmp_path, monkeypatch):
+    import ssl_toolkit as st
+
+    root, _, _ = built
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
+    names = ["$\\foo$", "_under", "a$b$c"]
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray((rng.random((16, 16, 3)) * 60 + 60 * k).astype(np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    out = tmp_path / "dollars.html"
+    result = st.report(root / "run", {"name": str(tmp_path / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 5})
+    html = out.read_text(encoding="utf-8")
+    assert result["labelled"] and "UMAP scatter" in html
+    assert [c.strip() for c in re.findall(r'<td class="class-name">([^<]*)</td>', html)] == names

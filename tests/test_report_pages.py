@@ -196,3 +196,20 @@ def test_inspect_histograms_have_headers_captions_and_one_value_bins(tmp_path):
     assert len(parser.tables) >= 4 and all(t["caption"] == 1 and t["th"] >= 3 for t in parser.tables), parser.tables
     assert "\u202e" not in page and "[U+202E]evil" in page and "[U+202E]0gnp.png" in page
     assert "overflow-wrap: anywhere" in page
+
+
+def test_class_names_with_dollars_or_a_leading_underscore_are_drawn_as_written():
+    from matplotlib.figure import Figure
+
+    from ssl_toolkit.eval.report import plot_label
+
+    names = ["$\\foo$", "_under", "a$b$c", "\u202ex"]
+    assert [plot_label(n) for n in names] == ["\\$\\foo\\$", "\u200b_under", "a\\$b\\$c", "[U+202E]x"]
+    with pytest.raises(ValueError, match="Unknown symbol"):  # mathtext, as matplotlib reads the bare name
+        plots.umap_scatter(points(8, 2), np.arange(8) % 4, names, "t")
+    assert plots.umap_scatter(points(8, 2), np.arange(8) % 4, [plot_label(n) for n in names], "t").startswith(b"\x89PNG")
+    assert plots.confusion_heatmap(np.eye(4, dtype=int), [plot_label(n) for n in names]).startswith(b"\x89PNG")
+    ax = Figure().subplots()
+    for name in names:
+        ax.scatter([0], [0], label=plot_label(name))
+    assert ax.get_legend_handles_labels()[1] == [plot_label(n) for n in names]  # "_under" alone would be left out

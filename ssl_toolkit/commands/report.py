@@ -11,7 +11,12 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
 @main.command(context_settings=CONTEXT)
 @click.argument("target")
 @click.option("--data", "-d", help="Dataset name or image folder (labelled or not). [default: the dataset the backbone was pretrained on]")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), help="HTML file. [default: <run>/report.html, or report.html]")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="HTML file (.html or .htm). [default: <run>/report.html for a run folder, else ./report.html]",
+)
 @click.option("--umap-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="UMAP n_neighbors.")
 @click.option("--umap-min-dist", type=FiniteFloat(0.0, 1.0), default=0.1, show_default=True, help="UMAP min_dist, 0 to 1.")
 @click.option("--umap-metric", type=click.Choice(UMAP_METRICS), default="cosine", show_default=True, help="UMAP metric.")
@@ -21,7 +26,9 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
 @click.option("--ivf-threshold", type=POSITIVE, default=200_000, show_default=True, help="Gallery size from which FAISS uses an IVF index.")
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of UMAP, subsampling and example picks.")
+@click.option(
+    "--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of UMAP, subsampling and example picks."
+)
 @click.option(
     "--split",
     type=click.Choice(["auto", "train", "test"]),

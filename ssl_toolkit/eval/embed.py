@@ -22,6 +22,8 @@ import json
 import os
 import tempfile
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +42,7 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import FeatureCache, Preprocess, model_fingerprint
 
 SPLITS = ("train", "test")
+ROW_ARRAYS = {"ids": "U", "split": "U", "index": "i"}  # the arrays of an embeddings file with one value per row, and their dtype kind
 EMBED_BATCH = 256
 
 
@@ -223,10 +226,10 @@ def embed(
     }
     meta_path: Path | None = None
     if out.suffix == ".npy":  # the destination is the memmap itself
+        meta_path = side_file(out)
         with atomic_file(out) as tmp:
             arrays = rows.fill(tmp, info)
-        meta_path = out.with_suffix(".meta.npz")
-        write_npz(meta_path, arrays)
+            write_npz(meta_path, arrays)  # inside the block: if it fails, the .npy is not replaced either
     else:  # a scratch memmap, packed into the .npz
         fd, name = tempfile.mkstemp(prefix=temp_prefix(out.stem), suffix=".npy", dir=out.parent)  # scratch, never renamed
         os.close(fd)
@@ -273,7 +276,15 @@ def _check_out(out: str | Path, split: str) -> Path:
         raise UserError(f"--out {out} is a folder")
     from ssl_toolkit.run_folder import check_output_file
 
-    return check_output_file(out, "--out")
+    out = check_output_file(out, "--out")
+    if out.suffix == ".npy" and side_file(out).is_dir():
+        raise UserError(f"--out {out} keeps its other arrays in {side_file(out)}, which is a folder; remove it or choose another name")
+    return out
+
+
+def side_file(npy: Path) -> Path:
+    """The ``.meta.npz`` next to an ``.npy`` output, holding its labels, ids, splits, classes and metadata."""
+    return npy.with_suffix(".meta.npz")
 
 
 class _Rows:
@@ -329,26 +340,71 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_embeddings(path: str | Path, mmap: bool = True) -> Embeddings:
-    """Read what :func:`embed` wrote (``.npz``, or ``.npy`` with its ``.meta.npz``)."""
+    """Read what :func:`embed` wrote (``.npz``, or ``.npy`` with its ``.meta.npz``), checked.
+
+    Args:
+        path: The ``.npz`` or ``.npy`` file.
+        mmap: Memory-map the embeddings of an ``.npy`` file instead of reading them.
+
+    Raises:
+        UserError: The file is missing, cannot be read, or does not hold what :func:`embed`
+            writes (an array missing or of the wrong type or length, metadata that is not a
+            JSON object).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no embeddings file {path}")
-    if path.suffix == ".npy":
-        feats = np.load(path, mmap_mode="r" if mmap else None)
-        side = path.with_suffix(".meta.npz")
-        if not side.is_file():
-            raise UserError(f"{side} is missing next to {path}")
-        z = np.load(side, allow_pickle=False)
-    else:
-        z = np.load(path, allow_pickle=False)
-        feats = z["embeddings"]
-    classes = [str(c) for c in z["classes"]] or None
-    return Embeddings(
-        feats,
-        z["labels"] if "labels" in z.files else None,
-        z["ids"],
-        z["split"],
-        z["index"],
-        classes,
-        json.loads(str(z["meta"])),
-    )
+    side = side_file(path) if path.suffix == ".npy" else path
+    if not side.is_file():
+        raise UserError(f"{side} is missing next to {path}")
+    try:
+        arrays = _read_npz(side)
+        feats = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False) if side != path else arrays.pop("embeddings", None)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    return _checked_embeddings(path, feats, arrays)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickled objects)."""
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array under another name
+        raise ValueError("not an .npz archive")
+    with z:
+        return {k: z[k] for k in z.files}
+
+
+def _checked_embeddings(path: Path, feats: np.ndarray | None, arrays: dict[str, np.ndarray]) -> Embeddings:
+    """The arrays of an embeddings file as :class:`Embeddings`, refusing any that :func:`embed` would not write."""
+    missing = ([] if feats is not None else ["embeddings"]) + [k for k in (*ROW_ARRAYS, "classes", "meta") if k not in arrays]
+    if missing or feats is None:
+        raise _not_embeddings(path, f"no {', '.join(missing)} array")
+    if not isinstance(feats, np.ndarray):
+        raise _not_embeddings(path, "the embeddings are not one array")
+    if feats.dtype != np.float32 or feats.ndim != 2:
+        raise _not_embeddings(path, f"embeddings are {feats.dtype} of shape {feats.shape}, not (N, D) float32")
+    labels = arrays.get("labels")
+    for key, kind in (*ROW_ARRAYS.items(), *((("labels", "i"),) if labels is not None else ())):
+        if arrays[key].shape != (len(feats),) or arrays[key].dtype.kind != kind:
+            raise _not_embeddings(path, f"{key} is {arrays[key].dtype} of shape {arrays[key].shape}, not {len(feats)} rows")
+    classes = [str(c) for c in arrays["classes"].ravel()] or None
+    if not set(arrays["split"].tolist()) <= set(SPLITS):
+        raise _not_embeddings(path, f"split holds values other than {', '.join(SPLITS)}")
+    if labels is not None and len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= len(classes))):
+        raise _not_embeddings(path, f"labels outside 0 to {len(classes or []) - 1}")
+    return Embeddings(feats, labels, arrays["ids"], arrays["split"], arrays["index"], classes, _meta_object(path, arrays["meta"]))
+
+
+def _meta_object(path: Path, meta: np.ndarray) -> dict[str, Any]:
+    """The ``meta`` array of an embeddings file as the JSON object it holds."""
+    try:
+        info = json.loads(str(meta)) if meta.shape == () and meta.dtype.kind == "U" else None
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise _not_embeddings(path, "meta is not a JSON object")
+    return info
+
+
+def _not_embeddings(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is not an embeddings file written by ssl embed: {why}")

@@ -201,11 +201,12 @@ class _Sides:
     def of(cls, source: Any, split: str) -> _Sides:
         if split not in ("auto", "train", "test"):
             raise UserError(f"unknown split '{split}': use auto, train or test")
-        if split != "auto" and len(getattr(source, split)) < 2:
-            raise UserError(f"{source.name} has fewer than 2 images in its {split} split")
         two = split == "auto" and len(source.test) > 0
+        query_name = "test" if two or split == "test" else "train"
+        if not two and len(getattr(source, query_name)) < 2:  # leave-one-out: each query needs another image
+            raise UserError(f"{source.name} has fewer than 2 images in its {query_name} split")
         multilabel = source.target_kind == "multilabel"
-        return cls(two, "test" if two or split == "test" else "train", multilabel, source.labelled and not multilabel)
+        return cls(two, query_name, multilabel, source.labelled and not multilabel)
 
 
 def _features(
@@ -228,7 +229,7 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
     curves = _curves(folder / "metrics.csv") if folder is not None else None
     assign = an.clusters.assignments
     if sides.labelled:
-        groups, names, colour = query_split.labels.numpy()[an.umap_index], [shown_name(c) for c in classes or []], ", coloured by class"
+        groups, names, colour = query_split.labels.numpy()[an.umap_index], [plot_label(c) for c in classes or []], ", coloured by class"
     elif assign is not None:
         groups, names, colour = assign[an.umap_index], [f"cluster {c}" for c in range(an.clusters.k)], ", coloured by k-means cluster"
     else:
@@ -238,9 +239,7 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
         title = f"UMAP of {len(an.umap):,} {sides.query_name} embeddings{colour}"
         scatter = plots.umap_scatter(an.umap, groups, names, title)
     conf_png = (
-        plots.confusion_heatmap(np.asarray(confusion["confusion"]), [shown_name(str(c)) for c in confusion["classes"]])
-        if confusion
-        else None
+        plots.confusion_heatmap(np.asarray(confusion["confusion"]), [plot_label(c) for c in confusion["classes"]]) if confusion else None
     )
     sample_epoch, sample_files = latest_samples(folder)
     samples = []
@@ -265,6 +264,17 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
         "sample_epoch": sample_epoch,
         "grids": grid_rows(an, query_split, gallery_split, classes, sides.labelled),
     }
+
+
+def plot_label(name: object) -> str:
+    """A class name as matplotlib draws it, character for character.
+
+    Shown as on the page (:func:`~ssl_toolkit.html_page.shown_name`), with each ``$``
+    escaped (two of them would start mathtext, which fails on e.g. ``$\\foo$``) and a zero-width
+    space before a leading ``_`` (a legend leaves out labels that start with one).
+    """
+    text = shown_name(name).replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
 
 
 def _curves(path: Path) -> bytes | None:
@@ -327,6 +337,28 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
     }
 
 
+PAGE_SUFFIXES = (".html", ".htm")
+
+
+def report_path(target: str | Path, out: str | Path | None) -> Path:
+    """Where the page goes, checked before any work: ``out``, else ``report.html`` in a folder ``target``, else in the working folder.
+
+    Raises:
+        UserError: The name does not end in ``.html`` or ``.htm`` (a page written over, say,
+            an ``.npz`` would destroy it), or the path cannot be written
+            (:func:`~ssl_toolkit.run_folder.check_output_file`).
+    """
+    if out is None:
+        folder = Path(target).expanduser()
+        path, what = (folder if str(target).strip() and folder.is_dir() else Path()) / "report.html", "--out (default)"
+    else:
+        path, what = Path(out).expanduser(), "--out"
+    check_output_file(path, what)
+    if path.suffix.lower() not in PAGE_SUFFIXES:
+        raise UserError(f"--out must end in .html or .htm, not '{path.name}'")
+    return path
+
+
 @public
 def report(
     target: str | Path,
@@ -348,7 +380,8 @@ def report(
         data: Dataset name or folder, a dict of :class:`DataConfig` fields (without
             ``name``: on top of the data the backbone was pretrained on), or a config
             (default: the data the backbone was pretrained on).
-        out: The HTML file (default ``<run>/report.html`` for a folder, else ``report.html``).
+        out: The HTML file, ending in ``.html`` or ``.htm`` (default ``<run>/report.html`` for a
+            folder, else ``report.html`` in the working folder).
         umap: UMAP settings (:class:`UmapParams` or a dict of its fields).
         ivf_threshold: Gallery size from which FAISS searches an IVF index instead of an exact one.
         clusters: k-means ``k`` (default: the number of classes, or 10 without labels).
@@ -370,11 +403,9 @@ def report(
         umap if isinstance(umap, UmapParams) else validate(UmapParams, {"seed": seed, **umap} if umap else {"seed": seed}, what="umap")
     )
     check_device(device)
-    if out is not None:
-        check_output_file(out, "--out")
+    out_path = report_path(target, out)
     with _timed(seconds, "load"):
         model, meta, folder, source, pre = load_target_source(target, data)
-        out_path = Path(out).expanduser() if out is not None else (folder / "report.html" if folder is not None else Path("report.html"))
     with _timed(seconds, "features"):
         sides = _Sides.of(source, split)
         qx, gx = _features(model, source, pre, sides, device, batch_size)
