@@ -24,10 +24,23 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
     from ssl_toolkit.config import apply_overrides, load_yaml, set_dotted
 
     data = load_yaml(config_file) if config_file else {}
-    for key, value in cli_values.items():
-        if value is not None:
-            set_dotted(data, key, value)
+    given = {key: value for key, value in cli_values.items() if value is not None}
+    for key, value in given.items():
+        set_dotted(data, key, value)
+    refuse_twice_given(given, overrides)
     return apply_overrides(data, overrides)
+
+
+def refuse_twice_given(given: dict[str, Any], overrides: tuple[str, ...]) -> None:
+    """Refuse a ``--set KEY=VALUE`` whose key an option already set to another value (one of them would be ignored)."""
+    from ssl_toolkit.config import apply_overrides
+
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in given and "=" in item:
+            value = apply_overrides({}, (f"v={item.split('=', 1)[1]}",))["v"]
+            if value != given[key]:
+                raise UserError(f"{key} is given twice, as {given[key]} by its option and as {value} by --set; give it once")
 
 
 DATA_SETTINGS = click.option(
@@ -49,6 +62,8 @@ def data_argument(data: str | None, overrides: tuple[str, ...]) -> str | dict[st
 
     if not overrides:
         return data
+    if data is not None:
+        refuse_twice_given({"data.name": data}, overrides)
     fields = apply_overrides({}, overrides)
     other = sorted(set(fields) - {"data"})
     if other or not isinstance(fields.get("data"), dict):
