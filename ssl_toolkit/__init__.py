@@ -6,6 +6,11 @@ Python API (mirrors the ``ssl`` command line)::
 
     meta = st.pretrain({"task": "rotation", "data": {"name": "digits"}, "trainer": {"epochs": 2}}, out="runs/rot")
     result = st.probe("runs/rot", {"data": {"name": "digits"}, "mode": "linear"})
+
+Each ``ssl`` command has its function: ``pretrain``, ``probe``, ``embed``, ``report``,
+``inspect_data`` (``ssl inspect``), ``list_tasks`` (``ssl tasks``) and ``list_checkpoints``,
+``show_checkpoint``, ``export_checkpoint``, ``import_checkpoint``, ``remove_checkpoint``
+(``ssl checkpoints``); ``load_backbone`` loads a backbone as a module.
 """
 
 from __future__ import annotations
@@ -49,6 +54,44 @@ def load_backbone(target: str | Path) -> tuple[Any, dict[str, Any]]:
 
     model, meta, _ = load_backbone_any(target)
     return model, meta
+
+
+@public
+def list_tasks() -> list[dict[str, str]]:
+    """Every registered pretext task, built-in or plugin (``ssl tasks``).
+
+    Returns:
+        One dict per task, sorted by name: ``name``, ``description``, ``paper`` and
+        ``needs``, the input it needs (``colour``, ``>= N px``, ``settings KEY`` for task
+        settings without a default) or ``any images``.
+    """
+    from ssl_toolkit.pretext import TASKS
+
+    return [
+        {"name": name, "description": cls.info.description, "paper": cls.info.paper, "needs": _task_needs(cls)}
+        for name, cls in ((name, TASKS.get(name)) for name in TASKS.names())
+    ]
+
+
+def _task_needs(cls: Any) -> str:
+    """What input the task class ``cls`` needs with its default settings, as ``ssl tasks`` prints it."""
+    from pydantic import ValidationError
+
+    needs = []
+    if cls.info.needs_colour:
+        needs.append("colour")
+    try:
+        default = cls.Config()
+    except ValidationError as e:  # a plugin task whose settings have no defaults
+        needs.append("settings " + ", ".join(".".join(map(str, err["loc"])) for err in e.errors()))
+        need = 0
+    else:
+        need = cls.size_requirement(default)[0]
+    if need:
+        smallest = cls.smallest_image_size(default)
+        fallback = f" ({smallest} px with a smaller {' and '.join(cls.geometry_fallbacks)})" if smallest and smallest < need else ""
+        needs.append(f">= {need} px{fallback}")
+    return ", ".join(needs) or "any images"
 
 
 @public
@@ -107,6 +150,7 @@ __all__ = [
     "import_checkpoint",
     "inspect_data",
     "list_checkpoints",
+    "list_tasks",
     "load_backbone",
     "pretrain",
     "probe",

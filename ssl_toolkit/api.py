@@ -6,8 +6,9 @@ Every public function (:mod:`ssl_toolkit`'s ``pretrain``, ``probe``, ``embed``, 
 :func:`public`:
 
 - its arguments are validated against its annotations by pydantic's ``validate_call``
-  (``Positive`` and ``Seed`` carry the command line's ranges); a wrong type or value is a
-  one-line :class:`~ssl_toolkit.errors.UserError` naming the argument, before any work;
+  (``Positive`` and ``Seed`` carry the command line's ranges and refuse ``True``/``False``,
+  as a config's number fields do); a wrong type or value is a one-line
+  :class:`~ssl_toolkit.errors.UserError` naming the argument, before any work;
 - the global random generators (``random``, NumPy, torch), the environment variables that
   Lightning's seeding and the run set, the Lightning loggers' levels and the SIGINT/SIGTERM
   handlers are restored when it returns, so a notebook's own random streams go on where
@@ -35,12 +36,20 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import ConfigDict, Field, StrictBool, ValidationError, validate_call
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, validate_call
 
-from ssl_toolkit.errors import Interrupted, UserError
+from ssl_toolkit.errors import Interrupted, UserError, did_you_mean
 
-Positive = Annotated[int, Field(ge=1)]
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+def _no_bool(value: Any) -> Any:
+    """Refuse ``True``/``False`` for a number (pydantic would take them as 1 and 0), as a config's number fields do."""
+    if isinstance(value, bool):
+        raise ValueError(f"should be a number, not {str(value).lower()}")
+    return value
+
+
+Positive = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+Seed = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=2**32 - 1)]
 Flag = StrictBool  # True or False: a string such as "no" is refused, not read as true
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +65,7 @@ _CONFIG_KEYS = {
     "logger": "trainer.logger",
     "augment": "evaluator_config.augment",
     "freeze-stages": "evaluator_config.freeze_stages",
+    "image-size": "data.image_size",
 }
 # the command line's wording, in the order they are rewritten (the resume hint before the bare option)
 _PYTHON_TERMS = (
@@ -117,12 +127,17 @@ def argument_error(name: str, e: ValidationError, parameters: Mapping[str, inspe
     where = err["loc"][0] if err["loc"] else ""
     arg = order[where] if isinstance(where, int) and where < len(order) else str(where)
     same = [x for x in e.errors() if x["loc"] and x["loc"][0] == where]
-    if err["type"] in ("unexpected_keyword_argument", "unexpected_positional_argument", "missing_argument", "multiple_argument_values"):
+    if err["type"] == "unexpected_keyword_argument":  # a misspelt argument, as click hints at a misspelt option
+        return f"{name}(): {err['msg'].lower()}: {arg}{did_you_mean(arg, order)}"
+    if err["type"] == "unexpected_positional_argument":  # its location is its index, past the last argument
+        positional = [p for p in parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return f"{name}(): takes at most {len(positional)} positional arguments; {err.get('input')!r} is one too many"
+    if err["type"] in ("missing_argument", "multiple_argument_values"):
         return f"{name}(): {err['msg'].lower()}: {arg}"
     if len(same) > 1:  # a union: say what the argument may be
         annotation = parameters[arg].annotation if arg in parameters else "another type"
         return f"{name}(): {arg} should be {annotation} (got {err.get('input')!r})"
-    return f"{name}(): {arg}: {err['msg']} (got {err.get('input')!r})"
+    return f"{name}(): {arg}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 
 def config_fields(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:

@@ -4,12 +4,19 @@ A registry built with ``package`` and ``group`` fills itself on its first lookup
 imports every module of ``package`` (the built-ins) and loads the entry points of
 ``group`` (third-party packages); see :mod:`ssl_toolkit.plugins`. Nothing is imported
 before a name is asked for, so commands that never look up a task never import one.
+
+A registered class must be one that can be built: not abstract, and, when its base classes
+declare a settings model as ``Config`` (a task's ``TaskConfig``, an evaluator's
+``EvaluatorConfig``), with a ``Config`` that subclasses it. Listings and help read the
+``Config`` of every registered name, so a wrong one is refused when it is registered instead
+of breaking them for every name.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ssl_toolkit.errors import UserError, did_you_mean
 
@@ -25,6 +32,11 @@ class Registry(Generic[T]):
         group: The ``importlib.metadata`` entry-point group of third-party plugins.
     """
 
+    #: Why the failed plugins of each entry-point group loaded so far did not load, by group:
+    #: registries that share a group (tasks, and the input transforms their modules register)
+    #: import its modules, and warn about them, once per process.
+    _groups: ClassVar[dict[str, dict[str, str]]] = {}
+
     def __init__(self, kind: str, package: str | None = None, group: str | None = None) -> None:
         self.kind = kind
         self.package = package
@@ -39,6 +51,8 @@ class Registry(Generic[T]):
         def deco(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise UserError(f"{self.kind} '{name}' is registered twice: by {_origin(self._items[name])} and by {_origin(obj)}")
+            check_concrete(self.kind, name, obj)
+            check_settings_model(self.kind, name, obj)
             self._items[name] = obj
             return obj
 
@@ -57,10 +71,16 @@ class Registry(Generic[T]):
             self.load_plugins(self.group)
 
     def load_plugins(self, group: str, adopt: Callable[[str, Any], None] | None = None) -> None:
-        """Load the entry points of ``group`` (:func:`ssl_toolkit.plugins.load_entry_points`), remembering why any failed."""
+        """Load the entry points of ``group`` (:func:`ssl_toolkit.plugins.load_entry_points`), remembering why any failed.
+
+        A group another registry has loaded is not loaded again: its modules are imported and
+        their warnings printed once per process; this registry takes its failures.
+        """
         from ssl_toolkit.plugins import load_entry_points
 
-        self._failed.update(load_entry_points(group, self._items, adopt))
+        if group not in Registry._groups:
+            Registry._groups[group] = load_entry_points(group, self._items, adopt)
+        self._failed.update(Registry._groups[group])
 
     def failure(self, name: str) -> str | None:
         """Why the plugin named ``name`` did not load (``None`` if it did, or there is none)."""
@@ -98,3 +118,35 @@ class Registry(Generic[T]):
 def _origin(obj: object) -> str:
     """Where a registered object comes from, for messages: ``module.Name``."""
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def check_concrete(kind: str, name: str, obj: object) -> None:
+    """Refuse an abstract class: a name is looked up to be built, and building it would fail then.
+
+    Raises:
+        UserError: ``obj`` leaves abstract methods of its bases (``forward``, ``evaluate``) unimplemented.
+    """
+    if isinstance(obj, type) and inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        raise UserError(f"{kind} '{name}': {_origin(obj)} does not implement {missing}")
+
+
+def check_settings_model(kind: str, name: str, obj: object) -> None:
+    """Refuse a class whose ``Config`` is not a subclass of the settings model its base classes declare.
+
+    The declared model is the one of the farthest base that sets ``Config`` (``PretextTask``'s
+    ``TaskConfig``, ``Evaluator``'s ``EvaluatorConfig``), so a task may subclass another task
+    and bring settings of its own. Objects that are not classes, and classes whose bases
+    declare no ``Config``, are left alone.
+
+    Raises:
+        UserError: ``Config`` is missing its base's contract (not a class, or not a subclass).
+    """
+    if not isinstance(obj, type):
+        return
+    declared = [c.__dict__["Config"] for c in obj.__mro__[1:] if "Config" in c.__dict__]
+    if not declared or not isinstance(declared[-1], type):
+        return
+    config = obj.Config  # type: ignore[attr-defined]  # a base declares it
+    if not (isinstance(config, type) and issubclass(config, declared[-1])):
+        raise UserError(f"{kind} '{name}': {_origin(obj)}.Config must be a subclass of {_origin(declared[-1])}, not {config!r}")

@@ -52,6 +52,13 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
             lambda p: st.pretrain({}, out=p / "r", overwrite="no"),
             r"^pretrain\(\): overwrite: Input should be a valid boolean \(got 'no'\)$",
         ),
+        (lambda p: st.pretrain({}, outt=p / "r"), r"^pretrain\(\): unexpected keyword argument: outt \(did you mean 'out'\?\)$"),
+        (lambda p: st.report("x", umap_neighbors=5), r"^report\(\): unexpected keyword argument: umap_neighbors$"),
+        (
+            lambda p: st.embed("x", "digits", p / "e.npz", "all", 8, "cpu", 9),
+            r"^embed\(\): takes at most 6 positional arguments; 9 is one too many$",
+        ),
+        (lambda p: st.show_checkpoint(), r"^show_checkpoint\(\): missing required argument: name$"),
         (lambda p: st.pretrain({}, out=5), r"^pretrain\(\): out should be str \| Path \| None \(got 5\)$"),
         (lambda p: st.probe(123), r"^probe\(\): target should be str \| Path \| None \(got 123\)$"),
         (lambda p: st.load_backbone(None), r"^load_backbone\(\): target should be str \| Path \(got None\)$"),
@@ -69,6 +76,15 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
             lambda p: st.report("x", "digits", p / "r.html", clusters=0),
             r"^report\(\): clusters: Input should be greater than or equal to 1 \(got 0\)$",
         ),
+        (
+            lambda p: st.embed("x", "digits", p / "e.npz", batch_size=True),
+            r"^embed\(\): batch_size: should be a number, not true \(got True\)$",
+        ),
+        (
+            lambda p: st.report("x", "digits", p / "r.html", clusters=True),
+            r"^report\(\): clusters: should be a number, not true \(got True\)$",
+        ),
+        (lambda p: st.report("x", "digits", p / "r.html", seed=False), r"^report\(\): seed: should be a number, not false \(got False\)$"),
         (
             lambda p: st.report("x", "digits", p / "r.html", seed=-1),
             r"^report\(\): seed: Input should be greater than or equal to 0 \(got -1\)$",
@@ -129,7 +145,7 @@ def test_the_top_level_functions_are_the_documented_ones_with_their_signatures()
     assert list(inspect.signature(st.pretrain).parameters) == ["config", "out", "overwrite", "resume", "name"]
     assert list(inspect.signature(st.embed).parameters)[:3] == ["target", "data", "out"]
     assert "Args:" in (st.report.__doc__ or "") and "Args:" in (st.inspect_data.__doc__ or "")
-    assert {"pretrain", "probe", "embed", "report", "inspect_data"} <= set(dir(st))
+    assert {"pretrain", "probe", "embed", "report", "inspect_data", "list_tasks"} <= set(dir(st))
 
 
 def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the_command_line(run, tmp_path, cli):
@@ -152,6 +168,12 @@ def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the
     assert in_python_terms("(--set trainer.backbone_chunk=null keeps it)") == "(trainer.backbone_chunk=null in the config keeps it)"
     assert in_python_terms("continue with: ssl pretrain --resume /r") == "continue with: pretrain(resume='/r')"
     assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages 9)"
+
+
+def test_a_too_small_image_size_names_the_config_key_in_python(tmp_path):
+    with pytest.raises(UserError, match=r"; digits is 16 px \(data\.image_size 24\)$"):
+        st.pretrain({"task": "jigsaw", "data": {"name": "digits", "image_size": 16}}, out=tmp_path / "r")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_data_fields_without_a_name_go_on_top_of_the_pretraining_data(run, tmp_path):
@@ -235,3 +257,21 @@ def test_a_fine_tune_interrupted_by_ctrl_c_or_sigterm_exits_130_or_143_writing_n
     assert e.value.exit_code == code
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C works again in the calling process
     assert (sorted((run / "probes").glob("*")) if (run / "probes").is_dir() else []) == probes
+
+
+def test_list_tasks_is_ssl_tasks(cli):
+    import json
+
+    code, out, err = cli("tasks", "--json")
+    assert (code, err) == (0, "")
+    assert st.list_tasks() == json.loads(out)
+    rows = {r["name"]: r for r in st.list_tasks()}
+    assert rows["rotation"] == {
+        "name": "rotation",
+        "description": "predict the rotation (0/90/180/270 degrees) of each image",
+        "paper": "Gidaris, Singh & Komodakis, Unsupervised Representation Learning by Predicting Image Rotations, ICLR 2018",
+        "needs": "any images",
+    }
+    assert rows["colorization"]["needs"] == "colour"
+    with pytest.raises(UserError, match=r"^list_tasks\(\): unexpected keyword argument: task$"):
+        st.list_tasks(task="rotation")

@@ -136,7 +136,7 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
     env = {**plugin_env, "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
     run = str(tmp_path / "run")
     small = ["--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32"]
-    tasks, pretrain, probe, bad_metric, foreign_key = ssl_commands(
+    tasks, pretrain, probe, bad_metric, foreign_key, on_noise = ssl_commands(
         env,
         ["tasks", "--json"],
         [
@@ -163,6 +163,7 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
         ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=euclidean", "--json", *small],
         ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=manhattan", *small],
         ["probe", run, "--mode", "nearest-mean", "--k", "5", *small],
+        ["probe", run, "--mode", "nearest-mean", "--data", "noise", "--json"],
     )
     assert tasks[0] == 0, tasks[2]
     rows = {r["name"]: r for r in json.loads(tasks[1])}
@@ -185,6 +186,10 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
     assert bad_metric[0] == 2 and bad_metric[2].startswith("error: evaluator_config (nearest-mean): metric")
     assert foreign_key[0] == 2 and "evaluator_config.k applies to --mode knn, not nearest-mean" in foreign_key[2]
 
+    assert on_noise[0] == 0, on_noise[2]  # the plugin's data source, at the run's image size
+    noise = json.loads(on_noise[1].strip().splitlines()[-1])
+    assert (noise["dataset"], noise["n_train"], noise["n_test"], noise["target_kind"]) == ("noise", 160, 40, "binary")
+
 
 BAD_PLUGINS = {
     "bad_plugins/__init__.py": "",
@@ -204,10 +209,15 @@ BAD_PLUGINS = {
         "        return loss.expand(2), logs  # (2,): not one scalar\n"
     ),
     "bad_plugins/src.py": "def as_text(cfg):\n    return 'not a data source'\n",
+    "bad_plugins/dict_settings.py": (
+        "from ssl_toolkit.evaluators.knn import KNNEvaluator\nfrom ssl_toolkit.evaluators.base import register_evaluator\n\n"
+        "@register_evaluator('dict-settings')\nclass DictSettings(KNNEvaluator):\n    Config = dict\n"
+    ),
     "bad_plugins-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: bad-plugins\nVersion: 0.1\n",
     "bad_plugins-0.1.dist-info/entry_points.txt": (
         "[ssl_toolkit.tasks]\nplain-task = bad_plugins.plain\nneeds-width = bad_plugins.needs\nvector-loss = bad_plugins.vector_loss\n"
         "[ssl_toolkit.sources]\nbrokensrc = bad_plugins_no_such_module\ntextsrc = bad_plugins.src:as_text\ndigits = bad_plugins.src:as_text\n"
+        "[ssl_toolkit.evaluators]\ndict-settings = bad_plugins.dict_settings\n"
     ),
 }
 
@@ -219,9 +229,10 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
     tiny = ["--backbone", "test_resnet", "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--accelerator", "cpu", "-q"]
     synthetic = ["--data", "synthetic", "--set", "data.synthetic_train=32", "--set", "data.synthetic_test=16"]
-    tasks, plain, broken_src, text_src, vector, built_in = ssl_commands(
+    tasks, probe_help, plain, broken_src, text_src, vector, built_in = ssl_commands(
         env,
         ["tasks", "--json"],
+        ["probe", "--help"],
         ["pretrain", "--task", "plain-task", *synthetic, *tiny, "--out", str(tmp_path / "plain")],
         ["pretrain", "--task", "rotation", "--data", "brokensrc", *tiny, "--out", str(tmp_path / "b")],
         ["pretrain", "--task", "rotation", "--data", "textsrc", *tiny, "--out", str(tmp_path / "t")],
@@ -232,6 +243,11 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
     rows = {r["name"]: r for r in json.loads(tasks[1])}
     assert "plain-task" not in rows and rows["needs-width"]["needs"] == "settings width" and "rotation" in rows
     assert "plugin 'plain-task' of bad-plugins (ssl_toolkit.tasks) failed to load: UserError: register_task('plain-task') needs" in tasks[2]
+    assert probe_help[0] == 0 and "knn: k, temperature" in " ".join(probe_help[1].split())  # help reads every evaluator's settings
+    assert (
+        "plugin 'dict-settings' of bad-plugins (ssl_toolkit.evaluators) failed to load: UserError: probe mode 'dict-settings': "
+        "bad_plugins.dict_settings.DictSettings.Config must be a subclass of ssl_toolkit.evaluators.base.EvaluatorConfig, not <class 'dict'>"
+    ) in probe_help[2]
     assert plain[0] == 2 and plain[2].startswith("error: task plugin 'plain-task' did not load: bad-plugins (bad_plugins.plain): UserError")
     assert broken_src[0] == 2 and "error: dataset plugin 'brokensrc' did not load: bad-plugins" in broken_src[2]
     assert "ModuleNotFoundError" in broken_src[2]
@@ -288,3 +304,74 @@ def test_an_evaluators_scores_and_facts_are_checked_before_anything_is_recorded(
     ]:
         with pytest.raises(UserError, match=rf"^evaluator 'm' returned {message}"):
             check_scores("m", scores, 4, 3)
+
+
+def test_a_task_or_evaluator_whose_config_is_not_its_bases_settings_model_is_refused_when_registered():
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.evaluators.base import EVALUATORS, Evaluator, register_evaluator
+    from ssl_toolkit.pretext.base import TASKS, TaskConfig, register_task
+    from ssl_toolkit.pretext.rotation import RotationTask
+
+    class DictConfig(RotationTask):
+        Config = dict
+
+    class PlainConfig(Evaluator):
+        Config = object
+
+        def evaluate(self, ctx):
+            raise AssertionError("never called")
+
+    before = (TASKS.names(), EVALUATORS.names())
+    with pytest.raises(
+        UserError,
+        match=r"^task 'dict-config': .*DictConfig\.Config must be a subclass of ssl_toolkit\.pretext\.base\.TaskConfig, not <class 'dict'>$",
+    ):
+        register_task("dict-config")(DictConfig)
+    with pytest.raises(
+        UserError,
+        match=r"^probe mode 'plain-config': .*PlainConfig\.Config must be a subclass of ssl_toolkit\.evaluators\.base\.EvaluatorConfig, not <class 'object'>$",
+    ):
+        register_evaluator("plain-config")(PlainConfig)
+    assert (TASKS.names(), EVALUATORS.names()) == before
+
+    class OwnSettings(TaskConfig):
+        width: int = 2
+
+    class Wider(RotationTask):  # a task built on another brings settings of its own
+        Config = OwnSettings
+
+    reg: Registry[type] = Registry("task")
+    assert reg.register("wider")(Wider) is Wider and reg.register("n")(3) == 3
+
+
+def test_registries_sharing_an_entry_point_group_load_it_and_warn_once(tmp_path, monkeypatch, caplog):
+    _write(tmp_path / "demo_shared.py", "import demo_shared_missing_dependency\n")
+    _write(tmp_path / "demo_shared-0.1.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: demo-shared\nVersion: 0.1\n")
+    _write(tmp_path / "demo_shared-0.1.dist-info" / "entry_points.txt", "[demo.shared]\nbroken = demo_shared\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tasks: Registry[int] = Registry("thing", group="demo.shared")
+    transforms: Registry[int] = Registry("transform", group="demo.shared")  # as INPUT_TRANSFORMS shares ssl_toolkit.tasks
+    with caplog.at_level(logging.WARNING, logger="ssl_toolkit.plugins"):
+        assert tasks.names() == [] and transforms.names() == []
+    assert caplog.text.count("plugin 'broken' of demo-shared (demo.shared) failed to load: ModuleNotFoundError") == 1
+    why = "demo-shared (demo_shared): ModuleNotFoundError: No module named 'demo_shared_missing_dependency'"
+    assert tasks.failure("broken") == why and transforms.failure("broken") == why
+
+
+def test_a_task_or_evaluator_that_leaves_an_abstract_method_unimplemented_is_refused_when_registered():
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.evaluators.base import EVALUATORS, Evaluator, register_evaluator
+    from ssl_toolkit.pretext.base import TASKS, PretextTask, register_task
+
+    class NoEvaluate(Evaluator):
+        description = "forgets evaluate()"
+
+    class NoForward(PretextTask):
+        pass
+
+    before = (TASKS.names(), EVALUATORS.names())
+    with pytest.raises(UserError, match=r"^probe mode 'no-evaluate': .*NoEvaluate does not implement evaluate$"):
+        register_evaluator("no-evaluate")(NoEvaluate)
+    with pytest.raises(UserError, match=r"^task 'no-forward': .*NoForward does not implement forward$"):
+        register_task("no-forward")(NoForward)
+    assert (TASKS.names(), EVALUATORS.names()) == before

@@ -1,1 +1,1 @@
-"""Example ssl-toolkit plugin: ``upside-down`` (pretext task) and ``nearest-mean`` (evaluator)."""
+"""Example ssl-toolkit plugin: ``upside-down`` (pretext task), ``nearest-mean`` (evaluator) and ``noise`` (data source)."""
