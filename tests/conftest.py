@@ -29,7 +29,7 @@ def tiny_config(task: str, data: str = "synthetic", epochs: int = 2, **extra) ->
     """A pretraining config that trains in seconds on 2 CPU cores."""
     cfg = {
         "task": task,
-        "data": {"name": data, "image_size": 32, "synthetic_train": 256, "synthetic_test": 128},
+        "data": {"name": data, "image_size": 32, **({"synthetic_train": 256, "synthetic_test": 128} if data == "synthetic" else {})},
         "backbone": {"name": TINY_BACKBONE},
         "trainer": {"epochs": epochs, "batch_size": 64, "progress_bar": False, "accelerator": "cpu"},
     }

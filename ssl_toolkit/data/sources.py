@@ -23,6 +23,7 @@ from ssl_toolkit.errors import UserError
 __all__ = ["SOURCES", "DataSource", "Split", "channel_stats", "load_source", "register_source", "source_names"]
 
 BUILTIN_MODULES = ("digits", "fashion_mnist", "synthetic")
+BUILTIN_NAMES = ("digits", "fashion-mnist", "synthetic")
 ENTRY_POINT_GROUP = "ssl_toolkit.sources"
 SHARD_INFO = "ssl_shards.json"
 _discovered = False
@@ -74,9 +75,28 @@ def _limit(source: DataSource, cfg: DataConfig) -> DataSource:
     return source
 
 
+# settings that only some built-in sources read, and which ones (a plugin's source may read any)
+SOURCE_SETTINGS = {
+    "synthetic_train": ("synthetic",),
+    "synthetic_test": ("synthetic",),
+    "synthetic_classes": ("synthetic",),
+    "path": ("fashion-mnist",),
+    "labels": ("an image folder",),
+}
+
+
+def refuse_unread_settings(cfg: DataConfig, kind: str) -> None:
+    """Refuse a setting changed from its default that source ``kind`` (a built-in name, ``an image folder`` or ``shards``) never reads."""
+    for key, readers in SOURCE_SETTINGS.items():
+        if kind not in readers and getattr(cfg, key) != DataConfig.model_fields[key].default:
+            raise UserError(f"data.{key} applies to {' and '.join(readers)} only, not to {cfg.name}: leave it out")
+
+
 def load_source(cfg: DataConfig) -> DataSource:
     """Build the data source named by ``cfg.name``: a registered dataset, shards or an image folder."""
     discover()
+    if cfg.name in BUILTIN_NAMES:
+        refuse_unread_settings(cfg, cfg.name)
     if cfg.name in SOURCES:
         source = SOURCES.get(cfg.name)(cfg)
         if not isinstance(source, DataSource):
@@ -88,6 +108,8 @@ def load_source(cfg: DataConfig) -> DataSource:
     if is_shard_dir(cfg.name):
         from ssl_toolkit.data.shards import load_shards
 
+        refuse_unread_settings(cfg, "shards")
+
         return _limit_rows(load_shards(cfg.name, cfg.image_size), cfg)
     path = Path(cfg.name).expanduser()
     if not path.exists():
@@ -96,4 +118,5 @@ def load_source(cfg: DataConfig) -> DataSource:
         raise UserError(f"data path does not exist: {cfg.name}")
     from ssl_toolkit.data.folder import load_folder
 
+    refuse_unread_settings(cfg, "an image folder")
     return _limit(load_folder(path, cfg), cfg)

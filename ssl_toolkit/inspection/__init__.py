@@ -37,13 +37,15 @@ class Inspection:
 
 def build_table(cfg: InspectConfig, keep_arrays: bool = False, progress: StageProgress | None = None) -> ImageTable:
     """The per-image table of ``cfg.data``: a registered tensor source, shards or an image folder."""
-    from ssl_toolkit.data.sources import SOURCES, is_shard_dir, load_source
+    from ssl_toolkit.data.sources import SOURCES, is_shard_dir, load_source, refuse_unread_settings
 
     if cfg.data.name not in SOURCES and is_shard_dir(cfg.data.name):
+        refuse_unread_settings(cfg.data, "shards")
         return table_from_shards(cfg.data.name, cfg.data, keep_arrays=keep_arrays, workers=cfg.workers, progress=progress)
     if cfg.data.name not in SOURCES:
         path = Path(cfg.data.name).expanduser()
         if path.is_dir():
+            refuse_unread_settings(cfg.data, "an image folder")
             return table_from_folder(path, cfg.data, keep_arrays=keep_arrays, workers=cfg.workers, progress=progress)
         load_source(cfg.data)  # raises the usual one-line error for unknown names and bad paths
     if progress is not None:
