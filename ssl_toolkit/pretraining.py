@@ -142,6 +142,8 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     if resume is not None:
         from ssl_toolkit.resume import finished_state, resume_config, trains_further
 
+        if out is not None and Path(out).expanduser().resolve() != Path(resume).expanduser().resolve():
+            raise UserError(f"--resume {resume} continues the run in that folder; --out {out} would be ignored: leave it out")
         folder = RunFolder(resume)
         if primary:
             folder.check_resumable()
