@@ -204,7 +204,8 @@ def embed(
 
     Returns:
         ``path``, ``meta_path`` (``.npy`` only), ``rows``, ``dim``, ``splits`` (rows per
-        split), ``labelled``, ``cached`` (splits served by the cache), ``seconds``.
+        split), ``labelled``, ``dataset`` (the data's name), ``cached`` (splits served by the
+        cache), ``seconds``.
     """
     start = time.time()
     out = _check_out(out, split)

@@ -87,8 +87,13 @@ def probe(
             stem as a pretraining config does.
 
     Returns:
-        The result: ``mode``, ``label_fraction``, ``top1``, ``top5``, ``per_class_acc``,
-        ``confusion``, ``n_train``, ``n_test``, ``seconds`` and evaluator facts.
+        The result: ``mode``, ``label_fraction``, ``metric`` (the headline metric's key),
+        ``n_train``, ``n_test``, ``seconds``, ``seed``, ``settings`` and evaluator facts, with
+        the metrics that fit the targets (``docs/evaluators.md``): ``top1``, ``top5``,
+        ``per_class_acc`` and ``confusion`` for multiclass data; ``roc_auc``, ``accuracy``
+        (also ``top1``), ``f1``, ``precision``, ``recall`` and ``threshold`` for two classes;
+        ``mAP``, ``per_class_ap``, ``micro_f1``, ``macro_f1`` and ``thresholds`` for
+        multi-label data (``top1`` ``None``).
     """
     if random_init and target is not None:
         raise UserError(f"give a target or random_init=True, not both ({target} would not be evaluated)")
