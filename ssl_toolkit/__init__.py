@@ -8,7 +8,7 @@ Python API (mirrors the ``ssl`` command line)::
     result = st.probe("runs/rot", {"data": {"name": "digits"}, "mode": "linear"})
 
 Each ``ssl`` command has its function: ``pretrain``, ``probe``, ``embed``, ``report``,
-``inspect_data`` (``ssl inspect``), ``list_tasks`` (``ssl tasks``) and ``list_checkpoints``,
+``inspect_data`` (``ssl inspect``), ``shard`` (``ssl shard``), ``list_tasks`` (``ssl tasks``) and ``list_checkpoints``,
 ``show_checkpoint``, ``export_checkpoint``, ``import_checkpoint``, ``remove_checkpoint``
 (``ssl checkpoints``); ``load_backbone`` loads a backbone as a module.
 """
@@ -23,6 +23,7 @@ from ssl_toolkit.api import Flag, public
 from ssl_toolkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ssl_toolkit.data.sharding import shard
     from ssl_toolkit.eval.embed import embed
     from ssl_toolkit.eval.probe import probe
     from ssl_toolkit.eval.report import report
@@ -39,6 +40,7 @@ __getattr__, _lazy_dir = lazy_exports(
         "embed": "ssl_toolkit.eval.embed",
         "report": "ssl_toolkit.eval.report",
         "inspect_data": "ssl_toolkit.inspection",
+        "shard": "ssl_toolkit.data.sharding",
     },
 )
 
@@ -156,5 +158,6 @@ __all__ = [
     "probe",
     "remove_checkpoint",
     "report",
+    "shard",
     "show_checkpoint",
 ]

@@ -291,3 +291,27 @@ def test_shards_without_a_test_split_read_back(tmp_path, cli):
     assert code == 0, err
     src = load_source(DataConfig(name=str(tmp_path / "s")))
     assert (len(src.train), len(src.test), src.train.labels.tolist()) == (4, 0, [0, 0, 1, 1])
+
+
+def test_python_shard_mirrors_ssl_shard(tmp_path, cli):
+    import ssl_toolkit as st
+    from ssl_toolkit.errors import UserError
+
+    root = make_folder(tmp_path / "imgs", n_per_class=3, size=(24, 20))
+    with pytest.raises(UserError, match=r"^ssl shard does not use data\.image_size in the config; the shards take data\.test_fraction"):
+        st.shard(root, tmp_path / "s", data={"image_size": 16})
+    with pytest.raises(UserError, match=r"^shard\(\): workers: should be a number, not true"):
+        st.shard(root, tmp_path / "s", workers=True)
+    with pytest.raises(UserError, match=r"^chunk_bytes='1 byte': give a positive size with its unit"):
+        st.shard(root, tmp_path / "s", chunk_bytes="1 byte")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        st.shard(root, tmp_path / "file", image_size=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "imgs"]  # nothing written by a refused call
+    result = st.shard(root, tmp_path / "s", image_size=16, workers=1, data={"strict": True})
+    code, out, err = cli(
+        "shard", root, "--out", tmp_path / "c", "--image-size", "16", "--workers", "1", "--set", "data.strict=true", "--json"
+    )
+    assert code == 0, err
+    assert {**json.loads(out.strip().splitlines()[-1]), "out": ""} == {**result, "out": ""}
+    assert (result["n_train"], result["n_test"], result["image_size"], result["out"]) == (6, 4, 16, str(tmp_path / "s"))

@@ -8,9 +8,6 @@ import click
 
 from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 
-# the data settings that decide what is written: which files, their split and labels
-SHARD_SETTINGS = ("test_fraction", "split_seed", "labels", "strict", "max_pixels")
-
 
 @main.command(context_settings=CONTEXT)
 @click.argument("folder")
@@ -41,39 +38,14 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
     continues mid-epoch. Files that cannot be decoded are left out and listed in OUT/skipped.txt.
     """
     quiet_libraries()
-    import re
-    from pathlib import Path
+    from ssl_toolkit.config import apply_overrides
+    from ssl_toolkit.data.sharding import shard as write_shards
+    from ssl_toolkit.data.sharding import unused_setting
 
-    from ssl_toolkit.config import DataConfig, apply_overrides, validate
-    from ssl_toolkit.data.shards import write_shards
-    from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
-    from ssl_toolkit.errors import UserError
-    from ssl_toolkit.outputs import check_writable_dir
-
-    if not Path(folder).is_dir():
-        raise UserError(f"data path is not a folder: {folder}")
-    size = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b|[kmgt])\s*", chunk_bytes, re.IGNORECASE)
-    if size is None or float(size[1]) * 1000 ** "bkmgt".index(size[2][0].lower()) < 1:  # litdata's units: kb = 1000 bytes
-        raise UserError(f"--chunk-bytes {chunk_bytes!r}: give a positive size with its unit (1 byte or more), such as 64MB or 500kb")
-    data = apply_overrides({}, overrides).get("data")
-    cfg = validate(DataConfig, {**(data if isinstance(data, dict) else {}), "name": folder}, what="--set")
-    keys = [item.split("=", 1)[0].strip() for item in overrides]
-    unused = [k for k in keys if not k.startswith("data.") or k.removeprefix("data.") not in SHARD_SETTINGS]
-    if unused:
-        raise UserError(
-            f"--set {unused[0]}: ssl shard does not use it; the shards take {', '.join('data.' + k for k in SHARD_SETTINGS)} "
-            "and --image-size (other data settings are given when training from the shards)"
-        )
-    cores = usable_cores()
-    if workers is not None and workers > CPU_PROCESSES_PER_CORE * cores:
-        raise UserError(
-            f"--workers {workers}: at most {CPU_PROCESSES_PER_CORE * cores} writer processes on {cores} cores ({CPU_PROCESSES_PER_CORE} per core)"
-        )
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise UserError(f"--out {out} already holds files; choose a new folder")
-    check_writable_dir(target, "--out")
-    result = write_shards(folder, target, image_size, chunk_bytes, workers or cores, cfg)
+    outside = [key for item in overrides if not (key := item.split("=", 1)[0].strip()).startswith("data.")]
+    if outside:
+        raise unused_setting(outside[0])
+    result = write_shards(folder, out, image_size, chunk_bytes, workers, apply_overrides({}, overrides).get("data"))
     echo_rows(
         [
             ("source", result["source"]),
