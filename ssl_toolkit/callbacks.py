@@ -220,6 +220,10 @@ class EpochEndCheckpoint(Callback):
                 return  # mid-epoch: every row logged so far is already flushed
         except (AttributeError, KeyError):
             return
+        except RuntimeError:  # DDP, Ctrl-C: the epoch metrics' sync needs a peer that has already stopped
+            if trainer.world_size == 1:
+                raise
+            return
         if row:
             checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
 
@@ -247,18 +251,30 @@ class CheckpointOnInterrupt(Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.saved: bool | None = None  # whether the interrupt's checkpoint was written (None: no interrupt)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
+        before = _written_at(self.path)
         try:
             trainer.save_checkpoint(self.path)  # the first process writes it, then every process meets at a barrier
         except RuntimeError:
             if trainer.world_size == 1:
                 raise
-            # DDP: a peer that stopped first has left, so the barrier after the write fails; the file is written
+            # DDP: a peer that stopped first has left, so a collective fails: the barrier after the
+            # write (the file is written), or one before it (it is not); the file says which
+        self.saved = trainer.global_rank != 0 or _written_at(self.path) not in (None, before)
+
+
+def _written_at(path: Path) -> int | None:
+    """``path``'s modification time in nanoseconds, ``None`` when it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 class ProgressLines(Callback):

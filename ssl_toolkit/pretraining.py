@@ -9,6 +9,7 @@ holds the resolved ``config.yaml``, ``metrics.csv``, ``last.ckpt`` and the backb
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -397,6 +398,18 @@ def _prepare_folder(plan: Plan, model: RunModel, data: RunData) -> None:
 # --------------------------------------------------------------------------- stage 5: training
 
 
+def interrupt_outcome(trainer: Any, folder: RunFolder) -> str:
+    """What an interrupted run left: the checkpoint written on the interrupt, an earlier one, or none."""
+    from ssl_toolkit.callbacks import CheckpointOnInterrupt
+
+    saver = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
+    if saver is None or saver.saved is not False:
+        return f"checkpoint saved, continue with: ssl pretrain --resume {folder}"
+    if folder.last_ckpt.is_file():
+        return f"its checkpoint could not be written (another process had stopped first); continue from the last one: ssl pretrain --resume {folder}"
+    return "its checkpoint could not be written (another process had stopped first) and none was saved before; run the command again"
+
+
 def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     """Train with Lightning; returns (trainer, gradient guard, seconds)."""
     import lightning as L
@@ -452,7 +465,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # the online probe is off: nothing to validate
         warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")  # DDP, channels-last
         try:
-            with lightning_interrupts(trainer, f"checkpoint saved, continue with: ssl pretrain --resume {folder}"):
+            with lightning_interrupts(trainer, functools.partial(interrupt_outcome, trainer, folder)):
                 trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
             kept = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -233,12 +233,13 @@ def oversubscription_line(trainer: L.Trainer) -> str | None:
 
 
 @contextmanager
-def lightning_interrupts(trainer: L.Trainer, after: str) -> Iterator[None]:
+def lightning_interrupts(trainer: L.Trainer, after: Callable[[], str]) -> Iterator[None]:
     """Turn Lightning's graceful stop on Ctrl-C (``SystemExit``) and SIGTERM into :class:`Interrupted` (exit 130, 143).
 
     Args:
         trainer: The Trainer whose ``fit`` runs in the block.
-        after: What the message says after the step, e.g. where the checkpoint is.
+        after: What the message says after the step, e.g. where the checkpoint is (asked
+            once the interrupt is handled, when it is known whether a checkpoint was written).
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -247,10 +248,10 @@ def lightning_interrupts(trainer: L.Trainer, after: str) -> Iterator[None]:
     try:
         yield
     except SIGTERMException:
-        raise Interrupted(f"terminated at step {trainer.global_step}; {after}", 143) from None
+        raise Interrupted(f"terminated at step {trainer.global_step}; {after()}", 143) from None
     except SystemExit:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
-            raise Interrupted(f"interrupted at step {trainer.global_step}; {after}", 130) from None
+            raise Interrupted(f"interrupted at step {trainer.global_step}; {after()}", 130) from None
         raise
 
 

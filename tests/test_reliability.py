@@ -433,3 +433,42 @@ def test_ctrl_c_after_an_epochs_last_step_keeps_that_epochs_row_on_resume(tmp_pa
     whole = epoch_rows(tmp_path / "whole")
     assert [(e, s) for e, s, _ in whole] == [("0", "3"), ("1", "7")]
     assert epoch_rows(tmp_path / "cut") == whole  # the first epoch's row was lost before: the Ctrl-C came before Lightning logged it
+
+
+def test_an_interrupt_whose_checkpoint_a_stopped_peer_prevented_says_so(tmp_path):
+    """DDP Ctrl-C: when a collective fails because the other process left, the message follows the file, not the hope."""
+    from types import SimpleNamespace
+
+    from ssl_toolkit.callbacks import CheckpointOnInterrupt
+    from ssl_toolkit.pretraining import interrupt_outcome
+    from ssl_toolkit.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    saver = CheckpointOnInterrupt(folder.last_ckpt)
+
+    def peer_gone(path, write_first):
+        if write_first:
+            path.write_bytes(b"checkpoint")  # written, then the barrier after it fails
+        raise RuntimeError("Connection closed by peer")
+
+    for rank, write_first, saved in ((0, False, False), (0, True, True), (1, False, True)):
+        folder.last_ckpt.unlink(missing_ok=True)
+        trainer = SimpleNamespace(world_size=2, global_rank=rank, callbacks=[saver])
+        trainer.save_checkpoint = lambda path, w=write_first: peer_gone(path, w)
+        saver.on_exception(trainer, None, KeyboardInterrupt())
+        assert saver.saved is saved, (rank, write_first)
+    saver.saved = False  # rank 0 of the first case: nothing written, none before
+    assert interrupt_outcome(trainer, folder) == (
+        "its checkpoint could not be written (another process had stopped first) and none was saved before; run the command again"
+    )
+    folder.last_ckpt.write_bytes(b"an earlier checkpoint")
+    assert interrupt_outcome(trainer, folder).startswith(
+        "its checkpoint could not be written (another process had stopped first); continue"
+    )
+    saver.saved = True
+    assert interrupt_outcome(trainer, folder) == f"checkpoint saved, continue with: ssl pretrain --resume {folder}"
+    with pytest.raises(RuntimeError):  # one process: a failed save is a real error
+        saver.on_exception(
+            SimpleNamespace(world_size=1, global_rank=0, save_checkpoint=lambda p: peer_gone(p, False)), None, KeyboardInterrupt()
+        )

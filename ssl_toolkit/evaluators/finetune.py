@@ -282,7 +282,7 @@ class TrainedEvaluator(Evaluator):
         if self.settings.grad_checkpointing:
             set_grad_checkpointing(backbone, True)
         try:
-            with warnings.catch_warnings(), lightning_interrupts(trainer, "nothing was written"):
+            with warnings.catch_warnings(), lightning_interrupts(trainer, lambda: "nothing was written"):
                 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch name
                 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # logger=False: nothing is logged
                 trainer.fit(module, loader)
