@@ -244,21 +244,22 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tmp_path, run_ssl, toolkit_home):
+def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tmp_path, cli, toolkit_home):
     run = tmp_path / "run"
-    assert run_ssl(*TINY_ARGS, "--epochs", "1", "--out", run).returncode == 0
+    code, _, err = cli(*TINY_ARGS, "--epochs", "1", "--out", run)
+    assert code == 0, err
     before, library = _tree_bytes(run), _tree_bytes(toolkit_home / "checkpoints")
-    done = run_ssl("pretrain", "--resume", run, "-q")
-    assert done.returncode == 0, done.stderr
-    assert "is already finished (1 epochs, 6 steps); nothing changed" in done.stdout
+    code, out, err = cli("pretrain", "--resume", run, "-q")
+    assert code == 0, err
+    assert "is already finished (1 epochs, 6 steps); nothing changed" in out
     assert _tree_bytes(run) == before and _tree_bytes(toolkit_home / "checkpoints") == library
 
-    refused = run_ssl("pretrain", "--resume", run, "--lr", "0.5")
-    assert refused.returncode == 2 and refused.stderr.startswith("error: --resume cannot change trainer.lr")
+    code, _, err = cli("pretrain", "--resume", run, "--lr", "0.5")
+    assert code == 2 and err.startswith("error: --resume cannot change trainer.lr")
     assert _tree_bytes(run) == before
 
-    more = run_ssl("pretrain", "--resume", run, "--epochs", "2", "-q")
-    assert more.returncode == 0, more.stderr
+    code, _, err = cli("pretrain", "--resume", run, "--epochs", "2", "-q")
+    assert code == 0, err
     meta = json.loads((run / "meta.json").read_text())
     assert (meta["epochs"], meta["steps"]) == (2, 12)
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["epochs"] == 2
