@@ -36,6 +36,15 @@ def write_image_folder(root: Path, n_per_class: int, labelled: bool = True) -> N
         Image.fromarray(np.transpose(img, (1, 2, 0))).save(folder / f"img{i:03d}.png")
 
 
+def write_named_classes(root: Path, names: list[str]) -> None:
+    """Eight random 16 px PNGs in a class folder per name, each class a little brighter than the last."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray((rng.random((16, 16, 3)) * 60 + 60 * k).astype(np.uint8)).save(root / name / f"{i}.png")
+
+
 def write_run(run: Path, data_cfg: dict) -> None:
     """A tiny run folder: random-init backbone, metrics.csv, two probe results, sample grids of three epochs."""
     from ssl_toolkit.config import DataConfig
@@ -337,11 +346,7 @@ def test_long_and_bidi_class_names_stay_on_screen_and_read_as_written(built, tmp
     root, _, _ = built
     monkeypatch.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
     names = ["L" * 200, "\u202egnp.exe", "\u3000\u00a0"]
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(names):
-        (tmp_path / "imgs" / name).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray((rng.random((16, 16, 3)) * 60 + 60 * k).astype(np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    write_named_classes(tmp_path / "imgs", names)
     out = tmp_path / "names.html"
     st.report(root / "run", {"name": str(tmp_path / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 5})
     html = out.read_text(encoding="utf-8")
@@ -413,11 +418,7 @@ def test_class_names_that_matplotlib_would_read_as_markup_are_drawn(built, tmp_p
     root, _, _ = built
     monkeypatch.setenv("SSL_TOOLKIT_HOME", str(root / "home"))
     names = ["$\\foo$", "_under", "a$b$c"]
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(names):
-        (tmp_path / "imgs" / name).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray((rng.random((16, 16, 3)) * 60 + 60 * k).astype(np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    write_named_classes(tmp_path / "imgs", names)
     out = tmp_path / "dollars.html"
     result = st.report(root / "run", {"name": str(tmp_path / "imgs"), "test_fraction": 0.5}, out=out, umap={"n_neighbors": 5})
     html = out.read_text(encoding="utf-8")
