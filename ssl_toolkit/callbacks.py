@@ -221,7 +221,7 @@ class EpochEndCheckpoint(Callback):
         except (AttributeError, KeyError):
             return
         except RuntimeError:  # DDP, Ctrl-C: the epoch metrics' sync needs a peer that has already stopped
-            if trainer.world_size == 1:
+            if trainer.world_size == 1 or not trainer.interrupted:
                 raise
             return
         if row:
