@@ -210,6 +210,14 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
     code, _, err = cli("report", root / "run", "--data", few, "--out", tmp_path / "f.html")
     html = (tmp_path / "f.html").read_text()
     assert code == 0 and "Not drawn: UMAP needs at least 4 points, and there is 1." in html and "UMAP scatter" not in html, err
+    one = tmp_path / "one"
+    write_named_classes(one, ["only"])  # labelled, one class: every neighbour agrees, any clustering scores 0
+    code, stdout, err = cli("report", root / "run", "--data", one, "--out", tmp_path / "o.html", "--split", "train", "--clusters", "2")
+    html = (tmp_path / "o.html").read_text()
+    assert code == 0 and f"warning: {one} has a single class; every neighbour is that class" in err, err
+    row = next(line for line in stdout.splitlines() if line.startswith("k-means NMI / ARI"))
+    assert row.split(None, 4)[4] == "not scored: the points hold one class, and any clustering of one class scores 0"
+    assert 'id="single-class"' in html and 'id="kmeans-unscored"' in html and 'id="kmeans-nmi"' not in html
 
 
 def browser():

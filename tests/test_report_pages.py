@@ -36,6 +36,9 @@ def test_kmeans_with_fewer_than_two_points_per_cluster_is_not_scored():
     assert huge["k"] == 100_000 and huge["not_run"].startswith("k = 100,000 needs at least 200,000 points")
     ran = C.cluster(points(100), 50, labels % 50, seeds=(0,))
     assert ran.not_run is None and len(ran.nmi) == 1 and len(np.unique(ran.assignments)) == 50
+    one = C.cluster(points(40), 4, np.zeros(40, dtype=np.int64), seeds=(0,))  # one class: NMI and ARI are 0 for any clustering
+    assert one.nmi == [] and one.unscored == "the points hold one class, and any clustering of one class scores 0"
+    assert one.assignments is not None and "nmi_mean" not in one.summary() and one.summary()["unscored"] == one.unscored
 
 
 def test_analysis_states_the_neighbours_used_when_the_gallery_is_small():

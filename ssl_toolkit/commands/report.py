@@ -88,7 +88,11 @@ def report(
         rows.append(
             (
                 "k-means NMI / ARI",
-                f"{clusters['nmi_mean']:.3f} / {clusters['ari_mean']:.3f}" if scored else f"not run: {clusters['not_run']}",
+                f"{clusters['nmi_mean']:.3f} / {clusters['ari_mean']:.3f}"
+                if scored
+                else f"not run: {clusters['not_run']}"
+                if clusters["not_run"]
+                else f"not scored: {clusters['unscored']}",
             )
         )
     rows.append(("seconds", f"{result['seconds']['total']:.1f}"))

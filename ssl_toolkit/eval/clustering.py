@@ -75,6 +75,8 @@ class ClusterResult:
         ari: ARI per seed (empty without labels, or when not run).
         assignments: Clusters of the run with the best objective (``None`` when not run).
         not_run: Why k-means did not run (too few points for ``k``), else ``None``.
+        unscored: Why labels were given but NMI and ARI were not computed (the points hold one
+            class, so any clustering scores 0), else ``None``.
     """
 
     k: int
@@ -84,10 +86,11 @@ class ClusterResult:
     ari: list[float] = field(default_factory=list)
     assignments: np.ndarray | None = None
     not_run: str | None = None
+    unscored: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able figures: ``k``, ``seeds``, ``points``, ``not_run`` and, when scored, NMI and ARI."""
-        out: dict[str, Any] = {"k": self.k, "seeds": self.seeds, "points": self.points, "not_run": self.not_run}
+        """JSON-able figures: ``k``, ``seeds``, ``points``, ``not_run``, ``unscored`` and, when scored, NMI and ARI."""
+        out: dict[str, Any] = {"k": self.k, "seeds": self.seeds, "points": self.points, "not_run": self.not_run, "unscored": self.unscored}
         if self.nmi:
             out.update(
                 nmi_mean=float(np.mean(self.nmi)),
@@ -104,9 +107,13 @@ def cluster(x: np.ndarray, k: int, labels: np.ndarray | None = None, seeds: tupl
     """k-means with each seed; NMI and ARI against ``labels`` when given.
 
     With fewer than ``MIN_POINTS_PER_CLUSTER * k`` points nothing runs and
-    :attr:`ClusterResult.not_run` says why.
+    :attr:`ClusterResult.not_run` says why. Labels of one class are not scored
+    (:attr:`ClusterResult.unscored`): NMI and ARI are 0 for any clustering of them.
     """
     res = ClusterResult(k=k, seeds=list(seeds), points=len(x))
+    if labels is not None and len(np.unique(labels)) < 2:
+        res.unscored = "the points hold one class, and any clustering of one class scores 0"
+        labels = None
     if len(x) < MIN_POINTS_PER_CLUSTER * k:
         res.not_run = (
             f"k = {k:,} needs at least {MIN_POINTS_PER_CLUSTER * k:,} points ({MIN_POINTS_PER_CLUSTER} per cluster); there are {len(x):,}"

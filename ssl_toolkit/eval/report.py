@@ -302,6 +302,11 @@ def class_rows(source: Any, an: Analysis) -> list[dict[str, Any]]:
     ]
 
 
+def single_class(source: Any, sides: _Sides) -> bool:
+    """Whether the labelled, single-label data being analysed has one class (kNN is then 100% for any features)."""
+    return bool(sides.labelled and source.num_classes < 2)
+
+
 def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], meta: dict[str, Any], target: str) -> dict[str, Any]:
     """Everything ``templates/report.html`` shows."""
     summary = an.summary()
@@ -314,6 +319,7 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
         "version": __version__,
         "probes": probe_rows(figures["probes"]),
         "labelled": sides.labelled,
+        "single_class": single_class(source, sides),
         "has_test": sides.two,
         "split_name": sides.query_name,
         "n_queries": an.n_queries,
@@ -408,6 +414,8 @@ def report(
         model, meta, folder, source, pre = load_target_source(target, data)
     with _timed(seconds, "features"):
         sides = _Sides.of(source, split)
+        if single_class(source, sides):
+            warn(f"{source.name} has a single class; every neighbour is that class, so kNN top-1, Recall@k and mAP@R say nothing")
         qx, gx = _features(model, source, pre, sides, device, batch_size)
     with remembered_sigint() as check_sigint:
         with _timed(seconds, "analysis"):
