@@ -108,6 +108,14 @@ def command_line() -> Iterator[None]:
         _CALLER.reset(token)
 
 
+def caller_terms(command_line: str, python: str) -> str:
+    """The wording for whoever called: ``command_line`` inside :func:`command_line`, else ``python``.
+
+    For notes and warnings that name a setting (errors are translated by :func:`public`).
+    """
+    return command_line if _CALLER.get() == "command line" else python
+
+
 def python_name(option: str) -> str:
     """The argument or config key of the command line's ``--option``."""
     return _CONFIG_KEYS.get(option, option.replace("-", "_"))

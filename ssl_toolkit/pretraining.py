@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_toolkit._version import __version__
-from ssl_toolkit.api import Flag, config_fields, public
+from ssl_toolkit.api import Flag, caller_terms, config_fields, public
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.config import PretrainConfig, validate
 from ssl_toolkit.errors import Interrupted, UserError
@@ -236,7 +236,8 @@ def _build_data(plan: Plan) -> RunData:
     val_loader = None
     if num_classes and not len(source.test) and plan.primary:
         _warn(
-            f"warning: {source.name} has no test images: no online probe, and ssl probe will need --data with a test split "
+            f"warning: {source.name} has no test images: no online probe, and "
+            f"{caller_terms('ssl probe will need --data', 'probe() will need data=')} with a test split "
             "(a folder without train/ and test/ is split by data.test_fraction)"
         )
     if num_classes and len(source.test):
@@ -336,7 +337,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
         if plan.primary and chosen.name != DEFAULT_BACKBONE:
             _warn(
                 f"note: backbone auto is {chosen.name} at {source.image_size} px on a CPU ({DEFAULT_BACKBONE} on a GPU, and on a CPU "
-                f"at {resnet_small_max_size('cpu')} px and less or above {STEM_POOL_MAX_SIZE} px); --backbone NAME chooses another"
+                f"at {resnet_small_max_size('cpu')} px and less or above {STEM_POOL_MAX_SIZE} px); "
+                + caller_terms("--backbone NAME chooses another", "backbone.name in the config chooses another")
             )
     # runs record what the automatic stem chose; a resumed config without it predates the CPU rule
     # (a resumed config without stem_pool predates the max-pool rule: it kept the pool)
@@ -348,7 +350,10 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
         _warn(
             f"note: {cfg.backbone.name} keeps timm's stem {pool} at {source.image_size} px on a CPU (a ResNet gets the small stem at "
             f"{resnet_max} px and less here, {SMALL_STEM_MAX_SIZE} on a GPU; the max-pool goes at {STEM_POOL_MAX_SIZE} px and less); "
-            "--set backbone.small_stem=true or backbone.stem_pool=true/false changes it"
+            + caller_terms(
+                "--set backbone.small_stem=true or backbone.stem_pool=true/false changes it",
+                "backbone.small_stem=True or backbone.stem_pool=True/False in the config changes it",
+            )
         )
     if cfg.trainer.grad_checkpointing:
         check_grad_checkpointing(backbone, cfg.backbone.name)

@@ -141,7 +141,9 @@ def test_a_run_records_the_backbone_auto_chose_and_the_baseline_follows_the_same
     cfg["trainer"].update(batch_size=32, max_steps=1)
     del cfg["backbone"]
     meta = pretrain(cfg, out=tmp_path / "auto")
-    assert "note: backbone auto is resnet10t at 28 px on a CPU" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: backbone auto is resnet10t at 28 px on a CPU" in err
+    assert "px); backbone.name in the config chooses another\n" in err  # a Python caller is told the config key, not --backbone
     assert meta["backbone"]["timm_name"] == "resnet10t" and meta["backbone"]["stem_pool"] is False
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["backbone"]["name"] == "resnet10t"
     baseline = probe(None, {"mode": "knn", "data": cfg["data"]}, random_init=True)
@@ -156,7 +158,9 @@ def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one
     cfg["data"].update(image_size=28, synthetic_train=64, synthetic_test=32)
     cfg["trainer"].update(batch_size=32, max_steps=2)
     meta = pretrain(cfg, out=tmp_path / "auto")
-    assert "test_resnet keeps timm's stem without its max-pool at 28 px on a CPU" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "test_resnet keeps timm's stem without its max-pool at 28 px on a CPU" in err
+    assert "px and less); backbone.small_stem=True or backbone.stem_pool=True/False in the config changes it\n" in err
     assert (meta["backbone"]["small_stem"], meta["backbone"]["stem_pool"]) == (False, False)
     recorded = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["backbone"]
     assert (recorded["small_stem"], recorded["stem_pool"]) == (False, False)

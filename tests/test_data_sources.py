@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ssl_toolkit as st
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.fashion_mnist import read_idx
 from ssl_toolkit.data.sources import channel_stats, load_source
@@ -197,7 +198,7 @@ def test_test_fraction_that_leaves_no_training_image_is_refused(tmp_path):
         load_source(DataConfig(name="digits", test_fraction=0.999, image_size=8))
 
 
-def test_a_pretraining_split_without_test_images_is_warned_once(tmp_path, cli):
+def test_a_pretraining_split_without_test_images_is_warned_once(tmp_path, cli, capsys):
     for c in ("cat", "dog"):
         for i in range(2):  # two images a class: the default test_fraction 0.2 rounds both into train
             _img(tmp_path / "f" / c / f"{i}.png", "RGB", (i * 90, 100, 50))
@@ -205,8 +206,20 @@ def test_a_pretraining_split_without_test_images_is_warned_once(tmp_path, cli):
     code, _, err = cli("pretrain", "--data", tmp_path / "f", *tiny, "--out", tmp_path / "run")
     assert code == 0, err
     assert err.count(f"warning: {tmp_path / 'f'} has no test images: no online probe, and ssl probe will need --data") == 1
-    code, _, err = cli("pretrain", "--data", tmp_path / "f", *tiny, "--set", "data.test_fraction=0.5", "--out", tmp_path / "split")
+    code, _, err = cli(
+        "pretrain", "--data", tmp_path / "f", *tiny, "--set", "data.test_fraction=0.5", "--image-size", "28", "--out", tmp_path / "split"
+    )
     assert code == 0 and "no test images" not in err, err
+    assert "px and less); --set backbone.small_stem=true or backbone.stem_pool=true/false changes it\n" in err  # at 28 px on a CPU
+    config = {
+        "task": "rotation",
+        "data": {"name": str(tmp_path / "f"), "image_size": 16},
+        "backbone": {"name": "test_resnet"},
+        "trainer": {"epochs": 1},
+    }
+    capsys.readouterr()
+    st.pretrain(config, out=tmp_path / "python")
+    assert "no online probe, and probe() will need data= with a test split (a folder" in capsys.readouterr().err
 
 
 def test_unknown_dataset_lists_valid_names():
