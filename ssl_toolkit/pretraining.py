@@ -283,12 +283,11 @@ def report_skipped(source: Any, folder: RunFolder, strict: bool, resume: bool = 
     """
     if not source.skipped:
         return
-    first = ", ".join(Path(p).name for p, _ in source.skipped[:3]) + (", ..." if len(source.skipped) > 3 else "")
     if strict:
-        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {first}")
+        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {source.unreadable_names()}")
     folder.write_skipped(source.skipped, keep=resume)
     if is_primary_process():
-        _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({first}); list in {folder.skipped}")
+        _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({source.unreadable_names()}); list in {folder.skipped}")
 
 
 # --------------------------------------------------------------------------- stage 3: the model

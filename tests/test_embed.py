@@ -136,6 +136,36 @@ def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
     assert (code, err) == (2, "error: --set takes data.KEY=VALUE here, not trainer\n")
 
 
+def test_evaluation_takes_data_strict_warns_of_unreadable_files_and_never_writes_into_the_data(run_dir, tmp_path, cli):
+    from PIL import Image
+
+    run, _ = run_dir
+    folder = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * i, 100 if c == "a" else 200, 30)).save(folder / c / f"{i}.png")
+    (folder / "a" / "bad.png").write_bytes(b"")
+    code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "e.npz")
+    assert code == 0 and err == f"warning: skipped 1 unreadable image file(s) in {folder} (bad.png); ssl inspect {folder} lists them\n"
+    with np.load(tmp_path / "e.npz") as z:
+        assert len(z["ids"]) == 12
+    strict = f"error: 1 unreadable image file(s) in {folder} (--strict): bad.png\n"
+    for command in (("embed", run, "--out", tmp_path / "s.npz"), ("probe", run, "--mode", "knn")):
+        code, out, err = cli(*command, "--data", folder, "--set", "data.strict=true")
+        assert (code, err) == (2, strict)
+    assert not (tmp_path / "s.npz").exists()
+    code, out, err = cli("probe", run, "--data", folder, "--mode", "knn")
+    assert code == 0 and err.count("warning: skipped 1 unreadable image file(s)") == 1, err
+    (folder / "a" / "bad.png").unlink()
+    code, _, err = cli("shard", folder, "--out", tmp_path / "sh", "--workers", "1")
+    assert code == 0, err
+    labels = (tmp_path / "sh" / "train" / "labels.npy").read_bytes()
+    code, out, err = cli("embed", run, "--data", tmp_path / "sh", "--out", tmp_path / "sh" / "train" / "labels.npy")
+    assert (code, out) == (2, "") and err.startswith(f"error: --out {tmp_path / 'sh' / 'train' / 'labels.npy'} is inside the shard set ")
+    assert (tmp_path / "sh" / "train" / "labels.npy").read_bytes() == labels
+
+
 def test_npy_whose_metadata_file_is_a_folder_is_refused_before_anything_is_written(run_dir, tmp_path, cli):
     run, _ = run_dir
     (tmp_path / "e.meta.npz").mkdir()

@@ -289,6 +289,51 @@ def test_summary_marks_exact_duplicates_that_carry_different_labels(cli, tmp_pat
     assert "warning: labels: 1 exact-duplicate group(s) carry different labels (the same image in several classes)" in out
 
 
+def test_an_output_into_the_inspected_data_or_onto_the_other_output_is_refused_before_work(cli, tmp_path):
+    root = small_labelled_folder(tmp_path / "data")
+    image = (root / "cat" / "u1.png").read_bytes()
+    for option, path, why in (
+        ("--dedupe-list", root / "cat" / "u1.png", f"is an image path inside {root}, the folder being read"),
+        ("--out", root / "dog" / "new.PNG", f"is an image path inside {root}, the folder being read"),  # read as an image next time
+        ("--out", root / "labels.csv", f"is the labels file of {root}"),
+    ):
+        code, out, err = cli("inspect", root, "-q", option, path)
+        assert (code, out, err) == (2, "", f"error: {option} {path} {why}; writing it would change the data: choose a path outside it\n")
+    assert (root / "cat" / "u1.png").read_bytes() == image and not (root / "dog" / "new.PNG").exists()
+    assert not (root / "labels.csv").exists()
+    code, _, err = cli("inspect", root, "-q", "--out", tmp_path / "r.html", "--dedupe-list", tmp_path / "." / "r.html")
+    assert (code, err) == (2, f"error: --out and --dedupe-list are the same file ({tmp_path / 'r.html'}); give each its own\n")
+    assert not (tmp_path / "r.html").exists()
+    code, _, err = cli("inspect", root, "-q", "--out", root / "inspect.html", "--dedupe-list", root / "drop.txt")  # not images: allowed
+    assert code == 0 and (root / "drop.txt").read_text() == f"{root / 'dog' / 'u0.png'}\n" and (root / "inspect.html").is_file(), err
+
+
+def test_the_data_files_a_source_reads_are_its_own(tmp_path, monkeypatch):
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.input_guard import data_file_clash
+    from ssl_toolkit.data.shards import INFO_FILE
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / INFO_FILE).write_text("{}")
+    assert data_file_clash(DataConfig(name=str(shards)), shards / "train" / "labels.npy") == f"is inside the shard set {shards}"
+    assert data_file_clash(DataConfig(name=str(shards)), tmp_path / "labels.npy") is None
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (fm / f"{stem}.gz").write_bytes(b"")
+    cfg = DataConfig(name="fashion-mnist", path=str(fm))
+    assert data_file_clash(cfg, fm / "t10k-labels-idx1-ubyte.gz") == f"is a Fashion-MNIST file in {fm}"
+    assert data_file_clash(cfg, fm / "t10k-labels-idx1-ubyte") == f"is a Fashion-MNIST file in {fm}"  # read when the .gz is gone
+    assert data_file_clash(cfg, fm / "notes.txt") is None and data_file_clash(DataConfig(name="digits"), tmp_path / "x.png") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tags.csv").write_text("file,labels\n")
+    assert data_file_clash(DataConfig(name="digits", labels="tags.csv"), tmp_path / "tags.csv") == "is the labels file data.labels=tags.csv"
+    link = tmp_path / "link"
+    link.symlink_to(shards)
+    assert data_file_clash(DataConfig(name=str(shards)), link / INFO_FILE) == f"is inside the shard set {shards}"  # through a symlink
+
+
 def test_dedupe_list_leaves_out_names_with_a_newline_and_says_so(cli, tmp_path):
     root = small_labelled_folder(tmp_path / "data")
     picture(41).save(root / "cat" / "zz.png\nu1.png")  # a copy of cat/u1.png whose name holds a newline

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -65,7 +66,7 @@ class Split:
     Attributes:
         images: ``(N, C, S, S)`` uint8 tensor.
         labels: ``(N,)`` int64 class indices, ``(N, K)`` uint8 multi-hot labels, or ``None``.
-        ids: One identifier per image (file path or ``name:index``).
+        ids: One identifier per image (file path, ``name:split:index``, or ``digits:index``).
     """
 
     images: torch.Tensor
@@ -148,6 +149,10 @@ class DataSource:
         if self.train.labels.dim() == 2:
             return "multilabel"
         return "binary" if self.num_classes == 2 else "multiclass"
+
+    def unreadable_names(self) -> str:
+        """The names of the first three unreadable files, for warnings and errors (``a.png, b.png, ...``)."""
+        return ", ".join(Path(p).name for p, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
 
     def describe(self) -> dict:
         """A JSON-able summary: name, (its folder), channels, image size, classes, split sizes, statistics."""

@@ -61,12 +61,13 @@ def find_fashion_mnist(explicit: str | None = None) -> Path:
     )
 
 
-def _idx_names(stem: str) -> tuple[str, ...]:
+def idx_names(stem: str) -> tuple[str, ...]:
+    """The names an IDX file of ``stem`` may have (gzipped or not, ``-idx`` or ``.idx``)."""
     return (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx"))
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
-    for name in _idx_names(stem):
+    for name in idx_names(stem):
         hits = list(folder.rglob(name)) if folder.is_dir() else []
         if hits:
             return sorted(hits)[0]
@@ -81,7 +82,7 @@ def fashion_mnist(cfg: DataConfig) -> DataSource:
     root = found.parent  # the four files of one copy, never mixed from several folders
     arrays = {}
     for key, stem in FASHION_FILES.items():
-        p = next((root / n for n in _idx_names(stem) if (root / n).is_file()), None)
+        p = next((root / n for n in idx_names(stem) if (root / n).is_file()), None)
         if p is None:
             raise UserError(f"fashion-mnist file {stem}(.gz) missing in {root}, next to {found.name}")
         arrays[key] = read_idx(p)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
+import sys
 import tempfile
 import time
 import zipfile
@@ -32,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from ssl_toolkit.api import Positive, public
+from ssl_toolkit.api import Positive, caller_terms, public
 from ssl_toolkit.atomic import atomic_file, temp_prefix
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
@@ -159,14 +161,16 @@ def data_needed(target: str | Path | None, meta: dict[str, Any]) -> str:
 
 
 def load_target_source(
-    target: str | Path, data: str | Path | dict[str, Any] | DataConfig | None
+    target: str | Path, data: str | Path | dict[str, Any] | DataConfig | None, outputs: dict[str, Path | None] | None = None
 ) -> tuple[nn.Module, dict[str, Any], Path | None, DataSource, Preprocess]:
     """The backbone of ``target``, its metadata and folder, and ``data`` at the backbone's image size.
 
     ``data=None`` means the data the backbone was pretrained on: the ``data`` section of the
     run's ``config.yaml``, else the registered dataset named in its metadata; a dict of
-    fields without ``name`` goes on top of it.
+    fields without ``name`` goes on top of it. ``outputs`` (``{option: path}``) are refused
+    before the data is read when they are files of it (:mod:`ssl_toolkit.data.input_guard`).
     """
+    from ssl_toolkit.data.input_guard import refuse_data_files
     from ssl_toolkit.library import load_backbone_any
 
     model, meta, folder = load_backbone_any(target)
@@ -177,8 +181,24 @@ def load_target_source(
         data = base if data is None else {**({"name": base} if isinstance(base, str) else base), **data}
     data_cfg = data_config(data)
     check_recorded_input(data_cfg, meta)
+    refuse_data_files(data_cfg, outputs or {})
     source = load_source(data_cfg.model_copy(update={"image_size": int(meta["image_size"])}))
+    check_unreadable(source, data_cfg.strict)
     return model, meta, folder, source, preprocess_of(meta)
+
+
+def check_unreadable(source: DataSource, strict: bool) -> None:
+    """Unreadable files found in an evaluated folder: exit 2 under ``strict``, else one warning (they are left out)."""
+    if not source.skipped:
+        return
+    if strict:
+        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {source.unreadable_names()}")
+    print(
+        f"warning: skipped {len(source.skipped)} unreadable image file(s) in {source.name} ({source.unreadable_names()}); "
+        + caller_terms(f"ssl inspect {shlex.quote(source.name)} lists them", f"inspect_data({source.name!r}) lists them"),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 @public
@@ -210,7 +230,9 @@ def embed(
     start = time.time()
     out = _check_out(out, split)
     check_device(device)
-    model, meta, _, source, pre = load_target_source(target, data)
+    model, meta, _, source, pre = load_target_source(
+        target, data, {"--out": out, "--out's side file": side_file(out) if out.suffix == ".npy" else None}
+    )
     splits = [s for s in (SPLITS if split == "all" else (split,)) if len(getattr(source, s))]
     if not splits:
         raise UserError(f"{source.name} has no images in split '{split}'")

@@ -411,7 +411,7 @@ def report(
     check_device(device)
     out_path = report_path(target, out)
     with _timed(seconds, "load"):
-        model, meta, folder, source, pre = load_target_source(target, data)
+        model, meta, folder, source, pre = load_target_source(target, data, {"--out": out_path})
     with _timed(seconds, "features"):
         sides = _Sides.of(source, split)
         if single_class(source, sides):

@@ -8,6 +8,7 @@ self-contained HTML page; :func:`format_summary` (:mod:`.summary`) into terminal
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,15 @@ def _duplicate_section(table: ImageTable, groups: list[np.ndarray], scores: list
     }
 
 
+def inspect_config(data: str | Path | InspectConfig | dict[str, Any]) -> InspectConfig:
+    """The :class:`InspectConfig` of ``data``: itself, a dict of its fields, or a dataset name or folder."""
+    if isinstance(data, InspectConfig):
+        return data
+    if isinstance(data, dict):
+        return validate(InspectConfig, data)
+    return InspectConfig.model_validate({"data": {"name": str(data)}})
+
+
 def run_inspection(
     data: str | Path | InspectConfig | dict[str, Any] = "digits",
     embed: str | Path | None = None,
@@ -129,12 +139,7 @@ def run_inspection(
 ) -> Inspection:
     """Inspect ``data`` and return the report with its table (see :func:`inspect_data`)."""
     start = time.time()
-    if isinstance(data, InspectConfig):
-        cfg = data
-    elif isinstance(data, dict):
-        cfg = validate(InspectConfig, data)
-    else:
-        cfg = InspectConfig.model_validate({"data": {"name": str(data)}})
+    cfg = inspect_config(data)
     embedder = None
     if embed is not None:
         model, pre, size = _load_embedder(embed, cfg)
@@ -277,12 +282,21 @@ def inspect_data(
     Returns:
         The JSON-able report (see ``docs/inspect.md``).
     """
+    from ssl_toolkit.data.input_guard import refuse_data_files
     from ssl_toolkit.run_folder import check_output_file
 
+    cfg = inspect_config(data)
     for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
         if path is not None:
             check_output_file(path, option)
-    result = run_inspection(data, embed=embed, progress=progress)
+    if (
+        out is not None
+        and dedupe_list is not None
+        and os.path.realpath(Path(out).expanduser()) == os.path.realpath(Path(dedupe_list).expanduser())
+    ):
+        raise UserError(f"--out and --dedupe-list are the same file ({out}); give each its own")
+    refuse_data_files(cfg.data, {"--out": out, "--dedupe-list": dedupe_list})
+    result = run_inspection(cfg, embed=embed, progress=progress)
     if dedupe_list is not None:
         write_dedupe_list(result, dedupe_list)
     if out is not None:

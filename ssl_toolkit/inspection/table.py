@@ -43,7 +43,7 @@ class ImageTable:
     Attributes:
         name: Data source name (folder path for folders).
         kind: ``"tensor"``, ``"folder"`` or ``"shards"``.
-        ids: Image identifiers (file paths for folders, ``name:split:index`` otherwise).
+        ids: Image identifiers (file paths for folders, ``name:split:index`` or ``digits:index`` otherwise).
         split: ``(N,)`` int8, 0 = train, 1 = test.
         labels: ``(N,)`` int64 class indices, or ``None``.
         classes: Class names, or ``None``.
