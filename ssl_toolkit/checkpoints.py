@@ -76,8 +76,12 @@ def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
             raise UserError(f"{target} has no backbone checkpoint ({WEIGHTS}); did the run finish?")
     else:
         weights = p
-        candidates = [sidecar_path(p), p.with_suffix(".json"), p.with_name(META)]
-        meta = next((c for c in candidates if c.is_file() and c != p), candidates[-1])
+        candidates = list(dict.fromkeys(c for c in (sidecar_path(p), p.with_suffix(".json"), p.with_name(META)) if c != p))
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            looked = ", ".join(c.name for c in candidates)
+            raise UserError(f"{p} has no metadata next to it (looked for {looked} in {p.parent}): a backbone needs it to be rebuilt")
+        meta = found
     if not meta.is_file():
         raise UserError(f"{meta} is missing: a backbone needs its metadata to be rebuilt")
     return weights, meta

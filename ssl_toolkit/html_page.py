@@ -21,6 +21,18 @@ from typing import Any
 
 from markupsafe import Markup
 
+PAGE_SUFFIXES = (".html", ".htm")
+
+
+def check_page_suffix(path: Path, option: str = "--out") -> Path:
+    """``path`` if it names an HTML page, else a UserError (a page written over, say, an ``.npz`` would destroy it)."""
+    from ssl_toolkit.errors import UserError
+
+    if path.suffix.lower() not in PAGE_SUFFIXES:
+        raise UserError(f"{option} must end in .html or .htm, not '{path.name}'")
+    return path
+
+
 BIDI_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 BLANK_LETTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")  # letters and symbols drawn as nothing
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})

@@ -169,10 +169,12 @@ def import_checkpoint(path: str | Path, name: str | None = None) -> dict[str, An
 
     from ssl_toolkit.checkpoints import load_backbone_files, state_to_cpu
 
+    if name is not None:
+        check_name(name)  # an empty name is refused, not taken as "the default"
     check_library_writable()
     model, meta = load_backbone_files(path)
     meta = {**meta, "imported_from": str(Path(path).resolve())}
-    return register(st_save(state_to_cpu(model)), meta, name or default_name(meta), unique=name is None)
+    return register(st_save(state_to_cpu(model)), meta, name if name is not None else default_name(meta), unique=name is None)
 
 
 def remove_checkpoint(name: str) -> Path:

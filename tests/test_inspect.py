@@ -294,13 +294,15 @@ def test_an_output_into_the_inspected_data_or_onto_the_other_output_is_refused_b
     image = (root / "cat" / "u1.png").read_bytes()
     for option, path, why in (
         ("--dedupe-list", root / "cat" / "u1.png", f"is an image path inside {root}, the folder being read"),
-        ("--out", root / "dog" / "new.PNG", f"is an image path inside {root}, the folder being read"),  # read as an image next time
-        ("--out", root / "labels.csv", f"is the labels file of {root}"),
+        ("--dedupe-list", root / "dog" / "new.PNG", f"is an image path inside {root}, the folder being read"),  # read as an image next time
+        ("--dedupe-list", root / "labels.csv", f"is the labels file of {root}"),
     ):
         code, out, err = cli("inspect", root, "-q", option, path)
         assert (code, out, err) == (2, "", f"error: {option} {path} {why}; writing it would change the data: choose a path outside it\n")
     assert (root / "cat" / "u1.png").read_bytes() == image and not (root / "dog" / "new.PNG").exists()
     assert not (root / "labels.csv").exists()
+    code, _, err = cli("inspect", root, "-q", "--out", tmp_path / "r.json")  # the page is HTML, whatever the name says
+    assert (code, err) == (2, "error: --out must end in .html or .htm, not 'r.json'\n")
     code, _, err = cli("inspect", root, "-q", "--out", tmp_path / "r.html", "--dedupe-list", tmp_path / "." / "r.html")
     assert (code, err) == (2, f"error: --out and --dedupe-list are the same file ({tmp_path / 'r.html'}); give each its own\n")
     assert not (tmp_path / "r.html").exists()

@@ -114,6 +114,17 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert code == 2 and "no checkpoint named 'mine'" in err
     code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "../escape")
     assert code == 2 and "invalid checkpoint name" in err
+    code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "")  # not taken as "the default name"
+    assert code == 2 and err.startswith("error: invalid checkpoint name ''") and st.list_checkpoints() == []
+    lone = tmp_path / "lone" / "w.safetensors"
+    lone.parent.mkdir()
+    lone.write_bytes(b"weights")
+    code, out, err = cli("checkpoints", "import", lone)
+    assert (code, err) == (
+        2,
+        f"error: {lone} has no metadata next to it (looked for w.safetensors.json, w.json, meta.json in {lone.parent}): "
+        "a backbone needs it to be rebuilt\n",
+    )
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from ssl_toolkit.cli import CONTEXT, DATA_SETTINGS, POSITIVE, data_argument, ech
     default="embeddings.npz",
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="Output file: .npz (one file) or .npy (memory-mappable embeddings + FILE.meta.npz).",
+    help="Output file: .npz (one file) or .npy (memory-mappable embeddings; labels, ids and metadata in NAME.meta.npz beside it).",
 )
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True, help="Which split(s) to embed.")
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")

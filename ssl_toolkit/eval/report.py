@@ -38,7 +38,7 @@ from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
 from ssl_toolkit.eval.projection import UMAP_MIN_POINTS
 from ssl_toolkit.eval.run_record import UnreadableFile, latest_samples, pick_confusion, read_curves, read_probes, sample_picture
 from ssl_toolkit.eval.target_rows import headline_cells, multilabel_rows
-from ssl_toolkit.html_page import data_uri, render_page, shown_name
+from ssl_toolkit.html_page import check_page_suffix, data_uri, render_page, shown_name
 from ssl_toolkit.run_folder import check_output_file
 from ssl_toolkit.sigint import remembered_sigint
 from ssl_toolkit.terminal import terminal_safe
@@ -343,9 +343,6 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
     }
 
 
-PAGE_SUFFIXES = (".html", ".htm")
-
-
 def report_path(target: str | Path, out: str | Path | None) -> Path:
     """Where the page goes, checked before any work: ``out``, else ``report.html`` in a folder ``target``, else in the working folder.
 
@@ -360,9 +357,7 @@ def report_path(target: str | Path, out: str | Path | None) -> Path:
     else:
         path, what = Path(out).expanduser(), "--out"
     check_output_file(path, what)
-    if path.suffix.lower() not in PAGE_SUFFIXES:
-        raise UserError(f"--out must end in .html or .htm, not '{path.name}'")
-    return path
+    return check_page_suffix(path)
 
 
 @public

@@ -283,12 +283,15 @@ def inspect_data(
         The JSON-able report (see ``docs/inspect.md``).
     """
     from ssl_toolkit.data.input_guard import refuse_data_files
+    from ssl_toolkit.html_page import check_page_suffix
     from ssl_toolkit.run_folder import check_output_file
 
     cfg = inspect_config(data)
     for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
         if path is not None:
             check_output_file(path, option)
+    if out is not None:
+        check_page_suffix(Path(out).expanduser())
     if (
         out is not None
         and dedupe_list is not None
