@@ -230,14 +230,20 @@ def update_meta(folder: str | Path, change: Callable[[dict[str, Any]], Any], sha
 def probe_key(dataset: str, mode: str, label_fraction: float) -> str:
     """The key of a probe result: ``<dataset>-<mode>-<fraction>``, e.g. ``digits-knn-1``.
 
-    A folder dataset is named by its last component plus a short hash of its full path,
-    so two folders with the same name never share a key.
+    A folder dataset is named by its last component plus a short hash of its real absolute
+    path (a URL: of the URL), so two folders with the same name never share a key and one
+    folder, however its path is typed (``fold``, ``./fold``, ``$PWD/fold``, a symlink), has one.
     """
-    name = str(dataset)
-    if os.sep in name or "/" in name:
-        import hashlib
+    import hashlib
 
-        name = f"{Path(name).name}.{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+    from ssl_toolkit.data.sources import source_names
+
+    name = str(dataset)
+    if "://" in name:
+        name = f"{name.rstrip('/').rsplit('/', 1)[-1]}.{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+    elif name not in source_names() and (os.sep in name or "/" in name or Path(name).expanduser().exists()):
+        real = os.path.realpath(Path(name).expanduser())
+        name = f"{Path(real).name}.{hashlib.sha1(real.encode()).hexdigest()[:6]}"
     return f"{_slug(name)}-{mode}-{label_fraction:.12g}"  # 12 digits: fractions that differ are told apart
 
 

@@ -310,6 +310,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
         resnet_small_max_size,
         resolve_auto,
     )
+    from ssl_toolkit.data.sources import recorded_paths
     from ssl_toolkit.precision import choose_precision
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
     from ssl_toolkit.recompute import check_grad_checkpointing
@@ -369,6 +370,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     t = cfg.trainer
     precision = choose_precision(t.precision, t.accelerator, backbone, in_chans, task.backbone_input_size())
     resolved = cfg.model_dump(mode="json")
+    resolved["data"] = recorded_paths(resolved["data"])  # a resume or probe from another working folder finds the data
     if cfg.backbone.small_stem is None:  # the automatic choice depends on the machine; a resume elsewhere keeps it
         resolved["backbone"]["small_stem"] = chosen_small_stem(spec, source.image_size)
     if cfg.backbone.stem_pool is None and family_of(cfg.backbone.name) == "resnet" and not spec.small_stem:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -220,6 +221,26 @@ def test_a_pretraining_split_without_test_images_is_warned_once(tmp_path, cli, c
     capsys.readouterr()
     st.pretrain(config, out=tmp_path / "python")
     assert "no online probe, and probe() will need data= with a test split (a folder" in capsys.readouterr().err
+
+
+def test_a_folder_given_by_a_relative_path_is_recorded_absolute_so_the_run_resumes_and_probes_from_elsewhere(tmp_path, cli, monkeypatch):
+    import yaml
+
+    for c in ("cat", "dog"):
+        for i in range(5):
+            _img(tmp_path / "work" / "imgs" / c / f"{i}.png", "RGB", (i * 40, 100 if c == "cat" else 200, 50))
+    (tmp_path / "work" / "tags.csv").write_text("file,labels\n" + "".join(f"{c}/{i}.png,{c}\n" for c in ("cat", "dog") for i in range(5)))
+    monkeypatch.chdir(tmp_path / "work")
+    tiny = ["--backbone", "test_resnet", "--image-size", "16", "--quiet", "--no-online-probe"]
+    code, _, err = cli("pretrain", "--data", "imgs", *tiny, "--epochs", "1", "--set", "data.labels=tags.csv", "--out", tmp_path / "run")
+    assert code == 0, err
+    data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
+    assert (data["name"], data["labels"]) == (str(tmp_path / "work" / "imgs"), str(tmp_path / "work" / "tags.csv"))
+    monkeypatch.chdir(tmp_path)  # another working folder: the recorded paths still name the data
+    code, out, err = cli("probe", tmp_path / "run", "--mode", "knn", "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["dataset"] == str(tmp_path / "work" / "imgs"), err
+    code, _, err = cli("pretrain", "--resume", tmp_path / "run", "--epochs", "2", "--quiet")
+    assert code == 0, err
 
 
 def test_unknown_dataset_lists_valid_names():

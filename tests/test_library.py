@@ -162,7 +162,7 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_path, cli):
+def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_path, cli, monkeypatch):
     from PIL import Image
 
     cfg = tiny_config("rotation", epochs=1)
@@ -183,6 +183,18 @@ def test_probe_results_are_kept_per_dataset_and_one_class_data_is_warned(tmp_pat
     folder_key = next(k for k in probes if k.startswith("one-class."))
     assert folder_key.endswith("-knn-1") and "synthetic-knn-1" in probes
     assert probes["synthetic-knn-1"]["dataset"] == "synthetic" and probes[folder_key]["top1"] == 1.0
+    # one folder has one key however its path is typed; another folder of the same name has its own
+    monkeypatch.chdir(tmp_path)
+    assert cli("probe", "rot", "--data", "one-class", "--mode", "knn")[0] == 0
+    assert cli("probe", "rot", "--data", "./one-class/", "--mode", "knn")[0] == 0
+    other = tmp_path / "elsewhere" / "one-class" / "only"
+    other.mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (16, 16), (0, 20 * i, 0)).save(other / f"{i}.png")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli("probe", "rot", "--data", "one-class", "--mode", "knn")[0] == 0
+    probes = json.loads((tmp_path / "run" / META).read_text())["probes"]
+    assert len(probes) == 3 and folder_key in probes and sum(k.startswith("one-class.") for k in probes) == 2
 
 
 def test_continued_pretraining_keeps_the_source_stem_pool_unless_set(tmp_path, toolkit_home):

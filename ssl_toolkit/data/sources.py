@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,6 +51,25 @@ def _adopt_factory(name: str, obj: object) -> None:
 def is_shard_dir(name: str) -> bool:
     """Whether ``name`` is an object-store URL or a folder holding ``ssl_shards.json`` (written by ``ssl shard``)."""
     return "://" in name or (Path(name).expanduser() / SHARD_INFO).is_file()
+
+
+def recorded_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``data`` config section (as dumped) with its local paths made absolute, for a run's ``config.yaml``.
+
+    ``data.name`` (a folder or local shards; not a registered dataset or a URL), ``data.path``
+    and ``data.labels`` typed relative to the working folder would name nothing once the run is
+    resumed or probed from another one.
+    """
+    out = dict(data)
+    discover()
+    name = out.get("name")
+    if isinstance(name, str) and name not in SOURCES and "://" not in name and Path(name).expanduser().exists():
+        out["name"] = os.path.abspath(Path(name).expanduser())
+    for key in ("path", "labels"):
+        value = out.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            out[key] = os.path.abspath(Path(value).expanduser())
+    return out
 
 
 def source_names() -> list[str]:
