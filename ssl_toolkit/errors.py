@@ -20,6 +20,18 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class WorkerUserError(UserError):
+    """A :class:`UserError` raised in a DataLoader worker.
+
+    The worker's exception is re-raised in the main process with the worker's traceback as
+    its message; only the original one-line message is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        super().__init__(message.rsplit(marker, 1)[-1] if marker in message else message)
+
+
 class Interrupted(Exception):
     """Training was stopped by a signal after saving a checkpoint; carries the exit code (130, 143)."""
 

@@ -257,12 +257,25 @@ def test_damaged_shards_are_refused_in_one_line(shards, tmp_path, cli):
         "channels must be 1 or 3": lambda d: edit_json(d / "ssl_shards.json", lambda x: x.update(channels=5)),
         "mean and std need 3": lambda d: edit_json(d / "ssl_shards.json", lambda x: x.update(mean=[0.5])),
     }
+
+    def flip_offsets(d: Path) -> None:  # the chunk's item offsets, its size unchanged
+        data = bytearray(chunk("train").read_bytes())
+        data[4:40] = bytes(b ^ 0xFF for b in data[4:40])
+        chunk("train").write_bytes(bytes(data))
+
+    damages["cannot be read (struct.error"] = flip_offsets
     for message, damage in damages.items():
         shutil.rmtree(tmp_path / "d", ignore_errors=True)
         shutil.copytree(shards, tmp_path / "d")
         damage(tmp_path / "d")
         code, out, err = cli("inspect", tmp_path / "d", "--json")
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (message, err)
+    # the same damage met by a training loader's worker process: one line too
+    train = ["--task", "rotation", "--backbone", TINY_BACKBONE, "--epochs", "1", "--quiet", "--set", "data.workers=1"]
+    code, out, err = cli("pretrain", "--data", tmp_path / "d", *train, "--out", tmp_path / "run")
+    last = err.strip().splitlines()[-1]  # after the stem note
+    assert code == 2 and last.startswith(f"error: shards in {tmp_path / 'd' / 'train'} are damaged: item "), err
+    assert "Traceback" not in err and last.endswith("; write them again with ssl shard"), err
 
 
 def test_shards_smaller_than_a_batch_train_one_batch_as_a_folder_does(shards, tmp_path):

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ssl_toolkit.data.base import DataSource, channel_stats
 from ssl_toolkit.data.images import Box, center_square, decode_crops, random_resized_box
 from ssl_toolkit.data.stage import CENTER, WorkerStage
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.errors import UserError, WorkerUserError
 
 INFO_FILE = "ssl_shards.json"
 FORMAT = "litdata"
@@ -107,6 +108,28 @@ def _decode_item(data: bytes, channels: int, size: int, stage: WorkerStage, rng:
         ]
 
     return decode_crops(io.BytesIO(data), channels, size, boxes)
+
+
+class BadShardError(WorkerUserError):
+    """A shard item that cannot be read or decoded (chunk contents damaged at the right size); one line, also from a worker."""
+
+
+#: What litdata's deserialisers and the image decoder raise on damaged bytes (PIL's errors are OSErrors).
+SHARD_READ_ERRORS = (struct.error, ValueError, OSError, EOFError, KeyError, IndexError, TypeError, OverflowError, RuntimeError)
+
+
+@contextmanager
+def damaged_shard(where: str, row: Any) -> Iterator[None]:
+    """Turn a failure to read or decode one shard item into :class:`BadShardError` naming the split and row."""
+    try:
+        yield
+    except UserError:
+        raise
+    except SHARD_READ_ERRORS as e:
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__.split('.')[0]}.{type(e).__name__}"
+        raise BadShardError(
+            f"shards in {where} are damaged: item {row} cannot be read ({kind}: {e}); write them again with ssl shard"
+        ) from None
 
 
 class RowIds(Sequence[str]):
@@ -215,8 +238,10 @@ class ShardSplit:
 
     def decode(self, i: int, stage: WorkerStage = CENTER, rng: np.random.Generator | None = None) -> np.ndarray:
         """``(V, C, S, S)`` uint8 crops of row ``i`` of this split."""
-        item = self.dataset()[int(self.rows[i])]
-        return _decode_item(item["image"], self.channels, self._size, stage, rng)
+        row = int(self.rows[i])
+        with damaged_shard(self.dir, row):
+            item = self.dataset()[row]
+            return _decode_item(item["image"], self.channels, self._size, stage, rng)
 
     def image(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.decode(i)[0])
@@ -257,7 +282,7 @@ class CropStreamingDataset(litdata.StreamingDataset):
 
     def __init__(self, split: ShardSplit, stage: WorkerStage, seed: int, shuffle: bool) -> None:
         super().__init__(split.dir, shuffle=shuffle, drop_last=shuffle, seed=seed)
-        self.channels, self.size, self.stage = split.channels, split.size, stage
+        self.channels, self.size, self.stage, self.where = split.channels, split.size, stage, str(split.dir)
         self.multi_hot = split.labels if split.info.multilabel else None  # (N, K) uint8 by row, or None
         self.random = any(c.kind != "center" for c in stage.crops)
         self._gen: np.random.Generator | None = None
@@ -270,8 +295,9 @@ class CropStreamingDataset(litdata.StreamingDataset):
         return self._gen
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        item = super().__getitem__(index)
-        crops = _decode_item(item["image"], self.channels, self.size, self.stage, self._rng() if self.random else None)
+        with damaged_shard(self.where, getattr(index, "index", index)):  # litdata passes a ChunkedIndex
+            item = super().__getitem__(index)
+            crops = _decode_item(item["image"], self.channels, self.size, self.stage, self._rng() if self.random else None)
         x = torch.from_numpy(crops if self.stage.views > 1 else crops[0])  # (C, S, S) or (V, C, S, S) uint8
         row = int(item["index"])
         label = self.multi_hot[row] if self.multi_hot is not None else torch.tensor(int(item["label"]))  # (K,) uint8 or ()

@@ -33,21 +33,13 @@ from ssl_toolkit.data.images import READ_ERRORS, Box, TooLarge, center_square, d
 from ssl_toolkit.data.index import FileIndex, PathIds
 from ssl_toolkit.data.layout import shown
 from ssl_toolkit.data.stage import CENTER, WorkerStage
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.errors import UserError, WorkerUserError
 
 MAX_REPLACEMENTS = 16  # readable files tried in place of a bad one before giving up
 
 
-class BadImageError(UserError):
-    """A file could not be decoded during training under ``strict``.
-
-    A DataLoader worker's exception is re-raised in the training process with the worker's
-    traceback as its message; only the original one-line message is kept.
-    """
-
-    def __init__(self, message: str) -> None:
-        marker = f"{type(self).__name__}: "
-        super().__init__(message.rsplit(marker, 1)[-1] if marker in message else message)
+class BadImageError(WorkerUserError):
+    """A file could not be decoded during training under ``strict`` (one line, also from a worker)."""
 
 
 def default_workers() -> int:
