@@ -258,6 +258,9 @@ class CheckpointOnInterrupt(Callback):
 
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
+        rewind = getattr(getattr(trainer, "train_dataloader", None), "rewind_to", None)
+        if callable(rewind):  # a resumable loader: the batch of the step cut short is handed over again on resume
+            rewind(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
         before = _written_at(self.path)
         try:
             trainer.save_checkpoint(self.path)  # the first process writes it, then every process meets at a barrier

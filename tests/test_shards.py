@@ -210,6 +210,45 @@ def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tm
         assert len(rows) == len(set(rows)) == 2 * per_epoch, (e, epoch, sorted({ep for ep, _ in after}), len(after))
 
 
+def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_path, monkeypatch):
+    import ssl_toolkit as st
+    from ssl_toolkit import engine
+    from ssl_toolkit.errors import Interrupted
+
+    log = tmp_path / "seen"
+    monkeypatch.setenv("SSL_TOOLKIT_SAMPLE_LOG", str(log))
+    rank0 = Path(f"{log}.rank0")
+    step = engine.PretrainModule.training_step
+
+    def ctrl_c_in_the_sixth_step(self, batch, batch_idx):
+        if self.global_step == 5:  # five steps trained; the sixth batch is handed over, then cut short
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, batch_idx)
+
+    cfg = {
+        "task": "rotation",
+        "data": {"name": str(shards), "workers": 1},
+        "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 2, "batch_size": 2, "online_probe": False},
+    }
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
+    try:
+        monkeypatch.setattr(engine.PretrainModule, "training_step", ctrl_c_in_the_sixth_step)
+        with pytest.raises(Interrupted):
+            st.pretrain(cfg, out=tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    monkeypatch.setattr(engine.PretrainModule, "training_step", step)
+    handed = [row for _, row in read_log(rank0)]
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 5 and len(handed) == 12
+    meta = st.pretrain({"trainer": {"epochs": 2}}, resume=tmp_path / "run")
+    after = read_log(rank0)[len(handed) :]
+    first = [row for e, row in after if e == 1]
+    assert first[:2] == handed[10:12]  # the batch cut short comes again, first
+    assert len(handed[:10] + first) == len(set(handed[:10] + first)) == 30  # every sample of the epoch trained once (15 batches of 2)
+    assert meta["steps"] == 30, meta
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_workers(tmp_path, signum, code, what):

@@ -315,6 +315,22 @@ class ShardTrainLoader(litdata.StreamingDataLoader):
         super().load_state_dict(obj)
         self._restored_now = True
 
+    def rewind_to(self, trained: int) -> int:
+        """Count only the first ``trained`` batches of this epoch as handed over; returns the batches taken back.
+
+        A Ctrl-C during a step leaves its batch counted by litdata but not trained: the state
+        saved then must resume at that batch, not after it. Batches come from the workers in
+        turn, so the worker of the last batch kept is the one ``taken`` turns back.
+        """
+        if not isinstance(self._num_samples_yielded_streaming, int) or not self.batch_size:
+            return 0
+        taken = self._num_samples_yielded_streaming // int(self.batch_size) - max(0, trained)
+        if taken <= 0:
+            return 0
+        self._num_samples_yielded_streaming -= taken * int(self.batch_size)
+        self._latest_worker_idx = (int(getattr(self, "_latest_worker_idx", 0)) - taken) % max(1, self.num_workers)
+        return taken
+
     def __iter__(self):
         self._refresh()
         if getattr(self, "restore", False) and not getattr(self, "_restored_now", False):
