@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -434,6 +435,47 @@ def test_ctrl_c_after_an_epochs_last_step_keeps_that_epochs_row_on_resume(tmp_pa
     whole = epoch_rows(tmp_path / "whole")
     assert [(e, s) for e, s, _ in whole] == [("0", "3"), ("1", "7")]
     assert epoch_rows(tmp_path / "cut") == whole  # the first epoch's row was lost before: the Ctrl-C came before Lightning logged it
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed-folder"])
+def test_a_ctrl_c_mid_epoch_resumes_at_the_batch_it_cut_short_in_the_same_order(tmp_path, monkeypatch, streamed):
+    """Folders and in-memory data: the resumed epoch goes on from the batch cut short, not from its start."""
+    from ssl_toolkit import engine
+    from ssl_toolkit.errors import Interrupted
+
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))
+    step = engine.PretrainModule.training_step
+    seen: list[tuple[int, int]] = []
+    cut = {"at": None}
+
+    def recording(self, batch, batch_idx):
+        if self.global_step == cut["at"]:
+            cut["at"] = None
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises it here: this step's batch is never trained
+        seen.append((self.current_epoch, int(batch[0].long().sum())))
+        return step(self, batch, batch_idx)
+
+    cfg = tiny_config("rotation", epochs=2)
+    cfg["trainer"].update(batch_size=32, online_probe=False)  # 8 steps an epoch
+    if streamed:
+        for i in range(264):  # 256 training images, 8 test images
+            folder = tmp_path / "imgs" / ("train" if i < 256 else "test") / ("a" if i % 2 else "b")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        cfg["data"] = {"name": str(tmp_path / "imgs"), "stream": True, "workers": 1}
+    monkeypatch.setattr(engine.PretrainModule, "training_step", recording)
+    pretrain(cfg, out=tmp_path / "whole")
+    whole, seen[:] = list(seen), []
+    cut["at"] = 11  # the fourth step of the second epoch
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
+    try:
+        with pytest.raises(Interrupted):
+            pretrain(cfg, out=tmp_path / "cut")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert len(seen) == 11 and torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["global_step"] == 11
+    meta = pretrain({"trainer": {"epochs": 2}}, resume=tmp_path / "cut")
+    assert seen == whole and meta["steps"] == len(whole) == 16  # before: the epoch started again (batches 0-4 twice, 5-7 never)
 
 
 def test_an_interrupt_whose_checkpoint_a_stopped_peer_prevented_says_so(tmp_path):

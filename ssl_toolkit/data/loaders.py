@@ -8,6 +8,8 @@ by ``default_workers()`` persistent workers, with pinned memory when training on
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,6 +56,75 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
+class _SkipFirst:
+    """The batches of ``inner`` (a batch sampler) from the loader's ``_skip``-th on: indices only, nothing is loaded for the others.
+
+    The skip is read when iterated: a DataLoader iterates its index sampler more than once
+    when it starts its iterator, and a DataLoader with persistent workers keeps this object
+    for every later epoch, by when the loader's skip is back to 0.
+    """
+
+    def __init__(self, loader: ResumableLoader, inner: Any) -> None:
+        self.loader, self.inner = loader, inner
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.inner), self.loader._skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.loader._skip)
+
+
+class ResumableLoader(DataLoader):
+    """The training loader of folders and in-memory data, resumable mid-epoch.
+
+    Its state is the number of batches of the current epoch handed to training. Lightning
+    saves :meth:`state_dict` in ``last.ckpt`` and gives it back on resume; the first epoch
+    iterated after :meth:`load_state_dict` (the epoch the checkpoint was cut in) then starts
+    at that batch of the same (seed, epoch) order, the trained batches skipped by index.
+    A state saved at an epoch's end skips nothing. Under DDP each rank skips as many of its
+    own batches (the ranks step together).
+    """
+
+    _handed = 0  # batches of the current epoch handed over
+    _skip = 0  # batches the next epoch iterated starts after
+
+    @property
+    def _index_sampler(self) -> Any:
+        return _SkipFirst(self, super()._index_sampler)
+
+    def __len__(self) -> int:
+        skip, self._skip = self._skip, 0  # the epoch's length, whatever a resume skips of it
+        try:
+            return super().__len__()
+        finally:
+            self._skip = skip
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over the DataLoader's iterator
+        skipped = self._skip
+        batches = super().__iter__()  # its index sampler starts after the skipped batches
+        self._skip, self._handed = 0, skipped
+        for batch in batches:
+            self._handed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": int(self._handed), "length": len(self)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        batches, length = state.get("batches"), state.get("length")
+        if not isinstance(batches, int) or not isinstance(length, int) or length != len(self):
+            return  # not this loader's state (other data): the epoch starts at its beginning
+        self._skip = batches if 0 < batches < length else 0
+
+    def rewind_to(self, trained: int) -> int:
+        """Count only the first ``trained`` batches of this epoch as handed over (a step cut short by Ctrl-C)."""
+        taken = self._handed - max(0, trained)
+        if taken <= 0:
+            return 0
+        self._handed -= taken
+        return taken
+
+
 def split_loader(
     split: Any,
     batch_size: int,
@@ -89,7 +160,7 @@ def split_loader(
         ds = ImageTensorDataset(split.images, split.labels)
         n_workers = workers or 0
     n = len(ds)  # type: ignore[arg-type]
-    return DataLoader(
+    return (ResumableLoader if shuffle else DataLoader)(
         ds,
         batch_size=max(1, min(batch_size, n)),
         sampler=EpochShuffleSampler(n, seed) if shuffle else None,
