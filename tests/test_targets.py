@@ -57,6 +57,8 @@ def test_read_labels_csv_aligns_multi_hot_rows_with_files(tmp_path):
         ("a.png,cat;;dog\n", "row 2: unknown label ''"),
         ("a.png,cat\na.png,dog\n", "row 3: a.png is listed twice"),
         ("b.png,cat\n", "1 image(s) have no row, e.g. a.png"),
+        ("a.png,cat\nb.png,dog\nlabels.csv,cat\n", "row 4: labels.csv is not an image file (.bmp, .gif"),  # silently ignored before
+        ("a.png,cat\nb.png,dog\n../a.png,cat\n", "row 4: ../a.png is outside "),
     ],
 )
 def test_read_labels_csv_errors_name_the_row(tmp_path, body, message):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssl_toolkit.data.images import IMAGE_EXTENSIONS
 from ssl_toolkit.errors import UserError
 
 LABELS_FILE = "labels.csv"
@@ -77,16 +78,22 @@ def read_labels_csv(root: Path, files: list[Path], csv_path: Path | None = None)
         ``(N, K)`` uint8 multi-hot rows aligned with ``files``, and the ``K`` sorted class names.
 
     Raises:
-        UserError: Naming the row, for a file that does not exist, a file listed twice, an
-            empty label set or an empty label; naming the file, for an image with no row.
+        UserError: Naming the row, for a file outside the folder, one that does not exist or
+            is not an image file, a file listed twice, an empty label set or an empty label;
+            naming the file, for an image with no row.
     """
     csv_path = csv_path or root / LABELS_FILE
     rows = _read_rows(csv_path)
     by_file: dict[str, list[str]] = {}
     for n, file, names in rows:
         key = _key(file)
+        inside = os.path.normpath(os.path.join(root, key))
+        if not inside.startswith(os.path.join(os.path.normpath(root), "")):
+            raise UserError(f"{csv_path} row {n}: {file} is outside {root}; rows name the folder's images by their path in it")
         if not (root / key).is_file():
             raise UserError(f"{csv_path} row {n}: file {file} does not exist under {root}")
+        if Path(key).suffix.lower() not in IMAGE_EXTENSIONS:
+            raise UserError(f"{csv_path} row {n}: {file} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         if key in by_file:
             raise UserError(f"{csv_path} row {n}: {file} is listed twice")
         by_file[key] = names
