@@ -136,7 +136,7 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
     env = {**plugin_env, "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
     run = str(tmp_path / "run")
     small = ["--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32"]
-    tasks, pretrain, probe, bad_metric, foreign_key, on_noise = ssl_commands(
+    tasks, pretrain, probe, bad_metric, foreign_key, training_setting, on_noise = ssl_commands(
         env,
         ["tasks", "--json"],
         [
@@ -163,6 +163,7 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
         ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=euclidean", "--json", *small],
         ["probe", run, "--mode", "nearest-mean", "--set", "evaluator_config.metric=manhattan", *small],
         ["probe", run, "--mode", "nearest-mean", "--k", "5", *small],
+        ["probe", run, "--mode", "nearest-mean", "--epochs", "3", *small],
         ["probe", run, "--mode", "nearest-mean", "--data", "noise", "--json"],
     )
     assert tasks[0] == 0, tasks[2]
@@ -185,6 +186,7 @@ def test_installed_plugin_task_lists_and_pretrains_and_its_evaluator_probes(plug
 
     assert bad_metric[0] == 2 and bad_metric[2].startswith("error: evaluator_config (nearest-mean): metric")
     assert foreign_key[0] == 2 and "evaluator_config.k applies to --mode knn, not nearest-mean" in foreign_key[2]
+    assert training_setting[0] == 2 and "epochs applies to --mode finetune or partial, not nearest-mean" in training_setting[2]
 
     assert on_noise[0] == 0, on_noise[2]  # the plugin's data source, at the run's image size
     noise = json.loads(on_noise[1].strip().splitlines()[-1])

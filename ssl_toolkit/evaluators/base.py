@@ -49,6 +49,10 @@ class EvaluatorConfig(StrictModel):
     """Base of an evaluator's own settings (``evaluator_config`` of the probe config)."""
 
 
+#: Probe settings of the modes that train through the backbone.
+TRAINING_SETTINGS = ("epochs", "lr", "weight_decay", "precision")
+
+
 class Evaluator(ABC):
     """Base of evaluators: ``evaluate(ctx)`` returns ``(N_test, K)`` class scores and facts to report.
 
@@ -63,11 +67,22 @@ class Evaluator(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[EvaluatorConfig]] = EvaluatorConfig
+    #: Whether it reads the probe config's training settings (:data:`TRAINING_SETTINGS`); those
+    #: set for an evaluator that does not are refused, as another mode's ``evaluator_config`` is.
+    reads_training_settings: ClassVar[bool] = True
 
     def __init__(self, cfg: ProbeConfig, cache: FeatureCache | None = None) -> None:
         self.cfg = cfg
         self.settings = evaluator_settings(type(self), cfg.evaluator_config)
         self.cache = cache or FeatureCache()
+        if not self.reads_training_settings:
+            given = [f for f in TRAINING_SETTINGS if f in cfg.model_fields_set and getattr(cfg, f) is not None]
+            if given:
+                users = [n for n in EVALUATORS.names() if EVALUATORS.get(n).reads_training_settings]
+                raise UserError(
+                    f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --mode {' or '.join(users)}, "
+                    f"not {self.name}, which works on cached features and trains nothing through the backbone"
+                )
 
     def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
         """The parameters this evaluator trains; the base trains everything (full fine-tuning)."""

@@ -110,6 +110,7 @@ class KNNEvaluator(Evaluator):
     """Frozen backbone, cached features, FAISS weighted kNN; nothing is trained."""
 
     description = "weighted kNN (FAISS, cosine) on frozen, cached features"
+    reads_training_settings = False  # epochs, lr, weight_decay, precision: refused
     Config = KNNConfig
     settings: KNNConfig
 

@@ -144,6 +144,7 @@ class LinearEvaluator(Evaluator):
     """Frozen backbone, cached standardised features, L-BFGS logistic regression."""
 
     description = "linear classifier on frozen, cached features"
+    reads_training_settings = False  # epochs, lr, weight_decay, precision: refused
 
     def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
         """The classifier head only; the backbone is frozen."""
