@@ -110,15 +110,20 @@ def test_embed_npy_memmap_one_split(run_dir, tmp_path, cli):
     assert code == 2 and "--data is needed" in err
 
 
-def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
-    run, _ = run_dir
-    folder = tmp_path / "imgs"
+def two_class_folder(folder: Path) -> Path:
+    """Six 16 px PNGs in each of ``a/`` and ``b/``."""
     from PIL import Image
 
     for c in ("a", "b"):
         (folder / c).mkdir(parents=True)
         for i in range(6):
             Image.new("RGB", (16, 16), (40 * i, 100 if c == "a" else 200, 30)).save(folder / c / f"{i}.png")
+    return folder
+
+
+def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
+    run, _ = run_dir
+    folder = two_class_folder(tmp_path / "imgs")
     code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "f.npz")
     assert code == 0, err
     assert out.strip().splitlines()[-1] == f"embeddings: {tmp_path / 'f.npz'}"
@@ -137,14 +142,8 @@ def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
 
 
 def test_evaluation_takes_data_strict_warns_of_unreadable_files_and_never_writes_into_the_data(run_dir, tmp_path, cli):
-    from PIL import Image
-
     run, _ = run_dir
-    folder = tmp_path / "imgs"
-    for c in ("a", "b"):
-        (folder / c).mkdir(parents=True)
-        for i in range(6):
-            Image.new("RGB", (16, 16), (40 * i, 100 if c == "a" else 200, 30)).save(folder / c / f"{i}.png")
+    folder = two_class_folder(tmp_path / "imgs")
     (folder / "a" / "bad.png").write_bytes(b"")
     code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "e.npz")
     assert code == 0 and err == f"warning: skipped 1 unreadable image file(s) in {folder} (bad.png); ssl inspect {folder} lists them\n"
