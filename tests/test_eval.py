@@ -49,6 +49,20 @@ def test_stages_follow_feature_info_with_small_stem():
     assert owned == [n for n, _ in model.named_parameters()]  # every weight of a ResNet lies in a stage
 
 
+def test_a_linear_probe_with_nothing_to_hold_out_says_what_it_did_not_choose():
+    from ssl_toolkit.evaluators.linear import linear_probe
+
+    x = torch.randn(2, 4)  # one training label per class: none can be held out
+    _, facts = linear_probe(x, torch.tensor([0, 1]), torch.randn(3, 4), 2, kind="binary")
+    assert (facts["weight_decay"], facts["holdout_roc_auc"]) == (1e-3, {})
+    assert (
+        facts["holdout"]
+        == "none: too few training labels to hold any out, so weight decay 0.001 and threshold 0.5 were not chosen but fixed"
+    )
+    _, facts = linear_probe(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.randn(3, 4), 3)
+    assert facts["holdout"].endswith(", so weight decay 0.001 was not chosen but fixed")
+
+
 def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():
     ctx = make_ctx("linear")
     before = snapshot(ctx.model)
@@ -61,7 +75,7 @@ def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN buffers
     assert not ctx.model.training
-    assert facts["weight_decay"] in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) and len(facts["holdout_acc"]) == 5
+    assert facts["weight_decay"] in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) and len(facts["holdout_acc"]) == 5 and "holdout" not in facts
 
     calls[0] = 0
     second = FeatureCache()  # a new process: same on-disk cache

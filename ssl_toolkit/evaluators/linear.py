@@ -133,6 +133,9 @@ def _linear_probe(
     facts: dict[str, Any] = {"weight_decay": best, held: {str(k): round(v, 4) for k, v in sweep.items()}}
     if thresholds is not None:
         facts["thresholds"] = thresholds
+    if not sweep:  # e.g. one training label per class: nothing to hold out, so nothing was chosen
+        fixed = f"weight decay {best:g} was" if kind == "multiclass" else f"weight decay {best:g} and threshold 0.5 were"
+        facts["holdout"] = f"none: too few training labels to hold any out, so {fixed} not chosen but fixed"
     return scores, facts
 
 
