@@ -248,6 +248,17 @@ def test_a_file_that_goes_bad_mid_run_is_listed_once_and_left_out_of_the_counts(
     assert len(warned) == 2
 
 
+def test_evaluation_stops_at_a_file_that_does_not_decode_instead_of_reading_another_in_its_place(tmp_path, cli):
+    root = class_folder(tmp_path / "imgs", per_class=8)
+    truncated_png(root / "cat" / "2.png")  # its header is whole: the index takes it, decoding it fails
+    src = load_source(DataConfig(name=str(root), image_size=16, stream=True, test_fraction=0.01))
+    assert len(src.train) == 16
+    with pytest.raises(UserError, match=r"cannot decode .*2\.png \(.*\), found only when read .*so remove or repair it$"):
+        list(src.train.batches(4, workers=0))  # before: the next file's features under this row, with a warning
+    code, out, err = cli("inspect", root, "-q")  # says which files do not decode
+    assert code == 0 and "2.png" in out, err
+
+
 def test_the_skip_log_is_shared_by_worker_processes(tmp_path):
     root = class_folder(tmp_path / "imgs", per_class=8)
     for name in ("3.png", "4.png"):  # rows 11 and 12: one item each, in two worker processes

@@ -72,11 +72,17 @@ class SkipLog:
 
     path: Path | None = None
     strict: bool = False
+    replace: bool = True  # False in evaluation: features of another file under this one's row would be wrong
     seen: set[str] = field(default_factory=set, repr=False)
 
     def record(self, file: str, reason: str) -> None:
         if self.strict:
             raise BadImageError(f"unreadable image file during training (--strict): {file}: {reason}")
+        if not self.replace:
+            raise BadImageError(
+                f"cannot decode {shown(file)} ({reason}), found only when read (the folder index checks headers): "
+                "evaluation reads every image of the split, so remove or repair it"
+            )
         if file in self.seen:
             return
         self.seen.add(file)
@@ -171,7 +177,7 @@ class FileSplit:
 
     def batches(self, batch_size: int, workers: int | None = None) -> Iterator[torch.Tensor]:
         loader = DataLoader(
-            CropDataset(self, CENTER, SkipLog()),
+            CropDataset(self, CENTER, SkipLog(replace=False)),  # each row's features are its own file's
             batch_size=batch_size,
             shuffle=False,
             num_workers=default_workers() if workers is None else workers,
