@@ -259,8 +259,9 @@ class CheckpointOnInterrupt(Callback):
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         rewind = getattr(getattr(trainer, "train_dataloader", None), "rewind_to", None)
-        if callable(rewind):  # a resumable loader: the batch of the step cut short is handed over again on resume
-            rewind(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        if callable(rewind):  # a resumable loader: the batch of a step cut short is handed over again on resume
+            # processed: batches whose step ran (a Ctrl-C in on_train_batch_end comes after its optimiser step)
+            rewind(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         before = _written_at(self.path)
         try:
             trainer.save_checkpoint(self.path)  # the first process writes it, then every process meets at a barrier
