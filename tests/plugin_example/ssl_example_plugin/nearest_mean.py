@@ -30,6 +30,7 @@ class NearestMeanEvaluator(Evaluator):
 
     description = "nearest class mean on frozen, cached features"
     Config = NearestMeanConfig
+    reads_training_settings = False  # epochs, lr, weight_decay, precision would do nothing: refused
     settings: NearestMeanConfig
 
     def trainable_parameters(self, backbone: nn.Module, head: nn.Module | None) -> list[nn.Parameter]:
