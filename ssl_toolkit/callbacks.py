@@ -261,7 +261,8 @@ class CheckpointOnInterrupt(Callback):
         rewind = getattr(getattr(trainer, "train_dataloader", None), "rewind_to", None)
         if callable(rewind):  # a resumable loader: the batch of a step cut short is handed over again on resume
             # processed: batches whose step ran (a Ctrl-C in on_train_batch_end comes after its optimiser step)
-            rewind(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            current = trainer.fit_loop.epoch_loop.batch_progress.current
+            rewind(int(getattr(current, "processed", current.completed)))
         before = _written_at(self.path)
         try:
             trainer.save_checkpoint(self.path)  # the first process writes it, then every process meets at a barrier
