@@ -220,8 +220,8 @@ def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_pa
     rank0 = Path(f"{log}.rank0")
     step = engine.PretrainModule.training_step
 
-    def ctrl_c_in_the_sixth_step(self, batch, batch_idx):
-        if self.global_step == 5:  # five steps trained; the sixth batch is handed over, then cut short
+    def ctrl_c_in_the_second_step(self, batch, batch_idx):
+        if self.global_step == 1:  # one step trained; the second batch is handed over, then cut short
             os.kill(os.getpid(), signal.SIGINT)
         return step(self, batch, batch_idx)
 
@@ -229,24 +229,23 @@ def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_pa
         "task": "rotation",
         "data": {"name": str(shards), "workers": 1},
         "backbone": {"name": TINY_BACKBONE},
-        "trainer": {"epochs": 2, "batch_size": 2, "online_probe": False},
+        "trainer": {"epochs": 1, "batch_size": 8, "online_probe": False},  # 31 rows: 3 batches of 8
     }
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
     try:
-        monkeypatch.setattr(engine.PretrainModule, "training_step", ctrl_c_in_the_sixth_step)
+        monkeypatch.setattr(engine.PretrainModule, "training_step", ctrl_c_in_the_second_step)
         with pytest.raises(Interrupted):
             st.pretrain(cfg, out=tmp_path / "run")
     finally:
         signal.signal(signal.SIGINT, before)
     monkeypatch.setattr(engine.PretrainModule, "training_step", step)
     handed = [row for _, row in read_log(rank0)]
-    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 5 and len(handed) == 12
-    meta = st.pretrain({"trainer": {"epochs": 2}}, resume=tmp_path / "run")
-    after = read_log(rank0)[len(handed) :]
-    first = [row for e, row in after if e == 1]
-    assert first[:2] == handed[10:12]  # the batch cut short comes again, first
-    assert len(handed[:10] + first) == len(set(handed[:10] + first)) == 30  # every sample of the epoch trained once (15 batches of 2)
-    assert meta["steps"] == 30, meta
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 1 and len(handed) == 16
+    meta = st.pretrain({"trainer": {"epochs": 1}}, resume=tmp_path / "run")
+    after = [row for _, row in read_log(rank0)[len(handed) :]]
+    assert after[:8] == handed[8:16]  # the batch cut short comes again, first
+    assert len(handed[:8] + after) == len(set(handed[:8] + after)) == 24  # every row of the epoch trained once (3 batches)
+    assert meta["steps"] == 3, meta
 
 
 @pytest.mark.slow
