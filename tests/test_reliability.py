@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -437,9 +436,46 @@ def test_ctrl_c_after_an_epochs_last_step_keeps_that_epochs_row_on_resume(tmp_pa
     assert epoch_rows(tmp_path / "cut") == whole  # the first epoch's row was lost before: the Ctrl-C came before Lightning logged it
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed-folder"])
-def test_a_ctrl_c_mid_epoch_resumes_at_the_batch_it_cut_short_in_the_same_order(tmp_path, monkeypatch, streamed):
-    """Folders and in-memory data: the resumed epoch goes on from the batch cut short, not from its start."""
+def test_a_resumed_loader_with_a_persistent_worker_skips_the_trained_batches_once():
+    """The folder loader's state, as Lightning saves and restores it: the cut epoch goes on after its trained batches,
+    and later epochs are whole, also from a persistent worker (which keeps the index sampler it started with)."""
+    from ssl_toolkit.data.loaders import EpochShuffleSampler, ImageTensorDataset, ResumableLoader
+
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)  # (40, 1, 1, 1): each image its own index
+
+    def loader() -> ResumableLoader:
+        sampler = EpochShuffleSampler(40, seed=3)
+        return ResumableLoader(ImageTensorDataset(images, None), batch_size=8, sampler=sampler, num_workers=1, persistent_workers=True)
+
+    def epoch(dl: ResumableLoader, e: int, stop: int | None = None) -> list[list[int]]:
+        dl.sampler.set_epoch(e)
+        out = []
+        for x, _ in dl:
+            out.append(x.flatten().tolist())
+            if len(out) == stop:
+                break
+        return out
+
+    whole = loader()
+    order = [epoch(whole, 0), epoch(whole, 1)]
+    cut = loader()
+    assert epoch(cut, 0, stop=3) == order[0][:3]
+    cut.rewind_to(2)  # a Ctrl-C in the third step: two batches trained
+    state = cut.state_dict()
+    assert state == {"batches": 2, "length": 5}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert len(resumed) == 5  # the epoch's length, whatever the resume skips
+    assert epoch(resumed, 0) == order[0][2:] and epoch(resumed, 1) == order[1]  # then a whole epoch
+    other = loader()
+    other.load_state_dict({"batches": 2, "length": 9})  # another loader's state: nothing skipped
+    assert epoch(other, 0) == order[0]
+    for dl in (whole, cut, resumed, other):
+        dl._iterator._shutdown_workers()  # persistent workers live on with their loaders
+
+
+def test_a_ctrl_c_mid_epoch_resumes_at_the_batch_it_cut_short_in_the_same_order(tmp_path, monkeypatch):
+    """In-memory data (folders use the same loader): the resumed epoch goes on from the batch cut short, not from its start."""
     from ssl_toolkit import engine
     from ssl_toolkit.errors import Interrupted
 
@@ -457,12 +493,6 @@ def test_a_ctrl_c_mid_epoch_resumes_at_the_batch_it_cut_short_in_the_same_order(
 
     cfg = tiny_config("rotation", epochs=2)
     cfg["trainer"].update(batch_size=32, online_probe=False)  # 8 steps an epoch
-    if streamed:
-        for i in range(264):  # 256 training images, 8 test images
-            folder = tmp_path / "imgs" / ("train" if i < 256 else "test") / ("a" if i % 2 else "b")
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-        cfg["data"] = {"name": str(tmp_path / "imgs"), "stream": True, "workers": 1}
     monkeypatch.setattr(engine.PretrainModule, "training_step", recording)
     pretrain(cfg, out=tmp_path / "whole")
     whole, seen[:] = list(seen), []

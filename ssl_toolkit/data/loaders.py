@@ -9,6 +9,7 @@ by ``default_workers()`` persistent workers, with pinned memory when training on
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,13 +66,19 @@ class _SkipFirst:
     """
 
     def __init__(self, loader: ResumableLoader, inner: Any) -> None:
-        self.loader, self.inner = loader, inner
+        # a weak reference: the loader's iterator holds this object, and a cycle would keep a
+        # dropped loader's persistent workers alive until the garbage collector runs
+        self.loader, self.inner = weakref.ref(loader), inner
+
+    def _skip(self) -> int:
+        loader = self.loader()
+        return loader._skip if loader is not None else 0
 
     def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(iter(self.inner), self.loader._skip, None)
+        return itertools.islice(iter(self.inner), self._skip(), None)
 
     def __len__(self) -> int:
-        return max(0, len(self.inner) - self.loader._skip)
+        return max(0, len(self.inner) - self._skip())
 
 
 class ResumableLoader(DataLoader):
