@@ -39,7 +39,7 @@ MAX_REPLACEMENTS = 16  # readable files tried in place of a bad one before givin
 
 
 class BadImageError(WorkerUserError):
-    """A file could not be decoded during training under ``strict`` (one line, also from a worker)."""
+    """A file could not be decoded, in training under ``strict`` or in evaluation (one line, also from a worker)."""
 
 
 def default_workers() -> int:
