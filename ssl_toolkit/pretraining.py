@@ -284,7 +284,7 @@ def report_skipped(source: Any, folder: RunFolder, strict: bool, resume: bool = 
     if not source.skipped:
         return
     if strict:
-        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {source.unreadable_names()}")
+        source.refuse_unreadable()
     folder.write_skipped(source.skipped, keep=resume)
     if is_primary_process():
         _warn(f"warning: skipped {len(source.skipped)} unreadable image file(s) ({source.unreadable_names()}); list in {folder.skipped}")

@@ -154,6 +154,11 @@ class DataSource:
         """The names of the first three unreadable files, for warnings and errors (``a.png, b.png, ...``)."""
         return ", ".join(Path(p).name for p, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
 
+    def refuse_unreadable(self) -> None:
+        """Raise the ``--strict`` :class:`UserError` when files were found unreadable (every command words it alike)."""
+        if self.skipped:
+            raise UserError(f"{len(self.skipped)} unreadable image file(s) in {self.name} (--strict): {self.unreadable_names()}")
+
     def describe(self) -> dict:
         """A JSON-able summary: name, (its folder), channels, image size, classes, split sizes, statistics."""
         return {

@@ -192,7 +192,7 @@ def check_unreadable(source: DataSource, strict: bool) -> None:
     if not source.skipped:
         return
     if strict:
-        raise UserError(f"{len(source.skipped)} unreadable image file(s) in {source.name} (--strict): {source.unreadable_names()}")
+        source.refuse_unreadable()
     print(
         f"warning: skipped {len(source.skipped)} unreadable image file(s) in {source.name} ({source.unreadable_names()}); "
         + caller_terms(f"ssl inspect {shlex.quote(source.name)} lists them", f"inspect_data({source.name!r}) lists them"),
