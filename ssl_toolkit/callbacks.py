@@ -193,7 +193,8 @@ class EpochEndCheckpoint(Callback):
 
     - on save, the epoch's ``metrics.csv`` row goes into the checkpoint (``KEY``); a kill
       before Lightning logs it would otherwise lose it (so would a Ctrl-C after the epoch's
-      last step, whose checkpoint carries the row Lightning was about to log), and
+      last step, whose checkpoint carries the row Lightning was about to log; one process
+      only: under DDP that row needs a collective, and a Ctrl-C'd run goes without it), and
       :func:`ssl_toolkit.trainer.restore_metrics` writes it back on resume;
     - on load, the epoch is marked completed and the per-epoch counters zeroed. Lightning's
       own restart finishes the epoch except under a ``max_steps`` limit (iteration-based
@@ -214,15 +215,13 @@ class EpochEndCheckpoint(Callback):
                 row = convert_tensors_to_scalars(connector.metrics["log"])
                 step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # Lightning's step of epoch rows
             elif trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # interrupted after the epoch's last step
+                if trainer.world_size > 1:
+                    return  # DDP: the row's sync is a collective, and the processes may be a collective apart
                 row = convert_tensors_to_scalars(results.metrics(False)["log"])  # the epoch row Lightning was about to log
                 step = trainer.global_step - 1  # the same step: that last batch is not yet counted as stepped here
             else:
                 return  # mid-epoch: every row logged so far is already flushed
         except (AttributeError, KeyError):
-            return
-        except RuntimeError:  # DDP, Ctrl-C: the epoch metrics' sync needs a peer that has already stopped
-            if trainer.world_size == 1 or not trainer.interrupted:
-                raise
             return
         if row:
             checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
@@ -263,6 +262,15 @@ class CheckpointOnInterrupt(Callback):
             # processed: batches whose step ran (a Ctrl-C in on_train_batch_end comes after its optimiser step)
             current = trainer.fit_loop.epoch_loop.batch_progress.current
             rewind(int(getattr(current, "processed", current.completed)))
+        if trainer.world_size > 1 and isinstance(exception, KeyboardInterrupt):
+            # DDP, Ctrl-C: each process stops wherever the signal finds it, some a collective (a
+            # metric sync, a gradient bucket) ahead of others, so the barrier of a Trainer save can
+            # wait for ever; the first process writes the file alone. (Lightning stops every
+            # process at the same batch on SIGTERM, where the save below is safe.)
+            if trainer.global_rank == 0:
+                trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), self.path)
+            self.saved = True
+            return
         before = _written_at(self.path)
         try:
             trainer.save_checkpoint(self.path)  # the first process writes it, then every process meets at a barrier

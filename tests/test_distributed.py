@@ -177,50 +177,80 @@ def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refus
         check_lightning_options(TrainerConfig(accelerator="cpu", devices=4 * cores + 1, strategy="ddp"))
 
 
+# Runs `ssl` with two hooks: the first process sends Ctrl-C to the whole process group (as a
+# terminal does) at the start of step $CUT, and every process appends the images of each step
+# it completes (epoch, then one checksum per image) to $REC.<rank>.
+CTRL_C_SCRIPT = """
+import os, signal, zlib
+from ssl_toolkit import engine
+from ssl_toolkit.cli import run
+
+rec, cut = os.environ["REC"], int(os.environ.get("CUT", "-1"))
+step, end = engine.PretrainModule.training_step, engine.PretrainModule.on_train_batch_end
+
+def training_step(self, batch, batch_idx):
+    if self.trainer.global_rank == 0 and self.global_step == cut:
+        os.killpg(os.getpgid(0), signal.SIGINT)
+    return step(self, batch, batch_idx)
+
+def on_train_batch_end(self, outputs, batch, batch_idx):
+    sums = [str(zlib.crc32(x.numpy().tobytes())) for x in batch[0]]
+    with open(f"{rec}.{self.trainer.global_rank}", "a") as f:
+        f.write(" ".join([str(self.current_epoch), *sums]) + "\\n")
+    return end(self, outputs, batch, batch_idx)
+
+engine.PretrainModule.training_step, engine.PretrainModule.on_train_batch_end = training_step, on_train_batch_end
+run()
+"""
+
+
 @pytest.mark.slow
-def test_ctrl_c_to_a_two_process_run_saves_once_exits_130_and_resumes(tmp_path):
+def test_ctrl_c_to_a_two_process_run_mid_epoch_exits_130_and_resumes_each_image_once_per_epoch(tmp_path):
+    """Ctrl-C stops each process wherever it finds it, maybe a collective apart: the save must not wait on one."""
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    run = tmp_path / "ddp"
+    script = tmp_path / "ssl_with_hooks.py"
+    script.write_text(CTRL_C_SCRIPT)
+    run, rec = tmp_path / "ddp", tmp_path / "rec"
     args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16"]
     args += ["--batch-size", "16", "--set", "data.synthetic_train=256", "--set", "data.synthetic_test=64", "--accelerator", "cpu"]
-    args += ["--devices", "2", "--strategy", "ddp", "-q"]
-    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ssl_toolkit", *args, "--epochs", "40", "--out", str(run)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's own Ctrl-C, even under a background runner
-    )
-    end = time.time() + 300
-    while not (run / "metrics.csv").exists():  # the first epoch is done: training goes on
-        assert proc.poll() is None and time.time() < end, proc.communicate()
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches every process of the group
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err  # not 137: the launching process was not killed for its worker's exit
-    assert err.strip().splitlines()[-1].endswith(f"checkpoint saved, continue with: ssl pretrain --resume {run}")
-    step = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
-    assert step >= 8  # 256 images over 2 processes of 16: 8 steps per epoch
-    done = subprocess.run(
-        [sys.executable, "-m", "ssl_toolkit", "pretrain", "--resume", str(run), "--epochs", "2", "-q"],
+    args += ["--devices", "2", "--strategy", "ddp", "-q", "--epochs", "2", "--out", str(run)]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "REC": f"{rec}.cut", "CUT": "11"}
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's own Ctrl-C, even under a background runner
     )
-    if step < 16:  # interrupted within the second epoch: the resume finishes it
-        assert done.returncode == 0, done.stderr
-        assert json.loads((run / "meta.json").read_text())["steps"] == 16
-    else:  # two epochs were done already
-        assert done.returncode == 0 and "finished" in done.stdout + done.stderr
+    assert proc.returncode == 130, proc.stderr  # not 137: the launching process was not killed for its worker's exit
+    assert proc.stderr.strip().splitlines()[-1] == f"interrupted at step 11; checkpoint saved, continue with: ssl pretrain --resume {run}"
+    assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 11  # 8 steps an epoch: 3 into the second
+    done = subprocess.run(
+        [sys.executable, str(script), "pretrain", "--resume", str(run), "-q"],
+        cwd=tmp_path,
+        env={**env, "REC": f"{rec}.resumed", "CUT": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "meta.json").read_text())["steps"] == 16
+    epochs: dict[str, list[str]] = {"0": [], "1": []}
+    for rank in (0, 1):
+        cut = Path(f"{rec}.cut.{rank}").read_text().splitlines()
+        resumed = Path(f"{rec}.resumed.{rank}").read_text().splitlines()
+        assert len(cut) == 11 and len(resumed) == 5, (rank, len(cut), len(resumed))  # neither finished step 11 before the stop
+        for line in cut + resumed:
+            epoch, *sums = line.split()
+            epochs[epoch] += sums
+    # 256 images over 2 processes, 8 steps of 16 each: every image once in each epoch, the
+    # interrupted one included (its first 3 steps before the stop, the other 5 after it)
+    assert len(set(epochs["0"])) == len(epochs["0"]) == 256 and sorted(epochs["1"]) == sorted(epochs["0"])

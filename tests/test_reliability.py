@@ -509,8 +509,10 @@ def test_a_ctrl_c_mid_epoch_resumes_at_the_batch_it_cut_short_in_the_same_order(
 
 
 def test_an_interrupt_whose_checkpoint_a_stopped_peer_prevented_says_so(tmp_path):
-    """DDP Ctrl-C: when a collective fails because the other process left, the message follows the file, not the hope."""
+    """DDP SIGTERM: when a collective fails because the other process left, the message follows the file, not the hope."""
     from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from ssl_toolkit.callbacks import CheckpointOnInterrupt
     from ssl_toolkit.pretraining import interrupt_outcome
@@ -529,7 +531,7 @@ def test_an_interrupt_whose_checkpoint_a_stopped_peer_prevented_says_so(tmp_path
         folder.last_ckpt.unlink(missing_ok=True)
         trainer = SimpleNamespace(world_size=2, global_rank=rank, callbacks=[saver])
         trainer.save_checkpoint = lambda path, w=write_first: peer_gone(path, w)
-        saver.on_exception(trainer, None, KeyboardInterrupt())
+        saver.on_exception(trainer, None, SIGTERMException())
         assert saver.saved is saved, (rank, write_first)
     saver.saved = False  # rank 0 of the first case: nothing written, none before
     assert interrupt_outcome(trainer, folder) == (
@@ -545,3 +547,26 @@ def test_an_interrupt_whose_checkpoint_a_stopped_peer_prevented_says_so(tmp_path
         saver.on_exception(
             SimpleNamespace(world_size=1, global_rank=0, save_checkpoint=lambda p: peer_gone(p, False)), None, KeyboardInterrupt()
         )
+
+
+def test_a_ddp_ctrl_c_writes_the_checkpoint_from_the_first_process_without_any_collective(tmp_path):
+    """Ctrl-C stops each process wherever the signal finds it, maybe a collective apart (a
+    gradient bucket sent by one only): a barrier then waits for ever. So no Trainer save (it
+    ends with a barrier): the first process writes the file alone, the others nothing."""
+    from types import SimpleNamespace
+
+    from ssl_toolkit.callbacks import CheckpointOnInterrupt
+
+    path = tmp_path / "last.ckpt"
+    written: list[tuple[dict, Path]] = []
+
+    def collective(*args):
+        raise AssertionError("a collective on Ctrl-C")
+
+    for rank in (1, 0):
+        saver = CheckpointOnInterrupt(path)
+        trainer = SimpleNamespace(world_size=2, global_rank=rank, save_checkpoint=collective)
+        trainer._checkpoint_connector = SimpleNamespace(dump_checkpoint=lambda weights_only: {"global_step": 11})
+        trainer.strategy = SimpleNamespace(save_checkpoint=lambda ckpt, p: written.append((ckpt, p)), barrier=collective)
+        saver.on_exception(trainer, None, KeyboardInterrupt())
+        assert saver.saved is True and written == ([] if rank else [({"global_step": 11}, path)])
