@@ -244,6 +244,8 @@ class EpochEndCheckpoint(Callback):
 class CheckpointOnInterrupt(Callback):
     """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM).
 
+    Under DDP the first process writes it without any collective (the processes may have
+    stopped a collective apart), and SIGTERM stops each process where it arrives, as Ctrl-C.
     A failed step (non-finite loss, any other error) writes nothing, so the last good
     checkpoint stays as it was.
     """
@@ -251,6 +253,31 @@ class CheckpointOnInterrupt(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.saved: bool | None = None  # whether the interrupt's checkpoint was written (None: no interrupt)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Under DDP, make SIGTERM stop a process where it arrives, as Ctrl-C does (:class:`Terminated`).
+
+        Lightning's own SIGTERM handler broadcasts from inside the signal handler, wherever
+        each process happens to be, so the processes' collectives no longer pair up and the
+        run can hang instead of saving. Lightning restores the handler it replaced when the
+        run ends.
+        """
+        import signal
+        import threading
+
+        from ssl_toolkit.errors import Terminated
+
+        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
+            return
+        launcher = trainer.strategy.launcher
+
+        def terminate(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a scheduler may send it to every process, and again
+            if launcher is not None:
+                launcher.kill(signal.SIGTERM)  # the launching process passes it to the processes it started
+            raise Terminated
+
+        signal.signal(signal.SIGTERM, terminate)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -263,10 +290,9 @@ class CheckpointOnInterrupt(Callback):
             current = trainer.fit_loop.epoch_loop.batch_progress.current
             rewind(int(getattr(current, "processed", current.completed)))
         if trainer.world_size > 1 and isinstance(exception, KeyboardInterrupt):
-            # DDP, Ctrl-C: each process stops wherever the signal finds it, some a collective (a
-            # metric sync, a gradient bucket) ahead of others, so the barrier of a Trainer save can
-            # wait for ever; the first process writes the file alone. (Lightning stops every
-            # process at the same batch on SIGTERM, where the save below is safe.)
+            # DDP, Ctrl-C or SIGTERM: each process stops wherever the signal finds it, some a
+            # collective (a metric sync, a gradient bucket) ahead of others, so the barrier of a
+            # Trainer save can wait for ever; the first process writes the file alone.
             if trainer.global_rank == 0:
                 trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), self.path)
             self.saved = True

@@ -40,6 +40,10 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a multi-process run, raised where it arrives, as Ctrl-C is (see :class:`ssl_toolkit.callbacks.CheckpointOnInterrupt`)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return a `did you mean` hint for ``name`` among ``choices`` (or an empty string)."""
     close = difflib.get_close_matches(name, list(choices), n=1)

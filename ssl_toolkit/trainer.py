@@ -243,16 +243,19 @@ def lightning_interrupts(trainer: L.Trainer, after: Callable[[], str]) -> Iterat
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from ssl_toolkit.errors import Interrupted
+    from ssl_toolkit.errors import Interrupted, Terminated
 
     try:
         yield
     except SIGTERMException:
         raise Interrupted(f"terminated at step {trainer.global_step}; {after()}", 143) from None
-    except SystemExit:
-        if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully
-            raise Interrupted(f"interrupted at step {trainer.global_step}; {after()}", 130) from None
-        raise
+    except SystemExit as e:
+        if not trainer.interrupted:
+            raise
+        # Ctrl-C: Lightning shut down gracefully, and exits while handling the interrupt
+        if isinstance(e.__context__, Terminated):  # SIGTERM to a multi-process run, stopped as Ctrl-C is
+            raise Interrupted(f"terminated at step {trainer.global_step}; {after()}", 143) from None
+        raise Interrupted(f"interrupted at step {trainer.global_step}; {after()}", 130) from None
 
 
 def quiet_lightning() -> None:

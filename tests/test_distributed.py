@@ -177,20 +177,20 @@ def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refus
         check_lightning_options(TrainerConfig(accelerator="cpu", devices=4 * cores + 1, strategy="ddp"))
 
 
-# Runs `ssl` with two hooks: the first process sends Ctrl-C to the whole process group (as a
-# terminal does) at the start of step $CUT, and every process appends the images of each step
-# it completes (epoch, then one checksum per image) to $REC.<rank>.
-CTRL_C_SCRIPT = """
-import os, signal, zlib
+# Runs `ssl` with two hooks: the first process sends signal $SIG to the whole process group (as
+# a terminal's Ctrl-C or a scheduler's SIGTERM does) at the start of step $CUT, and every process
+# appends the images of each step it completes (epoch, then one checksum per image) to $REC.<rank>.
+SIGNAL_SCRIPT = """
+import os, zlib
 from ssl_toolkit import engine
 from ssl_toolkit.cli import run
 
-rec, cut = os.environ["REC"], int(os.environ.get("CUT", "-1"))
+rec, cut, sig = os.environ["REC"], int(os.environ.get("CUT", "-1")), int(os.environ.get("SIG", "2"))
 step, end = engine.PretrainModule.training_step, engine.PretrainModule.on_train_batch_end
 
 def training_step(self, batch, batch_idx):
     if self.trainer.global_rank == 0 and self.global_step == cut:
-        os.killpg(os.getpgid(0), signal.SIGINT)
+        os.killpg(os.getpgid(0), sig)
     return step(self, batch, batch_idx)
 
 def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -205,8 +205,10 @@ run()
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_a_two_process_run_mid_epoch_exits_130_and_resumes_each_image_once_per_epoch(tmp_path):
-    """Ctrl-C stops each process wherever it finds it, maybe a collective apart: the save must not wait on one."""
+@pytest.mark.parametrize(("signum", "code", "what"), [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_a_signal_to_a_two_process_run_mid_epoch_saves_and_resumes_each_image_once_per_epoch(tmp_path, signum, code, what):
+    """Ctrl-C or SIGTERM to every process stops each wherever it finds it, maybe a collective
+    apart: the save must not wait on one (a hang before: Lightning's SIGTERM handler broadcasts)."""
     import signal
     import subprocess
     import sys
@@ -214,12 +216,19 @@ def test_ctrl_c_to_a_two_process_run_mid_epoch_exits_130_and_resumes_each_image_
 
     repo = Path(__file__).resolve().parents[1]
     script = tmp_path / "ssl_with_hooks.py"
-    script.write_text(CTRL_C_SCRIPT)
+    script.write_text(SIGNAL_SCRIPT)
     run, rec = tmp_path / "ddp", tmp_path / "rec"
     args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16"]
     args += ["--batch-size", "16", "--set", "data.synthetic_train=256", "--set", "data.synthetic_test=64", "--accelerator", "cpu"]
     args += ["--devices", "2", "--strategy", "ddp", "-q", "--epochs", "2", "--out", str(run)]
-    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "REC": f"{rec}.cut", "CUT": "11"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(repo),
+        "SSL_TOOLKIT_HOME": str(tmp_path / "home"),
+        "REC": f"{rec}.cut",
+        "CUT": "11",
+        "SIG": str(signum),
+    }
     proc = subprocess.run(
         [sys.executable, str(script), *args],
         cwd=tmp_path,
@@ -230,8 +239,8 @@ def test_ctrl_c_to_a_two_process_run_mid_epoch_exits_130_and_resumes_each_image_
         start_new_session=True,  # its own process group, as a terminal's foreground job
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's own Ctrl-C, even under a background runner
     )
-    assert proc.returncode == 130, proc.stderr  # not 137: the launching process was not killed for its worker's exit
-    assert proc.stderr.strip().splitlines()[-1] == f"interrupted at step 11; checkpoint saved, continue with: ssl pretrain --resume {run}"
+    assert proc.returncode == code, proc.stderr  # not 137: the launching process was not killed for its worker's exit
+    assert proc.stderr.strip().splitlines()[-1] == f"{what} at step 11; checkpoint saved, continue with: ssl pretrain --resume {run}"
     assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 11  # 8 steps an epoch: 3 into the second
     done = subprocess.run(
         [sys.executable, str(script), "pretrain", "--resume", str(run), "-q"],
