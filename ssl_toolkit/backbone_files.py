@@ -51,6 +51,8 @@ def read_meta(meta_path: Path) -> dict[str, Any]:
         meta = json.loads(Path(meta_path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {meta_path}: {e}") from None
+    except RecursionError:  # nested deeper than the parser's stack: not metadata the toolkit wrote
+        raise UserError(f"cannot read {meta_path}: JSON nested too deeply") from None
     from ssl_toolkit.meta_schema import check_meta
 
     return check_meta(meta, str(meta_path))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ssl_toolkit.backbone_files import META, WEIGHTS
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.library import library_root, load_backbone_any
+from ssl_toolkit.library import load_backbone_any, refuse_inside_library
 
 
 def check_export_path(out: str | Path, overwrite: bool) -> Path:
@@ -22,9 +22,7 @@ def check_export_path(out: str | Path, overwrite: bool) -> Path:
 
     out = check_writable_file(out, "--out")
     parent = out.resolve().parent
-    root = library_root().resolve()
-    if parent == root or root in parent.parents:
-        raise UserError(f"--out {out} is inside the checkpoint library ({root}); export to a folder of your own")
+    refuse_inside_library(out, "--out", "a folder of your own")
     if any((parent / name).exists() for name in (RunFolder.CONFIG, RunFolder.LAST, META, WEIGHTS)):
         raise UserError(f"--out {out} is inside a run or backbone folder ({parent}); export to a folder of your own")
     if sidecar_path(out).is_dir():

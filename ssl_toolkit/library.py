@@ -40,6 +40,20 @@ def library_root() -> Path:
     return toolkit_home() / "checkpoints"
 
 
+def refuse_inside_library(path: str | Path, what: str, own: str) -> None:
+    """Refuse an output ``path`` (a file or a run folder) in the library: its entries are written and removed by ``ssl checkpoints`` only.
+
+    Args:
+        path: The output.
+        what: The option that gave it (``--out``).
+        own: What to write instead, for the message (``a folder of your own``).
+    """
+    root = library_root().resolve()
+    target = Path(path).expanduser().resolve()
+    if target == root or root in target.parents:
+        raise UserError(f"{what} {path} is inside the checkpoint library ({root}); write to {own}")
+
+
 def check_library_writable() -> None:
     """Refuse a library folder that cannot be written (e.g. ``SSL_TOOLKIT_HOME`` names a file), before training."""
     from ssl_toolkit.outputs import check_writable_dir

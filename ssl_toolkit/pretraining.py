@@ -134,14 +134,19 @@ def pretrain(
 
 def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str | Path | None, name: str | None) -> Plan:
     """Resolve the config and the run folder, and check everything that needs no data."""
-    from ssl_toolkit.library import check_library_writable, check_name, name_taken
+    from ssl_toolkit.library import check_library_writable, check_name, name_taken, refuse_inside_library
     from ssl_toolkit.pretext import TASKS
     from ssl_toolkit.trainer import check_lightning_options, check_logger
 
     primary = is_primary_process()
     finished = None
+    if out is not None and not str(out).strip():
+        raise UserError("--out is empty; give the run folder to write")
     if resume is not None:
         from ssl_toolkit.resume import finished_state, resume_config, trains_further
+
+        if overwrite:
+            raise UserError(f"--resume {resume} continues the run in that folder; --overwrite would start it again: leave one out")
 
         if out is not None and Path(out).expanduser().resolve() != Path(resume).expanduser().resolve():
             raise UserError(f"--resume {resume} continues the run in that folder; --out {out} would be ignored: leave it out")
@@ -158,6 +163,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     else:
         cfg = config if isinstance(config, PretrainConfig) else validate(PretrainConfig, config_fields(config))
         folder = RunFolder(out) if out is not None else RunFolder.default(cfg.task, cfg.backbone.name, cfg.data.name)
+        refuse_inside_library(folder.path, "--out", "a folder of your own")
     if not primary and os.environ.get(RUN_DIR_ENV):  # a DDP worker: same folder as the launching process
         folder = RunFolder(os.environ[RUN_DIR_ENV])
     plan = Plan(cfg, folder, resume is not None, overwrite, name, primary, finished)
@@ -189,6 +195,7 @@ def _build_data(plan: Plan) -> RunData:
     In-memory sources are indexed in the training process; streamed folders are decoded by
     DataLoader workers that cut what the task's worker stage asks for from the original files.
     """
+    from ssl_toolkit.data.base import readable_count
     from ssl_toolkit.data.loaders import split_loader
     from ssl_toolkit.data.sources import load_source
     from ssl_toolkit.data.stream import SkipLog
@@ -198,6 +205,9 @@ def _build_data(plan: Plan) -> RunData:
     source = load_source(cfg.data)
     if cfg.data.strict:
         report_skipped(source, plan.folder, strict=True)
+    if (n_train := readable_count(source.train)) < 2:  # one image is one batch of one: batch norm cannot train on it
+        limit = f" (--set data.limit={cfg.data.limit})" if cfg.data.limit else ""
+        raise UserError(f"pretraining needs at least 2 training images; {source.name} has {n_train}{limit}")
     from ssl_toolkit.data.processing import Processing, processed_stats
 
     processing = Processing.from_config(cfg.data)

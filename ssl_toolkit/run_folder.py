@@ -210,13 +210,16 @@ def _remove(path: Path) -> None:
 
 
 def check_output_file(path: str | Path, what: str) -> Path:
-    """:func:`~ssl_toolkit.outputs.check_writable_file`, refusing also a run's or backbone's own files.
+    """:func:`~ssl_toolkit.outputs.check_writable_file`, refusing also a run's or backbone's own files, and the library.
 
     A report, page, list or embedding written as ``RUN/meta.json`` would destroy the run;
     any of :attr:`RunFolder.RUN_FILES` in a folder holding ``meta.json`` or ``config.yaml``
     is refused.
     """
+    from ssl_toolkit.library import refuse_inside_library
+
     path = Path(path).expanduser()
+    refuse_inside_library(path, what, "a file outside it")
     folder = RunFolder(path.parent)
     if path.name in RunFolder.RUN_FILES and (folder.meta.is_file() or folder.config.is_file()):
         raise UserError(f"{what} {path} would replace a file of the run or backbone in {path.parent}; choose another name")

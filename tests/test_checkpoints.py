@@ -287,3 +287,17 @@ def test_an_export_writes_its_weights_and_metadata_together(tmp_path, cli):
     assert sorted(p.name for p in out.parent.iterdir()) == ["b.safetensors.json"]  # no weights without metadata
     code, _, err = cli("checkpoints", "export", tmp_path / "run", "--out", out, "--overwrite")
     assert code == 2 and err.strip().endswith("b.safetensors.json is a folder")
+
+
+def test_a_meta_json_nested_too_deeply_is_one_unreadable_entry_and_one_line(tmp_path, cli, toolkit_home):
+    from test_embed import save_random_backbone
+
+    save_random_backbone(toolkit_home / "checkpoints" / "good", 3, 16, (0.5,) * 3, (0.25,) * 3)
+    deep = toolkit_home / "checkpoints" / "deep"
+    save_random_backbone(deep, 3, 16, (0.5,) * 3, (0.25,) * 3)
+    (deep / "meta.json").write_text('{"a":' * 100_000)  # past the JSON parser's recursion limit
+    code, out, err = cli("checkpoints", "list")
+    assert code == 0 and "good" in out, err
+    assert "unreadable meta.json: invalid JSON" in next(line for line in out.splitlines() if line.startswith("deep "))
+    for command in (("checkpoints", "show", "deep"), ("probe", "deep", "--mode", "knn", "--data", "digits")):
+        assert cli(*command) == (2, "", f"error: cannot read {deep / 'meta.json'}: JSON nested too deeply\n")

@@ -242,3 +242,24 @@ def test_load_embeddings_reads_a_valid_file_and_refuses_damaged_ones(tmp_path):
     (tmp_path / "z.npy").rename(tmp_path / "z.npz")  # an array under the name of an archive
     with pytest.raises(UserError, match=r"^cannot read .*z\.npz: not an \.npz archive$"):
         load_embeddings(tmp_path / "z.npz")
+
+
+def test_a_run_config_that_is_not_utf8_or_yaml_and_outputs_into_the_library_are_one_line(run_dir, tmp_path, cli, toolkit_home):
+    run, _ = run_dir
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00")
+    for command in (("probe", run, "--mode", "knn"), ("embed", run, "--out", tmp_path / "e.npz")):
+        assert cli(*command) == (2, "", f"error: config file {run / 'config.yaml'} is not UTF-8 text\n")
+    (run / "config.yaml").write_text("data: [1, 2\n")
+    code, out, err = cli("probe", run, "--mode", "knn")
+    assert (code, out) == (2, "") and err.startswith(f"error: config file {run / 'config.yaml'} is not valid YAML: ")
+    (run / "config.yaml").unlink()
+    entry = toolkit_home / "checkpoints" / "someone"
+    entry.mkdir(parents=True)
+    for command in ("embed", "report"):
+        out_file = entry / ("e.npz" if command == "embed" else "r.html")
+        code, out, err = cli(command, run, "--data", "digits", "--out", out_file)
+        assert (code, err) == (
+            2,
+            f"error: --out {out_file} is inside the checkpoint library ({toolkit_home / 'checkpoints'}); write to a file outside it\n",
+        )
+    assert list(entry.iterdir()) == []

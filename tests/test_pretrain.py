@@ -218,3 +218,28 @@ def test_the_python_api_does_not_warn_about_the_run_folder_it_wrote_itself(tmp_p
         pretrain(tiny_config("rotation", epochs=1), out=tmp_path / "run")
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+
+
+def test_refused_before_training_one_image_an_empty_out_overwrite_with_resume_and_a_run_in_the_library(tmp_path, cli, toolkit_home):
+    args = ("pretrain", "--backbone", "test_resnet", "--epochs", "1", "-q")
+    for task in ("jigsaw", "rotation"):  # jigsaw's head normalises its batch: one image crashed inside training
+        code, out, err = cli(
+            *args, "--task", task, "--data", "synthetic", "--image-size", "40", "--set", "data.limit=1", "--out", tmp_path / task
+        )
+        assert (code, err) == (2, "error: pretraining needs at least 2 training images; synthetic has 1 (--set data.limit=1)\n")
+        assert not (tmp_path / task).exists()
+    assert cli(*args, "--data", "synthetic", "--out", "") == (2, "", "error: --out is empty; give the run folder to write\n")
+    entry = toolkit_home / "checkpoints" / "someone"
+    entry.mkdir(parents=True)
+    (entry / "meta.json").write_text("{}")
+    code, out, err = cli(*args, "--data", "synthetic", "--out", entry, "--overwrite")
+    assert (code, err) == (
+        2,
+        f"error: --out {entry} is inside the checkpoint library ({toolkit_home / 'checkpoints'}); write to a folder of your own\n",
+    )
+    assert [p.name for p in entry.iterdir()] == ["meta.json"]
+    code, out, err = cli("pretrain", "--resume", tmp_path / "run", "--overwrite")
+    assert (code, err) == (
+        2,
+        f"error: --resume {tmp_path / 'run'} continues the run in that folder; --overwrite would start it again: leave one out\n",
+    )

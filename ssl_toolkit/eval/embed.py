@@ -129,18 +129,18 @@ def preprocess_of(meta: dict[str, Any]) -> Preprocess:
 
 
 def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any] | str | None:
-    """The data a backbone was pretrained on, if it can still be loaded: the run config's ``data``, or a registered name."""
+    """The data a backbone was pretrained on, if it can still be loaded: the run config's ``data``, or a registered name.
+
+    Raises:
+        UserError: The run's ``config.yaml`` cannot be read, is not UTF-8, or is not a YAML mapping.
+    """
     from ssl_toolkit.data.sources import SOURCES, discover
+    from ssl_toolkit.run_folder import RunFolder
 
     discover()  # the built-in and plugin source names
-    config = None if folder is None else folder / "config.yaml"
-    if config is not None and config.is_file():
-        import yaml
-
-        try:
-            section = (yaml.safe_load(config.read_text()) or {}).get("data")
-        except (OSError, yaml.YAMLError):
-            section = None
+    run = None if folder is None else RunFolder(folder)
+    if run is not None and run.config.is_file():
+        section = run.read_config().get("data")
         if isinstance(section, dict) and section.get("name"):
             name = str(section["name"])
             if name in SOURCES or Path(name).expanduser().exists():

@@ -126,7 +126,7 @@ def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any
         for p in sorted((folder / "probes").glob("*.json")):
             try:
                 r = _probe_record(json.loads(p.read_text()))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 continue
             if r is not None:
                 results.append(r)
