@@ -223,8 +223,13 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def update_meta(folder: str | Path, change: Callable[[dict[str, Any]], Any], sha: str | None = None) -> dict[str, Any] | None:
-    """Apply ``change`` to ``folder/meta.json`` under a lock; skipped when missing or its weights hash is not ``sha``."""
+def update_meta(
+    folder: str | Path,
+    change: Callable[[dict[str, Any]], Any],
+    sha: str | None = None,
+    when: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any] | None:
+    """Apply ``change`` to ``folder/meta.json`` under a lock; skipped when missing, when its weights hash is not ``sha``, or when ``when`` says no."""
     folder = Path(folder)
     path = folder / META
     if not path.is_file():
@@ -235,6 +240,8 @@ def update_meta(folder: str | Path, change: Callable[[dict[str, Any]], Any], sha
         except UserError:  # unreadable or malformed: left as it is, listed as unreadable
             return None
         if sha is not None and meta.get("weights_sha256") != sha:
+            return None
+        if when is not None and not when(meta):
             return None
         change(meta)
         atomic_write_json(path, meta)
@@ -261,8 +268,13 @@ def probe_key(dataset: str, mode: str, label_fraction: float) -> str:
     return f"{_slug(name)}-{mode}-{label_fraction:.12g}"  # 12 digits: fractions that differ are told apart
 
 
-def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) -> None:
-    """Add ``summary`` under ``probes[key]`` in ``folder``'s metadata and in its twin (library entry or run folder)."""
+def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) -> Path | None:
+    """Add ``summary`` under ``probes[key]`` in ``folder``'s metadata and in its twin; returns the twin updated, if any.
+
+    The twin of a run folder is its library entry (``library_name``), that of a library entry
+    its run folder (``run_dir``), each only while it names the other back: an imported copy
+    of a run's backbone keeps the run's ``run_dir`` but is not that run's entry.
+    """
     folder = Path(folder)
 
     def add(m: dict[str, Any]) -> None:
@@ -270,14 +282,23 @@ def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) 
 
     meta = update_meta(folder, add)
     if meta is None:
-        return
+        return None
+    here = folder.resolve()
     if is_library_entry(folder):
         twin = Path(meta["run_dir"]) if meta.get("run_dir") else None
+
+        def names_back(m: dict[str, Any]) -> bool:
+            return m.get("library_name") == folder.name
     else:
         lib = meta.get("library_name")
         twin = library_root() / lib if isinstance(lib, str) and NAME_RE.fullmatch(lib) else None
-    if twin is not None and twin.is_dir() and twin.resolve() != folder.resolve():
-        update_meta(twin, add, sha=meta.get("weights_sha256"))
+
+        def names_back(m: dict[str, Any]) -> bool:
+            return bool(m.get("run_dir")) and Path(str(m["run_dir"])).expanduser().resolve() == here
+
+    if twin is None or not twin.is_dir() or twin.resolve() == here:
+        return None
+    return twin if update_meta(twin, add, sha=meta.get("weights_sha256"), when=names_back) is not None else None
 
 
 # --------------------------------------------------------------------------- reading

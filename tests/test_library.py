@@ -283,3 +283,21 @@ def test_a_remove_that_loses_a_race_is_one_line(tmp_path, toolkit_home, monkeypa
     with pytest.raises(UserError, match="no checkpoint named 'mine' in the library \\(it was removed meanwhile\\)"):
         lib.remove_checkpoint("mine")
     assert list(library_root().iterdir()) == []  # neither remover left a temp folder
+
+
+def test_a_probe_reaches_only_the_twin_that_names_it_back_and_the_run_gets_its_full_record(tmp_path, cli):
+    from ssl_toolkit.eval.probe import record_probe
+
+    make_backbone(tmp_path / "run")
+    name = register_run(tmp_path / "run")["library_name"]
+    code, _, err = cli("checkpoints", "import", library_root() / name, "--name", "copy")  # keeps the entry's run_dir
+    assert code == 0, err
+    result = {"dataset": "digits", "mode": "knn", "label_fraction": 0.2, "top1": 0.5, "top5": 0.9, "n_train": 9, "n_test": 3}
+    assert json.loads((library_root() / "copy" / META).read_text())["run_dir"] == str((tmp_path / "run").resolve())
+    record_probe(library_root() / "copy", {**result, "created": "now"})
+    probes = {f: set(json.loads((f / META).read_text()).get("probes", {})) for f in (tmp_path / "run", library_root() / name)}
+    assert probes == {tmp_path / "run": set(), library_root() / name: set()}  # before: the run's record was rewritten by its copy's
+    record_probe(library_root() / name, {**result, "label_fraction": 0.3, "created": "now"})
+    assert set(json.loads((tmp_path / "run" / META).read_text())["probes"]) == {"digits-knn-0.3"}
+    assert json.loads((tmp_path / "run" / "probes" / "digits-knn-0.3.json").read_text())["top1"] == 0.5  # what the report reads
+    assert not (library_root() / name / "probes").exists()

@@ -238,8 +238,9 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
     """Write ``probes/<dataset>-<mode>-<fraction>.json`` and add a summary to the folder's ``meta.json``.
 
     The summary also reaches the twin of the folder: the library entry of a run folder
-    (``library_name`` in its metadata), or the run folder of a library entry. Library
-    entries keep only ``backbone.safetensors`` + ``meta.json``, so they get the summary only.
+    (``library_name`` in its metadata), or the run folder of a library entry, which gets the
+    full record in ``probes/`` too. Library entries keep only ``backbone.safetensors`` +
+    ``meta.json``, so they get the summary only.
     """
     from ssl_toolkit.library import is_library_entry, probe_key, record_probe_summary
 
@@ -249,4 +250,9 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
     summary = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
     if result.get("metric") not in (None, "top1"):  # binary / multi-label: the headline metric too
         summary.update(metric=result["metric"], score=result.get(result["metric"]))
-    record_probe_summary(folder, name, summary)
+    twin = record_probe_summary(folder, name, summary)
+    if twin is not None and not is_library_entry(twin):  # probed by its library name: the run folder's own record too
+        try:
+            atomic_write_json(twin / "probes" / f"{name}.json", result)
+        except OSError as e:
+            print(f"warning: the result is recorded in {folder}, but not in {twin / 'probes'}: {e.strerror or e}", file=sys.stderr)
