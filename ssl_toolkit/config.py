@@ -328,9 +328,23 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
             hint = did_you_mean(str(loc[-1]), _field_names(model, loc))
             raise UserError(f"{what}: unknown key '{key}'{hint}") from None
         msg = err["msg"].removeprefix("Value error, ")
+        if loc and _union_member(loc[-1]) and loc[-1] not in _field_names(model, loc):
+            # a field of several types (bool | 'auto', int | None): pydantic names the member in
+            # the location; the key is the field, and the message says what each member wanted
+            loc = loc[:-1]
+            key = ".".join(str(p) for p in loc)
+            members = [x for x in e.errors() if tuple(x["loc"])[:-1] == loc and _union_member(x["loc"][-1])]
+            msg = " or ".join(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in members))
         whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # a check across fields
         got = "" if whole else f" (got {err.get('input')!r})"
         raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None
+
+
+def _union_member(part: Any) -> bool:
+    """Whether a location part is pydantic's tag of a union member (``bool``, ``literal['auto']``, ``constrained-int``)."""
+    return isinstance(part, str) and (
+        part in ("bool", "int", "float", "str", "none", "list", "dict") or "[" in part or part.startswith(("constrained-", "function-"))
+    )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

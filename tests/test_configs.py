@@ -81,3 +81,30 @@ def test_a_number_setting_refuses_true_and_false_that_yaml_reads_from_yes_and_no
         validate(TASKS.get("simclr").Config, {"temperature": True})
     flags = validate(PretrainConfig, apply_overrides({}, ["data.strict=yes", "data.stream=true", "trainer.epochs=2"]))
     assert (flags.data.strict, flags.data.stream, flags.trainer.epochs) == (True, True, 2)  # settings that are flags still take them
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "data.stream",
+            "maybe",
+            "data.stream: Input should be 'auto' or Input should be a valid boolean, unable to interpret input (got 'maybe')",
+        ),
+        (
+            "trainer.backbone_chunk",
+            0,
+            "trainer.backbone_chunk: Input should be greater than or equal to 1 or Input should be 'auto' (got 0)",
+        ),
+        ("trainer.epochs", 0, "trainer.epochs: Input should be greater than or equal to 1 (got 0)"),
+    ],
+)
+def test_a_value_for_a_field_of_several_types_names_the_field_and_what_each_type_wanted(key, value, message):
+    """Pydantic tags each member of a union in the error's location (``data.stream.literal['auto']``): not a key a user can set."""
+    from ssl_toolkit.config import set_dotted
+
+    data: dict = {}
+    set_dotted(data, key, value)
+    with pytest.raises(UserError) as e:
+        validate(PretrainConfig, data)
+    assert str(e.value) == f"config: {message}"
