@@ -39,6 +39,8 @@ def test_kmeans_with_fewer_than_two_points_per_cluster_is_not_scored():
     one = C.cluster(points(40), 4, np.zeros(40, dtype=np.int64), seeds=(0,))  # one class: NMI and ARI are 0 for any clustering
     assert one.nmi == [] and one.unscored == "the points hold one class, and any clustering of one class scores 0"
     assert one.assignments is not None and "nmi_mean" not in one.summary() and one.summary()["unscored"] == one.unscored
+    single = C.cluster(points(40), 1, np.arange(40) % 4, seeds=(0,))  # one cluster: as meaningless
+    assert single.nmi == [] and single.unscored == "k = 1 puts every point in one cluster, which scores 0 against any labels"
 
 
 def test_analysis_states_the_neighbours_used_when_the_gallery_is_small():

@@ -108,11 +108,15 @@ def cluster(x: np.ndarray, k: int, labels: np.ndarray | None = None, seeds: tupl
 
     With fewer than ``MIN_POINTS_PER_CLUSTER * k`` points nothing runs and
     :attr:`ClusterResult.not_run` says why. Labels of one class are not scored
-    (:attr:`ClusterResult.unscored`): NMI and ARI are 0 for any clustering of them.
+    (:attr:`ClusterResult.unscored`): NMI and ARI are 0 for any clustering of them, as
+    for one cluster (``k = 1``).
     """
     res = ClusterResult(k=k, seeds=list(seeds), points=len(x))
     if labels is not None and len(np.unique(labels)) < 2:
         res.unscored = "the points hold one class, and any clustering of one class scores 0"
+        labels = None
+    elif labels is not None and k < 2:
+        res.unscored = "k = 1 puts every point in one cluster, which scores 0 against any labels"
         labels = None
     if len(x) < MIN_POINTS_PER_CLUSTER * k:
         res.not_run = (
