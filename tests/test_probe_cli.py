@@ -246,3 +246,15 @@ def test_finetune_keeps_lightning_banners_off_the_output(run_ssl):
     for banner in ("GPU available", "TPU available", "Tip:", "stepping batches", "`Trainer.fit` stopped"):
         assert banner not in r.stdout + r.stderr
     assert r.stdout.splitlines()[0].split() == ["mode", "finetune"]
+
+
+def test_a_folder_where_the_result_file_goes_is_refused_before_the_evaluation(tmp_path, cli):
+    from test_embed import save_random_backbone
+
+    save_random_backbone(tmp_path / "run", 1, 8, (0.5,), (0.25,))
+    (tmp_path / "run" / "probes" / "digits-knn-1.json").mkdir(parents=True)
+    before = (tmp_path / "run" / "meta.json").read_bytes()
+    code, out, err = cli("probe", tmp_path / "run", "--data", "digits", "--mode", "knn")
+    record = tmp_path / "run" / "probes" / "digits-knn-1.json"
+    assert (code, out, err) == (2, "", f"error: {record} is a folder where the probe writes its result; move it away first\n")
+    assert (tmp_path / "run" / "meta.json").read_bytes() == before

@@ -138,6 +138,10 @@ def probe(
         print(
             f"warning: {source.name} has a single class; every prediction is that class, so top-1 says nothing", file=sys.stderr, flush=True
         )
+    if run_folder is not None:
+        from ssl_toolkit.library import probe_key
+
+        check_record_file(run_folder, probe_key(source.name, cfg.mode, cfg.label_fraction))
     pre = Preprocess.from_meta(meta)
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     warn_untrained_classes(source)
@@ -205,6 +209,13 @@ def check_recordable(folder: Path, meta: dict[str, Any]) -> None:
         weights = folder / str(meta.get("weights_file") or WEIGHTS)
         hint = f"; give the backbone file {weights} as the target to evaluate without recording" if weights.is_file() else ""
         raise UserError(f"{e}{hint}") from None
+
+
+def check_record_file(folder: Path, key: str) -> None:
+    """Refuse, before the evaluation runs, a folder where the result file goes (the folder's write access is :func:`check_recordable`'s)."""
+    record = folder / "probes" / f"{key}.json"
+    if record.is_dir():
+        raise UserError(f"{record} is a folder where the probe writes its result; move it away first")
 
 
 def check_scores(mode: str, scores: Any, n_test: int, num_classes: int | None) -> None:
