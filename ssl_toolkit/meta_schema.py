@@ -44,6 +44,8 @@ class ProbeSummary(_Open):
 
 class DatasetFacts(_Open):
     name: str | None = None
+    classes: list[str] | None = None
+    num_classes: int | None = Field(default=None, ge=0)
 
 
 class ProcessingMeta(BaseModel):
@@ -73,7 +75,7 @@ class BackboneMeta(_Open):
     created: str | None = None
     weights_file: str | None = None
     weights_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
-    weights_bytes: int | None = None
+    weights_bytes: int | None = Field(default=None, ge=0)
     library_name: str | None = None
     run_dir: str | None = None
 

@@ -268,11 +268,17 @@ def test_export_refuses_mismatched_file_names(tmp_path):
         export_checkpoint(tmp_path / "run", tmp_path / "x.safetensors", "torch")
 
 
-@pytest.mark.parametrize(("key", "value"), [("small_stem", "false"), ("stem_pool", "no"), ("image_size", True)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("small_stem", "false"), ("stem_pool", "no"), ("image_size", True), ("weights_bytes", -1), ("dataset.classes", 5)],
+)
 def test_metadata_values_of_the_wrong_type_are_refused_not_coerced(tmp_path, key, value):
     make_backbone(tmp_path / "run", small_stem=False)  # "false" read as Python would be true: a silently other model
     meta = json.loads((tmp_path / "run" / META).read_text())
-    (meta["backbone"] if key != "image_size" else meta)[key] = value
+    if key.startswith("dataset."):
+        meta["dataset"] = {"name": "digits", key.split(".")[1]: value}
+    else:
+        (meta["backbone"] if key in ("small_stem", "stem_pool") else meta)[key] = value
     (tmp_path / "run" / META).write_text(json.dumps(meta))
     with pytest.raises(UserError, match=f"is not valid backbone metadata: .*{key}"):
         load_backbone_files(tmp_path / "run")
