@@ -338,15 +338,25 @@ def _summary(folder: Path) -> dict[str, Any]:
         }
     best = best_probe(meta)
     weights = folder / WEIGHTS
+    size = weights.stat().st_size if weights.is_file() else None
+    expected = meta.get("weights_bytes")
+    damaged = (
+        "weights file missing"
+        if size is None
+        else f"weights file is {size:,} bytes, not {expected:,}"
+        if isinstance(expected, int) and size != expected
+        else None
+    )  # the size only: `ssl checkpoints show` checks the hash
     return {
         **row,
+        "damaged": damaged,
         "task": meta.get("task"),
         "backbone": (meta.get("backbone") or {}).get("timm_name"),
         "dataset": (meta.get("dataset") or {}).get("name"),
         "epochs": meta.get("epochs"),
         "best_probe": best[0] if best else None,
         "best_top1": best[1] if best else None,
-        "size_bytes": weights.stat().st_size if weights.is_file() else None,
+        "size_bytes": size,
         "created": meta.get("created"),
     }
 

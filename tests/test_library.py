@@ -30,10 +30,15 @@ def test_register_list_load_round_trip(tmp_path, toolkit_home):
     assert json.loads((tmp_path / "run" / META).read_text())["library_name"] == name
     [row] = st.list_checkpoints()
     assert (row["name"], row["task"], row["backbone"], row["dataset"], row["epochs"]) == (name, "rotation", TINY_BACKBONE, "synthetic", 1)
-    assert row["size_bytes"] == (entry / WEIGHTS).stat().st_size
+    assert row["size_bytes"] == (entry / WEIGHTS).stat().st_size and row["damaged"] is None
     loaded, lmeta = st.load_backbone(name)
     x = torch.rand(2, 1, 16, 16)
     assert torch.equal(features(model, x), features(loaded, x))
+    size = (entry / WEIGHTS).stat().st_size
+    with open(entry / WEIGHTS, "r+b") as f:
+        f.truncate(1000)  # a copy cut short: list says so from the size, without reading the weights
+    [row] = st.list_checkpoints()
+    assert row["damaged"] == f"weights file is 1,000 bytes, not {size:,}"
     assert lmeta["name"] == name and lmeta["run_dir"] == str((tmp_path / "run").resolve())
     # the same default name again gets a suffix; an explicit name that is taken is refused
     assert register_run(tmp_path / "run")["library_name"] == f"{name}-2"

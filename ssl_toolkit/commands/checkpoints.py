@@ -49,7 +49,16 @@ def list_cmd(as_json, task, backbone) -> None:
         best = f"{100 * r['best_top1']:.2f} ({r['best_probe']})" if r["best_top1"] is not None else "-"
         created = (r["created"] or "-")[:16].replace("T", " ")
         table.append(
-            (r["name"], str(r["task"]), str(r["backbone"]), str(r["dataset"]), str(r["epochs"]), best, human_size(r["size_bytes"]), created)
+            (
+                r["name"],
+                str(r["task"]),
+                str(r["backbone"]),
+                str(r["dataset"]),
+                str(r["epochs"]),
+                best,
+                human_size(r["size_bytes"]) + (f" DAMAGED ({r['damaged']})" if r.get("damaged") else ""),
+                created,
+            )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
