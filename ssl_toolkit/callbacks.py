@@ -199,7 +199,11 @@ class EpochEndCheckpoint(Callback):
     - on load, the epoch is marked completed and the per-epoch counters zeroed. Lightning's
       own restart finishes the epoch except under a ``max_steps`` limit (iteration-based
       training), where it takes the restored epoch's batch counters for the new epoch's,
-      finds it already at its last batch, and trains nothing.
+      finds it already at its last batch, and trains nothing;
+    - an epoch that ``trainer.max_steps`` or the time budget cut short is saved the same way
+      but carries no row, and on load it is marked not processed, so a resume goes on inside
+      it (Lightning would start the next epoch; :func:`ssl_toolkit.trainer.restore_metrics`
+      drops the cut epoch's partial row).
     """
 
     KEY = "ssl_epoch_row"
@@ -212,6 +216,8 @@ class EpochEndCheckpoint(Callback):
             if results is None:
                 return
             if connector._first_loop_iter is None:  # the epoch-end save
+                if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                    return  # an epoch cut short (max_steps, the time budget): a resume trains the rest, and logs its row
                 row = convert_tensors_to_scalars(connector.metrics["log"])
                 step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # Lightning's step of epoch rows
             elif trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # interrupted after the epoch's last step
@@ -229,9 +235,15 @@ class EpochEndCheckpoint(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         fit = checkpoint.get("loops", {}).get("fit_loop", {})
         epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
-        if not epochs or not batches or not batches.get("is_last_batch"):
-            return  # a mid-epoch checkpoint: Lightning resumes it as it is
+        if not epochs or not batches:
+            return
         if epochs["total"]["completed"] != epochs["total"]["processed"] - 1:
+            return  # a mid-epoch checkpoint (Ctrl-C, the timer, every N steps): Lightning resumes it as it is
+        if not batches.get("is_last_batch"):
+            # an epoch that trainer.max_steps or the time budget cut short, saved as it ended:
+            # not processed, so that Lightning goes on inside it instead of starting the next
+            for counters in (epochs["total"], epochs["current"]):
+                counters["processed"] = counters["completed"]
             return
         for counters in (epochs["total"], epochs["current"]):
             counters["completed"] = counters["processed"]

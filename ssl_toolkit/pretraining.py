@@ -504,6 +504,13 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
 # --------------------------------------------------------------------------- stage 6: backbone and library
 
 
+def completed_epochs(trainer: Any) -> int:
+    """Epochs trained to their last batch: Lightning counts an epoch that ``trainer.max_steps`` or the time budget cut short, which a resume goes on with."""
+    epochs = int(trainer.current_epoch)
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return epochs - 1 if epochs > 0 and progress.current.processed and not progress.is_last_batch else epochs
+
+
 def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any, seconds: float) -> dict[str, Any]:
     """Save the backbone with its metadata into the run folder and register it in the library."""
     from ssl_toolkit.callbacks import StartupClock
@@ -521,7 +528,7 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
         "processing": Processing.from_config(plan.cfg.data).to_dict(),  # colour space, equalisation, normalisation
         "image_size": data.source.image_size,
         "dataset": data.source.describe(),
-        "epochs": int(trainer.current_epoch),
+        "epochs": completed_epochs(trainer),
         "steps": int(trainer.global_step),
         "wall_seconds": round(seconds, 2),
         "startup_seconds": next((c.seconds for c in trainer.callbacks if isinstance(c, StartupClock)), None),

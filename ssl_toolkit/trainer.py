@@ -79,6 +79,7 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         last_step, pending = int(state["global_step"]), state.get("ssl_epoch_row")
+        cut = _cut_epoch(state)
     except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
         raise UserError(f"cannot resume from {ckpt}: the checkpoint is unreadable ({type(e).__name__})") from None
     fields: list[str] = []
@@ -88,6 +89,8 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
             reader = csv.DictReader(f)
             fields, rows = list(reader.fieldnames or []), list(reader)
     kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= last_step]
+    if cut is not None:  # the summary and validation rows of an epoch cut short: the resume trains the rest and logs them
+        kept = [r for r in kept if r.get("loss_step") or r.get("epoch") != str(cut)]
     changed = len(kept) != len(rows)
     if not _epoch_row(pending):
         pending = None  # a checkpoint without a usable row: nothing to write back
@@ -106,6 +109,15 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     writer.writeheader()
     writer.writerows(kept)
     atomic_write_text(metrics, buf.getvalue())
+
+
+def _cut_epoch(state: dict[str, Any]) -> int | None:
+    """The epoch a checkpoint's run ended inside (``trainer.max_steps``, the time budget), else ``None``."""
+    fit = (state.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    if not epochs or not batches or batches.get("is_last_batch"):
+        return None
+    return int(state["epoch"]) if epochs["total"]["completed"] == epochs["total"]["processed"] - 1 else None
 
 
 def _epoch_row(row: Any) -> bool:

@@ -389,6 +389,32 @@ def test_a_finished_run_resumed_for_another_epoch_trains_it_with_or_without_a_st
     assert [int(r["epoch"]) for r in rows if r["loss_epoch"]] == [0, 1]
 
 
+def test_a_run_that_max_steps_cut_mid_epoch_resumes_inside_that_epoch_with_one_row_per_epoch(tmp_path, monkeypatch, one_thread):
+    """Lightning counted the cut epoch as trained: a resume started the next one (the rest never trained), or found nothing to do."""
+    from ssl_toolkit import engine
+
+    step = engine.PretrainModule.training_step
+    seen: list[tuple[int, int]] = []
+
+    def recording(self, batch, batch_idx):
+        seen.append((self.current_epoch, int(batch[0].long().sum())))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(engine.PretrainModule, "training_step", recording)
+    cfg = tiny_config("rotation", epochs=3)
+    cfg["data"].update(image_size=16, synthetic_train=128, synthetic_test=32)
+    cfg["trainer"]["batch_size"] = 32  # 4 steps an epoch
+    pretrain(cfg, out=tmp_path / "whole")
+    whole, seen[:] = list(seen), []
+    cfg["trainer"]["max_steps"] = 6  # two steps into the second epoch
+    meta = pretrain(cfg, out=tmp_path / "cut")
+    assert (meta["epochs"], meta["steps"]) == (1, 6)  # one epoch trained to its end
+    meta = pretrain({"trainer": {"max_steps": -1}}, resume=tmp_path / "cut")
+    assert (meta["epochs"], meta["steps"]) == (3, 12) and seen == whole  # the same batches in the same order
+    rows = list(csv.DictReader((tmp_path / "cut" / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r["loss_epoch"]] == [0, 1, 2]  # the cut epoch's partial row is gone
+
+
 def test_last_ckpt_every_n_minutes_within_an_epoch(tmp_path):
     run = tmp_path / "run"
     proc = _popen([*TINY_ARGS, "--epochs", "3", "--set", "trainer.checkpoint_every_minutes=0.00001", "--out", str(run)], tmp_path)
