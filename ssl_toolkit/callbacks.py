@@ -232,19 +232,28 @@ class EpochEndCheckpoint(Callback):
         if row:
             checkpoint[self.KEY] = {**row, "epoch": int(trainer.current_epoch), "step": int(step)}
 
+    @staticmethod
+    def cut_epoch(checkpoint: dict[str, Any]) -> int | None:
+        """The epoch a checkpoint's run ended inside (``trainer.max_steps``, the time budget), else ``None``."""
+        fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+        if not epochs or not batches or batches.get("is_last_batch"):
+            return None
+        return int(checkpoint["epoch"]) if epochs["total"]["completed"] == epochs["total"]["processed"] - 1 else None
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         fit = checkpoint.get("loops", {}).get("fit_loop", {})
         epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
         if not epochs or not batches:
             return
-        if epochs["total"]["completed"] != epochs["total"]["processed"] - 1:
-            return  # a mid-epoch checkpoint (Ctrl-C, the timer, every N steps): Lightning resumes it as it is
-        if not batches.get("is_last_batch"):
-            # an epoch that trainer.max_steps or the time budget cut short, saved as it ended:
-            # not processed, so that Lightning goes on inside it instead of starting the next
+        if self.cut_epoch(checkpoint) is not None:
+            # saved as the cut epoch ended: not processed, so that Lightning goes on inside it
+            # instead of starting the next
             for counters in (epochs["total"], epochs["current"]):
                 counters["processed"] = counters["completed"]
             return
+        if epochs["total"]["completed"] != epochs["total"]["processed"] - 1 or not batches.get("is_last_batch"):
+            return  # a mid-epoch checkpoint (Ctrl-C, the timer, every N steps): Lightning resumes it as it is
         for counters in (epochs["total"], epochs["current"]):
             counters["completed"] = counters["processed"]
         for progress in (batches, fit.get("epoch_loop.scheduler_progress")):

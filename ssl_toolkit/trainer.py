@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from ssl_toolkit.callbacks import CheckpointOnInterrupt
+from ssl_toolkit.callbacks import CheckpointOnInterrupt, EpochEndCheckpoint
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
 from ssl_toolkit.precision import resolve_precision
@@ -79,7 +79,7 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         last_step, pending = int(state["global_step"]), state.get("ssl_epoch_row")
-        cut = _cut_epoch(state)
+        cut = EpochEndCheckpoint.cut_epoch(state)
     except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
         raise UserError(f"cannot resume from {ckpt}: the checkpoint is unreadable ({type(e).__name__})") from None
     fields: list[str] = []
@@ -109,15 +109,6 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     writer.writeheader()
     writer.writerows(kept)
     atomic_write_text(metrics, buf.getvalue())
-
-
-def _cut_epoch(state: dict[str, Any]) -> int | None:
-    """The epoch a checkpoint's run ended inside (``trainer.max_steps``, the time budget), else ``None``."""
-    fit = (state.get("loops") or {}).get("fit_loop") or {}
-    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
-    if not epochs or not batches or batches.get("is_last_batch"):
-        return None
-    return int(state["epoch"]) if epochs["total"]["completed"] == epochs["total"]["processed"] - 1 else None
 
 
 def _epoch_row(row: Any) -> bool:
