@@ -172,16 +172,23 @@ def _one_line(e: click.ClickException) -> str:
     return f"error: {message}{where}"
 
 
+def _said_how_it_ended() -> None:
+    """Tell a multi-process run's watch of its processes that this command says how it ended (:mod:`ssl_toolkit.launcher`)."""
+    launcher = sys.modules.get("ssl_toolkit.launcher")  # imported by a run that trains, and only then
+    if launcher is not None:
+        launcher.COMMAND_ENDED.set()
+
+
 def run() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2.
 
     Usage errors (unknown command or option, a bad value) and operating-system errors met
     while reading or writing (a full disk, a read-only folder) are one line too.
     """
-    from ssl_toolkit.api import command_line
-
-    _register_commands()
     try:
+        from ssl_toolkit.api import command_line
+
+        _register_commands()
         with command_line():
             rc = main.main(prog_name="ssl", standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -198,6 +205,7 @@ def run() -> None:
         click.echo(f"error: {describe_os_error(e)}", err=True)
         sys.exit(UserError.exit_code)
     except Interrupted as e:
+        _said_how_it_ended()
         # A DDP worker stopped with its run: the launching process saves and reports, and
         # Lightning would kill it (SIGKILL, mid-save) on seeing a worker exit non-zero.
         if not is_primary_process():
@@ -207,7 +215,9 @@ def run() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt) as e:
         # exit 130 in a DDP worker too: before training starts, its non-zero exit is what ends
         # a launching process blocked in DDP's rendezvous (it waits 30 minutes otherwise)
-        click.echo("aborted" if isinstance(e, click.exceptions.Abort) else "interrupted", err=True)
+        _said_how_it_ended()
+        if is_primary_process():  # the launching process speaks for the run
+            click.echo("aborted" if isinstance(e, click.exceptions.Abort) else "interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from ssl_toolkit.callbacks import CheckpointOnInterrupt, EpochEndCheckpoint
 from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
+from ssl_toolkit.launcher import end_stopped_runs_by_their_signal
 from ssl_toolkit.precision import resolve_precision
 
 if TYPE_CHECKING:
@@ -339,7 +340,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: 
     callbacks = [*(callbacks or []), *checkpoint_callbacks(cfg, run_dir), CheckpointOnInterrupt(run_dir / f"{LAST_NAME}.ckpt")]
     callbacks += progress_callbacks(cfg)
     bar = any(isinstance(c, TQDMProgressBar) for c in callbacks)
-    return L.Trainer(
+    trainer = L.Trainer(
         **lightning_options(cfg),
         max_epochs=cfg.epochs,
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
@@ -354,3 +355,5 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: 
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
     )
+    end_stopped_runs_by_their_signal(trainer)  # a Ctrl-C before the first step: exit 130, not Lightning's SIGKILL
+    return trainer

@@ -265,3 +265,55 @@ def test_a_signal_to_a_two_process_run_mid_epoch_saves_and_resumes_each_image_on
     # 256 images over 2 processes, 8 steps of 16 each: every image once in each epoch, the
     # interrupted one included (its first 3 steps before the stop, the other 5 after it)
     assert len(set(epochs["0"])) == len(epochs["0"]) == 256 and sorted(epochs["1"]) == sorted(epochs["0"])
+
+
+STARTING_SCRIPT = """
+import os, signal, sys, time
+if os.environ.get("LOCAL_RANK") == "1":  # the started process, before it reaches DDP's rendezvous
+    time.sleep(float(os.environ["WAIT"]))
+    os.killpg(os.getpgid(0), int(os.environ["SIG"]))
+    time.sleep(60)
+from ssl_toolkit.cli import run
+run()
+"""
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_to_a_two_process_run_before_training_exits_130_and_saves_nothing(tmp_path):
+    """The launching process waits in DDP's rendezvous, where Python's handler cannot run; Lightning's
+    watch of the started processes killed it with SIGKILL (exit 137) when they stopped."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ssl_stopped_early.py"
+    script.write_text(STARTING_SCRIPT)
+    args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "-q"]
+    args += [
+        "--set",
+        "data.synthetic_train=64",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "SIG": "2", "WAIT": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.returncode == 130, proc.stderr  # not 137
+    assert proc.stderr.strip().splitlines()[-1] in ("aborted", "interrupted"), proc.stderr
+    assert not (tmp_path / "ddp" / "last.ckpt").exists() and not list((tmp_path / "home").rglob("*.safetensors"))

@@ -362,3 +362,26 @@ def test_python_shard_mirrors_ssl_shard(tmp_path):
     result = st.shard(root, tmp_path / "s", image_size=16, workers=1, data={"strict": True})  # what ssl shard --json prints
     assert (result["n_train"], result["n_test"], result["image_size"], result["out"]) == (6, 4, 16, str(tmp_path / "s"))
     assert json.loads((tmp_path / "s" / "ssl_shards.json").read_text())["n_train"] == 6
+
+
+def test_a_run_that_max_steps_cut_mid_epoch_resumes_inside_that_epoch_on_shards(shards, tmp_path, monkeypatch):
+    """litdata's loader state of the cut epoch carries over: the resume trains the rest of it, then the next."""
+    import ssl_toolkit as st
+
+    log = tmp_path / "seen"
+    monkeypatch.setenv("SSL_TOOLKIT_SAMPLE_LOG", str(log))
+    rank0 = Path(f"{log}.rank0")
+    cfg = {
+        "task": "rotation",
+        "data": {"name": str(shards), "workers": 0},
+        "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 2, "batch_size": 8, "online_probe": False, "max_steps": 5},  # 31 rows: 3 batches an epoch
+    }
+    meta = st.pretrain(cfg, out=tmp_path / "run")
+    assert (meta["epochs"], meta["steps"]) == (1, 5)
+    cut = read_log(rank0)
+    rank0.unlink()
+    meta = st.pretrain({"trainer": {"max_steps": -1}}, resume=tmp_path / "run")
+    assert (meta["epochs"], meta["steps"]) == (2, 6)
+    second = [row for e, row in cut if e == 2][:16] + [row for _, row in read_log(rank0)]  # litdata counts epochs from 1
+    assert len(second) == len(set(second)) == 24  # the cut epoch's last batch, and no batch again
