@@ -165,6 +165,18 @@ def test_folder_all_grayscale_stays_single_channel_and_16bit_is_rescaled(tmp_pat
     assert values == [0, 255]
 
 
+def test_float_images_in_0_to_1_span_the_8bit_range_and_others_keep_theirs(tmp_path):
+    """A float TIFF in [0, 1] (the usual float convention) was read as 0-255 values: all black."""
+    for name, value in (("half", 0.5), ("one", 1.0), ("byte", 128.0), ("word", 65535.0)):
+        Image.fromarray(np.full((6, 6), value, dtype=np.float32)).save(tmp_path / f"{name}.tif")
+    Image.fromarray(np.array([[np.nan, 0.25]] * 2, dtype=np.float32)).save(tmp_path / "nan.tif")
+    src = load_source(DataConfig(name=str(tmp_path), image_size=8, test_fraction=0.2))
+    assert src.channels == 1
+    images = torch.cat([src.train.images, src.test.images])
+    means = {Path(i).stem: round(float(x.float().mean())) for i, x in zip(src.train.ids + src.test.ids, images)}
+    assert means == {"half": 127, "one": 255, "byte": 128, "word": 255, "nan": 32}, means  # NaN read as 0
+
+
 def test_folder_skips_unreadable_files(tmp_path):
     for i in range(4):
         _img(tmp_path / f"{i}.png", "RGB", (i, i, i))

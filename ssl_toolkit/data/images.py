@@ -119,11 +119,23 @@ def upright_size(im: Image.Image) -> tuple[int, int]:
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit and float single-channel images rescaled to 8-bit ``L``; other images unchanged."""
+    """16-bit, 32-bit and float single-channel images rescaled to 8-bit ``L``; other images unchanged.
+
+    16-bit images span 0-65535. A float image whose values lie in [0, 1] spans that range;
+    any other float or 32-bit integer image spans 0-255 when no value exceeds 255, else
+    0-65535. Values outside the span are clipped.
+    """
     if im.mode not in HIGH_DEPTH_MODES:
         return im
     a = np.asarray(im, dtype=np.float32)
-    hi = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
+    top = float(np.nanmax(a)) if a.size and not np.isnan(a).all() else 0.0
+    if im.mode.startswith("I;16") or top > 255:
+        hi = 65535.0
+    elif im.mode == "F" and top <= 1.0:
+        hi = 1.0
+    else:
+        hi = 255.0
+    a = np.nan_to_num(a, nan=0.0, posinf=hi, neginf=0.0)  # (H, W)
     return Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8), "L")
 
 
