@@ -188,17 +188,18 @@ class RunFolder:
         atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))
 
     def write_skipped(self, skipped: list[tuple[str, str]], keep: bool = False) -> None:
-        """``skipped.txt``: one ``path<TAB>reason`` line per file.
+        """``skipped.txt``: one ``path<TAB>reason`` line per file (:mod:`ssl_toolkit.data.skip_list`).
 
         With ``keep`` (a resumed run), the lines already there stay first (files that went
         bad mid-run before the resume) and only files not listed yet are added.
         """
-        lines: list[str] = []
-        if keep and self.skipped.is_file():
-            lines = self.skipped.read_bytes().decode("utf-8", "surrogateescape").splitlines()
-        listed = {line.split("\t", 1)[0] for line in lines}
-        lines += [f"{p}\t{why}" for p, why in skipped if p not in listed]
-        atomic_write_bytes(self.skipped, "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
+        from ssl_toolkit.data.skip_list import listed_names, skip_line
+
+        kept = self.skipped.read_bytes() if keep and self.skipped.is_file() else b""
+        kept += b"\n" if kept and not kept.endswith(b"\n") else b""
+        listed = set(listed_names(kept))
+        added = b"".join(skip_line(p, why) for p, why in skipped if os.fsencode(p) not in listed)
+        atomic_write_bytes(self.skipped, kept + added)
 
 
 def _remove(path: Path) -> None:

@@ -325,3 +325,20 @@ def test_probe_embed_and_report_read_a_streaming_folder(tmp_path):
         assert emb["labels"].tolist()[:4] == [0, 0, 0, 0]
     rep = st.report(tmp_path / "run", data, out=tmp_path / "report.html")
     assert (tmp_path / "report.html").stat().st_size > 10_000 and rep["labelled"]
+
+
+def test_names_with_tabs_newlines_and_backslashes_keep_skipped_txt_one_line_per_file(tmp_path):
+    """A tab or newline in a file name split its line (path<TAB>reason) in two, or added a field."""
+    from ssl_toolkit.data.skip_list import listed_names
+    from ssl_toolkit.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    names = ["/d/bad\nname.png", "/d/tab\tname.png", "/d/back\\nslash.png"]
+    folder.write_skipped([(names[0], "cannot identify\nimage file")])
+    SkipLog(folder.skipped).record(names[1], "broken")  # a worker, mid-run
+    SkipLog(folder.skipped).record(names[0], "again")  # listed already: not twice
+    folder.write_skipped([(names[0], "x"), (names[2], "broken")], keep=True)  # --resume
+    lines = folder.skipped.read_text().splitlines()
+    assert lines == ["/d/bad\\nname.png\tcannot identify\\nimage file", "/d/tab\\tname.png\tbroken", "/d/back\\\\nslash.png\tbroken"]
+    assert listed_names(folder.skipped.read_bytes()) == [n.encode() for n in names]

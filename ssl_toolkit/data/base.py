@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.registry import Registry
+from ssl_toolkit.terminal import terminal_safe
 
 
 @runtime_checkable
@@ -152,7 +153,7 @@ class DataSource:
 
     def unreadable_names(self) -> str:
         """The names of the first three unreadable files, for warnings and errors (``a.png, b.png, ...``)."""
-        return ", ".join(Path(p).name for p, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        return ", ".join(terminal_safe(Path(p).name) for p, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
 
     def refuse_unreadable(self) -> None:
         """Raise the ``--strict`` :class:`UserError` when files were found unreadable (every command words it alike)."""

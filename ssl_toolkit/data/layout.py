@@ -37,6 +37,7 @@ import torch
 from ssl_toolkit.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS, has_image_suffix
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.sampling import stratified_split
+from ssl_toolkit.terminal import terminal_safe
 
 TEST_DIRS = ("test", "val")
 NOT_UTF8 = "file name is not valid UTF-8; rename it"
@@ -139,17 +140,17 @@ class Unused:
         lines = []
         if self.images:
             where = [f"{n} {what}" for n, what in ((self.top_level, "at the top level"), (self.nested, "in nested folders")) if n]
-            names = ", ".join(shown(os.path.relpath(p, root)) for p in self.examples)
+            names = ", ".join(terminal_safe(shown(os.path.relpath(p, root))) for p in self.examples)
             more = ", ..." if self.images > len(self.examples) else ""
             lines.append(
-                f"warning: {self.images} image(s) in {shown(root)} are not used ({', '.join(where)}): {names}{more} "
+                f"warning: {self.images} image(s) in {terminal_safe(shown(root))} are not used ({', '.join(where)}): {names}{more} "
                 "(layouts: docs/data.md, Image folders)"
             )
         others = self.other_images()
         if others:
             counts = ", ".join(f"{ext} {n}" for ext, n in others.items())
             lines.append(
-                f"warning: {sum(others.values())} file(s) in {shown(root)} of image types the toolkit does not read are not used "
+                f"warning: {sum(others.values())} file(s) in {terminal_safe(shown(root))} of image types the toolkit does not read are not used "
                 f"({counts}; it reads {', '.join(sorted(IMAGE_EXTENSIONS))})"
             )
         return lines

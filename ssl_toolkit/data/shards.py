@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ssl_toolkit.data.base import DataSource, channel_stats
 from ssl_toolkit.data.images import Box, center_square, decode_crops, random_resized_box
+from ssl_toolkit.data.skip_list import skip_line
 from ssl_toolkit.data.stage import CENTER, WorkerStage
 from ssl_toolkit.errors import UserError, WorkerUserError
 
@@ -451,8 +452,7 @@ def _write_splits(
         multilabel=multilabel,
     )
     if skipped:
-        lines = "".join(f"{p}\t{why}\n" for p, why in skipped)
-        atomic_write_bytes(out / "skipped.txt", lines.encode("utf-8", "surrogateescape"))  # names that are not UTF-8, byte for byte
+        atomic_write_bytes(out / "skipped.txt", b"".join(skip_line(p, why) for p, why in skipped))  # names not UTF-8 byte for byte
     atomic_write_text(out / INFO_FILE, info.model_dump_json(indent=1))
     return {**info.model_dump(), "skipped": len(skipped)}
 

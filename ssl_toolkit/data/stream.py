@@ -32,8 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_toolkit.data.images import READ_ERRORS, Box, TooLarge, center_square, decode_crops, failure_reason, random_resized_box
 from ssl_toolkit.data.index import FileIndex, PathIds
 from ssl_toolkit.data.layout import shown
+from ssl_toolkit.data.skip_list import listed_names, skip_line
 from ssl_toolkit.data.stage import CENTER, WorkerStage
 from ssl_toolkit.errors import UserError, WorkerUserError
+from ssl_toolkit.terminal import terminal_safe
 
 MAX_REPLACEMENTS = 16  # readable files tried in place of a bad one before giving up
 
@@ -59,7 +61,7 @@ def listed_files(path: Path | None) -> set[bytes]:
     """The files (as bytes) named in a ``skipped.txt``; empty when there is none."""
     if path is None or not path.is_file():
         return set()
-    return {line.split(b"\t", 1)[0] for line in path.read_bytes().splitlines()}
+    return set(listed_names(path.read_bytes()))
 
 
 @dataclass
@@ -77,10 +79,10 @@ class SkipLog:
 
     def record(self, file: str, reason: str) -> None:
         if self.strict:
-            raise BadImageError(f"unreadable image file during training (--strict): {file}: {reason}")
+            raise BadImageError(f"unreadable image file during training (--strict): {terminal_safe(shown(file))}: {terminal_safe(reason)}")
         if not self.replace:
             raise BadImageError(
-                f"cannot decode {shown(file)} ({reason}), found only when read (the folder index checks headers): "
+                f"cannot decode {terminal_safe(shown(file))} ({terminal_safe(reason)}), found only when read (the folder index checks headers): "
                 "evaluation reads every image of the split, so remove or repair it"
             )
         if file in self.seen:
@@ -90,7 +92,7 @@ class SkipLog:
             return  # another worker listed it (and said so) first
         where = f"; listed in {self.path}" if self.path is not None else ""
         print(
-            f"warning: cannot decode {shown(file)} ({reason}): the next readable file is used in its place{where}",
+            f"warning: cannot decode {terminal_safe(shown(file))} ({terminal_safe(reason)}): the next readable file is used in its place{where}",
             file=sys.stderr,
             flush=True,
         )
@@ -102,9 +104,9 @@ def _append_once(path: Path, file: str, reason: str) -> bool:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # check and append as one step, across processes (released on close)
-        if any(line.split(b"\t", 1)[0] == name for line in _read_all(fd).splitlines()):
+        if name in listed_names(_read_all(fd)):
             return False
-        os.write(fd, name + f"\t{reason}\n".encode("utf-8", "surrogateescape"))
+        os.write(fd, skip_line(name, reason))
         return True
     finally:
         os.close(fd)
