@@ -375,3 +375,120 @@ def test_images_not_used_and_other_files_are_reported(cli, tmp_path):
     assert "not used        2 image(s) (1 at the top level, 1 in nested folders): stray.png, cat/sub/nested.png" in out
     assert "other files     .heic 1, .txt 1 (not images the toolkit reads)" in out
     assert "not used" not in err  # the summary says it once
+
+
+ML_LABELS = {  # street/ and beach/ are plain folders here: labels.csv gives the labels
+    "street/0.png": "car;person",
+    "street/1.png": "person",
+    "street/2.png": "car",
+    "street/3.png": "car;dog",
+    "street/4.png": "car;person",  # the pixels of street/0.png, the same label set
+    "beach/0.png": "sea",
+    "beach/1.png": "dog;person;sea",
+    "beach/2.png": "person;sea",
+    "beach/3.png": "dog",
+    "beach/4.png": "dog;sea",  # the pixels of street/1.png, another label set
+}
+
+
+def multilabel_folder(root: Path) -> Path:
+    """``street/`` and ``beach/``, five pictures each, with a ``labels.csv`` over car, dog, person and sea; two exact copies."""
+    seeds = {"street/4.png": 60, "beach/4.png": 61}
+    for k, name in enumerate(ML_LABELS):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        picture(seeds.get(name, 60 + k)).save(root / name)
+    (root / "labels.csv").write_text("file,labels\n" + "".join(f"{f},{labels}\n" for f, labels in ML_LABELS.items()))
+    return root
+
+
+def test_a_multi_label_folder_is_inspected_with_its_label_sets_and_the_loaders_split(cli, tmp_path):
+    root = multilabel_folder(tmp_path / "ml")
+    source = load_folder(root, DataConfig(name=str(root)))
+    result = run_inspection(str(root))
+    r, table = result.report, result.table
+    assert sorted(i for i, s in zip(table.ids, table.split) if s == 0) == sorted(source.train.ids)
+    assert sorted(i for i, s in zip(table.ids, table.split) if s == 1) == sorted(source.test.ids)
+    lab = r["labels"]
+    assert (lab["classes"], lab["multilabel"]) == (["car", "dog", "person", "sea"], True)
+    assert lab["counts"] == {"car": 4, "dog": 4, "person": 5, "sea": 4}  # images carrying each label
+    assert lab["imbalance"] == 1.25
+    for split, ids in (("train", source.train.ids), ("test", source.test.ids)):
+        carried = [ML_LABELS[Path(i).relative_to(root).as_posix()].split(";") for i in ids]
+        assert lab["splits"][split]["counts"] == {c: sum(c in s for s in carried) for c in lab["classes"]}
+        assert lab["splits"][split]["total"] == len(ids)
+    groups = {frozenset(names(g)): g for g in r["duplicates"]["exact"]["groups"]}
+    same = groups[frozenset({"ml/street/0.png", "ml/street/4.png"})]
+    other = groups[frozenset({"ml/street/1.png", "ml/beach/4.png"})]
+    assert (same["mixed_labels"], other["mixed_labels"]) == (False, True)  # label sets compared for equality
+    assert sorted(m["label"] for m in other["members"]) == ["dog;sea", "person"]
+    assert "labels: 1 exact-duplicate group(s) carry different labels (the same image with different label sets)" in r["warnings"]
+    code, out, err = cli("inspect", root, "-q")
+    assert code == 0, err
+    assert "classes         4 (multi-label); imbalance (largest/smallest) overall 1.25," in out
+    other_csv = tmp_path / "colours.csv"  # data.labels names another file, as in training
+    other_csv.write_text("file,labels\n" + "".join(f"{f},{'red' if f.startswith('street') else 'red;blue'}\n" for f in ML_LABELS))
+    lab = run_inspection({"data": {"name": str(root), "labels": str(other_csv)}}).report["labels"]
+    assert (lab["classes"], lab["counts"]) == (["blue", "red"], {"blue": 5, "red": 10})
+
+
+def test_the_shards_of_a_multi_label_folder_are_inspected_as_the_folder(tmp_path):
+    import ssl_toolkit as st
+
+    root = multilabel_folder(tmp_path / "ml")
+    st.shard(root, tmp_path / "shards", image_size=16, chunk_bytes="8kb", workers=1)
+    folder_report = run_inspection(str(root)).report
+    report = run_inspection(str(tmp_path / "shards")).report
+    assert report["kind"] == "shards" and report["labels"] is not None
+    assert {k: report["labels"][k] for k in ("classes", "multilabel", "counts", "splits")} == {
+        k: folder_report["labels"][k] for k in ("classes", "multilabel", "counts", "splits")
+    }
+    labels = [sorted(m["label"] for m in g["members"]) for g in report["duplicates"]["exact"]["groups"]]
+    assert sorted(labels) == [["car;person", "car;person"], ["dog;sea", "person"]]
+    assert sorted(g["mixed_labels"] for g in report["duplicates"]["exact"]["groups"]) == [False, True]
+
+
+def test_the_split_is_the_loaders_when_a_file_header_reads_but_its_pixels_do_not(tmp_path):
+    root = tmp_path / "split1"
+    for c, base in (("a", 70), ("b", 80)):
+        (root / c).mkdir(parents=True)
+        for k in range(10):
+            picture(base + k, (24, 20)).save(root / c / f"{k:02d}.png")
+    buf = io.BytesIO()
+    picture(90, (24, 20)).save(buf, "PNG")
+    (root / "a" / "00_trunc.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # the header reads, the pixels do not
+    source = load_folder(root, DataConfig(name=str(root)))
+    result = run_inspection(str(root))
+    table, r = result.table, result.report
+    assert sorted(i for i, s in zip(table.ids, table.split) if s == 0) == sorted(source.train.ids)
+    assert sorted(i for i, s in zip(table.ids, table.split) if s == 1) == sorted(source.test.ids)
+    assert (r["normalisation"]["mean"], r["normalisation"]["std"]) == (list(source.mean), list(source.std))
+    assert [(Path(u["path"]).name, "truncated" in u["reason"]) for u in r["unreadable"]] == [("00_trunc.png", True)]
+    assert r["images"] == {"total": 20, "train": len(source.train), "test": len(source.test), "unreadable": 1}
+
+
+def test_the_dedupe_list_drops_a_symbolic_link_and_never_the_file_a_kept_link_points_to(tmp_path):
+    root = tmp_path / "sym"
+    for split, seeds in (("train", (100, 101, 102, 103)), ("test", (104, 105))):
+        (root / split).mkdir(parents=True)
+        for seed in seeds:
+            picture(seed).save(root / split / f"img{seed - 100}.png")
+    (root / "train" / "a_link.png").symlink_to("img3.png")  # same split: the link goes, its target stays
+    (root / "train" / "b_link.png").symlink_to(Path("..") / "test" / "img5.png")  # a leak: the training copy is the link
+    drops = tmp_path / "drop.txt"
+    report = inspect_data(str(root), dedupe_list=drops)
+    assert sorted(map(sorted, map(names, report["duplicates"]["exact"]["groups"]))) == [
+        ["sym/test/img5.png", "sym/train/b_link.png"],
+        ["sym/train/a_link.png", "sym/train/img3.png"],
+    ]
+    assert drops.read_text() == f"{root / 'train' / 'a_link.png'}\n"
+    for line in drops.read_text().splitlines():  # xargs -d '\n' rm -- < drop.txt
+        Path(line).unlink()
+    assert sorted(p.name for p in root.rglob("*.png") if p.exists()) == [
+        "b_link.png",
+        "img0.png",
+        "img1.png",
+        "img2.png",
+        "img3.png",
+        "img4.png",
+        "img5.png",
+    ]

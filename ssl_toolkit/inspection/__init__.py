@@ -246,7 +246,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
         out += report["labels"]["warnings"]
     mixed = sum(1 for g in report["duplicates"]["exact"]["groups"] if g.get("mixed_labels"))
     if mixed:
-        out.append(f"labels: {mixed} exact-duplicate group(s) carry different labels (the same image in several classes)")
+        what = "with different label sets" if report["labels"] and report["labels"]["multilabel"] else "in several classes"
+        out.append(f"labels: {mixed} exact-duplicate group(s) carry different labels (the same image {what})")
     for kind, what in (("exact", "exact-duplicate"), ("near", "near-duplicate"), ("embedding", "embedding-neighbour")):
         sec = report["duplicates"][kind]
         if sec and sec["leak_groups"]:

@@ -16,6 +16,8 @@ test split is a leak: the test score would partly measure memorisation.
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -178,13 +180,24 @@ def groups_from_pairs(table: ImageTable, i: np.ndarray, j: np.ndarray) -> list[n
     return uf.groups(members)
 
 
+def label_name(table: ImageTable, m: int) -> str:
+    """Row ``m``'s label: its class name, or for multi-hot rows the names it carries joined by ``;`` (as in ``labels.csv``)."""
+    assert table.labels is not None and table.classes
+    if table.labels.ndim == 2:
+        return ";".join(table.classes[k] for k in np.flatnonzero(table.labels[m]).tolist())
+    return table.classes[int(table.labels[m])]
+
+
 def describe_group(table: ImageTable, members: np.ndarray, score: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON-able group: member ids with split, label, size and format; whether it crosses splits."""
+    """A JSON-able group: member ids with split, label, size and format; whether it crosses splits.
+
+    ``mixed_labels``: members carry different labels (multi-label rows: different label sets).
+    """
     rows = []
     for m in members.tolist():
         row: dict[str, Any] = {"id": table.ids[m], "split": "train" if table.split[m] == 0 else "test"}
         if table.labels is not None and table.classes:
-            row["label"] = table.classes[int(table.labels[m])]
+            row["label"] = label_name(table, m)
         row["width"], row["height"] = int(table.width[m]), int(table.height[m])
         if table.formats is not None and table.nbytes is not None:  # folders have both
             row["format"] = str(table.formats[m])
@@ -193,7 +206,7 @@ def describe_group(table: ImageTable, members: np.ndarray, score: dict[str, Any]
     splits = {r["split"] for r in rows}
     out = {"size": len(rows), "crosses_split": len(splits) > 1, "members": rows}
     if table.labels is not None:
-        out["mixed_labels"] = len({int(table.labels[m]) for m in members.tolist()}) > 1
+        out["mixed_labels"] = len(np.unique(table.labels[members], axis=0)) > 1
     if score:
         out.update(score)
     return out
@@ -202,18 +215,39 @@ def describe_group(table: ImageTable, members: np.ndarray, score: dict[str, Any]
 LOSSY_FORMATS = {"JPEG", "MPO", "WEBP"}
 
 
+def _real_paths(table: ImageTable, members: list[int]) -> dict[int, str]:
+    """The file each member's path resolves to (symbolic links followed); empty for tables without files."""
+    if table.paths is None:
+        return {}
+    return {m: os.path.realpath(table.paths[m]) for m in members}
+
+
 def keep_index(table: ImageTable, members: np.ndarray) -> int:
-    """The member a dedupe keeps: a training image first, then the most pixels, a lossless file, the first id."""
+    """The member a dedupe keeps.
+
+    A training image first; then a file before a symbolic link that resolves to another
+    member (the same file: the link goes, its target stays); then the most pixels, a lossless
+    file, the first id.
+    """
+    ms = members.tolist()
+    real = _real_paths(table, ms)
+    shared = {r for r, n in Counter(real.values()).items() if n > 1}  # files two members' paths resolve to
 
     def rank(m: int) -> tuple:
         lossy = table.formats is not None and str(table.formats[m]) in LOSSY_FORMATS
-        return (int(table.split[m]), -int(table.width[m]) * int(table.height[m]), lossy, table.ids[m])
+        link = table.paths is not None and real[m] in shared and table.paths[m].is_symlink()
+        return (int(table.split[m]), link, -int(table.width[m]) * int(table.height[m]), lossy, table.ids[m])
 
-    return min(members.tolist(), key=rank)
+    return min(ms, key=rank)
 
 
 def dedupe_drops(table: ImageTable, groups: list[np.ndarray]) -> list[str]:
-    """Ids to drop so that one image of every (merged) group remains; sorted."""
+    """Ids to drop so that one image of every (merged) group remains; sorted.
+
+    Removing a listed path never removes the kept file: a member whose path resolves to the
+    kept file without being a symbolic link itself (the target of a kept link, or the kept
+    file reached through a linked folder) is not listed.
+    """
     uf = UnionFind(len(table))
     for g in groups:
         for b in g[1:].tolist():
@@ -222,5 +256,9 @@ def dedupe_drops(table: ImageTable, groups: list[np.ndarray]) -> list[str]:
     drops = []
     for g in uf.groups(touched):
         keep = keep_index(table, g)
-        drops += [table.ids[m] for m in g.tolist() if m != keep]
+        real = _real_paths(table, g.tolist())
+        for m in g.tolist():
+            same_file = table.paths is not None and real[m] == real[keep] and not table.paths[m].is_symlink()
+            if m != keep and not same_file:
+                drops.append(table.ids[m])
     return sorted(drops)

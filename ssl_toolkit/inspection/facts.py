@@ -119,21 +119,33 @@ def _imbalance(counts: list[int]) -> float | None:
     return round(max(present) / min(present), 4) if present else None
 
 
+def class_counts(labels: np.ndarray, k: int) -> list[int]:
+    """Images per class: ``(N,)`` class indices are counted, ``(N, K)`` multi-hot rows summed per label."""
+    if labels.ndim == 2:
+        return [int(v) for v in labels.sum(axis=0, dtype=np.int64)[:k]]
+    return np.bincount(labels, minlength=k)[:k].tolist()
+
+
 def label_facts(table: ImageTable, max_imbalance: float) -> dict[str, Any] | None:
-    """Class counts per split, imbalance ratio (largest / smallest present class), missing classes, warnings."""
+    """Class counts per split, imbalance ratio (largest / smallest present class), missing classes, warnings.
+
+    Multi-label tables count the images carrying each label (an image counts once per label
+    it carries); ``total`` is the images of the split, and the imbalance is over the labels.
+    """
     if table.labels is None or not table.classes:
         return None
     k = len(table.classes)
     per_split: dict[str, dict[str, Any]] = {}
     for s, name in enumerate(SPLITS):
-        counts = np.bincount(table.labels[table.split == s], minlength=k)[:k].tolist()
+        in_split = table.split == s
+        counts = class_counts(table.labels[in_split], k)
         per_split[name] = {
             "counts": dict(zip(table.classes, counts)),
-            "total": int(sum(counts)),
+            "total": int(in_split.sum()),
             "imbalance": _imbalance(counts),
             "missing": [c for c, n in zip(table.classes, counts) if n == 0] if sum(counts) else [],
         }
-    overall = np.bincount(table.labels, minlength=k)[:k].tolist()
+    overall = class_counts(table.labels, k)
     warnings = []
     for name in SPLITS:
         info = per_split[name]
@@ -143,6 +155,7 @@ def label_facts(table: ImageTable, max_imbalance: float) -> dict[str, Any] | Non
             warnings.append(f"{name} split is imbalanced: largest class / smallest class = {info['imbalance']:g} (> {max_imbalance:g})")
     return {
         "num_classes": k,
+        "multilabel": table.labels.ndim == 2,
         "classes": list(table.classes),
         "counts": dict(zip(table.classes, overall)),
         "imbalance": _imbalance(overall),

@@ -57,14 +57,17 @@ def histogram_rows(hist: dict[str, list], fmt: Callable[[float], str] = lambda v
 
 
 def class_grids(table: ImageTable, per_class: int, thumbs: Thumbnails, seed: int = 0) -> list[dict[str, Any]]:
-    """A few images of every class (or of the whole set when unlabelled), drawn with a fixed seed."""
+    """A few images of every class (or of the whole set when unlabelled), drawn with a fixed seed; a multi-label image may show under each of its labels."""
     if per_class == 0 or len(table) == 0:
         return []
     rng = np.random.default_rng(seed)
     if table.labels is None or not table.classes:
         buckets = [("all images", np.arange(len(table)))]
     else:
-        buckets = [(name, np.flatnonzero(table.labels == k)) for k, name in enumerate(table.classes)]
+        labels = table.labels
+        # (N, K) membership: a multi-label image is in each of its classes
+        hot = labels == 1 if labels.ndim == 2 else labels[:, None] == np.arange(len(table.classes))
+        buckets = [(name, np.flatnonzero(hot[:, k])) for k, name in enumerate(table.classes)]
     grids = []
     for name, idx in buckets:
         chosen = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False)) if len(idx) else idx

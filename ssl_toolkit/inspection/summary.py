@@ -97,7 +97,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lab = report["labels"]
     if lab:
         lines.append(
-            f"{'classes':<16}{lab['num_classes']}; imbalance (largest/smallest) overall {lab['imbalance']}, "
+            f"{'classes':<16}{lab['num_classes']}{' (multi-label)' if lab['multilabel'] else ''}; imbalance (largest/smallest) overall {lab['imbalance']}, "
             f"train {lab['splits']['train']['imbalance']}, test {lab['splits']['test']['imbalance']}"
         )
         width = max([5] + [len(terminal_safe(c)) for c in lab["classes"]])

@@ -3,10 +3,11 @@
 Two builders fill it. :func:`table_from_source` takes a tensor source (``digits``,
 ``synthetic``, ``fashion-mnist``): the images are already ``uint8`` arrays, so hashes and
 thumbnails are computed in batched tensor ops. :func:`table_from_folder` streams the files of
-an image folder through :func:`ssl_toolkit.data.scan.scan_files` (parallel threads, one
-decode per file): header facts, a content hash of the decoded pixels, the small grayscale
-thumbnails of the near-duplicate check and the toolkit's own square array for the
-normalisation statistics; files that fail to decode are listed with the reason.
+an image folder's index (the files and labels training reads) through
+:func:`ssl_toolkit.data.scan.scan_files` (parallel threads, one decode per file): header
+facts, a content hash of the decoded pixels, the small grayscale thumbnails of the
+near-duplicate check and the toolkit's own square array for the normalisation statistics;
+files that fail to decode are listed with the reason.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from PIL import Image
 
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import DataSource, Split
-from ssl_toolkit.data.images import HIGH_DEPTH_MODES, SINGLE_CHANNEL_MODES, open_image, to_8bit, upright
-from ssl_toolkit.data.layout import Unused, assign_split, folder_layout
+from ssl_toolkit.data.folder import split_rows, with_csv_labels
+from ssl_toolkit.data.images import HIGH_DEPTH_MODES, open_image, to_8bit, upright
+from ssl_toolkit.data.index import folder_index
+from ssl_toolkit.data.layout import Unused
 from ssl_toolkit.data.scan import FileScan, default_workers, scan_bytes, scan_files
 from ssl_toolkit.errors import UserError
 
@@ -45,7 +48,7 @@ class ImageTable:
         kind: ``"tensor"``, ``"folder"`` or ``"shards"``.
         ids: Image identifiers (file paths for folders, ``name:split:index`` or ``digits:index`` otherwise).
         split: ``(N,)`` int8, 0 = train, 1 = test.
-        labels: ``(N,)`` int64 class indices, or ``None``.
+        labels: ``(N,)`` int64 class indices, ``(N, K)`` uint8 multi-hot rows (a ``labels.csv``), or ``None``.
         classes: Class names, or ``None``.
         width: ``(N,)`` widths as displayed (EXIF orientation applied).
         height: ``(N,)`` heights as displayed.
@@ -273,44 +276,50 @@ def table_from_folder(
 ) -> ImageTable:
     """Scan an image folder once, in parallel, keeping only small per-file results.
 
-    Splits, channels and statistics follow :func:`ssl_toolkit.data.folder.load_folder`
-    exactly: single-channel data when every readable file is single-channel, the seeded
-    split drawn over the readable files, statistics over the training split at
-    ``cfg.image_size`` (default 32).
+    The files, labels, splits, channels and statistics are those of
+    :func:`ssl_toolkit.data.folder.load_folder`: the folder's cached index (files whose
+    headers read), the multi-hot labels of its ``labels.csv`` (or ``data.labels``) when it
+    has one, the split :func:`~ssl_toolkit.data.folder.split_rows` draws over the index,
+    single-channel data when every indexed file is single-channel, and statistics over the
+    training files that decode, at ``cfg.image_size`` (default 32). Every indexed file is
+    decoded; one that fails is listed as unreadable and left out of its split.
     """
-    layout = folder_layout(root)
-    size = cfg.image_size or 32
+    index = folder_index(root, cfg.max_pixels)
+    if not len(index):
+        raise UserError(f"no readable image in {root} ({len(index.bad)} files, none could be opened)")
+    index = with_csv_labels(root, index, cfg.labels)
+    train, test = split_rows(index, cfg)
+    size, channels = cfg.image_size or 32, index.channels
     report = None if progress is None else (lambda done, total: progress("reading files", done, total))
-    # Always decode to RGB: for an all-single-channel folder, channel 0 of the RGB array is
-    # exactly the L array load_folder would make, so one pass serves both cases.
-    files = scan_files(layout.paths, size, 3, visit=fingerprint, workers=workers, progress=report, max_pixels=cfg.max_pixels)
+    # Every indexed file is decoded (so each unreadable one is listed, data.limit or not), to
+    # RGB: for an all-single-channel folder, channel 0 of the RGB array is exactly the L array
+    # load_folder would make, so one pass serves both cases.
+    paths = [Path(index.path(r)) for r in range(len(index))]
+    files = scan_files(paths, size, 3, visit=fingerprint, workers=workers, progress=report, max_pixels=cfg.max_pixels)
     kept, cols, unreadable = _file_columns(files, keep_arrays)
-    unreadable = list(layout.bad) + unreadable  # fifos, dangling links, directories named like images
+    unreadable = list(index.bad) + unreadable  # fifos, dangling links, headers that do not read, then pixels that do not
     if not kept:
-        raise UserError(f"no readable image in {root} ({len(layout.paths)} files, none could be decoded)")
-    modes = np.asarray(cols["mode"], dtype=object)
-    channels = 1 if set(cols["mode"]) <= SINGLE_CHANNEL_MODES else 3
-    kept_arr = np.asarray(kept)
-    labels = None if layout.labels is None else np.asarray(layout.labels, np.int64)[kept_arr]
-    split = assign_split(layout.n_train, kept_arr, labels, cfg.test_fraction, cfg.split_seed)
-    keep = limit_train(split, cfg)
+        raise UserError(f"no readable image in {root} ({len(index)} files, none could be decoded)")
+    rows = np.asarray(kept, np.int64)
+    keep = np.flatnonzero(np.isin(rows, train) | np.isin(rows, test))  # data.limit leaves training files out
+    rows = rows[keep]
+    split = np.isin(rows, test).astype(np.int8)
     s1, s2 = np.stack(cols["s1"])[keep][:, :channels], np.stack(cols["s2"])[keep][:, :channels]
-    train = split[keep] == 0
-    mean, std = _stats(s1[train] if train.any() else s1, s2[train] if train.any() else s2, size * size)
+    on_train = split == 0
+    mean, std = _stats(s1[on_train] if on_train.any() else s1, s2[on_train] if on_train.any() else s2, size * size)
     images = None
     if keep_arrays:
         images = torch.from_numpy(np.stack(cols["array"])[keep][:, :channels].copy())
-    paths = [layout.paths[i] for i in kept_arr[keep]]
     return ImageTable(
         name=str(root),
         kind="folder",
-        ids=[str(p) for p in paths],
-        split=split[keep],
-        labels=None if labels is None else labels[keep],
-        classes=layout.classes,
+        ids=[str(paths[r]) for r in rows],
+        split=split,
+        labels=None if index.labels is None else index.labels[rows],
+        classes=index.classes,
         width=np.asarray(cols["width"], np.int64)[keep],
         height=np.asarray(cols["height"], np.int64)[keep],
-        modes=modes[keep],
+        modes=np.asarray(cols["mode"], dtype=object)[keep],
         formats=np.asarray(cols["format"], dtype=object)[keep],
         nbytes=np.asarray(cols["bytes"], np.int64)[keep],
         exact_key=exact_keys(np.frombuffer(b"".join(cols["digest"]), np.uint8).reshape(len(kept), -1)[keep]),
@@ -321,9 +330,9 @@ def table_from_folder(
         mean=mean,
         std=std,
         unreadable=unreadable,
-        unused=layout.unused,
+        unused=index.unused,
         images=images,
-        paths=paths,
+        paths=[paths[r] for r in rows],
     )
 
 
@@ -368,8 +377,8 @@ def table_from_shards(
     channels = info.channels
     split = where[k]
     labels = None
-    if info.classes is not None and not info.multilabel and all(p.labels is not None for p in parts if len(p)):
-        labels = np.concatenate([p.labels.numpy() for p in parts if p.labels is not None]).astype(np.int64)[k]
+    if info.classes is not None and all(p.labels is not None for p in parts if len(p)):  # multi-hot rows for multi-label shards
+        labels = np.concatenate([p.labels.numpy() for p in parts if p.labels is not None])[k]
     s1, s2 = np.stack(cols["s1"])[:, :channels], np.stack(cols["s2"])[:, :channels]
     train = split == 0
     mean, std = _stats(s1[train] if train.any() else s1, s2[train] if train.any() else s2, size * size)
@@ -449,16 +458,6 @@ def _file_columns(files: Iterable[FileScan], keep_arrays: bool) -> tuple[list[in
         if keep_arrays:
             cols["array"].append(rec.array)
     return kept, cols, unreadable
-
-
-def limit_train(split: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """Indices kept after ``cfg.limit`` (a seeded subset of the training split, as ``load_source`` takes)."""
-    train = np.flatnonzero(split == 0)
-    if cfg.limit is None or cfg.limit >= len(train):
-        return np.arange(len(split))
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    chosen = train[torch.randperm(len(train), generator=g)[: cfg.limit].sort().values.numpy()]
-    return np.sort(np.concatenate([chosen, np.flatnonzero(split == 1)]))
 
 
 def _stats(s1: np.ndarray, s2: np.ndarray, pixels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
