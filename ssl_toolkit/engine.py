@@ -157,13 +157,14 @@ class PretrainModule(L.LightningModule):
         x = self.to_unit(x_u8)
         if self._channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # a no-op unless processing changed the layout
-        loss, logs = self.task(self.step_backbone, x)
-        feats = logs.pop("features", None)
+        output = self.task(self.step_backbone, x)
         if not self._output_checked:
             check_task_output(
-                getattr(self.task, "name", type(self.task).__name__), loss, logs, feats, len(y) if self.online_probe is not None else None
+                getattr(self.task, "name", type(self.task).__name__), output, len(y) if self.online_probe is not None else None
             )
             self._output_checked = True
+        loss, logs = output
+        feats = logs.pop("features", None)
         self.step_loss = loss.detach()
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         for k, v in logs.items():
@@ -223,30 +224,38 @@ class PretrainModule(L.LightningModule):
         return min(1.0, (time.monotonic() - self._fit_started) / (60.0 * float(self.cfg.max_minutes)))
 
 
-def check_task_output(task: str, loss: Any, logs: dict[str, Any], features: Any, batch: int | None) -> None:
+def check_task_output(task: str, output: Any, batch: int | None) -> None:
     """Refuse, in one line naming the task, a first training step whose output Lightning or the online probe cannot use.
 
-    A task's ``__call__`` returns one scalar loss that carries gradients, scalar logs and,
-    for the online probe, ``features`` with one row per image of the batch
-    (:class:`~ssl_toolkit.pretext.base.PretextTask`).
+    A task's ``__call__`` returns a pair ``(loss, logs)``: one scalar loss that carries
+    gradients and a dict of scalar logs that may hold, for the online probe, ``features``
+    with one row per image of the batch (:class:`~ssl_toolkit.pretext.base.PretextTask`).
 
     Args:
         task: The task's registered name.
-        loss: What the task returned as its loss.
-        logs: Its other outputs, ``features`` taken out.
-        features: Its ``features`` output, if any.
+        output: What the task returned.
         batch: Images in the batch when the online probe reads ``features`` (``None``: not checked).
     """
     from ssl_toolkit.errors import UserError
 
     where = f"task '{task}' returned"
+    if not isinstance(output, (tuple, list)) or len(output) != 2 or not isinstance(output[1], dict):
+        if isinstance(output, (tuple, list)) and len(output) == 2:
+            what = f"logs of type {type(output[1]).__name__}"
+        elif isinstance(output, (tuple, list)):
+            what = f"a {len(output)}-item {type(output).__name__}"
+        else:
+            what = "None" if output is None else f"a {type(output).__name__}"
+        raise UserError(f"{where} {what}; forward() returns a pair (loss, logs): one scalar loss and a dict of scalars to log")
+    loss, logs = output
+    features = logs.get("features")
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise UserError(f"{where} a loss of shape {shape}; a task returns one floating-point scalar loss")
     if torch.is_grad_enabled() and not loss.requires_grad:
         raise UserError(f"{where} a loss that carries no gradient (detached); the backbone would not learn")
     for key, value in logs.items():
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
+        if key != "features" and isinstance(value, torch.Tensor) and value.numel() != 1:
             raise UserError(f"{where} log '{key}' of shape {tuple(value.shape)}; logged values are scalars")
     if (
         batch is not None

@@ -136,6 +136,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     """Resolve the config and the run folder, and check everything that needs no data."""
     from ssl_toolkit.library import check_library_writable, check_name, name_taken, refuse_inside_library
     from ssl_toolkit.pretext import TASKS
+    from ssl_toolkit.pretext.base import check_task_signature
     from ssl_toolkit.trainer import check_lightning_options, check_logger
 
     primary = is_primary_process()
@@ -169,7 +170,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     plan = Plan(cfg, folder, resume is not None, overwrite, name, primary, finished)
     if finished is not None:
         return plan
-    TASKS.get(cfg.task)  # unknown task: fail before loading data
+    check_task_signature(cfg.task, TASKS.get(cfg.task))  # unknown task, or one that cannot be built: fail before loading data
     check_lightning_options(cfg.trainer)
     check_logger(cfg.trainer.logger)
     if name is not None and name_taken(check_name(name)):

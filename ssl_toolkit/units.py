@@ -1,4 +1,4 @@
-"""Numbers for people: the one byte-size formatter."""
+"""Numbers for people: byte sizes and label fractions."""
 
 from __future__ import annotations
 
@@ -16,3 +16,15 @@ def human_size(n: float | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def fraction_text(value: float | None) -> str:
+    """A label fraction as written in records: the shortest text that reads back as the same float.
+
+    ``1.0`` -> ``1``, ``0.1`` -> ``0.1``, ``0.999999999999`` -> ``0.999999999999`` (never
+    rounded, so two fractions that differ read differently); ``None`` -> ``-``.
+    """
+    if value is None:
+        return "-"
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text

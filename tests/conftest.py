@@ -94,6 +94,17 @@ def run_ssl():
 
 
 @pytest.fixture
+def own_registries(monkeypatch):
+    """The task and evaluator registries, built-ins discovered, with whatever a test registers gone afterwards."""
+    from ssl_toolkit.evaluators.base import EVALUATORS
+    from ssl_toolkit.pretext.base import TASKS
+
+    for registry in (TASKS, EVALUATORS):
+        registry.names()  # discovery first, so later lookups do not run it into the copy
+        monkeypatch.setattr(registry, "_items", dict(registry._items))
+
+
+@pytest.fixture
 def cli(capsys, monkeypatch):
     """Run the ``ssl`` entry point in-process; returns (exit code, stdout, stderr)."""
     from ssl_toolkit.cli import run

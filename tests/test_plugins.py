@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ssl_toolkit.registry import Registry
 
@@ -302,10 +304,53 @@ def test_an_evaluators_scores_and_facts_are_checked_before_anything_is_recorded(
         (torch.zeros(5, 3), r"scores of shape \(5, 3\); it needs one row per test image \(4\)"),
         (torch.zeros(4, 2), r"scores of shape \(4, 2\); it needs \(4, 3\)"),
         (torch.full((4, 3), float("nan")), "scores that are not finite"),
-        ([0, 1, 2, 0], "scores of shape list"),
+        ([0, 1, 2, 0], r"scores of type list; it needs a torch.Tensor with one row per test image \(4\)$"),
+        (np.zeros((4, 3)), r"scores of type numpy.ndarray; it needs a torch.Tensor with one row per test image \(4\)$"),
     ]:
         with pytest.raises(UserError, match=rf"^evaluator 'm' returned {message}"):
             check_scores("m", scores, 4, 3)
+
+
+def test_an_evaluators_output_must_be_a_pair_and_its_facts_standard_json():
+    import torch
+
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.eval.probe import check_facts, evaluation_output
+
+    def refusal(check, *args) -> str:
+        with pytest.raises(UserError) as e:
+            check("m", *args)
+        return str(e.value)
+
+    scores = torch.zeros(4, 3)
+    assert evaluation_output("m", (scores, {})) == (scores, {})
+    pair = "; evaluate() returns a pair (scores, facts): the test scores and a dict of facts"
+    assert refusal(evaluation_output, scores) == f"evaluator 'm' returned a torch.Tensor{pair}"
+    assert refusal(evaluation_output, torch.zeros(2, 3)) == f"evaluator 'm' returned a torch.Tensor{pair}"  # not two rows unpacked
+    assert refusal(evaluation_output, None) == f"evaluator 'm' returned None{pair}"
+    assert refusal(evaluation_output, (scores, {}, {})) == f"evaluator 'm' returned a 3-item tuple{pair}"
+    facts_kind = "; the facts are a dict with string keys (may be empty)"
+    assert refusal(evaluation_output, (scores, None)) == f"evaluator 'm' returned facts as None{facts_kind}"
+    assert (
+        refusal(evaluation_output, (scores, {1: 2})) == f"evaluator 'm' returned facts as a dict with keys that are not strings{facts_kind}"
+    )
+
+    check_facts(
+        "m", {"s": "x", "n": None, "b": True, "i": 3, "f": 0.5, "l": [1, (2.5, "y")], "d": {"a": {"b": [None]}}, "np": np.float64(2)}
+    )
+    loop: list = []
+    loop.append(loop)
+    kinds = "; facts are recorded as JSON: finite numbers, strings, booleans, None, and lists or string-keyed dicts of those"
+    for facts, what in [
+        ({"obj": object()}, "fact 'obj' of type object"),
+        ({"x": float("nan")}, "fact 'x' = nan (not finite)"),
+        ({"h": {"a": [1, float("-inf")]}}, """fact 'h["a"][1]' = -inf (not finite)"""),
+        ({"t": torch.tensor(1.0)}, "fact 't' of type torch.Tensor"),
+        ({"i": np.int64(1)}, "fact 'i' of type numpy.int64"),
+        ({"d": {2: "two"}}, "fact 'd[2]' has a key of type int, not a string"),
+        ({"loop": loop}, "fact 'loop[0]' contains itself"),
+    ]:
+        assert refusal(check_facts, facts) == f"evaluator 'm' returned {what}{kinds}"
 
 
 def test_a_task_or_evaluator_whose_config_is_not_its_bases_settings_model_is_refused_when_registered():
@@ -377,3 +422,42 @@ def test_a_task_or_evaluator_that_leaves_an_abstract_method_unimplemented_is_ref
     with pytest.raises(UserError, match=r"^task 'no-forward': .*NoForward does not implement forward$"):
         register_task("no-forward")(NoForward)
     assert (TASKS.names(), EVALUATORS.names()) == before
+
+
+def test_a_task_whose_forward_returns_no_pair_or_whose_init_takes_other_arguments_is_one_line(tmp_path, cli, own_registries):
+    from ssl_toolkit.engine import check_task_output
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.pretext.base import check_task_signature, register_task
+    from ssl_toolkit.pretext.rotation import RotationTask
+
+    @register_task("returns-none")
+    class ReturnsNone(RotationTask):
+        def forward(self, backbone, images):
+            super().forward(backbone, images)  # forgets to return
+
+    @register_task("badsig")
+    class BadSignature(RotationTask):
+        def __init__(self, feature_dim):
+            raise AssertionError("never called")
+
+    pair = "; forward() returns a pair (loss, logs): one scalar loss and a dict of scalars to log"
+    loss = torch.zeros((), requires_grad=True)
+    for output, what in [(None, "None"), (loss, "a Tensor"), ((loss,), "a 1-item tuple"), ((loss, None), "logs of type NoneType")]:
+        with pytest.raises(UserError) as e:
+            check_task_output("t", output, None)
+        assert str(e.value) == f"task 't' returned {what}{pair}"
+    check_task_output("t", (loss, {"pretext_acc": torch.ones(()), "features": torch.zeros(2, 3)}), 2)
+    check_task_signature("rotation", RotationTask)
+
+    args = ["--backbone", "test_resnet", "--data", "synthetic", "--image-size", "16", "--epochs", "1", "--batch-size", "16", "-q"]
+    args += ["--set", "data.synthetic_train=32", "--set", "data.synthetic_test=16", "--accelerator", "cpu"]
+    code, _, err = cli("pretrain", "--task", "badsig", *args, "--out", tmp_path / "badsig")
+    assert (code, err) == (
+        2,
+        "error: task 'badsig' cannot be built: TypeError: too many positional arguments; "
+        "the toolkit calls BadSignature(feature_dim, config, data), and its __init__ takes (feature_dim)\n",
+    )
+    assert not (tmp_path / "badsig").exists()
+    code, _, err = cli("pretrain", "--task", "returns-none", *args, "--out", tmp_path / "none")
+    assert code == 2 and err.strip().splitlines()[-1] == f"error: task 'returns-none' returned None{pair}"
+    assert "Traceback" not in err and not (tmp_path / "none").exists()

@@ -258,3 +258,64 @@ def test_a_folder_where_the_result_file_goes_is_refused_before_the_evaluation(tm
     record = tmp_path / "run" / "probes" / "digits-knn-1.json"
     assert (code, out, err) == (2, "", f"error: {record} is a folder where the probe writes its result; move it away first\n")
     assert (tmp_path / "run" / "meta.json").read_bytes() == before
+
+
+def test_a_plugin_evaluators_output_is_checked_before_anything_is_recorded(cli, tmp_path, own_registries):
+    from ssl_toolkit.evaluators.base import Evaluator, register_evaluator
+
+    def plugin(name, make):
+        @register_evaluator(name)
+        class Plugin(Evaluator):
+            reads_training_settings = False
+
+            def trainable_parameters(self, backbone, head):
+                return []
+
+            def evaluate(self, ctx):
+                return make(torch.zeros(len(ctx.source.test), ctx.source.num_classes))  # (45, 6)
+
+    plugin("objfact", lambda s: (s, {"obj": object()}))
+    plugin("nanfact", lambda s: (s, {"x": float("nan")}))
+    plugin("arrayscores", lambda s: (s.numpy(), {}))
+    plugin("scoresonly", lambda s: s)
+    plugin("fine", lambda s: (s, {"pair": (1, 2.5), "note": None}))
+    run = saved_backbone(tmp_path / "run")
+    meta = (run / "meta.json").read_text()
+    json_kinds = "; facts are recorded as JSON: finite numbers, strings, booleans, None, and lists or string-keyed dicts of those"
+    for mode, error in [
+        ("objfact", f"evaluator 'objfact' returned fact 'obj' of type object{json_kinds}"),
+        ("nanfact", f"evaluator 'nanfact' returned fact 'x' = nan (not finite){json_kinds}"),
+        (
+            "arrayscores",
+            "evaluator 'arrayscores' returned scores of type numpy.ndarray; it needs a torch.Tensor with one row per test image (45)",
+        ),
+        (
+            "scoresonly",
+            "evaluator 'scoresonly' returned a torch.Tensor; evaluate() returns a pair (scores, facts): the test scores and a dict of facts",
+        ),
+    ]:
+        code, out, err = cli("probe", run, "--mode", mode, "--json", *SMALL)
+        assert (code, out, err) == (2, "", f"error: {error}\n"), mode
+        assert not (run / "probes").exists() and (run / "meta.json").read_text() == meta
+    code, out, err = cli("probe", run, "--mode", "fine", "--json", *SMALL)
+    assert code == 0, err
+    line = out.strip().splitlines()[-1]
+    assert (run / "probes" / "synthetic-fine-1.json").read_text() == json.dumps(json.loads(line), indent=2) + "\n"
+    assert json.loads(line)["pair"] == [1, 2.5] and json.loads(line)["note"] is None
+
+
+def test_the_partial_record_names_the_stages_it_froze_and_the_table_the_exact_fraction(cli, tmp_path):
+    from ssl_toolkit.eval.report import probe_details
+
+    run = saved_backbone(tmp_path / "run")
+    code, out, err = cli("probe", run, "--mode", "partial", "--epochs", "1", "--label-fraction", "0.999999999999", "--json", *SMALL)
+    assert code == 0, err
+    record = json.loads((run / "probes" / "synthetic-partial-0.999999999999.json").read_text())
+    assert record["settings"]["freeze_stages"] == 3  # the default, N - 1 of test_resnet's 4 stages
+    assert record["frozen"] == ["stem", "layer1", "layer2", "layer3"]
+    assert probe_details(record) == "layer_decay=1.0, augment=basic, grad_checkpointing=False, freeze_stages=3"
+    assert "label fraction  0.999999999999\n" in out
+    code, out, err = cli("probe", run, "--mode", "partial", "--epochs", "1", "--freeze-stages", "0", "--json", *SMALL)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["settings"]["freeze_stages"] == 0
+    assert "label fraction  1\n" in out

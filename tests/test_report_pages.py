@@ -106,6 +106,14 @@ def test_a_probe_rows_details_name_its_seed_and_settings_so_two_records_can_be_t
     assert [r["notes"] for r in rows] == ["k=20: 50.00, k=1: 25.00; k=20, temperature=0.1", "seed 3; freeze_stages=2, augment=<b>"]
 
 
+def test_probe_rows_show_each_recorded_label_fraction_exactly():
+    from ssl_toolkit.eval.report import probe_rows
+
+    fractions = [1.0, 0.999999999999, 0.1, 1e-05, 0.30000000000000004]
+    rows = probe_rows([{"mode": "linear", "top1": 0.5, "label_fraction": f} for f in fractions])
+    assert [r["fraction"] for r in rows] == ["1", "0.999999999999", "0.1", "1e-05", "0.30000000000000004"]
+
+
 def test_huge_finite_values_are_left_out_of_the_curves_not_a_crash():
     png = plots.training_curves({"loss_step": ([1.0], [1e308]), "loss_epoch": ([1.0, 2.0], [1.0, 0.5])})
     assert png is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, main, quiet_libraries
@@ -96,6 +94,8 @@ def probe(
     quiet_libraries()
     from ssl_toolkit.errors import UserError
     from ssl_toolkit.eval.probe import probe as run_probe
+    from ssl_toolkit.eval.probe import result_json
+    from ssl_toolkit.units import fraction_text
 
     if random_init and target is not None:
         raise UserError(f"give a TARGET or --random-init, not both ({target} would not be evaluated)")
@@ -127,7 +127,7 @@ def probe(
     rows = [
         ("mode", result["mode"]),
         ("data", result["dataset"]),
-        ("label fraction", f"{result['label_fraction']:g}"),
+        ("label fraction", fraction_text(result["label_fraction"])),
         ("train / test", f"{result['n_train']} / {result['n_test']}"),
         *_k_row(result, _asked_k(result["mode"], cfg.get("evaluator_config", {}))),
         *metric_rows(result),
@@ -135,7 +135,7 @@ def probe(
     ]
     echo_rows(rows)
     if as_json:
-        click.echo(json.dumps(result, separators=(",", ":")))
+        click.echo(result_json(result))  # as the record file is written
 
 
 def _asked_k(mode: str, settings: dict) -> object:

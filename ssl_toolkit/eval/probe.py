@@ -7,6 +7,8 @@ data at the backbone's image size, takes the label fraction, runs the evaluator 
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from ssl_toolkit.api import Flag, config_fields, public
-from ssl_toolkit.atomic import atomic_write_json
+from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size, resolve_auto
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
@@ -146,8 +148,9 @@ def probe(
     train_idx = label_subset(source.train.labels, cfg.label_fraction, cfg.seed)
     warn_untrained_classes(source)
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
-    scores, facts = evaluator.evaluate(ctx)
+    scores, facts = evaluation_output(cfg.mode, evaluator.evaluate(ctx))
     check_scores(cfg.mode, scores, len(source.test), source.num_classes if source.target_kind == "multiclass" else None)
+    check_facts(cfg.mode, facts)
     report = evaluation_report(source.target_kind, scores, source.test.labels, source.num_classes, facts.get("thresholds"))
     result = {
         "mode": cfg.mode,
@@ -218,17 +221,125 @@ def check_record_file(folder: Path, key: str) -> None:
         raise UserError(f"{record} is a folder where the probe writes its result; move it away first")
 
 
+def _type_name(value: Any) -> str:
+    """``value``'s type for messages: ``list``, ``numpy.ndarray``, ``torch.Tensor``."""
+    kind = type(value)
+    module = {"builtins": "", "torch": "torch."}.get(kind.__module__, f"{kind.__module__.split('.')[0]}.")
+    return f"{module}{kind.__qualname__}"
+
+
+def evaluation_output(mode: str, output: Any) -> tuple[Any, dict[str, Any]]:
+    """What :meth:`Evaluator.evaluate` returned, as ``(scores, facts)``.
+
+    Args:
+        mode: The evaluator's registered name.
+        output: Its return value.
+
+    Returns:
+        The scores (checked by :func:`check_scores`) and the facts (checked by :func:`check_facts`).
+
+    Raises:
+        UserError: ``output`` is not a pair whose second item is a dict with string keys.
+    """
+    if not isinstance(output, (tuple, list)) or len(output) != 2:
+        if isinstance(output, (tuple, list)):
+            what = f"a {len(output)}-item {_type_name(output)}"
+        else:
+            what = "None" if output is None else f"a {_type_name(output)}"
+        raise UserError(
+            f"evaluator '{mode}' returned {what}; evaluate() returns a pair (scores, facts): the test scores and a dict of facts"
+        )
+    scores, facts = output
+    if not isinstance(facts, dict) or not all(isinstance(k, str) for k in facts):
+        what = (
+            "a dict with keys that are not strings" if isinstance(facts, dict) else ("None" if facts is None else f"a {_type_name(facts)}")
+        )
+        raise UserError(f"evaluator '{mode}' returned facts as {what}; the facts are a dict with string keys (may be empty)")
+    return scores, facts
+
+
 def check_scores(mode: str, scores: Any, n_test: int, num_classes: int | None) -> None:
     """Refuse, in one line naming the evaluator, scores that are not one finite row per test image (``num_classes`` wide, when given)."""
-    if not isinstance(scores, torch.Tensor) or scores.dim() not in (1, 2) or len(scores) != n_test:
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise UserError(f"evaluator '{mode}' returned scores of shape {shape}; it needs one row per test image ({n_test})")
+    if not isinstance(scores, torch.Tensor):
+        raise UserError(
+            f"evaluator '{mode}' returned scores of type {_type_name(scores)}; it needs a torch.Tensor with one row per test image ({n_test})"
+        )
+    if scores.dim() not in (1, 2) or len(scores) != n_test:
+        raise UserError(f"evaluator '{mode}' returned scores of shape {tuple(scores.shape)}; it needs one row per test image ({n_test})")
     if num_classes is not None and (scores.dim() != 2 or scores.shape[1] != num_classes):
         raise UserError(f"evaluator '{mode}' returned scores of shape {tuple(scores.shape)}; it needs ({n_test}, {num_classes})")
     if not bool(torch.isfinite(scores.float()).all()):
         raise UserError(
             f"evaluator '{mode}' returned scores that are not finite (NaN or inf): training diverged or the evaluator is broken"
         )
+
+
+def check_facts(mode: str, facts: dict[str, Any]) -> None:
+    """Refuse, in one line naming the evaluator and the fact, a fact the record cannot hold as standard JSON.
+
+    A fact is a finite number, a string, a boolean, ``None``, or a list, tuple or
+    string-keyed dict of those; it is written to ``probes/*.json`` and the ``--json`` line
+    as it is.
+
+    Args:
+        mode: The evaluator's registered name.
+        facts: The facts it returned.
+
+    Raises:
+        UserError: A fact (or a value inside one, named by its place) is anything else.
+    """
+    for name, value in facts.items():
+        problem = _json_problem(value, name, set())
+        if problem is not None:
+            where, why = problem
+            raise UserError(
+                f"evaluator '{mode}' returned fact '{where}' {why}; facts are recorded as JSON: finite numbers, strings, "
+                "booleans, None, and lists or string-keyed dicts of those"
+            )
+
+
+def _json_problem(value: Any, where: str, path: set[int]) -> tuple[str, str] | None:
+    """Where inside ``value`` (reached as ``where``) and why it is not standard JSON; ``None`` when it is.
+
+    ``path`` holds the ids of the containers around ``value``, so a container that holds
+    itself is found instead of recursing forever.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, f"= {value} (not finite)")
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in path:
+            return where, "contains itself"
+        inner = path | {id(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"{where}[{key!r}]", f"has a key of type {_type_name(key)}, not a string"
+                found = _json_problem(item, f"{where}[{json.dumps(key)}]", inner)
+                if found is not None:
+                    return found
+            return None
+        for i, item in enumerate(value):
+            found = _json_problem(item, f"{where}[{i}]", inner)
+            if found is not None:
+                return found
+        return None
+    return where, f"of type {_type_name(value)}"
+
+
+def result_json(result: dict[str, Any], indent: int | None = None) -> str:
+    """A probe result as standard JSON: the record file (``indent=2``) and the ``--json`` line (one line) alike.
+
+    Args:
+        result: The result of :func:`probe`, its facts checked by :func:`check_facts`.
+        indent: Spaces per level; ``None``: one compact line.
+
+    Raises:
+        ValueError: A value is not finite (``allow_nan=False``).
+        TypeError: A value is not JSON (no fallback to ``str``).
+    """
+    return json.dumps(result, indent=indent, separators=None if indent is not None else (",", ":"), allow_nan=False)
 
 
 def evaluation_report(
@@ -256,14 +367,15 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
     from ssl_toolkit.library import is_library_entry, probe_key, record_probe_summary
 
     name = probe_key(result["dataset"], result["mode"], result["label_fraction"])
+    text = result_json(result, indent=2) + "\n"  # as the --json line: a result that is not JSON fails here, before anything is written
     if not is_library_entry(folder):
-        atomic_write_json(folder / "probes" / f"{name}.json", result)
+        atomic_write_text(folder / "probes" / f"{name}.json", text)
     summary = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
     if result.get("metric") not in (None, "top1"):  # binary / multi-label: the headline metric too
         summary.update(metric=result["metric"], score=result.get(result["metric"]))
     twin = record_probe_summary(folder, name, summary)
     if twin is not None and not is_library_entry(twin):  # probed by its library name: the run folder's own record too
         try:
-            atomic_write_json(twin / "probes" / f"{name}.json", result)
+            atomic_write_text(twin / "probes" / f"{name}.json", text)
         except OSError as e:
             print(f"warning: the result is recorded in {folder}, but not in {twin / 'probes'}: {e.strerror or e}", file=sys.stderr)

@@ -42,6 +42,7 @@ from ssl_toolkit.html_page import check_page_suffix, data_uri, render_page, show
 from ssl_toolkit.run_folder import check_output_file
 from ssl_toolkit.sigint import remembered_sigint
 from ssl_toolkit.terminal import terminal_safe
+from ssl_toolkit.units import fraction_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -118,7 +119,7 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
         rows.append(
             {
                 "mode": str(p.get("mode", "?")),
-                "fraction": f"{float(p.get('label_fraction') or 0):g}",
+                "fraction": fraction_text(float(p.get("label_fraction") or 0)),
                 **headline_cells(p, _pct),
                 "sizes": f"{p.get('n_train', '-')} / {p.get('n_test', '-')}",
                 "dataset": str(p.get("dataset", "-")),
@@ -256,7 +257,7 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
         "confusion": {
             "src": data_uri(conf_png),
             "top1": _pct(confusion.get("top1")),
-            "fraction": f"{float(confusion.get('label_fraction') or 0):g}",
+            "fraction": fraction_text(float(confusion.get("label_fraction") or 0)),
         }
         if confusion and conf_png
         else None,

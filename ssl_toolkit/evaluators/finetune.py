@@ -292,7 +292,7 @@ class TrainedEvaluator(Evaluator):
         module.eval()
         scores = targets.to_scores(kind, score_images(module, ctx.source.test))
         n_trainable = sum(p.numel() for p in self.trainable_parameters(backbone, head))
-        facts = {
+        facts: dict[str, Any] = {
             "epochs": epochs,
             "lr": lr,
             "weight_decay": wd,
@@ -300,7 +300,7 @@ class TrainedEvaluator(Evaluator):
             "augment": self.settings.augment,
             "frozen": [g.name for g in groups[:n_frozen]],
             "trainable_params": int(n_trainable),
-            "train_loss": round(float(trainer.callback_metrics.get("loss", float("nan"))), 6),
+            "train_loss": finite_or_none(trainer.callback_metrics.get("loss")),
             **({"grad_checkpointing": True} if self.settings.grad_checkpointing else {}),
         }
         if len(held_idx):
@@ -308,6 +308,14 @@ class TrainedEvaluator(Evaluator):
             facts["thresholds"] = targets.choose_thresholds(kind, held_scores, train.labels[held_idx])
         module.cpu()
         return scores, facts
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A logged scalar rounded to 6 decimals; ``None`` when it is missing or not finite (the record is standard JSON)."""
+    if value is None:
+        return None
+    number = float(value)
+    return round(number, 6) if math.isfinite(number) else None
 
 
 def score_images(module: FinetuneModule, images: Any) -> torch.Tensor:
@@ -337,6 +345,12 @@ class PartialEvaluator(TrainedEvaluator):
             names = ", ".join(g.name for g in groups[1:])
             raise UserError(f"--freeze-stages {k} is out of range; this backbone has {n} stages ({names}): use 0 to {n}")
         return k + 1
+
+    def evaluate(self, ctx: EvalContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        """As :meth:`TrainedEvaluator.evaluate`; :attr:`settings` then holds the number of stages frozen, the default resolved."""
+        k = self.frozen_count(stages(ctx.model)) - 1  # the range is checked here, before any training
+        self.settings = self.settings.model_copy(update={"freeze_stages": k})  # what the record's settings say
+        return super().evaluate(ctx)
 
 
 @register_evaluator("finetune")

@@ -306,6 +306,35 @@ def register_input_transform(name: str) -> Callable[[Callable[[torch.Tensor], to
     return INPUT_TRANSFORMS.register(name)
 
 
+def check_task_signature(name: str, cls: type[PretextTask]) -> None:
+    """Refuse, in one line naming the task, a class that cannot be called as the toolkit builds a task.
+
+    The toolkit calls ``cls(feature_dim, config, data)``; the arguments are matched
+    against the signature of ``__init__`` only (nothing runs), so a ``TypeError`` raised
+    inside ``__init__`` itself still shows its traceback.
+
+    Args:
+        name: The task's registered name.
+        cls: Its class.
+
+    Raises:
+        UserError: The signature does not take those three arguments.
+    """
+    import inspect
+
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to read: the call itself will tell
+        return
+    try:
+        signature.bind(0, None, None)
+    except TypeError as e:
+        raise UserError(
+            f"task '{name}' cannot be built: TypeError: {e}; the toolkit calls {cls.__name__}(feature_dim, config, data), "
+            f"and its __init__ takes {signature}"
+        ) from None
+
+
 def build_task(name: str, feature_dim: int, task_config: dict[str, Any], data: DataFacts) -> PretextTask:
     """Validate ``task_config`` against the task's config model and build the task."""
     from ssl_toolkit.config import validate
@@ -313,4 +342,5 @@ def build_task(name: str, feature_dim: int, task_config: dict[str, Any], data: D
     cls = TASKS.get(name)
     cfg = validate(cls.Config, task_config, what=f"task_config ({name})")
     cls.check_data(cfg, data)
+    check_task_signature(name, cls)
     return cls(feature_dim, cfg, data)
