@@ -184,11 +184,11 @@ def test_the_k_row_says_when_the_default_k_is_clipped(cli, tmp_path):
     assert "90 (of 200 asked: the training set's size)" in out
 
 
-def test_test_classes_without_training_images_are_named(cli, tmp_path):
+def test_classes_missing_from_either_split_are_named(cli, tmp_path):
     from PIL import Image
 
     rng = torch.Generator().manual_seed(0)
-    for split, classes in (("train", "xyz"), ("test", "xyzw")):
+    for split, classes in (("train", "xyzv"), ("test", "xyzw")):
         for c in classes:
             (tmp_path / "data" / split / c).mkdir(parents=True)
             for i in range(4):
@@ -198,7 +198,8 @@ def test_test_classes_without_training_images_are_named(cli, tmp_path):
     code, out, err = cli("probe", run, "--mode", "knn", "--data", tmp_path / "data", "--accelerator", "cpu", "--json")
     assert code == 0, err
     assert "class(es) w have test images but no training image" in err
-    assert json.loads(out.strip().splitlines()[-1])["per_class_acc"][0] == 0.0  # classes sort: w, x, y, z
+    assert "class(es) v have no test image: the scores say nothing of them" in err
+    assert json.loads(out.strip().splitlines()[-1])["per_class_acc"][1] == 0.0  # classes sort: v, w, x, y, z
 
 
 def test_online_probe_never_touches_the_backbone():

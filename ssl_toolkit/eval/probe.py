@@ -184,17 +184,30 @@ def probe(
 
 
 def warn_untrained_classes(source: DataSource) -> None:
-    """One warning line naming the classes of the test split that the training split never shows (no evaluator can predict them)."""
+    """A warning line naming the classes of the test split that the training split never shows (no evaluator can
+    predict them), and one naming the classes the test split never shows (the scores say nothing of them)."""
     train, test = source.train.labels, source.test.labels
+    k = source.num_classes
     if source.target_kind == "multilabel":
-        absent = ((train.sum(0) == 0) & (test.sum(0) > 0)).nonzero().view(-1).tolist()
+        in_train, in_test = train.sum(0) > 0, test.sum(0) > 0  # (K,)
     else:
-        absent = sorted(set(test.unique().tolist()) - set(train.unique().tolist()))
-    if absent:
-        classes = source.classes or []
-        names = ", ".join(str(classes[c]) if c < len(classes) else str(c) for c in absent)
+        in_train, in_test = torch.bincount(train.long(), minlength=k)[:k] > 0, torch.bincount(test.long(), minlength=k)[:k] > 0
+    classes = source.classes or []
+
+    def names(mask: torch.Tensor) -> str:
+        return ", ".join(str(classes[c]) if c < len(classes) else str(c) for c in mask.nonzero().view(-1).tolist())
+
+    if bool((in_test & ~in_train).any()):
         print(
-            f"warning: {source.name}: class(es) {names} have test images but no training image: no evaluator can learn them",
+            f"warning: {source.name}: class(es) {names(in_test & ~in_train)} have test images but no training image: "
+            "no evaluator can learn them",
+            file=sys.stderr,
+            flush=True,
+        )
+    if k > 1 and bool((in_train & ~in_test).any()):
+        print(
+            f"warning: {source.name}: class(es) {names(in_train & ~in_test)} have no test image: the scores say nothing of them "
+            "(their recall, F1 and ROC-AUC are undefined)",
             file=sys.stderr,
             flush=True,
         )
