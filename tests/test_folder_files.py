@@ -199,6 +199,12 @@ def test_images_beside_train_and_test_and_below_an_unlabelled_folder_are_counted
         (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
         noise(11).save(tmp_path / "deep" / "a" / "b" / "z.png")
         folder_layout(tmp_path / "deep")
+    (tmp_path / "half" / "train" / "a").mkdir(parents=True)  # train/ without test/ or val/: its class folders are nested
+    noise(12).save(tmp_path / "half" / "train" / "a" / "z.png")
+    with pytest.raises(
+        UserError, match=r"\(train/ needs test/ or val/ beside it; for a seeded split of its images use --data .*half/train\)$"
+    ):
+        folder_layout(tmp_path / "half")
 
 
 def test_gif_first_frame_is_read_and_other_picture_types_are_counted(tmp_path, capsys):

@@ -311,6 +311,10 @@ def folder_layout(root: Path) -> FolderLayout:
         layout = scan_split(root, top)
     if not layout.paths:
         extra = f"; {layout.unused.images} image(s) in folders no layout reads" if layout.unused.images else ""
+        alone = [d for d in ("train", *TEST_DIRS) if d in split_dirs]
+        if alone and layout.unused.images:  # a split folder without its other half
+            pair = "test/ or val/" if alone[0] == "train" else "train/"
+            extra += f" ({alone[0]}/ needs {pair} beside it; for a seeded split of its images use --data {split_dirs[alone[0]]})"
         raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){extra}")
     return layout
 
