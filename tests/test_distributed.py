@@ -290,19 +290,8 @@ def test_a_ctrl_c_to_a_two_process_run_before_training_exits_130_and_saves_nothi
     repo = Path(__file__).resolve().parents[1]
     script = tmp_path / "ssl_stopped_early.py"
     script.write_text(STARTING_SCRIPT)
-    args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "-q"]
-    args += [
-        "--set",
-        "data.synthetic_train=64",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--out",
-        str(tmp_path / "ddp"),
-    ]
+    args = "pretrain --task rotation --data synthetic --backbone test_resnet --image-size 16 -q --set data.synthetic_train=64".split()
+    args += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "ddp")]
     env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "SIG": "2", "WAIT": "1"}
     proc = subprocess.run(
         [sys.executable, str(script), *args],
