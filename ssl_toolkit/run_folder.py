@@ -101,7 +101,9 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
-            raise UserError(f"{self.path} already holds files; use --overwrite to replace them or --resume {self.path} to continue")
+            raise UserError(
+                f"{self.path} already holds files; use --overwrite to replace them, or continue with: ssl pretrain --resume {self.path}"
+            )
         check_writable_dir(self.path, "--out")
 
     def check_resumable(self) -> None:

@@ -148,7 +148,7 @@ def test_the_top_level_functions_are_the_documented_ones_with_their_signatures()
     assert {"pretrain", "probe", "embed", "report", "inspect_data", "list_tasks"} <= set(dir(st))
 
 
-def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the_command_line(run, tmp_path, cli):
+def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the_command_line(run, tmp_path, cli, monkeypatch):
     from ssl_toolkit.api import in_python_terms
 
     folder = tmp_path / "e.npz"
@@ -158,13 +158,16 @@ def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the
     run_copy = tmp_path / "r"
     run_copy.mkdir()
     (run_copy / "x").write_text("")
-    with pytest.raises(UserError, match=rf"use overwrite=True to replace them or resume={run_copy} to continue$"):
+    with pytest.raises(UserError, match=rf"use overwrite=True to replace them, or continue with: pretrain\(resume='{run_copy}'\)$"):
         st.pretrain(tiny_config("rotation", epochs=1), out=run_copy)
     code, _, err = cli("pretrain", "--task", "rotation", "--out", run_copy)
     assert (code, err) == (
         2,
-        f"error: {run_copy} already holds files; use --overwrite to replace them or --resume {run_copy} to continue\n",
+        f"error: {run_copy} already holds files; use --overwrite to replace them, or continue with: ssl pretrain --resume {run_copy}\n",
     )
+    monkeypatch.chdir(tmp_path)  # a relative folder, as typed
+    with pytest.raises(UserError, match=r"use overwrite=True to replace them, or continue with: pretrain\(resume='r'\)$"):
+        st.pretrain(tiny_config("rotation", epochs=1), out="r")
     assert in_python_terms("(--set trainer.backbone_chunk=null keeps it)") == "(trainer.backbone_chunk=null in the config keeps it)"
     assert in_python_terms("continue with: ssl pretrain --resume /r") == "continue with: pretrain(resume='/r')"
     assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages 9)"

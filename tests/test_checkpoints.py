@@ -121,7 +121,9 @@ def test_metadata_without_a_hash_loads_with_a_warning_and_a_malformed_hash_is_re
     entry = library_root() / "nohash" / META
     entry.write_text(json.dumps({k: v for k, v in json.loads(entry.read_text()).items() if k != "weights_sha256"}))
     code, out, err = cli("checkpoints", "show", "nohash")
-    assert code == 0 and "# weights: UNVERIFIED (meta.json records no weights_sha256)" in out
+    assert code == 0 and "# weights: CORRUPT (meta.json records no weights_sha256" in out  # as every load says
+    code, out, err = cli("probe", "nohash", "--mode", "knn")
+    assert code == 2 and err.strip().endswith(f"checkpoint nohash is corrupt (incomplete library entry {entry.parent})")
 
 
 def test_weights_of_another_architecture_name_both(tmp_path):

@@ -84,7 +84,7 @@ def show(name, as_json) -> None:
     if not ok and not (folder / WEIGHTS).is_file():
         state = "MISSING (no weights file)"
     elif not ok and not meta.get("weights_sha256"):
-        state = "UNVERIFIED (meta.json records no weights_sha256)"
+        state = "CORRUPT (meta.json records no weights_sha256: the library writes one for every entry; loads refuse it)"
     click.echo(f"# {name}  ({folder})")
     click.echo(f"# weights: {state}")
     click.echo(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=100).rstrip())
