@@ -61,6 +61,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def atomic_write_pair(first: str | Path, first_data: bytes, second: str | Path, second_data: bytes) -> None:
+    """Write two files that belong together (weights and their metadata) with the smallest window between them.
+
+    Both are written and fsynced to temp files beside their targets before either is
+    renamed, so the two renames follow each other at once: an interrupt or a full disk while
+    writing leaves both earlier files, and only a kill between the two renames (microseconds
+    apart) can leave the first new beside the second old.
+    """
+    with _replacing(Path(first)) as (fd1, _), os.fdopen(fd1, "wb") as f1:
+        with _replacing(Path(second)) as (fd2, _), os.fdopen(fd2, "wb") as f2:
+            for f, data in ((f1, first_data), (f2, second_data)):
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # leaving the inner block renames the second file, then the outer one the first
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

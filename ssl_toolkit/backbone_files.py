@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ssl_toolkit.atomic import atomic_file
+from ssl_toolkit.atomic import atomic_write_pair
 from ssl_toolkit.errors import UserError
 
 WEIGHTS = "backbone.safetensors"
@@ -31,13 +31,11 @@ def write_with_sidecar(weights: str | Path, data: bytes, meta: dict[str, Any]) -
     """Write an exported file and its ``<file name>.json`` metadata, both or neither.
 
     Each goes to a temp file beside its target first; the two are renamed into place only
-    once both are written (the metadata first), so a full disk or an interrupt leaves any
-    earlier export whole.
+    once both are written and synced (:func:`~ssl_toolkit.atomic.atomic_write_pair`), so a
+    full disk or an interrupt leaves any earlier export whole.
     """
     weights = Path(weights)
-    with atomic_file(weights) as weights_tmp, atomic_file(sidecar_path(weights)) as meta_tmp:
-        weights_tmp.write_bytes(data)
-        meta_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_pair(weights, data, sidecar_path(weights), (json.dumps(meta, indent=2, default=str) + "\n").encode())
 
 
 def sha256_bytes(data: bytes) -> str:

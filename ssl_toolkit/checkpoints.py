@@ -18,6 +18,7 @@ Two weight layouts exist:
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_json
+from ssl_toolkit.atomic import atomic_write_pair
 from ssl_toolkit.backbone_files import FORMATS, META, WEIGHTS, read_meta, sha256_bytes, sidecar_path, write_with_sidecar
 from ssl_toolkit.backbones import BackboneSpec, build_from_spec
 from ssl_toolkit.errors import UserError
@@ -49,8 +50,7 @@ def save_backbone(folder: str | Path, model: nn.Module, meta: dict[str, Any]) ->
             raise UserError(f"refusing to save a backbone with non-finite weights ({k})")
     data = st_save(state)
     meta = {**meta, "weights_file": WEIGHTS, "weights_sha256": sha256_bytes(data), "weights_bytes": len(data)}
-    atomic_write_bytes(folder / WEIGHTS, data)
-    atomic_write_json(folder / META, meta)
+    atomic_write_pair(folder / WEIGHTS, data, folder / META, (json.dumps(meta, indent=2, default=str) + "\n").encode())
     return meta
 
 

@@ -46,6 +46,41 @@ def test_atomic_file_keeps_the_old_file_on_error_and_replaces_it_on_success(tmp_
     assert torch.equal(torch.load(path, weights_only=True), torch.arange(3)) and sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
 
 
+@pytest.mark.parametrize("writer", ["export", "run folder"])
+def test_weights_and_their_metadata_are_both_synced_before_either_is_renamed(tmp_path, monkeypatch, writer):
+    """The metadata was renamed into place before the weights were synced: a kill in that window
+    (as long as the weights take to reach the disk) left new metadata beside old weights."""
+    import os
+
+    from ssl_toolkit.backbone_files import write_with_sidecar
+    from ssl_toolkit.checkpoints import save_backbone
+
+    calls: list[str] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("sync"), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(f"rename {os.path.basename(b)}"), replace(a, b))[1])
+    if writer == "export":
+        write_with_sidecar(tmp_path / "b.safetensors", b"weights", {"a": 1})
+        names = ["b.safetensors", "b.safetensors.json"]
+    else:
+        save_backbone(tmp_path, torch.nn.Linear(2, 2), {"a": 1})
+        names = ["backbone.safetensors", "meta.json"]
+    renames = [i for i, c in enumerate(calls) if c.startswith("rename")]
+    assert sorted(calls[i][7:] for i in renames) == names and calls.count("sync") >= 2
+    assert renames == [len(calls) - 2, len(calls) - 1], calls  # every sync first, then the two renames back to back
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temp file left
+
+
+def test_a_failed_second_file_leaves_both_earlier_files(tmp_path):
+    from ssl_toolkit.atomic import atomic_write_pair
+
+    (tmp_path / "w").write_bytes(b"old weights")
+    (tmp_path / "m").mkdir()  # the metadata's place is taken by a folder: its rename fails
+    with pytest.raises(OSError):
+        atomic_write_pair(tmp_path / "w", b"new weights", tmp_path / "m", b"{}")
+    assert (tmp_path / "w").read_bytes() == b"old weights" and sorted(p.name for p in tmp_path.iterdir()) == ["m", "w"]
+
+
 @pytest.mark.parametrize("name", ["E" * 251 + ".npz", "é" * 125 + ".html"])
 def test_the_longest_names_the_filesystem_takes_are_written_atomically(tmp_path, name):
     from ssl_toolkit.atomic import atomic_write_text
