@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -246,6 +247,31 @@ class EpochEndCheckpoint(Callback):
         epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
         if not epochs or not batches:
             return
+        try:
+            self._mark_epochs(epochs, batches, fit, checkpoint)
+        finally:
+            self._logging_step(fit, epochs, batches, int(checkpoint.get("global_step", 0)), trainer.max_steps != -1)
+
+    @staticmethod
+    def _logging_step(fit: dict[str, Any], epochs: dict[str, Any], batches: dict[str, Any], global_step: int, by_steps: bool) -> None:
+        """Set the restored logging step (``_batches_that_stepped``, the metrics' ``step``) from the optimiser steps.
+
+        Lightning adds one on restart when it resumes inside an epoch (or under ``max_steps``)
+        and the batch counters do not say the last batch finished: it takes the save for one
+        made in ``on_train_batch_end``, before that batch is counted. A save where a step was
+        cut short (Ctrl-C), or one made as a resumed run started, before that addition, counted
+        otherwise, and each such resume moved the step column by one. One step per batch (no
+        gradient accumulation): the optimiser steps are the batches stepped.
+        """
+        state = fit.get("epoch_loop.state_dict")
+        if not isinstance(state, dict) or "_batches_that_stepped" not in state:
+            return
+        total, epoch = batches["total"], epochs["current"]
+        finished = total["started"] == total["ready"] and total["processed"] == total["started"] == total["completed"]
+        restarting = by_steps or epoch["ready"] != epoch["processed"] or epoch["started"] != epoch["processed"]
+        state["_batches_that_stepped"] = max(0, global_step - (1 if restarting and not finished else 0))
+
+    def _mark_epochs(self, epochs: dict[str, Any], batches: dict[str, Any], fit: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         if self.cut_epoch(checkpoint) is not None:
             # saved as the cut epoch ended: not processed, so that Lightning goes on inside it
             # instead of starting the next
@@ -305,6 +331,11 @@ class CheckpointOnInterrupt(Callback):
 
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
+        with contextlib.suppress(AttributeError):  # Lightning's internals: without them the batch trains again
+            loop = trainer.fit_loop.epoch_loop
+            processed = int(getattr(loop.batch_progress.current, "processed", loop.batch_progress.current.completed))
+            if loop.automatic_optimization.optim_progress.optimizer.step.current.completed > processed:
+                loop.batch_progress.increment_processed()  # its optimiser step ran: the resume goes on after it, not with it again
         rewind = getattr(getattr(trainer, "train_dataloader", None), "rewind_to", None)
         if callable(rewind):  # a resumable loader: the batch of a step cut short is handed over again on resume
             # processed: batches whose step ran (a Ctrl-C in on_train_batch_end comes after its optimiser step)

@@ -596,3 +596,62 @@ def test_a_ddp_ctrl_c_writes_the_checkpoint_from_the_first_process_without_any_c
         trainer.strategy = SimpleNamespace(save_checkpoint=lambda ckpt, p: written.append((ckpt, p)), barrier=collective)
         saver.on_exception(trainer, None, KeyboardInterrupt())
         assert saver.saved is True and written == ([] if rank else [({"global_step": 11}, path)])
+
+
+def test_ctrl_c_after_an_optimiser_step_and_again_as_the_resume_starts_keeps_batches_steps_and_rows(tmp_path, monkeypatch):
+    """A Ctrl-C after a batch's optimiser step but before Lightning counted the batch trained it
+    again on resume (one step too many); each resume of a step cut short, or stopped as it
+    started, moved the step column of metrics.csv by one."""
+    from lightning.pytorch.loops.progress import _Progress
+
+    from ssl_toolkit import engine
+    from ssl_toolkit.errors import Interrupted
+
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))
+    step, start, counted = (
+        engine.PretrainModule.training_step,
+        engine.PretrainModule.on_train_start,
+        _Progress.increment_completed,
+    )
+    seen: list[int] = []
+    stop: dict[str, object] = {}
+
+    def training_step(self, batch, batch_idx):
+        seen.append(int(batch[0].long().sum()))
+        stop["optimizer"] = self.trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step
+        return step(self, batch, batch_idx)
+
+    def increment_completed(tracker):
+        counted(tracker)
+        if stop.get("at") == "step 6" and tracker is stop.get("optimizer") and tracker.total.completed == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # between the optimiser step's count and the batch's
+
+    def on_train_start(self):
+        start(self)
+        if stop.get("at") == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(engine.PretrainModule, "training_step", training_step)
+    monkeypatch.setattr(engine.PretrainModule, "on_train_start", on_train_start)
+    monkeypatch.setattr(_Progress, "increment_completed", increment_completed)
+
+    def rows(run: Path) -> list[tuple[str, str]]:
+        return [(r["epoch"], r["step"]) for r in csv.DictReader((run / "metrics.csv").open()) if r["loss_epoch"]]
+
+    cfg = tiny_config("rotation", epochs=2)  # 4 steps an epoch
+    pretrain(cfg, out=tmp_path / "whole")
+    whole, seen[:] = list(seen), []
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
+    try:
+        stop["at"] = "step 6"
+        with pytest.raises(Interrupted, match="at step 6"):
+            pretrain(cfg, out=tmp_path / "cut")
+        stop["at"] = "start"
+        with pytest.raises(Interrupted, match="at step 6"):
+            pretrain({}, resume=tmp_path / "cut")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    stop["at"] = None
+    meta = pretrain({}, resume=tmp_path / "cut")
+    assert meta["steps"] == 8 and seen == whole  # the batch whose step ran is not trained again
+    assert rows(tmp_path / "cut") == rows(tmp_path / "whole") == [("0", "3"), ("1", "7")]

@@ -115,7 +115,8 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"batches": int(self._handed), "length": len(self)}
+        # before the resumed epoch is iterated (a save as the resume starts) its place is the skip
+        return {"batches": int(self._skip or self._handed), "length": len(self)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         batches, length = state.get("batches"), state.get("length")
