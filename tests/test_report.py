@@ -103,6 +103,10 @@ def write_run(run: Path, data_cfg: dict) -> None:
     }
     (probes / "linear-1.json").write_text(json.dumps(linear))
     (probes / "knn-0.1.json").write_text(json.dumps(knn))
+    meta = json.loads((run / "meta.json").read_text())  # each record's summary, as a probe adds it
+    summary = ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")
+    meta["probes"] = {"linear-1": {k: linear[k] for k in summary}, "knn-0.1": {k: knn[k] for k in summary}}
+    (run / "meta.json").write_text(json.dumps(meta))
     (run / "samples").mkdir()
     for epoch in range(3):
         Image.new("RGB", (40 + epoch, 20), (80 * epoch, 90, 200)).save(run / "samples" / f"epoch{epoch:03d}.png")

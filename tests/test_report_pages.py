@@ -92,7 +92,10 @@ def test_probe_results_with_fields_of_the_wrong_type_are_left_out(tmp_path):
     (probes / "words.json").write_text(json.dumps({"mode": "knn", "label_fraction": "lots", "top1": "high"}))
     (probes / "ragged.json").write_text(json.dumps({**good, "mode": "knn", "confusion": [[1, 0], [0]]}))
     (probes / "binary.json").write_bytes(b"\xff\xfe{}")
-    assert [r["mode"] for r in read_probes(tmp_path, {})] == ["linear"]
+    (probes / "before-resume.json").write_text(json.dumps({**good, "mode": "knn"}))  # of the backbone a resume trained on
+    current = {"probes": dict.fromkeys(["good", "words", "ragged", "binary"], {"mode": "linear"})}
+    assert [r["mode"] for r in read_probes(tmp_path, current)] == ["linear"]
+    assert read_probes(tmp_path, {}) == []  # a resumed run's metadata starts its probes afresh
     assert read_probes(None, {"probes": {"x": {"top1": [1]}, "y": {"mode": "knn", "top1": 0.5}}}) == [{"mode": "knn", "top1": 0.5}]
 
 

@@ -119,11 +119,16 @@ def _probe_record(r: Any) -> dict[str, Any] | None:
 def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata.
 
-    A result that is not valid JSON, or whose fields have the wrong types (:class:`ProbeRecord`), is left out.
+    A result that is not valid JSON, or whose fields have the wrong types (:class:`ProbeRecord`), is left out,
+    and so is one whose summary the metadata no longer holds: a probe of the backbone before
+    a resume trained it further (the resumed run's ``meta.json`` starts its probes afresh).
     """
     results = []
+    current = meta.get("probes") or {}
     if folder is not None and (folder / "probes").is_dir():
         for p in sorted((folder / "probes").glob("*.json")):
+            if p.stem not in current:
+                continue
             try:
                 r = _probe_record(json.loads(p.read_text()))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
