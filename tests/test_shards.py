@@ -385,3 +385,19 @@ def test_a_run_that_max_steps_cut_mid_epoch_resumes_inside_that_epoch_on_shards(
     assert (meta["epochs"], meta["steps"]) == (2, 6)
     second = [row for e, row in cut if e == 2][:16] + [row for _, row in read_log(rank0)]  # litdata counts epochs from 1
     assert len(second) == len(set(second)) == 24  # the cut epoch's last batch, and no batch again
+
+
+def test_the_partial_folder_a_killed_shard_run_left_is_removed_by_the_next(tmp_path):
+    """A SIGKILL'd `ssl shard` left `.OUT.partial-PID` (its chunks) for ever; one whose process runs is another's."""
+    from ssl_toolkit.data.shards import remove_abandoned_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".shards.partial-{dead.pid}"
+    running = tmp_path / f".shards.partial-{os.getpid()}"
+    other = tmp_path / f".shards2.partial-{dead.pid}"  # another --out's
+    for d in (left, running, other):
+        d.mkdir()
+        (d / "chunk-0-0.bin").write_bytes(b"x")
+    assert remove_abandoned_partials(tmp_path / "shards") == [left]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, other.name])

@@ -23,6 +23,7 @@ no loader state).
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -389,6 +390,7 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     from ssl_toolkit.data.folder import load_folder
 
     source = load_folder(Path(folder), cfg.model_copy(update={"stream": True, "image_size": image_size}))
+    remove_abandoned_partials(out)
     final, out = out, out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # renamed onto --out when complete
     try:
         with _stoppable_workers():
@@ -398,6 +400,35 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
         shutil.rmtree(out, ignore_errors=True)
         raise
     return {**result, "out": str(final)}
+
+
+def remove_abandoned_partials(out: Path) -> list[Path]:
+    """Remove the partial folders of earlier runs for ``out`` whose process is gone (a SIGKILL leaves them); returns them.
+
+    A partial folder is ``.OUT.partial-PID`` beside ``out``; one whose process still runs (another
+    ``ssl shard`` writing the same ``--out``) is left alone.
+    """
+    from ssl_toolkit.atomic import temp_prefix
+
+    prefix = f"{temp_prefix(out.name)}partial-"
+    gone = []
+    for p in out.parent.glob(f"{glob.escape(prefix)}*") if out.parent.is_dir() else []:
+        pid = p.name[len(prefix) :]
+        if not pid.isdigit() or not p.is_dir() or p.is_symlink() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p)
+    return gone
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _write_splits(
