@@ -34,8 +34,10 @@ def _replacing(path: Path) -> Iterator[tuple[int, Path]]:
         os.fchmod(fd, 0o666 & ~_umask())  # the permissions open() would give, not mkstemp's 0600
         yield fd, Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a write's error (a full disk) names no file: name the output
+            e.filename = str(path)
         raise
 
 

@@ -127,3 +127,23 @@ def test_process_seconds_counts_from_the_process_start():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     age, since_first_line = float(out[0]), float(out[1])
     assert since_first_line <= age < since_first_line + 5.0  # the interpreter's own start-up comes first
+
+
+def test_a_full_disk_names_the_output_it_could_not_write(tmp_path, monkeypatch):
+    """ENOSPC from a write names no file: the one line said `No space left on device` alone."""
+    import errno
+    import os
+
+    from ssl_toolkit.atomic import atomic_write_text
+    from ssl_toolkit.outputs import describe_os_error
+
+    (tmp_path / "page.html").write_text("old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # where a full disk shows: the data reaching it
+    with pytest.raises(OSError) as e:
+        atomic_write_text(tmp_path / "page.html", "new")
+    assert describe_os_error(e.value) == f"No space left on device ({tmp_path / 'page.html'})"
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"] and (tmp_path / "page.html").read_text() == "old"
