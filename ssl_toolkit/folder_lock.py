@@ -42,7 +42,7 @@ class FolderLock:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 os.close(fd)
-                if holder.isdigit() and not _alive(int(holder)):
+                if holder.isdigit() and not process_alive(int(holder)):
                     # the writer is gone; what holds the lock is a DataLoader worker it forked, orphaned for a moment
                     self.path.unlink(missing_ok=True)
                     continue
@@ -63,7 +63,7 @@ class FolderLock:
             self._fd = None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists."""
     try:
         os.kill(pid, 0)

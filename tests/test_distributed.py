@@ -180,6 +180,24 @@ def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refus
 # Runs `ssl` with two hooks: the first process sends signal $SIG to the whole process group (as
 # a terminal's Ctrl-C or a scheduler's SIGTERM does) at the start of step $CUT, and every process
 # appends the images of each step it completes (epoch, then one checksum per image) to $REC.<rank>.
+def run_as_terminal_job(args: list[str], cwd, env: dict[str, str], timeout: int):
+    """Run ``args`` in its own process group, as a terminal's foreground job, with Python's own Ctrl-C
+    (even under a background runner, which starts its jobs with SIGINT ignored)."""
+    import signal
+    import subprocess
+
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 SIGNAL_SCRIPT = """
 import os, zlib
 from ssl_toolkit import engine
@@ -229,16 +247,7 @@ def test_a_signal_to_a_two_process_run_mid_epoch_saves_and_resumes_each_image_on
         "CUT": "11",
         "SIG": str(signum),
     }
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's own Ctrl-C, even under a background runner
-    )
+    proc = run_as_terminal_job([sys.executable, str(script), *args], tmp_path, env, 300)
     assert proc.returncode == code, proc.stderr  # not 137: the launching process was not killed for its worker's exit
     assert proc.stderr.strip().splitlines()[-1] == f"{what} at step 11; checkpoint saved, continue with: ssl pretrain --resume {run}"
     assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 11  # 8 steps an epoch: 3 into the second
@@ -282,8 +291,6 @@ run()
 def test_a_ctrl_c_to_a_two_process_run_before_training_exits_130_and_saves_nothing(tmp_path):
     """The launching process waits in DDP's rendezvous, where Python's handler cannot run; Lightning's
     watch of the started processes killed it with SIGKILL (exit 137) when they stopped."""
-    import signal
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -293,16 +300,7 @@ def test_a_ctrl_c_to_a_two_process_run_before_training_exits_130_and_saves_nothi
     args = "pretrain --task rotation --data synthetic --backbone test_resnet --image-size 16 -q --set data.synthetic_train=64".split()
     args += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "ddp")]
     env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "SIG": "2", "WAIT": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = run_as_terminal_job([sys.executable, str(script), *args], tmp_path, env, 120)
     assert proc.returncode == 130, proc.stderr  # not 137
     assert proc.stderr.strip().splitlines()[-1] in ("aborted", "interrupted"), proc.stderr
     assert not (tmp_path / "ddp" / "last.ckpt").exists() and not list((tmp_path / "home").rglob("*.safetensors"))

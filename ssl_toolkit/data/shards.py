@@ -409,26 +409,17 @@ def remove_abandoned_partials(out: Path) -> list[Path]:
     ``ssl shard`` writing the same ``--out``) is left alone.
     """
     from ssl_toolkit.atomic import temp_prefix
+    from ssl_toolkit.folder_lock import process_alive
 
     prefix = f"{temp_prefix(out.name)}partial-"
     gone = []
     for p in out.parent.glob(f"{glob.escape(prefix)}*") if out.parent.is_dir() else []:
         pid = p.name[len(prefix) :]
-        if not pid.isdigit() or not p.is_dir() or p.is_symlink() or _process_alive(int(pid)):
+        if not pid.isdigit() or not p.is_dir() or p.is_symlink() or process_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
         gone.append(p)
     return gone
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _write_splits(
