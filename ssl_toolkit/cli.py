@@ -172,11 +172,11 @@ def _one_line(e: click.ClickException) -> str:
     return f"error: {message}{where}"
 
 
-def _said_how_it_ended() -> None:
+def _said_how_it_ended(code: int) -> None:
     """Tell a multi-process run's watch of its processes that this command says how it ended (:mod:`ssl_toolkit.launcher`)."""
     launcher = sys.modules.get("ssl_toolkit.launcher")  # imported by a run that trains, and only then
     if launcher is not None:
-        launcher.COMMAND_ENDED.set()
+        launcher.command_ended(code)
 
 
 def run() -> None:
@@ -205,19 +205,19 @@ def run() -> None:
         click.echo(f"error: {describe_os_error(e)}", err=True)
         sys.exit(UserError.exit_code)
     except Interrupted as e:
-        _said_how_it_ended()
         # A DDP worker stopped with its run: the launching process saves and reports, and
         # Lightning would kill it (SIGKILL, mid-save) on seeing a worker exit non-zero.
         if not is_primary_process():
             sys.exit(0)
         click.echo(str(e), err=True)
+        _said_how_it_ended(e.exit_code)
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as e:
         # exit 130 in a DDP worker too: before training starts, its non-zero exit is what ends
         # a launching process blocked in DDP's rendezvous (it waits 30 minutes otherwise)
-        _said_how_it_ended()
         if is_primary_process():  # the launching process speaks for the run
             click.echo("aborted" if isinstance(e, click.exceptions.Abort) else "interrupted", err=True)
+        _said_how_it_ended(130)
         sys.exit(130)
     except click.ClickException as e:
         e.show()

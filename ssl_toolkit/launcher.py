@@ -8,7 +8,9 @@ in the rendezvous where Python's handler cannot run, was killed that way. Here, 
 process that failed was stopped by SIGINT or SIGTERM, the launching process says so in one
 line and exits 130 or 143 (nothing is saved before the first step). Any other failure is
 left to Lightning. Once training runs, a stopped process exits 0 and the launching process
-saves (:class:`ssl_toolkit.callbacks.CheckpointOnInterrupt`).
+saves (:class:`ssl_toolkit.callbacks.CheckpointOnInterrupt`); Lightning then kills the
+processes it started, and once the command has said how it ended (:func:`command_ended`)
+the watch keeps that exit code instead of killing the launching process as it shuts down.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 import lightning as L
@@ -32,22 +33,32 @@ STOPPED = {
     -signal.SIGTERM: (143, "terminated"),
 }
 
-COMMAND_ENDED = threading.Event()  # set by the command line once it has said how the command ended
+ENDED: list[int] = []  # the exit code, once the command line has said how the command ended
+
+
+def command_ended(code: int) -> None:
+    """Record that the command has said how it ended, and its exit code (the watch below then keeps it)."""
+    ENDED.append(code)
 
 
 class _StopObserver(_ChildProcessObserver):
     def _terminate_all(self) -> None:
         codes = [p.returncode for p in self._child_processes if p.returncode]
         stops = {STOPPED[c] for c in codes if c in STOPPED}
-        if len(stops) != 1 or len(codes) != sum(c in STOPPED for c in codes):
+        if ENDED:  # its line is said (Lightning's Ctrl-C handling kills the processes it started): its own exit code
+            code, line = ENDED[0], None
+        elif len(stops) != 1 or len(codes) != sum(c in STOPPED for c in codes):
             super()._terminate_all()  # a failure: Lightning's own end
             return
-        code, line = stops.pop()
+        else:
+            code, line = stops.pop()
         for p in self._child_processes:
             p.send_signal(signal.SIGKILL)  # those still in a collective would wait for the others
-        if not COMMAND_ENDED.is_set():  # else its line is said, and the process waits on a thread or a destructor
+        if line is not None:
             print(line, file=sys.stderr, flush=True)
-        os._exit(code)  # from this thread: the main one may be blocked in the rendezvous
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)  # from this thread: the main one may be blocked in the rendezvous, or in a destructor
 
 
 class _Launcher(_SubprocessScriptLauncher):
