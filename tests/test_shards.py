@@ -17,18 +17,27 @@ from test_stream import make_folder, truncated_jpeg
 from test_targets import make_multilabel_folder
 
 
-@pytest.fixture
-def shards(tmp_path, cli) -> Path:
-    root = make_folder(tmp_path / "imgs", n_per_class=16)  # 32 train + 4 test images
+@pytest.fixture(scope="module")
+def shards_once(tmp_path_factory) -> Path:
+    """One shard set for the module (writing it starts litdata's workers: seconds); tests get a copy each."""
+    import ssl_toolkit as st
+
+    base = tmp_path_factory.mktemp("shards-once")
+    root = make_folder(base / "imgs", n_per_class=16)  # 32 train + 4 test images
     truncated_jpeg(root / "train" / "a" / "15.jpg")
-    code, out, err = cli(
-        "shard", root, "--out", tmp_path / "shards", "--image-size", "32", "--chunk-bytes", "40kb", "--workers", "1", "--json"
-    )
-    assert code == 0, err
-    result = json.loads(out.strip().splitlines()[-1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SSL_TOOLKIT_HOME", str(base / "home"))
+        result = st.shard(root, base / "shards", image_size=32, chunk_bytes="40kb", workers=1)  # what ssl shard --json prints
     assert (result["n_train"], result["n_test"], result["skipped"], result["classes"]) == (31, 4, 1, ["a", "b"])
-    assert "15.jpg" in (tmp_path / "shards" / "skipped.txt").read_text()
-    return tmp_path / "shards"
+    assert "15.jpg" in (base / "shards" / "skipped.txt").read_text()
+    return base / "shards"
+
+
+@pytest.fixture
+def shards(shards_once, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(shards_once, tmp_path / "shards"))
 
 
 def read_log(path: Path) -> list[tuple[int, int]]:
@@ -63,8 +72,10 @@ def test_inspecting_shards_finds_what_inspecting_their_folder_finds(tmp_path, cl
     from ssl_toolkit.inspection import inspect_data
 
     root = make_folder(tmp_path / "imgs", n_per_class=8)  # seed i in both classes and splits: exact duplicates and leaks
-    code, out, err = cli("shard", root, "--out", tmp_path / "sh", "--image-size", "32", "--workers", "1")
+    code, out, err = cli("shard", root, "--out", tmp_path / "sh", "--image-size", "32", "--workers", "1", "--json")
     assert code == 0, err
+    printed = json.loads(out.strip().splitlines()[-1])
+    assert (printed["n_train"], printed["n_test"], printed["out"]) == (16, 4, str(tmp_path / "sh"))
     folder, shards = inspect_data(str(root)), inspect_data(str(tmp_path / "sh"), out=tmp_path / "sh.html")
     assert shards["kind"] == "shards" and shards["images"] == {"total": 20, "train": 16, "test": 4, "unreadable": 0}
     for key in ("images", "sizes", "modes", "formats", "file_sizes", "normalisation", "labels", "warnings"):
@@ -251,12 +262,22 @@ def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_workers(tmp_path, signum, code, what):
-    root = make_folder(tmp_path / "imgs", n_per_class=150, size=(320, 240))
+    root = make_folder(tmp_path / "imgs", n_per_class=60, size=(32, 32))
     out = tmp_path / "sh"
-    args = [sys.executable, "-m", "ssl_toolkit", "shard", str(root), "--out", str(out), "--workers", "2", "--chunk-bytes", "64kb"]
+    # each item slowed to 50 ms, so that the signal lands while litdata's writers work (they take ~0.2 s otherwise)
+    slowed = (
+        "import sys, time\n"
+        "from ssl_toolkit.data import shards\n"
+        "read = shards._item\n"
+        "shards._item = lambda job: (time.sleep(0.05), read(job))[1]\n"
+        "from ssl_toolkit.cli import run\n"
+        "sys.argv = ['ssl', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+    args = [sys.executable, "-c", slowed, "shard", str(root), "--out", str(out), "--workers", "2", "--chunk-bytes", "8kb"]
     proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".sh.partial-*/train")):
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".sh.partial-*/train/chunk-*")):
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     time.sleep(0.5)  # litdata's workers are writing
@@ -266,6 +287,14 @@ def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # neither --out nor the partial folder
     time.sleep(1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # and no worker writes on
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(out).encode() in _read_or_empty(p)]  # none is left
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
 
 
 def test_damaged_shards_are_refused_in_one_line(shards, tmp_path, cli):
@@ -359,7 +388,12 @@ def test_python_shard_mirrors_ssl_shard(tmp_path):
     with pytest.raises(UserError, match="is a file"):
         st.shard(root, tmp_path / "file", image_size=16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "imgs"]  # nothing written by a refused call
+    import multiprocessing
+
+    method, env = multiprocessing.get_start_method(allow_none=True), dict(os.environ)
     result = st.shard(root, tmp_path / "s", image_size=16, workers=1, data={"strict": True})  # what ssl shard --json prints
+    # litdata's process-wide changes are undone: later DataLoader workers fork as before, none spawned
+    assert (multiprocessing.get_start_method(allow_none=True), dict(os.environ)) == (method, env)
     assert (result["n_train"], result["n_test"], result["image_size"], result["out"]) == (6, 4, 16, str(tmp_path / "s"))
     assert json.loads((tmp_path / "s" / "ssl_shards.json").read_text())["n_train"] == 6
 

@@ -393,7 +393,7 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     remove_abandoned_partials(out)
     final, out = out, out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # renamed onto --out when complete
     try:
-        with _stoppable_workers():
+        with _process_state_kept(), _stoppable_workers():
             result = _write_splits(source, folder, out, image_size, chunk_bytes, workers, cfg.strict)
         os.replace(out, final)  # --out is absent or an empty folder
     except BaseException:
@@ -459,6 +459,7 @@ def _write_splits(
             mode="overwrite",
             verbose=False,
             reorder_files=False,
+            start_method="fork",  # the toolkit is imported already: a forked writer starts at once, a spawned one imports torch again
         )
     info = ShardInfo(
         format=FORMAT,
@@ -480,14 +481,41 @@ def _write_splits(
 
 
 @contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Undo what ``litdata.optimize`` changes for the whole process: the multiprocessing start method and its env.
+
+    ``optimize`` sets the start method to ``spawn`` (``force=True``) and leaves
+    ``DATA_OPTIMIZER_*`` in ``os.environ``; kept, every later DataLoader worker of the
+    process would be spawned (a fresh interpreter importing torch: seconds each) instead of forked.
+    """
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    env = {k: os.environ.get(k) for k in ("DATA_OPTIMIZER_GLOBAL_RANK", "DATA_OPTIMIZER_NUM_WORKERS", "DATA_OPTIMIZER_NUM_NODES")}
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(method, force=True)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def _stoppable_workers() -> Iterator[None]:
     """Ctrl-C and SIGTERM stop litdata's worker processes and become :class:`Interrupted` (130, 143).
 
     ``litdata.optimize`` answers SIGINT by ending the process with exit status 0
     (``os._exit(0)`` in ``DataProcessor._signal_handler``) and leaves its workers running on
-    SIGTERM. Here SIGTERM is passed on as SIGINT, and the handler terminates the workers and
-    raises, so the caller can remove the partial output.
+    SIGTERM. Here SIGTERM is passed on as SIGINT, and the handler terminates every process
+    litdata started (its workers and chunk writers) and raises, so the caller can remove the
+    partial output. litdata lists its workers only once all have started, so a signal while
+    it starts them is acted on when it has. The processes are forked and inherit both
+    handlers; in them, a signal ends the process by its default action.
     """
+    import multiprocessing
     import signal
 
     from litdata.processing import data_processor
@@ -495,21 +523,55 @@ def _stoppable_workers() -> Iterator[None]:
     from ssl_toolkit.errors import Interrupted
 
     received: list[int] = []
+    parent = os.getpid()
+    starting: list[str] = []  # litdata is starting processes
+    deferred: list[int] = []  # a signal that came meanwhile
+
+    def as_a_forked_process(signum: int) -> None:
+        """In a process litdata forked (it inherits these handlers): end by the signal itself, as a spawned one would."""
+        if os.getpid() != parent:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def stop(processor: Any, signum: int, frame: Any) -> None:
-        for w in getattr(processor, "workers", None) or []:
+        as_a_forked_process(signum)
+        if starting:
+            deferred.append(signum)
+            return
+        started = multiprocessing.active_children()
+        for w in started:
             w.terminate()
-        for w in getattr(processor, "workers", None) or []:
-            w.join(10)
+        for w in started:
+            w.join(5)
+            if w.is_alive():  # a signal that reaches a process in its first moments after the fork is lost
+                w.kill()
+                w.join()
         raise KeyboardInterrupt
 
     def term(signum: int, frame: Any) -> None:
+        as_a_forked_process(signum)
         received.append(signum)
         os.kill(os.getpid(), signal.SIGINT)
 
-    original = data_processor.DataProcessor._signal_handler
+    def starts_processes(method: Any) -> Any:
+        def run(processor: Any, *args: Any, **kwargs: Any) -> Any:
+            starting.append(method.__name__)
+            try:
+                return method(processor, *args, **kwargs)
+            finally:
+                starting.pop()
+                if deferred and not starting:
+                    stop(processor, deferred[0], None)
+
+        return run
+
+    patched = {
+        name: getattr(data_processor.DataProcessor, name) for name in ("_signal_handler", "_create_process_workers", "_start_chunk_writers")
+    }
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     data_processor.DataProcessor._signal_handler = stop
+    for name in ("_create_process_workers", "_start_chunk_writers"):
+        setattr(data_processor.DataProcessor, name, starts_processes(patched[name]))
     signal.signal(signal.SIGTERM, term)
     try:
         yield
@@ -517,7 +579,8 @@ def _stoppable_workers() -> Iterator[None]:
         code, what = (143, "terminated") if received else (130, "interrupted")
         raise Interrupted(f"{what}: no shards were written", code) from None
     finally:
-        data_processor.DataProcessor._signal_handler = original
+        for name, method in patched.items():
+            setattr(data_processor.DataProcessor, name, method)
         for sig, handler in before.items():
             if handler is not None:
                 signal.signal(sig, handler)
