@@ -1,12 +1,19 @@
 """Atomic file writes: temp file in the same folder, fsync, rename.
 
 A crash or a full disk mid-write leaves the previous file intact, never a half-written one.
+A temp file is named ``.NAME.HOST-PID-XXXXXXXX.tmp`` (``HOST``: a hash of the host name); one
+that a killed process left (its process gone from this host) is removed by the next write
+to the same file.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +32,33 @@ def temp_prefix(name: str) -> str:
     return f".{os.fsencode(name)[:96].decode('utf-8', 'ignore')}."
 
 
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def owned_temp(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
+    """An open temp file ``.NAME.HOST-PID-XXXXXXXX{suffix}`` beside ``path`` (``mkstemp``'s fd and path).
+
+    Temp files of the same name and suffix whose process is gone are removed first (a SIGKILL
+    or an out-of-memory kill mid-write leaves them); those of another host are left alone.
+    """
+    from ssl_toolkit.folder_lock import process_alive
+
+    prefix, host = temp_prefix(path.name), _host_tag()
+    mine = re.compile(rf"{host}-(\d+)-[a-z0-9_]{{8}}{re.escape(suffix)}")  # mkstemp's 8 random characters
+    for old in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        found = mine.fullmatch(old.name[len(prefix) :])
+        if found and not old.is_symlink() and old.is_file() and not process_alive(int(found.group(1))):
+            old.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{host}-{os.getpid()}-", suffix=suffix, dir=path.parent)
+    return fd, Path(tmp)
+
+
 @contextmanager
 def _replacing(path: Path) -> Iterator[tuple[int, Path]]:
     """An open temp file beside ``path``, renamed onto it when the block succeeds, removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    fd, tmp = owned_temp(path)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # the permissions open() would give, not mkstemp's 0600
         yield fd, Path(tmp)

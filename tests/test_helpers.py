@@ -46,6 +46,42 @@ def test_atomic_file_keeps_the_old_file_on_error_and_replaces_it_on_success(tmp_
     assert torch.equal(torch.load(path, weights_only=True), torch.arange(3)) and sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
 
 
+def test_a_temp_file_a_killed_writer_left_is_removed_by_the_next_write_to_that_file(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from ssl_toolkit.atomic import atomic_write_text
+
+    writer = (
+        "import sys, time\n"
+        "from ssl_toolkit.atomic import atomic_file\n"
+        "with atomic_file(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    print(tmp.name, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "f.json")], stdout=subprocess.PIPE, text=True, env=env)
+    left = tmp_path / proc.stdout.readline().strip()  # .f.json.HOST-PID-XXXXXXXX.tmp
+    proc.kill()
+    proc.wait()
+    assert left.read_bytes() == b"half" and re.fullmatch(rf"\.f\.json\.[0-9a-f]{{8}}-{proc.pid}-\w{{8}}\.tmp", left.name)
+    host = left.name[len(".f.json.") :].split("-")[0]
+    kept = [
+        f".f.json.{host}-{os.getpid()}-abcdefgh.tmp",  # its writer (this process) still runs
+        f".f.json.zzzzzzzz-{proc.pid}-abcdefgh.tmp",  # another host's
+        f".g.json.{host}-{proc.pid}-abcdefgh.tmp",  # another file's
+    ]
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    atomic_write_text(tmp_path / "f.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "f.json"])
+
+
 @pytest.mark.parametrize("writer", ["export", "run folder"])
 def test_weights_and_their_metadata_are_both_synced_before_either_is_renamed(tmp_path, monkeypatch, writer):
     """The metadata was renamed into place before the weights were synced: a kill in that window

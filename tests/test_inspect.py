@@ -412,6 +412,7 @@ def test_a_multi_label_folder_is_inspected_with_its_label_sets_and_the_loaders_s
     assert (lab["classes"], lab["multilabel"]) == (["car", "dog", "person", "sea"], True)
     assert lab["counts"] == {"car": 4, "dog": 4, "person": 5, "sea": 4}  # images carrying each label
     assert lab["imbalance"] == 1.25
+    assert r["unused"]["other_files"] == {}  # labels.csv is read, not left out
     for split, ids in (("train", source.train.ids), ("test", source.test.ids)):
         carried = [ML_LABELS[Path(i).relative_to(root).as_posix()].split(";") for i in ids]
         assert lab["splits"][split]["counts"] == {c: sum(c in s for s in carried) for c in lab["classes"]}

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ssl_toolkit.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS, has_image_suffix
+from ssl_toolkit.data.labels_csv import LABELS_FILE
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.sampling import stratified_split
 from ssl_toolkit.terminal import terminal_safe
@@ -279,6 +280,8 @@ def folder_layout(root: Path) -> FolderLayout:
     if not root.is_dir():
         raise UserError(f"data path is not a folder: {root}")
     top = list_folder(root)
+    if (root / LABELS_FILE).is_file():  # read for its labels (docs/data.md), not a file left out
+        top.other -= Counter({".csv": 1})
     split_dirs = {d.name.lower(): d for d in top.subdirs}
     test_dir = next((split_dirs[n] for n in TEST_DIRS if n in split_dirs), None)
     if "train" in split_dirs and test_dir is not None:

@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 import zipfile
 import zlib
@@ -35,7 +34,7 @@ import numpy as np
 from torch import nn
 
 from ssl_toolkit.api import Positive, caller_terms, public
-from ssl_toolkit.atomic import atomic_file, temp_prefix
+from ssl_toolkit.atomic import atomic_file, owned_temp
 from ssl_toolkit.backbones import feature_dim
 from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
@@ -254,9 +253,8 @@ def embed(
             arrays = rows.fill(tmp, info)
             write_npz(meta_path, arrays)  # inside the block: if it fails, the .npy is not replaced either
     else:  # a scratch memmap, packed into the .npz
-        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.stem), suffix=".npy", dir=out.parent)  # scratch, never renamed
+        fd, scratch = owned_temp(out, suffix=".npy")  # scratch, never renamed
         os.close(fd)
-        scratch = Path(name)
         try:
             arrays = rows.fill(scratch, info)
             write_npz(out, {"embeddings": np.load(scratch, mmap_mode="r"), **arrays})
