@@ -216,7 +216,8 @@ def run() -> None:
         # exit 130 in a DDP worker too: before training starts, its non-zero exit is what ends
         # a launching process blocked in DDP's rendezvous (it waits 30 minutes otherwise)
         if is_primary_process():  # the launching process speaks for the run
-            click.echo("aborted" if isinstance(e, click.exceptions.Abort) else "interrupted", err=True)
+            ctrl_c = not isinstance(e, click.exceptions.Abort) or isinstance(e.__cause__, KeyboardInterrupt)  # click's Abort wraps a Ctrl-C
+            click.echo("interrupted" if ctrl_c else "aborted", err=True)
         _said_how_it_ended(130)
         sys.exit(130)
     except click.ClickException as e:

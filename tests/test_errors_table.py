@@ -218,3 +218,15 @@ def test_control_characters_in_class_names_are_escaped_in_the_terminal(cli, tmp_
     assert "\x1b" not in out and "bad\\nname\\x1b[31m" in out
     row = next(line for line in out.splitlines() if "bad\\nname" in line)
     assert row.split() == ["bad\\nname\\x1b[31m", "3", "1"]  # one row: the name, train and test counts
+
+
+def test_a_ctrl_c_in_any_command_is_one_line_and_exit_130(cli, monkeypatch):
+    """click turns a KeyboardInterrupt into its Abort; the line still says what happened."""
+    from ssl_toolkit import library
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(library, "list_checkpoints", ctrl_c)
+    code, out, err = cli("checkpoints", "list")
+    assert (code, out, err.strip()) == (130, "", "interrupted")
