@@ -524,6 +524,7 @@ def _stoppable_workers() -> Iterator[None]:
 
     received: list[int] = []
     parent = os.getpid()
+    others = set(multiprocessing.active_children())  # the caller's own processes are not litdata's to stop
     starting: list[str] = []  # litdata is starting processes
     deferred: list[int] = []  # a signal that came meanwhile
 
@@ -538,7 +539,7 @@ def _stoppable_workers() -> Iterator[None]:
         if starting:
             deferred.append(signum)
             return
-        started = multiprocessing.active_children()
+        started = [w for w in multiprocessing.active_children() if w not in others]
         for w in started:
             w.terminate()
         for w in started:
