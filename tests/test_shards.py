@@ -290,6 +290,46 @@ def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_w
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(out).encode() in _read_or_empty(p)]  # none is left
 
 
+def test_a_sigterm_while_the_folder_is_scanned_is_one_line_and_exit_143(tmp_path):
+    root = make_folder(tmp_path / "imgs", n_per_class=2, size=(32, 32))
+    scanning = (  # the scan held up until the signal comes
+        "import sys, time\n"
+        "from ssl_toolkit.data import folder\n"
+        "folder.load_folder = lambda *a, **k: (print('scanning', flush=True), time.sleep(60))\n"
+        "from ssl_toolkit.cli import run\n"
+        "sys.argv = ['ssl', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+    args = [sys.executable, "-c", scanning, "shard", str(root), "--out", str(tmp_path / "sh")]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "scanning"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip()) == (143, "terminated: no shards were written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+def test_an_out_another_run_wrote_meanwhile_is_one_line_and_keeps_that_runs_shards(tmp_path, cli, monkeypatch):
+    from ssl_toolkit.data import shards
+
+    root = make_folder(tmp_path / "imgs", n_per_class=2, size=(32, 32))
+    write = shards._write_splits
+
+    def and_another_run_lands(*args, **kwargs):  # as a second ssl shard to the same --out does, first
+        result = write(*args, **kwargs)
+        (tmp_path / "sh").mkdir()
+        (tmp_path / "sh" / "ssl_shards.json").write_text("{}")
+        return result
+
+    monkeypatch.setattr(shards, "_write_splits", and_another_run_lands)
+    code, _, err = cli("shard", root, "--out", tmp_path / "sh", "--workers", "1")
+    assert (code, err.strip()) == (
+        2,
+        f"error: --out {tmp_path / 'sh'} was written meanwhile (another ssl shard?); this run's shards were not kept",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "sh"] and (tmp_path / "sh" / "ssl_shards.json").read_text() == "{}"
+
+
 def _read_or_empty(path: Path) -> bytes:
     try:
         return path.read_bytes()

@@ -23,6 +23,7 @@ no loader state).
 
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import json
@@ -389,15 +390,20 @@ def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, work
     from ssl_toolkit.atomic import temp_prefix
     from ssl_toolkit.data.folder import load_folder
 
-    source = load_folder(Path(folder), cfg.model_copy(update={"stream": True, "image_size": image_size}))
-    remove_abandoned_partials(out)
-    final, out = out, out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # renamed onto --out when complete
+    final, partial = out, out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # renamed onto --out when complete
     try:
-        with _process_state_kept(), _stoppable_workers():
-            result = _write_splits(source, folder, out, image_size, chunk_bytes, workers, cfg.strict)
-        os.replace(out, final)  # --out is absent or an empty folder
+        with _process_state_kept(), _stoppable_workers():  # the folder's scan too: a signal there is one line as well
+            source = load_folder(Path(folder), cfg.model_copy(update={"stream": True, "image_size": image_size}))
+            remove_abandoned_partials(final)
+            result = _write_splits(source, folder, partial, image_size, chunk_bytes, workers, cfg.strict)
+        try:
+            os.replace(partial, final)  # --out is absent or an empty folder
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise UserError(f"--out {final} was written meanwhile (another ssl shard?); this run's shards were not kept") from None
+            raise
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
     return {**result, "out": str(final)}
 
