@@ -515,7 +515,7 @@ def _stoppable_workers() -> Iterator[None]:
 
     ``litdata.optimize`` answers SIGINT by ending the process with exit status 0
     (``os._exit(0)`` in ``DataProcessor._signal_handler``) and leaves its workers running on
-    SIGTERM. Here SIGTERM is passed on as SIGINT, and the handler terminates every process
+    SIGTERM. Here SIGTERM runs the SIGINT handler (even where SIGINT is ignored), and the handler terminates every process
     litdata started (its workers and chunk writers) and raises, so the caller can remove the
     partial output. litdata lists its workers only once all have started, so a signal while
     it starts them is acted on when it has. The processes are forked and inherit both
@@ -558,7 +558,10 @@ def _stoppable_workers() -> Iterator[None]:
     def term(signum: int, frame: Any) -> None:
         as_a_forked_process(signum)
         received.append(signum)
-        os.kill(os.getpid(), signal.SIGINT)
+        on_ctrl_c = signal.getsignal(signal.SIGINT)  # litdata's (stop), Python's, or none where SIGINT is ignored (nohup, &)
+        if not callable(on_ctrl_c):
+            raise KeyboardInterrupt
+        on_ctrl_c(signal.SIGINT, frame)  # raises, or (stop, while litdata starts its processes) defers
 
     def starts_processes(method: Any) -> Any:
         def run(processor: Any, *args: Any, **kwargs: Any) -> Any:
