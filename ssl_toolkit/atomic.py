@@ -1,7 +1,7 @@
 """Atomic file writes: temp file in the same folder, fsync, rename.
 
 A crash or a full disk mid-write leaves the previous file intact, never a half-written one.
-A temp file is named ``.NAME.HOST-PID-XXXXXXXX.tmp`` (``HOST``: a hash of the host name); one
+A temp file is named ``.NAME.HOST-PID-RANDOM.tmp`` (``HOST``: a hash of the host name, ``RANDOM``: mkstemp's 8 characters); one
 that a killed process left (its process gone from this host) is removed by the next write
 to the same file.
 """
@@ -37,7 +37,7 @@ def _host_tag() -> str:
 
 
 def owned_temp(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
-    """An open temp file ``.NAME.HOST-PID-XXXXXXXX{suffix}`` beside ``path`` (``mkstemp``'s fd and path).
+    """An open temp file ``.NAME.HOST-PID-RANDOM{suffix}`` beside ``path`` (``mkstemp``'s fd and path).
 
     Temp files of the same name and suffix whose process is gone are removed first (a SIGKILL
     or an out-of-memory kill mid-write leaves them); those of another host are left alone.

@@ -66,7 +66,7 @@ def test_a_temp_file_a_killed_writer_left_is_removed_by_the_next_write_to_that_f
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "f.json")], stdout=subprocess.PIPE, text=True, env=env)
-    left = tmp_path / proc.stdout.readline().strip()  # .f.json.HOST-PID-XXXXXXXX.tmp
+    left = tmp_path / proc.stdout.readline().strip()  # .f.json.HOST-PID-RANDOM.tmp
     proc.kill()
     proc.wait()
     assert left.read_bytes() == b"half" and re.fullmatch(rf"\.f\.json\.[0-9a-f]{{8}}-{proc.pid}-\w{{8}}\.tmp", left.name)
