@@ -363,6 +363,7 @@ def test_damaged_shards_are_refused_in_one_line(shards, tmp_path, cli):
         "labels outside 0..1": out_of_range_label,
         "channels must be 1 or 3": lambda d: edit_json(d / "ssl_shards.json", lambda x: x.update(channels=5)),
         "mean and std need 3": lambda d: edit_json(d / "ssl_shards.json", lambda x: x.update(mean=[0.5])),
+        "out of order": lambda d: edit_json(d / "train" / "index.json", lambda x: x["chunks"].insert(0, x["chunks"].pop(1))),
     }
 
     def flip_offsets(d: Path) -> None:  # the chunk's item offsets, its size unchanged
@@ -375,7 +376,7 @@ def test_damaged_shards_are_refused_in_one_line(shards, tmp_path, cli):
         shutil.rmtree(tmp_path / "d", ignore_errors=True)
         shutil.copytree(shards, tmp_path / "d")
         damage(tmp_path / "d")
-        code, out, err = cli("inspect", tmp_path / "d", "--json")
+        code, out, err = cli("inspect", tmp_path / "d", "--json", "--quiet")
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (message, err)
     # the same damage met by a training loader's worker process: one line too
     train = ["--task", "rotation", "--backbone", TINY_BACKBONE, "--epochs", "1", "--quiet", "--set", "data.workers=1"]
@@ -383,6 +384,30 @@ def test_damaged_shards_are_refused_in_one_line(shards, tmp_path, cli):
     last = err.strip().splitlines()[-1]  # after the stem note
     assert code == 2 and last.startswith(f"error: shards in {tmp_path / 'd' / 'train'} are damaged: item "), err
     assert "Traceback" not in err and last.endswith("; write them again with ssl shard"), err
+
+
+def test_item_i_of_shards_written_by_several_writers_is_row_i_of_the_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import ssl_toolkit as st
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 20)):
+        for k in range(n):  # every image its own colour, so a row read from another position shows
+            d = tmp_path / "imgs" / split / ("a" if k % 3 else "b")
+            d.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (48, 40), tuple(int(v) for v in rng.integers(0, 256, 3))).save(d / f"{k}.png")
+    st.shard(tmp_path / "imgs", tmp_path / "sh", image_size=16, chunk_bytes="1kb", workers=2)  # many chunks per writer
+    folder = load_source(DataConfig(name=str(tmp_path / "imgs"), image_size=16, stream=True))
+    shards = load_source(DataConfig(name=str(tmp_path / "sh")))
+    for split in ("train", "test"):
+        f, s = getattr(folder, split), getattr(shards, split)
+        assert len(s) == len(f) and torch.equal(s.labels, f.labels)
+        assert all(torch.equal(s.image(i), f.image(i)) for i in range(len(f))), split
+        assert torch.equal(torch.cat(list(s.batches(7, workers=2))), torch.cat(list(f.batches(7, workers=0))))
 
 
 def test_shards_smaller_than_a_batch_train_one_batch_as_a_folder_does(shards, tmp_path):

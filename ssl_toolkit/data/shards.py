@@ -13,7 +13,9 @@ streams the training split through :class:`litdata.StreamingDataset` and its
 ``StreamingDataLoader``. Under DDP each rank reads its own part of the chunks and each
 sample is seen once per epoch; the loader's state (epoch, chunks and items consumed) is a
 ``state_dict`` that Lightning saves in ``last.ckpt``, so ``--resume`` continues mid-epoch
-without repeating or skipping samples. Evaluation reads items by index.
+without repeating or skipping samples. Evaluation reads items by index: each writer takes a
+contiguous slice of the rows, in order, so item ``i`` of a split is row ``i``, and every read
+checks it.
 
 Why litdata rather than WebDataset: litdata's loader owns the per-rank, per-worker
 assignment and its exact resumable state, which both once-per-epoch under DDP and
@@ -31,7 +33,7 @@ import os
 import shutil
 import struct
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -239,12 +241,22 @@ class ShardSplit:
     def path(self, i: int) -> str:
         return self.ids[i]
 
+    def encoded(self, row: int) -> bytes:
+        """The encoded image of split row ``row`` (its item's position), checked to be that row's."""
+        with damaged_shard(self.dir, row):
+            item = self.dataset()[row]
+            if int(item["index"]) != row:  # shards whose writers took items from a shared queue, out of row order
+                raise BadShardError(
+                    f"shards in {self.dir} hold row {int(item['index'])} at position {row}, out of order; write them again with ssl shard"
+                )
+            return item["image"]
+
     def decode(self, i: int, stage: WorkerStage = CENTER, rng: np.random.Generator | None = None) -> np.ndarray:
         """``(V, C, S, S)`` uint8 crops of row ``i`` of this split."""
         row = int(self.rows[i])
+        data = self.encoded(row)
         with damaged_shard(self.dir, row):
-            item = self.dataset()[row]
-            return _decode_item(item["image"], self.channels, self._size, stage, rng)
+            return _decode_item(data, self.channels, self._size, stage, rng)
 
     def image(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.decode(i)[0])
@@ -465,6 +477,7 @@ def _write_splits(
             mode="overwrite",
             verbose=False,
             reorder_files=False,
+            keep_data_ordered=True,  # each writer a contiguous slice, in order: item i of the split is row i (read by index)
             start_method="fork",  # the toolkit is imported already: a forked writer starts at once, a spawned one imports torch again
         )
     info = ShardInfo(
@@ -519,7 +532,8 @@ def _stoppable_workers() -> Iterator[None]:
     litdata started (its workers and chunk writers) and raises, so the caller can remove the
     partial output. litdata lists its workers only once all have started, so a signal while
     it starts them is acted on when it has. The processes are forked and inherit both
-    handlers; in them, a signal ends the process by its default action.
+    handlers; in them, a signal stops the processes they started (each ordered writer has its
+    own uploader and remover) and ends the process by its default action.
     """
     import multiprocessing
     import signal
@@ -535,24 +549,32 @@ def _stoppable_workers() -> Iterator[None]:
     deferred: list[int] = []  # a signal that came meanwhile
 
     def as_a_forked_process(signum: int) -> None:
-        """In a process litdata forked (it inherits these handlers): end by the signal itself, as a spawned one would."""
+        """In a process litdata forked (it inherits these handlers): stop the processes it started in turn
+        (a writer's uploader and remover), then end by the signal itself, as a spawned one would."""
         if os.getpid() != parent:
             signal.signal(signum, signal.SIG_DFL)
+            ended(multiprocessing.active_children())
             os.kill(os.getpid(), signum)
+
+    def ended(processes: list[Any]) -> None:
+        below = {w.pid: _descendants(w.pid) for w in processes}
+        for w in processes:
+            w.terminate()
+        for w in processes:
+            w.join(5)
+            if w.is_alive():  # a signal that reaches a process in its first moments after the fork is lost
+                w.kill()
+                w.join()
+                for pid in below[w.pid]:  # it could not stop its own
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     def stop(processor: Any, signum: int, frame: Any) -> None:
         as_a_forked_process(signum)
         if starting:
             deferred.append(signum)
             return
-        started = [w for w in multiprocessing.active_children() if w not in others]
-        for w in started:
-            w.terminate()
-        for w in started:
-            w.join(5)
-            if w.is_alive():  # a signal that reaches a process in its first moments after the fork is lost
-                w.kill()
-                w.join()
+        ended([w for w in multiprocessing.active_children() if w not in others])
         raise KeyboardInterrupt
 
     def term(signum: int, frame: Any) -> None:
@@ -594,6 +616,21 @@ def _stoppable_workers() -> Iterator[None]:
         for sig, handler in before.items():
             if handler is not None:
                 signal.signal(sig, handler)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux's ``/proc/PID/task/*/children``; none where that is not available)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for children in glob.glob(f"/proc/{todo.pop()}/task/*/children"):
+            try:
+                kids = [int(c) for c in Path(children).read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 def _decodable(paths: list[str]) -> list[str | None]:

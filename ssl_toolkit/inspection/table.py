@@ -353,7 +353,7 @@ def table_from_shards(
     ``ssl shard`` wrote, and the statistics are recomputed over the training split at
     ``cfg.image_size`` (default: the shards'). Items stream through in bounded chunks.
     """
-    from ssl_toolkit.data.shards import FORMAT, ShardSplit, damaged_shard, read_info
+    from ssl_toolkit.data.shards import FORMAT, ShardSplit, read_info
 
     info = read_info(root)
     if info.format != FORMAT:
@@ -366,8 +366,7 @@ def table_from_shards(
 
     def item(k: int) -> bytes:
         part, row = parts[int(where[k])], int(rows[k])
-        with damaged_shard(part.dir, row):  # an image that does not decode is listed; an item that cannot be read is damage
-            return part.dataset()[row]["image"]
+        return part.encoded(row)  # an image that does not decode is listed; an item that cannot be read is damage
 
     files = _scan_items(item, names, size, workers, progress, cfg.max_pixels)
     kept, cols, unreadable = _file_columns(files, keep_arrays)
