@@ -255,3 +255,46 @@ def test_feature_extraction_on_the_cpu_bounds_the_pixels_of_a_pass_and_keeps_eve
     seen.clear()
     extract_into(MeanPool(), torch.zeros(600, 3, 32, 32, dtype=torch.uint8), pre, np.zeros((600, 3), np.float32), batch_size=512)
     assert seen == [512, 88]  # small images: the asked batch size
+
+
+@pytest.mark.parametrize("kind", ["folder in memory", "folder streamed", "shards"])
+def test_images_rewritten_under_the_same_names_are_not_read_from_the_feature_cache(tmp_path, toolkit_home, kind):
+    import os
+    import shutil
+
+    from PIL import Image
+
+    import ssl_toolkit as st
+
+    def write(colour_of_first) -> None:
+        """The folder (and its shards), with the first test image of class b in ``colour_of_first``."""
+        for split, n in (("train", 8), ("test", 4)):
+            for k in range(n):
+                d = tmp_path / "imgs" / split / ("a" if k % 2 else "b")
+                d.mkdir(parents=True, exist_ok=True)
+                colour = colour_of_first if (split, k) == ("test", 0) else (40 * k, 100, 200 - 20 * k)
+                Image.new("RGB", (24, 20), colour).save(d / f"{k}.png")
+        stamp = 10**18 + (colour_of_first[2] << 30)  # a later modification time (a file system may keep only seconds)
+        os.utime(tmp_path / "imgs" / "test" / "b" / "0.png", ns=(stamp, stamp))
+        if kind == "shards":
+            shutil.rmtree(tmp_path / "sh", ignore_errors=True)
+            st.shard(tmp_path / "imgs", tmp_path / "sh", image_size=16, workers=1)
+
+    def source():
+        if kind == "shards":
+            return load_source(DataConfig(name=str(tmp_path / "sh")))
+        return load_source(DataConfig(name=str(tmp_path / "imgs"), image_size=16, stream=kind == "folder streamed"))
+
+    torch.manual_seed(0)
+    model, _ = create_backbone(BackboneConfig(name=TINY_BACKBONE), 3, 16)
+    model.eval()
+    write((255, 0, 0))
+    pre = Preprocess(3, (0.5,) * 3, (0.25,) * 3)  # fixed: the statistics of the two folders differ
+    first, hit = FeatureCache().features(model, data := source(), "test", pre)
+    assert not hit and FeatureCache().features(model, source(), "test", pre)[1]  # the same files: from the cache
+    row = 2  # the test rows are a/1, a/3, b/0, b/2
+    assert kind == "shards" or data.test.ids[row].endswith("b/0.png")
+    write((0, 0, 255))  # one test image rewritten under its name
+    again, hit = FeatureCache().features(model, source(), "test", pre)
+    others = [i for i in range(len(first)) if i != row]
+    assert not hit and not np.allclose(again[row], first[row]) and np.allclose(again[others], first[others])

@@ -15,7 +15,9 @@ A new source is one module with one decorator::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -117,6 +119,7 @@ class DataSource:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     location: str | None = None  # the folder a named dataset was read from (its name is not a path)
+    content: str = ""  # what changes when the files read change (see files_key); part of the feature cache key
 
     def __post_init__(self) -> None:
         if not self.mean:
@@ -175,6 +178,16 @@ class DataSource:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+
+def files_key(paths: Iterable[Path | str]) -> str:
+    """SHA-256 (32 hex digits) of each file's path, size and modification time: it changes when a file is rewritten."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(os.fsencode(p))
+        h.update(f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
 
 
 def require_training(name: str, n_train: int, n_test: int, test_fraction: float) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ssl_toolkit.config import DataConfig
-from ssl_toolkit.data.base import DataSource, Split, register_source, resize_uint8
+from ssl_toolkit.data.base import DataSource, Split, files_key, register_source, resize_uint8
 from ssl_toolkit.errors import UserError
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -80,12 +80,13 @@ def fashion_mnist(cfg: DataConfig) -> DataSource:
     found = _idx_path(find_fashion_mnist(cfg.path), FASHION_FILES["train_images"])
     assert found is not None  # find_fashion_mnist returns a folder holding it
     root = found.parent  # the four files of one copy, never mixed from several folders
-    arrays = {}
+    arrays, read = {}, []
     for key, stem in FASHION_FILES.items():
         p = next((root / n for n in idx_names(stem) if (root / n).is_file()), None)
         if p is None:
             raise UserError(f"fashion-mnist file {stem}(.gz) missing in {root}, next to {found.name}")
         arrays[key] = read_idx(p)
+        read.append(p)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or (labels.size and labels.max() >= len(FASHION_CLASSES)):
@@ -99,4 +100,12 @@ def fashion_mnist(cfg: DataConfig) -> DataSource:
         x = resize_uint8(torch.from_numpy(arrays[f"{split}_images"].copy()).unsqueeze(1), size)
         y = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
         splits[split] = Split(x, y, [f"fashion-mnist:{split}:{i}" for i in range(len(y))])
-    return DataSource("fashion-mnist", splits["train"], splits["test"], list(FASHION_CLASSES), grayscale_origin=True, location=str(root))
+    return DataSource(
+        "fashion-mnist",
+        splits["train"],
+        splits["test"],
+        list(FASHION_CLASSES),
+        grayscale_origin=True,
+        location=str(root),
+        content=files_key(read),
+    )

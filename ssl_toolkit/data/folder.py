@@ -162,9 +162,9 @@ def load_folder(root: Path, cfg: DataConfig, warn_unused: bool = True) -> DataSo
     if stream:
         f_tr, f_te = FileSplit(index, train, channels, size, cfg.max_pixels), FileSplit(index, test, channels, size, cfg.max_pixels)
         mean, std = streamed_stats(root, f_tr, cfg.split_seed)
-        return DataSource(str(root), f_tr, f_te, index.classes, channels == 1, list(index.bad), mean, std)
+        return DataSource(str(root), f_tr, f_te, index.classes, channels == 1, list(index.bad), mean, std, content=index.key)
     tr, bad_tr = in_memory(index, train, size, channels, cfg.max_pixels)
     te, bad_te = in_memory(index, test, size, channels, cfg.max_pixels)
     if not len(tr) and not len(te):
         raise UserError(f"no readable image in {root} ({len(index)} files, none could be decoded)")
-    return DataSource(str(root), tr, te, index.classes, channels == 1, list(index.bad) + bad_tr + bad_te)
+    return DataSource(str(root), tr, te, index.classes, channels == 1, list(index.bad) + bad_tr + bad_te, content=index.key)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import io
 import json
 import os
@@ -43,7 +44,7 @@ import torch
 from litdata.utilities.env import _DistributedEnv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ssl_toolkit.data.base import DataSource, channel_stats
+from ssl_toolkit.data.base import DataSource, channel_stats, files_key
 from ssl_toolkit.data.images import Box, center_square, decode_crops, random_resized_box
 from ssl_toolkit.data.skip_list import skip_line
 from ssl_toolkit.data.stage import CENTER, WorkerStage
@@ -394,7 +395,32 @@ def load_shards(root: str, image_size: int | None) -> DataSource:
     mean, std = tuple(info.mean), tuple(info.std)
     if size != info.image_size:  # statistics depend a little on the size: estimate them again
         mean, std = channel_stats(train.sample(256))
-    return DataSource(root, train, test, info.classes, info.channels == 1, [], mean, std)
+    return DataSource(root, train, test, info.classes, info.channels == 1, [], mean, std, content=_content_key(root, info))
+
+
+def _content_key(root: str, info: ShardInfo) -> str:
+    """What changes when the shards are written again: the description, and per split its labels and its
+    ``index.json`` (and, for a local folder, every chunk file's size and modification time)."""
+    h = hashlib.sha256(info.model_dump_json().encode())
+    for split in ("train", "test"):
+        where = f"{root.rstrip('/')}/{split}"
+        if (info.n_train if split == "train" else info.n_test) == 0:
+            continue
+        try:
+            if is_remote(root):
+                import fsspec
+
+                for name in ("index.json", "labels.npy"):
+                    with fsspec.open(f"{where}/{name}", "rb") as f:
+                        h.update(f.read())
+            else:
+                local = Path(where)
+                index = (local / "index.json").read_bytes()
+                h.update(index + (local / "labels.npy").read_bytes())
+                h.update(files_key(local / c["filename"] for c in json.loads(index)["chunks"]).encode())
+        except (OSError, ValueError, KeyError, TypeError) as e:  # the splits were checked when they were opened
+            raise UserError(f"cannot read the shards in {where}: {e}") from None
+    return h.hexdigest()[:32]
 
 
 def write_shards(folder: str, out: Path, image_size: int, chunk_bytes: str, workers: int, cfg: Any) -> dict[str, Any]:

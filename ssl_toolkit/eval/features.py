@@ -1,8 +1,9 @@
 """Feature extraction from a frozen backbone, once, with an on-disk cache.
 
 Features are computed in eval mode without gradients, in batches, and cached under
-``$SSL_TOOLKIT_HOME/cache/features`` keyed by (model hash, dataset, split,
-preprocessing): a second evaluation of the same backbone does no forward pass. The model
+``$SSL_TOOLKIT_HOME/cache/features`` keyed by (model hash, dataset, its files, split,
+preprocessing): a second evaluation of the same backbone does no forward pass, and images
+rewritten under the same names (a folder's files, shards written again) are read afresh. The model
 hash covers the module tree as well as the weights, so two networks with the same
 parameters and a different forward pass (a ResNet with and without its stem max-pool, a
 different pooling) never share features.
@@ -149,6 +150,7 @@ class FeatureCache:
         desc = {
             "model": fingerprint,
             "data": source.describe(),
+            "content": source.content,  # a folder's files rewritten under the same names are not the cached ones
             "ids_hash": hashlib.sha256("\n".join(getattr(source, split).ids).encode("utf-8", "surrogateescape")).hexdigest(),
             "decode": DECODE_VERSION,  # files decoded by an older rule (before EXIF orientation) are not reused
             "split": split,

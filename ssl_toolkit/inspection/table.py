@@ -105,7 +105,10 @@ class ImageTable:
             idx = torch.from_numpy(np.flatnonzero(self.split == s))
             labels = None if self.labels is None else torch.from_numpy(self.labels)[idx]
             parts.append(Split(self.images[idx], labels, [self.ids[i] for i in idx.tolist()]))
-        return DataSource(self.name, parts[0], parts[1], self.classes, grayscale_origin=self.channels == 1, mean=self.mean, std=self.std)
+        pixels = hashlib.sha256(np.ascontiguousarray(self.exact_key).tobytes()).hexdigest()[:32]  # changes with any image's pixels
+        return DataSource(
+            self.name, parts[0], parts[1], self.classes, grayscale_origin=self.channels == 1, mean=self.mean, std=self.std, content=pixels
+        )
 
     def thumbnail(self, i: int, px: int = 96) -> tuple[str, bytes]:
         """Image ``i`` as a small PNG/JPEG for display: (MIME type, bytes)."""
