@@ -176,8 +176,8 @@ def test_streaming_and_in_memory_folders_hold_the_same_images(tmp_path):
     assert torch.equal(st.train.labels, mem.train.labels) and list(st.train.ids) == mem.train.ids
     streamed = torch.cat(list(st.train.batches(5, workers=0)))
     assert streamed.shape == mem.train.images.shape
-    assert (streamed.float() - mem.train.images.float()).abs().mean() < 2.0
-    assert np.allclose(st.mean, mem.mean, atol=0.01) and np.allclose(st.std, mem.std, atol=0.01)
+    assert torch.equal(streamed, mem.train.images)  # one decoding rule: JPEG draft scale and resize alike
+    assert np.allclose(st.mean, mem.mean, atol=1e-5) and np.allclose(st.std, mem.std, atol=1e-5)
 
 
 def test_auto_streams_above_a_quarter_of_the_memory_and_says_so(tmp_path, capsys, monkeypatch):
@@ -317,8 +317,8 @@ def test_probe_embed_and_report_read_a_streaming_folder(tmp_path):
             tmp_path / "run", {"data": in_memory, "mode": mode, "epochs": 1} if mode == "finetune" else {"data": in_memory, "mode": mode}
         )
         assert streamed["n_test"] == held["n_test"] == 4
-        if mode != "finetune":  # the same centre squares, resampled the same way up to rounding
-            assert abs(streamed["top1"] - held["top1"]) <= 0.25
+        if mode != "finetune":  # the same pixels either way
+            assert streamed["top1"] == held["top1"], mode
     out = st.embed(tmp_path / "run", data, out=tmp_path / "emb.npz")
     with np.load(tmp_path / "emb.npz") as emb:
         assert emb["embeddings"].shape[0] == out["rows"] == 20

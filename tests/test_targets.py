@@ -117,7 +117,23 @@ def test_thresholds_maximise_held_out_f1():
     y = torch.tensor([[0], [0], [0], [1], [1], [0], [1], [1]])
     scores = torch.tensor([[0.1], [0.2], [0.3], [0.35], [0.4], [0.45], [0.8], [0.9]])
     (t,) = targets.choose_thresholds("binary", scores, y)
-    assert t == pytest.approx(0.35)  # predicting >= 0.35 gets every positive with one false positive: F1 = 0.889
+    assert t == pytest.approx(0.325)  # >= 0.35 gets every positive with one false positive (F1 0.889); halfway down to 0.3
+
+
+def test_scores_tied_with_the_chosen_threshold_stay_positive():
+    """kNN vote fractions and duplicate images tie; a float32 score equal to the chosen one must not fall below it."""
+    tied = torch.tensor(0.84304297, dtype=torch.float32)  # 0.8430429697..., which rounds up to 0.843043 at 6 digits
+    scores = torch.stack([torch.full((10,), 0.2), tied.expand(10)]).reshape(-1, 1)  # (20, 1): 10 negatives, then 10 positives
+    y = torch.cat([torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.long)]).reshape(-1, 1)
+    (t,) = targets.choose_thresholds("binary", scores, y)
+    assert 0.2 < t < float(tied)
+    rep = targets.target_report("binary", scores, y[:, 0], [t])
+    assert (rep["accuracy"], rep["f1"]) == (1.0, 1.0)
+    multi = targets.choose_thresholds("multilabel", torch.cat([scores, scores], 1), torch.cat([y, y], 1))
+    assert (
+        multi == [t, t]
+        and targets.target_report("multilabel", torch.cat([scores, scores], 1), torch.cat([y, y], 1), multi)["micro_f1"] == 1.0
+    )
 
 
 def test_knn_label_frequencies_match_brute_force():
@@ -210,3 +226,18 @@ def test_report_shows_multilabel_metrics(tmp_path, cli):
     assert code == 0, err
     html = (run / "report.html").read_text()
     assert "linear probe AP (%)" in html and "mAP " in html and "Multi-label data" in html
+
+
+@pytest.mark.parametrize("mode", ["linear", "knn"])
+def test_two_solid_colours_are_told_apart_by_every_probe(tmp_path, mode):
+    """Every image of a class is the same colour, so every score of a class ties: none may fall below its threshold."""
+    import ssl_toolkit as st
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 10)):
+        for name, rgb in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (tmp_path / split / name).mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", tuple(int(v) for v in rng.integers(24, 80, 2)), rgb).save(tmp_path / split / name / f"{k}.png")
+    result = st.probe(None, {"mode": mode, "data": {"name": str(tmp_path), "image_size": 16}}, random_init=True, backbone="test_resnet")
+    assert (result["target_kind"], result["roc_auc"], result["accuracy"], result["f1"]) == ("binary", 1.0, 1.0, 1.0)

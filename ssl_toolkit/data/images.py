@@ -39,7 +39,7 @@ OTHER_IMAGE_EXTENSIONS = {
 SINGLE_CHANNEL_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"}
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-DECODE_VERSION = 2  # bumped when the pixels a file decodes to change (2: EXIF orientation applied); caches key on it
+DECODE_VERSION = 3  # bumped when the pixels a file decodes to change (2: EXIF orientation; 3: one resize rule); caches key on it
 DEFAULT_MAX_PIXELS = 60_000_000  # 60 MP: every camera photo; a 10000 x 10000 image is listed, not decoded
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -162,9 +162,14 @@ def to_chw(im: Image.Image) -> np.ndarray:
 
 
 def to_array(im: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Decode ``im`` to a ``(channels, size, size)`` uint8 array (upright, shorter side resized, centre crop)."""
-    im = ImageOps.fit(to_mode(upright(im), channels), (size, size), method=Image.Resampling.BILINEAR)
-    return to_chw(im)
+    """``(channels, size, size)`` uint8 centre square of a decoded ``im`` (upright), resized as :func:`cut_crops` resizes."""
+    im = to_mode(upright(im), channels)
+    return to_chw(resize_box(im, size, center_square(*im.size)))
+
+
+def resize_box(im: Image.Image, size: int, box: Box) -> Image.Image:
+    """The region ``box`` of ``im`` resized to ``size`` x ``size`` (bilinear; the one resize rule of every path)."""
+    return im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,18 +233,19 @@ def decode_crops(
         max_pixels: The pixel cap (:func:`open_image`).
     """
     with open_image(path, max_pixels) as im:
-        if im.format != "JPEG":  # no draft decoding; a PNG's orientation may follow its pixels
-            im.load()
-        stored_w, stored_h = im.size
-        width, height = upright_size(im)
-        boxes = boxes_for(width, height)
-        shrink = draft_scale(boxes, size)
-        if shrink >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 directly, the same along both axes
-            im.draft("L" if channels == 1 else "RGB", (math.ceil(stored_w / shrink), math.ceil(stored_h / shrink)))
-        im = to_mode(upright(im), channels)  # decodes (at the draft scale, when one was set), then turns
-        fx, fy = im.size[0] / width, im.size[1] / height
-        crops = [
-            to_chw(im.resize((size, size), Image.Resampling.BILINEAR, box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy), reducing_gap=2.0))
-            for (x0, y0, x1, y1) in boxes
-        ]
-    return np.stack(crops)
+        return cut_crops(im, channels, size, boxes_for)
+
+
+def cut_crops(im: Image.Image, channels: int, size: int, boxes_for: Callable[[int, int], list[Box]]) -> np.ndarray:
+    """``(V, channels, size, size)`` uint8 crops of an opened image, not yet decoded (see :func:`decode_crops`)."""
+    if im.format != "JPEG":  # no draft decoding; a PNG's orientation may follow its pixels
+        im.load()
+    stored_w, stored_h = im.size
+    width, height = upright_size(im)
+    boxes = boxes_for(width, height)
+    shrink = draft_scale(boxes, size)
+    if shrink >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 directly, the same along both axes
+        im.draft("L" if channels == 1 else "RGB", (math.ceil(stored_w / shrink), math.ceil(stored_h / shrink)))
+    im = to_mode(upright(im), channels)  # decodes (at the draft scale, when one was set), then turns
+    fx, fy = im.size[0] / width, im.size[1] / height
+    return np.stack([to_chw(resize_box(im, size, (x0 * fx, y0 * fy, x1 * fx, y1 * fy))) for (x0, y0, x1, y1) in boxes])

@@ -31,11 +31,14 @@ from ssl_toolkit.data.images import (
     DEFAULT_MAX_PIXELS,
     HIGH_DEPTH_MODES,
     READ_ERRORS,
+    center_square,
+    cut_crops,
     failure_reason,
     open_image,
     to_8bit,
     to_array,
     upright,
+    upright_size,
 )
 
 __all__ = ["HIGH_DEPTH_MODES", "READ_ERRORS", "FileScan", "failure_reason", "scan_bytes", "scan_file", "scan_files", "to_8bit"]
@@ -135,6 +138,10 @@ def _read(rec: FileScan, source: Path | IO[bytes], size, channels, visit, decode
     with open_image(source, max_pixels) as im:
         rec.format, rec.mode, (rec.width, rec.height) = im.format, im.mode, im.size
         if not decode:
+            return
+        if visit is None and size is not None:  # the toolkit's array only: cut as a streamed file's is (JPEG draft included)
+            rec.width, rec.height = upright_size(im)
+            rec.array = cut_crops(im, channels or 3, size, lambda w, h: [center_square(w, h)])[0]
             return
         im.load()
         im = upright(im)

@@ -92,12 +92,20 @@ def to_scores(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 
 def best_f1_threshold(prob: np.ndarray, y: np.ndarray) -> float:
-    """The probability threshold with the largest F1 on ``(prob, y)`` (0.5 without positives)."""
+    """The probability threshold with the largest F1 on ``(prob, y)`` (0.5 without positives or negatives).
+
+    Predictions are ``prob >= threshold``. The threshold lies halfway between the score that
+    gives the best F1 and the next lower score, so that scores equal to the chosen one (ties
+    are common: kNN scores are vote fractions, duplicate images score alike) stay positive
+    however the score is rounded or recomputed.
+    """
     if y.sum() == 0 or y.sum() == len(y):
         return 0.5
     precision, recall, thresholds = precision_recall_curve(y, prob)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
+    chosen = float(thresholds[int(np.argmax(f1[:-1]))])
+    below = prob[prob < chosen]
+    return (chosen + float(below.max())) / 2 if below.size else chosen
 
 
 def choose_thresholds(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> list[float] | None:
@@ -106,7 +114,7 @@ def choose_thresholds(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> 
         return None
     prob = probabilities(kind, scores)
     y = labels.numpy().reshape(len(labels), -1)
-    return [round(best_f1_threshold(prob[:, j], y[:, j]), 6) for j in range(prob.shape[1])]
+    return [best_f1_threshold(prob[:, j], y[:, j]) for j in range(prob.shape[1])]  # not rounded: a rounded one can pass a tie
 
 
 def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> float:
