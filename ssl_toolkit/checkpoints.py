@@ -33,6 +33,7 @@ from torch import nn
 from ssl_toolkit.atomic import atomic_write_pair
 from ssl_toolkit.backbone_files import FORMATS, META, WEIGHTS, read_meta, sha256_bytes, sidecar_path, write_with_sidecar
 from ssl_toolkit.backbones import BackboneSpec, build_from_spec
+from ssl_toolkit.data.color import LUMA
 from ssl_toolkit.errors import UserError
 
 
@@ -286,7 +287,10 @@ def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
     std = tuple(round(float(x), 6) for x in meta["std"])
     lines = ["import timm", "import torch"]
     if fmt == "timm":
-        overlay = f"dict(file={path_s!r}, num_classes=0, input_size=({int(meta['in_chans'])}, {size}, {size}), mean={mean}, std={std})"
+        overlay = (
+            f"dict(file={path_s!r}, num_classes=0, input_size=({int(meta['in_chans'])}, {size}, {size}), mean={mean}, std={std}, "
+            "crop_pct=1.0, interpolation='bilinear')"  # the centre square, resized bilinearly (timm's defaults would crop inside it)
+        )
         lines.append(f"model = timm.create_model({spec.timm_name!r}, pretrained=True, pretrained_cfg_overlay={overlay}{kwargs})")
         changes = stem_changes(spec, "timm")
         if changes:
@@ -305,13 +309,39 @@ def load_snippet(meta: dict[str, Any], path: str | Path, fmt: str) -> str:
             lines += [code for _, code in changes]
         lines.append(f"model.load_state_dict({load})")
     lines.append("model.eval()")
-    lines.append(f"# inputs: {int(meta['in_chans'])} x {size} x {size}, pixels in [0, 1] normalised with mean={mean}, std={std}")
+    lines += input_notes(meta)
+    return "\n".join(lines) + "\n"
+
+
+def input_notes(meta: dict[str, Any]) -> list[str]:
+    """Comment lines that say how the exported backbone's inputs were made from images (every export format)."""
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
+    mean = tuple(round(float(x), 6) for x in meta["mean"])
+    std = tuple(round(float(x), 6) for x in meta["std"])
+    notes = [
+        f"# images: the largest centred square (after the EXIF orientation), resized to {size} x {size} as PIL does it:",
+        f"#   im.resize(({size}, {size}), Image.BILINEAR, box=square, reducing_gap=2.0)",
+        "#   (a JPEG whose square is at least twice that side is first decoded at libjpeg's 1/2, 1/4 or 1/8 scale: im.draft)",
+    ]
     proc = meta.get("processing") or {}
     if proc.get("color_space", "rgb") != "rgb" or proc.get("equalize", "none") != "none":
-        lines.append(
+        notes.append(
             f"# before normalising, the [0, 1] pixels were processed as in training: {proc} (ssl_toolkit.data.processing.Processing(**processing))"
         )
-    return "\n".join(lines) + "\n"
+    transform = meta.get("input_transform")
+    if transform == "lab_l":
+        notes.append(
+            "# the backbone sees the CIE Lab lightness of the sRGB pixels, L / 100 in [0, 1] (D65 white; a gray image as R = G = B),"
+        )
+        notes.append("#   e.g. kornia.color.rgb_to_lab(rgb)[:, :1] / 100, not the pixels themselves; that is what mean and std normalise")
+    elif transform:
+        notes.append(f"# the backbone sees the input transform {transform!r} of the pixels (ssl_toolkit.pretext.base.INPUT_TRANSFORMS)")
+    elif chans == 1:
+        notes.append(f"# an RGB image goes in as its luma, {LUMA[0]} R + {LUMA[1]} G + {LUMA[2]} B")
+    else:
+        notes.append("# a gray image goes in as R = G = B")
+    notes.append(f"# inputs: {chans} x {size} x {size}, pixels in [0, 1] normalised with mean={mean}, std={std}")
+    return notes
 
 
 def export_files(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str) -> dict[str, Any]:

@@ -268,6 +268,22 @@ def probe_key(dataset: str, mode: str, label_fraction: float) -> str:
     return f"{_slug(name)}-{mode}-{label_fraction:.12g}"  # 12 digits: fractions that differ are told apart
 
 
+def run_of_entry(entry: str | Path, meta: dict[str, Any]) -> Path | None:
+    """The run folder a library entry was saved from (``run_dir``), while that run still names the entry back
+    and holds the same weights; else ``None``."""
+    entry = Path(entry)
+    run_dir = meta.get("run_dir")
+    if not is_library_entry(entry) or not isinstance(run_dir, str) or not run_dir:
+        return None
+    run = Path(run_dir)
+    try:
+        theirs = read_meta(run / META)
+    except UserError:  # gone, or no longer a run's metadata
+        return None
+    same = theirs.get("library_name") == entry.name and theirs.get("weights_sha256") == meta.get("weights_sha256")
+    return run if same else None
+
+
 def record_probe_summary(folder: str | Path, key: str, summary: dict[str, Any]) -> Path | None:
     """Add ``summary`` under ``probes[key]`` in ``folder``'s metadata and in its twin; returns the twin updated, if any.
 

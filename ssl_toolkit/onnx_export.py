@@ -75,6 +75,8 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: str | Path) -> dict
 
 def onnx_snippet(meta: dict[str, Any], path: str | Path) -> str:
     """Python code that runs the exported graph with onnxruntime (no torch, no ssl_toolkit)."""
+    from ssl_toolkit.checkpoints import input_notes
+
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     mean = [round(float(x), 6) for x in meta["mean"]]
     std = [round(float(x), 6) for x in meta["std"]]
@@ -87,6 +89,7 @@ def onnx_snippet(meta: dict[str, Any], path: str | Path) -> str:
                 f"images = np.random.rand(4, {chans}, {size}, {size}).astype(np.float32)  # pixels in [0, 1], any batch size",
                 f"mean, std = np.array({mean}, np.float32).reshape(1, -1, 1, 1), np.array({std}, np.float32).reshape(1, -1, 1, 1)",
                 "features = session.run(['features'], {'images': (images - mean) / std})[0]  # (batch, D)",
+                *input_notes(meta),
             ]
         )
         + "\n"

@@ -309,3 +309,48 @@ def test_a_meta_json_nested_too_deeply_is_one_unreadable_entry_and_one_line(tmp_
     assert "unreadable meta.json: invalid JSON" in next(line for line in out.splitlines() if line.startswith("deep "))
     for command in (("checkpoints", "show", "deep"), ("probe", "deep", "--mode", "knn", "--data", "digits")):
         assert cli(*command) == (2, "", f"error: cannot read {deep / 'meta.json'}: JSON nested too deeply\n")
+
+
+def test_a_plain_timm_user_following_the_printed_notes_gets_the_features_of_ssl_embed(tmp_path, toolkit_home):
+    """Colorization's backbone sees the Lab lightness of non-square RGB photos: the notes must say so, and timm's
+    data config must describe the centre square resized bilinearly."""
+    import numpy as np
+    from kornia.color import rgb_to_lab
+    from PIL import Image
+
+    import ssl_toolkit as st
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for k in range(n):
+            (tmp_path / "imgs" / split / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)  # wider than tall: the square is cut from the middle
+            Image.fromarray(pixels).save(tmp_path / "imgs" / split / "ab"[k % 2] / f"{k}.png")
+    cfg = {
+        "task": "colorization",
+        "data": {"name": str(tmp_path / "imgs"), "image_size": 16, "workers": 0},
+        "backbone": {"name": TINY_BACKBONE},
+        "trainer": {"epochs": 1, "batch_size": 8, "max_steps": 1, "progress_bar": False, "accelerator": "cpu"},
+    }
+    st.pretrain(cfg, out=tmp_path / "run")
+    st.embed(tmp_path / "run", out=tmp_path / "emb.npz", split="test")
+    with np.load(tmp_path / "emb.npz") as emb:
+        ids, reference = [str(i) for i in emb["ids"]], torch.from_numpy(emb["embeddings"])
+    exported = st.export_checkpoint(tmp_path / "run", tmp_path / "col.safetensors", "timm")
+    code = exported["load_code"]
+    assert "kornia.color.rgb_to_lab(rgb)[:, :1] / 100" in code and "box=square, reducing_gap=2.0" in code, code
+    scope: dict = {}
+    exec(code, scope)  # the printed code, as a user would paste it
+    model = scope["model"]
+    config = timm.data.resolve_data_config(model=model)
+    assert (config["crop_pct"], config["interpolation"], config["input_size"]) == (1.0, "bilinear", (1, 16, 16))
+    mean, std = torch.tensor(exported["mean"]).view(1, -1, 1, 1), torch.tensor(exported["std"]).view(1, -1, 1, 1)
+    for row, path in enumerate(ids):
+        with Image.open(path) as im:
+            side = min(im.size)
+            square = ((im.width - side) / 2, (im.height - side) / 2, (im.width + side) / 2, (im.height + side) / 2)
+            small = im.convert("RGB").resize((16, 16), Image.BILINEAR, box=square, reducing_gap=2.0)
+        rgb = torch.from_numpy(np.asarray(small)).permute(2, 0, 1)[None].float() / 255  # (1, 3, 16, 16)
+        x = (rgb_to_lab(rgb)[:, :1] / 100 - mean) / std  # (1, 1, 16, 16)
+        with torch.no_grad():
+            assert (model(x)[0] - reference[row]).abs().max() < 1e-4, path

@@ -64,6 +64,33 @@ def test_probe_json_schema_and_record(cli, tmp_path):
     assert "synthetic-knn-0.5" in json.loads((run / "meta.json").read_text())["probes"]
 
 
+def test_a_library_entry_without_data_takes_its_runs_folder_while_the_run_holds_its_weights(cli, tmp_path, monkeypatch):
+    import shutil
+
+    from PIL import Image
+
+    from ssl_toolkit.pretraining import pretrain
+
+    for split, n in (("train", 8), ("test", 4)):
+        for k in range(n):
+            (tmp_path / "imgs" / split / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (20, 20), (30 * k, 90 * (k % 2), 60)).save(tmp_path / "imgs" / split / "ab"[k % 2] / f"{k}.png")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("rotation", data="imgs", epochs=1)  # a relative folder name, as typed
+    cfg["data"].update(image_size=16)
+    pretrain(cfg, out=tmp_path / "run")
+    entry = json.loads((tmp_path / "run" / "meta.json").read_text())["library_name"]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the recorded name 'imgs' is no folder here
+    code, out, err = cli("probe", entry, "--mode", "knn", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["dataset"], result["n_train"], result["n_test"]) == (str(tmp_path / "imgs"), 8, 4)
+    shutil.rmtree(tmp_path / "run")  # the run is gone: its entry no longer knows where the data was
+    code, out, err = cli("probe", entry, "--mode", "knn")
+    assert code == 2 and err.strip().startswith(f"error: --data is needed: {entry} was pretrained on 'imgs'"), err
+
+
 def test_without_data_probe_takes_the_data_the_backbone_was_pretrained_on(cli, tmp_path):
     from ssl_toolkit.pretraining import pretrain
 

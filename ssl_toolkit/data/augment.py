@@ -20,9 +20,9 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ssl_toolkit.config import StrictModel
+from ssl_toolkit.data.color import LUMA
 
 # ITU-R BT.601 luma weights and the RGB <-> YIQ transforms used for hue rotation
-_LUMA = (0.299, 0.587, 0.114)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 
@@ -76,7 +76,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, 1, H, W)`` luma (identity for one channel)."""
     if x.shape[1] == 1:
         return x
-    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+    w = x.new_tensor(LUMA).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
 
 

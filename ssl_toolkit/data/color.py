@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in a gray value
+
 # linear sRGB -> XYZ, derived from the sRGB primaries and the D65 white point (x, y = 0.3127, 0.3290);
 # the white point is the image of RGB = (1, 1, 1), so white maps to a = b = 0 exactly
 _RGB2XYZ = torch.tensor(

@@ -128,7 +128,8 @@ def preprocess_of(meta: dict[str, Any]) -> Preprocess:
 
 
 def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any] | str | None:
-    """The data a backbone was pretrained on, if it can still be loaded: the run config's ``data``, or a registered name.
+    """The data a backbone was pretrained on, if it can still be loaded: the run config's ``data`` (for a library
+    entry, that of the run it was saved from, while that run holds its weights), or a registered name.
 
     Raises:
         UserError: The run's ``config.yaml`` cannot be read, is not UTF-8, or is not a YAML mapping.
@@ -137,7 +138,11 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
     from ssl_toolkit.run_folder import RunFolder
 
     discover()  # the built-in and plugin source names
+    from ssl_toolkit.library import run_of_entry
+
     run = None if folder is None else RunFolder(folder)
+    if run is not None and not run.config.is_file() and (twin := run_of_entry(run.path, meta)) is not None:
+        run = RunFolder(twin)  # a library entry: its run's config.yaml says how the data was read
     if run is not None and run.config.is_file():
         section = run.read_config().get("data")
         if isinstance(section, dict) and section.get("name"):

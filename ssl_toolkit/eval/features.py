@@ -24,12 +24,11 @@ from torch import nn
 
 from ssl_toolkit.atomic import atomic_file
 from ssl_toolkit.backbones import feature_dim
+from ssl_toolkit.data.color import LUMA
 from ssl_toolkit.data.images import DECODE_VERSION
 from ssl_toolkit.data.sources import DataSource
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.settings import cache_dir
-
-LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass
