@@ -455,8 +455,9 @@ def init_backbone_from(
     model, meta = loaded if loaded is not None else load_backbone_any(target)[:2]
     check_same_arch(spec, BackboneSpec.from_dict(meta["backbone"]), f"--init-from {target}")
     backbone.load_state_dict(model.state_dict())
+    path = Path(target).expanduser()
     return {
-        "target": str(target),
+        "target": str(path.resolve()) if path.exists() else str(target),  # a file or folder wherever the run is read; a name as given
         "name": meta.get("name") or meta.get("library_name"),
         "task": meta.get("task"),
         "epochs": meta.get("epochs"),

@@ -133,7 +133,7 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
+def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli, monkeypatch):
     """The new-user flow: pretrain twice, list, probe by name, continue pretraining, refuse a mismatch."""
 
     def small(**extra) -> dict:
@@ -150,6 +150,7 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
     probed = json.loads(out.strip().splitlines()[-1])
     meta_b = pretrain(small(init_from="rot-a"), out=tmp_path / "b")
     assert meta_b["init_from"]["name"] == "rot-a" and meta_b["library_name"].startswith("rotation-test_resnet-synthetic-")
+    assert meta_b["init_from"]["target"] == "rot-a"  # a library name, as given
     rows = {r["name"]: r for r in st.list_checkpoints()}
     assert set(rows) == {"rot-a", meta_b["library_name"]}
     assert rows["rot-a"]["best_probe"] == "synthetic-linear-1" and rows["rot-a"]["best_top1"] == probed["top1"]
@@ -164,6 +165,9 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli):
         match=r"architecture mismatch: expected test_resnet \(in_chans=3, no stem max-pool\), found test_resnet \(in_chans=3, small stem\)",
     ):
         pretrain(small(init_from="rot-a", backbone={"small_stem": False}), out=tmp_path / "d")
+    monkeypatch.chdir(tmp_path)  # a run folder given by a relative path is recorded by its absolute one
+    meta_e = pretrain(small(init_from="a"), out=tmp_path / "e")
+    assert meta_e["init_from"]["target"] == str(tmp_path / "a") and meta_e["init_from"]["name"] == "rot-a"
 
 
 @pytest.mark.slow
