@@ -99,6 +99,7 @@ class PretrainModule(L.LightningModule):
         self.step_loss: torch.Tensor | None = None  # the task's loss, checked with the gradients by GradientGuard
         self._output_checked = False  # the task's first output is checked once (check_task_output)
         self._fit_started: float | None = None
+        self._time_share = 0.0  # of max_minutes, as every process sees it this step (on_train_batch_start)
         chunk = trainer_cfg.backbone_chunk
         self._chunked = ChunkedBackbone(backbone, chunk) if isinstance(chunk, int) else None  # auto: decided in on_fit_start
         self._channels_last = False  # resolved from trainer.channels_last when the fit starts
@@ -218,10 +219,30 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def time_progress(self) -> float:
-        """Share of the wall-clock budget (``max_minutes``) spent, in [0, 1]; 0 without a budget."""
-        if self._fit_started is None or self.cfg.max_minutes is None:
-            return 0.0
-        return min(1.0, (time.monotonic() - self._fit_started) / (60.0 * float(self.cfg.max_minutes)))
+        """Share of the wall-clock budget (``max_minutes``) spent at this step's start, in [0, 1]; 0 without a budget."""
+        return self._time_share if self.cfg.max_minutes else 0.0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.cfg.max_minutes:
+            self._time_share = self._spent_share()
+
+    def _spent_share(self) -> float:
+        """The budget's share spent so far, before this run's resume too (Lightning's Timer keeps it in ``last.ckpt``).
+
+        Under DDP every process takes the largest share any process measured, so all step with one
+        learning rate and one momentum: each process's own clock would let their weights drift apart.
+        """
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+        if timer is not None:
+            seconds = float(timer.time_elapsed("train"))
+        else:
+            seconds = 0.0 if self._fit_started is None else time.monotonic() - self._fit_started
+        share = min(1.0, seconds / (60.0 * float(self.cfg.max_minutes or 1.0)))
+        if self.trainer.world_size > 1:
+            share = float(self.trainer.strategy.reduce(torch.tensor(share, device=self.device), reduce_op="max"))
+        return share
 
 
 def check_task_output(task: str, output: Any, batch: int | None) -> None:

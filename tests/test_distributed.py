@@ -304,3 +304,44 @@ def test_a_ctrl_c_to_a_two_process_run_before_training_exits_130_and_saves_nothi
     assert proc.returncode == 130, proc.stderr  # not 137
     assert proc.stderr.strip().splitlines()[-1] in ("aborted", "interrupted"), proc.stderr
     assert not (tmp_path / "ddp" / "last.ckpt").exists() and not list((tmp_path / "home").rglob("*.safetensors"))
+
+
+SAME_WEIGHTS_SCRIPT = """
+import os, zlib
+import torch
+from ssl_toolkit import engine
+from ssl_toolkit.cli import run
+
+rec, end = os.environ["REC"], engine.PretrainModule.on_train_batch_end
+
+def on_train_batch_end(self, outputs, batch, batch_idx):
+    weights = torch.cat([p.detach().flatten() for p in self.backbone.parameters()])
+    lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+    with open(f"{rec}.{self.trainer.global_rank}", "a") as f:
+        f.write(f"{self.global_step} {lr!r} {zlib.crc32(weights.numpy().tobytes())}\\n")
+    return end(self, outputs, batch, batch_idx)
+
+engine.PretrainModule.on_train_batch_end = on_train_batch_end
+run()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_under_a_time_budget_step_with_one_learning_rate_and_keep_one_set_of_weights(tmp_path):
+    """``max_minutes`` sets the cosine from the time spent: each process's own clock gave each its own learning rate."""
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ssl_with_hooks.py"
+    script.write_text(SAME_WEIGHTS_SCRIPT)
+    args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16"]
+    args += ["--batch-size", "16", "--set", "data.synthetic_train=96", "--set", "data.synthetic_test=32", "--accelerator", "cpu"]
+    args += ["--devices", "2", "--strategy", "ddp", "-q", "--epochs", "1000", "--set", "trainer.max_minutes=0.1"]
+    args += ["--out", str(tmp_path / "ddp")]  # 3000 steps planned: the 6 s budget sets the cosine and ends the run
+    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "REC": str(tmp_path / "rec")}
+    proc = run_as_terminal_job([sys.executable, str(script), *args], tmp_path, env, 300)
+    assert proc.returncode == 0, proc.stderr
+    ranks = [(tmp_path / f"rec.{r}").read_text().splitlines() for r in (0, 1)]
+    assert len(ranks[0]) >= 3 and ranks[0] == ranks[1]  # step, learning rate and weights' checksum, alike on both
+    assert len({line.split()[1] for line in ranks[0]}) == len(ranks[0])  # the learning rate moved every step

@@ -210,6 +210,33 @@ def test_the_learning_rate_cosine_ends_at_zero_when_the_epochs_end_the_run_befor
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_resumed_budget_run_keeps_the_share_of_the_budget_it_had_spent():
+    """The cosine of a ``max_minutes`` run follows the time spent before the resume too (Lightning's Timer keeps it)."""
+    import lightning as L
+    from conftest import bench_module, quiet_trainer
+    from lightning.pytorch.callbacks import Timer
+
+    from ssl_toolkit.data.loaders import make_loader
+
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    module = bench_module("rotation", images)
+    module.cfg = module.cfg.model_copy(update={"max_minutes": 1.0})
+    timer = Timer(duration={"minutes": 1})
+    timer.load_state_dict({"time_elapsed": {"train": 30.0}})  # what last.ckpt restores: half the minute spent
+    lrs: list[float] = []
+    shares: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+            shares.append(pl_module.time_progress())
+
+    trainer = quiet_trainer(max_epochs=1, callbacks=[timer, Record()])
+    trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
+    assert len(shares) == 2 and 0.5 <= shares[0] < 0.6  # not 0: the resumed run does not start its cosine again
+    assert lrs[0] <= 0.5 * module.lr  # cos(pi * 0.5) of the peak, or less
+
+
 def test_the_python_api_does_not_warn_about_the_run_folder_it_wrote_itself(tmp_path):
     import warnings
 
