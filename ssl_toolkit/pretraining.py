@@ -439,6 +439,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         SamplePictures,
         StartupClock,
     )
+    from ssl_toolkit.data.loaders import shared_by
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
     from ssl_toolkit.trainer import build_trainer, lightning_interrupts, quiet_lightning, restore_metrics
@@ -470,6 +471,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     L.seed_everything(t.seed, workers=True, verbose=False)
     quiet_lightning()  # no banners (devices, tips) in the output
     trainer = build_trainer(t, folder.path, validate=data.val_loader is not None, callbacks=callbacks)
+    train_loader = shared_by(data.train_loader, trainer.world_size)  # a batch over one process's share: cut to it
     ckpt_path = str(folder.last_ckpt) if plan.resume else None
     if ckpt_path is not None:
         restore_metrics(folder.metrics, folder.last_ckpt)
@@ -483,7 +485,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")  # DDP, channels-last
         try:
             with lightning_interrupts(trainer, functools.partial(interrupt_outcome, trainer, folder)):
-                trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt_path)
+                trainer.fit(module, train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
             kept = (
                 f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"

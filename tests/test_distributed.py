@@ -25,8 +25,9 @@ def simclr_loss(name: str = "ntxent"):
 @pytest.mark.slow
 # trainer.backbone_chunk: each parameter's gradient reaches DDP once; local_crops: the
 # backbone runs twice per step (full-size and small views); both at once in one run
-@pytest.mark.parametrize(("chunk", "local_crops"), [(None, 0), (16, 2)])
-def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk, local_crops):
+# batch 100: more than each process's share of the 128 images (64), cut to it: one step per epoch, not none
+@pytest.mark.parametrize(("chunk", "local_crops", "batch", "steps"), [(None, 0, 32, 4), (16, 2, 32, 4), (None, 0, 100, 2)])
+def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk, local_crops, batch, steps):
     run = tmp_path / "ddp"
     done = run_ssl(
         "pretrain",
@@ -43,7 +44,7 @@ def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk, l
         "--epochs",
         "2",
         "--batch-size",
-        "32",
+        str(batch),
         "--set",
         "data.synthetic_train=128",
         "--set",
@@ -63,7 +64,7 @@ def test_two_process_ddp_pretraining_through_the_cli(tmp_path, run_ssl, chunk, l
     meta = json.loads((run / "meta.json").read_text())
     assert meta["world_size"] == 2
     # 128 images sharded over 2 processes with 32 per process: 2 steps per epoch, not 4
-    assert meta["steps"] == 4 and meta["epochs"] == 2
+    assert meta["steps"] == steps and meta["epochs"] == 2
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
         "backbone.safetensors",
         "config.yaml",

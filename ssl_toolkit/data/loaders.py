@@ -180,6 +180,31 @@ def split_loader(
     )
 
 
+def shared_by(loader: Any, processes: int) -> Any:
+    """The training loader as each of ``processes`` DDP processes draws it (Lightning shards its sampler).
+
+    A batch larger than one process's share of the images is cut to that share, as one
+    process's batch is cut to the whole split: one batch per process and epoch, where the
+    batch kept whole and its last partial batch dropped would give no step at all.
+    Shards' loaders (litdata) split the chunks per process themselves and are returned as given.
+    """
+    if not isinstance(loader, ResumableLoader) or processes <= 1:
+        return loader
+    share = -(-len(loader.dataset) // processes)  # type: ignore[arg-type]  # Lightning's sampler pads to equal shares
+    if loader.batch_size is None or loader.batch_size <= share:
+        return loader
+    return ResumableLoader(
+        loader.dataset,
+        batch_size=max(1, share),
+        sampler=loader.sampler,
+        drop_last=False,
+        num_workers=loader.num_workers,
+        persistent_workers=loader.persistent_workers,
+        pin_memory=loader.pin_memory,
+        prefetch_factor=loader.prefetch_factor,
+    )
+
+
 def make_loader(
     images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
 ) -> DataLoader:
