@@ -163,7 +163,13 @@ class SamplePictures(Callback):
 
 
 class RngState(Callback):
-    """Saves torch's RNG and the task's view generator with every checkpoint; restores them on resume."""
+    """Saves torch's RNG and the task's view generator with every checkpoint; restores them on resume.
+
+    The checkpoint holds rank 0's state (a save must not wait on a collective: a Ctrl-C saves
+    wherever each process is). Under DDP rank 0 continues its streams exactly, and every other
+    rank reseeds both from that state and its rank: streams distinct per rank, as in the run
+    before the resume, and the same on every resume, but not those the rank would have drawn.
+    """
 
     KEY = "ssl_rng"
 
@@ -180,10 +186,20 @@ class RngState(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._restored:
             return
-        torch.set_rng_state(self._restored["torch"])  # continue the random streams of the interrupted run
         gen = _run_module(pl_module).task.generator
-        if gen is not None and self._restored.get("views") is not None:
-            gen.set_state(self._restored["views"])
+        views = self._restored.get("views")
+        if trainer.global_rank == 0:
+            torch.set_rng_state(self._restored["torch"])  # continue the random streams of the interrupted run
+            if gen is not None and views is not None:
+                gen.set_state(views)
+            return
+        import hashlib
+
+        saved = self._restored["torch"].numpy().tobytes() + (b"" if views is None else views.numpy().tobytes())
+        seed = int.from_bytes(hashlib.sha256(saved + f"rank {trainer.global_rank}".encode()).digest()[:8], "little") >> 1
+        torch.manual_seed(seed)  # not rank 0's streams again: each rank its own views, as before the resume
+        if gen is not None:
+            gen.manual_seed(seed + 1)
 
 
 class EpochEndCheckpoint(Callback):

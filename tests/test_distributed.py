@@ -144,6 +144,36 @@ def test_views_are_seeded_per_rank():
     assert os.environ.get("WORLD_SIZE") is None
 
 
+def test_a_resume_gives_each_rank_its_own_views_again():
+    """last.ckpt holds rank 0's random state: the other ranks must not all continue rank 0's streams."""
+    from types import SimpleNamespace
+
+    from ssl_toolkit.callbacks import RngState
+    from ssl_toolkit.pretext import DataFacts, build_task
+
+    facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.2,) * 3)
+    x = torch.rand(4, 3, 16, 16)
+    saver = build_task("simclr", 8, {}, facts)
+    saver.seed_views(1000, torch.device("cpu"))
+    saver.two_views(x)  # rank 0 drew some views before the save
+    checkpoint: dict = {}
+    torch.manual_seed(7)
+    RngState().on_save_checkpoint(None, SimpleNamespace(task=saver), checkpoint)
+    expected = saver.two_views(x)  # what rank 0 draws next
+
+    def resumed(rank: int) -> torch.Tensor:
+        task = build_task("simclr", 8, {}, facts)
+        task.seed_views(1000 + rank, torch.device("cpu"))  # as every fit starts, then the checkpoint's state
+        callback = RngState()
+        callback.on_load_checkpoint(None, None, checkpoint)
+        callback.on_train_start(SimpleNamespace(global_rank=rank), SimpleNamespace(task=task))
+        return task.two_views(x)
+
+    assert torch.equal(resumed(0), expected)  # rank 0 goes on with its own streams
+    assert not torch.equal(resumed(1), expected) and not torch.equal(resumed(1), resumed(2))  # the others: one each
+    assert torch.equal(resumed(1), resumed(1))  # and the same on every resume
+
+
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
 def test_a_strategy_that_spawns_its_processes_and_nodes_without_a_launcher_are_refused(strategy, monkeypatch):
     from ssl_toolkit.config import TrainerConfig
