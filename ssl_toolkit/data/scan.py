@@ -140,6 +140,8 @@ def _read(rec: FileScan, source: Path | IO[bytes], size, channels, visit, decode
         if not decode:
             return
         if visit is None and size is not None:  # the toolkit's array only: cut as a streamed file's is (JPEG draft included)
+            if im.format != "JPEG":
+                im.load()  # a PNG's orientation may follow its pixels; a JPEG's is in its header, and a draft shrinks im.size
             rec.width, rec.height = upright_size(im)
             rec.array = cut_crops(im, channels or 3, size, lambda w, h: [center_square(w, h)])[0]
             return
