@@ -360,8 +360,8 @@ run()
 def test_two_processes_under_a_time_budget_step_with_one_learning_rate_and_keep_one_set_of_weights(tmp_path):
     """``max_minutes`` sets the cosine from the time spent: each process's own clock gave each its own learning rate.
 
-    The batch (100) is more than each process's share of the 96 images (48): it is cut to that
-    share, one step per epoch (it was kept whole, its last partial batch dropped: no step at all).
+    The batch (100) is less than the 128 images but more than each process's share (64): it is cut
+    to that share, one step per epoch (it was kept whole, its last partial batch dropped: no step at all).
     """
     import sys
     from pathlib import Path
@@ -370,7 +370,7 @@ def test_two_processes_under_a_time_budget_step_with_one_learning_rate_and_keep_
     script = tmp_path / "ssl_with_hooks.py"
     script.write_text(SAME_WEIGHTS_SCRIPT)
     args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16"]
-    args += ["--batch-size", "100", "--set", "data.synthetic_train=96", "--set", "data.synthetic_test=32", "--accelerator", "cpu"]
+    args += ["--batch-size", "100", "--set", "data.synthetic_train=128", "--set", "data.synthetic_test=32", "--accelerator", "cpu"]
     args += ["--devices", "2", "--strategy", "ddp", "-q", "--epochs", "1000", "--set", "trainer.max_minutes=0.1"]
     args += ["--out", str(tmp_path / "ddp")]  # 1000 steps planned: the 6 s budget sets the cosine and ends the run
     env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "REC": str(tmp_path / "rec")}
