@@ -399,8 +399,8 @@ def load_shards(root: str, image_size: int | None) -> DataSource:
 
 
 def _content_key(root: str, info: ShardInfo) -> str:
-    """What changes when the shards are written again: the description, and per split its labels and its
-    ``index.json`` (and, for a local folder, every chunk file's size and modification time)."""
+    """What changes when the shards are written again: the description, and per split its ``index.json``
+    (and, for a local folder, every chunk file's size and modification time). Labels do not change features."""
     h = hashlib.sha256(info.model_dump_json().encode())
     for split in ("train", "test"):
         where = f"{root.rstrip('/')}/{split}"
@@ -410,13 +410,12 @@ def _content_key(root: str, info: ShardInfo) -> str:
             if is_remote(root):
                 import fsspec
 
-                for name in ("index.json", "labels.npy"):
-                    with fsspec.open(f"{where}/{name}", "rb") as f:
-                        h.update(f.read())
+                with fsspec.open(f"{where}/index.json", "rb") as f:
+                    h.update(f.read())
             else:
                 local = Path(where)
                 index = (local / "index.json").read_bytes()
-                h.update(index + (local / "labels.npy").read_bytes())
+                h.update(index)
                 h.update(files_key(local / c["filename"] for c in json.loads(index)["chunks"]).encode())
         except (OSError, ValueError, KeyError, TypeError) as e:  # the splits were checked when they were opened
             raise UserError(f"cannot read the shards in {where}: {e}") from None
