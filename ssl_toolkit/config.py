@@ -165,13 +165,17 @@ class TrainerConfig(StrictModel):
         lr: Peak learning rate (``None`` = the task's default).
         weight_decay: Weight decay (``None`` = the task's default).
         optimizer: ``adamw``, ``sgd`` or ``lars`` (``None`` = the task's default).
-        warmup_epochs: Linear warm-up before the cosine decay.
+        warmup_epochs: Linear warm-up before the cosine decay, in epochs of the data (also when
+            ``max_steps`` ends the run sooner; at most the whole run).
         precision: Lightning precision (``32-true``, ``bf16-mixed``, ``16-mixed``), or ``auto``:
             ``bf16-mixed`` where the device computes bfloat16 natively, else ``32-true``.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
         devices: Devices per node.
         num_nodes: Nodes (multi-node DDP).
         strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        sync_batchnorm: Under DDP on GPUs, normalise each BatchNorm with the statistics of the
+            global batch (torch's ``SyncBatchNorm``, through Lightning) instead of each process's
+            own; refused on a CPU, where torch's ``SyncBatchNorm`` does not run.
         seed: Seed of weights, data order and augmentation.
         num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
         log_every_n_steps: Step-level logging interval.
@@ -228,6 +232,7 @@ class TrainerConfig(StrictModel):
     devices: int | str = 1
     num_nodes: int = Field(default=1, ge=1)
     strategy: str = "auto"
+    sync_batchnorm: bool = False
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     num_workers: int = Field(default=0, ge=0, le=64)
     log_every_n_steps: int = Field(default=10, ge=1)

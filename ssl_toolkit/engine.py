@@ -203,8 +203,10 @@ class PretrainModule(L.LightningModule):
         else:
             opt = torch.optim.AdamW(groups, lr=self.lr, fused=self.device.type in ("cpu", "cuda"))  # one kernel per tensor
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = int(self.cfg.warmup_epochs * steps_per_epoch)
+        # an epoch of warm-up is an epoch of the data, also when max_steps ends the run before the epochs
+        batches = self.trainer.num_training_batches  # known once estimated_stepping_batches has set the data up
+        steps_per_epoch = int(batches) if math.isfinite(batches) and batches > 0 else max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(total, int(self.cfg.warmup_epochs * steps_per_epoch))
         if self.cfg.max_minutes:  # a wall-clock budget: the cosine follows the budget or the steps, whichever ends the run first
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt,

@@ -209,6 +209,10 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
             f"trainer options ({_describe(cfg)}): {trial.num_nodes} nodes need every node started by torchrun or SLURM "
             "(or MASTER_ADDR, MASTER_PORT and NODE_RANK set); see docs/scaling.md, Several nodes"
         )
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if cfg.sync_batchnorm and isinstance(trial.accelerator, CPUAccelerator):
+        raise UserError(f"trainer options ({_describe(cfg)}): sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on a CPU)")
     note = oversubscription_line(trial)
     cores = usable_cores()
     if note is not None and trial.num_devices > CPU_PROCESSES_PER_CORE * cores:
@@ -345,6 +349,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: 
         max_epochs=cfg.epochs,
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         max_steps=cfg.max_steps,
+        sync_batchnorm=cfg.sync_batchnorm,
         logger=build_loggers(cfg, run_dir),
         callbacks=callbacks,
         default_root_dir=str(run_dir),

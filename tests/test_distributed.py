@@ -190,6 +190,23 @@ def test_a_strategy_that_spawns_its_processes_and_nodes_without_a_launcher_are_r
     check_lightning_options(nodes)
 
 
+def test_sync_batchnorm_reaches_lightnings_ddp_and_is_refused_on_a_cpu(tmp_path):
+    from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
+
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.trainer import build_trainer, check_lightning_options
+
+    cfg = TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", sync_batchnorm=True)
+    with pytest.raises(UserError, match=r"sync_batchnorm needs GPUs \(torch's SyncBatchNorm does not run on a CPU\)$"):
+        check_lightning_options(cfg)
+    check_lightning_options(cfg.model_copy(update={"sync_batchnorm": False}))
+    trainer = build_trainer(cfg, tmp_path, validate=False)  # building starts no process
+    assert isinstance(trainer.strategy._layer_sync, TorchSyncBatchNorm)  # Lightning converts the model at setup
+    plain = build_trainer(cfg.model_copy(update={"sync_batchnorm": False}), tmp_path, validate=False)
+    assert plain.strategy._layer_sync is None
+
+
 def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refused(capsys):
     from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.errors import UserError

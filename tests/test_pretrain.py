@@ -210,6 +210,29 @@ def test_the_learning_rate_cosine_ends_at_zero_when_the_epochs_end_the_run_befor
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_warm_up_epochs_are_epochs_of_the_data_when_max_steps_ends_the_run_first():
+    """4 epochs of 2 batches planned, cut at 4 steps: one warm-up epoch is 2 steps, not 4 // 4 = 1."""
+    import lightning as L
+    from conftest import bench_module, quiet_trainer
+
+    from ssl_toolkit.data.loaders import make_loader
+
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    module = bench_module("rotation", images)
+    module.cfg = module.cfg.model_copy(update={"warmup_epochs": 1.0})
+    lrs: list[float] = []
+
+    class RecordLr(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = quiet_trainer(max_epochs=4, max_steps=4, callbacks=[RecordLr()])
+    trainer.fit(module, make_loader(images, None, 8, shuffle=True, num_workers=0))
+    base = module.lr
+    # warm-up over steps 0, 1 (1/2, 2/2 of the peak), then the cosine over the 2 steps left of 4: 1, 0.5
+    assert lrs == pytest.approx([0.5 * base, base, base, 0.5 * base], rel=1e-6)
+
+
 def test_a_resumed_budget_run_keeps_the_share_of_the_budget_it_had_spent():
     """The cosine of a ``max_minutes`` run follows the time spent before the resume too (Lightning's Timer keeps it)."""
     import lightning as L
