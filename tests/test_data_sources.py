@@ -156,6 +156,24 @@ def test_folder_train_test_splits_unlabelled_modes_and_alpha(tmp_path):
     assert torch.equal(b[0], b[1]) and abs(b.float().mean() - 128) <= 1  # gray replicated to RGB
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_png_colour_key_is_transparency_composited_onto_white_on_every_path(tmp_path, stream):
+    """RGB and L PNGs with a tRNS colour key kept the keyed colour (black) where a keyed palette image went white."""
+    half = np.zeros((8, 8), np.uint8)
+    half[:, 4:] = 200  # left half: the transparent key (0), right half: opaque 200
+    rgb, gray = tmp_path / "rgb", tmp_path / "gray"
+    for i in range(2):
+        (rgb / "a").mkdir(parents=True, exist_ok=True), (gray / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.dstack([half] * 3)).save(rgb / "a" / f"{i}.png", transparency=(0, 0, 0))
+        Image.fromarray(half).save(gray / "a" / f"{i}.png", transparency=0)
+    for root, channels in ((rgb, 3), (gray, 1)):
+        src = load_source(DataConfig(name=str(root), image_size=8, test_fraction=0.5, stream=stream))
+        assert src.channels == channels
+        x = src.train.image(0)  # (C, 8, 8) uint8
+        assert x.shape == (channels, 8, 8)
+        assert (x[:, :, :4] == 255).all() and (x[:, :, 4:] == 200).all()
+
+
 def test_folder_all_grayscale_stays_single_channel_and_16bit_is_rescaled(tmp_path):
     Image.fromarray(np.full((6, 6), 65535, dtype=np.uint16)).save(tmp_path / "a.png")
     _img(tmp_path / "b.png", "L", 0, size=(6, 6))

@@ -2,8 +2,8 @@
 
 This is the leaf of the data package: every other data module reads pixels through it.
 Colour modes: 16-bit and float single-channel images are rescaled to 8-bit ``L``; for
-colour data, palette images go through RGBA, CMYK is converted, and alpha is composited
-onto white. A file above ``max_pixels`` is refused (PIL's decompression-bomb check is
+colour data CMYK is converted; transparency (alpha, or a colour key) is composited onto
+white for both. A file above ``max_pixels`` is refused (PIL's decompression-bomb check is
 replaced by this documented cap, so no raw library warning reaches the terminal). Pixels
 are read upright: the EXIF orientation tag (cameras store portrait photos sideways and set
 it) is applied when a file is decoded (:func:`upright`, what PIL's ``exif_transpose`` does,
@@ -39,7 +39,9 @@ OTHER_IMAGE_EXTENSIONS = {
 SINGLE_CHANNEL_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"}
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-DECODE_VERSION = 3  # bumped when the pixels a file decodes to change (2: EXIF orientation; 3: one resize rule); caches key on it
+DECODE_VERSION = (
+    4  # bumped when the pixels a file decodes to change (2: EXIF orientation; 3: one resize rule; 4: colour keys); caches key on it
+)
 DEFAULT_MAX_PIXELS = 60_000_000  # 60 MP: every camera photo; a 10000 x 10000 image is listed, not decoded
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -140,19 +142,19 @@ def to_8bit(im: Image.Image) -> Image.Image:
 
 
 def to_mode(im: Image.Image, channels: int) -> Image.Image:
-    """``im`` as 8-bit ``L`` (``channels == 1``) or ``RGB`` with alpha composited onto white."""
+    """``im`` as 8-bit ``L`` (``channels == 1``) or ``RGB``, with transparency composited onto white.
+
+    Transparency is an alpha channel (``RGBA``, ``LA``, ``PA``) or a transparent colour
+    (``P``, ``L``, ``RGB`` or ``1`` with a ``tRNS``/GIF colour key), in either case.
+    """
     im = to_8bit(im)
-    if channels == 1:
-        return im if im.mode == "L" else im.convert("L")
-    if im.mode == "RGB":
-        return im
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        rgba = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB", "1") and "transparency" in im.info):
+        rgba = im.convert("RGBA")  # a colour key becomes alpha 0
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, rgba)
-    return im.convert("RGB")
+    if channels == 1:
+        return im if im.mode == "L" else im.convert("L")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def to_chw(im: Image.Image) -> np.ndarray:
