@@ -235,6 +235,28 @@ def test_folder_and_tensor_paths_hash_alike(tmp_path):
     assert np.abs(files.thumbs.astype(int) - arrays.thumbs.astype(int)).max() <= 1
 
 
+def test_inspect_reads_large_jpegs_as_training_does_arrays_and_statistics(tmp_path):
+    """Inspect's full decode (for its digests) gave large JPEGs other pixels than libjpeg's reduced-scale decode."""
+    from ssl_toolkit.data.images import center_square, decode_crops
+    from ssl_toolkit.data.scan import scan_bytes
+    from ssl_toolkit.inspection.table import fingerprint
+
+    rng = np.random.default_rng(0)
+    for i in range(6):  # 96 x 72 photos at 16 px: libjpeg decodes them at 1/4
+        noise = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+        Image.fromarray(noise).resize((96, 72), Image.Resampling.BICUBIC).save(tmp_path / f"{i}.jpg", quality=90)
+    cfg = DataConfig(name=str(tmp_path), image_size=16, test_fraction=0.5, stream=False)
+    table = table_from_folder(tmp_path, cfg, keep_arrays=True)
+    held = load_folder(tmp_path, cfg)
+    for split in (held.train, held.test):
+        for i, name in enumerate(split.ids):
+            assert torch.equal(table.images[table.ids.index(name)], split.images[i])
+    assert table.mean == pytest.approx(held.mean, abs=1e-6) and table.std == pytest.approx(held.std, abs=1e-6)
+    data = (tmp_path / "0.jpg").read_bytes()  # a shard's item: the same bytes, read from memory
+    scanned = scan_bytes("0.jpg", data, 16, 3, visit=fingerprint).array
+    assert np.array_equal(scanned, decode_crops(io.BytesIO(data), 3, 16, lambda w, h: [center_square(w, h)])[0])
+
+
 def test_cli_tensor_source(cli):
     code, out, err = cli("inspect", "synthetic", "--set", "data.synthetic_train=60", "--set", "data.synthetic_test=30", "--json", "-q")
     assert code == 0, err

@@ -4,8 +4,9 @@
 records its header (format, mode, size, bytes), decodes every pixel (so truncated files
 fail here, not later in training) and turns it upright (its EXIF orientation, so the size
 recorded is the size as displayed), and optionally converts the image to the toolkit's
-square ``uint8`` array (:func:`ssl_toolkit.data.images.to_array`) and/or hands the decoded
-image to a ``visit`` callback. A file that cannot be read becomes a :class:`FileScan`
+square ``uint8`` array and/or hands the decoded image to a ``visit`` callback. The array
+has the pixels every data path reads (:func:`ssl_toolkit.data.images.cut_crops`): a large
+JPEG's comes from libjpeg's reduced-scale decode, also when ``visit`` needed the full one. A file that cannot be read becomes a :class:`FileScan`
 with ``error`` set to a one-line reason (:func:`failure_reason`) instead of an exception.
 
 :func:`scan_files` does this in parallel threads, streaming results back in input
@@ -33,6 +34,7 @@ from ssl_toolkit.data.images import (
     READ_ERRORS,
     center_square,
     cut_crops,
+    draft_scale,
     failure_reason,
     open_image,
     to_8bit,
@@ -146,12 +148,23 @@ def _read(rec: FileScan, source: Path | IO[bytes], size, channels, visit, decode
             rec.array = cut_crops(im, channels or 3, size, lambda w, h: [center_square(w, h)])[0]
             return
         im.load()
+        jpeg = im.format == "JPEG"
         im = upright(im)
         rec.width, rec.height = im.size
         if visit is not None:
             rec.extra = visit(im)
-        if size is not None:
+        if size is not None and jpeg and draft_scale([center_square(*im.size)], size) >= 2:
+            rec.array = _reduced_decode(source, size, channels or 3, max_pixels)  # the pixels the toolkit's array has
+        elif size is not None:
             rec.array = to_array(im, size, channels or 3)
+
+
+def _reduced_decode(source: Path | IO[bytes], size: int, channels: int, max_pixels: int | None) -> np.ndarray:
+    """A JPEG's ``(C, S, S)`` array as :func:`cut_crops` makes it (libjpeg's reduced-scale decode), after a full one."""
+    if not isinstance(source, Path):
+        source.seek(0)
+    with open_image(source, max_pixels) as again:
+        return cut_crops(again, channels, size, lambda w, h: [center_square(w, h)])[0]
 
 
 def default_workers() -> int:
