@@ -39,9 +39,7 @@ OTHER_IMAGE_EXTENSIONS = {
 SINGLE_CHANNEL_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"}
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-DECODE_VERSION = (
-    4  # bumped when the pixels a file decodes to change (2: EXIF orientation; 3: one resize rule; 4: colour keys, inspect's JPEG draft); caches key on it
-)
+DECODE_VERSION = 4  # bumped when the pixels a file decodes to change (2: EXIF orientation; 3: one resize rule; 4: colour keys, inspect's JPEG draft); caches key on it
 DEFAULT_MAX_PIXELS = 60_000_000  # 60 MP: every camera photo; a 10000 x 10000 image is listed, not decoded
 
 ORIENTATION = 0x0112  # the EXIF tag
