@@ -101,8 +101,12 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+            if self.config.is_file():  # a run: it may be continued
+                raise UserError(
+                    f"{self.path} already holds files; use --overwrite to replace them, or continue with: ssl pretrain --resume {self.path}"
+                )
             raise UserError(
-                f"{self.path} already holds files; use --overwrite to replace them, or continue with: ssl pretrain --resume {self.path}"
+                f"{self.path} already holds files (not a run's); use --overwrite to replace them, or choose another --out folder"
             )
         check_writable_dir(self.path, "--out")
 

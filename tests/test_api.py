@@ -158,6 +158,11 @@ def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the
     run_copy = tmp_path / "r"
     run_copy.mkdir()
     (run_copy / "x").write_text("")
+    with pytest.raises(
+        UserError, match=r"already holds files \(not a run's\); use overwrite=True to replace them, or choose another out folder$"
+    ):
+        st.pretrain(tiny_config("rotation", epochs=1), out=run_copy)  # no config.yaml: nothing to continue
+    (run_copy / "config.yaml").write_text("task: rotation\n")
     with pytest.raises(UserError, match=rf"use overwrite=True to replace them, or continue with: pretrain\(resume='{run_copy}'\)$"):
         st.pretrain(tiny_config("rotation", epochs=1), out=run_copy)
     code, _, err = cli("pretrain", "--task", "rotation", "--out", run_copy)

@@ -251,7 +251,7 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     before, library = _tree_bytes(run), _tree_bytes(toolkit_home / "checkpoints")
     code, out, err = cli("pretrain", "--resume", run, "-q")
     assert code == 0, err
-    assert "is already finished (1 epochs, 6 steps); nothing changed" in out
+    assert "is already finished (1 epoch, 6 steps); nothing changed" in out
     assert _tree_bytes(run) == before and _tree_bytes(toolkit_home / "checkpoints") == library
 
     code, _, err = cli("pretrain", "--resume", run, "--lr", "0.5")

@@ -121,13 +121,13 @@ def pretrain(
         return
     if meta.get("finished"):
         click.echo(
-            f"{meta['run_dir']} is already finished ({meta['epochs']} epochs, {meta['steps']} steps); nothing changed. "
+            f"{meta['run_dir']} is already finished ({_count(meta['epochs'], 'epoch')}, {_count(meta['steps'], 'step')}); nothing changed. "
             f"To train further: ssl pretrain --resume {resume} --epochs N (N > {meta['epochs']})"
         )
         return
     fm = meta["final_metrics"]
     where = f" ({meta['dataset']['path']})" if meta["dataset"].get("path") else ""
-    line = f"pretrained {meta['task']} on {meta['dataset']['name']}{where}: {meta['epochs']} epochs, {meta['steps']} steps, {meta['wall_seconds']:.1f}s, loss {_number(meta.get('final_loss'))}"
+    line = f"pretrained {meta['task']} on {meta['dataset']['name']}{where}: {_count(meta['epochs'], 'epoch')}, {_count(meta['steps'], 'step')}, {meta['wall_seconds']:.1f}s, loss {_number(meta.get('final_loss'))}"
     if "pretext_acc" in fm:
         line += f", pretext_acc {fm['pretext_acc']:.3f}"
     if "online_top1" in fm:
@@ -140,3 +140,8 @@ def pretrain(
 
 def _number(x: object) -> str:
     return f"{x:.4f}" if isinstance(x, int | float) else "-"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -155,8 +155,21 @@ class DataSource:
         return "binary" if self.num_classes == 2 else "multiclass"
 
     def unreadable_names(self) -> str:
-        """The names of the first three unreadable files, for warnings and errors (``a.png, b.png, ...``)."""
-        return ", ".join(terminal_safe(Path(p).name) for p, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        """The first three unreadable files, for warnings and errors (``cat/a.png, dog/a.png, ...``).
+
+        Each is named by its path under the source's folder (two classes may hold files of
+        one name), or in full when it lies elsewhere.
+        """
+
+        def shown(p: str) -> str:
+            for root in (Path(self.name), Path(self.name).absolute()):
+                try:
+                    return str(Path(p).relative_to(root))
+                except ValueError:
+                    continue
+            return p
+
+        return ", ".join(terminal_safe(shown(p)) for p, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
 
     def refuse_unreadable(self) -> None:
         """Raise the ``--strict`` :class:`UserError` when files were found unreadable (every command words it alike)."""
