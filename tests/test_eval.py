@@ -184,6 +184,26 @@ def test_knn_matches_numpy_brute_force():
     assert knn_scores(train, labels, test, k=1000, T=t).shape == (40, 5)  # k clipped to the training set
 
 
+def test_top5_counts_no_class_that_kept_its_place_only_by_a_tie():
+    """kNN scores leave most classes at exactly 0; topk filled the top 5 from them in an arbitrary order."""
+    from ssl_toolkit.eval.metrics import classification_report
+
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.standard_normal((60, 8)).astype(np.float32))
+    labels = torch.arange(60) % 10
+    test = torch.from_numpy(rng.standard_normal((40, 8)).astype(np.float32))
+    truth = torch.from_numpy(rng.integers(0, 10, 40))
+    one = classification_report(knn_scores(train, labels, test, k=1, T=0.1, num_classes=10), truth, 10)
+    assert one["top5"] == one["top1"]  # one neighbour votes for one class: the other nine tie at 0
+    scores = torch.tensor(
+        [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.3], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.3], [3.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.0]]
+    )
+    report = classification_report(scores, torch.tensor([0, 7, 4]), 8)
+    assert report["top1"] == 0.0 and report["top5"] == pytest.approx(1 / 3, abs=1e-6)  # only the voted class 7 is a hit
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    assert classification_report(logits, torch.tensor([4, 1]), 7)["top5"] == 0.5  # distinct scores: the 5 highest
+
+
 def test_knn_vote_stays_finite_and_exact_at_a_small_temperature():
     rng = np.random.default_rng(1)
     train, test = rng.normal(size=(200, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)

@@ -10,6 +10,10 @@ import torch
 def classification_report(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Top-1, top-5 (with at least 5 classes), per-class accuracy and the confusion matrix.
 
+    Top-1 is the ``argmax`` prediction (the lowest class index among tied scores), as the
+    confusion matrix counts it. Top-5 counts an image when fewer than 5 other classes score
+    at least as high as its own class, or when top-1 does.
+
     Args:
         scores: ``(N, K)`` class scores (logits, probabilities or votes).
         labels: ``(N,)`` true classes.
@@ -22,8 +26,12 @@ def classification_report(scores: torch.Tensor, labels: torch.Tensor, num_classe
     pred = scores.argmax(dim=1)
     top1 = (pred == labels).float().mean().item() if len(labels) else 0.0
     top5 = None
-    if num_classes >= 5:
-        top5 = (scores.topk(5, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    if num_classes >= 5 and len(labels):
+        # ties count against the true class: a class no kNN neighbour voted for (score 0, tied
+        # with every other such class) is not in the top 5 by the order topk happens to return
+        own = scores.gather(1, labels[:, None])  # (N, 1)
+        rivals = (scores >= own).sum(dim=1) - 1  # (N,) other classes scoring at least as high
+        top5 = ((rivals < 5) | (pred == labels)).float().mean().item()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
     support = conf.sum(dim=1)
