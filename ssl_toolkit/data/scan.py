@@ -6,8 +6,9 @@ fail here, not later in training) and turns it upright (its EXIF orientation, so
 recorded is the size as displayed), and optionally converts the image to the toolkit's
 square ``uint8`` array and/or hands the decoded image to a ``visit`` callback. The array
 has the pixels every data path reads (:func:`ssl_toolkit.data.images.cut_crops`): a large
-JPEG's comes from libjpeg's reduced-scale decode, also when ``visit`` needed the full one. A file that cannot be read becomes a :class:`FileScan`
-with ``error`` set to a one-line reason (:func:`failure_reason`) instead of an exception.
+JPEG's comes from libjpeg's reduced-scale decode, also when ``visit`` needed the full one.
+A file that cannot be read becomes a :class:`FileScan` with ``error`` set to a one-line
+reason (:func:`failure_reason`) instead of an exception.
 
 :func:`scan_files` does this in parallel threads, streaming results back in input
 order in bounded chunks, with an optional progress callback. :func:`scan_bytes` reads
