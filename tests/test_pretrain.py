@@ -50,7 +50,9 @@ def test_existing_run_folder_is_not_overwritten_without_flag(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match=r"already holds files \(not a run's\); use overwrite=True to replace them, or choose another out folder$"):
+    with pytest.raises(
+        UserError, match=r"already holds files \(not a run's\); use overwrite=True to replace them, or choose another out folder$"
+    ):
         pretrain(tiny_config("rotation", epochs=1), out=run)
     assert (run / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
