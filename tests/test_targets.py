@@ -113,6 +113,39 @@ def test_multilabel_and_binary_metrics_match_scikit_learn():
     assert rep["f1"] == pytest.approx(f1_score(yb, pb[:, 0] >= 0.5), abs=1e-6)
 
 
+def test_macro_f1_averages_the_labels_with_a_test_positive_as_map_does():
+    """A label without test positives added an F1 of 0 to macro F1 (scikit-learn's zero_division) while mAP left it out."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 3)) < 0.4).astype(np.uint8)
+    y[:, 2] = 0  # no test positive
+    prob = np.clip(y * 0.5 + rng.random((60, 3)) * 0.6, 0, 1)
+    rep = targets.target_report("multilabel", torch.from_numpy(prob), torch.from_numpy(y), [0.5, 0.5, 0.5])
+    pred = (prob >= 0.5).astype(int)
+    assert rep["per_class_ap"][2] is None and rep["mAP"] == pytest.approx(np.mean(rep["per_class_ap"][:2]), abs=1e-6)
+    assert rep["macro_f1"] == pytest.approx(f1_score(y[:, :2], pred[:, :2], average="macro"), abs=1e-6)
+    assert rep["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro"), abs=1e-6)  # every label
+    assert targets.target_report("multilabel", torch.from_numpy(prob), torch.zeros(60, 3, dtype=torch.uint8), None)["macro_f1"] is None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_multilabel_holdout_keeps_a_positive_to_fit_on_and_one_to_choose_a_threshold_on(seed):
+    """A random 10% left common labels without a held-out positive (threshold fixed at 0.5, never reached by kNN
+    votes), and could hold out a label's only positive (no positive to fit on: threshold 0.0, everything positive)."""
+    labels = torch.zeros(80, 5, dtype=torch.uint8)
+    labels[:40, 0] = 1  # common
+    labels[::9, 1] = 1  # 9 positives
+    labels[[3, 50], 2] = 1  # two positives
+    labels[[11, 11 + 40], 3] = 1
+    labels[7, 4] = 1  # a single positive
+    fit, held = targets.holdout_split(labels, 0.1, seed)
+    assert sorted(fit.tolist() + held.tolist()) == list(range(80))  # a partition of the rows
+    assert 8 <= len(held) <= 8 + 5
+    assert labels[fit].sum(0).gt(0).all()  # every label has a positive to fit on
+    assert labels[held][:, :4].sum(0).gt(0).all() and 7 not in held.tolist()  # two or more: one held out; one: never
+    again, _ = targets.holdout_split(labels, 0.1, seed)
+    assert torch.equal(fit, again)  # seeded
+
+
 def test_thresholds_maximise_held_out_f1():
     y = torch.tensor([[0], [0], [0], [1], [1], [0], [1], [1]])
     scores = torch.tensor([[0.1], [0.2], [0.3], [0.35], [0.4], [0.45], [0.8], [0.9]])
@@ -213,6 +246,27 @@ def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
     assert res["target_kind"] == "binary" and res["metric"] == "roc_auc" and len(res["thresholds"]) == 1
     assert {"roc_auc", "f1", "precision", "recall", "accuracy"} <= set(res) and "ROC-AUC (%)" in out
     assert res["top1"] == res["accuracy"]
+    sets = [a for k in ("classes=2", "train=120", "test=60") for a in ("--set", f"data.synthetic_{k}")]
+    code, out, err = cli(
+        "probe",
+        "--random-init",
+        "-b",
+        "test_resnet",
+        "--data",
+        "synthetic",
+        "--mode",
+        "knn",
+        "--label-fraction",
+        "0.02",
+        "--json",
+        *sets,
+        "--set",
+        "data.image_size=16",
+    )
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])  # one image per class: none to hold out, as the linear probe says too
+    assert res["n_train"] == 2 and res["threshold"] == 0.5
+    assert res["holdout"] == "none: too few training labels to hold any out, so threshold 0.5 was not chosen but fixed"
 
 
 @pytest.mark.slow

@@ -306,6 +306,8 @@ class TrainedEvaluator(Evaluator):
         if len(held_idx):
             held_scores = targets.to_scores(kind, score_images(module, train.subset(held_idx)))
             facts["thresholds"] = targets.choose_thresholds(kind, held_scores, train.labels[held_idx])
+        elif kind != "multiclass":
+            facts["holdout"] = f"none: too few training labels to hold any out, so {targets.FIXED_THRESHOLDS}"
         module.cpu()
         return scores, facts
 

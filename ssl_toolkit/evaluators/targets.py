@@ -7,7 +7,7 @@
 - ``multilabel`` (``(N, K)`` multi-hot labels): ``K`` logits, a sigmoid per class with
   binary cross-entropy; mAP (mean over classes of the average precision, the PASCAL VOC /
   COCO ranking metric), per-class AP, and micro/macro F1 at per-class thresholds chosen on
-  held-out training labels.
+  held-out training labels; mAP and macro F1 average over the labels with a test positive.
 
 Evaluators return ``(N, outputs)`` scores: class scores whose argmax is the prediction
 (multiclass), or probabilities in [0, 1] per output (binary, multi-label: the sigmoid of
@@ -26,6 +26,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_recall_
 from ssl_toolkit.sampling import per_class_split
 
 HOLDOUT_FRACTION = 0.1
+FIXED_THRESHOLDS = "threshold 0.5 was not chosen but fixed"  # what a result says when nothing could be held out
 
 
 def outputs(kind: str, num_classes: int) -> int:
@@ -50,14 +51,40 @@ def loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded (fit, holdout) indices: stratified by class for single labels, random for multi-hot rows."""
+    """Seeded (fit, holdout) indices: stratified by class for single labels, label-aware for multi-hot rows.
+
+    Single labels: ``max(1, round(n_c * fraction))`` images of each class ``c`` are held
+    out, none of a one-image class. Multi-hot rows: a random ``round(N * fraction)`` rows,
+    then (rarest label first) a label whose every positive was drawn gets its first-drawn
+    positive back for the fit, and a label with at least two positives and none drawn gets
+    one held out (one whose labels all keep a positive to fit on). So every label keeps a
+    positive to fit on, and a label with two or more has one to choose its threshold on.
+    """
     if labels.dim() == 1:  # at least one of each class held out, a one-image class never
         held, fit = per_class_split(labels, lambda n: max(1, int(round(n * fraction))) if n > 1 else 0, seed)
         return torch.from_numpy(fit), torch.from_numpy(held)
     n = len(labels)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = int(round(n * fraction)) if n > 1 else 0
-    return perm[k:].sort().values, perm[:k].sort().values
+    drawn = set(perm[:k])
+    if k:
+        rank = {r: i for i, r in enumerate(perm)}
+        positives = [sorted(labels[:, c].nonzero().view(-1).tolist(), key=rank.__getitem__) for c in range(labels.shape[1])]
+        order = sorted(range(len(positives)), key=lambda c: (len(positives[c]), c))  # rarest label first
+        for c in order:  # every label keeps a positive to fit on
+            if positives[c] and all(r in drawn for r in positives[c]):
+                drawn.discard(positives[c][0])
+
+        def fit_left(c: int) -> int:
+            return sum(r not in drawn for r in positives[c])
+
+        for c in order:  # a label with two or more positives gets one to choose its threshold on
+            if len(positives[c]) < 2 or any(r in drawn for r in positives[c]):
+                continue
+            spare = next((r for r in positives[c] if all(fit_left(d) >= 2 for d in labels[r].nonzero().view(-1).tolist())), None)
+            if spare is not None:
+                drawn.add(spare)
+    return torch.tensor(sorted(set(range(n)) - drawn), dtype=torch.long), torch.tensor(sorted(drawn), dtype=torch.long)
 
 
 def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -146,12 +173,12 @@ def target_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, thresho
             "threshold": float(t[0]),
         }
     ap = [round(float(average_precision_score(y[:, j], prob[:, j])), 6) if y[:, j].sum() else None for j in range(y.shape[1])]
-    present = [a for a in ap if a is not None]
+    present = [j for j in range(y.shape[1]) if ap[j] is not None]  # labels with a test positive: mAP's and macro F1's
     return {
         "metric": "mAP",
-        "mAP": round(float(np.mean(present)), 6) if present else None,
+        "mAP": round(float(np.mean([ap[j] for j in present])), 6) if present else None,
         "per_class_ap": ap,
         "micro_f1": round(float(f1_score(y, pred, average="micro", zero_division=0)), 6),
-        "macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 6),
+        "macro_f1": round(float(f1_score(y[:, present], pred[:, present], average="macro", zero_division=0)), 6) if present else None,
         "thresholds": [float(v) for v in t],
     }
