@@ -144,6 +144,12 @@ def test_the_multilabel_holdout_keeps_a_positive_to_fit_on_and_one_to_choose_a_t
     assert labels[held][:, :4].sum(0).gt(0).all() and 7 not in held.tolist()  # two or more: one held out; one: never
     again, _ = targets.holdout_split(labels, 0.1, seed)
     assert torch.equal(fit, again)  # seeded
+    assert targets.fixed_thresholds_note("multilabel", labels[held]) == (  # the single positive's label only
+        f"threshold 0.5 fixed, not chosen, for 1 of 5 labels (positions 4 in per_class_ap): their {len(held)} held-out "
+        "images are all positive or all negative for them"
+    )
+    assert targets.fixed_thresholds_note("binary", torch.tensor([1, 1])) is not None
+    assert targets.fixed_thresholds_note("binary", torch.tensor([0, 1])) is None
 
 
 def test_thresholds_maximise_held_out_f1():

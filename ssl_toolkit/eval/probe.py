@@ -207,7 +207,11 @@ def warn_untrained_classes(source: DataSource) -> None:
     if k > 1 and bool((in_train & ~in_test).any()):
         print(
             f"warning: {source.name}: class(es) {names(in_train & ~in_test)} have no test image: the scores say nothing of them "
-            "(their recall, F1 and ROC-AUC are undefined)",
+            + (
+                "(their average precision and F1 are undefined; mAP and macro F1 leave them out)"
+                if source.target_kind == "multilabel"
+                else "(their recall, F1 and ROC-AUC are undefined)"
+            ),
             file=sys.stderr,
             flush=True,
         )

@@ -133,6 +133,8 @@ def _linear_probe(
     facts: dict[str, Any] = {"weight_decay": best, held: {str(k): round(v, 4) for k, v in sweep.items()}}
     if thresholds is not None:
         facts["thresholds"] = thresholds
+        if (note := targets.fixed_thresholds_note(kind, train_y[ho_idx])) is not None:
+            facts["holdout"] = note
     if not sweep:  # e.g. one training label per class: nothing to hold out, so nothing was chosen
         fixed = f"weight decay {best:g} was" if kind == "multiclass" else f"weight decay {best:g} and threshold 0.5 were"
         facts["holdout"] = f"none: too few training labels to hold any out, so {fixed} not chosen but fixed"

@@ -144,6 +144,25 @@ def choose_thresholds(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> 
     return [best_f1_threshold(prob[:, j], y[:, j]) for j in range(prob.shape[1])]  # not rounded: a rounded one can pass a tie
 
 
+def fixed_thresholds_note(kind: str, held_labels: torch.Tensor) -> str | None:
+    """What a result says of outputs whose threshold stayed at 0.5: held-out images all of one kind for them.
+
+    ``None`` when every output's threshold was chosen (and for multiclass, which has none).
+    """
+    if kind == "multiclass":
+        return None
+    y = held_labels.numpy().reshape(len(held_labels), -1)
+    fixed = [j for j in range(y.shape[1]) if y[:, j].sum() in (0, len(y))]
+    if not fixed:
+        return None
+    if kind == "binary":
+        return f"threshold 0.5 fixed, not chosen: the {len(y)} held-out images are all of one class"
+    return (
+        f"threshold 0.5 fixed, not chosen, for {len(fixed)} of {y.shape[1]} labels (positions {', '.join(map(str, fixed))} "
+        f"in per_class_ap): their {len(y)} held-out images are all positive or all negative for them"
+    )
+
+
 def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> float:
     """What a held-out choice maximises: accuracy (multiclass), ROC-AUC (binary), mAP (multi-label)."""
     if kind == "multiclass":
