@@ -228,47 +228,15 @@ def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
 
 @pytest.mark.usefixtures("one_thread")
 def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
-    code, out, err = cli(
-        "probe",
-        "--random-init",
-        "-b",
-        "test_resnet",
-        "--data",
-        "synthetic",
-        "--mode",
-        "linear",
-        "--json",
-        "--set",
-        "data.synthetic_classes=2",
-        "--set",
-        "data.synthetic_train=120",
-        "--set",
-        "data.synthetic_test=60",
-        "--set",
-        "data.image_size=16",
-    )
+    data = ["--data", "synthetic", "--set", "data.image_size=16"]
+    data += [a for k in ("classes=2", "train=120", "test=60") for a in ("--set", f"data.synthetic_{k}")]
+    code, out, err = cli("probe", "--random-init", "-b", "test_resnet", *data, "--mode", "linear", "--json")
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["target_kind"] == "binary" and res["metric"] == "roc_auc" and len(res["thresholds"]) == 1
     assert {"roc_auc", "f1", "precision", "recall", "accuracy"} <= set(res) and "ROC-AUC (%)" in out
     assert res["top1"] == res["accuracy"]
-    sets = [a for k in ("classes=2", "train=120", "test=60") for a in ("--set", f"data.synthetic_{k}")]
-    code, out, err = cli(
-        "probe",
-        "--random-init",
-        "-b",
-        "test_resnet",
-        "--data",
-        "synthetic",
-        "--mode",
-        "knn",
-        "--label-fraction",
-        "0.02",
-        "--json",
-        *sets,
-        "--set",
-        "data.image_size=16",
-    )
+    code, out, err = cli("probe", "--random-init", "-b", "test_resnet", *data, "--mode", "knn", "--label-fraction", "0.02", "--json")
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])  # one image per class: none to hold out, as the linear probe says too
     assert res["n_train"] == 2 and res["threshold"] == 0.5
