@@ -285,7 +285,9 @@ class TrainedEvaluator(Evaluator):
             with warnings.catch_warnings(), lightning_interrupts(trainer, lambda: "nothing was written"):
                 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch name
                 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # logger=False: nothing is logged
-                warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen stages, on purpose
+                warnings.filterwarnings(
+                    "ignore", message=".*module\\(s\\) in eval mode at the start of training.*"
+                )  # frozen stages, on purpose
                 trainer.fit(module, loader)
         finally:
             if self.settings.grad_checkpointing:
