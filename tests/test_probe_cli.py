@@ -342,6 +342,9 @@ def test_the_partial_record_names_the_stages_it_froze_and_the_table_the_exact_fr
     assert record["settings"]["freeze_stages"] == 3  # the default, N - 1 of test_resnet's 4 stages
     assert record["frozen"] == ["stem", "layer1", "layer2", "layer3"]
     assert probe_details(record) == "layer_decay=1.0, augment=basic, grad_checkpointing=False, freeze_stages=3"
+    knn = {"k": 6, "settings": {"k": 200, "temperature": 0.1}}  # a 6-image training subset clips k
+    assert probe_details(knn) == "k=6 (of 200 asked), temperature=0.1"
+    assert probe_details({"k": 200, "settings": {"k": 200, "temperature": 0.1}}) == "k=200, temperature=0.1"
     assert "label fraction  0.999999999999\n" in out
     code, out, err = cli("probe", run, "--mode", "partial", "--epochs", "1", "--freeze-stages", "0", "--json", *SMALL)
     assert code == 0, err

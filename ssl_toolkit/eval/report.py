@@ -103,13 +103,18 @@ def _pct(v: float | None) -> str:
 
 
 def probe_details(p: dict[str, Any]) -> str:
-    """A probe's details cell: kNN top-1 at each k, its seed when not 0, and the evaluator's own settings."""
+    """A probe's details cell: kNN top-1 at each k, its seed when not 0, and the evaluator's own settings (kNN's k as used)."""
     extra, settings = p.get("top1_by_k"), p.get("settings")
     parts = [", ".join(f"k={k}: {_pct(v)}" for k, v in extra.items())] if isinstance(extra, dict) else []
     if p.get("seed"):
         parts.append(f"seed {p['seed']}")
     if isinstance(settings, dict):
-        parts.append(", ".join(f"{k}={v}" for k, v in settings.items()))
+        used = p.get("k")  # kNN's k, clipped to the training subset
+        shown = {
+            **settings,
+            **({"k": f"{used} (of {settings['k']} asked)"} if "k" in settings and isinstance(used, int) and used != settings["k"] else {}),
+        }
+        parts.append(", ".join(f"{k}={v}" for k, v in shown.items()))
     return "; ".join(x for x in parts if x)
 
 
