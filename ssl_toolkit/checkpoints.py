@@ -159,6 +159,9 @@ def check_same_arch(expected: BackboneSpec, found: BackboneSpec, name: str) -> N
         raise UserError(f"architecture mismatch: expected {describe_arch(expected)}, found {describe_arch(found)} in {name}")
 
 
+INPUT_KEYS = ("in_chans", "image_size", "mean", "std")  # what a backbone's metadata must say of its input
+
+
 def load_backbone_files(target: str | Path, name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load a backbone from a run folder, backbone folder or weights file; returns (model in eval mode, meta).
 
@@ -172,6 +175,11 @@ def load_backbone_files(target: str | Path, name: str | None = None) -> tuple[nn
     meta = read_meta(meta_path)
     if meta.get("export_format") == "onnx":
         raise UserError(f"checkpoint {name} is an ONNX graph; load or import the checkpoint it was exported from")
+    missing = [k for k in INPUT_KEYS if meta.get(k) is None]
+    if missing:  # probe, embed and export all need the input the backbone expects
+        raise UserError(
+            f"checkpoint {name}: {meta_path} does not say {', '.join(missing)} (the input the backbone expects); add them to it"
+        )
     spec = BackboneSpec.from_dict(meta["backbone"])
     # the hash is skipped only for a weights file that borrows its folder's meta.json written for another file
     borrowed = meta_path == weights.with_name(META) and not Path(target).expanduser().is_dir()

@@ -310,3 +310,26 @@ def test_a_probe_reaches_only_the_twin_that_names_it_back_and_the_run_gets_its_f
     assert set(json.loads((tmp_path / "run" / META).read_text())["probes"]) == {"digits-knn-0.3"}
     assert json.loads((tmp_path / "run" / "probes" / "digits-knn-0.3.json").read_text())["top1"] == 0.5  # what the report reads
     assert not (library_root() / name / "probes").exists()
+
+
+def test_plain_timm_weights_whose_metadata_does_not_say_their_input_are_refused_in_one_line(tmp_path, cli, toolkit_home):
+    """Such an import was accepted, then export, probe and embed stopped with a KeyError traceback."""
+    import timm
+
+    weights = tmp_path / "r.safetensors"
+    save_file(timm.create_model(TINY_BACKBONE, num_classes=0).state_dict(), weights)
+    sidecar = tmp_path / "r.safetensors.json"
+    sidecar.write_text(json.dumps({"backbone": {"timm_name": TINY_BACKBONE, "kwargs": {"num_classes": 0, "in_chans": 3}}}))
+    code, out, err = cli("checkpoints", "import", weights, "--name", "bare")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (
+        err
+        == f"error: checkpoint {weights}: {sidecar} does not say in_chans, image_size, mean, std (the input the backbone expects); add them to it\n"
+    )
+    assert not (library_root() / "bare").exists()
+    sidecar.write_text(
+        json.dumps({**json.loads(sidecar.read_text()), "in_chans": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3})
+    )
+    assert cli("checkpoints", "import", weights, "--name", "bare")[0] == 0
+    code, out, err = cli("checkpoints", "export", "bare", "--out", tmp_path / "x.pt", "--format", "torch")
+    assert code == 0, err
