@@ -65,7 +65,7 @@ def check_name(name: str) -> str:
     """``name`` if it is a valid entry name (letters, digits, ``._+-``; no leading dot), else a UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(
-            f"invalid checkpoint name '{name}': use letters, digits, '.', '_', '+' or '-' (at most 128, not starting with '.' or '-')"
+            f"invalid checkpoint name '{name}': use ASCII letters, digits, '.', '_', '+' or '-' (at most 128, not starting with '.' or '-')"
         )
     return name
 
@@ -93,8 +93,18 @@ def default_name(meta: dict[str, Any]) -> str:
     return _slug("-".join(_slug(p) for p in parts))[:120]
 
 
-def name_taken(name: str) -> bool:
-    return entry_dir(name).exists()
+def _case_twin(root: Path, name: str) -> str | None:
+    """An entry whose name differs from ``name`` only in case: the two would be one folder on a case-insensitive filesystem."""
+    low = name.casefold()
+    try:
+        return next((p.name for p in root.iterdir() if p.name != name and p.name.casefold() == low and not p.name.startswith(".")), None)
+    except OSError:
+        return None
+
+
+def name_taken(name: str) -> str | None:
+    """The entry that ``name`` would collide with (itself, or a name differing only in case), else ``None``."""
+    return name if entry_dir(name).exists() else _case_twin(library_root(), name)
 
 
 # --------------------------------------------------------------------------- writing entries
@@ -142,14 +152,16 @@ def register(weights: bytes, meta: dict[str, Any], name: str | None = None, uniq
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{base[:40]}-", dir=root))
     try:
         _write_file(tmp / WEIGHTS, weights)
+        taken = base
         for attempt in range(1, 1000):
             candidate = base if attempt == 1 else f"{base[: 128 - len(f'-{attempt}')]}-{attempt}"  # within NAME_RE's 128
             if attempt > 1 and not unique:
-                raise UserError(f"checkpoint '{base}' already exists; choose another --name or `ssl checkpoints remove {base}` first")
+                raise UserError(f"checkpoint '{taken}' already exists; choose another --name or `ssl checkpoints remove {taken}` first")
             entry["name"] = candidate
             _write_file(tmp / META, (json.dumps(entry, indent=2, default=str) + "\n").encode())
             final = root / candidate
-            if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            taken = _case_twin(root, candidate) or candidate  # names differing only in case are one on some filesystems
+            if (final.exists() and (not final.is_dir() or any(final.iterdir()))) or taken != candidate:
                 continue
             try:
                 os.rename(tmp, final)  # fails when another process landed a non-empty folder here first
@@ -346,6 +358,7 @@ def _summary(folder: Path) -> dict[str, Any]:
             "backbone": None,
             "dataset": None,
             "epochs": None,
+            "steps": None,
             "best_probe": None,
             "best_top1": None,
             "size_bytes": None,
@@ -370,6 +383,7 @@ def _summary(folder: Path) -> dict[str, Any]:
         "backbone": (meta.get("backbone") or {}).get("timm_name"),
         "dataset": (meta.get("dataset") or {}).get("name"),
         "epochs": meta.get("epochs"),
+        "steps": meta.get("steps"),
         "best_probe": best[0] if best else None,
         "best_top1": best[1] if best else None,
         "size_bytes": size,
@@ -378,7 +392,7 @@ def _summary(folder: Path) -> dict[str, Any]:
 
 
 def list_checkpoints(task: str | None = None, backbone: str | None = None) -> list[dict[str, Any]]:
-    """The library's entries, oldest first: name, task, backbone, dataset, epochs, best probe, size, created, path."""
+    """The library's entries, oldest first: name, task, backbone, dataset, epochs, steps, best probe, size, created, path."""
     root = library_root()
     if not root.is_dir():
         blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
@@ -430,8 +444,17 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
     if NAME_RE.fullmatch(name) and (library_root() / name).is_dir():
         lib = library_root() / name
         stored = read_meta(lib / META) if (lib / META).is_file() else None
-        if stored is None or not (lib / WEIGHTS).is_file() or not stored.get("weights_sha256"):
-            raise UserError(f"checkpoint {name} is corrupt (incomplete library entry {lib})")
+        lacks = (
+            f"no {META}"
+            if stored is None
+            else f"no {WEIGHTS}"
+            if not (lib / WEIGHTS).is_file()
+            else f"its {META} records no weights_sha256"
+            if not stored.get("weights_sha256")
+            else None
+        )
+        if lacks:
+            raise UserError(f"checkpoint {name} is corrupt ({lacks}: {lib})")
         model, meta = load_backbone_files(lib, name=name)
         return model, meta, lib
     names = [r["name"] for r in list_checkpoints()]

@@ -173,8 +173,8 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     check_task_signature(cfg.task, TASKS.get(cfg.task))  # unknown task, or one that cannot be built: fail before loading data
     check_lightning_options(cfg.trainer)
     check_logger(cfg.trainer.logger)
-    if name is not None and name_taken(check_name(name)):
-        raise UserError(f"checkpoint '{name}' already exists in the library; choose another --name")
+    if name is not None and (taken := name_taken(check_name(name))):
+        raise UserError(f"checkpoint '{taken}' already exists in the library; choose another --name")
     if primary:
         check_library_writable()
         plan.lock = FolderLock(folder.path).acquire()  # before the folder is judged: a second writer waits for nothing

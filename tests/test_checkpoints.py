@@ -123,7 +123,12 @@ def test_metadata_without_a_hash_loads_with_a_warning_and_a_malformed_hash_is_re
     code, out, err = cli("checkpoints", "show", "nohash")
     assert code == 0 and "# weights: CORRUPT (meta.json records no weights_sha256" in out  # as every load says
     code, out, err = cli("probe", "nohash", "--mode", "knn")
-    assert code == 2 and err.strip().endswith(f"checkpoint nohash is corrupt (incomplete library entry {entry.parent})")
+    assert code == 2 and err.strip().endswith(f"checkpoint nohash is corrupt (its meta.json records no weights_sha256: {entry.parent})")
+    code, out, err = cli("checkpoints", "export", "nohash", "--out", tmp_path / "x.safetensors")
+    assert code == 2 and err.strip().endswith(f"checkpoint nohash is corrupt (its meta.json records no weights_sha256: {entry.parent})")
+    (entry.parent / WEIGHTS).unlink()
+    code, out, err = cli("probe", "nohash", "--mode", "knn")
+    assert code == 2 and err.strip().endswith(f"checkpoint nohash is corrupt (no {WEIGHTS}: {entry.parent})")
 
 
 def test_weights_of_another_architecture_name_both(tmp_path):
@@ -268,6 +273,21 @@ def test_export_refuses_mismatched_file_names(tmp_path):
         export_checkpoint(tmp_path / "run", tmp_path / "x.bin", "safetensors")
     with pytest.raises(UserError, match="pickled state_dict"):
         export_checkpoint(tmp_path / "run", tmp_path / "x.safetensors", "torch")
+
+
+def test_export_refuses_any_folder_below_a_run_or_backbone_folder(tmp_path):
+    """An export into RUN/probes/ put its .json among the run's probe records; only RUN itself was refused."""
+    make_backbone(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text("task: rotation\n")
+    for sub in ("probes", "probes/deeper"):
+        (tmp_path / "run" / sub).mkdir()
+        with pytest.raises(UserError, match=rf"is inside a run or backbone folder \({tmp_path / 'run'}\)"):
+            export_checkpoint(tmp_path / "run", tmp_path / "run" / sub / "x.safetensors")
+        assert not list((tmp_path / "run" / sub).glob("x.*"))
+    (tmp_path / "project" / "exports").mkdir(parents=True)
+    (tmp_path / "project" / "config.yaml").write_text("not: a run\n")  # a config.yaml alone is not a run folder
+    export_checkpoint(tmp_path / "run", tmp_path / "project" / "exports" / "x.safetensors")
+    assert (tmp_path / "project" / "exports" / "x.safetensors.json").is_file()
 
 
 @pytest.mark.parametrize(

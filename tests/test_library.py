@@ -250,6 +250,31 @@ def test_a_suffixed_name_stays_a_valid_name(tmp_path, toolkit_home):
     st.remove_checkpoint(names[1])
 
 
+def test_names_that_differ_only_in_case_are_one_name(tmp_path, toolkit_home, cli):
+    """They would be one folder on a case-insensitive filesystem (macOS, Windows); both were kept."""
+    make_backbone(tmp_path / "run")
+    weights, meta = (tmp_path / "run" / WEIGHTS).read_bytes(), json.loads((tmp_path / "run" / META).read_text())
+    assert register(weights, meta, "Rot")["name"] == "Rot"
+    assert register(weights, meta, "rot")["name"] == "rot-2"  # unique: the next free name
+    code, _, err = cli("checkpoints", "import", tmp_path / "run", "--name", "ROT")
+    assert (code, err.strip()) == (2, "error: checkpoint 'Rot' already exists; choose another --name or `ssl checkpoints remove Rot` first")
+    code, _, err = cli("pretrain", "--data", "digits", "--name", "rOT", "--out", tmp_path / "new")
+    assert (code, err.strip()) == (2, "error: checkpoint 'Rot' already exists in the library; choose another --name")
+    assert sorted(p.name for p in library_root().iterdir()) == ["Rot", "rot-2"] and not (tmp_path / "new").exists()
+    code, _, err = cli("checkpoints", "import", tmp_path / "run", "--name", "röt")
+    assert code == 2 and "use ASCII letters" in err
+
+
+def test_list_gives_the_steps_of_a_run_cut_inside_its_first_epoch(tmp_path, toolkit_home, cli):
+    make_backbone(tmp_path / "run")
+    weights, meta = (tmp_path / "run" / WEIGHTS).read_bytes(), json.loads((tmp_path / "run" / META).read_text())
+    register(weights, {**meta, "epochs": 0, "steps": 5}, "cut")
+    register(weights, {**meta, "epochs": 1, "steps": 2}, "whole")
+    code, out, _ = cli("checkpoints", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert code == 0 and " 0 (5 steps) " in rows["cut"] and " 1 " in rows["whole"] and "steps" not in rows["whole"]
+
+
 def test_list_says_when_an_entry_has_no_metadata(tmp_path, toolkit_home):
     make_backbone(tmp_path / "run")
     (library_root() / "bare").mkdir(parents=True)

@@ -54,7 +54,7 @@ def list_cmd(as_json, task, backbone) -> None:
                 str(r["task"]),
                 str(r["backbone"]),
                 str(r["dataset"]),
-                str(r["epochs"]),
+                str(r["epochs"]) + (f" ({r['steps']} steps)" if r["epochs"] == 0 and r.get("steps") else ""),  # cut inside its first epoch
                 best,
                 human_size(r["size_bytes"]) + (f" DAMAGED ({r['damaged']})" if r.get("damaged") else ""),
                 created,
