@@ -8,6 +8,7 @@ goes through :mod:`ssl_toolkit.atomic`, so no half-written file stays.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -55,8 +56,9 @@ def _check_dir(folder: Path, label: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".ssl-write-check-", dir=existing)
         os.close(fd)
         os.unlink(tmp)
-    except OSError as e:
-        raise UserError(f"{label} is not writable ({existing}: {e.strerror or e})") from None
+    except OSError as e:  # ENOENT for an existing folder: a file system that holds no new files (/proc, /sys)
+        why = "no file can be created in it" if e.errno == errno.ENOENT else e.strerror or e
+        raise UserError(f"{label} is not writable ({existing}: {why})") from None
 
 
 def describe_os_error(e: OSError) -> str:

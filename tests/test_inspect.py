@@ -515,3 +515,44 @@ def test_the_dedupe_list_drops_a_symbolic_link_and_never_the_file_a_kept_link_po
         "img4.png",
         "img5.png",
     ]
+
+
+def test_leaks_come_first_in_the_json_colour_is_kept_over_grayscale_and_shards_list_what_they_left_out(cli, tmp_path):
+    """The JSON listed groups largest first (leaks first only in the terminal); a dedupe kept a grayscale copy
+    over its colour original when its name sorted first; inspecting shards lost the files `ssl shard` left out."""
+    import ssl_toolkit as st
+
+    root = tmp_path / "d"
+    for sub in ("train/a", "train/b", "test/a", "test/b"):
+        (root / sub).mkdir(parents=True)
+    for k in range(3):
+        picture(200 + k).save(root / "train" / "a" / f"u{k}.png")
+        picture(210 + k).save(root / "train" / "b" / f"u{k}.png")
+    picture(220).save(root / "test" / "b" / "u.png")
+    for name in ("train/a/x.png", "train/a/x2.bmp", "train/b/x3.png"):  # three copies, one split
+        picture(230).save(root / name)
+    picture(231).save(root / "train" / "a" / "y.png")  # two copies, a leak
+    picture(231).save(root / "test" / "a" / "y.png")
+    picture(232).save(root / "train" / "b" / "col.png")
+    picture(232).convert("L").save(root / "train" / "b" / "0gray.png")  # near: duplicates are matched on grayscale
+    (root / "train" / "b" / "broken.png").write_bytes(b"\x89PNG not an image")
+    drops = tmp_path / "drop.txt"
+    code, out, err = cli("inspect", root, "--json", "--dedupe-list", drops, "-q")
+    assert code == 0, err
+    exact = json.loads(out)["duplicates"]["exact"]["groups"]
+    assert [(g["size"], g["crosses_split"]) for g in exact] == [(2, True), (3, False)]
+    assert drops.read_text().splitlines() == [
+        str(root / p) for p in ("test/a/y.png", "train/a/x2.bmp", "train/b/0gray.png", "train/b/x3.png")
+    ]
+    st.shard(root, tmp_path / "shards", image_size=16, workers=1)
+    report = run_inspection(str(tmp_path / "shards")).report
+    assert [(Path(u["path"]).name, "cannot identify" in u["reason"]) for u in report["unreadable"]] == [("broken.png", True)]
+    assert report["images"]["unreadable"] == 1
+    assert [(g["size"], g["crosses_split"]) for g in report["duplicates"]["exact"]["groups"]] == [(2, True), (3, False)]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_in_a_folder_that_takes_no_new_files_names_the_cause(cli):
+    """/proc exists, yet creating a file there fails with ENOENT: the line read 'No such file or directory'."""
+    code, _, err = cli("inspect", "digits", "--out", "/proc/x.html", "-q")
+    assert (code, err.strip()) == (2, "error: --out /proc/x.html is not writable (/proc: no file can be created in it)")

@@ -25,4 +25,15 @@ def skip_line(path: str | bytes, reason: str) -> bytes:
 
 def listed_names(data: bytes) -> list[bytes]:
     """The paths (as bytes, escapes undone) named by the lines ``data`` holds, in order."""
-    return [re.sub(rb"\\[\\tnr]", lambda m: _UNESCAPES[m.group()], line.split(b"\t", 1)[0]) for line in data.splitlines() if line]
+    return [os.fsencode(path) for path, _ in listed_entries(data)]
+
+
+def listed_entries(data: bytes) -> list[tuple[str, str]]:
+    """The ``(path, reason)`` pairs the lines of ``data`` hold, in order (a line without a tab: no reason)."""
+    entries = []
+    for line in data.splitlines():
+        if line:
+            name, _, why = line.partition(b"\t")
+            path = re.sub(rb"\\[\\tnr]", lambda m: _UNESCAPES[m.group()], name)
+            entries.append((os.fsdecode(path), why.decode("utf-8", "surrogateescape")))
+    return entries

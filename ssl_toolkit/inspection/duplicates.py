@@ -70,9 +70,14 @@ def _split_by_key(items: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
     return groups
 
 
+def leaks_first(table: ImageTable, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """``groups`` with those spanning both splits (leaks) first, each part in its order."""
+    return sorted(groups, key=lambda g: len(np.unique(table.split[g])) == 1)
+
+
 def exact_groups(table: ImageTable) -> list[np.ndarray]:
-    """Images with identical decoded pixels, grouped."""
-    return _split_by_key(np.arange(len(table)), table.exact_key)
+    """Images with identical decoded pixels, grouped: leaks first, then the largest."""
+    return leaks_first(table, _split_by_key(np.arange(len(table)), table.exact_key))
 
 
 def _pairs_from_ranges(lims: np.ndarray, idx: np.ndarray, dist: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,7 +170,7 @@ def embedding_pairs(
 
 
 def groups_from_pairs(table: ImageTable, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
-    """Connected groups of the pairs, with every exact copy of a member included."""
+    """Connected groups of the pairs, with every exact copy of a member included: leaks first, then the largest."""
     if len(i) == 0:
         return []
     uf = UnionFind(len(table))
@@ -177,7 +182,7 @@ def groups_from_pairs(table: ImageTable, i: np.ndarray, j: np.ndarray) -> list[n
     touched = np.unique(np.concatenate([i, j]))
     roots = {uf.find(int(t)) for t in touched}
     members = np.array([m for m in range(len(table)) if uf.find(m) in roots], np.int64)
-    return uf.groups(members)
+    return leaks_first(table, uf.groups(members))
 
 
 def label_name(table: ImageTable, m: int) -> str:
@@ -213,6 +218,7 @@ def describe_group(table: ImageTable, members: np.ndarray, score: dict[str, Any]
 
 
 LOSSY_FORMATS = {"JPEG", "MPO", "WEBP"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # PIL modes without colour
 
 
 def _real_paths(table: ImageTable, members: list[int]) -> dict[int, str]:
@@ -226,8 +232,8 @@ def keep_index(table: ImageTable, members: np.ndarray) -> int:
     """The member a dedupe keeps.
 
     A training image first; then a file before a symbolic link that resolves to another
-    member (the same file: the link goes, its target stays); then the most pixels, a lossless
-    file, the first id.
+    member (the same file: the link goes, its target stays); then the most pixels, a colour
+    file before a grayscale one (near duplicates are found on grayscale), a lossless file, the first id.
     """
     ms = members.tolist()
     real = _real_paths(table, ms)
@@ -236,7 +242,8 @@ def keep_index(table: ImageTable, members: np.ndarray) -> int:
     def rank(m: int) -> tuple:
         lossy = table.formats is not None and str(table.formats[m]) in LOSSY_FORMATS
         link = table.paths is not None and real[m] in shared and table.paths[m].is_symlink()
-        return (int(table.split[m]), link, -int(table.width[m]) * int(table.height[m]), lossy, table.ids[m])
+        gray = str(table.modes[m]) in GRAY_MODES
+        return (int(table.split[m]), link, -int(table.width[m]) * int(table.height[m]), gray, lossy, table.ids[m])
 
     return min(ms, key=rank)
 

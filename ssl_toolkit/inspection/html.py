@@ -89,7 +89,7 @@ def group_views(
     """The groups drawn on the page: leaks first, then the largest; a few members each."""
     if section is None:
         return None
-    order = sorted(range(len(groups)), key=lambda k: (not section["groups"][k]["crosses_split"], k))[:limit]
+    order = range(min(limit, len(groups)))  # groups come leaks first
     views = []
     for k in order:
         g, info = groups[k], section["groups"][k]

@@ -39,7 +39,7 @@ def _groups(report: dict[str, Any], kind: str, title: str) -> list[str]:
     if mixed:
         head += f"; MIXED LABELS: {mixed} group(s)"
     lines = [head]
-    ordered = sorted(sec["groups"], key=lambda g: not g["crosses_split"])
+    ordered = sec["groups"]  # leaks first
     for g in ordered[:GROUPS_LISTED]:
         members = g["members"]
         if g["crosses_split"]:  # show one image of each split first
