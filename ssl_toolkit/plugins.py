@@ -47,7 +47,10 @@ def import_submodules(package: str) -> list[str]:
 
 
 def load_entry_points(
-    group: str, registered: Mapping[str, object] | None = None, adopt: Callable[[str, Any], None] | None = None
+    group: str,
+    registered: Mapping[str, object] | None = None,
+    adopt: Callable[[str, Any], None] | None = None,
+    owns: Callable[[Any], bool] | None = None,
 ) -> dict[str, str]:
     """Load every entry point of ``group``; one that fails to load is logged and skipped.
 
@@ -62,6 +65,9 @@ def load_entry_points(
         adopt: Called with ``(name, object)`` for an entry point that names an object, not
             a module (a data-source factory is registered under the entry point's name);
             what it raises counts as a failure to load.
+        owns: Whether a loaded module or class registered something (when ``adopt`` did not
+            take it): an entry point that registers nothing (an undecorated class, a module
+            without a registering decorator, some other object) counts as a failure to load.
 
     Returns:
         ``name -> why`` for the entry points that did not load.
@@ -75,13 +81,17 @@ def load_entry_points(
         dist = ep.dist.name if ep.dist is not None else "?"
         taken = (registered or {}).get(ep.name)
         if taken is not None and getattr(taken, "__module__", None) != ep.module:
-            warn("plugin '%s' of %s (%s) is not loaded: the name is taken", ep.name, dist, group)
+            holder = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', type(taken).__name__)}"
+            warn("plugin '%s' of %s (%s) is not loaded: the name is taken by %s", ep.name, dist, group, holder)
             continue
         try:
             obj = ep.load()
             if adopt is not None and not inspect.ismodule(obj):
                 adopt(ep.name, obj)
-        except Exception as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
+            elif owns is not None and not owns(obj):
+                what = f"module {obj.__name__}" if inspect.ismodule(obj) else repr(obj)
+                raise TypeError(f"{what} registers nothing (a class needs its registering decorator, e.g. @register_task)")
+        except (Exception, SystemExit) as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
             failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
             warn("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
     return failed

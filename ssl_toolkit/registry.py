@@ -36,6 +36,8 @@ class Registry(Generic[T]):
     #: registries that share a group (tasks, and the input transforms their modules register)
     #: import its modules, and warn about them, once per process.
     _groups: ClassVar[dict[str, dict[str, str]]] = {}
+    #: Every registry, so that an entry point is judged by all the registries of its group.
+    _all: ClassVar[list[Registry]] = []
 
     def __init__(self, kind: str, package: str | None = None, group: str | None = None) -> None:
         self.kind = kind
@@ -44,6 +46,8 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._failed: dict[str, str] = {}  # entry-point name -> why its plugin did not load
         self._discovered = package is None and group is None
+        self._discovering = False
+        Registry._all.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers ``obj`` under ``name``."""
@@ -60,15 +64,19 @@ class Registry(Generic[T]):
 
     def discover(self) -> None:
         """Import the built-in modules and load the entry points, once."""
-        if self._discovered:
+        if self._discovered or self._discovering:
             return
-        self._discovered = True
         from ssl_toolkit.plugins import import_submodules
 
-        if self.package:
-            import_submodules(self.package)
-        if self.group:
-            self.load_plugins(self.group)
+        self._discovering = True  # a module imported here may look a name up
+        try:
+            if self.package:
+                import_submodules(self.package)  # a plugin imported before that took a built-in's name: raised on every lookup
+            if self.group:
+                self.load_plugins(self.group)
+            self._discovered = True
+        finally:
+            self._discovering = False
 
     def load_plugins(self, group: str, adopt: Callable[[str, Any], None] | None = None) -> None:
         """Load the entry points of ``group`` (:func:`ssl_toolkit.plugins.load_entry_points`), remembering why any failed.
@@ -79,8 +87,20 @@ class Registry(Generic[T]):
         from ssl_toolkit.plugins import load_entry_points
 
         if group not in Registry._groups:
-            Registry._groups[group] = load_entry_points(group, self._items, adopt)
+            peers = [r for r in Registry._all if r.group == group and r is not self] + [self]
+            Registry._groups[group] = load_entry_points(group, self._items, adopt, owns=lambda obj: any(r.holds(obj) for r in peers))
         self._failed.update(Registry._groups[group])
+
+    def holds(self, obj: object) -> bool:
+        """Whether ``obj`` is registered here, or is the module (or a package above the module) of something registered.
+
+        An object without a ``__module__`` (an instance) cannot be traced to a module: a
+        registry holding one counts as holding every module.
+        """
+        if inspect.ismodule(obj):
+            modules = {getattr(v, "__module__", None) for v in self._items.values()}
+            return any(m is None or m == obj.__name__ or str(m).startswith(obj.__name__ + ".") for m in modules)
+        return any(v is obj for v in self._items.values())
 
     def failure(self, name: str) -> str | None:
         """Why the plugin named ``name`` did not load (``None`` if it did, or there is none)."""

@@ -212,7 +212,20 @@ BAD_PLUGINS = {
         "        loss, logs = super().forward(backbone, images)\n"
         "        return loss.expand(2), logs  # (2,): not one scalar\n"
     ),
-    "bad_plugins/src.py": "def as_text(cfg):\n    return 'not a data source'\n",
+    "bad_plugins/src.py": (
+        "import torch\nfrom ssl_toolkit.data.sources import DataSource, Split\n\nNOT_A_TASK = 3\n\n"
+        "def as_text(cfg):\n    return 'not a data source'\n\n"
+        "def _source(images, labels):\n"
+        "    split = Split(images, labels, [str(i) for i in range(len(images))])\n"
+        "    return DataSource('own', split, split, ['a', 'b'])\n\n"
+        "def floats(cfg):  # pixels in [0, 1], as torchvision gives them\n"
+        "    return _source(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.int64))\n\n"
+        "def past_classes(cfg):\n"
+        "    return _source(torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8))\n\n"
+        "def empty(cfg):\n"
+        "    return _source(torch.zeros(0, 1, 8, 8, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))\n"
+    ),
+    "bad_plugins/undecorated.py": ("from ssl_toolkit.pretext.rotation import RotationTask\n\nclass Undecorated(RotationTask):\n    pass\n"),
     "bad_plugins/dict_settings.py": (
         "from ssl_toolkit.evaluators.knn import KNNEvaluator\nfrom ssl_toolkit.evaluators.base import register_evaluator\n\n"
         "@register_evaluator('dict-settings')\nclass DictSettings(KNNEvaluator):\n    Config = dict\n"
@@ -220,7 +233,9 @@ BAD_PLUGINS = {
     "bad_plugins-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: bad-plugins\nVersion: 0.1\n",
     "bad_plugins-0.1.dist-info/entry_points.txt": (
         "[ssl_toolkit.tasks]\nplain-task = bad_plugins.plain\nneeds-width = bad_plugins.needs\nvector-loss = bad_plugins.vector_loss\n"
+        "objtask = bad_plugins.src:NOT_A_TASK\nundecorated = bad_plugins.undecorated:Undecorated\nnothing = bad_plugins.undecorated\n"
         "[ssl_toolkit.sources]\nbrokensrc = bad_plugins_no_such_module\ntextsrc = bad_plugins.src:as_text\ndigits = bad_plugins.src:as_text\n"
+        "floatsrc = bad_plugins.src:floats\nlabelsrc = bad_plugins.src:past_classes\nemptysrc = bad_plugins.src:empty\n"
         "[ssl_toolkit.evaluators]\ndict-settings = bad_plugins.dict_settings\n"
     ),
 }
@@ -233,13 +248,15 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "SSL_TOOLKIT_HOME": str(tmp_path / "home")}
     tiny = ["--backbone", "test_resnet", "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--accelerator", "cpu", "-q"]
     synthetic = ["--data", "synthetic", "--set", "data.synthetic_train=32", "--set", "data.synthetic_test=16"]
-    tasks, probe_help, plain, broken_src, text_src, vector, built_in = ssl_commands(
+    tasks, probe_help, plain, broken_src, text_src, objtask, float_src, label_src, empty_src, vector, built_in = ssl_commands(
         env,
         ["tasks", "--json"],
         ["probe", "--help"],
         ["pretrain", "--task", "plain-task", *synthetic, *tiny, "--out", str(tmp_path / "plain")],
         ["pretrain", "--task", "rotation", "--data", "brokensrc", *tiny, "--out", str(tmp_path / "b")],
         ["pretrain", "--task", "rotation", "--data", "textsrc", *tiny, "--out", str(tmp_path / "t")],
+        ["pretrain", "--task", "objtask", *synthetic, *tiny, "--out", str(tmp_path / "o")],
+        *(["pretrain", "--data", src, *tiny, "--out", str(tmp_path / src)] for src in ("floatsrc", "labelsrc", "emptysrc")),
         ["pretrain", "--task", "vector-loss", *synthetic, *tiny, "--out", str(tmp_path / "vector")],
         ["pretrain", "--task", "rotation", "--data", "digits", "--set", "data.limit=64", *tiny, "--out", str(tmp_path / "ok")],
     )
@@ -256,6 +273,27 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
     assert broken_src[0] == 2 and "error: dataset plugin 'brokensrc' did not load: bad-plugins" in broken_src[2]
     assert "ModuleNotFoundError" in broken_src[2]
     assert text_src[0] == 2 and text_src[2].strip().endswith("error: data source 'textsrc' gave a str, not a DataSource")
+    for name, what in (
+        ("objtask", "3"),
+        ("undecorated", "<class 'bad_plugins.undecorated.Undecorated'>"),
+        ("nothing", "module bad_plugins.undecorated"),
+    ):
+        assert (  # an entry point that registers nothing was ignored without a word
+            f"plugin '{name}' of bad-plugins (ssl_toolkit.tasks) failed to load: TypeError: {what} registers nothing" in tasks[2]
+        ), tasks[2]
+    assert (
+        objtask[0] == 2 and "error: task plugin 'objtask' did not load: bad-plugins (bad_plugins.src:NOT_A_TASK): TypeError" in objtask[2]
+    )
+    assert float_src[0] == 2 and float_src[2].strip().endswith(
+        "error: data source 'own': train images must be uint8 (N, C, S, S) with C 1 or 3 (square images), not float32 (8, 1, 8, 8)"
+    )
+    assert label_src[0] == 2 and label_src[2].strip().endswith(
+        "error: data source 'own': train labels run from 0 to 7; the 2 classes take 0 to 1"
+    )
+    assert empty_src[0] == 2 and empty_src[2].strip().endswith(
+        "error: no training images in own (0 test image(s)); the data source gave none"
+    )
+    assert not any((tmp_path / src).exists() for src in ("o", "floatsrc", "labelsrc", "emptysrc"))
     assert vector[0] == 2, vector[2]
     assert (
         vector[2].strip().splitlines()[-1]
@@ -263,6 +301,10 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
     )
     assert not (tmp_path / "vector").exists()  # nothing to resume from: the folder it made is gone
     assert built_in[0] == 0, built_in[2]  # the plugin named 'digits' did not replace the built-in
+    warned = "".join(r[2] for r in (plain, broken_src, text_src))  # once, in the first command that looks a source up
+    assert (
+        "plugin 'digits' of bad-plugins (ssl_toolkit.sources) is not loaded: the name is taken by ssl_toolkit.data.digits.digits" in warned
+    )
     assert json.loads((tmp_path / "ok" / "meta.json").read_text())["dataset"]["name"] == "digits"
 
 
@@ -284,6 +326,8 @@ def test_a_name_registered_twice_names_both_and_a_failed_plugin_says_why(tmp_pat
 
     with pytest.raises(UserError, match=r"^thing 'one' is registered twice: by clash_plugin.Other and by clash_things.builtin.One$"):
         REG.get("one")  # discovery runs first: the clash is found, not the plugin silently used
+    with pytest.raises(UserError, match=r"^thing 'one' is registered twice"):
+        REG.get("one")  # and again: the second lookup returned the plugin's class
     _write(tmp_path / "gone_plugin.py", "raise ImportError('needs h5py')\n")
     _write(tmp_path / "gone-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: gone-ext\nVersion: 0.1\n")
     _write(tmp_path / "gone-0.1.dist-info/entry_points.txt", "[gone.things]\ngone = gone_plugin\n")

@@ -122,6 +122,9 @@ class DataSource:
     content: str = ""  # what changes when the files read change (see files_key); part of the feature cache key
 
     def __post_init__(self) -> None:
+        from ssl_toolkit.data.source_check import check_source
+
+        check_source(self.name, self.train, self.test, self.classes)
         if not self.mean:
             self.mean, self.std = channel_stats(self.train.sample(4096, seed=0) if self.train.streaming else self.train.images)
 
@@ -203,13 +206,18 @@ def files_key(paths: Iterable[Path | str]) -> str:
     return h.hexdigest()[:32]
 
 
-def require_training(name: str, n_train: int, n_test: int, test_fraction: float) -> None:
-    """Refuse a split without training images (``data.test_fraction`` can round every class into test)."""
+def require_training(name: str, n_train: int, n_test: int, test_fraction: float | None) -> None:
+    """Refuse a split without training images (``data.test_fraction`` can round every class into test).
+
+    ``test_fraction`` is ``None`` for a source that splits its data itself (a plugin's).
+    """
     if n_train == 0:
-        raise UserError(
-            f"no training images in {name} ({n_test} test image(s)); where the split is made by "
-            f"data.test_fraction={test_fraction}, every class rounds into test: lower it"
+        cause = (
+            "the data source gave none"
+            if test_fraction is None
+            else f"where the split is made by data.test_fraction={test_fraction}, every class rounds into test: lower it"
         )
+        raise UserError(f"no training images in {name} ({n_test} test image(s)); {cause}")
 
 
 def readable_count(split: Any) -> int:

@@ -121,7 +121,7 @@ def load_source(cfg: DataConfig) -> DataSource:
         source = SOURCES.get(cfg.name)(cfg)
         if not isinstance(source, DataSource):
             raise UserError(f"data source '{cfg.name}' gave a {type(source).__name__}, not a DataSource")
-        require_training(source.name, len(source.train), len(source.test), cfg.test_fraction)
+        require_training(source.name, len(source.train), len(source.test), cfg.test_fraction if cfg.name in BUILTIN_NAMES else None)
         return _limit(source, cfg)
     if SOURCES.failure(cfg.name) is not None and not Path(cfg.name).expanduser().exists():
         SOURCES.get(cfg.name)  # says why the plugin did not load
