@@ -70,6 +70,7 @@ _CONFIG_KEYS = {
 # the command line's wording, in the order they are rewritten (the resume hint before the bare option)
 _PYTHON_TERMS = (
     (re.compile(r"ssl pretrain --resume (\S+)"), lambda m: f"pretrain(resume={m[1]!r})"),
+    (re.compile(r"`ssl checkpoints import ([^`]+)`"), lambda m: f"import_checkpoint({m[1]!r})"),
     (re.compile(r"(?<![\w/.-])--set (\S+?)(?=[;,)]|\s|$)"), lambda m: f"{m[1]} in the config"),
     (re.compile(r"(?<![\w/.-])--overwrite\b"), lambda m: "overwrite=True"),
     (re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)( (?=[/~.'\"]))?"), lambda m: python_name(m[1]) + ("=" if m[2] else "")),

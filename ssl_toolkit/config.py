@@ -219,8 +219,8 @@ class TrainerConfig(StrictModel):
             28-32 px images, even in float32 (``docs/scaling.md``).
     """
 
-    epochs: int = Field(default=10, ge=1)
-    max_steps: int = Field(default=-1, ge=-1)
+    epochs: int = Field(default=10, ge=1, le=1_000_000)
+    max_steps: int = Field(default=-1, ge=-1, le=1_000_000_000)
     max_minutes: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=2)
     lr: float | None = Field(default=None, gt=0)
@@ -297,7 +297,7 @@ class ProbeConfig(StrictModel):
     mode: str = "linear"
     data: DataConfig = Field(default_factory=DataConfig)
     label_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
-    epochs: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1, le=1_000_000)
     lr: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=1)
     seed: int = Field(default=0, ge=0, le=SEED_MAX)

@@ -14,29 +14,18 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.library import load_backbone_any, refuse_inside_library
 
 
-def _holds_run_or_backbone(folder: Path) -> bool:
-    """Whether ``folder`` is a run folder (``config.yaml`` with ``last.ckpt`` or ``meta.json``) or a backbone folder (``meta.json`` with its weights)."""
-    from ssl_toolkit.run_folder import RunFolder
-
-    try:
-        has = {name for name in (RunFolder.CONFIG, RunFolder.LAST, META, WEIGHTS) if (folder / name).is_file()}
-    except OSError:
-        return False
-    return RunFolder.CONFIG in has and bool(has & {RunFolder.LAST, META}) or {META, WEIGHTS} <= has
-
-
 def check_export_path(out: str | Path, overwrite: bool) -> Path:
     """Refuse an export path inside the library or a run folder, an existing file without ``overwrite``, or an unwritable one."""
     from ssl_toolkit.backbone_files import sidecar_path
     from ssl_toolkit.outputs import check_writable_file
-    from ssl_toolkit.run_folder import RunFolder
+    from ssl_toolkit.run_folder import RunFolder, enclosing_run
 
     out = check_writable_file(out, "--out")
     parent = out.resolve().parent
     refuse_inside_library(out, "--out", "a folder of your own")
     if any((parent / name).exists() for name in (RunFolder.CONFIG, RunFolder.LAST, META, WEIGHTS)):
         raise UserError(f"--out {out} is inside a run or backbone folder ({parent}); export to a folder of your own")
-    owner = next((a for a in parent.parents if _holds_run_or_backbone(a)), None)
+    owner = enclosing_run(parent)
     if owner is not None:  # e.g. RUN/probes/x.safetensors: its x.safetensors.json would sit among the probe records
         raise UserError(f"--out {out} is inside a run or backbone folder ({owner}); export to a folder of your own")
     if sidecar_path(out).is_dir():

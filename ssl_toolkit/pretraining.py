@@ -144,7 +144,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; give the run folder to write")
     if resume is not None:
-        from ssl_toolkit.resume import finished_state, resume_config, trains_further
+        from ssl_toolkit.resume import finished_state, limits_reached, resume_config
 
         if overwrite:
             raise UserError(f"--resume {resume} continues the run in that folder; --overwrite would start it again: leave one out")
@@ -157,8 +157,8 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         changes = config.model_dump(exclude_unset=True) if isinstance(config, PretrainConfig) else config_fields(config)
         cfg, _ = resume_config(folder, changes)
         meta = finished_state(folder)
-        if meta is not None and not trains_further(cfg, meta):
-            finished = meta
+        if meta is not None and (reached := limits_reached(cfg, meta)):
+            finished = {**meta, "limits_reached": reached}
         elif primary:
             folder.check_checkpoint()  # before config.yaml takes the changes
     else:
@@ -548,4 +548,13 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
     if model.init_info:
         meta["init_from"] = model.init_info
     meta = save_backbone(plan.folder.path, model.backbone, meta)
-    return {**register_run(plan.folder.path, plan.name), "run_dir": meta["run_dir"]}
+    try:
+        entry = register_run(plan.folder.path, plan.name)
+    except OSError as e:  # the library is full or unwritable: say what becomes of the run
+        from ssl_toolkit.outputs import describe_os_error
+
+        folder = plan.folder
+        kept = folder.last_ckpt.is_file() and not (folder.path / folder.REPLACED).is_dir()  # RunFolder.settle_replaced
+        then = f"the run is kept in {folder}: add it with `ssl checkpoints import {folder}`" if kept else f"{folder} is left as it was"
+        raise UserError(f"the checkpoint library could not take the backbone: {describe_os_error(e)}; {then}") from None
+    return {**entry, "run_dir": meta["run_dir"]}

@@ -55,11 +55,7 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
     Raises:
         UserError: ``changes`` touch anything outside :data:`RESUMABLE`.
     """
-    saved = folder.read_config()
-    absent = [k for k in ("task", "data", "backbone", "trainer") if k not in saved]
-    if absent:
-        raise UserError(f"{folder.config} is not a saved run config (no {', '.join(absent)}); the run cannot be resumed")
-    cfg = validate(PretrainConfig, saved, what=f"{folder.config}")
+    cfg = folder.read_run_config()
     current = cfg.model_dump(mode="json")
     changed: list[str] = []
     for key, value in _leaves(dict(changes or {})).items():
@@ -98,9 +94,8 @@ def finished_state(folder: RunFolder) -> dict[str, Any] | None:
     return meta
 
 
-def trains_further(cfg: PretrainConfig, meta: dict[str, Any]) -> bool:
-    """Whether the limits of ``cfg`` leave steps to train after the finished run ``meta`` describes."""
+def limits_reached(cfg: PretrainConfig, meta: dict[str, Any]) -> list[str]:
+    """The limits of ``cfg`` (``trainer.epochs``, ``trainer.max_steps``) that the finished run ``meta`` describes has reached."""
     epochs, steps = int(meta.get("epochs") or 0), int(meta["steps"])
-    more_epochs = cfg.trainer.epochs > epochs
-    more_steps = cfg.trainer.max_steps < 0 or cfg.trainer.max_steps > steps
-    return more_epochs and more_steps
+    reached = ["trainer.epochs"] if cfg.trainer.epochs <= epochs else []
+    return reached + (["trainer.max_steps"] if 0 <= cfg.trainer.max_steps <= steps else [])

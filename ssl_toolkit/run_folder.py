@@ -12,13 +12,16 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ssl_toolkit.atomic import atomic_write_bytes, atomic_write_text
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.outputs import check_writable_dir, check_writable_file
+
+if TYPE_CHECKING:
+    from ssl_toolkit.config import PretrainConfig
 
 
 class RunFolder:
@@ -40,6 +43,7 @@ class RunFolder:
     # what a previous run leaves and ``--overwrite`` removes
     RUN_FILES = (CONFIG, LAST, METRICS, "hparams.yaml", WEIGHTS, META, SKIPPED)
     RUN_DIRS = (SAMPLES, PROBES, TENSORBOARD)
+    REPORT = "report.html"  # `ssl report RUN` writes it here: it describes this run and goes with it
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
@@ -100,6 +104,9 @@ class RunFolder:
         """Refuse a folder that holds files (unless ``overwrite``) or cannot be written; writes nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a folder")
+        owner = enclosing_run(self.path)
+        if owner is not None:  # its --overwrite would carry this run along, its report would not know it
+            raise UserError(f"--out {self.path} is inside the run or backbone folder {owner}; choose a folder outside it")
         if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
             if self.config.is_file():  # a run: it may be continued
                 raise UserError(
@@ -137,6 +144,16 @@ class RunFolder:
 
         return load_yaml(self.config)
 
+    def read_run_config(self) -> PretrainConfig:
+        """The saved ``config.yaml`` validated as a run's config (a one-line :class:`UserError` naming the file otherwise)."""
+        from ssl_toolkit.config import PretrainConfig, validate
+
+        saved = self.read_config()
+        absent = [k for k in ("task", "data", "backbone", "trainer") if k not in saved]
+        if absent:
+            raise UserError(f"{self.config} is not a saved run config (no {', '.join(absent)})")
+        return validate(PretrainConfig, saved, what=f"{self.config}")
+
     REPLACED = ".replaced"  # a previous run's files under ``--overwrite``, until the new run has its own
 
     def create(self, overwrite: bool) -> None:
@@ -169,7 +186,12 @@ class RunFolder:
 
     def _left(self) -> list[str]:
         """The run files and folders a previous run left here."""
-        return [n for n in (*self.RUN_FILES, *self.RUN_DIRS) if (self.path / n).is_file() or (self.path / n).is_dir()]
+        return [n for n in self.replaced() if (self.path / n).is_file() or (self.path / n).is_dir()]
+
+    @classmethod
+    def replaced(cls) -> tuple[str, ...]:
+        """What ``--overwrite`` replaces: the run's files and folders, and its report."""
+        return (*cls.RUN_FILES, cls.REPORT, *cls.RUN_DIRS)
 
     def settle_replaced(self, failed: bool) -> None:
         """Drop the set-aside files of a previous run, or, when the new run ``failed``, remove
@@ -181,7 +203,7 @@ class RunFolder:
         """
         aside = self.path / self.REPLACED
         if failed and self._created and (aside.is_dir() or not self.last_ckpt.is_file()):
-            for name in (*self.RUN_FILES, *self.RUN_DIRS):
+            for name in self.replaced():
                 _remove(self.path / name)
                 if (aside / name).exists():
                     os.replace(aside / name, self.path / name)
@@ -206,6 +228,24 @@ class RunFolder:
         listed = set(listed_names(kept))
         added = b"".join(skip_line(p, why) for p, why in skipped if os.fsencode(p) not in listed)
         atomic_write_bytes(self.skipped, kept + added)
+
+
+def holds_run_or_backbone(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder (``config.yaml`` with ``last.ckpt`` or ``meta.json``) or a backbone folder (``meta.json`` with its weights)."""
+    try:
+        has = {name for name in (RunFolder.CONFIG, RunFolder.LAST, RunFolder.META, RunFolder.WEIGHTS) if (folder / name).is_file()}
+    except OSError:
+        return False
+    return (RunFolder.CONFIG in has and bool(has & {RunFolder.LAST, RunFolder.META})) or {RunFolder.META, RunFolder.WEIGHTS} <= has
+
+
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run or backbone folder that ``path`` lies below (not ``path`` itself), if any."""
+    try:
+        parents = Path(path).expanduser().absolute().parents
+    except (OSError, ValueError):
+        return None
+    return next((a for a in parents if holds_run_or_backbone(a)), None)
 
 
 def _remove(path: Path) -> None:

@@ -11,6 +11,8 @@ import torch
 import yaml
 from conftest import TINY_BACKBONE
 
+from ssl_toolkit.config import PretrainConfig
+
 DATA = {"name": "synthetic", "image_size": 16, "synthetic_train": 96, "synthetic_test": 40, "synthetic_classes": 3}
 
 
@@ -83,7 +85,8 @@ def test_embed_npz_rows_labels_ids_and_cache(run_dir, tmp_path):
     got = cache.get(model, src, "test", pre, model_fingerprint(model))
     assert cache.forward_passes == 0
     np.testing.assert_array_equal(got.numpy(), emb[96:])
-    (run / "config.yaml").write_text(yaml.safe_dump({"task": "rotation", "data": DATA}))
+    saved = PretrainConfig.model_validate({"task": "rotation", "data": DATA}).model_dump(mode="json")  # as a run saves it
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
     again = st.embed(run, out=tmp_path / "e2.npz")  # no data given: the run's pretraining data
     assert again["cached"] == ["train", "test"] and again["rows"] == 136
     loaded = load_embeddings(tmp_path / "e2.npz")
@@ -253,6 +256,16 @@ def test_a_run_config_that_is_not_utf8_or_yaml_and_outputs_into_the_library_are_
     (run / "config.yaml").write_text("data: [1, 2\n")
     code, out, err = cli("probe", run, "--mode", "knn")
     assert (code, out) == (2, "") and err.startswith(f"error: config file {run / 'config.yaml'} is not valid YAML: ")
+    saved = PretrainConfig.model_validate({"task": "rotation", "data": DATA}).model_dump(mode="json")
+    saved["trainer"]["epochs"] = "abc"  # a hand edit outside data: read back and checked whole, as a resume checks it
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    for command in (("probe", run, "--mode", "knn"), ("embed", run, "--out", tmp_path / "e.npz")):
+        code, out, err = cli(*command)
+        assert (code, out) == (2, "") and err.startswith(f"error: {run / 'config.yaml'}: trainer.epochs: Input should be a valid integer")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": DATA}))  # cut short
+    code, out, err = cli("probe", run, "--mode", "knn")
+    assert (code, err) == (2, f"error: {run / 'config.yaml'} is not a saved run config (no task, backbone, trainer)\n")
+    assert not (run / "probes").exists() and not (tmp_path / "e.npz").exists()
     (run / "config.yaml").unlink()
     entry = toolkit_home / "checkpoints" / "someone"
     entry.mkdir(parents=True)

@@ -225,6 +225,7 @@ BAD_PLUGINS = {
         "def empty(cfg):\n"
         "    return _source(torch.zeros(0, 1, 8, 8, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))\n"
     ),
+    "bad_plugins/exits.py": "raise SystemExit('plugin exits at import')\n",
     "bad_plugins/undecorated.py": ("from ssl_toolkit.pretext.rotation import RotationTask\n\nclass Undecorated(RotationTask):\n    pass\n"),
     "bad_plugins/dict_settings.py": (
         "from ssl_toolkit.evaluators.knn import KNNEvaluator\nfrom ssl_toolkit.evaluators.base import register_evaluator\n\n"
@@ -233,7 +234,7 @@ BAD_PLUGINS = {
     "bad_plugins-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: bad-plugins\nVersion: 0.1\n",
     "bad_plugins-0.1.dist-info/entry_points.txt": (
         "[ssl_toolkit.tasks]\nplain-task = bad_plugins.plain\nneeds-width = bad_plugins.needs\nvector-loss = bad_plugins.vector_loss\n"
-        "objtask = bad_plugins.src:NOT_A_TASK\nundecorated = bad_plugins.undecorated:Undecorated\nnothing = bad_plugins.undecorated\n"
+        "objtask = bad_plugins.src:NOT_A_TASK\nundecorated = bad_plugins.undecorated:Undecorated\nnothing = bad_plugins.undecorated\nexits = bad_plugins.exits\n"
         "[ssl_toolkit.sources]\nbrokensrc = bad_plugins_no_such_module\ntextsrc = bad_plugins.src:as_text\ndigits = bad_plugins.src:as_text\n"
         "floatsrc = bad_plugins.src:floats\nlabelsrc = bad_plugins.src:past_classes\nemptysrc = bad_plugins.src:empty\n"
         "[ssl_toolkit.evaluators]\ndict-settings = bad_plugins.dict_settings\n"
@@ -281,6 +282,7 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
         assert (  # an entry point that registers nothing was ignored without a word
             f"plugin '{name}' of bad-plugins (ssl_toolkit.tasks) failed to load: TypeError: {what} registers nothing" in tasks[2]
         ), tasks[2]
+    assert "plugin 'exits' of bad-plugins (ssl_toolkit.tasks) failed to load: SystemExit: plugin exits at import" in tasks[2]
     assert (
         objtask[0] == 2 and "error: task plugin 'objtask' did not load: bad-plugins (bad_plugins.src:NOT_A_TASK): TypeError" in objtask[2]
     )

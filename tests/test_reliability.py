@@ -252,6 +252,10 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     code, out, err = cli("pretrain", "--resume", run, "-q")
     assert code == 0, err
     assert "is already finished (1 epoch, 6 steps); nothing changed" in out
+    assert out.strip().endswith(f"To train further: ssl pretrain --resume {run} --epochs N (N > 1)")
+    code, out, err = cli("pretrain", "--resume", run, "--epochs", "2", "--set", "trainer.max_steps=6", "-q")
+    assert code == 0, err  # the step limit is the one in the way: the hint named --epochs, which had just been given
+    assert out.strip().endswith(f"To train further: ssl pretrain --resume {run} --set trainer.max_steps=M (M > 6, or -1 for no limit)")
     assert _tree_bytes(run) == before and _tree_bytes(toolkit_home / "checkpoints") == library
 
     code, _, err = cli("pretrain", "--resume", run, "--lr", "0.5")
@@ -273,6 +277,7 @@ def test_an_overwrite_that_fails_gives_the_previous_run_back_and_one_that_finish
     pretrain(cfg, out=run)
     (run / "probes").mkdir()
     (run / "probes" / "synthetic-linear-1.json").write_text('{"top1": 0.5}')  # the old run's probe result
+    (run / "report.html").write_text("<p>the old run</p>")  # and its report (`ssl report RUN`)
     before = _tree_bytes(run)
     diverging = {**cfg, "trainer": {**cfg["trainer"], "lr": 1e300}}
     with pytest.raises(UserError, match="non-finite|not finite|nan"):
@@ -289,10 +294,28 @@ def test_an_overwrite_that_fails_gives_the_previous_run_back_and_one_that_finish
         pretrain(cfg, out=run, overwrite=True)
     assert _tree_bytes(run) == before and not (run / ".replaced").exists()
 
+    import ssl_toolkit.library as library
+
+    real_write = library._write_file
+    with monkeypatch.context() as m:  # the library's disk is full: /dev/full fails every write with ENOSPC
+        m.setattr(library, "_write_file", lambda path, data: real_write(Path("/dev/full"), data))
+        with pytest.raises(
+            UserError, match=rf"could not take the backbone: No space left on device \(/dev/full\).*; {run} is left as it was$"
+        ):
+            pretrain(cfg, out=run, overwrite=True)
+        assert _tree_bytes(run) == before and not (run / ".replaced").exists()
+        with pytest.raises(UserError, match=rf"; the run is kept in {run}2: add it with import_checkpoint\('{run}2'\)$"):
+            pretrain(cfg, out=tmp_path / "run2")
+    assert json.loads((tmp_path / "run2" / "meta.json").read_text()).get("library_name") is None
+    with pytest.raises(UserError, match=rf"^out={run / 'sub'} is inside the run or backbone folder {run}; choose a folder outside it$"):
+        pretrain(cfg, out=run / "sub")  # its --overwrite would carry this run along
+    assert not (run / "sub").exists()
+
     longer = {**cfg, "trainer": {**cfg["trainer"], "epochs": 2}}
     meta = pretrain(longer, out=run, overwrite=True)
     assert meta["epochs"] == 2 and json.loads((run / "meta.json").read_text())["epochs"] == 2
     assert not (run / ".replaced").exists() and not (run / "probes").exists()  # the old run's results went with it
+    assert not (run / "report.html").exists()  # it described the old backbone
 
 
 def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_holds_it(tmp_path, one_thread):

@@ -122,7 +122,7 @@ def pretrain(
     if meta.get("finished"):
         click.echo(
             f"{meta['run_dir']} is already finished ({_count(meta['epochs'], 'epoch')}, {_count(meta['steps'], 'step')}); nothing changed. "
-            f"To train further: ssl pretrain --resume {resume} --epochs N (N > {meta['epochs']})"
+            f"To train further: ssl pretrain --resume {resume} {_further(meta)}"
         )
         return
     fm = meta["final_metrics"]
@@ -140,6 +140,15 @@ def pretrain(
 
 def _number(x: object) -> str:
     return f"{x:.4f}" if isinstance(x, int | float) else "-"
+
+
+def _further(meta: dict) -> str:
+    """The options that raise the limits a finished run reached (``limits_reached``)."""
+    reached = meta.get("limits_reached") or ["trainer.epochs"]
+    options = [f"--epochs N (N > {meta['epochs']})"] if "trainer.epochs" in reached else []
+    if "trainer.max_steps" in reached:
+        options.append(f"--set trainer.max_steps=M (M > {meta['steps']}, or -1 for no limit)")
+    return " ".join(options)
 
 
 def _count(n: int, noun: str) -> str:

@@ -132,7 +132,7 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
     entry, that of the run it was saved from, while that run holds its weights), or a registered name.
 
     Raises:
-        UserError: The run's ``config.yaml`` cannot be read, is not UTF-8, or is not a YAML mapping.
+        UserError: The run's ``config.yaml`` cannot be read, is not UTF-8, or is not a valid run config.
     """
     from ssl_toolkit.data.sources import SOURCES, discover
     from ssl_toolkit.run_folder import RunFolder
@@ -144,8 +144,8 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
     if run is not None and not run.config.is_file() and (twin := run_of_entry(run.path, meta)) is not None:
         run = RunFolder(twin)  # a library entry: its run's config.yaml says how the data was read
     if run is not None and run.config.is_file():
-        section = run.read_config().get("data")
-        if isinstance(section, dict) and section.get("name"):
+        section = run.read_run_config().data.model_dump(mode="json")  # the whole file checked, as a resume checks it
+        if section.get("name"):
             name = str(section["name"])
             if name in SOURCES or Path(name).expanduser().exists():
                 return section
@@ -263,6 +263,10 @@ def embed(
         try:
             arrays = rows.fill(scratch, info)
             write_npz(out, {"embeddings": np.load(scratch, mmap_mode="r"), **arrays})
+        except OSError as e:
+            if e.filename is None:  # a full disk while the scratch rows beside --out are written
+                e.filename = str(out)
+            raise
         finally:
             scratch.unlink(missing_ok=True)
     return {

@@ -101,7 +101,7 @@ class KNNConfig(EvaluatorConfig):
         temperature: Vote temperature ``T`` of the ``exp(s / T)`` weights.
     """
 
-    k: int = Field(default=200, ge=1)
+    k: int = Field(default=200, ge=1, le=1_000_000)
     temperature: float = Field(default=0.1, gt=0)
 
 
