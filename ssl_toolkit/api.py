@@ -71,6 +71,8 @@ _CONFIG_KEYS = {
 _PYTHON_TERMS = (
     (re.compile(r"ssl pretrain --resume (\S+)"), lambda m: f"pretrain(resume={m[1]!r})"),
     (re.compile(r"`ssl checkpoints import ([^`]+)`"), lambda m: f"import_checkpoint({m[1]!r})"),
+    (re.compile(r"`ssl checkpoints remove ([^`]+)`"), lambda m: f"remove_checkpoint({m[1]!r})"),
+    (re.compile(r"`ssl checkpoints list`"), lambda m: "list_checkpoints()"),
     (re.compile(r"(?<![\w/.-])--set (\S+?)(?=[;,)]|\s|$)"), lambda m: f"{m[1]} in the config"),
     (re.compile(r"(?<![\w/.-])--overwrite\b"), lambda m: "overwrite=True"),
     (re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)( (?=[/~.'\"]))?"), lambda m: python_name(m[1]) + ("=" if m[2] else "")),

@@ -40,6 +40,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ssl_toolkit.api import caller_terms
+
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -219,7 +221,8 @@ class ChunkedBackbone:
                 f"trainer.backbone_chunk auto: the backbone keeps {per_input / mib:.1f} MiB of activations per input, "
                 f"{per_input * n / mib:,.0f} MiB for the batch's {n} inputs, over trainer.activation_memory_mb="
                 f"{budget / mib:g}; it runs {chunk} inputs at a time (one more forward per step; "
-                "--set trainer.backbone_chunk=null keeps the whole batch)"
+                + caller_terms("--set trainer.backbone_chunk=null", "trainer.backbone_chunk=None in the config")
+                + " keeps the whole batch)"
             )
         return chunk
 

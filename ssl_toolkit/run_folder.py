@@ -231,12 +231,15 @@ class RunFolder:
 
 
 def holds_run_or_backbone(folder: Path) -> bool:
-    """Whether ``folder`` is a run folder (``config.yaml`` with ``last.ckpt`` or ``meta.json``) or a backbone folder (``meta.json`` with its weights)."""
+    """Whether ``folder`` is a run folder (``config.yaml`` with ``last.ckpt``) or holds a backbone (``meta.json`` with its weights).
+
+    Both files are asked for: a project folder may well hold a ``config.yaml`` and a ``meta.json`` of its own.
+    """
     try:
         has = {name for name in (RunFolder.CONFIG, RunFolder.LAST, RunFolder.META, RunFolder.WEIGHTS) if (folder / name).is_file()}
     except OSError:
         return False
-    return (RunFolder.CONFIG in has and bool(has & {RunFolder.LAST, RunFolder.META})) or {RunFolder.META, RunFolder.WEIGHTS} <= has
+    return {RunFolder.CONFIG, RunFolder.LAST} <= has or {RunFolder.META, RunFolder.WEIGHTS} <= has
 
 
 def enclosing_run(path: str | Path) -> Path | None:

@@ -102,6 +102,7 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
             r"^umap: metric: Input should be 'cosine', .* \(got 'bogus'\)$",
         ),
         (lambda p: st.probe("x", random_init=True), r"^give a target or random_init=True, not both \(x would not be evaluated\)$"),
+        (lambda p: st.probe(), r"^probe\(\) needs a target \(run folder, backbone file or library name\) or random_init=True$"),
         (
             lambda p: st.probe("x", backbone="resnet50"),
             r"^backbone= chooses the random_init=True baseline; a target's own backbone is evaluated$",

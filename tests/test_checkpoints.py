@@ -285,7 +285,8 @@ def test_export_refuses_any_folder_below_a_run_or_backbone_folder(tmp_path):
             export_checkpoint(tmp_path / "run", tmp_path / "run" / sub / "x.safetensors")
         assert not list((tmp_path / "run" / sub).glob("x.*"))
     (tmp_path / "project" / "exports").mkdir(parents=True)
-    (tmp_path / "project" / "config.yaml").write_text("not: a run\n")  # a config.yaml alone is not a run folder
+    (tmp_path / "project" / "config.yaml").write_text("not: a run\n")  # a project's own files do not make a run folder
+    (tmp_path / "project" / "meta.json").write_text("{}")
     export_checkpoint(tmp_path / "run", tmp_path / "project" / "exports" / "x.safetensors")
     assert (tmp_path / "project" / "exports" / "x.safetensors.json").is_file()
 

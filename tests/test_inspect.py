@@ -556,3 +556,16 @@ def test_an_output_in_a_folder_that_takes_no_new_files_names_the_cause(cli):
     """/proc exists, yet creating a file there fails with ENOENT: the line read 'No such file or directory'."""
     code, _, err = cli("inspect", "digits", "--out", "/proc/x.html", "-q")
     assert (code, err.strip()) == (2, "error: --out /proc/x.html is not writable (/proc: no file can be created in it)")
+
+
+def test_python_reads_an_inspect_config_file_as_the_command_line_does(cli, tmp_path):
+    """``ssl inspect --config FILE`` had no Python counterpart: a path was taken for a dataset folder."""
+    (tmp_path / "inspect.yaml").write_text("data:\n  name: digits\nnear_hamming: 3\n")
+    report = inspect_data(str(tmp_path / "inspect.yaml"))
+    code, out, err = cli("inspect", "digits", "--config", tmp_path / "inspect.yaml", "--json", "-q")
+    assert code == 0, err
+    assert report["duplicates"]["near"]["max_hamming"] == json.loads(out)["duplicates"]["near"]["max_hamming"] == 3
+    assert report["images"] == json.loads(out)["images"]
+    (tmp_path / "bad.yml").write_text("near_hamming: 99\n")
+    with pytest.raises(UserError, match=r"bad\.yml: near_hamming: Input should be less than or equal to"):
+        inspect_data(tmp_path / "bad.yml")

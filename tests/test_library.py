@@ -258,6 +258,10 @@ def test_names_that_differ_only_in_case_are_one_name(tmp_path, toolkit_home, cli
     assert register(weights, meta, "rot")["name"] == "rot-2"  # unique: the next free name
     code, _, err = cli("checkpoints", "import", tmp_path / "run", "--name", "ROT")
     assert (code, err.strip()) == (2, "error: checkpoint 'Rot' already exists; choose another --name or `ssl checkpoints remove Rot` first")
+    with pytest.raises(UserError, match=r"^checkpoint 'Rot' already exists; choose another name or remove_checkpoint\('Rot'\) first$"):
+        st.import_checkpoint(tmp_path / "run", name="ROT")  # worded for Python
+    with pytest.raises(UserError, match=r"^no checkpoint named 'nope' in the library; see list_checkpoints\(\)$"):
+        st.remove_checkpoint("nope")
     code, _, err = cli("pretrain", "--data", "digits", "--name", "rOT", "--out", tmp_path / "new")
     assert (code, err.strip()) == (2, "error: checkpoint 'Rot' already exists in the library; choose another --name")
     assert sorted(p.name for p in library_root().iterdir()) == ["Rot", "rot-2"] and not (tmp_path / "new").exists()

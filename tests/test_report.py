@@ -123,7 +123,7 @@ def built(tmp_path_factory):
         write_image_folder(root / "imgs", 100)
         data = {"name": str(root / "imgs"), "test_fraction": 0.5}
         write_run(root / "run", data)
-        result = st.report(root / "run", data, out=root / "r.html", umap={"n_neighbors": 10})
+        result = st.report(root / "run", data, out=root / "r.html", umap={"n_neighbors": 10}, seed=7)
     return root, result, (root / "r.html").read_text(encoding="utf-8")
 
 
@@ -145,6 +145,7 @@ def parse(html: str) -> list[tuple[str, dict]]:
 def test_report_shows_every_part(built):
     root, result, html = built
     assert result["path"] == str(root / "r.html") and result["labelled"]
+    assert result["umap"]["seed"] == 7  # seed= seeds UMAP too when umap= sets no seed of its own (it stayed 0)
     tags = parse(html)
     ids = {a.get("id") for _, a in tags}
     for section in ("header", "training", "probes", "neighbours", "umap", "grids", "confusion", "samples"):

@@ -443,7 +443,9 @@ def test_python_shard_mirrors_ssl_shard(tmp_path):
     from ssl_toolkit.errors import UserError
 
     root = make_folder(tmp_path / "imgs", n_per_class=3, size=(24, 20))
-    with pytest.raises(UserError, match=r"^ssl shard does not use data\.image_size in the config; the shards take data\.test_fraction"):
+    with pytest.raises(
+        UserError, match=r"^shard\(\) does not use data\.image_size; the shards take data\.test_fraction.* \(the image size is image_size=;"
+    ):
         st.shard(root, tmp_path / "s", data={"image_size": 16})
     with pytest.raises(UserError, match=r"^shard\(\): workers: should be a number, not true"):
         st.shard(root, tmp_path / "s", workers=True)

@@ -203,7 +203,7 @@ def test_images_far_smaller_than_image_size_are_upscaled_with_a_note(tmp_path, c
     load_source(DataConfig(name=str(root), image_size=29, stream=True))
     assert capsys.readouterr().err.splitlines()[-1] == (
         "data: the median training image's shorter side is 14 px, upscaled to 29 px "
-        "(set data.image_size or --image-size to the images' own size to train at it)"
+        "(set data.image_size to the images' own size to train at it)"
     )
 
 

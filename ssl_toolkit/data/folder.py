@@ -77,7 +77,7 @@ def upscale_line(index: FileIndex, rows: np.ndarray, size: int) -> str | None:
         return None
     return (
         f"data: the median training image's shorter side is {median} px, upscaled to {size} px "
-        f"(set data.image_size or --image-size to the images' own size to train at it)"
+        f"(set data.image_size to the images' own size to train at it)"
     )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -54,8 +53,7 @@ TURNS = {  # EXIF orientation -> the transposition that makes the pixels upright
 }
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations that exchange width and height
 
-Image.MAX_IMAGE_PIXELS = None  # the cap is checked by open_image(), with a one-line reason
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+Image.MAX_IMAGE_PIXELS = None  # the cap is checked by open_image(), with a one-line reason (and PIL then never warns)
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original pixels
 

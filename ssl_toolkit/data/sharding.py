@@ -18,9 +18,13 @@ CHUNK_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b|[kmgt])\s*", re.IGNOREC
 
 def unused_setting(key: str) -> UserError:
     """The error for a ``--set`` key that ``ssl shard`` does not use."""
+    from ssl_toolkit.api import caller_terms
+
     return UserError(
-        f"ssl shard does not use --set {key}; the shards take {', '.join('data.' + k for k in SHARD_SETTINGS)} "
-        "(the image size has its own setting; other data settings are given when training from the shards)"
+        caller_terms(f"ssl shard does not use --set {key}", f"shard() does not use {key}")
+        + f"; the shards take {', '.join('data.' + k for k in SHARD_SETTINGS)} ("
+        + caller_terms("the image size has its own setting", "the image size is image_size=")
+        + "; other data settings are given when training from the shards)"
     )
 
 

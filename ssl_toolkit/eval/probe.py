@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ssl_toolkit.api import Flag, config_fields, public
+from ssl_toolkit.api import Flag, caller_terms, config_fields, public
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size, resolve_auto
 from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
@@ -59,7 +59,12 @@ def load_target(
         }
         return model.eval(), meta, None
     if target is None:
-        raise UserError("probe needs a TARGET (run folder, backbone file or library name) or --random-init")
+        raise UserError(
+            caller_terms(
+                "probe needs a TARGET (run folder, backbone file or library name) or --random-init",
+                "probe() needs a target (run folder, backbone file or library name) or random_init=True",
+            )
+        )
     from ssl_toolkit.library import load_backbone_any
 
     model, meta, folder = load_backbone_any(target)

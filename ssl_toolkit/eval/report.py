@@ -395,7 +395,7 @@ def report(
         queries_per_class: Example queries per class in the neighbour grids.
         batch_size: Images per forward pass when features are extracted.
         device: Where to run the backbone (default: CUDA when available).
-        seed: Seed of subsampling and example picks.
+        seed: Seed of subsampling and example picks, and of UMAP unless ``umap`` sets its own.
         split: ``auto``: test queries against the training gallery (leave-one-out on the
             training split when there is no test split); ``train`` or ``test``: that split
             alone, leave-one-out.
@@ -406,9 +406,9 @@ def report(
     """
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    umap_params = (
-        umap if isinstance(umap, UmapParams) else validate(UmapParams, {"seed": seed, **umap} if umap else {"seed": seed}, what="umap")
-    )
+    umap_params = umap if isinstance(umap, UmapParams) else validate(UmapParams, dict(umap or {}), what="umap")
+    if "seed" not in umap_params.model_fields_set:  # a dict of settings (made UmapParams by the argument check) without its own seed
+        umap_params = umap_params.model_copy(update={"seed": seed})
     check_device(device)
     out_path = report_path(target, out)
     with _timed(seconds, "load"):

@@ -124,11 +124,15 @@ def _duplicate_section(table: ImageTable, groups: list[np.ndarray], scores: list
 
 
 def inspect_config(data: str | Path | InspectConfig | dict[str, Any]) -> InspectConfig:
-    """The :class:`InspectConfig` of ``data``: itself, a dict of its fields, or a dataset name or folder."""
+    """The :class:`InspectConfig` of ``data``: itself, a dict of its fields, a YAML file of them (as ``--config``), or a dataset name or folder."""
     if isinstance(data, InspectConfig):
         return data
     if isinstance(data, dict):
         return validate(InspectConfig, data)
+    if Path(data).suffix.lower() in (".yaml", ".yml") and Path(data).expanduser().is_file():
+        from ssl_toolkit.api import config_fields
+
+        return validate(InspectConfig, config_fields(Path(data).expanduser()), what=str(data))
     return InspectConfig.model_validate({"data": {"name": str(data)}})
 
 
@@ -274,7 +278,7 @@ def inspect_data(
     """Inspect a data source: facts, labels, duplicates, leakage, unreadable files.
 
     Args:
-        data: A dataset name or folder path, or an :class:`InspectConfig` (or a dict of its fields).
+        data: A dataset name or folder path, an :class:`InspectConfig` (or a dict of its fields), or a YAML file of its fields (``.yaml``/``.yml``, as ``--config``).
         embed: A backbone (run folder, weights file or library name) for embedding neighbours.
         out: Write a self-contained HTML page here.
         dedupe_list: Write the ids (file paths for folders) to drop, one per line, keeping one per group.

@@ -4,8 +4,9 @@ Pathak, Krähenbühl, Donahue, Darrell & Efros, "Context Encoders: Feature Learn
 Inpainting", CVPR 2016. A region of each image is masked out and filled with the
 dataset mean; the backbone encodes what is left into its spatial feature map and a
 decoder of upsampling convolutions reconstructs the whole image. The loss is the L2
-error on the masked region (optionally weighted more within ``overlap`` px of the
-region's border, as the paper does) plus an optional adversarial term from a small
+error on the masked region (optionally weighted more within ``overlap`` px inside the
+region's border; the paper instead predicts a few px beyond the hole and weighs that visible
+overlap 10x) plus an optional adversarial term from a small
 discriminator (off by default; the paper used weight 0.001).
 """
 

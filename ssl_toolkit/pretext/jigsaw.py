@@ -25,7 +25,7 @@ from torch import nn
 from ssl_toolkit.pretext.base import DataFacts, PretextTask, TaskConfig, TaskInfo, building_inputs, register_task
 from ssl_toolkit.pretext.patches import MIN_PATCH, crop_patches
 
-CANDIDATE_POOL = 100_000  # candidates drawn (seeded) when the grid has too many permutations to list (4x4)
+CANDIDATE_POOL = 100_000  # candidates drawn (seeded) when the grid has too many permutations to list (3x3, 4x4)
 
 
 class JigsawConfig(TaskConfig):
