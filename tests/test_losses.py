@@ -53,3 +53,18 @@ def test_context_adversarial_terms_at_an_undecided_discriminator_and_their_gradi
     assert disc[1].weight.grad is None and fake.grad is not None  # the generator term never trains the discriminator
     d_loss.backward()
     assert disc[1].bias.grad is not None and math.isclose(disc[1].bias.grad.item(), 0.0, abs_tol=1e-7)  # 3 real, 3 fake at p = 1/2
+
+
+def test_context_adversarial_terms_score_a_fake_alike_under_batch_norm():
+    """The generator term ran the discriminator on the fakes alone, the discriminator term on real and fake:
+    batch norm gave the same fake two scores, and its running statistics took both batches."""
+    torch.manual_seed(0)
+    disc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    real, fake = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8) * 0.3
+    seen: list[torch.Tensor] = []
+    disc[4].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        expected = disc[1].running_mean * 0.9 + 0.1 * disc[0](torch.cat([real, fake])).mean((0, 2, 3))
+    ContextEncoderAdversarialLoss()(disc, real, fake.requires_grad_())
+    torch.testing.assert_close(seen[0][4:], seen[1][4:])  # the fakes' logits in the generator and discriminator terms
+    torch.testing.assert_close(disc[1].running_mean, expected)  # one update, from the real-and-fake batch

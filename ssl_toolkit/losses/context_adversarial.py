@@ -18,7 +18,9 @@ class ContextEncoderAdversarialLoss(nn.Module):
 
     The generator term sees a frozen copy of the discriminator's weights, so it trains only
     the reconstruction; the discriminator term sees the fake detached, so it trains only the
-    discriminator. Both are binary cross-entropies on the discriminator's logits.
+    discriminator. Both are binary cross-entropies on the discriminator's logits, and both run
+    it on the same batch (real and fake together): a batch-normalised discriminator then scores
+    a fake alike in the two terms, and its running statistics are updated once, by the second.
     """
 
     def forward(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +35,8 @@ class ContextEncoderAdversarialLoss(nn.Module):
             Two scalars: the generator's loss and the discriminator's loss.
         """
         frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
-        fooled = functional_call(discriminator, frozen, (fake,))  # (B, 1)
+        frozen |= {k: v.clone() for k, v in discriminator.named_buffers()}  # batch statistics update a copy
+        fooled = functional_call(discriminator, frozen, (torch.cat([real, fake]),))[len(real) :]  # (B, 1) of the fakes
         g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
         logits = discriminator(torch.cat([real, fake.detach()]))  # (2B, 1)
         labels = torch.cat([torch.ones_like(logits[: len(real)]), torch.zeros_like(logits[len(real) :])])
