@@ -75,7 +75,8 @@ _PYTHON_TERMS = (
     (re.compile(r"`ssl checkpoints list`"), lambda m: "list_checkpoints()"),
     (re.compile(r"(?<![\w/.-])--set (\S+?)(?=[;,)]|\s|$)"), lambda m: f"{m[1]} in the config"),
     (re.compile(r"(?<![\w/.-])--overwrite\b"), lambda m: "overwrite=True"),
-    (re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)( (?=[/~.'\"]))?"), lambda m: python_name(m[1]) + ("=" if m[2] else "")),
+    # an option followed by its value (a path, a quoted string, a number) becomes name=value
+    (re.compile(r"(?<![\w/.-])--([a-z][a-z-]*)( (?=[/~.'\"\d]|[^\s/]*/))?"), lambda m: python_name(m[1]) + ("=" if m[2] else "")),
 )
 
 

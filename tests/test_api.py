@@ -176,11 +176,11 @@ def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the
         st.pretrain(tiny_config("rotation", epochs=1), out="r")
     assert in_python_terms("(--set trainer.backbone_chunk=null keeps it)") == "(trainer.backbone_chunk=null in the config keeps it)"
     assert in_python_terms("continue with: ssl pretrain --resume /r") == "continue with: pretrain(resume='/r')"
-    assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages 9)"
+    assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages=9)"
 
 
 def test_a_too_small_image_size_names_the_config_key_in_python(tmp_path):
-    with pytest.raises(UserError, match=r"; digits is 16 px \(data\.image_size 24\)$"):
+    with pytest.raises(UserError, match=r"; digits is 16 px \(data\.image_size=24\)$"):
         st.pretrain({"task": "jigsaw", "data": {"name": "digits", "image_size": 16}}, out=tmp_path / "r")
     assert list(tmp_path.iterdir()) == []
 
