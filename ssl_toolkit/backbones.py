@@ -270,7 +270,30 @@ def create_backbone(
             small = False
     pool = (image_size > pool_max or fam != "resnet") if cfg.stem_pool is None else cfg.stem_pool
     spec = BackboneSpec(cfg.name, kwargs, small, stem_pool=pool)
-    return build_from_spec(spec), spec
+    model = build_from_spec(spec)
+    check_input_size(model, cfg.name, in_chans, image_size)
+    return model, spec
+
+
+def check_input_size(model: nn.Module, name: str, in_chans: int, image_size: int) -> None:
+    """Refuse, in one line, a backbone that cannot take ``(in_chans, image_size, image_size)`` inputs.
+
+    One image goes through it in eval mode: a ConvNeXt keeping timm's stride-32 stages fails
+    below 32 px, a ViT keeping its fixed 224 px grid at any other size, and that failure is
+    a traceback deep in timm when training starts.
+    """
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, image_size, image_size))  # (1, C, S, S)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"backbone '{name}' cannot take {image_size} px images ({why}); give a larger --image-size, or leave backbone.small_stem unset"
+        ) from None
+    finally:
+        model.train(was)
 
 
 def feature_dim(model: nn.Module) -> int:
@@ -299,14 +322,17 @@ class Stage:
 def stages(model: nn.Module) -> list[Stage]:
     """The stem followed by the backbone's stages, in forward order, from timm's ``feature_info``.
 
-    A stage is a ``feature_info`` module that holds weights (a ResNet's ``act1`` entry
-    marks the end of the stem and has none). The stem is every top-level module and
-    parameter that comes before the first stage, so a small-image stem (3x3 ``conv1``,
+    The ``feature_info`` modules that hold weights mark where the stages end. A first entry
+    that is a top-level module (a ResNet's ``act1``, a MobileNetV3's ``bn1``, a RegNet's
+    ``stem``) marks the end of the stem instead. Each stage is every block from the end of
+    the one before up to its mark, so blocks between two marks (an EfficientNet's
+    ``blocks.3`` before ``blocks.4``) belong to the later stage. The stem is every top-level
+    module and parameter before the first stage, so a small-image stem (3x3 ``conv1``,
     ``maxpool`` replaced by ``Identity``) is covered as it stands. Modules after the last
-    stage (final norm, pooling) belong to no stage and are always trained.
+    stage (final convolution, norm, pooling) belong to no stage and are always trained.
 
     Returns:
-        ``[stem, stage_1, ..., stage_N]``.
+        ``[stem, stage_1, ..., stage_N]``; a stage of several blocks is named ``first..last``.
 
     Raises:
         UserError: When the model has no usable ``feature_info``.
@@ -315,14 +341,28 @@ def stages(model: nn.Module) -> list[Stage]:
     entries = list(info) if info is not None else []
     modules = dict(model.named_modules())
     names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module") in modules]
-    stage_names = [n for n in names if any(True for _ in modules[n].parameters())]
-    if not stage_names:
+    if len(names) > 1 and "." not in names[0]:
+        names = names[1:]  # the stem's own end (ResNet's act1, MobileNetV3's bn1, RegNet's stem), not a stage
+    marks = [n for n in names if any(True for _ in modules[n].parameters())]
+    if not marks:
         raise UserError(f"backbone {type(model).__name__} has no timm feature_info stages to freeze")
-    first_top = stage_names[0].split(".")[0]
-    stem: list[str] = []
-    for name, _ in model.named_children():
-        if name == first_top:
-            break
-        stem.append(name)
-    stem += [n for n, _ in model.named_parameters(recurse=False)]
-    return [Stage("stem", stem)] + [Stage(n, [n]) for n in stage_names]
+    # the blocks in forward order: top-level modules, those that hold stages opened one level
+    units: list[str] = []
+    for top, child in model.named_children():
+        if any(m.startswith(top + ".") for m in marks):
+            units += [f"{top}.{n}" for n, _ in child.named_children()]
+        else:
+            units.append(top)
+
+    def unit_of(mark: str) -> int:
+        return next(i for i, u in enumerate(units) if mark == u or mark.startswith(u + "."))
+
+    start = unit_of(marks[0])
+    result = [Stage("stem", units[:start] + [n for n, _ in model.named_parameters(recurse=False)])]
+    for mark in marks:
+        end = unit_of(mark) + 1
+        if end > start:
+            part = units[start:end]
+            result.append(Stage(part[0] if len(part) == 1 else f"{part[0]}..{part[-1]}", part))
+            start = end
+    return result

@@ -49,6 +49,27 @@ def test_stages_follow_feature_info_with_small_stem():
     assert owned == [n for n, _ in model.named_parameters()]  # every weight of a ResNet lies in a stage
 
 
+@pytest.mark.parametrize(
+    ("arch", "expected", "stem"),
+    [
+        ("efficientnet_b0", ["blocks.0", "blocks.1", "blocks.2", "blocks.3..blocks.4", "blocks.5..blocks.6"], ["conv_stem", "bn1"]),
+        ("mobilenetv3_small_050", ["blocks.0", "blocks.1", "blocks.2..blocks.3", "blocks.4..blocks.5"], ["conv_stem", "bn1"]),
+        ("regnetx_002", ["s1", "s2", "s3", "s4"], ["stem"]),
+    ],
+)
+def test_every_block_lies_in_one_stage_of_families_whose_marks_skip_blocks(arch, expected, stem):
+    """EfficientNet's blocks.3 and .5 belonged to no stage (trained at any K), MobileNetV3's stem was split
+    with bn1 made stage 1, and RegNet's stem was stage 1 (K=0 froze nothing)."""
+    import timm
+
+    groups = stages(timm.create_model(arch, pretrained=False, num_classes=0))
+    assert [g.name for g in groups] == ["stem", *expected] and groups[0].prefixes == stem
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    tops = {p.split(".")[0] for g in groups for p in g.prefixes}  # conv_stem, bn1, blocks; stem, s1 .. s4
+    body = [n for n, _ in model.named_parameters() if n.split(".")[0] in tops]
+    assert body and all(sum(g.owns(n) for g in groups) == 1 for n in body)  # every weight of them in exactly one group
+
+
 def test_a_linear_probe_with_nothing_to_hold_out_says_what_it_did_not_choose():
     from ssl_toolkit.evaluators.linear import linear_probe
 
@@ -318,3 +339,24 @@ def test_images_rewritten_under_the_same_names_are_not_read_from_the_feature_cac
     again, hit = FeatureCache().features(model, source(), "test", pre)
     others = [i for i in range(len(first)) if i != row]
     assert not hit and not np.allclose(again[row], first[row]) and np.allclose(again[others], first[others])
+
+
+def test_a_backbone_that_cannot_take_the_image_size_is_one_line_before_any_training(cli, tmp_path):
+    """A ConvNeXt keeping timm's stride-32 stages at 16 px ended in a convolution's traceback (exit 1) once training began."""
+    code, _, err = cli(
+        "pretrain",
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--backbone",
+        "test_convnext",
+        "--set",
+        "backbone.small_stem=false",
+        "--out",
+        tmp_path / "run",
+    )
+    assert code == 2 and err.startswith("error: backbone 'test_convnext' cannot take 16 px images (Calculated padded input size")
+    assert err.strip().endswith("; give a larger --image-size, or leave backbone.small_stem unset") and not (tmp_path / "run").exists()
+    model, _ = create_backbone(BackboneConfig(name="test_convnext", small_stem=False), 1, 32)  # at 32 px it runs
+    assert model.training  # the check leaves the mode as it was
