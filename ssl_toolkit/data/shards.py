@@ -51,6 +51,7 @@ from ssl_toolkit.data.stage import CENTER, WorkerStage
 from ssl_toolkit.errors import UserError, WorkerUserError
 
 INFO_FILE = "ssl_shards.json"
+SKIPPED_FILE = "skipped.txt"  # the files `ssl shard` could not decode (ssl_toolkit.data.skip_list format)
 FORMAT = "litdata"
 SAMPLE_LOG_ENV = "SSL_TOOLKIT_SAMPLE_LOG"  # debugging aid: append every training sample's row, per rank
 
@@ -519,7 +520,7 @@ def _write_splits(
         multilabel=multilabel,
     )
     if skipped:
-        atomic_write_bytes(out / "skipped.txt", b"".join(skip_line(p, why) for p, why in skipped))  # names not UTF-8 byte for byte
+        atomic_write_bytes(out / SKIPPED_FILE, b"".join(skip_line(p, why) for p, why in skipped))  # names not UTF-8 byte for byte
     atomic_write_text(out / INFO_FILE, info.model_dump_json(indent=1))
     return {**info.model_dump(), "skipped": len(skipped)}
 

@@ -356,7 +356,7 @@ def table_from_shards(
     ``ssl shard`` wrote, and the statistics are recomputed over the training split at
     ``cfg.image_size`` (default: the shards'). Items stream through in bounded chunks.
     """
-    from ssl_toolkit.data.shards import FORMAT, ShardSplit, read_info
+    from ssl_toolkit.data.shards import FORMAT, SKIPPED_FILE, ShardSplit, read_info
     from ssl_toolkit.data.skip_list import listed_entries
 
     info = read_info(root)
@@ -374,7 +374,7 @@ def table_from_shards(
 
     files = _scan_items(item, names, size, workers, progress, cfg.max_pixels)
     kept, cols, unreadable = _file_columns(files, keep_arrays)
-    skipped = Path(root) / "skipped.txt"  # files `ssl shard` could not decode, left out of the shards
+    skipped = Path(root) / SKIPPED_FILE  # files `ssl shard` could not decode, left out of the shards
     unreadable = (listed_entries(skipped.read_bytes()) if skipped.is_file() else []) + unreadable
     if not kept:
         raise UserError(f"no readable image in {root} ({len(where)} items, none could be decoded)")
