@@ -286,10 +286,10 @@ def model_flop_utilisation(images: torch.Tensor, args, backbone_kwargs: dict) ->
     flops = step_flops("simclr", images, args, backbone_kwargs)
     ours = ours_images_per_second("simclr", images, args, backbone_kwargs)
     achieved = flops * ours / args.batch_size
-    peak = gemm_flops_per_second(args.accelerator, args.precision)
+    peak = gemm_flops_per_second(args.accelerator, args.precision, args.gemm_size)
     print(
         f"step {flops / 1e9:.2f} GFLOP x {ours / args.batch_size:.2f} steps/s = {achieved / 1e9:.1f} GFLOP/s; "
-        f"2048^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.5)"
+        f"{args.gemm_size}^3 GEMM {peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.2f} (target >= 0.5)"
     )
 
 
@@ -338,6 +338,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep timm's stem max-pool in both pipelines (--no-stem-pool: total stride 16, the toolkit's default at 32 px and less)",
+    )
+    ap.add_argument(
+        "--gemm-size",
+        type=int,
+        default=2048,
+        help="part 2: side of the square matrix product that measures the machine's peak (smaller for a quick check)",
     )
     ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
     ap.add_argument(

@@ -82,8 +82,9 @@ def inspect(
 ) -> None:
     """Inspect a dataset: sizes, modes, formats, statistics, labels, duplicates, leakage, unreadable files.
 
-    DATA is a dataset name (digits, synthetic, fashion-mnist) or an image folder. Prints a
-    summary; --json prints everything as JSON, --out writes an HTML page with thumbnails.
+    DATA is a dataset name (digits, synthetic, fashion-mnist, or one a plugin registers), an
+    image folder, or shards written by `ssl shard`. Prints a summary; --json prints
+    everything as JSON, --out writes an HTML page with thumbnails.
     """
     quiet_libraries()
     from ssl_toolkit.config import validate
