@@ -186,6 +186,25 @@ def test_cli_json_html_and_dedupe_list(cli, folder, tmp_path):
     assert "train/test leak" in page and "http://" not in page and "https://" not in page
 
 
+def test_the_page_keeps_a_long_class_name_on_screen(cli, tmp_path):
+    import shutil
+
+    from test_report import browser, write_named_classes
+
+    write_named_classes(tmp_path / "imgs", ["L" * 150, "short"])
+    page = tmp_path / "page.html"
+    code, _, err = cli("inspect", tmp_path / "imgs", "--out", page, "-q")
+    assert code == 0, err
+    driver, profile = browser()
+    try:
+        driver.get(page.resolve().as_uri())
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0  # the class's heading wraps
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def test_cli_summary_text(cli, folder):
     code, out, err = cli("inspect", folder, "-q")
     assert code == 0, err

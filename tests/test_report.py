@@ -215,6 +215,7 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
     code, _, err = cli("report", root / "run", "--data", few, "--out", tmp_path / "f.html")
     html = (tmp_path / "f.html").read_text()
     assert code == 0 and "Not drawn: UMAP needs at least 4 points, and there is 1." in html and "UMAP scatter" not in html, err
+    assert "a test image (blue) and its 2 nearest training images by cosine similarity" in html  # the gallery holds 2
     one = tmp_path / "one"
     write_named_classes(one, ["only"])  # labelled, one class: every neighbour agrees, any clustering scores 0
     code, stdout, err = cli("report", root / "run", "--data", one, "--out", tmp_path / "o.html", "--split", "train", "--clusters", "2")
@@ -222,6 +223,15 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
     assert code == 0 and f"warning: {one} has a single class; every neighbour is that class" in err, err
     row = next(line for line in stdout.splitlines() if line.startswith("k-means NMI / ARI"))
     assert row.split(None, 4)[4] == "not scored: the points hold one class, and any clustering of one class scores 0"
+    knn_rows = [line.rsplit(None, 1)[0] for line in stdout.splitlines() if line.startswith(("kNN top-1", "Recall@"))]
+    assert knn_rows == [
+        "kNN top-1 k=1 (%)",
+        "kNN top-1 k=5 (asked 20) (%)",
+        "kNN top-1 k=5 (asked 200) (%)",
+        "Recall@1 (%)",
+        "Recall@5 (%)",
+        "Recall@5 (asked 10) (%)",
+    ]
     assert 'id="single-class"' in html and 'id="kmeans-unscored"' in html and 'id="kmeans-nmi"' not in html
 
 
@@ -373,6 +383,9 @@ def test_long_and_bidi_class_names_stay_on_screen_and_read_as_written(built, tmp
         assert shown == sorted(["L" * 200, "[U+202E]gnp.exe", "'\\u3000\\xa0'"])
         table = driver.find_element(By.ID, "classes")
         assert table.rect["x"] + table.rect["width"] <= driver.execute_script("return document.documentElement.clientWidth")
+        driver.set_window_size(500, 900)  # Chromium's narrowest window: the neighbour grids scroll inside their rows
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

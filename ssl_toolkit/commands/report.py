@@ -80,8 +80,8 @@ def report(
     )
     rows = [("data", result["dataset"]), ("search", result["search"]["description"])]
     if result["labelled"]:
-        rows += [(f"kNN top-1 k={k} (%)", f"{100 * v:.2f}") for k, v in result["knn"].items()]
-        rows += [(f"Recall@{k} (%)", f"{100 * v:.2f}") for k, v in result["recall"].items()]
+        rows += [(f"kNN top-1 k={_k_used(k, result['knn_k'])} (%)", f"{100 * v:.2f}") for k, v in result["knn"].items()]
+        rows += [(f"Recall@{_k_used(k, result['recall_k'])} (%)", f"{100 * v:.2f}") for k, v in result["recall"].items()]
         rows.append(("mAP@R (%)", f"{100 * result['map_at_r']:.2f}"))
         clusters = result["clusters"]
         scored = "nmi_mean" in clusters
@@ -98,3 +98,8 @@ def report(
     rows.append(("seconds", f"{result['seconds']['total']:.1f}"))
     echo_rows(rows)
     click.echo(f"report: {result['path']}")
+
+
+def _k_used(k: str, used: dict[str, int]) -> str:
+    """``k`` as the figure used it: ``20``, or ``5 (asked 20)`` where the gallery held fewer neighbours."""
+    return k if used[k] == int(k) else f"{used[k]} (asked {k})"

@@ -119,9 +119,7 @@ def cluster(x: np.ndarray, k: int, labels: np.ndarray | None = None, seeds: tupl
         res.unscored = "k = 1 puts every point in one cluster, which scores 0 against any labels"
         labels = None
     if len(x) < MIN_POINTS_PER_CLUSTER * k:
-        res.not_run = (
-            f"k = {k:,} needs at least {MIN_POINTS_PER_CLUSTER * k:,} points ({MIN_POINTS_PER_CLUSTER} per cluster); there are {len(x):,}"
-        )
+        res.not_run = f"k = {k:,} needs at least {MIN_POINTS_PER_CLUSTER * k:,} points ({MIN_POINTS_PER_CLUSTER} per cluster); there {'is' if len(x) == 1 else 'are'} {len(x):,}"
         return res
     best = np.inf
     for seed in seeds:
