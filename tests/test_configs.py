@@ -9,6 +9,7 @@ import pytest
 from ssl_toolkit.config import PretrainConfig, ProbeConfig, apply_overrides, load_yaml, validate
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.evaluators import EVALUATORS
+from ssl_toolkit.evaluators.base import TRAINING_SETTINGS
 from ssl_toolkit.pretext import TASKS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -33,8 +34,15 @@ def test_every_built_in_task_has_a_doc_page():
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "probe").glob("*.yaml")), ids=lambda p: p.stem)
 def test_probe_configs_validate(path):
-    cfg = validate(ProbeConfig, load_yaml(path))
+    raw = load_yaml(path)
+    cfg = validate(ProbeConfig, raw)
     assert cfg.mode in EVALUATORS and path.stem == cfg.mode
+    # every default spelled out, but no data: a probe reads the backbone's own data unless told
+    evaluator = EVALUATORS.get(cfg.mode)
+    refused = set() if evaluator.reads_training_settings else set(TRAINING_SETTINGS)
+    own = set(evaluator.Config.model_fields)
+    assert set(raw) == set(ProbeConfig.model_fields) - {"data"} - refused - (set() if own else {"evaluator_config"})
+    assert set(raw.get("evaluator_config", {})) == own
 
 
 def test_overrides_reach_nested_keys_and_unknown_keys_get_a_hint():

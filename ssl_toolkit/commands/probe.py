@@ -34,7 +34,9 @@ def _set_help() -> str:
 @click.option("--label-fraction", type=FINITE, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
 @click.option("--epochs", type=int, help="partial/finetune: training epochs. [default: 10]")
 @click.option("--lr", type=FINITE, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
-@click.option("--batch-size", type=int, help="Batch size. [default: 256]")
+@click.option(
+    "--batch-size", type=int, help="Images per batch: training (partial/finetune), feature extraction (linear/knn). [default: 256]"
+)
 @click.option("--freeze-stages", type=int, help="partial: freeze the stem and the first K stages. [default: all but the last]")
 @click.option("--layer-decay", type=FINITE, help="finetune/partial: layer-wise lr decay, 0 < d <= 1. [default: 1 (off)]")
 @click.option(

@@ -241,6 +241,7 @@ class FeatureCache:
         pre: Preprocess,
         fingerprint: str | None = None,
         device: str | torch.device = "cpu",
+        batch_size: int = 512,
     ) -> torch.Tensor:
         """Features of ``source.<split>`` as a tensor (see :meth:`features`)."""
-        return torch.from_numpy(self.features(model, source, split, pre, fingerprint, device)[0])
+        return torch.from_numpy(self.features(model, source, split, pre, fingerprint, device, batch_size=batch_size)[0])

@@ -104,8 +104,9 @@ class Evaluator(ABC):
         self.freeze(ctx.model)
         fp = model_fingerprint(ctx.model)
         device = choose_device(ctx.cfg.accelerator)
-        train = self.cache.get(ctx.model, ctx.source, "train", ctx.pre, fp, device=device)
-        test = self.cache.get(ctx.model, ctx.source, "test", ctx.pre, fp, device=device)
+        bs = ctx.cfg.batch_size
+        train = self.cache.get(ctx.model, ctx.source, "train", ctx.pre, fp, device=device, batch_size=bs)
+        test = self.cache.get(ctx.model, ctx.source, "test", ctx.pre, fp, device=device, batch_size=bs)
         ctx.model.cpu()
         return train[ctx.train_idx], test
 
