@@ -3,6 +3,7 @@
 * :class:`OnlineProbe`: a linear classifier on detached features, a progress signal.
 * :class:`GradientGuard`: skips an update whose gradients are not finite.
 * :class:`SamplePictures`: what the task sees, saved after every epoch.
+* :class:`TaskStepEnd`: the task's hook after each step (momentum updates), before a step's checkpoint.
 * :class:`RngState`: the random streams saved with every checkpoint and restored on resume.
 * :class:`CheckpointOnInterrupt`: ``last.ckpt`` written on Ctrl-C or SIGTERM.
 * :class:`ProgressLines`: one log line every N steps where no terminal shows a progress bar.
@@ -162,6 +163,19 @@ class SamplePictures(Callback):
         module.train(was_training)
 
 
+class TaskStepEnd(Callback):
+    """Runs the task's step-end hook (momentum updates of target networks) after each training step.
+
+    As a callback it runs before Lightning's ``ModelCheckpoint`` callbacks, which Lightning
+    orders last, so a ``last.ckpt`` written after a step (``trainer.checkpoint_every_n_steps``,
+    ``checkpoint_every_minutes``) holds the target networks as that step left them; a
+    LightningModule hook would run after the save, and a resume would miss one update.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        _run_module(pl_module).task_step_end()
+
+
 class RngState(Callback):
     """Saves torch's RNG and the task's view generator with every checkpoint; restores them on resume.
 
@@ -311,11 +325,60 @@ class CheckpointOnInterrupt(Callback):
     stopped a collective apart), and SIGTERM stops each process where it arrives, as Ctrl-C.
     A failed step (non-finite loss, any other error) writes nothing, so the last good
     checkpoint stays as it was.
+
+    A step cut short before its optimiser step is trained again on resume, so the file must
+    hold the state from before that step: what a step changes ahead of its optimiser step
+    (buffers such as batch-norm statistics and MoCo's queue, frozen target networks, the
+    random streams that draw its views) is kept at each step's start and put back before
+    the save.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.saved: bool | None = None  # whether the interrupt's checkpoint was written (None: no interrupt)
+        self._kept: list[torch.Tensor] = []  # copies of the step-changed tensors, as the step began
+        self._rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._steps_at_start: int | None = None  # optimiser steps when the current step began; None between steps
+
+    @staticmethod
+    def _step_changed(module: nn.Module) -> list[torch.Tensor]:
+        """The tensors a step may change before its optimiser step: buffers, and parameters no optimiser trains."""
+        return [t.detach() for t in module.buffers()] + [p.detach() for p in module.parameters() if not p.requires_grad]
+
+    @staticmethod
+    def _optimiser_steps(trainer: L.Trainer) -> int:
+        return int(trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.current.completed)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        tensors = self._step_changed(pl_module)
+        if [(t.shape, t.dtype, t.device) for t in tensors] != [(k.shape, k.dtype, k.device) for k in self._kept]:
+            self._kept = [t.clone() for t in tensors]
+        else:
+            for kept, t in zip(self._kept, tensors):
+                kept.copy_(t)
+        gen = _run_module(pl_module).task.generator
+        self._rng = (torch.get_rng_state(), None if gen is None else gen.get_state())
+        with contextlib.suppress(AttributeError):  # Lightning's internals: without them nothing is put back
+            self._steps_at_start = self._optimiser_steps(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._steps_at_start = None
+
+    def _put_back(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Undo what a step cut short before its optimiser step changed (it trains again on resume)."""
+        if self._steps_at_start is None or self._rng is None:
+            return
+        with contextlib.suppress(AttributeError):
+            if self._optimiser_steps(trainer) > self._steps_at_start:
+                return  # its optimiser step ran: the resume goes on after it
+            tensors = self._step_changed(pl_module)
+            if len(tensors) == len(self._kept):
+                for t, kept in zip(tensors, self._kept):
+                    t.copy_(kept)
+            torch.set_rng_state(self._rng[0])
+            gen = _run_module(pl_module).task.generator
+            if gen is not None and self._rng[1] is not None:
+                gen.set_state(self._rng[1])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Under DDP, make SIGTERM stop a process where it arrives, as Ctrl-C does (:class:`Terminated`).
@@ -352,6 +415,7 @@ class CheckpointOnInterrupt(Callback):
             processed = int(getattr(loop.batch_progress.current, "processed", loop.batch_progress.current.completed))
             if loop.automatic_optimization.optim_progress.optimizer.step.current.completed > processed:
                 loop.batch_progress.increment_processed()  # its optimiser step ran: the resume goes on after it, not with it again
+        self._put_back(trainer, pl_module)
         rewind = getattr(getattr(trainer, "train_dataloader", None), "rewind_to", None)
         if callable(rewind):  # a resumable loader: the batch of a step cut short is handed over again on resume
             # processed: batches whose step ran (a Ctrl-C in on_train_batch_end comes after its optimiser step)

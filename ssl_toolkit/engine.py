@@ -174,11 +174,20 @@ class PretrainModule(L.LightningModule):
             loss = loss + self.online_probe.training_loss(self, x, y, feats)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def task_step_end(self) -> None:
+        """The task's hook after each step (momentum updates), called by :class:`~ssl_toolkit.callbacks.TaskStepEnd`."""
         total = int(min(self.trainer.estimated_stepping_batches, 10**12))
         if self.cfg.max_minutes:  # steps the budget will allow, extrapolated from the share spent, if fewer than planned
             total = min(total, max(self.global_step + 1, int(self.global_step / max(self.time_progress(), 1e-6))))
         self.task.on_train_batch_end(self.backbone, self.global_step, total)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A ``last.ckpt`` written before MoCo's queue was saved with it resumes with a fresh queue, as it did then."""
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for key, value in self.state_dict().items():
+                if key.startswith("task.loss_fn.") and key.endswith((".bank", ".bank_ptr")) and key not in state:
+                    state[key] = value
 
     def validation_step(self, batch, batch_idx):
         """The validation split only serves the online probe, which measures it (``OnlineProbe``)."""

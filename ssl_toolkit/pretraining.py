@@ -438,6 +438,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         RngState,
         SamplePictures,
         StartupClock,
+        TaskStepEnd,
     )
     from ssl_toolkit.data.loaders import shared_by
     from ssl_toolkit.data.processing import Processing
@@ -459,6 +460,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     guard = GradientGuard()
     callbacks = [
         guard,
+        TaskStepEnd(),
         RngState(),
         EpochEndCheckpoint(),
         SamplePictures(first_images(data.source.train, 16), folder.samples),

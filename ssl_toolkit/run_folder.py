@@ -118,13 +118,17 @@ class RunFolder:
         check_writable_dir(self.path, "--out")
 
     def check_resumable(self) -> None:
-        """Refuse a folder without ``config.yaml`` and ``last.ckpt``, or that cannot be written."""
-        if self.config.is_file() and not self.last_ckpt.is_file():
+        """Refuse a folder without ``config.yaml`` and ``last.ckpt``, or that cannot be written.
+
+        A finished run without its ``last.ckpt`` passes: asked for nothing more it changes
+        nothing, and asked to train further :meth:`check_checkpoint` says how.
+        """
+        if self.config.is_file() and not self.last_ckpt.is_file() and not self.is_finished():
             raise UserError(
                 f"cannot resume {self.path}: it stopped before its first checkpoint (no {self.LAST}); start it again with --overwrite"
             )
         for name in (self.CONFIG, self.LAST):
-            if not (self.path / name).is_file():
+            if not (self.path / name).is_file() and not (name == self.LAST and self.is_finished()):
                 raise UserError(f"cannot resume {self.path}: no {name} in it")
         check_writable_dir(self.path, "--resume")
 
@@ -132,6 +136,11 @@ class RunFolder:
         """Refuse a ``last.ckpt`` that does not load (read memory-mapped: cheap), before anything is written."""
         import torch
 
+        if not self.last_ckpt.is_file() and self.is_finished():
+            raise UserError(
+                f"cannot train {self.path} further: its {self.LAST} is gone (its backbone is kept); "
+                f"a new run can start from that backbone with --init-from {self.path}"
+            )
         try:
             state = torch.load(self.last_ckpt, map_location="cpu", weights_only=True, mmap=True)
             int(state["global_step"])

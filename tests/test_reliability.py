@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,6 +262,19 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     code, _, err = cli("pretrain", "--resume", run, "--lr", "0.5")
     assert code == 2 and err.startswith("error: --resume cannot change trainer.lr")
     assert _tree_bytes(run) == before
+
+    bare = tmp_path / "bare"  # finished, then its last.ckpt deleted: the backbone is all there is
+    shutil.copytree(run, bare)
+    (bare / "last.ckpt").unlink()
+    code, out, err = cli("pretrain", "--resume", bare, "-q")
+    assert code == 0 and "is already finished (1 epoch, 6 steps); nothing changed" in out, err
+    code, _, err = cli("pretrain", "--resume", bare, "--epochs", "2", "-q")
+    assert (code, err) == (
+        2,
+        f"error: cannot train {bare} further: its last.ckpt is gone (its backbone is kept); "
+        f"a new run can start from that backbone with --init-from {bare}\n",
+    )  # not "start it again with --overwrite", which would throw the trained run away
+    assert _tree_bytes(bare) == {k: v for k, v in before.items() if k != "last.ckpt"}
 
     code, _, err = cli("pretrain", "--resume", run, "--epochs", "2", "-q")
     assert code == 0, err
@@ -678,3 +692,49 @@ def test_ctrl_c_after_an_optimiser_step_and_again_as_the_resume_starts_keeps_bat
     meta = pretrain({}, resume=tmp_path / "cut")
     assert meta["steps"] == 8 and seen == whole  # the batch whose step ran is not trained again
     assert rows(tmp_path / "cut") == rows(tmp_path / "whole") == [("0", "3"), ("1", "7")]
+
+
+@pytest.mark.parametrize("task", ["moco", "byol"])
+def test_a_momentum_run_resumed_after_a_ctrl_c_inside_a_step_or_a_crash_ends_as_the_whole_run(task, tmp_path, monkeypatch):
+    """MoCo keeps a queue of keys, MoCo and BYOL momentum copies, and a step changes them (and batch norm's statistics,
+    and the view streams): a resume, from a Ctrl-C's save or from a step checkpoint, repeats and misses none of it."""
+    from safetensors.torch import load_file
+
+    from ssl_toolkit import engine
+    from ssl_toolkit.errors import Interrupted
+
+    monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))
+    queue = {"queue_size": 96} if task == "moco" else {}
+    cfg = tiny_config(task, epochs=2, trainer={"checkpoint_every_n_steps": 2, "online_probe": False}, task_config=queue)
+    step = engine.PretrainModule.training_step
+
+    def stop_inside_step_3(how):
+        def training_step(self, batch, batch_idx):
+            loss = step(self, batch, batch_idx)  # forward done: statistics, queue and views moved on
+            if self.global_step == 3:
+                if how == "ctrl-c":
+                    os.kill(os.getpid(), signal.SIGINT)
+                raise RuntimeError("the machine went away")
+            return loss
+
+        return training_step
+
+    pretrain(cfg, out=tmp_path / "whole")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
+    try:
+        monkeypatch.setattr(engine.PretrainModule, "training_step", stop_inside_step_3("ctrl-c"))
+        with pytest.raises(Interrupted):
+            pretrain(cfg, out=tmp_path / "ctrl-c")
+        monkeypatch.setattr(engine.PretrainModule, "training_step", stop_inside_step_3("crash"))
+        with pytest.raises(RuntimeError, match="went away"):
+            pretrain(cfg, out=tmp_path / "crash")  # last.ckpt: the one written after step 2
+    finally:
+        signal.signal(signal.SIGINT, before)
+    monkeypatch.setattr(engine.PretrainModule, "training_step", step)
+    assert torch.load(tmp_path / "crash" / "last.ckpt", weights_only=True)["global_step"] == 2
+    whole = load_file(tmp_path / "whole" / "backbone.safetensors")
+    for cut in ("ctrl-c", "crash"):
+        pretrain({}, resume=tmp_path / cut)
+        resumed = load_file(tmp_path / cut / "backbone.safetensors")
+        assert resumed.keys() == whole.keys()
+        assert all(torch.equal(resumed[k], whole[k]) for k in whole), cut

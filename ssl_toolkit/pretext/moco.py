@@ -11,6 +11,7 @@ keys from earlier batches.
 from __future__ import annotations
 
 from lightly.loss import NTXentLoss
+from lightly.loss.memory_bank import MemoryBankModule
 from lightly.models.modules import MoCoProjectionHead
 from pydantic import Field, field_validator
 
@@ -60,6 +61,10 @@ class MoCoTask(MomentumTwoViewTask):
         self.loss_fn = NTXentLoss(
             temperature=config.temperature, memory_bank_size=(config.queue_size, config.output_dim), gather_distributed=True
         )
+        # the queue goes into last.ckpt, so a resume contrasts against the keys it had (lightly keeps them out)
+        for bank in (m for m in self.loss_fn.modules() if isinstance(m, MemoryBankModule)):
+            for name in ("bank", "bank_ptr"):
+                bank.register_buffer(name, getattr(bank, name), persistent=True)
 
     def forward(self, backbone, images):
         b = images.shape[0]
