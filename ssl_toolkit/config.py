@@ -7,6 +7,7 @@ config is written next to every run so that any run can be reproduced from its f
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -152,6 +153,11 @@ class BackboneConfig(StrictModel):
         return self
 
 
+def _precision_text(value: Any) -> Any:
+    """``32`` or ``16`` read from YAML as a number: the precision of that name."""
+    return str(value) if type(value) is int and value in (16, 32) else value
+
+
 class TrainerConfig(StrictModel):
     """Optimisation and Lightning Trainer settings.
 
@@ -227,7 +233,9 @@ class TrainerConfig(StrictModel):
     weight_decay: float | None = Field(default=None, ge=0)
     optimizer: Literal["adamw", "sgd", "lars"] | None = None
     warmup_epochs: float = Field(default=0.0, ge=0, le=1e6)
-    precision: Literal["auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16"] = "auto"
+    precision: Annotated[Literal["auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16"], BeforeValidator(_precision_text)] = (
+        "auto"
+    )
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = Field(default=1, ge=1)
@@ -303,7 +311,7 @@ class ProbeConfig(StrictModel):
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     weight_decay: float | None = Field(default=None, ge=0)
     evaluator_config: dict[str, Any] = Field(default_factory=dict)
-    precision: Literal["32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16"] = "32-true"
+    precision: Annotated[Literal["32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16"], BeforeValidator(_precision_text)] = "32-true"
     accelerator: str = "auto"
 
 
@@ -353,7 +361,12 @@ def _union_member(part: Any) -> bool:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (the last would win silently)."""
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the last would win silently).
+
+    It also reads ``1e-3`` as a number, as YAML 1.2 does (PyYAML's YAML 1.1 wants a dot, ``1.0e-3``,
+    and reads ``1e-3`` as text, which a model field turns back into a number but a value
+    inside ``backbone.kwargs`` or a comparison with a saved config does not).
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -365,6 +378,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -407,13 +423,18 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``key=value`` strings (values parsed as YAML scalars) to ``data`` in place."""
+    given: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        if key in given:
+            raise UserError(f"--set {key} is given twice, as {given[key]!r} and as {raw!r}; give it once")
+        given[key] = raw
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        set_dotted(data, key.strip(), value)
+        set_dotted(data, key, value)
     return data

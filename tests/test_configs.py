@@ -116,3 +116,16 @@ def test_a_value_for_a_field_of_several_types_names_the_field_and_what_each_type
     with pytest.raises(UserError) as e:
         validate(PretrainConfig, data)
     assert str(e.value) == f"config: {message}"
+
+
+def test_numbers_read_as_numbers_and_a_key_set_twice_is_refused(tmp_path):
+    data = apply_overrides({}, ["trainer.lr=2e-3", "backbone.kwargs={drop_path_rate: 1e-1}", "trainer.precision=32", "data.name=1e3x"])
+    assert data == {"trainer": {"lr": 0.002, "precision": 32}, "backbone": {"kwargs": {"drop_path_rate": 0.1}}, "data": {"name": "1e3x"}}
+    cfg = validate(PretrainConfig, data)  # a float inside kwargs passes the probability check; 32 is the precision '32'
+    assert cfg.backbone.kwargs == {"drop_path_rate": 0.1} and cfg.trainer.precision == "32"
+    assert validate(ProbeConfig, apply_overrides({}, ["precision=16"])).precision == "16"
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  weight_decay: 1e-4\n  lr: -2E+1\n  epochs: 1_0\n")
+    assert load_yaml(path) == {"trainer": {"weight_decay": 0.0001, "lr": -20.0, "epochs": 10}}
+    with pytest.raises(UserError, match=r"^--set trainer.epochs is given twice, as '2' and as '3'; give it once$"):
+        apply_overrides({}, ["trainer.epochs=2", "trainer.epochs=3"])
