@@ -197,6 +197,9 @@ def run() -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(UserError.exit_code)
     except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # `ssl` or `ssl checkpoints` alone: the help, as --help
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         click.echo(_one_line(e), err=True)
         sys.exit(2)
     except OSError as e:

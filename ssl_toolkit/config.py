@@ -347,7 +347,8 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
             loc = loc[:-1]
             key = ".".join(str(p) for p in loc)
             members = [x for x in e.errors() if tuple(x["loc"])[:-1] == loc and _union_member(x["loc"][-1])]
-            msg = " or ".join(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in members))
+            msgs = list(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in members))
+            msg = msgs[0] + "".join(" or " + m.removeprefix("Input should be ").split(", unable to interpret")[0] for m in msgs[1:])
         whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # a check across fields
         got = "" if whole else f" (got {err.get('input')!r})"
         raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None

@@ -45,6 +45,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return a `did you mean` hint for ``name`` among ``choices`` (or an empty string)."""
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """Return a `did you mean` hint for ``name`` among ``choices`` (or an empty string); case does not count."""
+    by_lower: dict[str, str] = {}
+    for choice in choices:
+        by_lower.setdefault(str(choice).lower(), str(choice))
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""

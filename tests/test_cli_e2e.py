@@ -47,6 +47,13 @@ def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
     assert saved["top1"] == result["top1"]
 
 
+def test_a_command_without_its_subcommand_prints_its_help(cli):
+    for args in ((), ("checkpoints",)):
+        code, out, err = cli(*args)
+        assert (code, err) == (0, "") and out.startswith(f"Usage: ssl {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND [ARGS]...")
+        assert "Commands:" in out and len(out.splitlines()) > 10
+
+
 def test_help_explains_every_option(run_ssl):
     done = run_ssl("pretrain", "--help")
     assert done.returncode == 0

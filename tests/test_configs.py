@@ -97,12 +97,12 @@ def test_a_number_setting_refuses_true_and_false_that_yaml_reads_from_yes_and_no
         (
             "data.stream",
             "maybe",
-            "data.stream: Input should be 'auto' or Input should be a valid boolean, unable to interpret input (got 'maybe')",
+            "data.stream: Input should be 'auto' or a valid boolean (got 'maybe')",
         ),
         (
             "trainer.backbone_chunk",
             0,
-            "trainer.backbone_chunk: Input should be greater than or equal to 1 or Input should be 'auto' (got 0)",
+            "trainer.backbone_chunk: Input should be greater than or equal to 1 or 'auto' (got 0)",
         ),
         ("trainer.epochs", 0, "trainer.epochs: Input should be greater than or equal to 1 (got 0)"),
     ],

@@ -92,6 +92,12 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert code == 0 and "mine" in out and "BEST TOP-1" in out
     code, out, err = cli("checkpoints", "list", "--json", "--backbone", "resnet50")
     assert code == 0 and json.loads(out) == []
+    code, out, err = cli("checkpoints", "list", "--task", "Rotatoin", "--backbone", "vit_small_patch16_224")
+    assert (code, out) == (
+        0,
+        f"no checkpoints in {library_root()} matching the filters (tasks in it: rotation (did you mean 'rotation'?); "
+        "backbones in it: test_resnet)\n",
+    )
     code, out, err = cli("checkpoints", "show", "mine")
     assert code == 0 and "intact" in out and "weights_sha256:" in out and "timm_name: test_resnet" in out
     code, out, err = cli("checkpoints", "show", "mien")

@@ -75,6 +75,8 @@ def test_resume_continues_to_the_planned_epochs(tmp_path):
 def test_unknown_task_and_config_keys_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"unknown task 'rotatoin' \(did you mean 'rotation'\?\)"):
         pretrain(tiny_config("rotatoin"), out=tmp_path / "a")
+    with pytest.raises(UserError, match=r"unknown task 'SimCLR' \(did you mean 'simclr'\?\)"):  # case does not count
+        pretrain(tiny_config("SimCLR"), out=tmp_path / "a")
     bad = tiny_config("rotation")
     bad["trainer"]["learning_rate"] = 0.1
     with pytest.raises(UserError, match=r"unknown key 'trainer.learning_rate'"):

@@ -54,7 +54,7 @@ def test_read_labels_csv_aligns_multi_hot_rows_with_files(tmp_path):
     [
         ("a.png,cat\nmissing.png,dog\n", "row 3: file missing.png does not exist"),
         ("a.png,\n", "row 2: a.png has an empty label set"),
-        ("a.png,cat;;dog\n", "row 2: unknown label ''"),
+        ("a.png,cat;;dog\n", "row 2: an empty label in 'cat;;dog'"),
         ("a.png,cat\na.png,dog\n", "row 3: a.png is listed twice"),
         ("b.png,cat\n", "1 image(s) have no row, e.g. a.png"),
         ("a.png,cat\nb.png,dog\nlabels.csv,cat\n", "row 4: labels.csv is not an image file (.bmp, .gif"),  # silently ignored before

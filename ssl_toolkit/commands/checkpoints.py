@@ -22,6 +22,20 @@ def checkpoints() -> None:
     """
 
 
+def _what_there_is(task: str | None, backbone: str | None) -> str:
+    """For an empty filtered list: the tasks and backbones the library does hold, with a did-you-mean hint."""
+    from ssl_toolkit.errors import did_you_mean
+    from ssl_toolkit.library import list_checkpoints
+
+    rows = [r for r in list_checkpoints() if not r.get("error")]
+    parts = []
+    for asked, key, what in ((task, "task", "tasks"), (backbone, "backbone", "backbones")):
+        held = sorted({str(r[key]) for r in rows if r.get(key)})
+        if asked is not None and held and asked not in held:
+            parts.append(f"{what} in it: {', '.join(held)}{did_you_mean(asked, held)}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 @checkpoints.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 @click.option("--task", help="Only backbones pretrained with this pretext task.")
@@ -37,7 +51,11 @@ def list_cmd(as_json, task, backbone) -> None:
     if not rows:
         click.echo(
             f"no checkpoints in {library_root()}"
-            + (" matching the filters" if task or backbone else "; `ssl pretrain` adds one when it finishes")
+            + (
+                " matching the filters" + _what_there_is(task, backbone)
+                if task or backbone
+                else "; `ssl pretrain` adds one when it finishes"
+            )
         )
         return
     header = ("NAME", "TASK", "BACKBONE", "DATASET", "EPOCHS", "BEST TOP-1", "SIZE", "CREATED")

@@ -59,9 +59,7 @@ def _read_rows(csv_path: Path) -> list[tuple[int, str, list[str]]]:
         if not names:
             raise UserError(f"{csv_path} row {n}: {file} has an empty label set")
         if any(not s for s in names):
-            raise UserError(
-                f"{csv_path} row {n}: unknown label '' in '{labels}' (labels are separated by '{SEPARATOR}', none may be empty)"
-            )
+            raise UserError(f"{csv_path} row {n}: an empty label in '{labels}' (labels are separated by '{SEPARATOR}', none may be empty)")
         out.append((n, file, names))
     return out
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ssl_toolkit.data.augment import BatchedViews, ViewConfig
-from ssl_toolkit.errors import UserError
+from ssl_toolkit.errors import UserError, did_you_mean
 
 POLICIES = ("none", "basic", "randaugment", "autoaugment", "trivialaugment")
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -38,7 +38,10 @@ def check_augment(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     if path.suffix.lower() not in FILE_SUFFIXES:
-        raise UserError(f"--augment {spec}: expected one of {', '.join(POLICIES)} or an albumentations file (.yaml, .yml, .json)")
+        raise UserError(
+            f"--augment {spec}: expected one of {', '.join(POLICIES)} or an albumentations file (.yaml, .yml, .json)"
+            + did_you_mean(spec, POLICIES)
+        )
     load_albumentations(path)
     return spec
 
