@@ -99,6 +99,30 @@ class LazyHelpOption(click.Option):
         return super().get_help_record(ctx)
 
 
+def field_range(model: Any, key: str) -> str:
+    """The bounds a config field enforces, as help shows them: ``8 to 1,024``, ``>= 2``, ``> 0, <= 1``.
+
+    Read from the field itself, so the help and the check cannot disagree.
+    """
+    import annotated_types as at
+
+    def number(x: Any) -> str:
+        return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+    parts = key.split(".")
+    for part in parts[:-1]:
+        model = model.model_fields[part].annotation
+    ge = gt = le = None
+    for m in model.model_fields[parts[-1]].metadata:
+        ge = m.ge if isinstance(m, at.Ge) else ge
+        gt = m.gt if isinstance(m, at.Gt) else gt
+        le = m.le if isinstance(m, at.Le) else le
+    if ge is not None and le is not None:
+        return f"{number(ge)} to {number(le)}"
+    bounds = [f">= {number(ge)}"] if ge is not None else [f"> {number(gt)}"] if gt is not None else []
+    return ", ".join(bounds + ([f"<= {number(le)}"] if le is not None else []))
+
+
 def quiet_libraries() -> None:
     """Keep third-party chatter (tips, banners) out of the user's terminal."""
     import logging

@@ -155,10 +155,16 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         if primary:
             folder.check_resumable()
         changes = config.model_dump(exclude_unset=True) if isinstance(config, PretrainConfig) else config_fields(config)
-        cfg, _ = resume_config(folder, changes)
+        cfg, changed = resume_config(folder, changes)
         meta = finished_state(folder)
         if meta is not None and (reached := limits_reached(cfg, meta)):
             finished = {**meta, "limits_reached": reached}
+            unused = [caller_terms("--logger", "trainer.logger")] if "trainer.logger" in changed else []  # used by training only
+            unused += [caller_terms("--name", "name")] if name is not None else []
+            if unused and primary:
+                _warn(
+                    f"note: {folder} is already finished and nothing is trained, so {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used"
+                )
         elif primary:
             folder.check_checkpoint()  # before config.yaml takes the changes
     else:

@@ -76,3 +76,17 @@ def test_help_explains_every_option(run_ssl):
         "--strategy",
     ):
         assert option in done.stdout, option
+    text = " ".join(done.stdout.split())  # the bounds come from the config fields that check them
+    assert "Square image side in pixels, 8 to 1,024. [default: the dataset's]" in text
+    assert "Images per batch (per device), >= 2. [default: 256]" in text
+
+
+def test_help_ranges_are_read_from_the_fields():
+    from ssl_toolkit.cli import field_range
+    from ssl_toolkit.config import PretrainConfig, ProbeConfig
+    from ssl_toolkit.inspection.config import InspectConfig
+
+    assert field_range(ProbeConfig, "label_fraction") == "> 0, <= 1"
+    assert field_range(InspectConfig, "embed_threshold") == "-1 to 1"
+    assert field_range(PretrainConfig, "trainer.lr") == "> 0"
+    assert field_range(PretrainConfig, "task") == ""

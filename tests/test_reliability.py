@@ -251,8 +251,11 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     assert code == 0, err
     before, library = _tree_bytes(run), _tree_bytes(toolkit_home / "checkpoints")
     code, out, err = cli("pretrain", "--resume", run, "-q")
-    assert code == 0, err
+    assert (code, err) == (0, "")
     assert "is already finished (1 epoch, 6 steps); nothing changed" in out
+    code, out, err = cli("pretrain", "--resume", run, "-q", "--name", "longer", "--logger", "tensorboard")
+    assert code == 0 and "nothing changed" in out
+    assert err == f"note: {run} is already finished and nothing is trained, so --logger, --name are not used\n"
     assert out.strip().endswith(f"To train further: ssl pretrain --resume {run} --epochs N (N > 1)")
     code, out, err = cli("pretrain", "--resume", run, "--epochs", "2", "--set", "trainer.max_steps=6", "-q")
     assert code == 0, err  # the step limit is the one in the way: the hint named --epochs, which had just been given
@@ -276,8 +279,10 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     )  # not "start it again with --overwrite", which would throw the trained run away
     assert _tree_bytes(bare) == {k: v for k, v in before.items() if k != "last.ckpt"}
 
-    code, _, err = cli("pretrain", "--resume", run, "--epochs", "2", "-q")
-    assert code == 0, err
+    code, out, err = cli("pretrain", "--resume", run, "--epochs", "2", "-q")
+    assert code == 0 and out.startswith("pretrained rotation on synthetic: 2 epochs, 12 steps, ") and "s since the resume, loss " in out, (
+        err
+    )
     meta = json.loads((run / "meta.json").read_text())
     assert (meta["epochs"], meta["steps"]) == (2, 12)
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["epochs"] == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, field_range, main, quiet_libraries
 
 
 def _task_help() -> str:
@@ -19,15 +19,32 @@ def _data_help() -> str:
     return f"Dataset name ({', '.join(source_names())}) or image folder. [default: digits]"
 
 
+def _range(key: str) -> str:
+    """The bounds of PretrainConfig's ``key``, for a help text."""
+    from ssl_toolkit.config import PretrainConfig
+
+    return field_range(PretrainConfig, key)
+
+
 @main.command(context_settings=CONTEXT)
 @click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help)
 @click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help)
 @click.option("--backbone", "-b", help="timm model name, or auto. [default: auto: resnet10t on a CPU at 17-32 px, else resnet18]")
-@click.option("--image-size", type=int, help="Square image side in pixels. [default: the dataset's]")
-@click.option("--epochs", type=int, help="Training epochs. [default: 10]")
-@click.option("--batch-size", type=int, help="Images per batch (per device). [default: 256]")
+@click.option(
+    "--image-size",
+    type=int,
+    cls=LazyHelpOption,
+    help_text=lambda: f"Square image side in pixels, {_range('data.image_size')}. [default: the dataset's]",
+)
+@click.option("--epochs", type=int, cls=LazyHelpOption, help_text=lambda: f"Training epochs, {_range('trainer.epochs')}. [default: 10]")
+@click.option(
+    "--batch-size",
+    type=int,
+    cls=LazyHelpOption,
+    help_text=lambda: f"Images per batch (per device), {_range('trainer.batch_size')}. [default: 256]",
+)
 @click.option("--lr", type=FINITE, help="Peak learning rate. [default: the task's]")
-@click.option("--seed", type=int, help="Random seed. [default: 0]")
+@click.option("--seed", type=int, cls=LazyHelpOption, help_text=lambda: f"Random seed, {_range('trainer.seed')}. [default: 0]")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/pretrain/).")
 @click.option(
     "--set",
@@ -127,7 +144,7 @@ def pretrain(
         return
     fm = meta["final_metrics"]
     where = f" ({meta['dataset']['path']})" if meta["dataset"].get("path") else ""
-    line = f"pretrained {meta['task']} on {meta['dataset']['name']}{where}: {_count(meta['epochs'], 'epoch')}, {_count(meta['steps'], 'step')}, {meta['wall_seconds']:.1f}s, loss {_number(meta.get('final_loss'))}"
+    line = f"pretrained {meta['task']} on {meta['dataset']['name']}{where}: {_count(meta['epochs'], 'epoch')}, {_count(meta['steps'], 'step')}, {meta['wall_seconds']:.1f}s{' since the resume' if resume else ''}, loss {_number(meta.get('final_loss'))}"
     if "pretext_acc" in fm:
         line += f", pretext_acc {fm['pretext_acc']:.3f}"
     if "online_top1" in fm:
