@@ -90,6 +90,19 @@ def test_backbone_sees_l_and_probing_feeds_the_same():
     assert torch.allclose(Preprocess.from_meta(meta)(images), x, atol=1e-5)
 
 
+def test_colour_images_that_hold_no_colour_are_refused():
+    facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")
+    task = build_task("colorization", 8, {}, facts)
+    gray = (torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).expand(-1, 3, -1, -1)
+    with pytest.raises(
+        UserError, match=r"^colorization needs colour images; the 20 training images sampled hold none \(a and b at most 0\.0"
+    ):
+        task.fit_data_prior(gray)
+    tinted = gray.clone()
+    tinted[0, 0, 0, 0] = 255 if int(gray[0, 1, 0, 0]) < 200 else 0  # one pixel of colour is enough
+    task.fit_data_prior(tinted)
+
+
 @pytest.mark.parametrize(("key", "value"), [("prior_lambda", 0.0), ("prior_sigma", 1e-30), ("soft_sigma", 1e-30), ("temperature", 1e-40)])
 def test_settings_that_make_the_loss_or_colours_nan_are_refused(key, value):
     facts = DataFacts(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, name="t")

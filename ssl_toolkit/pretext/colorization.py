@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 AB_GRID = 10.0
 AB_RANGE = 110.0
+MIN_CHROMA = 5.0  # Lab a/b magnitude some pixel of a colour set exceeds; JPEG rounding of gray stays near 1
 
 LAB_L = "lab_l"
 
@@ -212,16 +213,22 @@ class ColorizationTask(PretextTask):
         n = images.shape[0]
         sample = images[torch.linspace(0, n - 1, min(n, self.config.prior_images)).round().long()]
         counts = torch.zeros_like(self.prior)
-        l_sum = l_sq = 0.0
+        l_sum = l_sq = chroma = 0.0
         pixels = 0
         for chunk in sample.split(256):
             x = chunk.to(self.bins.device).float().div_(255.0)
             lab = rgb_to_lab(x)  # (b, 3, S, S)
+            chroma = max(chroma, float(lab[:, 1:].abs().amax()))
             ll = lab[:, :1] / 100
             l_sum, l_sq, pixels = l_sum + float(ll.sum()), l_sq + float((ll**2).sum()), pixels + ll.numel()
             ab = self._target_ab(lab)  # (b, 2, h, w)
             near = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins).argmin(dim=1)
             counts += torch.bincount(near, minlength=len(self.bins)).to(counts.dtype)
+        if chroma < MIN_CHROMA:
+            raise UserError(
+                f"colorization needs colour images; the {len(sample):,} training images sampled hold none "
+                f"(a and b at most {chroma:.1f} in Lab): a grayscale set saved as RGB"
+            )
         mean = l_sum / pixels
         self.l_stats.copy_(torch.tensor([mean, max((l_sq / pixels - mean**2) ** 0.5, 1e-3)]))
         self.prior.copy_(counts / counts.sum())
