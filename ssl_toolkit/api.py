@@ -50,6 +50,7 @@ def _no_bool(value: Any) -> Any:
 
 Positive = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
 Seed = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=2**32 - 1)]
+ImageSize = Annotated[int, BeforeValidator(_no_bool), Field(ge=8, le=1024)]  # data.image_size's range
 Flag = StrictBool  # True or False: a string such as "no" is refused, not read as true
 
 F = TypeVar("F", bound=Callable[..., Any])

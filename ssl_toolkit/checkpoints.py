@@ -81,7 +81,11 @@ def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             looked = ", ".join(c.name for c in candidates)
-            raise UserError(f"{p} has no metadata next to it (looked for {looked} in {p.parent}): a backbone needs it to be rebuilt")
+            raise UserError(
+                f"{p} has no metadata next to it (looked for {looked} in {p.parent}): a backbone needs it to be rebuilt; "
+                f"for weights from elsewhere write {candidates[0].name} with backbone.timm_name, backbone.kwargs, "
+                "in_chans, image_size, mean and std (docs/checkpoints.md, 'Weights from elsewhere')"
+            )
         meta = found
     if not meta.is_file():
         raise UserError(f"{meta} is missing: a backbone needs its metadata to be rebuilt")

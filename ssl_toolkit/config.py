@@ -339,6 +339,8 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(str(loc[-1]), _field_names(model, loc))
+            if hint and len(loc) > 1:  # the key as it is written: trainer.epochs, not epochs
+                hint = hint.replace(" '", f" '{'.'.join(str(p) for p in loc[:-1])}.", 1)
             raise UserError(f"{what}: unknown key '{key}'{hint}") from None
         msg = err["msg"].removeprefix("Value error, ")
         if loc and _union_member(loc[-1]) and loc[-1] not in _field_names(model, loc):

@@ -82,7 +82,7 @@ def load_entry_points(
         taken = (registered or {}).get(ep.name)
         if taken is not None and getattr(taken, "__module__", None) != ep.module:
             holder = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', type(taken).__name__)}"
-            warn("plugin '%s' of %s (%s) is not loaded: the name is taken by %s", ep.name, dist, group, holder)
+            warn("warning: plugin '%s' of %s (%s) is not loaded: the name is taken by %s", ep.name, dist, group, holder)
             continue
         try:
             obj = ep.load()
@@ -93,5 +93,5 @@ def load_entry_points(
                 raise TypeError(f"{what} registers nothing (a class needs its registering decorator, e.g. @register_task)")
         except (Exception, SystemExit) as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
             failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
-            warn("plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
+            warn("warning: plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
     return failed

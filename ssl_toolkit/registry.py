@@ -120,7 +120,11 @@ class Registry(Generic[T]):
             if name in self._failed:
                 raise UserError(f"{self.kind} plugin '{name}' did not load: {self._failed[name]}") from None
             valid = ", ".join(sorted(self._items))
-            raise UserError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; valid: {valid}") from None
+            # a module that failed registers none of its names, not only the entry point's
+            failed = "".join(
+                f"; plugin '{n}' did not load, so nothing it registers is here: {why}" for n, why in sorted(self._failed.items())
+            )
+            raise UserError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; valid: {valid}{failed}") from None
 
     def names(self) -> list[str]:
         """Every registered name, sorted (built-ins and plugins)."""

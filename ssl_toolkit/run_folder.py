@@ -123,6 +123,8 @@ class RunFolder:
         A finished run without its ``last.ckpt`` passes: asked for nothing more it changes
         nothing, and asked to train further :meth:`check_checkpoint` says how.
         """
+        if not self.path.is_dir():
+            raise UserError(f"cannot resume {self.path}: {'no such folder' if not self.path.exists() else 'not a folder'}")
         if self.config.is_file() and not self.last_ckpt.is_file() and not self.is_finished():
             raise UserError(
                 f"cannot resume {self.path}: it stopped before its first checkpoint (no {self.LAST}); start it again with --overwrite"

@@ -59,6 +59,8 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
             r"^embed\(\): takes at most 6 positional arguments; 9 is one too many$",
         ),
         (lambda p: st.show_checkpoint(), r"^show_checkpoint\(\): missing required argument: name$"),
+        (lambda p: st.shard(p, p / "s", image_size=True), r"^shard\(\): image_size: should be a number, not true \(got True\)$"),
+        (lambda p: st.pretrain(resume=p / "nope"), r"^cannot resume .*nope: no such folder$"),
         (lambda p: st.pretrain({}, out=5), r"^pretrain\(\): out should be str \| Path \| None \(got 5\)$"),
         (lambda p: st.probe(123), r"^probe\(\): target should be str \| Path \| None \(got 123\)$"),
         (lambda p: st.load_backbone(None), r"^load_backbone\(\): target should be str \| Path \(got None\)$"),

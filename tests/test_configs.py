@@ -49,7 +49,7 @@ def test_overrides_reach_nested_keys_and_unknown_keys_get_a_hint():
     data = apply_overrides({}, ["trainer.lr=0.5", "data.name=synthetic", "task_config.views.flip_p=0"])
     cfg = validate(PretrainConfig, data)
     assert cfg.trainer.lr == 0.5 and cfg.data.name == "synthetic" and cfg.task_config == {"views": {"flip_p": 0}}
-    with pytest.raises(UserError, match=r"unknown key 'data.imagesize' \(did you mean 'image_size'\?\)"):
+    with pytest.raises(UserError, match=r"unknown key 'data.imagesize' \(did you mean 'data.image_size'\?\)"):
         validate(PretrainConfig, apply_overrides({}, ["data.imagesize=32"]))
 
 

@@ -134,8 +134,26 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert (code, err) == (
         2,
         f"error: {lone} has no metadata next to it (looked for w.safetensors.json, w.json, meta.json in {lone.parent}): "
-        "a backbone needs it to be rebuilt\n",
+        "a backbone needs it to be rebuilt; for weights from elsewhere write w.safetensors.json with backbone.timm_name, "
+        "backbone.kwargs, in_chans, image_size, mean and std (docs/checkpoints.md, 'Weights from elsewhere')\n",
     )
+
+
+def test_weights_from_plain_timm_with_the_documented_metadata_are_probed_and_imported(tmp_path, cli):
+    import timm
+
+    doc = (Path(__file__).parents[1] / "docs" / "checkpoints.md").read_text()
+    example = json.loads(doc.split("### Weights from elsewhere")[1].split("```json")[1].split("```")[0])
+    example.update(image_size=8, mean=[0.5], std=[0.25])  # digits' size
+    model = timm.create_model(example["backbone"]["timm_name"], **example["backbone"]["kwargs"])
+    save_file(model.state_dict(), tmp_path / "r18.safetensors")
+    (tmp_path / "r18.safetensors.json").write_text(json.dumps(example))
+    code, out, err = cli("probe", tmp_path / "r18.safetensors", "--data", "digits", "--mode", "knn", "--json")
+    assert code == 0 and "is loaded unverified" in err and 0.1 < json.loads(out.splitlines()[-1])["top1"] <= 1
+    code, out, err = cli("checkpoints", "import", tmp_path / "r18.safetensors", "--name", "r18")
+    assert code == 0, err
+    entry = st.show_checkpoint("r18")
+    assert entry["intact"] and entry["backbone"]["timm_name"] == "resnet18" and entry["in_chans"] == 1
 
 
 @pytest.mark.slow

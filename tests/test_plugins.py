@@ -49,6 +49,14 @@ def test_registry_imports_its_package_and_entry_points_once(tmp_path, monkeypatc
         assert REG.names() == ["one", "two"]
     assert "plugin 'broken' of demo-ext (demo.things) failed to load: ModuleNotFoundError" in caplog.text
     assert REG.get("two") == 2 and "one" in REG
+    from ssl_toolkit.errors import UserError
+
+    with pytest.raises(UserError) as e:  # a name the broken module might have registered: the failure is named with it
+        REG.get("three")
+    assert str(e.value) == (
+        "unknown thing 'three'; valid: one, two; plugin 'broken' did not load, so nothing it registers is here: "
+        "demo-ext (demo_no_such_module): ModuleNotFoundError: No module named 'demo_no_such_module'"
+    )
     caplog.clear()
     REG.names()
     assert caplog.text == ""  # discovery runs once
@@ -264,7 +272,10 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
     assert tasks[0] == 0, tasks[2]
     rows = {r["name"]: r for r in json.loads(tasks[1])}
     assert "plain-task" not in rows and rows["needs-width"]["needs"] == "settings width" and "rotation" in rows
-    assert "plugin 'plain-task' of bad-plugins (ssl_toolkit.tasks) failed to load: UserError: register_task('plain-task') needs" in tasks[2]
+    assert (
+        "\nwarning: plugin 'plain-task' of bad-plugins (ssl_toolkit.tasks) failed to load: UserError: register_task('plain-task') needs"
+        in ("\n" + tasks[2])
+    )
     assert probe_help[0] == 0 and "knn: k, temperature" in " ".join(probe_help[1].split())  # help reads every evaluator's settings
     assert (
         "plugin 'dict-settings' of bad-plugins (ssl_toolkit.evaluators) failed to load: UserError: probe mode 'dict-settings': "

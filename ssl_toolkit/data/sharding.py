@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field
-
-from ssl_toolkit.api import Positive, public
+from ssl_toolkit.api import ImageSize, Positive, public
 from ssl_toolkit.errors import UserError
 
 #: The data settings that decide what is written: which files, their split and labels.
@@ -32,7 +30,7 @@ def unused_setting(key: str) -> UserError:
 def shard(
     folder: str | Path,
     out: str | Path,
-    image_size: Annotated[int, Field(ge=8, le=1024)] = 224,
+    image_size: ImageSize = 224,
     chunk_bytes: str = "64MB",
     workers: Positive | None = None,
     data: dict[str, Any] | None = None,
