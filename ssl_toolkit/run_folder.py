@@ -232,12 +232,12 @@ class RunFolder:
         With ``keep`` (a resumed run), the lines already there stay first (files that went
         bad mid-run before the resume) and only files not listed yet are added.
         """
-        from ssl_toolkit.data.skip_list import listed_names, skip_line
+        from ssl_toolkit.data.skip_list import absolute, listed_names, skip_line
 
         kept = self.skipped.read_bytes() if keep and self.skipped.is_file() else b""
         kept += b"\n" if kept and not kept.endswith(b"\n") else b""
         listed = set(listed_names(kept))
-        added = b"".join(skip_line(p, why) for p, why in skipped if os.fsencode(p) not in listed)
+        added = b"".join(skip_line(p, why) for p, why in skipped if absolute(p) not in listed)
         atomic_write_bytes(self.skipped, kept + added)
 
 

@@ -221,7 +221,8 @@ def test_a_killed_run_resumes_mid_epoch_without_repeating_or_skipping(shards, tm
         assert len(rows) == len(set(rows)) == 2 * per_epoch, (e, epoch, sorted({ep for ep, _ in after}), len(after))
 
 
-def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut", [1, 3], ids=["second-step", "first-step-of-the-second-epoch"])
+def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_path, monkeypatch, cut):
     import ssl_toolkit as st
     from ssl_toolkit import engine
     from ssl_toolkit.errors import Interrupted
@@ -231,8 +232,8 @@ def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_pa
     rank0 = Path(f"{log}.rank0")
     step = engine.PretrainModule.training_step
 
-    def ctrl_c_in_the_second_step(self, batch, batch_idx):
-        if self.global_step == 1:  # one step trained; the second batch is handed over, then cut short
+    def ctrl_c_in_a_step(self, batch, batch_idx):
+        if self.global_step == cut:  # `cut` steps trained; the next batch is handed over, then cut short
             os.kill(os.getpid(), signal.SIGINT)
         return step(self, batch, batch_idx)
 
@@ -240,23 +241,26 @@ def test_a_ctrl_c_during_a_step_resumes_at_the_batch_it_cut_short(shards, tmp_pa
         "task": "rotation",
         "data": {"name": str(shards), "workers": 0},  # in-process reading: the state is the same, and it starts at once
         "backbone": {"name": TINY_BACKBONE},
-        "trainer": {"epochs": 1, "batch_size": 8, "online_probe": False},  # 31 rows: 3 batches of 8
+        "trainer": {"epochs": 2, "batch_size": 8, "online_probe": False},  # 31 rows: 3 batches of 8 per epoch
     }
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in an `ssl` process
     try:
-        monkeypatch.setattr(engine.PretrainModule, "training_step", ctrl_c_in_the_second_step)
+        monkeypatch.setattr(engine.PretrainModule, "training_step", ctrl_c_in_a_step)
         with pytest.raises(Interrupted):
             st.pretrain(cfg, out=tmp_path / "run")
     finally:
         signal.signal(signal.SIGINT, before)
     monkeypatch.setattr(engine.PretrainModule, "training_step", step)
-    handed = [row for _, row in read_log(rank0)]
-    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 1 and len(handed) == 16
-    meta = st.pretrain({"trainer": {"epochs": 1}}, resume=tmp_path / "run")
-    after = [row for _, row in read_log(rank0)[len(handed) :]]
-    assert after[:8] == handed[8:16]  # the batch cut short comes again, first
-    assert len(handed[:8] + after) == len(set(handed[:8] + after)) == 24  # every row of the epoch trained once (3 batches)
-    assert meta["steps"] == 3, meta
+    handed = read_log(rank0)
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == cut and len(handed) == 8 * (cut + 1)
+    meta = st.pretrain({"trainer": {"epochs": 2}}, resume=tmp_path / "run")
+    after = read_log(rank0)[len(handed) :]
+    assert after[:8] == handed[-8:]  # the batch cut short comes again, first, in its epoch (litdata counts from 1)
+    trained = handed[:-8] + after
+    for epoch in (1, 2):  # each epoch's own order, every row of it trained once (3 batches)
+        rows = [row for e, row in trained if e == epoch]
+        assert len(rows) == len(set(rows)) == 24, (epoch, trained)
+    assert {e for e, _ in trained} == {1, 2} and meta["steps"] == 6, meta
 
 
 @pytest.mark.slow
@@ -288,6 +292,50 @@ def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_w
     time.sleep(1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # and no worker writes on
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(out).encode() in _read_or_empty(p)]  # none is left
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_as_a_writer_starts_a_process_of_its_own_leaves_no_process_behind(tmp_path):
+    root = make_folder(tmp_path / "imgs", n_per_class=4, size=(32, 32))
+    pid_file = tmp_path / "remover.pid"
+    # the signal reaches the command and the first writer just after that writer forked its remover and
+    # before multiprocessing listed it (the remover, forked after the signal went out, gets none)
+    racing = (
+        "import os, signal, sys\n"
+        "import multiprocessing.process as mpp\n"
+        "from litdata.processing import data_processor as d\n"
+        "start = d.BaseWorker._start_remover\n"
+        "def start_then_ctrl_c(self):\n"
+        "    start(self)\n"
+        "    if self.worker_index == 0 and getattr(self, 'remover', None) is not None:\n"
+        "        mpp._children.discard(self.remover)\n"
+        f"        open({str(pid_file)!r}, 'w').write(str(self.remover.pid))\n"
+        "        os.kill(os.getppid(), signal.SIGINT)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "d.BaseWorker._start_remover = start_then_ctrl_c\n"
+        "from ssl_toolkit.cli import run\n"
+        "sys.argv = ['ssl', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+    args = [sys.executable, "-c", racing, "shard", str(root), "--out", str(tmp_path / "sh"), "--workers", "2"]
+    with open(tmp_path / "err", "w") as err:  # a file, not a pipe: a process left behind would hold a pipe open
+        code = subprocess.run(
+            args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=err, timeout=120
+        ).returncode
+    stderr = (tmp_path / "err").read_text()
+    assert code == 130 and stderr.strip().splitlines()[-1] == "interrupted: no shards were written", stderr
+    remover = int(pid_file.read_text())
+
+    def state() -> bytes:
+        return _read_or_empty(Path(f"/proc/{remover}/stat")).split(b") ")[-1][:1]
+
+    deadline = time.time() + 10
+    while time.time() < deadline and state() not in (b"", b"Z"):
+        time.sleep(0.1)
+    left = state()
+    if left not in (b"", b"Z"):
+        os.kill(remover, signal.SIGKILL)
+    assert left in (b"", b"Z")  # gone (or dead, not yet reaped)
 
 
 def test_a_sigterm_while_the_folder_is_scanned_is_one_line_and_exit_143(tmp_path):

@@ -327,6 +327,20 @@ def test_probe_embed_and_report_read_a_streaming_folder(tmp_path):
     assert (tmp_path / "report.html").stat().st_size > 10_000 and rep["labelled"]
 
 
+def test_a_file_named_relatively_then_absolutely_is_listed_once(tmp_path, monkeypatch):
+    """A run names its folder as typed (relative), its resume as config.yaml records it (absolute)."""
+    from ssl_toolkit.run_folder import RunFolder
+
+    monkeypatch.chdir(tmp_path)
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_skipped([("photos/a/bad.jpg", "broken")])  # the first run, --data photos
+    SkipLog(folder.skipped).record("photos/b/late.jpg", "truncated")  # a worker of the first run
+    SkipLog(folder.skipped).record(str(tmp_path / "photos/b/late.jpg"), "truncated")  # a worker of the resume
+    folder.write_skipped([(str(tmp_path / "photos/a/bad.jpg"), "broken")], keep=True)  # the resume
+    assert folder.skipped.read_text().splitlines() == [f"{tmp_path}/photos/a/bad.jpg\tbroken", f"{tmp_path}/photos/b/late.jpg\ttruncated"]
+
+
 def test_names_with_tabs_newlines_and_backslashes_keep_skipped_txt_one_line_per_file(tmp_path):
     """A tab or newline in a file name split its line (path<TAB>reason) in two, or added a field."""
     from ssl_toolkit.data.skip_list import listed_names

@@ -331,6 +331,10 @@ class ShardTrainLoader(litdata.StreamingDataLoader):
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         super().load_state_dict(obj)
         self._restored_now = True
+        if not self.restore and self._num_samples_yielded_streaming == 0 and int(obj.get("current_epoch", 0)) > 0:
+            # an epoch begun and none of it trained (a Ctrl-C in its first step): litdata would
+            # start the epoch after it, with another order; the resume starts that epoch again
+            self.current_epoch = int(obj["current_epoch"]) - 1
 
     def rewind_to(self, trained: int) -> int:
         """Count only the first ``trained`` batches of this epoch as handed over; returns the batches taken back.
@@ -579,11 +583,14 @@ def _stoppable_workers() -> Iterator[None]:
         (a writer's uploader and remover), then end by the signal itself, as a spawned one would."""
         if os.getpid() != parent:
             signal.signal(signum, signal.SIG_DFL)
-            ended(multiprocessing.active_children())
+            # /proc lists a process as soon as it is forked; multiprocessing only once start()
+            # returns, so a signal during a start would leave the new process running alone
+            ended(multiprocessing.active_children(), _descendants(os.getpid()))
             os.kill(os.getpid(), signum)
 
-    def ended(processes: list[Any]) -> None:
-        below = {w.pid: _descendants(w.pid) for w in processes}
+    def ended(processes: list[Any], below: list[int] | None = None) -> None:
+        """Stop ``processes`` and then every process that was below them or is in ``below`` (SIGKILL, if still there)."""
+        below = [*(below or []), *(pid for w in processes for pid in _descendants(w.pid))]
         for w in processes:
             w.terminate()
         for w in processes:
@@ -591,9 +598,9 @@ def _stoppable_workers() -> Iterator[None]:
             if w.is_alive():  # a signal that reaches a process in its first moments after the fork is lost
                 w.kill()
                 w.join()
-                for pid in below[w.pid]:  # it could not stop its own
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+        for pid in below:  # one its parent did not stop: started as the signal came, or by a parent that could not
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def stop(processor: Any, signum: int, frame: Any) -> None:
         as_a_forked_process(signum)

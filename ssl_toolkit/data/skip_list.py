@@ -17,15 +17,24 @@ _ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
 _UNESCAPES = {v: k for k, v in _ESCAPES.items()}
 
 
+def absolute(path: str | bytes) -> bytes:
+    """``path`` as the list writes and compares it: absolute, as bytes.
+
+    A run names its data folder as typed the first time and as an absolute path when it is
+    resumed (its ``config.yaml`` records that), so the list names every file absolutely.
+    """
+    return os.path.abspath(os.fsencode(path))
+
+
 def skip_line(path: str | bytes, reason: str) -> bytes:
-    """One line of the list (newline included): the path escaped, a tab, the reason."""
-    name = re.sub(rb"[\\\t\n\r]", lambda m: _ESCAPES[m.group()], os.fsencode(path))
+    """One line of the list (newline included): the path (made absolute) escaped, a tab, the reason."""
+    name = re.sub(rb"[\\\t\n\r]", lambda m: _ESCAPES[m.group()], absolute(path))
     return name + b"\t" + terminal_safe(reason).encode("utf-8", "surrogateescape") + b"\n"
 
 
 def listed_names(data: bytes) -> list[bytes]:
-    """The paths (as bytes, escapes undone) named by the lines ``data`` holds, in order."""
-    return [os.fsencode(path) for path, _ in listed_entries(data)]
+    """The paths (as bytes, escapes undone, made absolute: :func:`absolute`) named by the lines ``data`` holds, in order."""
+    return [absolute(path) for path, _ in listed_entries(data)]
 
 
 def listed_entries(data: bytes) -> list[tuple[str, str]]:

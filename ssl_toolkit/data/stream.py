@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_toolkit.data.images import READ_ERRORS, Box, TooLarge, center_square, decode_crops, failure_reason, random_resized_box
 from ssl_toolkit.data.index import FileIndex, PathIds
 from ssl_toolkit.data.layout import shown
-from ssl_toolkit.data.skip_list import listed_names, skip_line
+from ssl_toolkit.data.skip_list import absolute, listed_names, skip_line
 from ssl_toolkit.data.stage import CENTER, WorkerStage
 from ssl_toolkit.errors import UserError, WorkerUserError
 from ssl_toolkit.terminal import terminal_safe
@@ -100,7 +100,7 @@ class SkipLog:
 
 def _append_once(path: Path, file: str, reason: str) -> bool:
     """Append ``file<TAB>reason`` to the log at ``path`` unless it names ``file`` already; whether it was appended."""
-    name = file.encode("utf-8", "surrogateescape")
+    name = absolute(file.encode("utf-8", "surrogateescape"))
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # check and append as one step, across processes (released on close)
@@ -140,7 +140,7 @@ class FileSplit:
 
     def readable(self) -> int:
         """Files of the split, less those its run listed in ``skip_log`` as gone bad (all of them without a log)."""
-        root = os.fsencode(str(self.index.root)) + os.sep.encode()
+        root = absolute(str(self.index.root)) + os.sep.encode()
         gone = [p[len(root) :] for p in listed_files(self.skip_log) if p.startswith(root)]
         if not gone:
             return len(self)
