@@ -50,9 +50,12 @@ def test_shards_train_and_evaluate(shards, tmp_path):
     from ssl_toolkit.config import DataConfig
     from ssl_toolkit.data.shards import ShardSplit
     from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.errors import UserError
 
     src = load_source(DataConfig(name=str(shards)))
     assert isinstance(src.train, ShardSplit) and (len(src.train), len(src.test), src.image_size) == (31, 4, 32)
+    with pytest.raises(UserError, match=r"^data.test_fraction applies to digits and an image folder only, not to .*shards: leave it out$"):
+        load_source(DataConfig(name=str(shards), test_fraction=0.5))  # their split was fixed when they were written
     assert src.train.labels.tolist().count(0) == 15 and src.image(0).shape == (3, 32, 32) if hasattr(src, "image") else True
     cfg = {
         "task": "simclr",
@@ -497,7 +500,7 @@ def test_python_shard_mirrors_ssl_shard(tmp_path):
         st.shard(root, tmp_path / "s", data={"image_size": 16})
     with pytest.raises(UserError, match=r"^shard\(\): workers: should be a number, not true"):
         st.shard(root, tmp_path / "s", workers=True)
-    with pytest.raises(UserError, match=r"^chunk_bytes='1 byte': give a positive size with its unit"):
+    with pytest.raises(UserError, match=r"^chunk_bytes='1 byte': give a size of 1 byte or more with its unit \(b, kb, mb, gb, tb\)"):
         st.shard(root, tmp_path / "s", chunk_bytes="1 byte")
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
@@ -511,6 +514,11 @@ def test_python_shard_mirrors_ssl_shard(tmp_path):
     assert (multiprocessing.get_start_method(allow_none=True), dict(os.environ)) == (method, env)
     assert (result["n_train"], result["n_test"], result["image_size"], result["out"]) == (6, 4, 16, str(tmp_path / "s"))
     assert json.loads((tmp_path / "s" / "ssl_shards.json").read_text())["n_train"] == 6
+    with pytest.raises(UserError, match=r"holds shards already \(ssl_shards.json\): use it as it is, with data=.*s$"):
+        st.shard(tmp_path / "s", tmp_path / "again")
+    (tmp_path / "s" / "ssl_shards.json").unlink()
+    with pytest.raises(UserError, match=r"; it looks like shards that lost ssl_shards.json: write them again with ssl shard$"):
+        st.inspect_data(tmp_path / "s")
 
 
 def test_a_run_that_max_steps_cut_mid_epoch_resumes_inside_that_epoch_on_shards(shards, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
     help="Default training size recorded with the shards (files keep their original pixels).",
 )
 @click.option("--chunk-bytes", default="64MB", show_default=True, help="Target size of one chunk file.")
-@click.option("--workers", type=POSITIVE, default=None, help="Writer processes. [default: the CPU count]")
+@click.option("--workers", type=POSITIVE, default=None, help="Writer processes, at most 4 per core. [default: the CPU count]")
 @click.option(
     "--set",
     "overrides",

@@ -318,6 +318,8 @@ def folder_layout(root: Path) -> FolderLayout:
         if alone and layout.unused.images:  # a split folder without its other half
             pair = "test/ or val/" if alone[0] == "train" else "train/"
             extra += f" ({alone[0]}/ needs {pair} beside it; for a seeded split of its images use --data {split_dirs[alone[0]]})"
+        if any((root / split / "index.json").is_file() for split in ("train", "test")):  # litdata's index of a shard split
+            extra += "; it looks like shards that lost ssl_shards.json: write them again with ssl shard"
         raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){extra}")
     return layout
 

@@ -51,14 +51,21 @@ def shard(
     """
     from ssl_toolkit.config import DataConfig, validate
     from ssl_toolkit.data.shards import write_shards
+    from ssl_toolkit.data.sources import SHARD_INFO
     from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
     from ssl_toolkit.outputs import check_writable_dir
 
     if not Path(folder).expanduser().is_dir():
         raise UserError(f"data path is not a folder: {folder}")
+    if (Path(folder).expanduser() / SHARD_INFO).is_file():
+        raise UserError(f"{folder} holds shards already ({SHARD_INFO}): use it as it is, with --data {folder}")
+    if not str(out).strip():
+        raise UserError("--out is empty: name a new folder for the shards")
     size = CHUNK_SIZE.fullmatch(chunk_bytes)
     if size is None or float(size[1]) * 1000 ** "bkmgt".index(size[2][0].lower()) < 1:  # litdata's units: kb = 1000 bytes
-        raise UserError(f"--chunk-bytes {chunk_bytes!r}: give a positive size with its unit (1 byte or more), such as 64MB or 500kb")
+        raise UserError(
+            f"--chunk-bytes {chunk_bytes!r}: give a size of 1 byte or more with its unit (b, kb, mb, gb, tb), such as 64MB or 500kb"
+        )
     settings = dict(data or {})
     cfg = validate(DataConfig, {**settings, "name": str(Path(folder).expanduser())}, what="data")
     for key in settings:
@@ -70,6 +77,9 @@ def shard(
             f"--workers {workers}: at most {CPU_PROCESSES_PER_CORE * cores} writer processes on {cores} cores ({CPU_PROCESSES_PER_CORE} per core)"
         )
     target = Path(out).expanduser()
+    source_dir = Path(folder).expanduser().resolve()
+    if target.resolve() == source_dir or source_dir in target.resolve().parents:
+        raise UserError(f"--out {out} is inside {folder}: its chunks would sit among the images; choose a folder outside it")
     if target.is_dir() and any(target.iterdir()):
         raise UserError(f"--out {out} already holds files; choose a new folder")
     check_writable_dir(target, "--out")

@@ -102,6 +102,7 @@ SOURCE_SETTINGS = {
     "synthetic_classes": ("synthetic",),
     "path": ("fashion-mnist",),
     "labels": ("an image folder",),
+    "test_fraction": ("digits", "an image folder"),  # the others' splits are fixed (Fashion-MNIST's, synthetic's, the shards')
 }
 
 
