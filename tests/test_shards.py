@@ -40,6 +40,11 @@ def shards(shards_once, tmp_path) -> Path:
     return Path(shutil.copytree(shards_once, tmp_path / "shards"))
 
 
+def ssl_program(*prelude: str) -> str:
+    """A ``python -c`` program: the ``prelude`` lines (patches), then the ``ssl`` command with the program's arguments."""
+    return "".join(prelude) + "from ssl_toolkit.cli import run\nsys.argv = ['ssl', *sys.argv[1:]]\nrun()\n"
+
+
 def read_log(path: Path) -> list[tuple[int, int]]:
     lines = path.read_text().split() if path.is_file() else []
     return [(int(e), int(r)) for e, r in zip(lines[::2], lines[1::2])]
@@ -272,14 +277,11 @@ def test_an_interrupted_shard_run_exits_130_or_143_and_leaves_no_shards_and_no_w
     root = make_folder(tmp_path / "imgs", n_per_class=60, size=(32, 32))
     out = tmp_path / "sh"
     # each item slowed to 50 ms, so that the signal lands while litdata's writers work (they take ~0.2 s otherwise)
-    slowed = (
+    slowed = ssl_program(
         "import sys, time\n"
         "from ssl_toolkit.data import shards\n"
         "read = shards._item\n"
         "shards._item = lambda job: (time.sleep(0.05), read(job))[1]\n"
-        "from ssl_toolkit.cli import run\n"
-        "sys.argv = ['ssl', *sys.argv[1:]]\n"
-        "run()\n"
     )
     args = [sys.executable, "-c", slowed, "shard", str(root), "--out", str(out), "--workers", "2", "--chunk-bytes", "8kb"]
     proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -303,7 +305,7 @@ def test_a_ctrl_c_as_a_writer_starts_a_process_of_its_own_leaves_no_process_behi
     pid_file = tmp_path / "remover.pid"
     # the signal reaches the command and the first writer just after that writer forked its remover and
     # before multiprocessing listed it (the remover, forked after the signal went out, gets none)
-    racing = (
+    racing = ssl_program(
         "import os, signal, sys\n"
         "import multiprocessing.process as mpp\n"
         "from litdata.processing import data_processor as d\n"
@@ -316,9 +318,6 @@ def test_a_ctrl_c_as_a_writer_starts_a_process_of_its_own_leaves_no_process_behi
         "        os.kill(os.getppid(), signal.SIGINT)\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "d.BaseWorker._start_remover = start_then_ctrl_c\n"
-        "from ssl_toolkit.cli import run\n"
-        "sys.argv = ['ssl', *sys.argv[1:]]\n"
-        "run()\n"
     )
     args = [sys.executable, "-c", racing, "shard", str(root), "--out", str(tmp_path / "sh"), "--workers", "2"]
     with open(tmp_path / "err", "w") as err:  # a file, not a pipe: a process left behind would hold a pipe open
@@ -343,13 +342,10 @@ def test_a_ctrl_c_as_a_writer_starts_a_process_of_its_own_leaves_no_process_behi
 
 def test_a_sigterm_while_the_folder_is_scanned_is_one_line_and_exit_143(tmp_path):
     root = make_folder(tmp_path / "imgs", n_per_class=2, size=(32, 32))
-    scanning = (  # the scan held up until the signal comes
+    scanning = ssl_program(  # the scan held up until the signal comes
         "import sys, time\n"
         "from ssl_toolkit.data import folder\n"
         "folder.load_folder = lambda *a, **k: (print('scanning', flush=True), time.sleep(60))\n"
-        "from ssl_toolkit.cli import run\n"
-        "sys.argv = ['ssl', *sys.argv[1:]]\n"
-        "run()\n"
     )
     args = [sys.executable, "-c", scanning, "shard", str(root), "--out", str(tmp_path / "sh")]
     proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
