@@ -257,7 +257,7 @@ def create_backbone(
         examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "resnet10t", "convnext_atto", "vit_tiny_patch16_224"))
         raise UserError(f"unknown backbone '{cfg.name}'{did_you_mean(cfg.name, names)}; any timm model name works, e.g. {examples}")
     fam = family_of(cfg.name)
-    if cfg.stem_pool is False and fam != "resnet":
+    if cfg.stem_pool is not None and fam != "resnet":  # true would be recorded, and read, as a choice that was made
         raise UserError(f"backbone '{cfg.name}' has no ResNet-style stem max-pool; leave backbone.stem_pool unset")
     # stem_pool=true asks for timm's stem with its max-pool, so the small-stem rule does not apply
     small_choice = False if cfg.stem_pool and cfg.small_stem is None and fam == "resnet" else cfg.small_stem

@@ -109,8 +109,9 @@ def test_a_resnet_with_timms_stem_drops_its_max_pool_at_32_px_and_less():
     small = create_backbone(BackboneConfig(name="test_resnet"), 1, 16, cpu)[1]
     assert small.small_stem and small.stem_pool is False  # the small stem has no max-pool either
     assert create_backbone(BackboneConfig(name="test_vit"), 3, 28)[1].stem_pool  # other families: nothing to drop
-    with pytest.raises(UserError, match="'test_vit' has no ResNet-style stem max-pool"):
-        create_backbone(BackboneConfig(name="test_vit", stem_pool=False), 3, 28)
+    for stem_pool in (False, True):  # either way a choice the family cannot make
+        with pytest.raises(UserError, match="'test_vit' has no ResNet-style stem max-pool; leave backbone.stem_pool unset$"):
+            create_backbone(BackboneConfig(name="test_vit", stem_pool=stem_pool), 3, 28)
     with pytest.raises(UserError, match="small_stem=true has no max-pool; leave stem_pool unset"):
         validate(PretrainConfig, {"backbone": {"small_stem": True, "stem_pool": True}})
 

@@ -246,10 +246,17 @@ def test_knn_vote_stays_finite_and_exact_at_a_small_temperature():
 
 
 def test_knn_evaluator_reports_each_k():
+    from ssl_toolkit.eval.probe import evaluation_report
+
     ctx = make_ctx("knn", evaluator_config={"k": 50})
     scores, facts = EVALUATORS.get("knn")(ctx.cfg).evaluate(ctx)
     assert facts["k"] == 50 and set(facts["top1_by_k"]) == {"50", "20", "1"}
     assert scores.shape == (48, ctx.source.num_classes)
+    for t in (0.1, 1e9):  # at 1e9 the votes differ below float32's resolution: top1 reads them as top1_by_k does
+        ctx = make_ctx("knn", evaluator_config={"k": 50, "temperature": t})
+        scores, facts = EVALUATORS.get("knn")(ctx.cfg).evaluate(ctx)
+        labels, classes = ctx.source.test.labels, ctx.source.num_classes
+        assert evaluation_report("multiclass", scores, labels, classes, None)["top1"] == facts["top1_by_k"]["50"]
 
 
 def test_label_subset_is_stratified_exact_and_seeded():

@@ -371,7 +371,8 @@ def evaluation_report(
     recall (binary); mAP, per-class AP and micro/macro F1 (multi-label). ``top1`` is the
     accuracy of single-label predictions and ``None`` for multi-label data."""
     if kind == "multiclass":
-        return {"metric": "top1", **classification_report(scores.float(), labels, num_classes)}
+        # float64: kNN votes at a large temperature differ below float32's resolution, and top1_by_k reads them so
+        return {"metric": "top1", **classification_report(scores.double(), labels, num_classes)}
     from ssl_toolkit.evaluators.targets import target_report
 
     rep = target_report(kind, scores, labels, thresholds)
