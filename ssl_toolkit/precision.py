@@ -32,12 +32,29 @@ def uses_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # Lightning's short names, recorded by their full ones
+
+
+def on_cpu(accelerator: str) -> bool:
+    """Whether a run with this Lightning accelerator setting trains on the CPU."""
+    if accelerator == "cpu":
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accelerator == "auto" and not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` -> ``bf16-mixed`` where the device computes bfloat16 natively, else ``32-true``.
+
+    Short names are given their full ones (``bf16`` -> ``bf16-mixed``), and ``16-mixed`` on a
+    CPU is ``bf16-mixed``, which Lightning trains in there.
 
     bf16 autocast kept the linear-probe accuracy of a digits RotNet run within 0.6 points
     of float32 and trained it several times faster on an AVX-512 BF16 CPU (``docs/benchmarks.md``).
     """
+    precision = ALIASES.get(precision, precision)
+    if precision == "16-mixed" and on_cpu(accelerator):
+        return "bf16-mixed"  # a CPU has no float16 autocast: Lightning runs 16-mixed in bfloat16 there, so that is recorded
     if precision != "auto":
         return precision
     if uses_gpu(accelerator):
@@ -87,7 +104,8 @@ def choose_precision(precision: str, accelerator: str, backbone: nn.Module, in_c
         return resolved
     if precision == "auto":
         return "32-true"
+    asked = "" if ALIASES.get(precision, precision) == "bf16-mixed" else f" ({precision} on a CPU is bf16-mixed)"
     raise UserError(
-        f"bf16-mixed on the CPU computes wrong gradients for strided convolutions on 1x1 maps "
+        f"bf16-mixed{asked} on the CPU computes wrong gradients for strided convolutions on 1x1 maps "
         f"({', '.join(bad)} at {input_size} px input); use precision 32-true, larger images or backbone.small_stem"
     )

@@ -31,6 +31,11 @@ def test_auto_avoids_cpu_bf16_where_it_is_wrong_and_explicit_bf16_is_refused(res
     assert choose_precision("bf16-mixed", "cpu", resnet18, 3, 32) == "bf16-mixed"
     with pytest.raises(UserError, match=r"\(layer3\.0\.conv1, layer4\.0\.conv1 at 8 px input\); use precision 32-true"):
         choose_precision("bf16-mixed", "cpu", resnet18, 3, 8)
+    # short names are their full ones, and 16-mixed is bf16-mixed on a CPU (Lightning trains it so there)
+    assert [choose_precision(p, "cpu", resnet18, 3, 32) for p in ("32", "bf16", "16", "16-mixed")] == ["32-true"] + ["bf16-mixed"] * 3
+    for asked, why in (("bf16", ""), ("16-mixed", r" \(16-mixed on a CPU is bf16-mixed\)"), ("16", r" \(16 on a CPU is bf16-mixed\)")):
+        with pytest.raises(UserError, match=rf"^bf16-mixed{why} on the CPU computes wrong gradients .* at 8 px input"):
+            choose_precision(asked, "cpu", resnet18, 3, 8)
 
 
 def test_jigsaw_tiles_decide_the_precision_before_anything_is_written(tmp_path, one_thread):
