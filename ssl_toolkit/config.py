@@ -147,6 +147,9 @@ class BackboneConfig(StrictModel):
     def _one_stem(self) -> BackboneConfig:
         if self.small_stem and self.stem_pool:
             raise ValueError("small_stem=true has no max-pool; leave stem_pool unset")
+        for key, why in (("in_chans", "the data's channels"), ("num_classes", "0: a backbone gives features")):
+            if key in self.kwargs:  # the toolkit's value would win, and the file would say otherwise
+                raise ValueError(f"kwargs.{key} is set by the toolkit ({why}); leave it out")
         for key, value in self.kwargs.items():  # timm's drop_rate, drop_path_rate, ...: probabilities
             if key.endswith("_rate") and not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
                 raise ValueError(f"kwargs.{key} is a probability, 0 <= p < 1 (got {value!r})")

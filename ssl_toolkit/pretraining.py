@@ -555,6 +555,10 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
     }
     if model.init_info:
         meta["init_from"] = model.init_info
+    if meta["steps"] == 0 and plan.primary:  # trainer.max_minutes ended before the first step (max_steps=0 is refused)
+        start = "the backbone it started from" if model.init_info else "its random initialisation"
+        why = " (trainer.max_minutes ran out)" if plan.cfg.trainer.max_minutes else ""
+        _warn(f"warning: the run ended before its first step{why}: the backbone saved is {start}, untrained")
     meta = save_backbone(plan.folder.path, model.backbone, meta)
     try:
         entry = register_run(plan.folder.path, plan.name)

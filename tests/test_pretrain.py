@@ -59,6 +59,14 @@ def test_existing_run_folder_is_not_overwritten_without_flag(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_budget_that_ends_before_the_first_step_says_the_backbone_is_untrained(tmp_path, capsys):
+    meta = pretrain(tiny_config("rotation", trainer={"max_minutes": 1e-9}), out=tmp_path / "run")
+    err = capsys.readouterr().err
+    assert meta["steps"] == 0 and err.endswith(
+        "warning: the run ended before its first step (trainer.max_minutes ran out): the backbone saved is its random initialisation, untrained\n"
+    )
+
+
 def test_resume_continues_to_the_planned_epochs(tmp_path):
     run = tmp_path / "r"
     cfg = tiny_config("rotation", epochs=1)
