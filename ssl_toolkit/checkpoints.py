@@ -71,6 +71,8 @@ def resolve_backbone_files(target: str | Path) -> tuple[Path, Path]:
     p = given_path(target)
     if not p.exists():
         raise UserError(f"no such run folder or backbone file: {target}")
+    if p.name == "last.ckpt" and (p.parent / "config.yaml").is_file():  # RunFolder.LAST and RunFolder.CONFIG
+        raise UserError(f"{target} is a run's training checkpoint (for --resume), not a backbone: give the run folder, {p.parent}")
     if p.is_dir():
         weights, meta = p / WEIGHTS, p / META
         if not weights.is_file():

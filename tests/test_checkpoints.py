@@ -103,6 +103,18 @@ def test_corrupt_weights_are_refused(tmp_path, damage):
         load_backbone_files(tmp_path / "run", name="mybackbone")
 
 
+def test_a_runs_training_checkpoint_given_as_a_backbone_names_its_run_folder(tmp_path):
+    make_backbone(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text("task: rotation\n")
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"a Lightning checkpoint")
+    with pytest.raises(
+        UserError,
+        match=rf"^{tmp_path}/run/last.ckpt is a run's training checkpoint \(for --resume\), not a backbone: give the run folder, {tmp_path}/run$",
+    ):
+        load_backbone_files(tmp_path / "run" / "last.ckpt")
+    assert load_backbone_files(tmp_path / "run") is not None  # the folder itself is the backbone
+
+
 def test_metadata_without_a_hash_loads_with_a_warning_and_a_malformed_hash_is_refused(tmp_path, capsys, cli):
     make_backbone(tmp_path / "run")
     meta = json.loads((tmp_path / "run" / META).read_text())
