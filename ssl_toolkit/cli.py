@@ -5,6 +5,7 @@ User errors (:class:`~ssl_toolkit.errors.UserError`) print one line on stderr an
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -121,6 +122,19 @@ def field_range(model: Any, key: str) -> str:
         return f"{number(ge)} to {number(le)}"
     bounds = [f">= {number(ge)}"] if ge is not None else [f"> {number(gt)}"] if gt is not None else []
     return ", ".join(bounds + ([f"<= {number(le)}"] if le is not None else []))
+
+
+def ranged_option(*decls: str, model: str, key: str, text: str, default: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """A click option whose help gives the bounds of config field ``key`` of ``model`` (``"module:Class"``).
+
+    The help reads ``TEXT, BOUNDS. [default: DEFAULT]``; the model is imported only when help is shown.
+    """
+
+    def help_text() -> str:
+        module, name = model.split(":")
+        return f"{text}, {field_range(getattr(importlib.import_module(module), name), key)}. [default: {default}]"
+
+    return click.option(*decls, cls=LazyHelpOption, help_text=help_text, **kwargs)
 
 
 def quiet_libraries() -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, field_range, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, build_config, main, quiet_libraries, ranged_option
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -41,11 +41,7 @@ class StageBar:
             self.bar = None
 
 
-def _range(key: str) -> str:
-    """The bounds of InspectConfig's ``key``, for a help text."""
-    from ssl_toolkit.inspection.config import InspectConfig
-
-    return field_range(InspectConfig, key)
+INSPECT = "ssl_toolkit.inspection.config:InspectConfig"
 
 
 @main.command(context_settings=CONTEXT)
@@ -60,42 +56,47 @@ def _range(key: str) -> str:
     type=click.Path(dir_okay=False),
     help="Write the paths (ids) to drop, keeping one image per duplicate group. Nothing is deleted.",
 )
-@click.option(
+@ranged_option(
     "--near-hamming",
     type=int,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Largest difference-hash distance (bits of 64) for near duplicates, {_range('near_hamming')}. [default: 4]",
+    model=INSPECT,
+    key="near_hamming",
+    text="Largest difference-hash distance (bits of 64) for near duplicates",
+    default="4",
 )
-@click.option(
+@ranged_option(
     "--near-tolerance",
     type=FINITE,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Largest mean absolute thumbnail difference for near duplicates, {_range('near_tolerance')}. [default: 0.01]",
+    model=INSPECT,
+    key="near_tolerance",
+    text="Largest mean absolute thumbnail difference for near duplicates",
+    default="0.01",
 )
-@click.option(
+@ranged_option(
     "--embed-threshold",
     type=FINITE,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Smallest cosine similarity for --embed neighbours, {_range('embed_threshold')}. [default: 0.95]",
+    model=INSPECT,
+    key="embed_threshold",
+    text="Smallest cosine similarity for --embed neighbours",
+    default="0.95",
 )
-@click.option(
+@ranged_option(
     "--max-imbalance",
     type=FINITE,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Warn when largest class / smallest class exceeds this, {_range('max_imbalance')}. [default: 10]",
+    model=INSPECT,
+    key="max_imbalance",
+    text="Warn when largest class / smallest class exceeds this",
+    default="10",
 )
-@click.option(
+@ranged_option(
     "--image-size",
     type=int,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Size at which the normalisation statistics are measured, {_range('data.image_size')}. [default: the dataset's]",
+    model=INSPECT,
+    key="data.image_size",
+    text="Size at which the normalisation statistics are measured",
+    default="the dataset's",
 )
-@click.option(
-    "--workers",
-    type=int,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Threads reading files, {_range('workers')}. [default: 2 x CPUs, at most 8]",
-)
+@ranged_option("--workers", type=int, model=INSPECT, key="workers", text="Threads reading files", default="2 x CPUs, at most 8")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file with inspect settings.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set data.test_fraction=0.3 (repeatable)."

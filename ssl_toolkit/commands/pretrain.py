@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, field_range, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, quiet_libraries, ranged_option
 
 
 def _task_help() -> str:
@@ -19,32 +19,18 @@ def _data_help() -> str:
     return f"Dataset name ({', '.join(source_names())}) or image folder. [default: digits]"
 
 
-def _range(key: str) -> str:
-    """The bounds of PretrainConfig's ``key``, for a help text."""
-    from ssl_toolkit.config import PretrainConfig
-
-    return field_range(PretrainConfig, key)
+PRETRAIN = "ssl_toolkit.config:PretrainConfig"
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help)
 @click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help)
 @click.option("--backbone", "-b", help="timm model name, or auto. [default: auto: resnet10t on a CPU at 17-32 px, else resnet18]")
-@click.option(
-    "--image-size",
-    type=int,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Square image side in pixels, {_range('data.image_size')}. [default: the dataset's]",
-)
-@click.option("--epochs", type=int, cls=LazyHelpOption, help_text=lambda: f"Training epochs, {_range('trainer.epochs')}. [default: 10]")
-@click.option(
-    "--batch-size",
-    type=int,
-    cls=LazyHelpOption,
-    help_text=lambda: f"Images per batch (per device), {_range('trainer.batch_size')}. [default: 256]",
-)
+@ranged_option("--image-size", type=int, model=PRETRAIN, key="data.image_size", text="Square image side in pixels", default="the dataset's")
+@ranged_option("--epochs", type=int, model=PRETRAIN, key="trainer.epochs", text="Training epochs", default="10")
+@ranged_option("--batch-size", type=int, model=PRETRAIN, key="trainer.batch_size", text="Images per batch (per device)", default="256")
 @click.option("--lr", type=FINITE, help="Peak learning rate. [default: the task's]")
-@click.option("--seed", type=int, cls=LazyHelpOption, help_text=lambda: f"Random seed, {_range('trainer.seed')}. [default: 0]")
+@ranged_option("--seed", type=int, model=PRETRAIN, key="trainer.seed", text="Random seed", default="0")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/pretrain/).")
 @click.option(
     "--set",

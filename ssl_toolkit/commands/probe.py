@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, field_range, main, quiet_libraries
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, main, quiet_libraries, ranged_option
 
 
 def _mode_help() -> str:
@@ -25,11 +25,7 @@ def _set_help() -> str:
     return "Override any probe config key (repeatable); an evaluator's own settings are evaluator_config.KEY (" + "; ".join(own) + ")."
 
 
-def _range(key: str) -> str:
-    """The bounds of ProbeConfig's ``key``, for a help text."""
-    from ssl_toolkit.config import ProbeConfig
-
-    return field_range(ProbeConfig, key)
+PROBE = "ssl_toolkit.config:ProbeConfig"
 
 
 @main.command(context_settings=CONTEXT)
@@ -39,9 +35,7 @@ def _range(key: str) -> str:
 )
 @click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help)
 @click.option("--label-fraction", type=FINITE, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
-@click.option(
-    "--epochs", type=int, cls=LazyHelpOption, help_text=lambda: f"partial/finetune: training epochs, {_range('epochs')}. [default: 10]"
-)
+@ranged_option("--epochs", type=int, model=PROBE, key="epochs", text="partial/finetune: training epochs", default="10")
 @click.option("--lr", type=FINITE, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
 @click.option(
     "--batch-size", type=int, help="Images per batch: training (partial/finetune), feature extraction (linear/knn). [default: 256]"
@@ -55,9 +49,7 @@ def _range(key: str) -> str:
 @click.option("--k", "k", type=int, help="knn: neighbours. [default: 200]")
 @click.option("--temperature", type=FINITE, help="knn: vote temperature. [default: 0.1]")
 @click.option("--accelerator", help="cpu, gpu, auto (Lightning). [default: auto]")
-@click.option(
-    "--seed", type=int, cls=LazyHelpOption, help_text=lambda: f"Seed of label subsets and training, {_range('seed')}. [default: 0]"
-)
+@ranged_option("--seed", type=int, model=PROBE, key="seed", text="Seed of label subsets and training", default="0")
 @click.option("--random-init", is_flag=True, help="Evaluate an untrained --backbone instead (the baseline).")
 @click.option("--backbone", "-b", default="auto", show_default=True, help="timm model for --random-init (auto: as ssl pretrain chooses).")
 @click.option(
