@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
@@ -72,6 +73,32 @@ def test_shards_train_and_evaluate(shards, tmp_path):
     assert meta["steps"] == 3  # 31 samples, batches of 8, the last partial one dropped
     result = st.probe(tmp_path / "run", {"data": {"name": str(shards)}, "mode": "knn", "evaluator_config": {"k": 5}})
     assert result["n_test"] == 4
+    st.embed(tmp_path / "run", str(shards), out=tmp_path / "e.npz", split="test")
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as z:  # the ids are the files the images came from
+        source = Path(json.loads((shards / "ssl_shards.json").read_text())["source"])
+        assert z["ids"].tolist() == [str(source / "test" / c / f"{i}.jpg") for c in "ab" for i in range(2)]
+
+
+def test_shard_ids_are_the_original_paths_and_a_missing_or_damaged_names_file_is_refused(shards):
+    from ssl_toolkit.config import DataConfig
+    from ssl_toolkit.data.sources import load_source
+    from ssl_toolkit.errors import UserError
+
+    info = json.loads((shards / "ssl_shards.json").read_text())
+    folder = load_source(DataConfig(name=info["source"], stream=True))
+    src = load_source(DataConfig(name=str(shards)))
+    assert info["names"] is True and list(src.test.ids) == list(folder.test.ids)
+    assert list(src.train.ids) == [p for p in folder.train.ids if not p.endswith("/a/15.jpg")]  # the file that did not decode is left out
+    names = shards / "train" / "names.npy"
+    np.save(names, np.load(names)[:-1])
+    with pytest.raises(UserError, match=r"^.*/train/names.npy does not hold 31 file names; write the shards again with ssl shard$"):
+        load_source(DataConfig(name=str(shards)))
+    names.unlink()
+    with pytest.raises(UserError, match=r"^cannot read the file names of .*/train: .*No such file"):
+        load_source(DataConfig(name=str(shards)))
+    (shards / "ssl_shards.json").write_text(json.dumps({**info, "names": False}))  # as written before names were kept
+    old = load_source(DataConfig(name=str(shards)))
+    assert list(old.train.ids[:2]) == [f"{shards}:train:0", f"{shards}:train:1"] and old.test.ids[3] == f"{shards}:test:3"
 
 
 def test_inspecting_shards_finds_what_inspecting_their_folder_finds(tmp_path, cli):
@@ -89,22 +116,17 @@ def test_inspecting_shards_finds_what_inspecting_their_folder_finds(tmp_path, cl
     for key in ("images", "sizes", "modes", "formats", "file_sizes", "normalisation", "labels", "warnings"):
         assert shards[key] == folder[key], key
 
-    def without_ids(section):
-        return [[{k: v for k, v in m.items() if k != "id"} for m in g["members"]] for g in section["groups"]]
-
-    for kind in ("exact", "near"):
-        a, b = folder["duplicates"][kind], shards["duplicates"][kind]
-        assert without_ids(a) == without_ids(b) and (a["num_groups"], a["leak_groups"]) == (b["num_groups"], b["leak_groups"])
+    for kind in ("exact", "near"):  # ids too: a shard's id is its original file's path
+        assert shards["duplicates"][kind] == folder["duplicates"][kind], kind
     assert shards["duplicates"]["exact"]["leak_groups"] == 2
-    assert shards["duplicates"]["exact"]["groups"][0]["members"][0]["id"] == f"{tmp_path / 'sh'}:train:0"
+    assert shards["duplicates"]["exact"]["groups"][0]["members"][0]["id"] == str(root / "train" / "a" / "0.jpg")
     page = (tmp_path / "sh.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 20  # thumbnails decoded from the items' bytes
     code, out, err = cli("inspect", tmp_path / "sh", "--dedupe-list", tmp_path / "drop.txt", "--json")
     assert code == 0, err
     drops = (tmp_path / "drop.txt").read_text().split()
     assert cli("inspect", root, "--dedupe-list", tmp_path / "drop-folder.txt", "--json")[0] == 0
-    assert len(drops) == len((tmp_path / "drop-folder.txt").read_text().split()) >= 12  # the 12 exact copies at least
-    assert all(d.startswith(f"{tmp_path / 'sh'}:") for d in drops)
+    assert drops == (tmp_path / "drop-folder.txt").read_text().split() and len(drops) >= 12  # the 12 exact copies at least
     limited = load_source(DataConfig(name=str(tmp_path / "sh"), limit=5))
     assert (len(limited.train), len(limited.test)) == (5, 4)  # data.limit takes a seeded subset of the shards' training rows
 

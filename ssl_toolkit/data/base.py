@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +30,36 @@ from ssl_toolkit.config import DataConfig
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.registry import Registry
 from ssl_toolkit.terminal import terminal_safe
+
+
+class RowIds(Sequence[str]):
+    """The ids of some rows, each made by ``name(row)`` on access (a list-like view; no per-image strings held).
+
+    Args:
+        name: The id of one row; picklable (a bound method or a module-level callable), so
+            that DataLoader workers can take the view.
+        rows: ``(N,)`` int64 rows.
+    """
+
+    def __init__(self, name: Callable[[int], str], rows: np.ndarray) -> None:
+        self.name, self.rows = name, rows
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self.name(int(r)) for r in self.rows[i]]
+        return self.name(int(self.rows[i]))
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.name(int(r)) for r in self.rows)
 
 
 @runtime_checkable

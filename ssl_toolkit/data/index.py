@@ -20,10 +20,9 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, overload
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -96,32 +95,6 @@ class FileIndex:
     def channels(self) -> int:
         """1 when every usable file is single-channel, else 3."""
         return 1 if len(self.gray) and bool(self.gray.all()) else 3
-
-
-class PathIds(Sequence[str]):
-    """Full paths of some index rows, decoded on access (a list-like view; no per-image strings held)."""
-
-    def __init__(self, index: FileIndex, rows: np.ndarray) -> None:
-        self.files = index
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return int(self.rows.shape[0])
-
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self.files.path(int(r)) for r in self.rows[i]]
-        return self.files.path(int(self.rows[i]))
-
-    def __iter__(self) -> Iterator[str]:
-        for r in self.rows:
-            yield self.files.path(int(r))
 
 
 def listing_key(root: Path, layout: FolderLayout, max_pixels: int | None) -> str:

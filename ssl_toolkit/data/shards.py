@@ -2,8 +2,11 @@
 
 ``ssl shard FOLDER --out DIR`` writes ``DIR/train`` and ``DIR/test`` with
 :func:`litdata.optimize`: chunks of items ``{"image": the file's original encoded bytes,
-"label": class index or -1, "index": row}``, plus ``DIR/train/labels.npy`` (and test) and
-``DIR/ssl_shards.json`` (classes, channels, statistics; validated on read). A multi-label
+"label": class index or -1, "index": row}``, plus ``DIR/train/labels.npy`` and
+``DIR/train/names.npy`` (each row's file path relative to the folder; the same for test) and
+``DIR/ssl_shards.json`` (classes, channels, statistics; validated on read). An image's id
+is its original path, as when the folder itself is read (shards written without
+``names.npy``: ``DIR:split:row``). A multi-label
 folder (``labels.csv``) keeps its multi-hot rows in ``labels.npy`` (``(N, K)`` uint8; items'
 ``label`` is -1), and the loaders hand them over by row. Keeping the
 encoded bytes keeps every crop cut from the original photo, at the size it was taken.
@@ -33,8 +36,10 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +49,7 @@ import torch
 from litdata.utilities.env import _DistributedEnv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ssl_toolkit.data.base import DataSource, channel_stats, files_key
+from ssl_toolkit.data.base import DataSource, RowIds, channel_stats, files_key
 from ssl_toolkit.data.images import Box, center_square, decode_crops, random_resized_box
 from ssl_toolkit.data.skip_list import skip_line
 from ssl_toolkit.data.stage import CENTER, WorkerStage
@@ -72,6 +77,7 @@ class ShardInfo(BaseModel):
     std: list[float]
     image_size: int = Field(ge=8, le=1024)
     multilabel: bool = False
+    names: bool = False  # each split has names.npy (shards written before it was kept have none)
 
     @model_validator(mode="after")
     def _consistent(self) -> ShardInfo:
@@ -139,22 +145,19 @@ def damaged_shard(where: str, row: Any) -> Iterator[None]:
         ) from None
 
 
-class RowIds(Sequence[str]):
-    """``<prefix>:<row>`` ids of some rows, made on access (no per-image strings held)."""
+def _row_id(prefix: str, row: int) -> str:
+    return f"{prefix}:{row}"
 
-    def __init__(self, prefix: str, rows: np.ndarray) -> None:
-        self.prefix, self.rows = prefix, rows
 
-    def __len__(self) -> int:
-        return int(self.rows.shape[0])
+@dataclass(frozen=True)
+class _SourcePath:
+    """The original path of a shard row: the folder ``ssl shard`` read joined with the row's name."""
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [f"{self.prefix}:{int(r)}" for r in self.rows[i]]
-        return f"{self.prefix}:{int(self.rows[i])}"
+    source: str
+    names: np.ndarray  # (N,) bytes, relative paths (UTF-8, surrogate-escaped)
 
-    def __iter__(self) -> Iterator[str]:
-        return (f"{self.prefix}:{int(r)}" for r in self.rows)
+    def __call__(self, row: int) -> str:
+        return os.path.join(self.source, self.names[row].decode("utf-8", "surrogateescape"))
 
 
 class ShardSplit:
@@ -180,22 +183,34 @@ class ShardSplit:
             self._check_chunks(n)
         labels = self._labels(n)
         self.labels = None if labels is None else torch.from_numpy(labels[self.rows])
-        self.ids = RowIds(f"{root}:{split}", self.rows)
+        name: Callable[[int], str] = partial(_row_id, f"{root}:{split}")
+        if info.names:
+            name = _SourcePath(info.source, self._names(n))
+        self.ids = RowIds(name, self.rows)
         self._dataset: Any = None
 
-    def _labels(self, n: int) -> np.ndarray | None:
-        if self.info.classes is None or n == 0:
-            return None
+    def _array(self, file: str, what: str) -> np.ndarray:
+        """``DIR/split/file`` read without pickles (memory-mapped when local)."""
         try:
             if is_remote(self.root):
                 import fsspec
 
-                with fsspec.open(f"{self.dir}/labels.npy", "rb") as f:
-                    labels = np.load(io.BytesIO(f.read()), allow_pickle=False)
-            else:
-                labels = np.load(Path(self.dir) / "labels.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read the labels of {self.dir}: {e}") from None
+                with fsspec.open(f"{self.dir}/{file}", "rb") as f:
+                    return np.load(io.BytesIO(f.read()), allow_pickle=False)
+            return np.load(Path(self.dir) / file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"cannot read the {what} of {self.dir}: {e}") from None
+
+    def _names(self, n: int) -> np.ndarray:
+        names = self._array("names.npy", "file names")
+        if names.shape != (n,) or names.dtype.kind != "S":
+            raise UserError(f"{self.dir}/names.npy does not hold {n} file names; write the shards again with ssl shard")
+        return names
+
+    def _labels(self, n: int) -> np.ndarray | None:
+        if self.info.classes is None or n == 0:
+            return None
+        labels = np.asarray(self._array("labels.npy", "labels"))
         shape, dtype = ((n, len(self.info.classes)), np.uint8) if self.info.multilabel else ((n,), np.int64)
         if labels.shape != shape or labels.dtype != dtype:
             raise UserError(f"{self.dir}/labels.npy does not hold {n} {'multi-hot uint8 rows' if self.info.multilabel else 'int64 labels'}")
@@ -495,6 +510,7 @@ def _write_splits(
         target = out / split_name
         target.mkdir(parents=True, exist_ok=True)
         np.save(target / "labels.npy", labels)
+        np.save(target / "names.npy", split.index.rel[split.rows][keep])  # paths relative to the folder: the ids
         if not keep:
             continue
         jobs = [(paths[k], -1 if multilabel else int(labels_all[k]), row) for row, k in enumerate(keep)]
@@ -522,6 +538,7 @@ def _write_splits(
         std=list(source.std),
         image_size=image_size,
         multilabel=multilabel,
+        names=True,
     )
     if skipped:
         atomic_write_bytes(out / SKIPPED_FILE, b"".join(skip_line(p, why) for p, why in skipped))  # names not UTF-8 byte for byte

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_toolkit.data.base import RowIds
 from ssl_toolkit.data.images import READ_ERRORS, Box, TooLarge, center_square, decode_crops, failure_reason, random_resized_box
-from ssl_toolkit.data.index import FileIndex, PathIds
+from ssl_toolkit.data.index import FileIndex
 from ssl_toolkit.data.layout import shown
 from ssl_toolkit.data.skip_list import absolute, listed_names, skip_line
 from ssl_toolkit.data.stage import CENTER, WorkerStage
@@ -132,7 +133,7 @@ class FileSplit:
         self._size = size
         self.max_pixels = max_pixels
         self.labels = None if index.labels is None else torch.from_numpy(index.labels[self.rows])
-        self.ids = PathIds(index, self.rows)
+        self.ids = RowIds(index.path, self.rows)
         self.skip_log: Path | None = None  # the run's skipped.txt, once a loader records into it (split_loader)
 
     def __len__(self) -> int:

@@ -24,7 +24,7 @@ def _short(report: dict[str, Any], member_id: str) -> str:
         except ValueError:
             return member_id
     if report["kind"] == "shards":
-        return member_id.removeprefix(f"{report['data']}:")  # split:row
+        return member_id.removeprefix(f"{report['data']}:")  # split:row for shards written without names.npy; else the original path
     return member_id
 
 

@@ -366,7 +366,7 @@ def table_from_shards(
     parts = [ShardSplit(root, name, info, size) for name in ("train", "test")]
     where = np.concatenate([np.zeros(len(parts[0]), np.int8), np.ones(len(parts[1]), np.int8)])
     rows = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
-    names = [name for p in parts for name in p.ids]  # root:split:row
+    names = [name for p in parts for name in p.ids]  # original paths (root:split:row for shards without names.npy)
 
     def item(k: int) -> bytes:
         part, row = parts[int(where[k])], int(rows[k])
