@@ -24,13 +24,11 @@ from markupsafe import Markup
 PAGE_SUFFIXES = (".html", ".htm")
 
 
-def check_page_suffix(path: Path, option: str = "--out") -> Path:
+def check_page_suffix(path: str | Path, option: str = "--out") -> Path:
     """``path`` if it names an HTML page, else a UserError (a page written over, say, an ``.npz`` would destroy it)."""
-    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.outputs import named_file
 
-    if path.suffix.lower() not in PAGE_SUFFIXES:
-        raise UserError(f"{option} must end in .html or .htm, not '{path.name}'")
-    return path
+    return named_file(path, PAGE_SUFFIXES, option, ignore_case=True)
 
 
 BIDI_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -16,6 +16,24 @@ from pathlib import Path
 from ssl_toolkit.errors import UserError
 
 
+def named_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out", ignore_case: bool = False) -> Path:
+    """``out`` as a path, when it names a file: not empty, ending in one of ``suffixes``, with a name before it.
+
+    Raises:
+        UserError: One line naming ``option`` and what it lacks.
+    """
+    wanted = " or ".join(suffixes)
+    if not str(out).strip():
+        raise UserError(f"{option} is empty: give a file name ending in {wanted}")
+    path = Path(out).expanduser()
+    name = path.name.lower() if ignore_case else path.name
+    if name in suffixes:  # '.html' is a hidden file without a suffix, not a page
+        raise UserError(f"{option} {path} has no name before {path.name}: give one, e.g. {path.with_name('out' + path.name)}")
+    if not name.endswith(suffixes) or path.suffix == "":
+        raise UserError(f"{option} must end in {wanted}, not '{path.name}'")
+    return path
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (symlinks followed)."""
     probe = path

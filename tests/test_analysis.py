@@ -204,6 +204,15 @@ def test_analyze_without_labels():
     assert "knn" in an.summary()
 
 
+def test_the_grids_take_the_first_classes_that_fit_and_say_how_many_of_all():
+    x, y = blobs(6, 30, 16, spread=0.1, seed=4)
+    an = A.analyze(x, y, clusters=3, project=False, grid_per_class=4)
+    assert len(an.grid_queries) == A.GRID_MAX == 100 and an.grid_classes == (25, 30)
+    assert sorted(set(y[an.grid_queries].tolist())) == list(range(25)) and np.bincount(y[an.grid_queries]).tolist() == [4] * 25
+    assert A.analyze(x, y, clusters=3, project=False, grid_per_class=3).grid_classes == (30, 30)
+    assert A.analyze(x, None, clusters=3, project=False).grid_classes == (0, 0)
+
+
 def test_knn_graph_for_umap_starts_with_self():
     x, _ = blobs(10, 2, 4, spread=0.5, seed=6)
     x[1] = x[0]  # a duplicate: its twin may come first in the search

@@ -168,7 +168,17 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli, monke
 
     pretrain(small(), out=tmp_path / "a", name="rot-a")
     code, out, err = cli(
-        "probe", "rot-a", "--data", "synthetic", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--json"
+        "probe",
+        "rot-a",
+        "--data",
+        "synthetic",
+        "--set",
+        "data.synthetic_train=64",
+        "--set",
+        "data.synthetic_test=32",
+        "--seed",
+        "3",
+        "--json",
     )
     assert code == 0, err
     probed = json.loads(out.strip().splitlines()[-1])
@@ -180,6 +190,9 @@ def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli, monke
     assert rows["rot-a"]["best_probe"] == "synthetic-linear-1" and rows["rot-a"]["best_top1"] == probed["top1"]
     assert "synthetic-linear-1" in json.loads((tmp_path / "a" / META).read_text())["probes"]  # the run folder has it too
     assert not (library_root() / "rot-a" / "probes").exists()
+    summary = json.loads((library_root() / "rot-a" / META).read_text())["probes"]["synthetic-linear-1"]
+    details = ("seed", "settings")  # what the report of a library entry shows besides the scores
+    assert {k: summary[k] for k in details} == {k: probed[k] for k in details} and summary["seed"] == 3
     code, out, err = cli("checkpoints", "list")
     assert "rot-a" in out and meta_b["library_name"] in out
     with pytest.raises(UserError, match="already exists"):

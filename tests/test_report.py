@@ -59,6 +59,7 @@ def write_run(run: Path, data_cfg: dict) -> None:
         src.std,
         task="colorization",
         epochs=3,
+        steps=1234,
         wall_seconds=12.5,
         dataset=src.describe(),
         versions={"ssl_toolkit": "0.1.0"},
@@ -150,8 +151,9 @@ def test_report_shows_every_part(built):
     ids = {a.get("id") for _, a in tags}
     for section in ("header", "training", "probes", "neighbours", "umap", "grids", "confusion", "samples"):
         assert section in ids, section
-    for fact in ("test_resnet", "colorization", "12.5 s", "0.1.0", "imgs"):
+    for fact in ("test_resnet", "colorization", "12.5 s", "0.1.0", "imgs", "3 (1,234 steps)"):
         assert fact in html, fact
+    assert f"Linear probe on {root / 'imgs'} with label fraction 1, top-1 81.25 %; rows" in html
     # probe table: both results; FAISS figures; k-means; the search choice
     assert "81.25" in html and "k=15: 50.00" in html
     for k in (1, 20, 200):
@@ -278,6 +280,13 @@ def test_report_in_headless_chromium(built, tmp_path):
             assert driver.find_element(By.ID, f"knn-acc-{k}").text == f"{100 * result['knn'][str(k)]:.2f}"
         names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "td.class-name")]
         assert EVIL in names and driver.find_elements(By.TAG_NAME, "b") == []
+        driver.set_window_size(700, 900)  # narrow: the probe table scrolls, and its short cells never break inside a word
+        lines = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#probes td.short'))"
+            ".map(c => { const r = document.createRange(); r.selectNodeContents(c); return r.getClientRects().length; });"
+        )
+        assert len(lines) == 2 * 5 and set(lines) == {1}, lines
+        assert driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1366, min(height + 200, 12000))  # the whole page in one picture
         shot = tmp_path / "report.png"
@@ -343,13 +352,18 @@ def test_report_states_the_values_it_used_and_leaves_out_damaged_run_files(built
     (run / "metrics.csv").write_bytes(b"epoch,loss\nfoo,bar\n\x00\xff\n")
     (run / "samples" / "epoch009.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a picture")
     Image.new("RGB", (30, 20), (5, 90, 200)).save(run / "samples" / "epoch009b.png")
+    (run / "probes" / "knn-0.1.json").write_text('{"mode": "knn", "top1": ')  # cut short: its summary in meta.json is shown
     capsys.readouterr()
     out = tmp_path / "r.html"
     data = {"name": str(root / "imgs"), "test_fraction": 0.5}
     result = st.report(run, data, out=out, umap={"n_neighbors": 10**12}, clusters=10**6, split="test")
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(line.startswith("warning: ") for line in err), err
-    assert "metrics.csv cannot be read (not UTF-8 text: byte 20)" in err[0] and "epoch009.png is left out" in err[1]
+    assert len(err) == 3 and all(line.startswith("warning: ") for line in err), err
+    assert (
+        err[0]
+        == f"warning: {run / 'probes' / 'knn-0.1.json'} cannot be read as a probe result (Expecting value: line 1 column 25 (char 24)): the report shows its summary in meta.json"
+    )
+    assert "metrics.csv cannot be read (not UTF-8 text: byte 20)" in err[1] and "epoch009.png is left out" in err[2]
     # leave-one-out on the 150 test images: 149 others per query
     assert result["knn_k"] == {"1": 1, "20": 20, "200": 149} and result["umap"]["n_neighbors"] == 149
     assert result["umap"]["n_neighbors_asked"] == 10**12 and "nmi_mean" not in result["clusters"]
@@ -359,6 +373,13 @@ def test_report_states_the_values_it_used_and_leaves_out_damaged_run_files(built
     assert "n_neighbors = 149 (asked 1000000000000; at most the 150 points less one)" in html
     assert 'id="kmeans-nmi"' not in html and "k-means: not run, so no NMI or ARI: k = 1,000,000 needs" in html
     assert 'id="training"' not in html and 'alt="epoch009b.png"' in html and 'alt="epoch009.png"' not in html
+    assert '<td class="short">knn</td>' in html and "k=15: 50.00" not in html  # the summary has no details of its own
+    from ssl_toolkit.errors import UserError
+
+    with pytest.raises(UserError, match=r"^report\(\): queries_per_class: Input should be less than or equal to 10 \(got 11\)$"):
+        st.report(run, data, out=out, queries_per_class=11)
+    with pytest.raises(UserError, match=r"^umap: max_points: Input should be greater than or equal to 4 \(got 3\)$"):
+        st.report(run, data, out=out, umap={"max_points": 3})
 
 
 def test_long_and_bidi_class_names_stay_on_screen_and_read_as_written(built, tmp_path, monkeypatch):

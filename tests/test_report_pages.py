@@ -80,7 +80,7 @@ def test_a_metrics_csv_that_is_not_utf8_is_unreadable(tmp_path):
     assert read_curves(tmp_path / "missing.csv") == {}
 
 
-def test_probe_results_with_fields_of_the_wrong_type_are_left_out(tmp_path):
+def test_a_probe_result_with_fields_of_the_wrong_type_is_replaced_by_its_summary_with_a_warning(tmp_path):
     import json
 
     from ssl_toolkit.eval.run_record import read_probes
@@ -93,10 +93,35 @@ def test_probe_results_with_fields_of_the_wrong_type_are_left_out(tmp_path):
     (probes / "ragged.json").write_text(json.dumps({**good, "mode": "knn", "confusion": [[1, 0], [0]]}))
     (probes / "binary.json").write_bytes(b"\xff\xfe{}")
     (probes / "before-resume.json").write_text(json.dumps({**good, "mode": "knn"}))  # of the backbone a resume trained on
-    current = {"probes": dict.fromkeys(["good", "words", "ragged", "binary"], {"mode": "linear"})}
-    assert [r["mode"] for r in read_probes(tmp_path, current)] == ["linear"]
-    assert read_probes(tmp_path, {}) == []  # a resumed run's metadata starts its probes afresh
-    assert read_probes(None, {"probes": {"x": {"top1": [1]}, "y": {"mode": "knn", "top1": 0.5}}}) == [{"mode": "knn", "top1": 0.5}]
+    current = {
+        "probes": {
+            "good": {"mode": "linear", "top1": 0.1},  # the file, not the summary, is read when it is sound
+            "words": {"mode": "knn", "label_fraction": 1.0, "top1": 0.7},
+            "ragged": {"mode": "linear"},  # no summary to fall back on either
+            "binary": {"mode": "partial", "top1": 0.6},
+        }
+    }
+    said: list[str] = []
+    assert [(r["mode"], r["top1"]) for r in read_probes(tmp_path, current, said.append)] == [
+        ("knn", 0.7),
+        ("linear", 0.8),
+        ("partial", 0.6),
+    ]
+    assert len(said) == 4
+    assert (
+        said[0]
+        == f"{probes / 'binary.json'} cannot be read as a probe result (not UTF-8 text: byte 0): the report shows its summary in meta.json"
+    )
+    assert said[1].startswith(f"{probes / 'ragged.json'} cannot be read as a probe result (the result: confusion is not a square")
+    assert said[2] == "the probe ragged in meta.json is left out of the report (not a probe result (no top1))"
+    assert said[3].startswith(f"{probes / 'words.json'} cannot be read as a probe result (label_fraction: Input should be a valid number")
+    assert read_probes(tmp_path, {}, said.append) == []  # a resumed run's metadata starts its probes afresh
+    outside = {"probes": {"../probes/good": {"mode": "knn", "top1": 0.5}}}  # a key is a file name in probes/, never a path
+    assert read_probes(tmp_path, outside, said.append) == [{"mode": "knn", "top1": 0.5}]
+    assert read_probes(None, {"probes": {"x": {"top1": [1]}, "y": {"mode": "knn", "top1": 0.5}}}, said.append) == [
+        {"mode": "knn", "top1": 0.5}
+    ]
+    assert said[-1] == "the probe x in meta.json is left out of the report (top1: Input should be a valid number)"
 
 
 def test_a_probe_rows_details_name_its_seed_and_settings_so_two_records_can_be_told_apart():
@@ -105,7 +130,7 @@ def test_a_probe_rows_details_name_its_seed_and_settings_so_two_records_can_be_t
 
     knn = {"mode": "knn", "top1": 0.5, "top1_by_k": {"20": 0.5, "1": 0.25}, "seed": 0, "settings": {"k": 20, "temperature": 0.1}}
     partial = {"mode": "partial", "top1": 0.4, "seed": 3, "settings": {"freeze_stages": 2, "augment": "<b>"}}
-    rows = probe_rows(read_probes(None, {"probes": {"a": knn, "b": partial, "c": {**partial, "settings": [1]}}}))
+    rows = probe_rows(read_probes(None, {"probes": {"a": knn, "b": partial, "c": {**partial, "settings": [1]}}}, print))
     assert [r["notes"] for r in rows] == ["k=20: 50.00, k=1: 25.00; k=20, temperature=0.1", "seed 3; freeze_stages=2, augment=<b>"]
 
 

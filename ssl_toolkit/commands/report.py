@@ -20,9 +20,21 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
 @click.option("--umap-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="UMAP n_neighbors.")
 @click.option("--umap-min-dist", type=FiniteFloat(0.0, 1.0), default=0.1, show_default=True, help="UMAP min_dist, 0 to 1.")
 @click.option("--umap-metric", type=click.Choice(UMAP_METRICS), default="cosine", show_default=True, help="UMAP metric.")
-@click.option("--umap-max-points", type=POSITIVE, default=5000, show_default=True, help="Above this, UMAP draws a stratified subsample.")
+@click.option(
+    "--umap-max-points",
+    type=click.IntRange(min=4),
+    default=5000,
+    show_default=True,
+    help="Above this, UMAP draws a stratified subsample; at least 4.",
+)
 @click.option("--clusters", type=POSITIVE, help="k-means k. [default: number of classes, or 10]")
-@click.option("--queries-per-class", type=POSITIVE, default=2, show_default=True, help="Example queries per class in the neighbour grids.")
+@click.option(
+    "--queries-per-class",
+    type=click.IntRange(1, 10),
+    default=2,
+    show_default=True,
+    help="Example queries per class in the neighbour grids, 1 to 10 (at most 100 rows: with more classes, the first ones).",
+)
 @click.option("--ivf-threshold", type=POSITIVE, default=200_000, show_default=True, help="Gallery size from which FAISS uses an IVF index.")
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")

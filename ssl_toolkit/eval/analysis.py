@@ -32,7 +32,10 @@ from ssl_toolkit.eval.neighbours import (
 from ssl_toolkit.eval.projection import UmapParams, neighbours_used, umap_projection
 from ssl_toolkit.sampling import per_class_picks
 
-__all__ = ["DEFAULT_IVF_THRESHOLD", "KNN_KS", "RECALL_KS", "Analysis", "UmapParams", "analyze"]
+__all__ = ["DEFAULT_IVF_THRESHOLD", "GRID_MAX", "KNN_KS", "RECALL_KS", "Analysis", "UmapParams", "analyze"]
+
+
+GRID_MAX = 100  # most rows of the neighbour grids (each a query and its 5 neighbours)
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Analysis:
         umap_settings: The UMAP settings used (``n_neighbors`` as run, at most the points
             projected less one; ``n_neighbors_asked`` as asked); empty without a projection.
         grid_queries: Query rows shown in neighbour grids.
+        grid_classes: ``(classes with example queries, classes among the queries)``: the
+            grids hold at most ``grid_max`` rows, so with many classes only the first ones;
+            ``(0, 0)`` without labels.
         grid_neighbours: ``(len(grid_queries), 5)`` gallery rows of their top-5.
         grid_sims: Cosine similarities of those neighbours.
         per_class_knn: kNN top-1 per class at ``k = 20`` (``k_used(20)``; ``None`` for a class without queries).
@@ -71,6 +77,7 @@ class Analysis:
     umap_index: np.ndarray
     umap_settings: dict[str, Any]
     grid_queries: np.ndarray
+    grid_classes: tuple[int, int]
     grid_neighbours: np.ndarray
     grid_sims: np.ndarray
     per_class_knn: list[float | None]
@@ -174,7 +181,7 @@ def analyze(
     temperature: float = DEFAULT_TEMPERATURE,
     kmeans_seeds: tuple[int, ...] = (0, 1, 2),
     grid_per_class: int = 2,
-    grid_max: int = 20,
+    grid_max: int = GRID_MAX,
     max_r: int = 1000,
     project: bool = True,
     seed: int = 0,
@@ -238,6 +245,7 @@ def analyze(
         umap_index=keep,
         umap_settings=umap_settings,
         grid_queries=grid_q,
+        grid_classes=(0, 0) if lab is None else (len(np.unique(lab.query[grid_q])), len(np.unique(lab.query))),
         grid_neighbours=idx[grid_q, : min(5, idx.shape[1])],
         grid_sims=sims[grid_q, : min(5, sims.shape[1])],
         per_class_knn=scores.per_class,

@@ -297,9 +297,9 @@ def reserve_disk(path: Path) -> None:
 
 def _check_out(out: str | Path, split: str) -> Path:
     """The output path, checked before anything is read or written."""
-    out = Path(out).expanduser()
-    if out.suffix not in (".npz", ".npy"):
-        raise UserError(f"--out must end in .npz or .npy, not '{out.name}'")
+    from ssl_toolkit.outputs import named_file
+
+    out = named_file(out, (".npz", ".npy"))
     if split not in (*SPLITS, "all"):
         raise UserError(f"unknown split '{split}': use train, test or all")
     if out.is_dir():

@@ -379,6 +379,9 @@ def evaluation_report(
     return {"top1": rep.get("accuracy"), "top5": None, **rep}
 
 
+SUMMARY_DETAILS = ("seed", "settings", "k", "top1_by_k")  # what a report shows of a probe besides its scores
+
+
 def record_probe(folder: Path, result: dict[str, Any]) -> None:
     """Write ``probes/<dataset>-<mode>-<fraction>.json`` and add a summary to the folder's ``meta.json``.
 
@@ -394,6 +397,7 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
     if not is_library_entry(folder):
         atomic_write_text(folder / "probes" / f"{name}.json", text)
     summary = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
+    summary.update({k: result[k] for k in SUMMARY_DETAILS if result.get(k) is not None})  # the report's details of a library entry
     if result.get("metric") not in (None, "top1"):  # binary / multi-label: the headline metric too
         summary.update(metric=result["metric"], score=result.get(result["metric"]))
     twin = record_probe_summary(folder, name, summary)

@@ -14,6 +14,9 @@ UmapMetric = Literal["cosine", "euclidean", "manhattan", "chebyshev", "minkowski
 UMAP_METRICS: tuple[str, ...] = get_args(UmapMetric)
 
 
+UMAP_MIN_POINTS = 4  # fewer points make no layout (UMAP needs 2 neighbours besides the point itself)
+
+
 class UmapParams(BaseModel):
     """UMAP settings (see umap-learn): neighbours, minimum distance, metric, seed, point limit."""
 
@@ -23,10 +26,7 @@ class UmapParams(BaseModel):
     min_dist: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
     metric: UmapMetric = "cosine"
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    max_points: int = Field(default=5000, ge=1)
-
-
-UMAP_MIN_POINTS = 4  # fewer points make no layout (UMAP needs 2 neighbours besides the point itself)
+    max_points: int = Field(default=5000, ge=UMAP_MIN_POINTS)
 
 
 def neighbours_used(n_neighbors: int, points: int) -> int:

@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ssl_toolkit._version import __version__
 from ssl_toolkit.api import Positive, Seed, public
@@ -32,7 +33,7 @@ from ssl_toolkit.config import DataConfig, validate
 from ssl_toolkit.devices import check_device
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval import plots
-from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
+from ssl_toolkit.eval.analysis import DEFAULT_IVF_THRESHOLD, GRID_MAX, KNN_KS, RECALL_KS, Analysis, UmapParams, analyze
 from ssl_toolkit.eval.embed import load_target_source
 from ssl_toolkit.eval.features import FeatureCache, model_fingerprint
 from ssl_toolkit.eval.projection import UMAP_MIN_POINTS
@@ -67,7 +68,7 @@ def header_rows(meta: dict[str, Any], source_name: str, target: str) -> list[tup
         ("pretext task", str(meta.get("task") or "-")),
         ("pretrained on", str(ds.get("name") or "-")),
         ("analysed on", source_name),
-        ("epochs", str(meta.get("epochs", "-"))),
+        ("epochs", str(meta.get("epochs", "-")) + (f" ({steps:,} steps)" if isinstance(steps := meta.get("steps"), int) else "")),
         ("wall time", _duration(wall) if isinstance(wall, (int, float)) else "-"),
         ("image size", f"{meta.get('image_size')} px, {meta.get('in_chans')} channel(s)"),
         ("toolkit version", version),
@@ -230,7 +231,7 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
     """The page's pictures and tables that need drawing: curves, UMAP, confusion, samples, neighbour grids."""
     query_split = getattr(source, sides.query_name)
     classes = source.classes if sides.labelled else None
-    probes = read_probes(folder, meta)
+    probes = read_probes(folder, meta, warn)
     confusion = pick_confusion(probes, source.name)
     curves = _curves(folder / "metrics.csv") if folder is not None else None
     assign = an.clusters.assignments
@@ -263,6 +264,8 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
             "src": data_uri(conf_png),
             "top1": _pct(confusion.get("top1")),
             "fraction": fraction_text(float(confusion.get("label_fraction") or 0)),
+            "dataset": str(confusion.get("dataset") or "-"),
+            "other_data": confusion.get("dataset") != source.name,
         }
         if confusion and conf_png
         else None,
@@ -321,6 +324,7 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
         **figures,
         "title": f"{meta.get('task') or 'backbone'} · {meta.get('backbone', {}).get('timm_name', '')} · {source.name}",
         "header": header_rows(meta, source.name, target),
+        "source_name": source.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "version": __version__,
         "probes": probe_rows(figures["probes"]),
@@ -329,6 +333,7 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
         "has_test": sides.two,
         "split_name": sides.query_name,
         "grid_k": max((len(row["cells"]) for row in figures["grids"]), default=0),
+        "grid_classes": {"shown": an.grid_classes[0], "total": an.grid_classes[1], "rows": GRID_MAX},
         "n_queries": an.n_queries,
         "n_gallery": an.search.n_gallery,
         "search": an.search.describe(),
@@ -362,9 +367,11 @@ def report_path(target: str | Path, out: str | Path | None) -> Path:
         folder = Path(target).expanduser()
         path, what = (folder if str(target).strip() and folder.is_dir() else Path()) / "report.html", "--out (default)"
     else:
-        path, what = Path(out).expanduser(), "--out"
-    check_output_file(path, what)
-    return check_page_suffix(path)
+        path, what = check_page_suffix(out), "--out"
+    return check_output_file(path, what)
+
+
+MAX_QUERIES_PER_CLASS = 10
 
 
 @public
@@ -375,7 +382,7 @@ def report(
     umap: UmapParams | dict[str, Any] | None = None,
     ivf_threshold: Positive = DEFAULT_IVF_THRESHOLD,
     clusters: Positive | None = None,
-    queries_per_class: Positive = 2,
+    queries_per_class: Annotated[Positive, Field(le=MAX_QUERIES_PER_CLASS)] = 2,
     batch_size: Positive = 256,
     device: str | None = None,
     seed: Seed = 0,
@@ -393,7 +400,9 @@ def report(
         umap: UMAP settings (:class:`UmapParams` or a dict of its fields).
         ivf_threshold: Gallery size from which FAISS searches an IVF index instead of an exact one.
         clusters: k-means ``k`` (default: the number of classes, or 10 without labels).
-        queries_per_class: Example queries per class in the neighbour grids.
+        queries_per_class: Example queries per class in the neighbour grids, 1 to
+            ``MAX_QUERIES_PER_CLASS`` (the grids hold at most ``GRID_MAX`` rows: with many
+            classes, the first classes; the page says so).
         batch_size: Images per forward pass when features are extracted.
         device: Where to run the backbone (default: CUDA when available).
         seed: Seed of subsampling and example picks, and of UMAP unless ``umap`` sets its own.

@@ -1,7 +1,8 @@
 """What a run folder records for its report: training curves, probe results, sample pictures.
 
 A damaged file raises :class:`UnreadableFile` (the report leaves that part out with a
-warning); a missing one is simply absent; a damaged probe result is left out.
+warning); a missing one is simply absent; a damaged probe result is replaced by its summary
+in ``meta.json``, with a warning.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,37 +108,45 @@ class ProbeRecord(BaseModel):
         return self
 
 
-def _probe_record(r: Any) -> dict[str, Any] | None:
-    """``r`` checked as a probe result (:class:`ProbeRecord`, with ``top1``), or ``None`` when it is not one."""
+def _probe_record(r: Any) -> dict[str, Any]:
+    """``r`` checked as a probe result (:class:`ProbeRecord`, with ``top1``).
+
+    Raises:
+        UnreadableFile: It is not one (the message says why).
+    """
     if not isinstance(r, dict) or "top1" not in r:
-        return None
+        raise UnreadableFile("not a probe result (no top1)")
     try:
         return ProbeRecord.model_validate(r).model_dump(exclude_unset=True)
-    except ValidationError:
-        return None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UnreadableFile(f"{'.'.join(map(str, err['loc'])) or 'the result'}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
-def read_probes(folder: Path | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Probe results of a run: ``probes/*.json`` (full), else the summaries in its metadata.
+def read_probes(folder: Path | None, meta: dict[str, Any], warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Probe results of a backbone: per probe its ``probes/*.json`` (full), else its summary in the metadata.
 
-    A result that is not valid JSON, or whose fields have the wrong types (:class:`ProbeRecord`), is left out,
-    and so is one whose summary the metadata no longer holds: a probe of the backbone before
-    a resume trained it further (the resumed run's ``meta.json`` starts its probes afresh).
+    Only the probes the metadata lists are read: a file whose summary the metadata no longer
+    holds is a probe of the backbone before a resume trained it further (the resumed run's
+    ``meta.json`` starts its probes afresh). A file that is not valid JSON, or whose fields
+    have the wrong types (:class:`ProbeRecord`), is replaced by its summary, and ``warn``
+    says so; a summary that is not a probe result is left out with a warning.
     """
     results = []
-    current = meta.get("probes") or {}
-    if folder is not None and (folder / "probes").is_dir():
-        for p in sorted((folder / "probes").glob("*.json")):
-            if p.stem not in current:
-                continue
-            try:
-                r = _probe_record(json.loads(p.read_text()))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                continue
-            if r is not None:
-                results.append(r)
-    if not results:
-        results = [r for v in (meta.get("probes") or {}).values() if (r := _probe_record(v)) is not None]
+    for key, summary in sorted((meta.get("probes") or {}).items()):
+        path = None if folder is None or Path(key).name != key else folder / "probes" / f"{key}.json"  # a key is a file name
+        try:
+            if path is not None and path.is_file():
+                try:
+                    text = path.read_text()
+                    results.append(_probe_record(json.loads(text)))
+                    continue
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, UnreadableFile) as e:
+                    why = f"not UTF-8 text: byte {e.start}" if isinstance(e, UnicodeDecodeError) else str(e).splitlines()[0][:200]
+                    warn(f"{path} cannot be read as a probe result ({why}): the report shows its summary in meta.json")
+            results.append(_probe_record(summary))
+        except UnreadableFile as e:
+            warn(f"the probe {key} in meta.json is left out of the report ({e})")
     return sorted(results, key=lambda r: (str(r.get("mode")), -float(r.get("label_fraction") or 0)))
 
 
