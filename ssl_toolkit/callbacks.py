@@ -216,6 +216,28 @@ class RngState(Callback):
             gen.manual_seed(seed + 1)
 
 
+class ConfigRecord(Callback):
+    """Saves the run's settings that a resume may not change with every checkpoint (``KEY``, JSON text).
+
+    A resume compares them with ``config.yaml`` (:func:`ssl_toolkit.resume.check_unedited`):
+    the optimiser and scheduler state a checkpoint restores would otherwise override an edited
+    learning rate, say, while ``config.yaml`` kept the edit.
+
+    Args:
+        fixed: Those settings (:func:`ssl_toolkit.resume.fixed_settings` of the resolved config).
+    """
+
+    KEY = "ssl_config"
+
+    def __init__(self, fixed: dict[str, Any]) -> None:
+        import json
+
+        self.text = json.dumps(fixed, sort_keys=True, default=str)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.KEY] = self.text
+
+
 class EpochEndCheckpoint(Callback):
     """Makes the epoch-end ``last.ckpt`` a clean boundary between two epochs.
 
@@ -271,6 +293,24 @@ class EpochEndCheckpoint(Callback):
         if not epochs or not batches or batches.get("is_last_batch"):
             return None
         return int(checkpoint["epoch"]) if epochs["total"]["completed"] == epochs["total"]["processed"] - 1 else None
+
+    @classmethod
+    def trained(cls, checkpoint: dict[str, Any]) -> tuple[int, bool]:
+        """The epochs a checkpoint has trained to their last batch, and whether it holds part of the next.
+
+        As a resume reads it: an epoch-end save, or a save after an epoch's last step, counts
+        that epoch; a save inside an epoch (Ctrl-C, the timer, ``max_steps``) counts the part.
+        """
+        fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+        if not epochs or not batches:  # without Lightning's loop state: its epoch count alone
+            return int(checkpoint["epoch"]), False
+        done = int(epochs["total"]["completed"])
+        if cls.cut_epoch(checkpoint) is not None:
+            return done, True
+        if batches.get("is_last_batch"):
+            return done + 1, False
+        return done, int(batches["current"]["completed"]) > 0
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         fit = checkpoint.get("loops", {}).get("fit_loop", {})

@@ -362,6 +362,9 @@ def export_files(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: s
     """Write ``model`` as ``fmt`` to ``out`` (atomically) plus ``<out>.json`` metadata; returns that metadata."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    from ssl_toolkit.outputs import refuse_empty
+
+    refuse_empty(out, "--out")
     out = Path(out).expanduser()
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file path, e.g. {out / 'backbone.safetensors'}")

@@ -277,6 +277,7 @@ class PretrainConfig(StrictModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     task_config: dict[str, Any] = Field(default_factory=dict)
     init_from: PathText | None = None  # library name, run folder or weights file to start the backbone from
+    name: str | None = None  # the backbone's checkpoint-library name (None: <task>-<backbone>-<data>-<date>, made unique)
 
     @field_validator("init_from")
     @classmethod

@@ -65,7 +65,7 @@ def check_name(name: str) -> str:
     """``name`` if it is a valid entry name (letters, digits, ``._+-``; no leading dot), else a UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(
-            f"invalid checkpoint name '{name}': use ASCII letters, digits, '.', '_', '+' or '-' (at most 128, not starting with '.' or '-')"
+            f"invalid checkpoint name '{name}': use ASCII letters, digits, '.', '_', '+' or '-', starting with a letter or digit (at most 128)"
         )
     return name
 
@@ -345,6 +345,9 @@ def best_probe(meta: dict[str, Any]) -> tuple[str, float] | None:
 
 def _summary(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "path": str(folder)}
+    unknown = dict.fromkeys(("task", "backbone", "dataset", "epochs", "steps", "best_probe", "best_top1", "size_bytes", "created"))
+    if not NAME_RE.fullmatch(folder.name):  # put there by hand: no command can name it
+        return {**row, **unknown, "error": "not a checkpoint name (letters, digits, '._+-'): rename or delete the folder"}
     try:
         meta = read_meta(folder / META)
     except UserError as e:
@@ -357,19 +360,7 @@ def _summary(folder: Path) -> dict[str, Any]:
             if not (folder / META).is_file()
             else "invalid JSON"
         )
-        return {
-            **row,
-            "task": None,
-            "backbone": None,
-            "dataset": None,
-            "epochs": None,
-            "steps": None,
-            "best_probe": None,
-            "best_top1": None,
-            "size_bytes": None,
-            "created": None,
-            "error": f"unreadable {META}: {why}",
-        }
+        return {**row, **unknown, "error": f"unreadable {META}: {why}"}
     best = best_probe(meta)
     weights = folder / WEIGHTS
     size = weights.stat().st_size if weights.is_file() else None
@@ -415,7 +406,7 @@ def list_checkpoints(task: str | None = None, backbone: str | None = None) -> li
 def _existing_entry(name: str) -> Path:
     folder = entry_dir(name)
     if not folder.is_dir():
-        names = [p.name for p in library_root().glob("*") if p.is_dir() and not p.name.startswith(".")]
+        names = [p.name for p in library_root().glob("*") if p.is_dir() and NAME_RE.fullmatch(p.name)]
         raise UserError(f"no checkpoint named '{name}' in the library{did_you_mean(name, names)}; see `ssl checkpoints list`")
     return folder
 
@@ -442,10 +433,18 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
     from ssl_toolkit.checkpoints import given_path, load_backbone_files
 
     p = given_path(target)
-    if p.exists():
-        model, meta = load_backbone_files(p)
-        return model, meta, p if p.is_dir() else None
     name = str(target)
+    if p.exists():
+        try:
+            model, meta = load_backbone_files(p)
+        except UserError as e:
+            lib = library_root() / name
+            if NAME_RE.fullmatch(name) and lib.is_dir():  # a path is read before a library name
+                raise UserError(
+                    f"{e} (a library checkpoint is also named {name}; a path comes first: give {lib} to use the checkpoint)"
+                ) from None
+            raise
+        return model, meta, p if p.is_dir() else None
     if NAME_RE.fullmatch(name) and (library_root() / name).is_dir():
         lib = library_root() / name
         stored = read_meta(lib / META) if (lib / META).is_file() else None
@@ -462,7 +461,7 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
             raise UserError(f"checkpoint {name} is corrupt ({lacks}: {lib})")
         model, meta = load_backbone_files(lib, name=name)
         return model, meta, lib
-    names = [r["name"] for r in list_checkpoints()]
+    names = [r["name"] for r in list_checkpoints() if NAME_RE.fullmatch(r["name"])]
     raise UserError(f"no run folder, backbone file or library checkpoint named '{target}'{did_you_mean(name, names)}")
 
 

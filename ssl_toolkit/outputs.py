@@ -57,8 +57,15 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
     return folder
 
 
+def refuse_empty(path: str | Path, what: str) -> None:
+    """Refuse an empty path (``Path("")`` is the working folder)."""
+    if not str(path).strip():
+        raise UserError(f"{what} is empty: give a file name")
+
+
 def check_writable_file(path: str | Path, what: str) -> Path:
-    """Refuse a file path whose folder cannot be written, or that names an existing folder."""
+    """Refuse a file path that is empty, whose folder cannot be written, or that names an existing folder."""
+    refuse_empty(path, what)
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path")

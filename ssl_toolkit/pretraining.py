@@ -96,7 +96,9 @@ def pretrain(
         resume: A run folder to continue from its ``last.ckpt`` (its ``config.yaml`` is used).
             A finished run is left unchanged unless the changes ask for more training.
         name: Name of the backbone in the checkpoint library (default
-            ``<task>-<backbone>-<data>-<date>``, made unique).
+            ``<task>-<backbone>-<data>-<date>``, made unique); the config's ``name`` the
+            same (given both ways, they must agree). It is kept in ``config.yaml``, so a run
+            cut short registers under it when a resume finishes it.
 
     Returns:
         The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added; for a
@@ -141,10 +143,11 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
 
     primary = is_primary_process()
     finished = None
+    changed: list[str] = []  # what a resume changes in the saved config
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; give the run folder to write")
     if resume is not None:
-        from ssl_toolkit.resume import finished_state, limits_reached, resume_config
+        from ssl_toolkit.resume import check_unedited, finished_state, limits_reached, resume_config
 
         if overwrite:
             raise UserError(f"--resume {resume} continues the run in that folder; --overwrite would start it again: leave one out")
@@ -155,32 +158,42 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         if primary:
             folder.check_resumable()
         changes = config.model_dump(exclude_unset=True) if isinstance(config, PretrainConfig) else config_fields(config)
-        cfg, changed = resume_config(folder, changes)
+        cfg, changed = resume_config(folder, _with_name(changes, name))
         meta = finished_state(folder)
         if meta is not None and (reached := limits_reached(cfg, meta)):
             finished = {**meta, "limits_reached": reached}
             unused = [caller_terms("--logger", "trainer.logger")] if "trainer.logger" in changed else []  # used by training only
-            unused += [caller_terms("--name", "name")] if name is not None else []
+            unused += [caller_terms("--name", "name")] if "name" in changed else []
             if unused and primary:
                 _warn(
                     f"note: {folder} is already finished and nothing is trained, so {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used"
                 )
         elif primary:
-            folder.check_checkpoint()  # before config.yaml takes the changes
+            done, partial, recorded = folder.check_checkpoint()  # before config.yaml takes the changes
+            check_unedited(folder, recorded)
+            if done + partial > cfg.trainer.epochs:
+                asked = caller_terms(f"--epochs {cfg.trainer.epochs}", f"trainer.epochs={cfg.trainer.epochs}")
+                trained = f"{done} epoch{'s' if done != 1 else ''}" + (" and part of the next" if partial else "")
+                raise UserError(f"{folder} has trained {trained} already, more than {asked} asks; give {done + partial} or more")
     else:
         cfg = config if isinstance(config, PretrainConfig) else validate(PretrainConfig, config_fields(config))
+        if name is not None:
+            cfg = cfg.model_copy(update=_with_name(cfg.model_dump(include={"name"}), name))
         folder = RunFolder(out) if out is not None else RunFolder.default(cfg.task, cfg.backbone.name, cfg.data.name)
         refuse_inside_library(folder.path, "--out", "a folder of your own")
     if not primary and os.environ.get(RUN_DIR_ENV):  # a DDP worker: same folder as the launching process
         folder = RunFolder(os.environ[RUN_DIR_ENV])
-    plan = Plan(cfg, folder, resume is not None, overwrite, name, primary, finished)
+    library_name = cfg.name
+    if resume is not None and "name" not in changed and library_name is not None and _registered_as(folder) == library_name:
+        library_name = None  # this run's earlier backbone has the name: the one trained further gets a name of its own
+    plan = Plan(cfg, folder, resume is not None, overwrite, library_name, primary, finished)
     if finished is not None:
         return plan
     check_task_signature(cfg.task, TASKS.get(cfg.task))  # unknown task, or one that cannot be built: fail before loading data
     check_lightning_options(cfg.trainer)
     check_logger(cfg.trainer.logger)
-    if name is not None and (taken := name_taken(check_name(name))):
-        raise UserError(f"checkpoint '{taken}' already exists in the library; choose another --name")
+    if library_name is not None and (taken := name_taken(check_name(library_name))):
+        raise UserError(f"checkpoint '{taken}' already exists in the library; choose another {caller_terms('--name', 'name')}")
     if primary:
         check_library_writable()
         plan.lock = FolderLock(folder.path).acquire()  # before the folder is judged: a second writer waits for nothing
@@ -191,6 +204,27 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
             plan.lock.release()
             raise
     return plan
+
+
+def _with_name(fields: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """Config ``fields`` with the ``name`` argument (``--name``) as their ``name``; two different names are refused."""
+    if name is None:
+        return fields
+    if fields.get("name") not in (None, name):
+        raise UserError(
+            f"the library name is given twice, as {name} by {caller_terms('--name', 'name=')} and as {fields['name']} by the config; give it once"
+        )
+    return {**fields, "name": name}
+
+
+def _registered_as(folder: RunFolder) -> str | None:
+    """The library name a finished run's backbone was registered under (``library_name`` in its ``meta.json``)."""
+    if not folder.meta.is_file():
+        return None
+    from ssl_toolkit.backbone_files import read_meta
+
+    found = read_meta(folder.meta).get("library_name")
+    return found if isinstance(found, str) else None
 
 
 # --------------------------------------------------------------------------- stage 2: the data
@@ -438,6 +472,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     import lightning as L
 
     from ssl_toolkit.callbacks import (
+        ConfigRecord,
         EpochEndCheckpoint,
         GradientGuard,
         OnlineProbe,
@@ -449,6 +484,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     from ssl_toolkit.data.loaders import shared_by
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
+    from ssl_toolkit.resume import fixed_settings
     from ssl_toolkit.trainer import build_trainer, lightning_interrupts, quiet_lightning, restore_metrics
 
     t, folder = plan.cfg.trainer, plan.folder
@@ -468,6 +504,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         guard,
         TaskStepEnd(),
         RngState(),
+        ConfigRecord(fixed_settings(model.resolved)),
         EpochEndCheckpoint(),
         SamplePictures(first_images(data.source.train, 16), folder.samples),
         StartupClock(),

@@ -23,6 +23,7 @@ RESUMABLE = (
     "trainer.progress_every_n_steps",
     "trainer.log_every_n_steps",
     "trainer.logger",
+    "name",  # used when the run registers its backbone, at its end
 )
 
 
@@ -65,16 +66,43 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
         if key not in RESUMABLE:
             was = "unset" if old is _MISSING else repr(old)
             raise UserError(
-                f"--resume cannot change {key} (saved {was}, asked {value!r}); only {', '.join(k.split('.', 1)[1] for k in RESUMABLE)} may change"
+                f"--resume cannot change {key} (saved {was}, asked {value!r}); only {', '.join(k.split('.', 1)[-1] for k in RESUMABLE)} may change"
             )
         changed.append(key)
     if not changed:
         return cfg, []
     merged = cfg.model_dump(mode="json")
     for key in changed:
-        section, field = key.split(".", 1)
-        merged[section][field] = _get(dict(changes or {}), key)
+        *section, field = key.split(".", 1)
+        (merged[section[0]] if section else merged)[field] = _get(dict(changes or {}), key)
     return validate(PretrainConfig, merged, what="--resume"), changed
+
+
+def fixed_settings(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The dotted settings of a resolved config that a resume may not change (all but :data:`RESUMABLE`)."""
+    return {k: v for k, v in _leaves(resolved).items() if k not in RESUMABLE}
+
+
+def check_unedited(folder: RunFolder, recorded: str | None) -> None:
+    """Refuse a resume whose ``config.yaml`` differs from the settings its checkpoint was trained with.
+
+    ``recorded`` is :class:`~ssl_toolkit.callbacks.ConfigRecord`'s text from ``last.ckpt``
+    (``None``: a checkpoint from before it was kept, not checked). A setting the checkpoint
+    does not name (one a later version added) is not compared.
+    """
+    import json
+
+    if recorded is None:
+        return
+    was = json.loads(recorded)
+    now = json.loads(json.dumps(fixed_settings(folder.read_config()), default=str))
+    for key, value in was.items():
+        if now.get(key, _MISSING) != value:
+            shown = "absent" if key not in now else repr(now[key])
+            raise UserError(
+                f"cannot resume {folder}: its config.yaml has {key} {shown}, but its checkpoint was trained with {value!r} "
+                f"(was config.yaml edited?); put the value back, or start a new run from its weights with --init-from {folder}"
+            )
 
 
 def finished_state(folder: RunFolder) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
@@ -22,6 +22,21 @@ from ssl_toolkit.outputs import check_writable_dir, check_writable_file
 
 if TYPE_CHECKING:
     from ssl_toolkit.config import PretrainConfig
+
+
+class CheckpointFacts(NamedTuple):
+    """What a run's ``last.ckpt`` says before it is resumed.
+
+    Attributes:
+        epochs: Epochs trained to their last batch.
+        partial: It holds part of the next epoch (saved inside it).
+        config: The settings it was trained with, as :class:`~ssl_toolkit.callbacks.ConfigRecord`
+            saved them (``None`` in a checkpoint from before they were kept).
+    """
+
+    epochs: int
+    partial: bool
+    config: str | None
 
 
 class RunFolder:
@@ -134,7 +149,7 @@ class RunFolder:
                 raise UserError(f"cannot resume {self.path}: no {name} in it")
         check_writable_dir(self.path, "--resume")
 
-    def check_checkpoint(self) -> None:
+    def check_checkpoint(self) -> CheckpointFacts:
         """Refuse a ``last.ckpt`` that does not load (read memory-mapped: cheap), before anything is written."""
         import torch
 
@@ -146,6 +161,10 @@ class RunFolder:
         try:
             state = torch.load(self.last_ckpt, map_location="cpu", weights_only=True, mmap=True)
             int(state["global_step"])
+            from ssl_toolkit.callbacks import ConfigRecord, EpochEndCheckpoint
+
+            stamp = state.get(ConfigRecord.KEY)
+            return CheckpointFacts(*EpochEndCheckpoint.trained(state), stamp if isinstance(stamp, str) else None)
         except Exception as e:  # noqa: BLE001  (any failure means the checkpoint is unusable)
             raise UserError(f"cannot resume from {self.last_ckpt}: the checkpoint is unreadable ({type(e).__name__})") from None
 
@@ -278,7 +297,9 @@ def check_output_file(path: str | Path, what: str) -> Path:
     is refused.
     """
     from ssl_toolkit.library import refuse_inside_library
+    from ssl_toolkit.outputs import refuse_empty
 
+    refuse_empty(path, what)
     path = Path(path).expanduser()
     refuse_inside_library(path, what, "a file outside it")
     folder = RunFolder(path.parent)

@@ -122,6 +122,20 @@ def test_a_wrong_argument_is_one_user_error_naming_it_before_any_work(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_empty_output_path_is_named_as_such_not_taken_for_the_working_folder(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args, message in (
+        (("report", "x", "--out", ""), "error: --out is empty: give a file name\n"),
+        (("embed", "x", "--out", " "), "error: --out is empty: give a file name ending in .npz or .npy\n"),
+        (("inspect", "digits", "--dedupe-list", ""), "error: --dedupe-list is empty: give a file name\n"),
+        (("checkpoints", "export", "x", "--out", ""), "error: --out is empty: give a file name\n"),
+        (("report", "x", "--out", "sub/.html"), "error: --out sub/.html has no name before .html: give one, e.g. sub/out.html\n"),
+    ):
+        code, _, err = cli(*args)
+        assert (code, err) == (2, message), args
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_report_embed_and_inspect_refuse_to_write_over_a_runs_own_files(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()

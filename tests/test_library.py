@@ -157,6 +157,91 @@ def test_weights_from_plain_timm_with_the_documented_metadata_are_probed_and_imp
 
 
 @pytest.mark.slow
+def test_a_folder_put_in_the_library_by_hand_under_no_valid_name_is_listed_as_such_and_never_suggested(
+    tmp_path, toolkit_home, cli, monkeypatch
+):
+    import shutil
+
+    make_backbone(tmp_path / "run")
+    name = register_run(tmp_path / "run", "rot-a")["library_name"]
+    shutil.copytree(toolkit_home / "checkpoints" / name, toolkit_home / "checkpoints" / "rot a")
+    rows = {r["name"]: r for r in st.list_checkpoints()}
+    assert (
+        rows["rot a"]["error"] == "not a checkpoint name (letters, digits, '._+-'): rename or delete the folder"
+        and rows["rot a"]["task"] is None
+    )
+    assert rows["rot-a"]["task"] == "rotation" and "error" not in rows["rot-a"]
+    code, out, _ = cli("checkpoints", "list")
+    assert code == 0 and "rot a  " in out and "rename or delete the folder" in out
+    with pytest.raises(UserError, match=r"^no run folder, backbone file or library checkpoint named 'rot b' \(did you mean 'rot-a'\?\)$"):
+        st.load_backbone("rot b")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rot-a").mkdir()  # a folder in the working folder with an entry's name: the path is read, and the entry named
+    code, _, err = cli("probe", "rot-a", "--mode", "knn")
+    lib = toolkit_home / "checkpoints" / "rot-a"
+    assert code == 2 and err.endswith(
+        f"(a library checkpoint is also named rot-a; a path comes first: give {lib} to use the checkpoint)\n"
+    ), err
+
+
+def test_the_name_asked_is_kept_in_config_yaml_until_the_run_registers_and_a_resume_may_change_it(tmp_path, toolkit_home):
+    from ssl_toolkit.api import command_line
+
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, online_probe=False)
+    run = tmp_path / "run"
+    assert pretrain(cfg, out=run, name="first")["library_name"] == "first"
+    assert yaml.safe_load((run / "config.yaml").read_text())["name"] == "first"
+    # a run stopped before it registered (Ctrl-C, a kill) holds no backbone yet: its resume registers under the name asked
+    cut = tmp_path / "cut"
+    assert pretrain({**cfg, "name": "second"}, out=cut)["library_name"] == "second"
+    st.remove_checkpoint("second")
+    (cut / META).unlink()
+    (cut / WEIGHTS).unlink()
+    assert pretrain(None, resume=cut)["library_name"] == "second" and sorted(r["name"] for r in st.list_checkpoints()) == [
+        "first",
+        "second",
+    ]
+    # trained further, a finished run's backbone gets a name of its own unless one is given, which is recorded
+    assert pretrain({"trainer": {"epochs": 2}}, resume=run)["library_name"].startswith(f"rotation-{TINY_BACKBONE}-synthetic-")
+    assert pretrain({"trainer": {"epochs": 3}}, resume=run, name="third")["library_name"] == "third"
+    assert yaml.safe_load((run / "config.yaml").read_text())["name"] == "third"
+    with pytest.raises(UserError, match=r"^checkpoint 'first' already exists in the library; choose another name$"):
+        pretrain({"trainer": {"epochs": 4}}, resume=run, name="first")
+    with pytest.raises(UserError, match=r"^the library name is given twice, as b by name= and as a by the config; give it once$"):
+        pretrain({**cfg, "name": "a"}, out=tmp_path / "x", name="b")
+    with (
+        command_line(),
+        pytest.raises(UserError, match=r"^invalid checkpoint name '_x': use ASCII letters, digits, .* starting with a letter or digit"),
+    ):
+        pretrain({**cfg, "name": "_x"}, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    (run / META).unlink()  # unfinished again: a resume may not ask for fewer epochs than its checkpoint holds
+    with (
+        command_line(),
+        pytest.raises(UserError, match=rf"^{run} has trained 3 epochs already, more than --epochs 2 asks; give 3 or more$"),
+    ):
+        pretrain({"trainer": {"epochs": 2}}, resume=run)
+
+
+def test_a_checkpoint_saved_mid_epoch_counts_the_epochs_done_and_the_part_of_the_next(tmp_path):
+    from ssl_toolkit.run_folder import RunFolder
+
+    def saved(processed: int, batches: int, last: bool) -> tuple[int, bool]:  # counters as Lightning saves them
+        epochs = {"completed": 4, "processed": processed}
+        progress = {"epoch_progress": {"total": epochs, "current": epochs}}
+        progress["epoch_loop.batch_progress"] = {"current": {"completed": batches}, "is_last_batch": last}
+        torch.save({"global_step": 45, "epoch": 4, "loops": {"fit_loop": progress}}, tmp_path / "last.ckpt")
+        return RunFolder(tmp_path).check_checkpoint()[:2]
+
+    assert saved(4, 5, False) == (4, True)  # a Ctrl-C in the fifth epoch
+    assert saved(5, 10, True) == (5, False)  # saved at an epoch's end: the epoch is processed, not yet completed
+    assert saved(4, 10, True) == (5, False)  # a Ctrl-C after an epoch's last step: the resume finishes that epoch
+    assert saved(5, 6, False) == (4, True)  # an epoch cut by max_steps or the time budget: the resume goes on inside it
+    assert saved(4, 0, False) == (4, False)  # at an epoch's start
+
+
 def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli, monkeypatch):
     """The new-user flow: pretrain twice, list, probe by name, continue pretraining, refuse a mismatch."""
 

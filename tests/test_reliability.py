@@ -265,6 +265,15 @@ def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(tm
     code, _, err = cli("pretrain", "--resume", run, "--lr", "0.5")
     assert code == 2 and err.startswith("error: --resume cannot change trainer.lr")
     assert _tree_bytes(run) == before
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("\n  lr: ", "\n  lr: 0.5\n  old_lr: ", 1).replace("\n  old_lr: ", "\n  # was: ", 1))
+    code, _, err = cli("pretrain", "--resume", run, "--epochs", "2")  # the optimiser state would restore the old rate
+    assert code == 2 and err.startswith(
+        f"error: cannot resume {run}: its config.yaml has trainer.lr 0.5, but its checkpoint was trained with "
+    )
+    assert err.endswith(f"(was config.yaml edited?); put the value back, or start a new run from its weights with --init-from {run}\n")
+    (run / "config.yaml").write_text(saved)
+    assert _tree_bytes(run) == before
 
     bare = tmp_path / "bare"  # finished, then its last.ckpt deleted: the backbone is all there is
     shutil.copytree(run, bare)
@@ -394,6 +403,16 @@ def test_resuming_from_a_config_yaml_edited_by_hand_to_another_network_is_one_li
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["task_config"]["hidden_dim"] = 7  # another head: the checkpoint's weights no longer fit
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = _tree_bytes(run)
+    with pytest.raises(  # the checkpoint keeps the settings it was trained with: the edit is found before any work
+        UserError,
+        match=r"^cannot resume .*run: its config.yaml has task_config \{'hidden_dim': 7\}, but its checkpoint was trained with \{'hidden_dim': 0\} \(was config.yaml edited\?\)",
+    ):
+        pretrain({"trainer": {"epochs": 2}}, resume=run)
+    assert _tree_bytes(run) == before
+    state = torch.load(run / "last.ckpt", weights_only=True)
+    del state["ssl_config"]  # as a checkpoint from before the settings were kept: found when its weights do not fit
+    torch.save(state, run / "last.ckpt")
     before = _tree_bytes(run)
     with pytest.raises(
         UserError,

@@ -365,10 +365,10 @@ def report_path(target: str | Path, out: str | Path | None) -> Path:
     """
     if out is None:
         folder = Path(target).expanduser()
-        path, what = (folder if str(target).strip() and folder.is_dir() else Path()) / "report.html", "--out (default)"
+        out, what = (folder if str(target).strip() and folder.is_dir() else Path()) / "report.html", "--out (default)"
     else:
-        path, what = check_page_suffix(out), "--out"
-    return check_output_file(path, what)
+        what = "--out"
+    return check_page_suffix(check_output_file(out, what), what)
 
 
 MAX_QUERIES_PER_CLASS = 10

@@ -292,11 +292,11 @@ def inspect_data(
     from ssl_toolkit.run_folder import check_output_file
 
     cfg = inspect_config(data)
-    if out is not None:
-        check_page_suffix(out)
     for option, path in (("--out", out), ("--dedupe-list", dedupe_list)):
         if path is not None:
             check_output_file(path, option)
+    if out is not None:
+        check_page_suffix(out)
     if (
         out is not None
         and dedupe_list is not None
