@@ -51,3 +51,27 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
         by_lower.setdefault(str(choice).lower(), str(choice))
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
     return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """How much a failed allocation asked for (``"190.7 GiB"``, or ``"memory"`` when the error does not say), else ``None``.
+
+    torch reports a failed CPU allocation as a ``RuntimeError`` ("DefaultCPUAllocator: can't
+    allocate memory: you tried to allocate N bytes") and a failed GPU one as
+    ``torch.OutOfMemoryError`` (a ``RuntimeError`` whose text holds "out of memory").
+    """
+    import re
+
+    text = str(e)
+    if not isinstance(e, MemoryError) and not (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    ):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    if asked is None:
+        return "memory"
+    if asked.group(1).isdigit():
+        from ssl_toolkit.units import human_size
+
+        return human_size(int(asked.group(1)))
+    return asked.group(1)

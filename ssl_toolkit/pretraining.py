@@ -27,7 +27,7 @@ from ssl_toolkit._version import __version__
 from ssl_toolkit.api import Flag, caller_terms, config_fields, public
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.config import PretrainConfig, validate
-from ssl_toolkit.errors import Interrupted, UserError
+from ssl_toolkit.errors import Interrupted, UserError, out_of_memory
 from ssl_toolkit.folder_lock import FolderLock
 from ssl_toolkit.ranks import is_primary_process
 from ssl_toolkit.run_folder import RunFolder
@@ -111,7 +111,15 @@ def pretrain(
         return {**plan.finished, "finished": True, "run_dir": str(plan.folder.path.resolve())}
     try:
         data = _build_data(plan)
-        model = _build_model(plan, data)
+        try:
+            model = _build_model(plan, data)
+        except (RuntimeError, MemoryError) as e:
+            if (asked := out_of_memory(e)) is None:
+                raise
+            raise UserError(
+                f"not enough memory to build the network and its task heads (an allocation of {asked} failed): "
+                "a size in task_config (hidden_dim, output_dim, queue_size...) or the backbone is too large for this machine"
+            ) from None
         try:
             _prepare_folder(plan, model, data)
             trainer, guard, seconds = _fit(plan, model, data)
@@ -532,11 +540,13 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
             with lightning_interrupts(trainer, functools.partial(interrupt_outcome, trainer, folder)):
                 trainer.fit(module, train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
-            kept = (
-                f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
-            )
-            raise UserError(f"training stopped: {e}; {kept}") from None
-        except RuntimeError as e:
+            raise UserError(f"training stopped: {e}; {_kept(folder)}") from None
+        except (RuntimeError, MemoryError) as e:
+            if (asked := out_of_memory(e)) is not None:
+                raise UserError(
+                    f"training ran out of memory (an allocation of {asked} failed): a smaller --batch-size, trainer.activation_memory_mb "
+                    f"or task_config sizes fit; {_kept(folder)}"
+                ) from None
             if ckpt_path is None or "Error(s) in loading state_dict" not in str(e):
                 raise
             detail = " ".join(str(e).split("\n\t", 1)[-1].split())
@@ -547,6 +557,11 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
                 f"({detail[:160]}{'...' if len(detail) > 160 else ''}); was config.yaml edited?"
             ) from None
     return trainer, guard, time.time() - start
+
+
+def _kept(folder: RunFolder) -> str:
+    """What a failed run leaves to resume from."""
+    return f"the last good checkpoint is kept in {folder.last_ckpt}" if folder.last_ckpt.is_file() else "no checkpoint was written yet"
 
 
 # --------------------------------------------------------------------------- stage 6: backbone and library

@@ -29,6 +29,7 @@ from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
 from ssl_toolkit.launcher import end_stopped_runs_by_their_signal
 from ssl_toolkit.precision import resolve_precision
+from ssl_toolkit.ranks import is_primary_process
 
 if TYPE_CHECKING:
     from lightning.fabric.loggers.csv_logs import _ExperimentWriter
@@ -220,7 +221,7 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
             f"trainer options ({_describe(cfg)}): {trial.num_devices} CPU processes on {cores} cores; at most "
             f"{CPU_PROCESSES_PER_CORE * cores} ({CPU_PROCESSES_PER_CORE} per core): on CPU, devices counts processes, each a full copy of the model"
         )
-    if note is not None and os.environ.get("RANK", "0") == "0":
+    if note is not None and is_primary_process():  # the processes a DDP launcher starts run this check too
         print(note, file=sys.stderr, flush=True)
 
 

@@ -207,7 +207,7 @@ def test_sync_batchnorm_reaches_lightnings_ddp_and_is_refused_on_a_cpu(tmp_path)
     assert plain.strategy._layer_sync is None
 
 
-def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refused(capsys):
+def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refused(capsys, monkeypatch):
     from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.errors import UserError
     from ssl_toolkit.trainer import check_lightning_options
@@ -219,6 +219,10 @@ def test_more_cpu_processes_than_cores_say_so_in_one_line_and_far_more_are_refus
     assert capsys.readouterr().err == (
         f"trainer: {cores + 2} CPU processes on {cores} cores share them (on CPU, devices counts processes, each a full copy of the model)\n"
     )
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a process the launcher started runs the check too, and says nothing
+    check_lightning_options(TrainerConfig(accelerator="cpu", devices=cores + 2, strategy="ddp"))
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("LOCAL_RANK")
     check_lightning_options(TrainerConfig(accelerator="cpu", devices=4 * cores, strategy="ddp"))
     with pytest.raises(UserError, match=f"{4 * cores + 1} CPU processes on {cores} cores; at most {4 * cores} \\(4 per core\\)"):
         check_lightning_options(TrainerConfig(accelerator="cpu", devices=4 * cores + 1, strategy="ddp"))

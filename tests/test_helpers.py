@@ -183,3 +183,16 @@ def test_a_full_disk_names_the_output_it_could_not_write(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "page.html", "new")
     assert describe_os_error(e.value) == f"No space left on device ({tmp_path / 'page.html'})"
     assert [p.name for p in tmp_path.iterdir()] == ["page.html"] and (tmp_path / "page.html").read_text() == "old"
+
+
+def test_a_failed_allocation_is_recognised_with_its_size_from_either_device():
+    import torch
+
+    from ssl_toolkit.errors import out_of_memory
+
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried to allocate 204800000000 bytes."
+    )
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.3 GiB total capacity)")
+    assert (out_of_memory(cpu), out_of_memory(gpu), out_of_memory(MemoryError())) == ("190.7 GiB", "2.00 GiB", "memory")
+    assert out_of_memory(RuntimeError("Error(s) in loading state_dict")) is None and out_of_memory(ValueError("out of memory")) is None
