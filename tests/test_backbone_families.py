@@ -154,6 +154,13 @@ def test_a_run_records_the_backbone_auto_chose_and_the_baseline_follows_the_same
     assert cont["backbone"]["timm_name"] == "resnet10t"
 
 
+def as_before_settings_were_kept(run) -> None:
+    """Make ``run``'s last.ckpt one from before checkpoints kept the run's settings (a resume then trusts config.yaml)."""
+    state = torch.load(run / "last.ckpt", weights_only=True)
+    del state["ssl_config"]
+    torch.save(state, run / "last.ckpt")
+
+
 def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one(tmp_path, capsys):
     cfg = tiny_config("rotation", epochs=1)
     cfg["data"].update(image_size=28, synthetic_train=64, synthetic_test=32)
@@ -171,6 +178,7 @@ def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one
     saved = yaml.safe_load((pooled / "config.yaml").read_text())
     del saved["backbone"]["stem_pool"]
     (pooled / "config.yaml").write_text(yaml.safe_dump(saved))
+    as_before_settings_were_kept(pooled)
     resumed = pretrain({"trainer": {"epochs": 2, "max_steps": -1}}, resume=pooled)
     assert resumed["steps"] == 4 and resumed["backbone"]["stem_pool"] is True
     # a run from before the CPU rule: small stem at 28 px, and small_stem: null in its config.yaml
@@ -179,6 +187,7 @@ def test_a_cpu_run_records_the_stem_it_chose_and_a_resume_keeps_the_recorded_one
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["backbone"]["small_stem"] = None
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    as_before_settings_were_kept(run)
     resumed = pretrain({"trainer": {"epochs": 2, "max_steps": -1}}, resume=run)
     assert resumed["steps"] == 4 and resumed["backbone"]["small_stem"] is True
 
