@@ -94,7 +94,12 @@ def check_unedited(folder: RunFolder, recorded: str | None) -> None:
 
     if recorded is None:
         return
-    was = json.loads(recorded)
+    try:
+        was = json.loads(recorded)
+    except ValueError:
+        was = None
+    if not isinstance(was, dict):
+        raise UserError(f"cannot resume from {folder.last_ckpt}: the settings it keeps are damaged (not a JSON object)")
     now = json.loads(json.dumps(fixed_settings(folder.read_config()), default=str))
     for key, value in was.items():
         if now.get(key, _MISSING) != value:

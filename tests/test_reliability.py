@@ -411,6 +411,9 @@ def test_resuming_from_a_config_yaml_edited_by_hand_to_another_network_is_one_li
         pretrain({"trainer": {"epochs": 2}}, resume=run)
     assert _tree_bytes(run) == before
     state = torch.load(run / "last.ckpt", weights_only=True)
+    torch.save({**state, "ssl_config": '{"trainer.lr": '}, run / "last.ckpt")  # cut short
+    with pytest.raises(UserError, match=r"^cannot resume from .*last.ckpt: the settings it keeps are damaged \(not a JSON object\)$"):
+        pretrain({"trainer": {"epochs": 2}}, resume=run)
     del state["ssl_config"]  # as a checkpoint from before the settings were kept: found when its weights do not fit
     torch.save(state, run / "last.ckpt")
     before = _tree_bytes(run)

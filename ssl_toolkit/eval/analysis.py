@@ -36,6 +36,7 @@ __all__ = ["DEFAULT_IVF_THRESHOLD", "GRID_MAX", "KNN_KS", "RECALL_KS", "Analysis
 
 
 GRID_MAX = 100  # most rows of the neighbour grids (each a query and its 5 neighbours)
+GRID_UNLABELLED = 20  # rows of the grids without labels: random queries
 
 
 @dataclass
@@ -201,7 +202,7 @@ def analyze(
         temperature: kNN vote temperature.
         kmeans_seeds: Seeds of the k-means runs.
         grid_per_class: Example queries per class in the neighbour grids.
-        grid_max: Most example queries.
+        grid_max: Most example queries (without labels: at most ``GRID_UNLABELLED``, drawn at random).
         max_r: Cap on ``R`` for mAP@R (and on neighbours fetched for it).
         project: Compute the UMAP projection.
         seed: Seed of subsampling and example picks.
@@ -233,7 +234,9 @@ def analyze(
         }
         seconds["umap"] = time.perf_counter() - t
 
-    grid_q = per_class_picks(len(queries), lab.query if lab else None, grid_per_class, grid_max, seed)
+    grid_q = per_class_picks(
+        len(queries), lab.query if lab else None, grid_per_class, grid_max if lab else min(grid_max, GRID_UNLABELLED), seed
+    )
     return Analysis(
         search=info,
         knn=scores.knn,
