@@ -62,7 +62,7 @@ def check_library_writable() -> None:
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is a valid entry name (letters, digits, ``._+-``; no leading dot), else a UserError."""
+    """``name`` if it is a valid entry name (letters, digits, ``._+-``, starting with a letter or digit), else a UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(
             f"invalid checkpoint name '{name}': use ASCII letters, digits, '.', '_', '+' or '-', starting with a letter or digit (at most 128)"
