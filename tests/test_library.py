@@ -156,7 +156,6 @@ def test_weights_from_plain_timm_with_the_documented_metadata_are_probed_and_imp
     assert entry["intact"] and entry["backbone"]["timm_name"] == "resnet18" and entry["in_chans"] == 1
 
 
-@pytest.mark.slow
 def test_a_folder_put_in_the_library_by_hand_under_no_valid_name_is_listed_as_such_and_never_suggested(
     tmp_path, toolkit_home, cli, monkeypatch
 ):
@@ -242,6 +241,7 @@ def test_a_checkpoint_saved_mid_epoch_counts_the_epochs_done_and_the_part_of_the
     assert saved(4, 0, False) == (4, False)  # at an epoch's start
 
 
+@pytest.mark.slow
 def test_two_pretrains_then_list_probe_by_name_and_continue(tmp_path, cli, monkeypatch):
     """The new-user flow: pretrain twice, list, probe by name, continue pretraining, refuse a mismatch."""
 
