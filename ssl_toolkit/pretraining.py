@@ -281,7 +281,7 @@ def _build_data(plan: Plan) -> RunData:
     task_cls.check_data(task_cfg, facts)
     if plan.primary:
         warn_colour_views(cfg.task, task_cfg, processing.color_space)
-        for line in task_cfg.unused_settings():
+        for line in [*task_cfg.unused_settings(), *task_cls.notes(task_cfg, facts, cfg.trainer.batch_size)]:
             _warn(f"note: {line}")
     stage = task_cls.worker_stage(task_cfg, facts)
     num_classes = (

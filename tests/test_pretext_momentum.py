@@ -55,3 +55,14 @@ def test_a_view_key_set_alone_keeps_the_tasks_other_view_defaults():
     assert byol.second_views.cfg.flip_p == 0.1 and byol.second_views.cfg.solarize_p == 0.2 and byol.second_views.cfg.saturation == 0.2
     moco = build_task("moco", 8, {"views": {"flip_p": 0.3}}, facts)
     assert moco.views.cfg.blur_p == 0.5  # MoCo v2's blur stays
+
+
+def test_a_moco_queue_shorter_than_a_batch_is_noted():
+    from ssl_toolkit.pretext.moco import MoCoTask
+
+    facts = DataFacts(channels=1, image_size=16, mean=(0.5,), std=(0.25,))
+    assert MoCoTask.notes(MoCoTask.Config(queue_size=256), facts, 256) == []
+    assert MoCoTask.notes(MoCoTask.Config(queue_size=100), facts, 128) == [
+        "task_config.queue_size=100 is smaller than a batch (128 keys per step): "
+        "the queue keeps 100 of each step's keys, so each query meets 100 negatives"
+    ]

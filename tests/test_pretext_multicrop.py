@@ -125,3 +125,16 @@ def test_small_view_settings_without_small_views_are_named():
     assert validate(both.model_dump(mode="json")).unused_settings() == both.unused_settings()  # as config.yaml reads back
     saved = validate(validate({"views": {"flip_p": 0}}).model_dump(mode="json"))  # a resumed run's config: every key present
     assert saved.unused_settings() == []
+
+
+def test_small_views_sized_otherwise_than_local_size_asks_are_noted():
+    validate = SimCLRTask.Config.model_validate
+    at = {size: DataFacts(channels=3, image_size=size, mean=(0.5,) * 3, std=(0.25,) * 3) for size in (6, 28, 32)}
+    assert SimCLRTask.notes(validate({"local_crops": 2}), at[32], 256) == []  # 16 px, as asked
+    assert SimCLRTask.notes(validate({"local_size": 0.2}), at[28], 256) == []  # no small views: unused_settings says so
+    assert SimCLRTask.notes(validate({"local_crops": 2, "local_size": 0.2}), at[28], 256) == [
+        "task_config.local_size=0.2 of 28 px is 6 px; the small views are 8 px (the smallest the views are made)"
+    ]
+    assert SimCLRTask.notes(validate({"local_crops": 1, "local_size": 0.5}), at[6], 256) == [
+        "task_config.local_size=0.5 of 6 px is 3 px; the small views are 6 px (the image side)"
+    ]

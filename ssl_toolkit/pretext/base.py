@@ -131,6 +131,14 @@ class PretextTask(nn.Module, ABC):
             )
 
     @classmethod
+    def notes(cls, config: TaskConfig, data: DataFacts, batch_size: int) -> list[str]:
+        """Settings that take effect otherwise than written on this data and batch size, one line each.
+
+        The launching process prints each as a ``note:``; nothing is changed.
+        """
+        return []
+
+    @classmethod
     def size_requirement(cls, config: TaskConfig) -> tuple[int | None, str, str]:
         """``(smallest image side, who needs it, why)`` under ``config``; tasks whose minimum
         depends on their config (grid, gap) override it."""

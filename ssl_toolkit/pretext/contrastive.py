@@ -240,6 +240,18 @@ class SimCLRTask(TwoViewTask):
         )
 
     @classmethod
+    def notes(cls, config: TaskConfig, data: DataFacts, batch_size: int) -> list[str]:
+        """Small views raised to 8 px, or as large as the image, when ``local_size`` asks otherwise."""
+        assert isinstance(config, SimCLRConfig)
+        asked, side = round(config.local_size * data.image_size), local_side(config, data.image_size)
+        if not config.local_crops or asked == side:
+            return []
+        why = "the smallest the views are made" if side == 8 else "the image side"
+        return [
+            f"task_config.local_size={config.local_size:g} of {data.image_size} px is {asked} px; the small views are {side} px ({why})"
+        ]
+
+    @classmethod
     def worker_stage(cls, config: TaskConfig, data: DataFacts) -> WorkerStage:
         """Streamed files: the two views' crops, then the small views' (at the image size; shrunk on the device)."""
         assert isinstance(config, SimCLRConfig)

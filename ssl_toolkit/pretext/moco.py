@@ -16,7 +16,7 @@ from lightly.models.modules import MoCoProjectionHead
 from pydantic import Field, field_validator
 
 from ssl_toolkit.data.augment import ViewConfig
-from ssl_toolkit.pretext.base import DataFacts, TaskInfo, register_task
+from ssl_toolkit.pretext.base import DataFacts, TaskConfig, TaskInfo, register_task
 from ssl_toolkit.pretext.contrastive import MomentumTwoViewTask, TwoViewConfig, positive_pair_accuracy, usable_temperature
 
 
@@ -65,6 +65,17 @@ class MoCoTask(MomentumTwoViewTask):
         for bank in (m for m in self.loss_fn.modules() if isinstance(m, MemoryBankModule)):
             for name in ("bank", "bank_ptr"):
                 bank.register_buffer(name, getattr(bank, name), persistent=True)
+
+    @classmethod
+    def notes(cls, config: TaskConfig, data: DataFacts, batch_size: int) -> list[str]:
+        """A queue shorter than a batch: each step keeps only the first ``queue_size`` of its keys."""
+        assert isinstance(config, MoCoConfig)
+        if config.queue_size >= batch_size:
+            return []
+        return [
+            f"task_config.queue_size={config.queue_size} is smaller than a batch ({batch_size} keys per step): "
+            f"the queue keeps {config.queue_size} of each step's keys, so each query meets {config.queue_size} negatives"
+        ]
 
     def forward(self, backbone, images):
         b = images.shape[0]
