@@ -82,6 +82,12 @@ class DataConfig(StrictModel):
         image_size: Square side the images are resized to; ``None`` keeps the dataset's default.
         split_seed: Seed of the stratified train/test split (when the data has none) and of ``synthetic``.
         test_fraction: Share of each class held out as test when the data has no split.
+        split_draw: How a folder without its own split is split, and ``limit``'s subset drawn:
+            ``names`` ranks each file by a seeded hash of its path, so files added to or
+            removed from the folder leave the others where they were (a folder that grows keeps
+            its test files in test); ``listing`` is a seeded permutation of the readable files in
+            listing order, the rule of runs whose ``config.yaml`` has no ``split_draw`` (a resume
+            or a probe of such a run keeps it).
         limit: Use at most this many training images (seeded random subset).
         path: Where to look first for ``fashion-mnist``.
         synthetic_train: Training images of ``synthetic``.
@@ -108,6 +114,7 @@ class DataConfig(StrictModel):
     image_size: int | None = Field(default=None, ge=8, le=1024)
     split_seed: int = Field(default=0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    split_draw: Literal["names", "listing"] = "names"
     limit: int | None = Field(default=None, ge=1)
     path: PathText | None = None
     synthetic_train: int = Field(default=1200, ge=1)

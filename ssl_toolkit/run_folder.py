@@ -182,6 +182,12 @@ class RunFolder:
         absent = [k for k in ("task", "data", "backbone", "trainer") if k not in saved]
         if absent:
             raise UserError(f"{self.config} is not a saved run config (no {', '.join(absent)})")
+        data = saved.get("data")
+        if isinstance(data, dict) and "split_draw" not in data:  # written before the key: a folder's split followed the listing
+            from ssl_toolkit.data.sources import reads_folder_split
+
+            if reads_folder_split(str(data.get("name", ""))):
+                saved = {**saved, "data": {**data, "split_draw": "listing"}}
         return validate(PretrainConfig, saved, what=f"{self.config}")
 
     REPLACED = ".replaced"  # a previous run's files under ``--overwrite``, until the new run has its own

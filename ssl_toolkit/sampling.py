@@ -4,12 +4,15 @@ scikit-learn's ``StratifiedShuffleSplit`` draws the split sizes for the whole se
 refuses classes with one member; the toolkit needs a count chosen per class (at least
 one image of each class kept, a one-image class never held out), so every stratified
 draw (a dataset's train/test split, the evaluators' label fractions and hold-outs, the
-report's UMAP subsample and example queries) goes through :func:`per_class_split`.
+report's UMAP subsample and example queries) goes through :func:`per_class_split`, or,
+for an image folder's split, :func:`per_class_lowest`, which ranks by each file's own
+seeded key so that a folder that grows keeps its files where they were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,43 @@ def per_class_split(labels: Any, count: Callable[[int], int], seed: int) -> tupl
     chosen, others = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
+        n = count(len(idx))
+        chosen.append(idx[:n])
+        others.append(idx[n:])
+    empty = np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(chosen or [empty])).astype(np.int64), np.sort(np.concatenate(others or [empty])).astype(np.int64)
+
+
+def name_keys(names: Iterable[bytes], seed: int, purpose: bytes) -> np.ndarray:
+    """``(N,)`` uint64 seeded keys of ``names``: a keyed BLAKE2b hash of each name alone.
+
+    A name's key does not depend on the other names or their order, so ranking by it draws
+    the same items from a list that grew, shrank or was listed otherwise (the rule of the
+    TensorFlow Speech Commands split: Warden, "Speech Commands", 2018). ``purpose`` keeps
+    different draws from the same seed apart.
+    """
+    key = seed.to_bytes(8, "little")
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(n, digest_size=8, key=key, person=purpose).digest(), "little") for n in names),
+        dtype=np.uint64,
+    )
+
+
+def per_class_lowest(labels: Any, keys: np.ndarray, count: Callable[[int], int]) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split by key: each class's ``count(n_c)`` indices of lowest ``keys`` are chosen.
+
+    As :func:`per_class_split`, with each class ranked by :func:`name_keys` instead of a
+    permutation, so an item's part follows its own key: adding a class's items moves at most
+    as many of its others into the chosen part as its count grows.
+
+    Returns:
+        The chosen indices and the others, each sorted, as int64.
+    """
+    labels = np.asarray(labels)
+    chosen, others = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[np.argsort(keys[idx], kind="stable")]  # (n_c,) by key
         n = count(len(idx))
         chosen.append(idx[:n])
         others.append(idx[n:])

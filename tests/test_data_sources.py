@@ -141,6 +141,69 @@ def test_folder_with_class_subfolders_is_labelled_and_split(tmp_path):
     assert src.train.images.shape[1:] == (3, 8, 8)
 
 
+def test_a_folder_that_grows_keeps_its_test_files_in_test(tmp_path):
+    """The drawn split follows each file's own key: files added later move no earlier test file to train,
+    and only as many earlier training files into test as each class's test count grows."""
+
+    def split(**data):
+        src = load_source(DataConfig(name=str(tmp_path), image_size=8, **data))
+        return set(src.train.ids), set(src.test.ids)
+
+    for c in ("cat", "dog"):
+        for i in range(20):
+            _img(tmp_path / c / f"{i}.png", "RGB", (i * 10, 100, 50))
+    train, test = split()
+    assert (len(train), len(test)) == (32, 8) and split() == (train, test)  # drawn again: the same
+    for c in ("cat", "dog"):
+        for i in range(20, 30):
+            _img(tmp_path / c / f"{i}.png", "RGB", (i * 5, 0, 0))
+    train2, test2 = split()
+    assert (len(train2), len(test2)) == (48, 12)
+    assert test <= test2  # no earlier test file is now trained on
+    assert len(train & test2) <= 2 * (round(30 * 0.2) - round(20 * 0.2))  # at most the growth of each class's test count
+    (tmp_path / "cat" / "3.png").write_bytes(b"not an image")  # a file that stops decoding leaves the others where they were
+    train3, test3 = split()
+    gone = str(tmp_path / "cat" / "3.png")
+    assert train3 | test3 == (train2 | test2) - {gone} and len(test3 - test2) <= 1
+    assert split(split_seed=1) != (train3, test3)  # another seed, another draw
+    listing = split(split_draw="listing")  # the rule of runs made before split_draw: a permutation in listing order
+    assert len(listing[1]) == 12 and listing != (train3, test3)
+    limited = load_source(DataConfig(name=str(tmp_path), image_size=8, limit=10))
+    assert len(limited.train) == 10 and set(limited.train.ids) <= train3 and set(limited.test.ids) == test3
+    with pytest.raises(UserError, match=r"^data.split_draw applies to an image folder only, not to digits: leave it out$"):
+        load_source(DataConfig(name="digits", split_draw="listing"))
+
+
+def test_a_class_folder_whose_files_all_fail_to_open_is_not_a_class(tmp_path, capsys):
+    for c in ("cat", "dog"):
+        for i in range(5):
+            _img(tmp_path / c / f"{i}.png", "RGB", (i * 20, 100, 50))
+    (tmp_path / "bird").mkdir()
+    for i in range(3):
+        (tmp_path / "bird" / f"{i}.jpg").write_bytes(b"not an image")
+    line = "warning: 1 class folder(s) with no readable image, left out of the classes: bird (their files are listed as unreadable)"
+    for _ in ("built", "read from the index cache"):
+        src = load_source(DataConfig(name=str(tmp_path), image_size=8))
+        assert src.classes == ["cat", "dog"] and sorted(set(src.train.labels.tolist())) == [0, 1]  # two classes: binary metrics
+        assert line in capsys.readouterr().err.splitlines()
+    report = st.inspect_data(str(tmp_path))
+    assert report["empty_classes"] == ["bird"] and line.removeprefix("warning: ") in report["warnings"]
+    assert report["labels"]["classes"] == ["cat", "dog"]
+
+
+def test_a_run_saved_without_split_draw_keeps_the_listing_rule_for_its_folder(tmp_path):
+    from ssl_toolkit.config import PretrainConfig
+    from ssl_toolkit.run_folder import RunFolder
+
+    for name, rule in ((str(tmp_path / "photos"), "listing"), ("digits", "names")):
+        saved = PretrainConfig(task="rotation", data={"name": name}).model_dump(mode="json")
+        assert saved["data"].pop("split_draw") == "names"  # a config written now records the rule
+        run = tmp_path / f"run-{rule}"
+        run.mkdir()
+        (run / RunFolder.CONFIG).write_text(json.dumps(saved))  # YAML reads JSON
+        assert RunFolder(run).read_run_config().data.split_draw == rule
+
+
 def test_folder_train_test_splits_unlabelled_modes_and_alpha(tmp_path):
     _img(tmp_path / "train" / "a.png", "RGBA", (255, 0, 0, 0))  # fully transparent red -> white
     _img(tmp_path / "train" / "b.jpg", "L", 128)

@@ -155,6 +155,21 @@ def test_stratified_split_and_example_picks_are_per_class_draws():
     assert per_class_picks(36, None, 2, 7, seed=0).tolist() == sorted(set(per_class_picks(36, None, 2, 7, seed=0).tolist()))
 
 
+def test_name_keys_rank_each_name_alone():
+    from ssl_toolkit.sampling import name_keys, per_class_lowest
+
+    names = [f"c{i % 2}/{i}.png".encode() for i in range(10)]
+    keys = name_keys(names, seed=5, purpose=b"test")
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == 10
+    np.testing.assert_array_equal(name_keys(names[::-1], 5, b"test"), keys[::-1])  # a name's key ignores the others and their order
+    assert not np.array_equal(name_keys(names, 6, b"test"), keys) and not np.array_equal(name_keys(names, 5, b"limit"), keys)
+    labels = np.arange(10) % 2
+    chosen, others = per_class_lowest(labels, keys, lambda n: 2)
+    assert np.bincount(labels[chosen]).tolist() == [2, 2] and sorted([*chosen, *others]) == list(range(10))
+    for c in (0, 1):  # each class's two lowest keys
+        assert set(chosen[labels[chosen] == c]) == set(np.flatnonzero(labels == c)[np.argsort(keys[labels == c])[:2]])
+
+
 def test_process_seconds_counts_from_the_process_start():
     import subprocess
     import sys

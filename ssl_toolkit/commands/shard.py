@@ -26,7 +26,7 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="How files are split and labelled: data.test_fraction, split_seed, labels, strict or max_pixels.",
+    help="How files are split and labelled: data.test_fraction, split_seed, split_draw, labels, strict or max_pixels.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
 def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> None:

@@ -31,6 +31,8 @@ from ssl_toolkit.data.layout import assign_split
 from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.data.stream import FileSplit
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.sampling import name_keys
+from ssl_toolkit.terminal import terminal_safe
 from ssl_toolkit.units import human_size
 
 MEMORY_SHARE = 0.25  # auto streams above this share of the available memory ...
@@ -84,11 +86,16 @@ def upscale_line(index: FileIndex, rows: np.ndarray, size: int) -> str | None:
 def split_rows(index: FileIndex, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """Train and test rows of the index (the folder's split, else a seeded one), ``cfg.limit`` applied."""
     single = index.labels if index.labels is not None and index.labels.ndim == 1 else None  # multi-label: random split
-    split = assign_split(index.n_train, index.position, single, cfg.test_fraction, cfg.split_seed)
+    by_names = cfg.split_draw == "names"
+    keys = name_keys(index.rel, cfg.split_seed, b"test") if by_names and index.n_train is None else None
+    split = assign_split(index.n_train, index.position, single, cfg.test_fraction, cfg.split_seed, keys)
     train, test = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
     if cfg.limit is not None and cfg.limit < len(train):
-        g = torch.Generator().manual_seed(cfg.split_seed)
-        train = train[torch.randperm(len(train), generator=g)[: cfg.limit].sort().values.numpy()]
+        if by_names:  # the limit files of lowest key: a grown folder keeps the subset it had, less those it displaced
+            train = np.sort(train[np.argsort(name_keys(index.rel[train], cfg.split_seed, b"limit"), kind="stable")[: cfg.limit]])
+        else:
+            g = torch.Generator().manual_seed(cfg.split_seed)
+            train = train[torch.randperm(len(train), generator=g)[: cfg.limit].sort().values.numpy()]
     return train, test
 
 
@@ -107,6 +114,12 @@ def in_memory(index: FileIndex, rows: np.ndarray, size: int, channels: int, max_
     return Split(x, labels, [str(paths[i]) for i in kept]), skipped
 
 
+def empty_classes_line(names: list[str]) -> str:
+    """The warning about class folders none of whose files opens (they are left out of the classes)."""
+    shown = ", ".join(terminal_safe(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{len(names)} class folder(s) with no readable image, left out of the classes: {shown} (their files are listed as unreadable)"
+
+
 def with_csv_labels(root: Path, index: FileIndex, explicit: str | None) -> FileIndex:
     """``index`` with the multi-hot labels and classes of its ``labels.csv`` (or ``data.labels``), if any."""
     from dataclasses import replace
@@ -118,7 +131,7 @@ def with_csv_labels(root: Path, index: FileIndex, explicit: str | None) -> FileI
         return index
     files = [Path(r.decode("utf-8", "surrogateescape")) for r in index.rel]
     labels, classes = read_labels_csv(root, files, csv_path)
-    return replace(index, labels=labels, classes=classes)
+    return replace(index, labels=labels, classes=classes, empty_classes=[])  # the CSV's classes, not the folders'
 
 
 def streamed_stats(root: Path, train: FileSplit, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -154,6 +167,8 @@ def load_folder(root: Path, cfg: DataConfig, warn_unused: bool = True) -> DataSo
     if os.environ.get("RANK", "0") == "0":
         for warning in index.unused.warnings(root) if warn_unused else []:  # images the layout leaves out, pictures of other types
             print(warning, file=sys.stderr, flush=True)
+        if index.empty_classes and warn_unused:
+            print(f"warning: {empty_classes_line(index.empty_classes)}", file=sys.stderr, flush=True)
         if cfg.stream == "auto" and stream:  # in memory is the quiet default
             print(line, file=sys.stderr, flush=True)
         note = upscale_line(index, train, size)

@@ -32,7 +32,7 @@ from ssl_toolkit.data.layout import FolderLayout, Unused, folder_layout
 from ssl_toolkit.data.scan import scan_files
 from ssl_toolkit.settings import cache_dir
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 STATS_VERSION = 1
 
 
@@ -68,6 +68,8 @@ class FileIndex:
         cached: The index was loaded from the cache.
         key: The listing key it is cached under (empty when it was not cached).
         unused: What the folder's layout does not read, from the listing of this run (never cached).
+        empty_classes: Class folders of the listing whose every file failed to open: not classes
+            of the index (as a class folder with no image file), named in a warning (never cached).
     """
 
     root: Path
@@ -84,6 +86,7 @@ class FileIndex:
     cached: bool = False
     key: str = ""
     unused: Unused = field(default_factory=Unused)
+    empty_classes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.rel.shape[0])
@@ -124,11 +127,16 @@ def build_index(root: Path, layout: FolderLayout, max_pixels: int | None, worker
         else:
             bad.append((str(rec.path), rec.error or "unreadable"))
     kept = np.asarray(keep, dtype=np.int64)
+    labels, classes = None if layout.labels is None else np.asarray(layout.labels, np.int64)[kept], layout.classes
+    if labels is not None and classes and len(present := np.unique(labels)) < len(classes):  # a class none of whose files opens
+        renumber = np.full(len(classes), -1, np.int64)
+        renumber[present] = np.arange(len(present))
+        labels, classes = renumber[labels], [classes[i] for i in present]
     return FileIndex(
         root=root,
         rel=_encode_rel(root, [layout.paths[i] for i in keep]),
-        labels=None if layout.labels is None else np.asarray(layout.labels, np.int64)[kept],
-        classes=layout.classes,
+        labels=labels,
+        classes=classes,
         n_train=layout.n_train,
         position=kept,
         nbytes=np.asarray(layout.sizes, np.int64)[kept] if layout.sizes else np.zeros(len(kept), np.int64),
@@ -190,15 +198,15 @@ def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_ca
     """The index of ``root``: from the cache when the listing is unchanged, else built and cached."""
     layout = folder_layout(root)
     path = cache_dir("index") / f"{listing_key(root, layout, max_pixels)}.npz"
-    if use_cache:
-        hit = load_index(path, root)
-        if hit is not None:
-            hit.key, hit.unused = path.stem, layout.unused
-            return hit
-    index = build_index(root, layout, max_pixels)
-    if use_cache:
-        save_index(index, path)
-        index.key = path.stem
+    index = load_index(path, root) if use_cache else None
+    if index is not None:
+        index.key, index.unused = path.stem, layout.unused
+    else:
+        index = build_index(root, layout, max_pixels)
+        if use_cache:
+            save_index(index, path)
+            index.key = path.stem
+    index.empty_classes = [c for c in layout.classes or [] if c not in (index.classes or [])]
     return index
 
 

@@ -37,7 +37,7 @@ import torch
 from ssl_toolkit.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS, has_image_suffix
 from ssl_toolkit.data.labels_csv import LABELS_FILE
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.sampling import stratified_split
+from ssl_toolkit.sampling import per_class_lowest, stratified_split
 from ssl_toolkit.terminal import terminal_safe
 
 TEST_DIRS = ("test", "val")
@@ -324,17 +324,30 @@ def folder_layout(root: Path) -> FolderLayout:
     return layout
 
 
-def assign_split(n_train: int | None, kept: np.ndarray, labels: np.ndarray | None, test_fraction: float, seed: int) -> np.ndarray:
+def assign_split(
+    n_train: int | None,
+    kept: np.ndarray,
+    labels: np.ndarray | None,
+    test_fraction: float,
+    seed: int,
+    keys: np.ndarray | None = None,
+) -> np.ndarray:
     """Split of the readable files: ``(len(kept),)`` int8, 0 = train, 1 = test.
 
     ``kept`` are the readable files' indices into :attr:`FolderLayout.paths`. A folder with its
-    own split keeps it; otherwise labelled files get a seeded stratified split and unlabelled
-    ones a seeded random split, drawn over the readable files only.
+    own split keeps it; otherwise each class (labelled files) or the whole folder puts
+    ``round(n * test_fraction)`` files in test: those of lowest ``keys``
+    (:func:`~ssl_toolkit.sampling.name_keys` of the files' paths: ``data.split_draw=names``),
+    or, without keys, a seeded permutation of the readable files in listing order
+    (``data.split_draw=listing``).
     """
     n = len(kept)
     split = np.zeros(n, np.int8)
     if n_train is not None:
         split[np.asarray(kept) >= n_train] = 1
+    elif keys is not None:
+        te, _ = per_class_lowest(labels if labels is not None else np.zeros(n, np.int64), keys, lambda m: int(round(m * test_fraction)))
+        split[te] = 1
     elif labels is not None:
         _, te = stratified_split(labels, test_fraction, seed)
         split[te] = 1

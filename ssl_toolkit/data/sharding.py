@@ -10,7 +10,7 @@ from ssl_toolkit.api import ImageSize, Positive, public
 from ssl_toolkit.errors import UserError
 
 #: The data settings that decide what is written: which files, their split and labels.
-SHARD_SETTINGS = ("test_fraction", "split_seed", "labels", "strict", "max_pixels")
+SHARD_SETTINGS = ("test_fraction", "split_seed", "split_draw", "labels", "strict", "max_pixels")
 CHUNK_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b|[kmgt])\s*", re.IGNORECASE)
 
 
@@ -44,7 +44,7 @@ def shard(
         chunk_bytes: Target size of one chunk file, with its unit (``64MB``, ``500kb``; 1 kb = 1000 bytes).
         workers: Writer processes (default: the cores; at most 4 per core).
         data: Settings of :data:`SHARD_SETTINGS` (``test_fraction``, ``split_seed``,
-            ``labels``, ``strict``, ``max_pixels``), as ``data.*`` in a config.
+            ``split_draw``, ``labels``, ``strict``, ``max_pixels``), as ``data.*`` in a config.
 
     Returns:
         ``source``, ``n_train``, ``n_test``, ``classes``, ``skipped`` (files left out) and ``out``.

@@ -53,6 +53,11 @@ def is_shard_dir(name: str) -> bool:
     return "://" in name or (Path(name).expanduser() / SHARD_INFO).is_file()
 
 
+def reads_folder_split(name: str) -> bool:
+    """Whether data ``name`` is read as an image folder (its split drawn by ``data.split_draw``), not a built-in dataset or shards."""
+    return name not in BUILTIN_NAMES and not is_shard_dir(name)
+
+
 def recorded_paths(data: dict[str, Any]) -> dict[str, Any]:
     """A ``data`` config section (as dumped) with its local paths made absolute, for a run's ``config.yaml``.
 
@@ -102,7 +107,10 @@ SOURCE_SETTINGS = {
     "synthetic_classes": ("synthetic",),
     "path": ("fashion-mnist",),
     "labels": ("an image folder",),
-    "test_fraction": ("digits", "an image folder"),  # the others' splits are fixed (Fashion-MNIST's, synthetic's, the shards')
+    "test_fraction": ("digits", "an image folder"),
+    "split_draw": (
+        "an image folder",
+    ),  # digits' split is drawn from its fixed array  # the others' splits are fixed (Fashion-MNIST's, synthetic's, the shards')
 }
 
 

@@ -27,6 +27,7 @@ epoch). The test split is only scored, once, after training; it never steers tra
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, cast
 
@@ -259,6 +260,8 @@ class TrainedEvaluator(Evaluator):
         n = len(fit_idx)
         steps_per_epoch = n // cfg.batch_size if n > cfg.batch_size else 1  # the loader drops a last partial batch
         epochs = cfg.epochs or max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+        if epochs * steps_per_epoch < MIN_STEPS:  # only an explicit --epochs is this short
+            print(f"note: {short_training(epochs, steps_per_epoch, n, cfg.batch_size)}", file=sys.stderr, flush=True)
         lr = cfg.lr or DEFAULT_LR
         wd = DEFAULT_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
         augment = build_augment(self.settings.augment, ctx.source.image_size, ctx.source.channels)
@@ -316,6 +319,17 @@ class TrainedEvaluator(Evaluator):
             facts["holdout"] = f"none: too few training labels to hold any out, so {targets.FIXED_THRESHOLDS}"
         module.cpu()
         return scores, facts
+
+
+def short_training(epochs: int, steps_per_epoch: int, n: int, batch_size: int) -> str:
+    """The note for an ``--epochs`` that makes fewer than ``MIN_STEPS`` optimiser steps, in which a new head may stay near chance."""
+    steps = epochs * steps_per_epoch
+    batch = f"batch {batch_size}" if n > batch_size else "one batch"
+    more = math.ceil(MIN_STEPS / steps_per_epoch)
+    return (
+        f"--epochs {epochs} is {steps} optimiser step{'s' if steps != 1 else ''} here ({n} training images, {batch}); "
+        f"the new head may stay near chance in under {MIN_STEPS} (--epochs {more} makes {more * steps_per_epoch}; the default makes at least {MIN_STEPS})"
+    )
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ssl_toolkit.api import public
 from ssl_toolkit.config import validate
+from ssl_toolkit.data.folder import empty_classes_line
 from ssl_toolkit.data.layout import shown
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.inspection import duplicates as dup
@@ -197,6 +198,7 @@ def run_inspection(
         "duplicates": sections,
         "unreadable": [{"path": shown(p), "reason": shown(r)} for p, r in table.unreadable],
         "unused": _unused_section(table),
+        "empty_classes": [shown(c) for c in table.empty_classes],
         "settings": cfg.model_dump(),
     }
     report["processing"], pictures = _processing(cfg)
@@ -239,6 +241,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     out = []
     if report["unreadable"]:
         out.append(f"{len(report['unreadable'])} unreadable file(s) (skipped by pretraining and evaluation)")
+    if report["empty_classes"]:
+        out.append(empty_classes_line(report["empty_classes"]))
     unused = report["unused"]
     if unused and unused["images"]:
         where = [f"{n} {what}" for n, what in ((unused["top_level"], "at the top level"), (unused["nested"], "in nested folders")) if n]

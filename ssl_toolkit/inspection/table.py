@@ -64,6 +64,7 @@ class ImageTable:
         std: Per-channel std of the training split.
         unreadable: ``(path, reason)`` of files that could not be decoded.
         unused: What a folder's layout does not read (folders only).
+        empty_classes: Class folders none of whose files opens, left out of the classes (folders only).
         images: ``(N, C, S, S)`` uint8 toolkit arrays, when kept.
         paths: Files (folders).
         reader: Encoded bytes of row ``i`` (shards).
@@ -89,6 +90,7 @@ class ImageTable:
     std: tuple[float, ...]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     unused: Unused | None = None
+    empty_classes: list[str] = field(default_factory=list)
     images: torch.Tensor | None = None
     paths: list[Path] | None = None
     reader: Callable[[int], bytes] | None = None
@@ -334,6 +336,7 @@ def table_from_folder(
         std=std,
         unreadable=unreadable,
         unused=index.unused,
+        empty_classes=index.empty_classes,
         images=images,
         paths=[paths[r] for r in rows],
     )
