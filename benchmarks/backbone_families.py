@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from ssl_toolkit.backbones import create_backbone
 from ssl_toolkit.config import BackboneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import names, output_file, positive_int, task_names, timm_backbones  # noqa: E402
 
 
 def parameters(name: str) -> float:
@@ -66,21 +69,23 @@ def run(backbone: str, task: str, steps: int, limit: int, tmp: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbones", default="resnet18,convnext_atto,vit_tiny_patch16_224")
-    ap.add_argument("--tasks", default="rotation,simclr")
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--limit", type=int, default=2000)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "backbone_families.json"))
+    ap.add_argument(
+        "--backbones", type=timm_backbones, default="resnet18,convnext_atto,vit_tiny_patch16_224", help="comma-separated timm models"
+    )
+    ap.add_argument("--tasks", type=names(task_names, "task"), default="rotation,simclr", help="comma-separated pretext tasks")
+    ap.add_argument("--steps", type=positive_int, default=40)
+    ap.add_argument("--limit", type=positive_int, default=2000, help="training images")
+    ap.add_argument("--out", type=output_file, default=str(ROOT / "benchmarks" / "results" / "backbone_families.json"))
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for backbone in args.backbones.split(","):
-            for task in args.tasks.split(","):
+        for backbone in args.backbones:
+            for task in args.tasks:
                 rows.append(run(backbone, task, args.steps, args.limit, tmp))
                 print(json.dumps(rows[-1]), flush=True)
     result = {"steps": args.steps, "limit": args.limit, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| backbone | params (M) | task | steps | images/s | linear top-1 | kNN top-1 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -33,8 +33,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import benchmark_images, build_module  # noqa: E402
+from throughput import IMAGES, benchmark_images, build_module  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import ACCELERATORS, PRECISIONS, check_accelerator, int_range, names, positive_int, timm_backbone  # noqa: E402
 from ssl_toolkit.data.loaders import make_loader  # noqa: E402
 
 
@@ -118,12 +120,12 @@ def bn_relu_times(batch: int = 512, repeats: int = 9) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--precisions", default="32-true,bf16-mixed")
-    ap.add_argument("--accelerator", default="cpu")
+    ap.add_argument("--backbone", type=timm_backbone, default="resnet18", help="a timm model")
+    ap.add_argument("--size", type=int_range(8, 1024), default=32, help="image side in pixels (8-1024)")
+    ap.add_argument("--batch-size", type=int_range(1, IMAGES), default=128)
+    ap.add_argument("--steps", type=positive_int, default=300)
+    ap.add_argument("--precisions", type=names(PRECISIONS, "precision"), default="32-true,bf16-mixed", help="comma-separated")
+    ap.add_argument("--accelerator", choices=ACCELERATORS, default="cpu")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: the engine's auto")
     ap.add_argument(
         "--stem-pool",
@@ -139,6 +141,7 @@ def main() -> None:
     )
     ap.add_argument("--bn-relu", action="store_true", help="time eager against compiled BatchNorm2d + ReLU on the CPU instead of a fit")
     args = ap.parse_args()
+    check_accelerator(ap, args.accelerator)
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.bn_relu:
         bn_relu_times()
@@ -151,7 +154,7 @@ def main() -> None:
     )
     print("| precision | mode | fit s | first step s | steady step s (median) | break-even steps |")
     print("|---|---|---:|---:|---:|---:|")
-    for precision in args.precisions.split(","):
+    for precision in args.precisions:
         run_args = argparse.Namespace(**{**vars(args), "precision": precision})
         rows = {}
         for compiled in (False, True):

@@ -37,6 +37,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.arguments import existing_folder, int_list, int_range, names, output_folder, positive_int  # noqa: E402
+
+PARTS = ("loader", "model", "decode", "memory", "commands", "step")
 
 
 # ----------------------------------------------------------------------------- measuring a process tree
@@ -325,28 +328,34 @@ def part_step(folder: Path, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folder", type=Path, required=True)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/data_speed"))
-    ap.add_argument("--parts", default="loader,model,decode,memory,commands,step")
-    ap.add_argument("--sizes", default="5000,10000,20000")
-    ap.add_argument("--decode-images", type=int, default=300)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--memory-steps", type=int, default=20, help="max_steps of the memory runs")
-    ap.add_argument("--first-step-sizes", default="5000,10000,20000", help="sizes whose one-step runs are timed")
+    ap.add_argument("--folder", type=existing_folder, required=True, help="a folder of JPEGs with train/ (benchmarks/make_photos.py)")
+    ap.add_argument("--work", type=output_folder, default="/tmp/data_speed", help="folder of the subsets, runs and data_speed.json")
+    ap.add_argument("--parts", type=names(PARTS, "part"), default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
+    ap.add_argument(
+        "--sizes", type=int_list(minimum=1), default="5000,10000,20000", help="folder sizes (images) of the loader and memory parts"
+    )
+    ap.add_argument("--decode-images", type=positive_int, default=300)
+    ap.add_argument("--steps", type=int_range(3, 10**6), default=12, help="timed steps of the step part (the first two are left out)")
+    ap.add_argument("--memory-steps", type=positive_int, default=20, help="max_steps of the memory runs")
+    ap.add_argument("--first-step-sizes", type=int_list(minimum=1), default="5000,10000,20000", help="sizes whose one-step runs are timed")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set KEY=VALUE of the memory part's ssl pretrain")
     a = ap.parse_args()
+    if not (a.folder / "train").is_dir():
+        ap.error(f"--folder {a.folder} has no train/ folder; make one with benchmarks/make_photos.py")
+    bad = [o for o in a.overrides if "=" not in o]
+    if bad:
+        ap.error(f"--set {bad[0]!r}: give KEY=VALUE")
     a.work.mkdir(parents=True, exist_ok=True)
-    parts = a.parts.split(",")
+    parts = a.parts
     results: dict = {}
     if "loader" in parts:
-        results["loader"] = part_loader(a.folder, a.work, [int(s) for s in a.sizes.split(",")])
+        results["loader"] = part_loader(a.folder, a.work, a.sizes)
     if "model" in parts:
         results["model"] = part_model(a.work)
     if "decode" in parts:
         results["decode"] = part_decode(a.folder, a.decode_images)
     if "memory" in parts:
-        first = tuple(int(s) for s in a.first_step_sizes.split(","))
-        results["memory"] = part_memory(a.folder, a.work, [int(s) for s in a.sizes.split(",")], a.memory_steps, first, tuple(a.overrides))
+        results["memory"] = part_memory(a.folder, a.work, a.sizes, a.memory_steps, tuple(a.first_step_sizes), tuple(a.overrides))
     if "commands" in parts:
         results["commands"] = part_commands(a.folder, a.work)
     if "step" in parts:

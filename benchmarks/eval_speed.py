@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import int_range, positive_float, positive_int, toolkit_backbone  # noqa: E402
 
 
 def linear_benchmark(backbone_name: str, epochs: int, lr: float, image_size: int) -> dict:
@@ -52,18 +57,20 @@ def linear_benchmark(backbone_name: str, epochs: int, lr: float, image_size: int
     c = source.num_classes
 
     # ---- toolkit: extract once (cold), then from the on-disk cache (warm) ------------
-    cache = FeatureCache(root=__import__("pathlib").Path(tempfile.mkdtemp()) / "features")
-    t0 = time.perf_counter()
-    fp = model_fingerprint(model)
-    xtr, xte = cache.get(model, source, "train", pre, fp), cache.get(model, source, "test", pre, fp)
-    t_extract = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fresh = FeatureCache(root=cache.root)
-    fp = model_fingerprint(model)
-    xtr, xte = fresh.get(model, source, "train", pre, fp), fresh.get(model, source, "test", pre, fp)
-    assert fresh.forward_passes == 0
-    logits, facts = linear_probe(xtr, ytr, xte, c, seed=0)
-    t_warm = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="eval-speed-") as tmp:  # the feature cache, removed afterwards
+        cache = FeatureCache(root=Path(tmp) / "features")
+        t0 = time.perf_counter()
+        fp = model_fingerprint(model)
+        xtr, xte = cache.get(model, source, "train", pre, fp), cache.get(model, source, "test", pre, fp)
+        t_extract = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fresh = FeatureCache(root=cache.root)
+        fp = model_fingerprint(model)
+        xtr, xte = fresh.get(model, source, "train", pre, fp), fresh.get(model, source, "test", pre, fp)
+        if fresh.forward_passes:
+            raise RuntimeError("the second read of the features ran the backbone: the on-disk cache was not used")
+        logits, facts = linear_probe(xtr, ytr, xte, c, seed=0)
+        t_warm = time.perf_counter() - t0
     t_cold = t_extract + t_warm
     acc_cached = (logits.argmax(1) == yte).float().mean().item()
 
@@ -157,16 +164,18 @@ def knn_benchmark(n_train: int, n_test: int, dim: int, k: int, temperature: floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--backbone", default="test_resnet")
-    ap.add_argument("--epochs", type=int, default=30, help="epochs of the common linear-probe loop")
-    ap.add_argument("--lr", type=float, default=1.0, help="SGD learning rate of the common loop (on standardised features)")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--knn-train", type=int, default=60000)
-    ap.add_argument("--knn-test", type=int, default=10000)
-    ap.add_argument("--knn-dim", type=int, default=512)
-    ap.add_argument("--k", type=int, default=200)
-    ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--backbone", type=toolkit_backbone, default="test_resnet", help="a timm model")
+    ap.add_argument("--epochs", type=positive_int, default=30, help="epochs of the common linear-probe loop")
+    ap.add_argument("--lr", type=positive_float, default=1.0, help="SGD learning rate of the common loop (on standardised features)")
+    ap.add_argument("--image-size", type=int_range(8, 1024), default=16, help="image side in pixels (8-1024)")
+    ap.add_argument("--knn-train", type=positive_int, default=60000, help="training vectors of the kNN part")
+    ap.add_argument("--knn-test", type=positive_int, default=10000, help="test vectors of the kNN part")
+    ap.add_argument("--knn-dim", type=positive_int, default=512, help="dimensions of the kNN vectors")
+    ap.add_argument("--k", type=positive_int, default=200, help="neighbours of the kNN vote (at most --knn-train)")
+    ap.add_argument("--temperature", type=positive_float, default=0.1, help="temperature of the kNN vote")
     args = ap.parse_args()
+    if args.k > args.knn_train:
+        ap.error(f"--k ({args.k}) must be at most --knn-train ({args.knn_train})")
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, torch uses {torch.get_num_threads()}")
     lin = linear_benchmark(args.backbone, args.epochs, args.lr, args.image_size)

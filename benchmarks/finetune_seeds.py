@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ from ssl_toolkit.errors import UserError
 from ssl_toolkit.library import load_backbone_any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import data_name, int_range, output_problem  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +44,8 @@ def main() -> None:
     ap.add_argument("--target", required=True, help="run folder, backbone file or checkpoint-library name")
     ap.add_argument("--fraction", type=float, default=0.01)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--data", default="fashion-mnist", help="a built-in dataset or folder with labels and a test split")
-    ap.add_argument("--image-size", type=int, default=None, help="default: the target's recorded image size")
+    ap.add_argument("--data", type=data_name, default="fashion-mnist", help="a built-in dataset or folder with labels and a test split")
+    ap.add_argument("--image-size", type=int_range(8, 1024), default=None, help="default: the target's recorded image size")
     ap.add_argument("--epochs", type=int, default=None, help="default: the evaluator's (10 epochs, at least 100 steps)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune_seeds.json"))
@@ -57,13 +58,10 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         ap.exit(2, f"error: --seeds must be comma-separated integers, got {args.seeds!r}\n")
-    out = Path(args.out)
-    try:  # the results file must be writable before minutes of fine-tuning
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.is_dir() or not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-            raise OSError("not a writable file")
-    except OSError as e:
-        ap.exit(2, f"error: --out {args.out}: {e.strerror or e}\n")
+    problem = output_problem(args.out)  # the results file must be writable before minutes of fine-tuning
+    if problem:
+        ap.exit(2, f"error: --out {problem}\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
         run(args, seeds)
     except UserError as e:

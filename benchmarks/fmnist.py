@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -45,10 +46,18 @@ from ssl_toolkit.errors import Interrupted
 from ssl_toolkit.evaluators.linear import linear_probe
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import names, one_of, task_names  # noqa: E402
+
 CONFIG = ROOT / "configs" / "benchmarks" / "fmnist.yaml"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- fmnist:begin -->", "<!-- fmnist:end -->"
 SKIPPED = {"colorization": "Fashion-MNIST is grayscale; colorization needs colour images"}
+
+
+def protocol_names() -> list[str]:
+    """The named overlays of ``configs/benchmarks/fmnist.yaml`` (``quick``, ``budget15``, ...)."""
+    return [k for k in yaml.safe_load(CONFIG.read_text()) if k != "protocol"]
 
 
 def load_settings(overlay: str | None) -> dict[str, Any]:
@@ -95,8 +104,13 @@ def evaluate(target: str | None, data: dict[str, Any], s: dict[str, Any], backbo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced protocol (configs/benchmarks/fmnist.yaml: quick)")
-    ap.add_argument("--protocol", default=None, help="another overlay of configs/benchmarks/fmnist.yaml, e.g. budget15, budget30")
-    ap.add_argument("--tasks", default=None, help="comma-separated subset of tasks")
+    ap.add_argument(
+        "--protocol",
+        type=one_of(protocol_names, "protocol"),
+        default=None,
+        help="another overlay of configs/benchmarks/fmnist.yaml, e.g. budget15, budget30",
+    )
+    ap.add_argument("--tasks", type=names(task_names, "task"), default=None, help="comma-separated subset of tasks")
     ap.add_argument("--resume", action="store_true", help="keep the rows of an unfinished run with the same settings and do the rest")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
@@ -107,7 +121,7 @@ def main() -> None:
     s = load_settings(overlay)
     data = {"name": "fashion-mnist", "image_size": s["image_size"]}
     train_data = {**data, **({"limit": s["train_limit"]} if s.get("train_limit") else {})}
-    tasks = args.tasks.split(",") if args.tasks else s["tasks"]
+    tasks = args.tasks or s["tasks"]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = ROOT / "benchmarks" / "results" / f"fmnist{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +139,7 @@ def main() -> None:
         },
         "command": "python benchmarks/fmnist.py"
         + (f" --protocol {overlay}" if overlay and overlay != "quick" else " --quick" if overlay else "")
-        + (f" --tasks {args.tasks}" if args.tasks else ""),
+        + (f" --tasks {','.join(args.tasks)}" if args.tasks else ""),
         "seconds": 0.0,
     }
     if args.resume and out.exists():

@@ -21,7 +21,7 @@ run spent outside ``fit``.
 
 Usage::
 
-    python benchmarks/gpu.py              # on a CUDA machine
+    python benchmarks/gpu.py              # on a CUDA machine (refused without one)
     python benchmarks/gpu.py --dry-run    # every row on the CPU with tiny sizes (the test suite runs this)
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -42,6 +43,9 @@ import torch
 from PIL import Image
 
 from ssl_toolkit.precision import resolve_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import PRECISIONS, int_range, positive_float, positive_int, timm_backbone  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # noqa: E402
@@ -275,24 +279,30 @@ def print_table(rows: list[tuple], peak_flops: float) -> None:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, test_resnet at 64 px, 40 small JPEGs, 1 + 2 steps (< 60 s)")
-    ap.add_argument("--backbone", default="resnet50")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=256, help="SimCLR pairs and extraction images per batch")
-    ap.add_argument("--rotation-batch", type=int, default=128, help="RotNet images per batch (x4 rotations)")
-    ap.add_argument("--images", type=int, default=12288, help="JPEGs in the generated folder (enough for warmup + steps in one epoch)")
-    ap.add_argument("--jpeg-side", type=int, default=500, help="largest JPEG width (photo-sized: 375-500 x 281-375)")
-    ap.add_argument("--precision", default="bf16-mixed")
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--backbone", type=timm_backbone, default="resnet50", help="a timm model")
+    ap.add_argument("--size", type=int_range(8, 1024), default=224, help="image side in pixels (8-1024)")
+    ap.add_argument("--batch-size", type=positive_int, default=256, help="SimCLR pairs and extraction images per batch")
+    ap.add_argument("--rotation-batch", type=positive_int, default=128, help="RotNet images per batch (x4 rotations)")
     ap.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (lightly's, and ours streaming the folder)"
+        "--images", type=positive_int, default=12288, help="JPEGs in the generated folder (enough for warmup + steps in one epoch)"
     )
-    ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak of this GPU (overrides the table)")
+    ap.add_argument("--jpeg-side", type=int_range(16, 8192), default=500, help="largest JPEG width (photo-sized: 375-500 x 281-375)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
+    ap.add_argument("--warmup", type=positive_int, default=10)
+    ap.add_argument("--steps", type=positive_int, default=30, help="timed steps (at least --window)")
+    ap.add_argument("--window", type=positive_int, default=10)
+    ap.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count() or 1, help="DataLoader workers (lightly's, and ours streaming the folder)"
+    )
+    ap.add_argument("--peak-tflops", type=positive_float, default=None, help="bf16 peak of this GPU (overrides the table)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--set", action="append", default=[], help="extra key=value for the folder pretraining runs (e.g. data.stream=true)")
     args = ap.parse_args()
-    args.accelerator = "gpu" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    if not args.dry_run and not torch.cuda.is_available():
+        ap.error("no CUDA device on this machine; --dry-run runs every row on the CPU with tiny sizes")
+    if args.steps < args.window:
+        ap.error(f"--steps ({args.steps}) must be at least --window ({args.window})")
+    args.accelerator = "cpu" if args.dry_run else "gpu"
     if args.dry_run:
         args.backbone, args.size, args.batch_size, args.rotation_batch = "test_resnet", 64, 8, 4
         args.images, args.jpeg_side, args.warmup, args.steps, args.window = 40, 96, 1, 2, 1
@@ -301,13 +311,48 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM and SIGHUP (``timeout``, a closed terminal) into ``SystemExit`` in this process.
+
+    The temporary folder (about 110 MB of JPEGs and runs) is then removed on the way out, as on
+    Ctrl-C; forked workers keep the default action.
+    """
+    main_pid = os.getpid()
+
+    def stop(signum: int, _frame) -> None:
+        if os.getpid() != main_pid:  # a forked worker: die as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
 def main() -> None:
-    args = parse_args()
-    warnings.filterwarnings("ignore", category=UserWarning)  # Lightning's advice on loggers and workers: one table only
+    from ssl_toolkit.errors import Interrupted
+
+    try:
+        run(parse_args())
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C, or SIGTERM inside a run of the toolkit's
+        print("gpu.py: interrupted; the temporary folder was removed", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The whole table: a throwaway folder of JPEGs, every row, the table."""
+    from ssl_toolkit.trainer import quiet_lightning
+
+    quiet_lightning()  # no "GPU available", no logger tips: one table only
+    warnings.filterwarnings("ignore", category=UserWarning)  # Lightning's advice on loggers and workers
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    stop_on_sigterm()
     started = time.perf_counter()
     torch.manual_seed(0)
     kw = {"num_classes": 0}
-    with tempfile.TemporaryDirectory(prefix="ssl-gpu-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ssl-gpu-bench-") as tmp:  # removed on any exit, SIGTERM included
         args.tmp = tmp
         os.environ["SSL_TOOLKIT_HOME"] = str(Path(tmp) / "home")  # runs register in a throwaway library
         if args.accelerator == "gpu":
@@ -315,7 +360,7 @@ def main() -> None:
             tflops = args.peak_tflops or known_peak(device)
             peak_src = "--peak-tflops" if args.peak_tflops else ("data sheet" if tflops else "unknown card: pass --peak-tflops")
         else:
-            device = f"CPU ({os.cpu_count()} cores, dry run)" if args.dry_run else f"CPU ({os.cpu_count()} cores)"
+            device = f"CPU ({os.cpu_count()} cores, dry run)"
             tflops = args.peak_tflops or gemm_flops_per_second("cpu", args.precision) / 1e12
             peak_src = "--peak-tflops" if args.peak_tflops else f"measured 2048^3 GEMM in {args.precision}"
         folder = make_jpeg_folder(Path(tmp) / "jpegs", args.images, args.jpeg_side, args.workers)

@@ -27,6 +27,31 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST_IMAGES = 70_000  # 60,000 train + 10,000 test
+MIN_FOLDER_IMAGES = 10
+
+
+def image_count(text: str) -> int:
+    """``--folder``: 0 (no folder) or a number of images Fashion-MNIST has (train first, then test).
+
+    Args:
+        text: The option's text.
+
+    Returns:
+        The count.
+
+    Raises:
+        argparse.ArgumentTypeError: If it is not 0 or between ``MIN_FOLDER_IMAGES`` and ``FASHION_MNIST_IMAGES``.
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of images, got {text!r}") from None
+    if n != 0 and not MIN_FOLDER_IMAGES <= n <= FASHION_MNIST_IMAGES:
+        raise argparse.ArgumentTypeError(
+            f"takes a number of images: 0 (no folder) or {MIN_FOLDER_IMAGES} to {FASHION_MNIST_IMAGES:,}, got {n}"
+        )
+    return n
 
 
 def run_cli(*args: str) -> tuple[float, dict]:
@@ -75,7 +100,14 @@ def write_folder(root: Path, n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--folder", type=int, default=0, help="Also inspect this many images written as PNG files.")
+    ap.add_argument(
+        "--folder",
+        type=image_count,
+        default=0,
+        metavar="N",
+        help=f"A number of images, not a path: also write the first N Fashion-MNIST images as PNG files in a temporary "
+        f"folder and inspect it ({MIN_FOLDER_IMAGES} to {FASHION_MNIST_IMAGES:,}; default 0: no folder).",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wall, report = run_cli("fashion-mnist", "--out", str(Path(tmp) / "fm.html"))

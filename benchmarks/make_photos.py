@@ -11,17 +11,24 @@ have realistic sizes (about 150 KB at 1024x768, quality 90). Layout:
 
 ``--link-from`` makes a smaller folder of hard links to the first files of a larger one
 (for the memory-versus-size measurements) instead of encoding again.
+
+``--out`` must be a new or empty folder: a folder that already holds files is refused
+rather than written over (a second run would mix its files with the first's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import existing_folder, new_output_folder, non_negative_int, positive_int  # noqa: E402
 
 CLASSES = ["disk", "square", "triangle", "cross", "ring", "ell", "disk-upside-down", "square-upside-down"]
 
@@ -69,9 +76,14 @@ def generate(out: Path, n: int, width: int, height: int, classes: int, test_frac
     print()
 
 
+def jpegs(folder: Path) -> list[Path]:
+    """The JPEGs under ``folder`` (every split and class), sorted by file name."""
+    return sorted(folder.rglob("*.jpg"), key=lambda p: p.name)
+
+
 def link_subset(src: Path, out: Path, n: int) -> None:
     """Hard links to the first ``n`` files (by name, over every split and class) of ``src``."""
-    files = sorted(src.rglob("*.jpg"), key=lambda p: p.name)[:n]
+    files = jpegs(src)[:n]
     for f in files:
         dst = out / f.relative_to(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -79,19 +91,68 @@ def link_subset(src: Path, out: Path, n: int) -> None:
             os.link(f, dst)
 
 
+def even_side(text: str) -> int:
+    """A photo side in pixels: an even number from 2 to 8192 (the sensor noise is drawn at half the side).
+
+    Args:
+        text: The option's text.
+
+    Returns:
+        The side.
+
+    Raises:
+        argparse.ArgumentTypeError: If it is not an even integer from 2 to 8192.
+    """
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if side % 2 or not 2 <= side <= 8192:
+        raise argparse.ArgumentTypeError(f"must be an even number of pixels from 2 to 8192, got {side}")
+    return side
+
+
+def split_share(text: str) -> float:
+    """``--test-fraction``: a number in (0, 0.5] (every ``round(1 / f)``-th image goes to test).
+
+    Args:
+        text: The option's text.
+
+    Returns:
+        The fraction.
+
+    Raises:
+        argparse.ArgumentTypeError: If it is not a number in (0, 0.5].
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 0.5:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 0.5] so that both splits get images, got {text!r}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--height", type=int, default=768)
+    ap.add_argument("--out", type=new_output_folder, required=True, help="a new or empty folder")
+    ap.add_argument("--n", type=positive_int, default=20000, help="number of JPEGs")
+    ap.add_argument("--width", type=even_side, default=1024, help="even, 2-8192 px")
+    ap.add_argument("--height", type=even_side, default=768, help="even, 2-8192 px")
     ap.add_argument("--classes", type=int, default=8, choices=range(2, 9))
-    ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--link-from", type=Path, default=None, help="hard-link the first N files of this folder instead")
+    ap.add_argument("--test-fraction", type=split_share, default=0.2, help="share of the images in test/, in (0, 0.5]")
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    ap.add_argument("--link-from", type=existing_folder, default=None, help="hard-link the first N files of this folder instead")
     a = ap.parse_args()
     if a.link_from is not None:
+        if not jpegs(a.link_from):
+            ap.error(f"--link-from {a.link_from} holds no .jpg files")
+        nearest = a.out.absolute()
+        while not nearest.exists():
+            nearest = nearest.parent
+        if os.stat(nearest).st_dev != os.stat(a.link_from).st_dev:
+            ap.error(f"--link-from {a.link_from} is on another file system than --out {a.out}: hard links cannot cross it")
         link_subset(a.link_from, a.out, a.n)
     else:
         generate(a.out, a.n, a.width, a.height, a.classes, a.test_fraction, a.seed, a.workers)

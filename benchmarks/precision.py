@@ -7,22 +7,27 @@ speed ratio. Usage: python benchmarks/precision.py [--task rotation] [--epochs 5
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import ssl_toolkit as st
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import data_name, int_range, one_of, positive_int, task_names, toolkit_backbone  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--task", default="rotation")
-    ap.add_argument("--data", default="digits")
-    ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--task", type=one_of(task_names, "task"), default="rotation", help="a pretext task")
+    ap.add_argument("--data", type=data_name, default="digits", help="a built-in dataset or an image folder")
+    ap.add_argument("--backbone", type=toolkit_backbone, default="resnet18", help="a timm model, or auto")
+    ap.add_argument("--image-size", type=int_range(8, 1024), default=16, help="image side in pixels (8-1024)")
+    ap.add_argument("--epochs", type=positive_int, default=5)
+    ap.add_argument("--batch-size", type=positive_int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []

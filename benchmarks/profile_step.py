@@ -37,6 +37,21 @@ from torch.profiler import ProfilerActivity, profile, schedule
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import benchmark_images, build_module, gemm_flops_per_second, layout_name, step_flops  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import (  # noqa: E402
+    ACCELERATORS,
+    PRECISIONS,
+    check_accelerator,
+    int_range,
+    names,
+    non_negative_int,
+    positive_int,
+    task_names,
+    timm_backbone,
+)
+
+IMAGES = 2048  # the benchmark's training images
+
 from ssl_toolkit.data.loaders import make_loader  # noqa: E402
 from ssl_toolkit.precision import resolve_precision  # noqa: E402
 
@@ -115,15 +130,15 @@ def roofline(task: str, images: torch.Tensor, args, events, step_s: float) -> No
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="simclr,rotation")
-    ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--accelerator", default="cpu")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--tasks", type=names(task_names, "task"), default="simclr,rotation", help="comma-separated pretext tasks")
+    ap.add_argument("--backbone", type=timm_backbone, default="resnet18", help="a timm model")
+    ap.add_argument("--size", type=int_range(8, 1024), default=32, help="image side in pixels (8-1024)")
+    ap.add_argument("--batch-size", type=int_range(1, IMAGES), default=128)
+    ap.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto")
+    ap.add_argument("--accelerator", choices=ACCELERATORS, default="cpu")
+    ap.add_argument("--warmup", type=non_negative_int, default=2)
+    ap.add_argument("--steps", type=positive_int, default=5, help="profiled steps")
+    ap.add_argument("--top", type=positive_int, default=12, help="rows of the profile table")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: the engine's auto")
     ap.add_argument("--roofline", action="store_true", help="matrix products against the rest, and what MFU 0.5 would need")
     ap.add_argument(
@@ -135,14 +150,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.roofline and args.accelerator != "cpu":
         ap.error("--roofline splits the CPU ops' self time; on a GPU use the profile table's device times")
+    check_accelerator(ap, args.accelerator)
     args.precision = resolve_precision(args.precision, args.accelerator)
     warnings.filterwarnings("ignore", category=UserWarning)
-    images, data_name = benchmark_images(args.size, limit=2048)
+    images, data_name = benchmark_images(args.size, limit=IMAGES)
     print(
         f"# {data_name}, {args.size} px, {args.backbone}{'' if args.stem_pool else ' (stem without its max-pool)'}, batch {args.batch_size}, {args.precision}, "
         f"{layout_name(args.channels_last)}, {args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    for task in args.tasks.split(","):
+    for task in args.tasks:
         profile_task(task, images, args)
 
 

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ssl_toolkit as st  # noqa: E402
+from benchmarks.arguments import output_problem  # noqa: E402
 from benchmarks.fmnist import evaluate, load_settings  # noqa: E402
 from ssl_toolkit.config import PretrainConfig, apply_overrides, validate  # noqa: E402
 from ssl_toolkit.errors import UserError  # noqa: E402
@@ -111,6 +112,9 @@ def main() -> None:
             check_point(s, args.task, args.minutes, p)
     except UserError as e:
         ap.error(str(e))
+    problem = output_problem(out)  # the results are written after the first point: writable before it starts
+    if problem:
+        ap.error(f"--out {problem}")
     command = "python benchmarks/recipe_sweep.py " + shlex.join(sys.argv[1:])
     result = {"task": args.task, "minutes": args.minutes, "command": command, "cores": torch.get_num_threads(), "torch": torch.__version__}
     done: list[dict[str, Any]] = json.loads(out.read_text())["points"] if args.resume and out.exists() else []

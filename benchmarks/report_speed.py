@@ -35,6 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssl_toolkit.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import data_name, output_folder, positive_int, toolkit_backbone  # noqa: E402
+
 
 def reset_peak() -> None:
     try:
@@ -94,13 +99,21 @@ def random_backbone(folder: Path, data: str, backbone: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--data", type=data_name, default="fashion-mnist", help="A built-in dataset or an image folder.")
     ap.add_argument("--target", help="Run folder / backbone file / library name (default: a random-init --backbone).")
-    ap.add_argument("--backbone", default="test_resnet", help="timm model of the random-init target.")
-    ap.add_argument("--umap-max-points", type=int, default=5000)
-    ap.add_argument("--out", default=None, help="Folder for the outputs (default: a temp folder).")
+    ap.add_argument("--backbone", type=toolkit_backbone, default="test_resnet", help="timm model of the random-init target.")
+    ap.add_argument("--umap-max-points", type=positive_int, default=5000)
+    ap.add_argument("--out", type=output_folder, default=None, help="Folder for the outputs (default: a temp folder).")
     args = ap.parse_args()
+    try:
+        run(args)
+    except UserError as e:  # a --target that cannot be read, data it does not fit: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
+
+def run(args: argparse.Namespace) -> None:
+    """Every stage, one after the other, then the verdict against the 60 s target."""
     from ssl_toolkit.eval.analysis import UmapParams, analyze
     from ssl_toolkit.eval.embed import embed, load_target_source
     from ssl_toolkit.eval.features import FeatureCache, model_fingerprint

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ssl_toolkit as st  # noqa: E402
+from benchmarks.arguments import non_negative_int, output_file, output_problem  # noqa: E402
 from benchmarks.throughput import lightly_transform  # noqa: E402
 from ssl_toolkit.config import DataConfig, PretrainConfig, apply_overrides, validate  # noqa: E402
 from ssl_toolkit.data.sources import load_source  # noqa: E402
@@ -190,11 +191,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--rows", default="ours,lightly", help="comma-separated: ours, lightly")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="lightly's row")
-    ap.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
+    ap.add_argument("--workers", type=non_negative_int, default=2, help="lightly's DataLoader workers")
     ap.add_argument("--ours-image-size", type=int, default=None, help="our row's data.image_size (default: the data's 28 px)")
     ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE", help="our row: one more setting (repeatable)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "simclr-budget.json"))
+    ap.add_argument("--out", type=output_file, default=str(ROOT / "benchmarks" / "results" / "simclr-budget.json"))
     ap.add_argument("--work", default=None, help="keep our run folder and embeddings here (default: a temporary folder)")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
@@ -219,10 +220,10 @@ def main() -> None:
     if args.work is not None:
         if Path(args.work, "ours").exists():
             ap.error(f"--work {args.work} already holds a run (ours/); give an empty folder")
-        try:
-            Path(args.work).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            ap.error(f"--work {args.work}: {e.strerror or e}")
+        problem = output_problem(args.work, folder=True)
+        if problem:
+            ap.error(f"--work {problem}")
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() if args.work is None else nullcontext(args.work) as tmp:
         for name in rows:
             result["rows"][name] = (

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,21 @@ from ssl_toolkit.data.sources import load_source
 from ssl_toolkit.engine import PretrainModule
 from ssl_toolkit.pretext import TASKS, DataFacts, build_task
 from ssl_toolkit.pretext.base import INPUTS_SECTION
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.arguments import (  # noqa: E402
+    ACCELERATORS,
+    PRECISIONS,
+    check_accelerator,
+    int_range,
+    names,
+    non_negative_int,
+    positive_int,
+    task_names,
+    timm_backbone,
+)
+
+IMAGES = 8192  # the benchmark's training images (Fashion-MNIST's first, or synthetic ones)
 
 # relative-position's default half-patch gap needs 34 px; a quarter-patch gap fits 32 px
 SMALL_IMAGE_TASK_CONFIG = {"relative-position": {"gap": 0.25}}
@@ -295,9 +311,8 @@ def model_flop_utilisation(images: torch.Tensor, args, backbone_kwargs: dict) ->
 
 def every_task(images: torch.Tensor, args, backbone_kwargs: dict) -> None:
     print("\n## Every pretext task: images/s and input-building share of the step")
-    names = TASKS.names() if args.tasks == "all" else args.tasks.split(",")
     print(f"{'task':<18} {'img/s':>8} {'inputs share':>13}")
-    for name in names:
+    for name in args.tasks:
         task_config = SMALL_IMAGE_TASK_CONFIG.get(name) if args.size < 64 else None
         ips = ours_images_per_second(name, images, args, backbone_kwargs, task_config)
         share = input_share(name, images, args, backbone_kwargs, task_config)
@@ -317,16 +332,16 @@ def cpu_model() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--precision", default="bf16-mixed")
-    ap.add_argument("--accelerator", default="cpu")
-    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of lightly's pipeline")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=15)
-    ap.add_argument("--window", type=int, default=5)
-    ap.add_argument("--tasks", default="all", help="comma-separated tasks for part 3, or all")
+    ap.add_argument("--backbone", type=timm_backbone, default="resnet18", help="a timm model")
+    ap.add_argument("--size", type=int_range(8, 1024), default=32, help="image side in pixels (8-1024)")
+    ap.add_argument("--batch-size", type=int_range(1, IMAGES), default=128)
+    ap.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
+    ap.add_argument("--accelerator", choices=ACCELERATORS, default="cpu")
+    ap.add_argument("--workers", type=non_negative_int, default=1, help="DataLoader workers of lightly's pipeline")
+    ap.add_argument("--warmup", type=non_negative_int, default=3)
+    ap.add_argument("--steps", type=positive_int, default=15, help="timed steps (at least --window)")
+    ap.add_argument("--window", type=positive_int, default=5)
+    ap.add_argument("--tasks", type=names(task_names, "task", every="all"), default="all", help="comma-separated tasks for part 3, or all")
     ap.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -341,18 +356,23 @@ def main() -> None:
     )
     ap.add_argument(
         "--gemm-size",
-        type=int,
+        type=positive_int,
         default=2048,
         help="part 2: side of the square matrix product that measures the machine's peak (smaller for a quick check)",
     )
-    ap.add_argument("--parts", default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)")
     ap.add_argument(
-        "--repeats", type=int, default=1, help="part 1: measure each pipeline this many times, alternated; print the median ratio"
+        "--parts", type=names(("1", "2", "3"), "part"), default="1,2,3", help="which parts to run (1: vs lightly, 2: MFU, 3: every task)"
+    )
+    ap.add_argument(
+        "--repeats", type=positive_int, default=1, help="part 1: measure each pipeline this many times, alternated; print the median ratio"
     )
     args = ap.parse_args()
+    if args.steps < args.window:
+        ap.error(f"--steps ({args.steps}) must be at least --window ({args.window})")
+    check_accelerator(ap, args.accelerator)
     torch.manual_seed(0)
     backbone_kwargs = {"num_classes": 0}
-    images, data_name = benchmark_images(args.size, limit=8192)
+    images, data_name = benchmark_images(args.size, limit=IMAGES)
     from ssl_toolkit.precision import cpu_has_bf16
 
     print(f"# CPU: {cpu_model()}, native bfloat16 (AVX-512 BF16 / AMX): {'yes' if cpu_has_bf16() else 'no'}")
@@ -362,12 +382,11 @@ def main() -> None:
         f"{args.accelerator}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.steps // args.window} windows of {args.window} steps"
     )
 
-    parts = set(args.parts.split(","))
-    if "1" in parts:
+    if "1" in args.parts:
         versus_lightly(images, args, backbone_kwargs)
-    if "2" in parts:
+    if "2" in args.parts:
         model_flop_utilisation(images, args, backbone_kwargs)
-    if "3" in parts:
+    if "3" in args.parts:
         every_task(images, args, backbone_kwargs)
 
 

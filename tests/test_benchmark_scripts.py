@@ -184,3 +184,157 @@ def test_finetune_seeds_refuses_an_unwritable_out_before_training(tmp_path):
     (tmp_path / "out.json").mkdir()  # --out names a folder
     done = _run("finetune_seeds.py", "--target", str(tmp_path / "missing"), tmp_path=tmp_path)
     assert done.returncode == 2 and "error: --out" in done.stderr and "Traceback" not in done.stderr
+
+
+def _refused_at_parse(script: str, args: list[str], tmp_path, monkeypatch, capsys) -> str:
+    """``script``'s ``main`` run in this process with ``args``: it must exit 2 before any work; the last line of its stderr."""
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", REPO / "benchmarks" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+TASK_LIST = "byol, colorization, inpainting, jigsaw, moco, relative-position, rotation, simclr"
+NO_PROC = "cannot write in /proc: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "line"),
+    [
+        ("throughput.py", ["--size", "-1"], "argument --size: must be between 8 and 1024, got -1"),
+        ("throughput.py", ["--parts", "2", "--backbone", "bogus"], "argument --backbone: unknown timm model 'bogus'"),
+        ("throughput.py", ["--parts", "9"], "argument --parts: unknown part '9'; choose from 1, 2, 3"),
+        ("throughput.py", ["--steps", "3", "--window", "5"], "--steps (3) must be at least --window (5)"),
+        (
+            "compile_speed.py",
+            ["--precisions", "32-true,bogus"],
+            "argument --precisions: unknown precision 'bogus'; choose from 32-true, 32, bf16-mixed, bf16, 16-mixed, 16",
+        ),
+        ("compile_speed.py", ["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        ("profile_step.py", ["--tasks", "bogus"], f"argument --tasks: unknown task 'bogus'; choose from {TASK_LIST}"),
+        ("profile_step.py", ["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        (
+            "precision.py",
+            ["--task", "rotatio"],
+            f"argument --task: unknown task 'rotatio' (did you mean 'rotation'?); choose from {TASK_LIST}",
+        ),
+        ("precision.py", ["--epochs", "-1"], "argument --epochs: must be at least 1, got -1"),
+        (
+            "precision.py",
+            ["--data", "{tmp}/nothere"],
+            "argument --data: no dataset or folder '{tmp}/nothere'; datasets: digits, fashion-mnist, synthetic",
+        ),
+        (
+            "augment_policies.py",
+            ["--policies", "basic,bogus", "--out", "{tmp}/out.json"],
+            "argument --policies: unknown policy 'bogus'; choose from none, basic, randaugment, autoaugment, trivialaugment",
+        ),
+        (
+            "augment_policies.py",
+            ["--seeds", "0,x", "--out", "{tmp}/out.json"],
+            "argument --seeds: must be comma-separated integers, got '0,x'",
+        ),
+        ("augment_policies.py", ["--out", "/proc/x/a.json"], f"argument --out: /proc/x/a.json: {NO_PROC}"),
+        (
+            "backbone_families.py",
+            ["--backbones", "resnet18,bogus", "--out", "{tmp}/out.json"],
+            "argument --backbones: unknown timm model 'bogus'",
+        ),
+        ("backbone_families.py", ["--out", "/proc/x/bf.json"], f"argument --out: /proc/x/bf.json: {NO_PROC}"),
+        (
+            "backbone_families.py",
+            ["--out", "{tmp}/afile/bf.json"],
+            "argument --out: {tmp}/afile/bf.json: {tmp}/afile is a file, not a folder",
+        ),
+        (
+            "report_speed.py",
+            ["--data", "bogus", "--out", "{tmp}/out"],
+            "argument --data: no dataset or folder 'bogus'; datasets: digits, fashion-mnist, synthetic",
+        ),
+        ("report_speed.py", ["--out", "/proc/x"], f"argument --out: /proc/x: {NO_PROC}"),
+        ("report_speed.py", ["--out", "{tmp}/afile"], "argument --out: {tmp}/afile is a file, not a folder"),
+        ("data_speed.py", ["--folder", "{tmp}/nothere", "--work", "{tmp}/out"], "argument --folder: no folder {tmp}/nothere"),
+        (
+            "data_speed.py",
+            ["--folder", "{tmp}/photos", "--work", "{tmp}/out", "--parts", "bogus"],
+            "argument --parts: unknown part 'bogus'; choose from loader, model, decode, memory, commands, step",
+        ),
+        (
+            "data_speed.py",
+            ["--folder", "{tmp}/photos", "--work", "{tmp}/out", "--sizes", "0"],
+            "argument --sizes: every value must be at least 1, got '0'",
+        ),
+        ("recipe_sweep.py", ["--out", "/proc/x/r.json"], f"--out /proc/x/r.json: {NO_PROC}"),
+        ("simclr_budget.py", ["--rows", "ours", "--out", "/proc/x/s.json"], f"argument --out: /proc/x/s.json: {NO_PROC}"),
+        (
+            "simclr_budget.py",
+            ["--rows", "ours", "--out", "{tmp}/out.json", "--work", "{tmp}/afile"],
+            "--work {tmp}/afile is a file, not a folder",
+        ),
+        ("eval_speed.py", ["--k", "0"], "argument --k: must be at least 1, got 0"),
+        ("eval_speed.py", ["--knn-train", "100"], "--k (200) must be at most --knn-train (100)"),
+        ("eval_speed.py", ["--temperature", "nan"], "argument --temperature: must be a finite number above 0, got 'nan'"),
+        ("inspect_speed.py", ["--folder", "-3"], "argument --folder: takes a number of images: 0 (no folder) or 10 to 70,000, got -3"),
+        ("inspect_speed.py", ["--folder", "{tmp}/photos"], "argument --folder: takes a number of images, got '{tmp}/photos'"),
+        (
+            "fmnist.py",
+            ["--protocol", "bogus"],
+            "argument --protocol: unknown protocol 'bogus'; choose from quick, budget15, budget30, "
+            "budget15-default-stem, budget15-resnet10t",
+        ),
+        ("fmnist.py", ["--tasks", "simclr,bogus"], f"argument --tasks: unknown task 'bogus'; choose from {TASK_LIST}"),
+        (
+            "finetune_seeds.py",
+            ["--target", "x", "--out", "{tmp}/afile/y.json"],
+            "error: --out {tmp}/afile/y.json: {tmp}/afile is a file, not a folder",
+        ),
+        ("gpu.py", ["--dry-run", "--window", "0"], "argument --window: must be at least 1, got 0"),
+        ("make_photos.py", ["--out", "{tmp}/out", "--n", "0"], "argument --n: must be at least 1, got 0"),
+        (
+            "make_photos.py",
+            ["--out", "{tmp}/out", "--width", "0"],
+            "argument --width: must be an even number of pixels from 2 to 8192, got 0",
+        ),
+        (
+            "make_photos.py",
+            ["--out", "{tmp}/out", "--test-fraction", "nan"],
+            "argument --test-fraction: must be in (0, 0.5] so that both splits get images, got 'nan'",
+        ),
+        ("make_photos.py", ["--out", "/proc/x"], f"argument --out: /proc/x: {NO_PROC}"),
+        ("make_photos.py", ["--out", "{tmp}/afile"], "argument --out: {tmp}/afile is a file, not a folder"),
+        ("make_photos.py", ["--out", "{tmp}/photos"], "argument --out: {tmp}/photos is not empty; give a new or empty folder"),
+        ("make_photos.py", ["--out", "{tmp}/out", "--link-from", "{tmp}/nothere"], "argument --link-from: no folder {tmp}/nothere"),
+        ("make_photos.py", ["--out", "{tmp}/out", "--link-from", "{tmp}/empty"], "--link-from {tmp}/empty holds no .jpg files"),
+    ],
+)
+def test_benchmark_scripts_refuse_a_bad_option_before_any_work(tmp_path, monkeypatch, capsys, script, args, line):
+    """Every script checks its options first: exit 2, one ``error:`` line, nothing written."""
+    if str(tmp_path).startswith("/proc") or not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "photos" / "test").mkdir(parents=True)  # a folder without train/
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    last = _refused_at_parse(script, [a.format(tmp=tmp_path) for a in args], tmp_path, monkeypatch, capsys)
+    expected = line.format(tmp=tmp_path)
+    assert last == (expected if expected.startswith("error: ") else f"{script}: error: {expected}")
+    assert sorted(tmp_path.rglob("*")) == before, "nothing is written"
+
+
+def test_gpu_benchmark_refuses_a_machine_without_cuda_in_one_line(tmp_path):
+    """Without CUDA and without ``--dry-run`` nothing runs on the CPU by surprise, and no temporary folder is left."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "gpu.py: error: no CUDA device on this machine; --dry-run runs every row on the CPU with tiny sizes"
+    )
+    assert done.stdout == "" and not list(tmp_path.iterdir())
