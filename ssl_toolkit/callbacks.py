@@ -437,10 +437,17 @@ class CheckpointOnInterrupt(Callback):
             return
         launcher = trainer.strategy.launcher
 
+        from ssl_toolkit.launcher import launched_by
+
+        parent = launched_by()
+
         def terminate(signum: int, frame: Any) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a scheduler may send it to every process, and again
             if launcher is not None:
                 launcher.kill(signal.SIGTERM)  # the launching process passes it to the processes it started
+            if parent is not None:  # a started process, sent SIGTERM alone: the launching one saves and stops the run
+                with contextlib.suppress(OSError):
+                    os.kill(parent, signal.SIGTERM)
             raise Terminated
 
         signal.signal(signal.SIGTERM, terminate)

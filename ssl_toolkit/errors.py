@@ -75,3 +75,14 @@ def out_of_memory(e: BaseException) -> str | None:
 
         return human_size(int(asked.group(1)))
     return asked.group(1)
+
+
+#: What a collective's error says when another process of the run has gone (gloo's TCP transport).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """What a collective's ``RuntimeError`` says of a process of the run that ended (killed, say), else ``None``."""
+    if not isinstance(e, RuntimeError):
+        return None
+    return next((marker.lower() for marker in PEER_LOST if marker in str(e)), None)

@@ -35,6 +35,17 @@ STOPPED = {
 
 ENDED: list[int] = []  # the exit code, once the command line has said how the command ended
 
+#: Set by the launching process for the processes it starts: its own process id. A started
+#: process that receives SIGTERM alone passes it up (:func:`launched_by`), so the whole run
+#: stops and saves as when every process receives it.
+LAUNCHER_PID = "SSL_TOOLKIT_LAUNCHER_PID"
+
+
+def launched_by() -> int | None:
+    """The process id of the launching process when this process was started by it (and it still runs), else ``None``."""
+    parent = os.environ.get(LAUNCHER_PID, "")
+    return os.getppid() if parent.isdigit() and int(parent) == os.getppid() else None
+
 
 def command_ended(code: int) -> None:
     """Record that the command has said how it ended, and its exit code (the watch below then keeps it)."""
@@ -66,6 +77,7 @@ class _Launcher(_SubprocessScriptLauncher):
         # Lightning's launch, with the observer above
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
+            os.environ[LAUNCHER_PID] = str(os.getpid())  # inherited by the processes started next
             self._call_children_scripts()
             _StopObserver(main_pid=os.getpid(), child_processes=self.procs, sleep_period=1).start()  # Lightning's: 5 s
         _set_num_threads_if_needed(num_processes=self.num_processes)

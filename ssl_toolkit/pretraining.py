@@ -27,7 +27,7 @@ from ssl_toolkit._version import __version__
 from ssl_toolkit.api import Flag, caller_terms, config_fields, public
 from ssl_toolkit.atomic import atomic_write_bytes
 from ssl_toolkit.config import PretrainConfig, validate
-from ssl_toolkit.errors import Interrupted, UserError, out_of_memory
+from ssl_toolkit.errors import Interrupted, UserError, lost_peer, out_of_memory
 from ssl_toolkit.folder_lock import FolderLock
 from ssl_toolkit.ranks import is_primary_process
 from ssl_toolkit.run_folder import RunFolder
@@ -542,6 +542,10 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         except FloatingPointError as e:
             raise UserError(f"training stopped: {e}; {_kept(folder)}") from None
         except (RuntimeError, MemoryError) as e:
+            if trainer.world_size > 1 and (said := lost_peer(e)) is not None:  # a process killed (SIGKILL, the OOM killer)
+                raise Interrupted(
+                    f"training stopped at step {trainer.global_step}: another process of the run ended ({said}); {_kept(folder)}", 1
+                ) from None
             if (asked := out_of_memory(e)) is not None:
                 raise UserError(
                     f"training ran out of memory (an allocation of {asked} failed): a smaller --batch-size, trainer.activation_memory_mb "

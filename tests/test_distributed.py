@@ -255,11 +255,12 @@ from ssl_toolkit import engine
 from ssl_toolkit.cli import run
 
 rec, cut, sig = os.environ["REC"], int(os.environ.get("CUT", "-1")), int(os.environ.get("SIG", "2"))
+alone = os.environ.get("ALONE") == "1"  # the signal goes to the started process only
 step, end = engine.PretrainModule.training_step, engine.PretrainModule.on_train_batch_end
 
 def training_step(self, batch, batch_idx):
-    if self.trainer.global_rank == 0 and self.global_step == cut:
-        os.killpg(os.getpgid(0), sig)
+    if self.trainer.global_rank == int(alone) and self.global_step == cut:
+        os.kill(os.getpid(), sig) if alone else os.killpg(os.getpgid(0), sig)
     return step(self, batch, batch_idx)
 
 def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -325,6 +326,38 @@ def test_a_signal_to_a_two_process_run_mid_epoch_saves_and_resumes_each_image_on
     # 256 images over 2 processes, 8 steps of 16 each: every image once in each epoch, the
     # interrupted one included (its first 3 steps before the stop, the other 5 after it)
     assert len(set(epochs["0"])) == len(epochs["0"]) == 256 and sorted(epochs["1"]) == sorted(epochs["0"])
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_started_process_alone_stops_the_whole_run_as_one_to_every_process(tmp_path):
+    """The started process passes SIGTERM to the launching one, which saves and says so
+    (before: the launching process failed in its next collective with gloo's traceback, exit 1)."""
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ssl_with_hooks.py"
+    script.write_text(SIGNAL_SCRIPT)
+    run = tmp_path / "ddp"
+    args = ["pretrain", "--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16"]
+    args += ["--batch-size", "16", "--set", "data.synthetic_train=256", "--set", "data.synthetic_test=64", "--accelerator", "cpu"]
+    args += ["--devices", "2", "--strategy", "ddp", "-q", "--epochs", "2", "--out", str(run)]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SSL_TOOLKIT_HOME": str(tmp_path / "home"), "REC": str(tmp_path / "rec")}
+    proc = run_as_terminal_job([sys.executable, str(script), *args], tmp_path, {**env, "CUT": "11", "SIG": "15", "ALONE": "1"}, 300)
+    assert proc.returncode == 143, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    step = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+    assert step in (11, 12) and last == f"terminated at step {step}; checkpoint saved, continue with: ssl pretrain --resume {run}"
+
+
+def test_a_collective_that_lost_its_peer_is_told_apart_from_other_failures():
+    from ssl_toolkit.errors import lost_peer
+
+    gloo = "[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:41902. This is typically caused by"
+    assert lost_peer(RuntimeError(gloo)) == "connection closed by peer"
+    assert lost_peer(RuntimeError("[pair.cc:534] Read error [127.0.0.1]:1: Connection reset by peer")) == "connection reset by peer"
+    assert lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert lost_peer(OSError("Connection reset by peer")) is None  # not a collective's error
 
 
 STARTING_SCRIPT = """
