@@ -35,7 +35,14 @@ PROBE = "ssl_toolkit.config:ProbeConfig"
 )
 @click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help)
 @click.option("--label-fraction", type=FINITE, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
-@ranged_option("--epochs", type=int, model=PROBE, key="epochs", text="partial/finetune: training epochs", default="10")
+@ranged_option(
+    "--epochs",
+    type=int,
+    model=PROBE,
+    key="epochs",
+    text="partial/finetune: training epochs",
+    default="10, or more to make at least 100 optimiser steps",
+)
 @click.option("--lr", type=FINITE, help="partial/finetune: AdamW learning rate (the new head uses 10x). [default: 0.001]")
 @click.option(
     "--batch-size", type=int, help="Images per batch: training (partial/finetune), feature extraction (linear/knn). [default: 256]"
