@@ -33,11 +33,21 @@ def per_class_split(labels: Any, count: Callable[[int], int], seed: int) -> tupl
     Returns:
         The ``(K,)`` chosen indices and the ``(N - K,)`` others, each sorted, as int64.
     """
+    return _first_of_each_class(labels, np.random.default_rng(seed).permutation, count)
+
+
+def _first_of_each_class(
+    labels: Any, order: Callable[[np.ndarray], np.ndarray], count: Callable[[int], int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each class in increasing order, its indices put in ``order``; the first ``count(n_c)`` are chosen.
+
+    Returns:
+        The chosen indices and the others, each sorted, as int64.
+    """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
     chosen, others = [], []
     for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
+        idx = order(np.flatnonzero(labels == c))
         n = count(len(idx))
         chosen.append(idx[:n])
         others.append(idx[n:])
@@ -70,16 +80,7 @@ def per_class_lowest(labels: Any, keys: np.ndarray, count: Callable[[int], int])
     Returns:
         The chosen indices and the others, each sorted, as int64.
     """
-    labels = np.asarray(labels)
-    chosen, others = [], []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[np.argsort(keys[idx], kind="stable")]  # (n_c,) by key
-        n = count(len(idx))
-        chosen.append(idx[:n])
-        others.append(idx[n:])
-    empty = np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate(chosen or [empty])).astype(np.int64), np.sort(np.concatenate(others or [empty])).astype(np.int64)
+    return _first_of_each_class(labels, lambda idx: idx[np.argsort(keys[idx], kind="stable")], count)  # (n_c,) by key
 
 
 def stratified_split(labels: Any, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

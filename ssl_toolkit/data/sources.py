@@ -107,10 +107,9 @@ SOURCE_SETTINGS = {
     "synthetic_classes": ("synthetic",),
     "path": ("fashion-mnist",),
     "labels": ("an image folder",),
+    # the others' splits are fixed (Fashion-MNIST's, synthetic's, the shards'); digits' is drawn over its fixed array
     "test_fraction": ("digits", "an image folder"),
-    "split_draw": (
-        "an image folder",
-    ),  # digits' split is drawn from its fixed array  # the others' splits are fixed (Fashion-MNIST's, synthetic's, the shards')
+    "split_draw": ("an image folder",),
 }
 
 
