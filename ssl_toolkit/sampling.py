@@ -45,9 +45,11 @@ def _first_of_each_class(
         The chosen indices and the others, each sorted, as int64.
     """
     labels = np.asarray(labels)
+    grouped = np.argsort(labels, kind="stable")  # (N,) by class, each class's indices increasing
+    _, starts = np.unique(labels[grouped], return_index=True)
     chosen, others = [], []
-    for c in np.unique(labels):
-        idx = order(np.flatnonzero(labels == c))
+    for members in np.split(grouped, starts[1:]) if len(labels) else []:  # one pass, however many classes
+        idx = order(members)
         n = count(len(idx))
         chosen.append(idx[:n])
         others.append(idx[n:])
