@@ -101,12 +101,16 @@ def atomic_write_pair(first: str | Path, first_data: bytes, second: str | Path, 
     apart) can leave the first new beside the second old.
     """
     with _replacing(Path(first)) as (fd1, _), os.fdopen(fd1, "wb") as f1:
+        _write_synced(f1, first_data)  # a full disk here names the first file
         with _replacing(Path(second)) as (fd2, _), os.fdopen(fd2, "wb") as f2:
-            for f, data in ((f1, first_data), (f2, second_data)):
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(f2, second_data)
             # leaving the inner block renames the second file, then the outer one the first
+
+
+def _write_synced(f: Any, data: bytes) -> None:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -46,18 +46,11 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: str | Path) -> dict
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_shapes={"x": {0: batch}},
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+        try:
+            _export(model, example, path, batch)
+        except OSError as e:  # a full disk or a folder that turned read-only: name the output, not the temp file
+            e.filename = str(out)
+            raise
         data = path.read_bytes()
     keep = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "weights_bytes", "layout", "export_format")}
     new_meta = {
@@ -71,6 +64,22 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: str | Path) -> dict
     }
     write_with_sidecar(out, data, new_meta)
     return new_meta
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, batch: Any) -> None:
+    """``torch.onnx.export`` of ``model`` to ``path`` with a dynamic batch (``example``: ``(2, C, S, S)``)."""
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["features"],
+        dynamic_shapes={"x": {0: batch}},
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
 
 
 def onnx_snippet(meta: dict[str, Any], path: str | Path) -> str:

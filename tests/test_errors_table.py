@@ -198,6 +198,7 @@ def full_disk(tmp_path):
     "command",
     [
         ("checkpoints", "export", "{run}", "--out", "{disk}/b.safetensors"),
+        ("checkpoints", "export", "{run}", "--format", "onnx", "--out", "{disk}/b.onnx"),  # written by torch.onnx, then moved
         ("embed", "{run}", "--data", "digits", "--out", "{disk}/e.npz"),  # written through a memory map: reserved first
         ("embed", "{run}", "--data", "digits", "--out", "{disk}/e.npy"),
     ],
@@ -205,7 +206,45 @@ def full_disk(tmp_path):
 def test_a_full_disk_is_one_line_and_leaves_nothing_behind(cli, places, full_disk, command):
     rc, out, err = cli(*(a.format(run=places["run"], disk=full_disk) for a in command))
     assert rc == 2 and err.strip().splitlines() == [err.strip()] and err.startswith("error: No space left on device"), err
+    assert f"({full_disk}/" in err  # the output is named
     assert list(full_disk.iterdir()) == []
+
+
+def test_a_full_feature_cache_is_one_warning_and_the_embeddings_are_written(cli, places, full_disk, toolkit_home, tmp_path):
+    """torch.save reports a full disk as a RuntimeError: the cache is optional, so the command goes on without it."""
+    import numpy as np
+
+    (toolkit_home / "cache").mkdir(parents=True, exist_ok=True)
+    (toolkit_home / "cache" / "features").symlink_to(full_disk)
+    rc, out, err = cli("embed", places["run"], "--data", "digits", "--out", tmp_path / "e.npz")
+    assert rc == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("warning: features are not cached: ")]
+    cache = toolkit_home / "cache" / "features"
+    assert len(warning) == 1 and f"bytes into {cache} failed (no space left on the device: 0 B free)" in warning[0], err
+    assert np.load(tmp_path / "e.npz")["embeddings"].shape[0] == 1797 and list(full_disk.iterdir()) == []
+
+
+def test_a_full_disk_under_the_first_of_a_pair_names_that_file(tmp_path, monkeypatch):
+    """Weights and metadata are written together: the one that did not fit is the one named."""
+    import errno
+
+    from ssl_toolkit import atomic
+
+    (tmp_path / "w.safetensors").write_bytes(b"old weights")
+    (tmp_path / "w.safetensors.json").write_text("{}")
+    real = atomic._write_synced
+
+    def full_for_big(f, data):
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(atomic, "_write_synced", full_for_big)
+    with pytest.raises(OSError) as e:
+        atomic.atomic_write_pair(tmp_path / "w.safetensors", b"x" * 1000, tmp_path / "w.safetensors.json", b"{}")
+    assert e.value.filename == str(tmp_path / "w.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors", "w.safetensors.json"]
+    assert (tmp_path / "w.safetensors").read_bytes() == b"old weights"
 
 
 def test_control_characters_in_class_names_are_escaped_in_the_terminal(cli, tmp_path):

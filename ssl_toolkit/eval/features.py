@@ -137,6 +137,21 @@ def extract(model: nn.Module, images: Any, pre: Preprocess, batch_size: int = 51
     return torch.from_numpy(out)
 
 
+def unwritten_why(folder: Path, e: RuntimeError) -> str:
+    """Why ``torch.save`` could not write into ``folder``: the free space when it is nearly gone, else the error's first line."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        from ssl_toolkit.units import human_size
+
+        return f"no space left on the device: {human_size(free)} free"
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 class FeatureCache:
     """Features of (backbone, data, split, preprocessing) on disk; ``forward_passes`` counts real extractions."""
 
@@ -212,8 +227,11 @@ class FeatureCache:
         try:
             with atomic_file(path) as tmp:  # the tensor file, written without another copy in memory
                 torch.save(torch.from_numpy(np.asarray(features)), tmp)
-        except OSError as e:
-            self.unwritable = f"{e.strerror or e} ({e.filename or path.parent})"
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
+            if isinstance(e, OSError):
+                self.unwritable = f"{e.strerror or e} ({e.filename or path.parent})"
+            else:
+                self.unwritable = f"writing {features.nbytes:,} bytes into {path.parent} failed ({unwritten_why(path.parent, e)})"
             print(f"warning: features are not cached: {self.unwritable}", file=sys.stderr, flush=True)
 
     @staticmethod
