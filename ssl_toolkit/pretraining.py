@@ -625,4 +625,9 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
         kept = folder.last_ckpt.is_file() and not (folder.path / folder.REPLACED).is_dir()  # RunFolder.settle_replaced
         then = f"the run is kept in {folder}: add it with `ssl checkpoints import {folder}`" if kept else f"{folder} is left as it was"
         raise UserError(f"the checkpoint library could not take the backbone: {describe_os_error(e)}; {then}") from None
+    if plan.name is not None and entry["library_name"] != plan.name and plan.primary:  # checked free at the start, taken since
+        _warn(
+            f"warning: checkpoint name '{plan.name}' was taken by another run while this one trained; "
+            f"this backbone is '{entry['library_name']}' (`ssl probe {entry['library_name']}`)"
+        )
     return {**entry, "run_dir": meta["run_dir"]}

@@ -224,6 +224,27 @@ def test_a_full_feature_cache_is_one_warning_and_the_embeddings_are_written(cli,
     assert np.load(tmp_path / "e.npz")["embeddings"].shape[0] == 1797 and list(full_disk.iterdir()) == []
 
 
+def test_a_probe_result_that_cannot_be_recorded_is_said_in_the_error(cli, places, full_disk, tmp_path):
+    import contextlib
+    import re
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(places["run"], run)
+    shutil.rmtree(run / "probes", ignore_errors=True)
+    (run / "probes").symlink_to(full_disk)
+    with contextlib.suppress(OSError), open(full_disk / "filler", "wb") as f:  # the disk is full: not a byte more fits
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    meta = (run / "meta.json").read_bytes()
+    rc, out, err = cli("probe", run, "--data", "digits", "--mode", "knn", "--k", "5")
+    assert rc == 2 and err.strip().splitlines() == [err.strip()], err
+    pattern = r"error: the result \(top-1 \d+\.\d\d% \(knn, \d+ test images\)\) could not be recorded: No space left on device \(.*digits-knn-1\.json\)"
+    assert re.fullmatch(pattern, err.strip()), err
+    assert (run / "meta.json").read_bytes() == meta and [p.name for p in full_disk.iterdir()] == ["filler"]
+
+
 def test_a_full_disk_under_the_first_of_a_pair_names_that_file(tmp_path, monkeypatch):
     """Weights and metadata are written together: the one that did not fit is the one named."""
     import errno

@@ -463,6 +463,42 @@ def test_a_probe_reaches_only_the_twin_that_names_it_back_and_the_run_gets_its_f
     assert not (library_root() / name / "probes").exists()
 
 
+def test_a_result_for_an_entry_removed_while_it_was_probed_is_said_not_lost_in_silence(tmp_path):
+    from ssl_toolkit.eval.probe import record_probe
+
+    make_backbone(tmp_path / "run")
+    name = register_run(tmp_path / "run")["library_name"]
+    st.remove_checkpoint(name)  # as `ssl checkpoints remove` in another terminal, after the probe loaded the weights
+    result = {"dataset": "digits", "mode": "knn", "label_fraction": 1.0, "top1": 0.8125, "n_train": 9, "n_test": 16}
+    with pytest.raises(
+        UserError,
+        match=rf"^the result \(top-1 81\.25% \(knn, 16 test images\)\) could not be recorded: the library entry {name} was removed",
+    ):
+        record_probe(library_root() / name, {**result, "created": "now"})
+    assert not (library_root() / name).exists()
+
+
+def test_a_name_taken_while_the_run_trained_is_said_with_the_name_it_got(tmp_path, toolkit_home, monkeypatch, capsys):
+    """The name is checked free when the run starts; another run finishing first takes it, and this one gets NAME-2."""
+    import ssl_toolkit.library as library
+
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, online_probe=False)
+    make_backbone(tmp_path / "other")
+    real = library.register_run
+
+    def another_run_finishes_first(folder, name=None):
+        real(tmp_path / "other", "mine")
+        return real(folder, name)
+
+    monkeypatch.setattr(library, "register_run", another_run_finishes_first)
+    assert pretrain(cfg, out=tmp_path / "run", name="mine")["library_name"] == "mine-2"
+    assert (
+        "warning: checkpoint name 'mine' was taken by another run while this one trained; this backbone is 'mine-2' (`ssl probe mine-2`)"
+    ) in capsys.readouterr().err.splitlines()
+
+
 def test_plain_timm_weights_whose_metadata_does_not_say_their_input_are_refused_in_one_line(tmp_path, cli, toolkit_home):
     """Such an import was accepted, then export, probe and embed stopped with a KeyError traceback."""
     import timm

@@ -184,8 +184,21 @@ def probe(
         )
     result = {**result, **facts}
     if run_folder is not None:
-        record_probe(run_folder, result)
+        try:
+            record_probe(run_folder, result)
+        except OSError as e:  # a full disk, say: the figure measured is said in the error, not lost with it
+            from ssl_toolkit.outputs import describe_os_error
+
+            raise UserError(f"the result ({headline(result)}) could not be recorded: {describe_os_error(e)}") from None
     return result
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The result's headline metric as one phrase, e.g. ``top-1 83.40% (linear, 1797 test images)``."""
+    metric = result.get("metric") or "top1"
+    value = result.get(metric)
+    shown = "-" if value is None else (f"{100 * value:.2f}%" if metric == "top1" else f"{value:.4f}")
+    return f"{'top-1' if metric == 'top1' else metric} {shown} ({result['mode']}, {result['n_test']} test images)"
 
 
 def warn_untrained_classes(source: DataSource) -> None:
@@ -394,6 +407,9 @@ def record_probe(folder: Path, result: dict[str, Any]) -> None:
 
     name = probe_key(result["dataset"], result["mode"], result["label_fraction"])
     text = result_json(result, indent=2) + "\n"  # as the --json line: a result that is not JSON fails here, before anything is written
+    if not (folder / "meta.json").is_file():  # `ssl checkpoints remove` (or a hand) took it while it was probed
+        what = f"the library entry {folder.name}" if is_library_entry(folder) else f"{folder}'s meta.json"
+        raise UserError(f"the result ({headline(result)}) could not be recorded: {what} was removed while it was probed")
     if not is_library_entry(folder):
         atomic_write_text(folder / "probes" / f"{name}.json", text)
     summary = {k: result[k] for k in ("mode", "label_fraction", "top1", "top5", "n_train", "n_test", "dataset", "created")}
