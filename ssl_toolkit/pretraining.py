@@ -9,6 +9,7 @@ holds the resolved ``config.yaml``, ``metrics.csv``, ``last.ckpt`` and the backb
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -541,6 +542,13 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
                 trainer.fit(module, train_loader, data.val_loader, ckpt_path=ckpt_path)
         except FloatingPointError as e:
             raise UserError(f"training stopped: {e}; {_kept(folder)}") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from ssl_toolkit.outputs import describe_os_error
+
+            again = f"; free some space, then continue with: ssl pretrain --resume {folder}" if folder.last_ckpt.is_file() else ""
+            raise UserError(f"training stopped: {describe_os_error(e)}; {_kept(folder)}{again}") from None
         except (RuntimeError, MemoryError) as e:
             if trainer.world_size > 1 and (said := lost_peer(e)) is not None:  # a process killed (SIGKILL, the OOM killer)
                 raise Interrupted(

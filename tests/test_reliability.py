@@ -765,3 +765,30 @@ def test_a_momentum_run_resumed_after_a_ctrl_c_inside_a_step_or_a_crash_ends_as_
         resumed = load_file(tmp_path / cut / "backbone.safetensors")
         assert resumed.keys() == whole.keys()
         assert all(torch.equal(resumed[k], whole[k]) for k in whole), cut
+
+
+def test_a_disk_that_fills_during_training_keeps_the_last_good_checkpoint_and_says_how_to_go_on(tmp_path, one_thread, monkeypatch):
+    from ssl_toolkit.trainer import AtomicCheckpointIO
+
+    cfg = tiny_config("rotation", epochs=3)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, online_probe=False)
+    run = tmp_path / "run"
+    real, saves = AtomicCheckpointIO.save_checkpoint, []
+
+    def fills_after_the_first(self, checkpoint, path, storage_options=None):
+        saves.append(checkpoint["global_step"])
+        if len(saves) > 1:
+            raise OSError(28, "No space left on device", str(path))  # as a full disk reports it, naming the file
+        real(self, checkpoint, path, storage_options)
+
+    with monkeypatch.context() as m:
+        m.setattr(AtomicCheckpointIO, "save_checkpoint", fills_after_the_first)
+        with pytest.raises(UserError) as e:
+            pretrain(cfg, out=run)
+    assert str(e.value) == (
+        f"training stopped: No space left on device ({run / 'last.ckpt'}); the last good checkpoint is kept in {run / 'last.ckpt'}; "
+        f"free some space, then continue with: pretrain(resume={str(run)!r})"  # the Python API's terms (the CLI: ssl pretrain --resume)
+    )
+    assert saves == [2, 4] and torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 2  # the first epoch's
+    assert pretrain(None, resume=run)["steps"] == 6  # space freed: the run goes on from there
