@@ -206,6 +206,8 @@ def embeddings_arrays(n: int = 4) -> dict[str, np.ndarray]:
         ({"labels": np.ones(4, dtype=np.float32)}, "labels is float32 of shape (4,), not 4 rows"),
         ({"split": np.array(["train", "val", "test", "test"])}, "split holds values other than train, test"),
         ({"labels": np.array([0, 1, 2, 0])}, "labels outside 0 to 1"),
+        ({"labels": np.ones((4, 3), dtype=np.int64)}, "labels is int64 of shape (4, 3), not 4 rows of 2 label columns"),
+        ({"labels": np.full((4, 2), 2, dtype=np.int64)}, "multi-hot labels hold values other than 0 and 1"),
         ({"meta": np.array("[1, 2]")}, "meta is not a JSON object"),
         ({"meta": np.array("{not json")}, "meta is not a JSON object"),
     ],
@@ -229,6 +231,9 @@ def test_load_embeddings_reads_a_valid_file_and_refuses_damaged_ones(tmp_path):
     np.savez(tmp_path / "e.npz", **arrays)
     loaded = load_embeddings(tmp_path / "e.npz")
     assert loaded.labels.tolist() == [0, 1, 0, 1] and loaded.classes == ["a", "b"] and loaded.meta == {"backbone": TINY_BACKBONE}
+    multi_hot = np.array([[1, 0], [1, 1], [0, 0], [0, 1]], dtype=np.int64)  # as ssl embed writes a labels.csv folder's
+    np.savez(tmp_path / "m.npz", **{**arrays, "labels": multi_hot})
+    assert load_embeddings(tmp_path / "m.npz").labels.tolist() == multi_hot.tolist()
     (tmp_path / "cut.npz").write_bytes((tmp_path / "e.npz").read_bytes()[:200])
     with pytest.raises(UserError, match=r"^cannot read .*cut\.npz: "):
         load_embeddings(tmp_path / "cut.npz")

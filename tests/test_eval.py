@@ -82,6 +82,13 @@ def test_a_linear_probe_with_nothing_to_hold_out_says_what_it_did_not_choose():
     )
     _, facts = linear_probe(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.randn(3, 4), 3)
     assert facts["holdout"].endswith(", so weight decay 0.001 was not chosen but fixed")
+    y = torch.tensor([0, 0, 0, 0, 0, 1])  # the one positive stays in the fit: the held-out image is a negative
+    _, facts = linear_probe(torch.randn(6, 4), y, torch.randn(3, 4), 2, kind="binary")
+    assert facts["weight_decay"] == 1e-3 and set(facts["holdout_roc_auc"].values()) == {None}  # undefined, not 0: nothing chosen by it
+    assert facts["holdout"] == (
+        "weight decay 0.001 fixed, not chosen (holdout_roc_auc undefined); "
+        "threshold 0.5 fixed, not chosen: the 1 held-out image(s) are all of one class"
+    )
 
 
 def test_linear_probe_leaves_backbone_bit_identical_and_reuses_cache():

@@ -146,7 +146,7 @@ def test_the_multilabel_holdout_keeps_a_positive_to_fit_on_and_one_to_choose_a_t
     assert torch.equal(fit, again)  # seeded
     assert targets.fixed_thresholds_note("multilabel", labels[held]) == (  # the single positive's label only
         f"threshold 0.5 fixed, not chosen, for 1 of 5 labels (positions 4 in per_class_ap): their {len(held)} held-out "
-        "images are all positive or all negative for them"
+        "image(s) are all positive or all negative for them"
     )
     assert targets.fixed_thresholds_note("binary", torch.tensor([1, 1])) is not None
     assert targets.fixed_thresholds_note("binary", torch.tensor([0, 1])) is None
@@ -235,7 +235,7 @@ def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
     res = json.loads(out.strip().splitlines()[-1])
     assert res["target_kind"] == "binary" and res["metric"] == "roc_auc" and len(res["thresholds"]) == 1
     assert {"roc_auc", "f1", "precision", "recall", "accuracy"} <= set(res) and "ROC-AUC (%)" in out
-    assert res["top1"] == res["accuracy"]
+    assert res["top1"] == res["accuracy"] and res["positive_class"] == res["classes"][1]  # F1, precision, recall are of label 1
     code, out, err = cli("probe", "--random-init", "-b", "test_resnet", *data, "--mode", "knn", "--label-fraction", "0.02", "--json")
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])  # one image per class: none to hold out, as the linear probe says too

@@ -53,7 +53,7 @@ class Embeddings:
 
     Attributes:
         features: ``(N, D)`` float32 (possibly a read-only memmap).
-        labels: ``(N,)`` int64, or ``None`` for unlabelled data.
+        labels: ``(N,)`` int64 classes, ``(N, K)`` int64 multi-hot rows (multi-label data), or ``None`` for unlabelled data.
         ids: ``(N,)`` image paths or ``dataset:index`` strings.
         split: ``(N,)`` ``"train"`` or ``"test"``.
         index: ``(N,)`` row within its split.
@@ -414,14 +414,22 @@ def _checked_embeddings(path: Path, feats: np.ndarray | None, arrays: dict[str, 
     if feats.dtype != np.float32 or feats.ndim != 2:
         raise _not_embeddings(path, f"embeddings are {feats.dtype} of shape {feats.shape}, not (N, D) float32")
     labels = arrays.get("labels")
-    for key, kind in (*ROW_ARRAYS.items(), *((("labels", "i"),) if labels is not None else ())):
+    for key, kind in ROW_ARRAYS.items():
         if arrays[key].shape != (len(feats),) or arrays[key].dtype.kind != kind:
             raise _not_embeddings(path, f"{key} is {arrays[key].dtype} of shape {arrays[key].shape}, not {len(feats)} rows")
     classes = [str(c) for c in arrays["classes"].ravel()] or None
     if not set(arrays["split"].tolist()) <= set(SPLITS):
         raise _not_embeddings(path, f"split holds values other than {', '.join(SPLITS)}")
-    if labels is not None and len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= len(classes))):
-        raise _not_embeddings(path, f"labels outside 0 to {len(classes or []) - 1}")
+    if labels is not None:
+        k = len(classes or [])
+        multi = labels.ndim == 2 and labels.shape[1] == k  # multi-hot rows of a multi-label folder (labels.csv)
+        if labels.dtype.kind != "i" or labels.shape[:1] != (len(feats),) or not (labels.ndim == 1 or multi):
+            shape = f"{len(feats)} rows" + (f" of {k} label columns" if labels.ndim == 2 else "")
+            raise _not_embeddings(path, f"labels is {labels.dtype} of shape {labels.shape}, not {shape}")
+        if multi and len(labels) and not np.isin(labels, (0, 1)).all():
+            raise _not_embeddings(path, "multi-hot labels hold values other than 0 and 1")
+        if not multi and len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= k)):
+            raise _not_embeddings(path, f"labels outside 0 to {k - 1}")
     return Embeddings(feats, labels, arrays["ids"], arrays["split"], arrays["index"], classes, _meta_object(path, arrays["meta"]))
 
 

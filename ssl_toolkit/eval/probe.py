@@ -166,6 +166,7 @@ def probe(
         "num_classes": source.num_classes,
         "target_kind": source.target_kind,
         "classes": source.classes,
+        **({"positive_class": source.classes[1]} if source.target_kind == "binary" and source.classes else {}),  # label 1
         "dataset": source.name,
         "backbone": meta["backbone"]["timm_name"],
         "small_stem": bool(meta["backbone"].get("small_stem")),

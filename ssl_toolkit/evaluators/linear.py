@@ -23,6 +23,7 @@ from torch import nn
 from ssl_toolkit.evaluators import targets
 
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_WEIGHT_DECAY = 1e-3  # when the hold-out cannot choose one
 SMALL_PROBLEM = 4_000_000  # N * D below which one CPU thread beats several (thread start-up dominates)
 
 
@@ -120,21 +121,24 @@ def _linear_probe(
             prev = heads[wd] = fit_logistic_regression(tr_x[fit_idx], y[fit_idx], n_out, wd, init=prev, kind=kind)
             with torch.no_grad():
                 sweep[wd] = targets.ranking_score(kind, targets.to_scores(kind, prev(tr_x[ho_idx])), train_y[ho_idx])
-        best = max(sweep, key=lambda wd: (sweep[wd], wd))  # ties -> stronger regularisation
+        scored = {wd: v for wd, v in sweep.items() if v is not None}  # binary: no ROC-AUC on a one-class hold-out
+        best = max(scored, key=lambda wd: (scored[wd], wd)) if scored else DEFAULT_WEIGHT_DECAY  # ties -> stronger regularisation
         init = heads[best]
         with torch.no_grad():
             thresholds = targets.choose_thresholds(kind, targets.to_scores(kind, init(tr_x[ho_idx])), train_y[ho_idx])
     else:
-        best, init = 1e-3, None
+        best, init = DEFAULT_WEIGHT_DECAY, None
     head = fit_logistic_regression(tr_x, y, n_out, best, init=init, kind=kind)
     with torch.no_grad():
         scores = targets.to_scores(kind, head(te_x))
     held = "holdout_acc" if kind == "multiclass" else f"holdout_{'roc_auc' if kind == 'binary' else 'map'}"
-    facts: dict[str, Any] = {"weight_decay": best, held: {str(k): round(v, 4) for k, v in sweep.items()}}
+    facts: dict[str, Any] = {"weight_decay": best, held: {str(k): None if v is None else round(v, 4) for k, v in sweep.items()}}
     if thresholds is not None:
         facts["thresholds"] = thresholds
         if (note := targets.fixed_thresholds_note(kind, train_y[ho_idx])) is not None:
             facts["holdout"] = note
+        if sweep and all(v is None for v in sweep.values()):  # nothing to rank the penalties by
+            facts["holdout"] = f"weight decay {best:g} fixed, not chosen ({held} undefined); {note}"
     if not sweep:  # e.g. one training label per class: nothing to hold out, so nothing was chosen
         fixed = f"weight decay {best:g} was" if kind == "multiclass" else f"weight decay {best:g} and threshold 0.5 were"
         facts["holdout"] = f"none: too few training labels to hold any out, so {fixed} not chosen but fixed"

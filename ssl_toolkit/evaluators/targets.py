@@ -156,22 +156,26 @@ def fixed_thresholds_note(kind: str, held_labels: torch.Tensor) -> str | None:
     if not fixed:
         return None
     if kind == "binary":
-        return f"threshold 0.5 fixed, not chosen: the {len(y)} held-out images are all of one class"
+        return f"threshold 0.5 fixed, not chosen: the {len(y)} held-out image(s) are all of one class"
     return (
         f"threshold 0.5 fixed, not chosen, for {len(fixed)} of {y.shape[1]} labels (positions {', '.join(map(str, fixed))} "
-        f"in per_class_ap): their {len(y)} held-out images are all positive or all negative for them"
+        f"in per_class_ap): their {len(y)} held-out image(s) are all positive or all negative for them"
     )
 
 
-def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """What a held-out choice maximises: accuracy (multiclass), ROC-AUC (binary), mAP (multi-label)."""
+def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """What a held-out choice maximises: accuracy (multiclass), ROC-AUC (binary), mAP (multi-label).
+
+    ``None`` when the held-out labels leave it undefined (binary: all of one class;
+    multi-label: no label present), so that nothing is chosen by it.
+    """
     if kind == "multiclass":
         return float((scores.argmax(1) == labels).float().mean())
     prob, y = probabilities(kind, scores), labels.numpy().reshape(len(labels), -1)
     if kind == "binary":
-        return float(roc_auc_score(y[:, 0], prob[:, 0])) if 0 < y.sum() < len(y) else 0.0
+        return float(roc_auc_score(y[:, 0], prob[:, 0])) if 0 < y.sum() < len(y) else None
     present = [j for j in range(y.shape[1]) if 0 < y[:, j].sum()]
-    return float(np.mean([average_precision_score(y[:, j], prob[:, j]) for j in present])) if present else 0.0
+    return float(np.mean([average_precision_score(y[:, j], prob[:, j]) for j in present])) if present else None
 
 
 def target_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, thresholds: list[float] | None) -> dict[str, Any]:
