@@ -227,6 +227,14 @@ def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_binary_metrics_that_are_undefined_are_none_not_zero():
+    scores = torch.tensor([[-5.0], [-4.0], [-3.0], [-2.0]])  # every probability far below the threshold
+    rep = targets.target_report("binary", scores, torch.tensor([0, 0, 1, 1]), [0.5])
+    assert (rep["precision"], rep["recall"], rep["f1"], rep["accuracy"]) == (None, 0.0, 0.0, 0.5)  # nothing predicted positive
+    rep = targets.target_report("binary", scores, torch.tensor([0, 0, 0, 0]), [0.5])
+    assert (rep["roc_auc"], rep["precision"], rep["recall"], rep["f1"]) == (None, None, None, None)  # nothing positive at all
+
+
 def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
     data = ["--data", "synthetic", "--set", "data.image_size=16"]
     data += [a for k in ("classes=2", "train=120", "test=60") for a in ("--set", f"data.synthetic_{k}")]

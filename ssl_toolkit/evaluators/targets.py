@@ -16,6 +16,7 @@ a head's logits, or a kNN's neighbour label frequencies).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -178,6 +179,12 @@ def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> floa
     return float(np.mean([average_precision_score(y[:, j], prob[:, j]) for j in present])) if present else None
 
 
+def _defined(value: Any) -> float | None:
+    """A metric rounded to 6 decimals; ``None`` where it is undefined (scikit-learn's ``zero_division=nan``)."""
+    number = float(value)
+    return None if math.isnan(number) else round(number, 6)
+
+
 def target_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, thresholds: list[float] | None) -> dict[str, Any]:
     """Metrics of a binary or multi-label evaluation (multiclass: see ``eval.metrics``)."""
     prob = probabilities(kind, scores)
@@ -190,9 +197,9 @@ def target_report(kind: str, scores: torch.Tensor, labels: torch.Tensor, thresho
             "metric": "roc_auc",
             "roc_auc": round(float(roc_auc_score(yb, prob[:, 0])), 6) if 0 < yb.sum() < len(yb) else None,
             "accuracy": round(float((yb == pb).mean()), 6),
-            "f1": round(float(f1_score(yb, pb, zero_division=0)), 6),
-            "precision": round(float(precision_score(yb, pb, zero_division=0)), 6),
-            "recall": round(float(recall_score(yb, pb, zero_division=0)), 6),
+            "f1": _defined(f1_score(yb, pb, zero_division=np.nan)),  # None: no positive predicted or present
+            "precision": _defined(precision_score(yb, pb, zero_division=np.nan)),  # None: nothing predicted positive
+            "recall": _defined(recall_score(yb, pb, zero_division=np.nan)),  # None: no test positive
             "threshold": float(t[0]),
         }
     ap = [round(float(average_precision_score(y[:, j], prob[:, j])), 6) if y[:, j].sum() else None for j in range(y.shape[1])]
