@@ -273,6 +273,16 @@ def _build_data(plan: Plan) -> RunData:
     task_cls = TASKS.get(cfg.task)
     if processing.color_space != "rgb" and task_cls.info.needs_colour:
         raise UserError(f"{cfg.task} converts RGB itself; it needs data.color_space=rgb, not {processing.color_space}")
+    changed = [
+        f"data.{k}={v}"
+        for k, v, plain in (("equalize", processing.equalize, "none"), ("normalize", processing.normalize, "zscore"))
+        if v != plain
+    ]
+    if changed and task_cls.info.needs_colour:  # its input statistics are measured on the images as they are
+        raise UserError(
+            f"{cfg.task} converts RGB itself and normalises what it derives by the statistics of the images as they are; "
+            f"it takes data.equalize=none and data.normalize=zscore, not {' and '.join(changed)}"
+        )
     task_cfg = validate(task_cls.Config, cfg.task_config, what=f"task_config ({cfg.task})")
     task_cfg, note = task_cls.fit_geometry(task_cfg, facts, explicit=set(cfg.task_config))
     if note is not None:  # the adapted geometry goes into the resolved config (and config.yaml)

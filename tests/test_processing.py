@@ -107,6 +107,16 @@ def test_colorization_refuses_another_colour_space(tmp_path, cli):
     )
     assert code == 2 and "colorization converts RGB itself; it needs data.color_space=rgb" in err
     assert not (tmp_path / "c" / "config.yaml").exists()
+    for setting, value in (("equalize", "clahe"), ("normalize", "minmax")):  # its L statistics are of the images as they are
+        code, out, err = cli(
+            "pretrain", "--task", "colorization", "--data", "synthetic", "--set", f"data.{setting}={value}", "--out", tmp_path / "c", "-q"
+        )
+        assert (code, err) == (
+            2,
+            "error: colorization converts RGB itself and normalises what it derives by the statistics of the images as they are; "
+            f"it takes data.equalize=none and data.normalize=zscore, not data.{setting}={value}\n",
+        )
+        assert not (tmp_path / "c").exists()
 
 
 def test_colour_jitter_on_converted_channels_is_noted_once_and_not_when_turned_off(tmp_path, cli):
