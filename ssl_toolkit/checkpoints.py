@@ -337,11 +337,15 @@ def input_notes(meta: dict[str, Any]) -> list[str]:
         f"#   im.resize(({size}, {size}), Image.BILINEAR, box=square, reducing_gap=2.0)",
         "#   (a JPEG whose square is at least twice that side is first decoded at libjpeg's 1/2, 1/4 or 1/8 scale: im.draft)",
     ]
+    from ssl_toolkit.data.processing import Processing
+
     proc = meta.get("processing") or {}
-    if proc.get("color_space", "rgb") != "rgb" or proc.get("equalize", "none") != "none":
-        notes.append(
-            f"# before normalising, the [0, 1] pixels were processed as in training: {proc} (ssl_toolkit.data.processing.Processing(**processing))"
-        )
+    steps = Processing(**proc).recipe() if proc else []
+    if steps and chans == 3:  # the gray expansion comes first
+        notes.append("# a gray image goes in as R = G = B")
+    if steps:
+        notes.append(f"# then, before normalising, the [0, 1] pixels x (B, 3, H, W) were processed as in training ({proc}):")
+        notes += [f"#   {line}" for line in steps]
     transform = meta.get("input_transform")
     if transform == "lab_l":
         notes.append(
@@ -352,7 +356,7 @@ def input_notes(meta: dict[str, Any]) -> list[str]:
         notes.append(f"# the backbone sees the input transform {transform!r} of the pixels (ssl_toolkit.pretext.base.INPUT_TRANSFORMS)")
     elif chans == 1:
         notes.append(f"# an RGB image goes in as its luma, {LUMA[0]} R + {LUMA[1]} G + {LUMA[2]} B")
-    else:
+    elif not steps:
         notes.append("# a gray image goes in as R = G = B")
     notes.append(f"# inputs: {chans} x {size} x {size}, pixels in [0, 1] normalised with mean={mean}, std={std}")
     return notes

@@ -42,6 +42,23 @@ def test_equalisation_stretches_a_low_contrast_image():
         assert (y.amax(dim=(2, 3)) - y.amin(dim=(2, 3))).min() > 0.3, how  # the range at least triples (CLAHE: clip limit 2)
 
 
+@pytest.mark.parametrize("equalize", ["none", "global", "clahe"])
+@pytest.mark.parametrize("space", ["rgb", "gray", "hsv", "lab", "ycbcr"])
+def test_the_recipe_an_export_prints_is_the_processing_itself(space, equalize):
+    """Exported backbones print these kornia lines for a plain-timm user: run as written, they give the toolkit's input."""
+    import math
+
+    import kornia
+
+    proc = Processing(space, equalize, "zscore")
+    torch.manual_seed(0)
+    x0 = torch.rand(2, 3, 20, 24)
+    scope = {"x": x0.clone(), "kornia": kornia, "torch": torch, "math": math}
+    exec("\n".join(proc.recipe()), scope)
+    assert torch.allclose(scope["x"], proc(x0.clone()), atol=1e-6)
+    assert (proc.recipe() == []) == (space == "rgb" and equalize == "none")
+
+
 def test_statistics_zscore_and_minmax():
     images = torch.tensor([[[[0, 255]]], [[[51, 102]]]], dtype=torch.uint8)  # (2, 1, 1, 2)
     mean, std = Processing(normalize="zscore").statistics(images)

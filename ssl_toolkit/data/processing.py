@@ -105,6 +105,24 @@ class Processing:
             return color.rgb_to_ycbcr(x)
         return x
 
+    def recipe(self) -> list[str]:
+        """What :meth:`__call__` does, as kornia calls on ``x`` (``(B, 3, H, W)`` RGB in [0, 1]), one line per step."""
+        steps = {
+            "global": "x = kornia.enhance.equalize(x)",
+            "clahe": f"x = kornia.enhance.equalize_clahe(x, clip_limit={CLAHE_CLIP}, grid_size={CLAHE_GRID})",
+        }
+        lines = [steps[self.equalize]] if self.equalize in steps else []
+        lines += {
+            "gray": ["x = kornia.color.rgb_to_grayscale(x)"],
+            "hsv": ["x = kornia.color.rgb_to_hsv(x) / torch.tensor([2 * math.pi, 1.0, 1.0]).view(1, 3, 1, 1)"],
+            "lab": [
+                "x = (kornia.color.rgb_to_lab(x.clamp(0, 1)) + torch.tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1))",
+                "x = x / torch.tensor([100.0, 255.0, 255.0]).view(1, 3, 1, 1)",
+            ],
+            "ycbcr": ["x = kornia.color.rgb_to_ycbcr(x)"],
+        }.get(self.color_space, [])
+        return lines
+
     @torch.no_grad()
     def statistics(self, images: torch.Tensor, batch_size: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(mean, std)`` of the normalisation, measured on ``(N, C, H, W)`` uint8 images after processing.
