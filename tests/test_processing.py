@@ -116,6 +116,13 @@ def test_processing_is_recorded_and_probe_applies_it(tmp_path, cli):
     )
     assert code == 0, err
     assert meta["run_dir"]
+    assert "single-channel" not in err
+    code, out, err = cli("probe", tmp_path / "run", "--data", "digits", "--mode", "knn", "--k", "5")  # gray digits, a Lab backbone
+    assert code == 0, err
+    assert (
+        "warning: digits is single-channel and the backbone was pretrained in data.color_space=lab on colour images: "
+        "its images go in as R = G = B, whose lab colour channels are constant"
+    ) in err.splitlines()
 
 
 def test_colorization_refuses_another_colour_space(tmp_path, cli):

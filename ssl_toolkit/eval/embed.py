@@ -188,7 +188,24 @@ def load_target_source(
     refuse_data_files(data_cfg, outputs or {})
     source = load_source(data_cfg.model_copy(update={"image_size": int(meta["image_size"])}))
     check_unreadable(source, data_cfg.strict)
+    warn_gray_for_colour(source, meta)
     return model, meta, folder, source, preprocess_of(meta)
+
+
+def warn_gray_for_colour(source: DataSource, meta: dict[str, Any]) -> None:
+    """One warning when single-channel data meets a backbone pretrained in a colour space that needs colour (hsv, lab, ycbcr).
+
+    Its images go in as R = G = B (:class:`~ssl_toolkit.eval.features.Preprocess`), so the
+    colour channels the backbone learned from are constant.
+    """
+    space = (meta.get("processing") or {}).get("color_space", "rgb")
+    if source.channels == 1 and space not in ("rgb", "gray"):
+        print(
+            f"warning: {source.name} is single-channel and the backbone was pretrained in data.color_space={space} on colour images: "
+            f"its images go in as R = G = B, whose {space} colour channels are constant",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_unreadable(source: DataSource, strict: bool) -> None:

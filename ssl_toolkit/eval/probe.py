@@ -134,9 +134,11 @@ def probe(
         check_recorded_input(data_cfg, meta)
     data_cfg = data_cfg.model_copy(update={"image_size": meta["image_size"]})
     source: DataSource = load_source(data_cfg)
-    from ssl_toolkit.eval.embed import check_unreadable
+    from ssl_toolkit.eval.embed import check_unreadable, warn_gray_for_colour
 
     check_unreadable(source, data_cfg.strict)
+    if not random_init:
+        warn_gray_for_colour(source, meta)
     if not source.labelled:
         raise UserError(f"probe needs labelled data; {source.name} has no classes")
     if len(source.test) == 0:
