@@ -18,12 +18,14 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from ssl_toolkit.errors import did_you_mean
 
 # Lightning's precision names, as ``TrainerConfig.precision`` takes them
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
 ACCELERATORS = ("cpu", "gpu")
+T = TypeVar("T", int, float)
 
 
 def _int(text: str) -> int:
@@ -38,6 +40,27 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def checked(convert: Callable[[str], T], ok: Callable[[T], bool], requirement: str) -> Callable[[str], T]:
+    """A ``type=`` function: ``convert`` the text (an int or a float), then refuse a value ``ok`` rejects.
+
+    Args:
+        convert: ``int`` or ``float`` (a text it cannot read is refused as not a number).
+        ok: Whether a value is taken (``nan`` fails every comparison, so ranges refuse it).
+        requirement: What a value must be, for the message (``must be {requirement}, got ...``).
+
+    Returns:
+        The function.
+    """
+
+    def parse(text: str) -> T:
+        value = _int(text) if convert is int else _float(text)
+        if not ok(value):  # type: ignore[arg-type]
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value  # type: ignore[return-value]
+
+    return parse
 
 
 def positive_int(text: str) -> int:

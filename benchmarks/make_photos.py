@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.arguments import existing_folder, new_output_folder, non_negative_int, positive_int  # noqa: E402
+from benchmarks.arguments import checked, existing_folder, new_output_folder, non_negative_int, positive_int  # noqa: E402
 
 CLASSES = ["disk", "square", "triangle", "cross", "ring", "ell", "disk-upside-down", "square-upside-down"]
 
@@ -91,46 +91,10 @@ def link_subset(src: Path, out: Path, n: int) -> None:
             os.link(f, dst)
 
 
-def even_side(text: str) -> int:
-    """A photo side in pixels: an even number from 2 to 8192 (the sensor noise is drawn at half the side).
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The side.
-
-    Raises:
-        argparse.ArgumentTypeError: If it is not an even integer from 2 to 8192.
-    """
-    try:
-        side = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if side % 2 or not 2 <= side <= 8192:
-        raise argparse.ArgumentTypeError(f"must be an even number of pixels from 2 to 8192, got {side}")
-    return side
-
-
-def split_share(text: str) -> float:
-    """``--test-fraction``: a number in (0, 0.5] (every ``round(1 / f)``-th image goes to test).
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The fraction.
-
-    Raises:
-        argparse.ArgumentTypeError: If it is not a number in (0, 0.5].
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 0.5:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in (0, 0.5] so that both splits get images, got {text!r}")
-    return value
+#: ``--width``/``--height``: the sensor noise is drawn at half the side, so a side is even
+even_side = checked(int, lambda side: side % 2 == 0 and 2 <= side <= 8192, "an even number of pixels from 2 to 8192")
+#: ``--test-fraction``: every ``round(1 / f)``-th image goes to test, so at most half keeps both splits filled
+split_share = checked(float, lambda f: 0 < f <= 0.5, "in (0, 0.5] so that both splits get images")
 
 
 def main() -> None:
