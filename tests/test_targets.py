@@ -150,6 +150,16 @@ def test_the_multilabel_holdout_keeps_a_positive_to_fit_on_and_one_to_choose_a_t
     )
     assert targets.fixed_thresholds_note("binary", torch.tensor([1, 1])) is not None
     assert targets.fixed_thresholds_note("binary", torch.tensor([0, 1])) is None
+    assert targets.holdout_notes("binary", torch.tensor([0, 0, 0, 1])) == (
+        "threshold chosen on the one held-out positive image: it sits at that image's score, a thin choice"
+    )
+    assert targets.holdout_notes("binary", torch.tensor([0, 1, 0, 1])) is None
+    multi_hot = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 1, 0]])  # label 0: one positive; label 1: all positive; label 2: none
+    assert targets.holdout_notes("multilabel", multi_hot) == (
+        "threshold 0.5 fixed, not chosen, for 2 of 3 labels (positions 1, 2 in per_class_ap): their 3 held-out image(s) are all "
+        "positive or all negative for them; threshold chosen on one held-out positive image for 1 of 3 labels (positions 0 in "
+        "per_class_ap): it sits at that image's score, a thin choice"
+    )
 
 
 def test_thresholds_maximise_held_out_f1():

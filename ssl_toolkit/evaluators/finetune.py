@@ -313,7 +313,7 @@ class TrainedEvaluator(Evaluator):
             held_scores = targets.to_scores(kind, score_images(module, train.subset(held_idx)))
             facts["thresholds"] = targets.choose_thresholds(kind, held_scores, train.labels[held_idx])
             facts["n_holdout"] = len(held_idx)  # trained on n_train - n_holdout images
-            if (note := targets.fixed_thresholds_note(kind, train.labels[held_idx])) is not None:
+            if (note := targets.holdout_notes(kind, train.labels[held_idx])) is not None:
                 facts["holdout"] = note
         elif kind != "multiclass":
             facts["holdout"] = f"none: too few training labels to hold any out, so {targets.FIXED_THRESHOLDS}"

@@ -157,7 +157,7 @@ class KNNEvaluator(Evaluator):
         facts: dict[str, Any] = {"k": min(k, len(train_y)), "temperature": t}
         if thresholds is not None:
             facts["thresholds"] = thresholds
-            if (note := targets.fixed_thresholds_note(kind, train_y[held])) is not None:
+            if (note := targets.holdout_notes(kind, train_y[held])) is not None:
                 facts["holdout"] = note
         else:  # as the linear probe says it
             facts["holdout"] = f"none: too few training labels to hold any out, so {targets.FIXED_THRESHOLDS}"

@@ -135,7 +135,7 @@ def _linear_probe(
     facts: dict[str, Any] = {"weight_decay": best, held: {str(k): None if v is None else round(v, 4) for k, v in sweep.items()}}
     if thresholds is not None:
         facts["thresholds"] = thresholds
-        if (note := targets.fixed_thresholds_note(kind, train_y[ho_idx])) is not None:
+        if (note := targets.holdout_notes(kind, train_y[ho_idx])) is not None:
             facts["holdout"] = note
         if sweep and all(v is None for v in sweep.values()):  # nothing to rank the penalties by
             facts["holdout"] = f"weight decay {best:g} fixed, not chosen ({held} undefined); {note}"

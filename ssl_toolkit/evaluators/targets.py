@@ -164,6 +164,32 @@ def fixed_thresholds_note(kind: str, held_labels: torch.Tensor) -> str | None:
     )
 
 
+def single_positive_note(kind: str, held_labels: torch.Tensor) -> str | None:
+    """What a result says of outputs whose threshold was chosen on one held-out positive (and some negatives).
+
+    The best-F1 threshold then sits at that one image's score, however low, so such an
+    output can be predicted for most test images. ``None`` when no output is in that case.
+    """
+    if kind == "multiclass":
+        return None
+    y = held_labels.numpy().reshape(len(held_labels), -1)
+    single = [j for j in range(y.shape[1]) if y[:, j].sum() == 1 and len(y) > 1]
+    if not single:
+        return None
+    if kind == "binary":
+        return "threshold chosen on the one held-out positive image: it sits at that image's score, a thin choice"
+    return (
+        f"threshold chosen on one held-out positive image for {len(single)} of {y.shape[1]} labels "
+        f"(positions {', '.join(map(str, single))} in per_class_ap): it sits at that image's score, a thin choice"
+    )
+
+
+def holdout_notes(kind: str, held_labels: torch.Tensor) -> str | None:
+    """:func:`fixed_thresholds_note` and :func:`single_positive_note` in one line (``None`` when neither applies)."""
+    notes = [n for n in (fixed_thresholds_note(kind, held_labels), single_positive_note(kind, held_labels)) if n]
+    return "; ".join(notes) or None
+
+
 def ranking_score(kind: str, scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     """What a held-out choice maximises: accuracy (multiclass), ROC-AUC (binary), mAP (multi-label).
 
