@@ -48,7 +48,8 @@ def checked(convert: Callable[[str], T], ok: Callable[[T], bool], requirement: s
     Args:
         convert: ``int`` or ``float`` (a text it cannot read is refused as not a number).
         ok: Whether a value is taken (``nan`` fails every comparison, so ranges refuse it).
-        requirement: What a value must be, for the message (``must be {requirement}, got ...``).
+        requirement: What a value must be, for the message (``must be {requirement}, got ...``:
+            the integer read, or the text given for a float, so ``nan`` reads as typed).
 
     Returns:
         The function.
@@ -57,120 +58,27 @@ def checked(convert: Callable[[str], T], ok: Callable[[T], bool], requirement: s
     def parse(text: str) -> T:
         value = _int(text) if convert is int else _float(text)
         if not ok(value):  # type: ignore[arg-type]
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value if convert is int else repr(text)}")
         return value  # type: ignore[return-value]
 
     return parse
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1.
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The integer.
-
-    Raises:
-        argparse.ArgumentTypeError: If ``text`` is not an integer of at least 1.
-    """
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer of at least 0.
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The integer.
-
-    Raises:
-        argparse.ArgumentTypeError: If ``text`` is not an integer of at least 0.
-    """
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+#: An integer of at least 1.
+positive_int = checked(int, lambda v: v >= 1, "at least 1")
+#: An integer of at least 0.
+non_negative_int = checked(int, lambda v: v >= 0, "at least 0")
+#: A finite number above 0 (``nan`` and ``inf`` refused).
+positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number above 0")
+#: A share in (0, 1]: above 0, at most 1 (a label fraction, where 1 is every label).
+fraction = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
+#: A share in (0, 1): above 0 and below 1 (a held-out part, where both parts must be non-empty).
+open_fraction = checked(float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
 def int_range(low: int, high: int) -> Callable[[str], int]:
-    """A ``type=`` function for an integer between ``low`` and ``high`` (both included).
-
-    Args:
-        low: The smallest value taken.
-        high: The largest value taken.
-
-    Returns:
-        The function, which raises :class:`argparse.ArgumentTypeError` outside the range.
-    """
-
-    def parse(text: str) -> int:
-        value = _int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def positive_float(text: str) -> float:
-    """A finite number above 0.
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The number.
-
-    Raises:
-        argparse.ArgumentTypeError: If ``text`` is not a finite number above 0 (``nan`` and ``inf`` included).
-    """
-    value = _float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A share in (0, 1]: above 0, at most 1 (a label fraction, where 1 is every label).
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The number.
-
-    Raises:
-        argparse.ArgumentTypeError: If ``text`` is not a number in (0, 1].
-    """
-    value = _float(text)
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    """A share in (0, 1): above 0 and below 1 (a held-out part, where both parts must be non-empty).
-
-    Args:
-        text: The option's text.
-
-    Returns:
-        The number.
-
-    Raises:
-        argparse.ArgumentTypeError: If ``text`` is not a number in (0, 1).
-    """
-    value = _float(text)
-    if not (math.isfinite(value) and 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
-    return value
+    """A ``type=`` function for an integer between ``low`` and ``high`` (both included)."""
+    return checked(int, lambda v: low <= v <= high, f"between {low} and {high}")
 
 
 def int_list(minimum: int | None = None) -> Callable[[str], list[int]]:

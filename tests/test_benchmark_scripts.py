@@ -300,7 +300,7 @@ NO_PROC = "cannot write in /proc: No such file or directory"
         (
             "make_photos.py",
             ["--out", "{tmp}/out", "--width", "0"],
-            "argument --width: must be an even number of pixels from 2 to 8192, got '0'",
+            "argument --width: must be an even number of pixels from 2 to 8192, got 0",
         ),
         (
             "make_photos.py",
