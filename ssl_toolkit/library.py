@@ -343,9 +343,36 @@ def best_probe(meta: dict[str, Any]) -> tuple[str, float] | None:
     return max(scores, key=lambda kv: kv[1]) if scores else None
 
 
+HEADLINE_ORDER = ("top1", "roc_auc", "mAP")  # which results rank first when an entry holds several kinds
+
+
+def best_headline(meta: dict[str, Any]) -> tuple[str, str, float] | None:
+    """The best probe result by its own headline metric, as ``(mode-fraction, metric, score)``.
+
+    Multiclass results rank by top-1, binary by ROC-AUC, multi-label by mAP; an entry probed on
+    data of several kinds shows its multiclass results first, then binary, then multi-label.
+    """
+    found: dict[str, list[tuple[str, float]]] = {}
+    for key, v in (meta.get("probes") or {}).items():
+        if not isinstance(v, dict):
+            continue
+        metric = v.get("metric") or "top1"
+        score = v.get("top1") if metric == "top1" else v.get("score")
+        if metric in HEADLINE_ORDER and isinstance(score, (int, float)):
+            found.setdefault(metric, []).append((key, float(score)))
+    for metric in HEADLINE_ORDER:
+        if metric in found:
+            key, score = max(found[metric], key=lambda kv: kv[1])
+            return key, metric, score
+    return None
+
+
 def _summary(folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"name": folder.name, "path": str(folder)}
-    unknown = dict.fromkeys(("task", "backbone", "dataset", "epochs", "steps", "best_probe", "best_top1", "size_bytes", "created"))
+    unknown = dict.fromkeys(
+        ("task", "backbone", "dataset", "epochs", "steps", "best_probe", "best_top1")
+        + ("headline_probe", "headline_metric", "headline_score", "size_bytes", "created")
+    )
     if not NAME_RE.fullmatch(folder.name):  # put there by hand: no command can name it
         return {**row, **unknown, "error": "not a checkpoint name (letters, digits, '._+-'): rename or delete the folder"}
     try:
@@ -361,7 +388,7 @@ def _summary(folder: Path) -> dict[str, Any]:
             else "invalid JSON"
         )
         return {**row, **unknown, "error": f"unreadable {META}: {why}"}
-    best = best_probe(meta)
+    best, headline = best_probe(meta), best_headline(meta)
     weights = folder / WEIGHTS
     size = weights.stat().st_size if weights.is_file() else None
     expected = meta.get("weights_bytes")
@@ -382,6 +409,9 @@ def _summary(folder: Path) -> dict[str, Any]:
         "steps": meta.get("steps"),
         "best_probe": best[0] if best else None,
         "best_top1": best[1] if best else None,
+        "headline_probe": headline[0] if headline else None,  # the best result by its own kind's metric
+        "headline_metric": headline[1] if headline else None,  # top1, roc_auc (binary) or mAP (multi-label)
+        "headline_score": headline[2] if headline else None,
         "size_bytes": size,
         "created": meta.get("created"),
     }

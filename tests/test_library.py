@@ -80,6 +80,32 @@ def test_probe_results_reach_both_copies(tmp_path, toolkit_home):
     st.load_backbone(name)  # appended metadata leaves the weights hash valid
 
 
+def test_list_ranks_each_kind_by_its_own_metric(tmp_path, toolkit_home, cli):
+    """Multi-label results (no top-1) and two-class results (top-1 is plain accuracy) show their headline metric."""
+    make_backbone(tmp_path / "run")
+    name = register_run(tmp_path / "run")["library_name"]
+    entry = library_root() / name
+    record_probe_summary(entry, "tags-linear-1", {"top1": None, "metric": "mAP", "score": 0.8123})
+    record_probe_summary(entry, "tags-knn-1", {"top1": None, "metric": "mAP", "score": 0.7})
+    [row] = st.list_checkpoints()
+    assert (row["best_top1"], row["headline_probe"], row["headline_metric"], row["headline_score"]) == (
+        None,
+        "tags-linear-1",
+        "mAP",
+        0.8123,
+    )
+    code, out, _ = cli("checkpoints", "list")
+    assert code == 0 and "mAP 0.8123 (tags-linear-1)" in out
+    record_probe_summary(entry, "pair-linear-1", {"top1": 0.95, "metric": "roc_auc", "score": 0.61})
+    record_probe_summary(entry, "pair-knn-1", {"top1": 0.9, "metric": "roc_auc", "score": 0.72})
+    [row] = st.list_checkpoints()
+    assert (row["best_probe"], row["best_top1"]) == ("pair-linear-1", 0.95)  # the highest top-1, as before
+    assert (row["headline_probe"], row["headline_metric"], row["headline_score"]) == ("pair-knn-1", "roc_auc", 0.72)
+    assert "ROC-AUC 0.7200 (pair-knn-1)" in cli("checkpoints", "list")[1]
+    record_probe_summary(entry, "digits-linear-0.1", {"top1": 0.5})
+    assert "top-1 50.00% (digits-linear-0.1)" in cli("checkpoints", "list")[1]  # classes rank first
+
+
 def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     make_backbone(tmp_path / "run")
     code, out, err = cli("checkpoints", "list")
@@ -89,7 +115,7 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     code, out, err = cli("checkpoints", "import", tmp_path / "run", "--name", "mine")
     assert code == 2 and "already exists" in err
     code, out, err = cli("checkpoints", "list", "--task", "rotation")
-    assert code == 0 and "mine" in out and "BEST TOP-1" in out
+    assert code == 0 and "mine" in out and "BEST PROBE" in out
     code, out, err = cli("checkpoints", "list", "--json", "--backbone", "resnet50")
     assert code == 0 and json.loads(out) == []
     code, out, err = cli("checkpoints", "list", "--task", "Rotatoin", "--backbone", "vit_small_patch16_224")

@@ -37,12 +37,29 @@ def _what_there_is(task: str | None, backbone: str | None) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+_METRIC_NAMES = {"top1": "top-1", "roc_auc": "ROC-AUC", "mAP": "mAP"}
+
+
+def _best_cell(row: dict) -> str:
+    """``top-1 94.71% (digits-linear-1)``, ``mAP 0.8123 (...)``; ``-`` before any probe."""
+    metric, score = row.get("headline_metric"), row.get("headline_score")
+    if metric is None or score is None:
+        return "-"
+    shown = f"{100 * score:.2f}%" if metric == "top1" else f"{score:.4f}"
+    return f"{_METRIC_NAMES.get(metric, metric)} {shown} ({row['headline_probe']})"
+
+
 @checkpoints.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 @click.option("--task", help="Only backbones pretrained with this pretext task.")
 @click.option("--backbone", help="Only this timm architecture.")
 def list_cmd(as_json, task, backbone) -> None:
-    """List the library: name, task, backbone, dataset, epochs, best probe top-1, size, date."""
+    """List the library: name, task, backbone, dataset, epochs, best probe, size, date.
+
+    \b
+    BEST PROBE is the best recorded `ssl probe` result by its kind's own metric:
+    top-1 for classes, ROC-AUC for two-class and mAP for multi-label folders.
+    """
     from ssl_toolkit.library import library_root, list_checkpoints
 
     rows = list_checkpoints(task=task, backbone=backbone)
@@ -59,13 +76,13 @@ def list_cmd(as_json, task, backbone) -> None:
             )
         )
         return
-    header = ("NAME", "TASK", "BACKBONE", "DATASET", "EPOCHS", "BEST TOP-1", "SIZE", "CREATED")
+    header = ("NAME", "TASK", "BACKBONE", "DATASET", "EPOCHS", "BEST PROBE", "SIZE", "CREATED")
     table = [header]
     for r in rows:
         if r.get("error"):
             table.append((r["name"], "?", "?", "?", "?", r["error"], "-", "-"))
             continue
-        best = f"{100 * r['best_top1']:.2f} ({r['best_probe']})" if r["best_top1"] is not None else "-"
+        best = _best_cell(r)
         created = (r["created"] or "-")[:16].replace("T", " ")
         table.append(
             (
