@@ -604,6 +604,10 @@ def _finish(plan: Plan, model: RunModel, data: RunData, trainer: Any, guard: Any
     from ssl_toolkit.library import register_run
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if not metrics and trainer.global_step > 0:  # a resume with nothing left to train (its final save had failed)
+        from ssl_toolkit.trainer import last_logged
+
+        metrics = last_logged(plan.folder.metrics)
     meta = {
         "task": plan.cfg.task,
         "task_config": model.resolved["task_config"],

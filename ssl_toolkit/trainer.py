@@ -113,6 +113,32 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     atomic_write_text(metrics, buf.getvalue())
 
 
+def last_logged(metrics: Path) -> dict[str, float]:
+    """Each metric's last value in ``metrics.csv`` (its columns but ``epoch`` and ``step``); ``{}`` without the file.
+
+    What Lightning's ``callback_metrics`` holds at the end of a run, for a resume that trained no
+    step (its final backbone save had failed): that process logged nothing itself.
+    """
+    import math
+
+    last: dict[str, float] = {}
+    try:
+        with open(metrics, newline="") as f:
+            for row in csv.DictReader(f):
+                for key, text in row.items():
+                    if key in (None, "epoch", "step") or not text:
+                        continue
+                    try:
+                        value = float(text)
+                    except ValueError:
+                        continue
+                    if math.isfinite(value):
+                        last[str(key)] = value
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    return last
+
+
 def _epoch_row(row: Any) -> bool:
     """Whether a checkpoint's ``ssl_epoch_row`` has the shape ``EpochEndCheckpoint`` writes: scalars with epoch and step."""
     return (

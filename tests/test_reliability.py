@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -451,6 +453,30 @@ def test_a_finished_run_resumed_for_another_epoch_trains_it_with_or_without_a_st
     assert (meta["epochs"], meta["steps"]) == (2, 4)
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows if r["loss_epoch"]] == [0, 1]
+
+
+def test_a_run_whose_final_save_failed_resumes_to_the_same_final_metrics(tmp_path, monkeypatch, one_thread):
+    """The resume trains no step, so Lightning has no metrics: meta.json takes the last logged ones."""
+    import ssl_toolkit.checkpoints as checkpoints
+
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"]["batch_size"] = 32
+    whole = pretrain(cfg, out=tmp_path / "whole")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m, pytest.raises((OSError, UserError)):
+        m.setattr(checkpoints, "save_backbone", full_disk)
+        pretrain(cfg, out=run)
+    assert (run / "last.ckpt").is_file() and not (run / "meta.json").exists()
+    meta = pretrain({}, resume=run)
+    assert (meta["epochs"], meta["steps"]) == (1, 2)
+    assert {"loss_epoch", "pretext_acc", "online_top1"} <= set(meta["final_metrics"])  # what metrics.csv logged of the whole run's
+    assert meta["final_metrics"] == pytest.approx({k: whole["final_metrics"][k] for k in meta["final_metrics"]}, abs=1e-6)
+    assert meta["final_loss"] == pytest.approx(whole["final_loss"], abs=1e-6) and math.isfinite(meta["final_loss"])
 
 
 def test_a_run_that_max_steps_cut_mid_epoch_resumes_inside_that_epoch_with_one_row_per_epoch(tmp_path, monkeypatch, one_thread):

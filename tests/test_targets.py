@@ -4,6 +4,7 @@ frequencies, and the evaluators and CLI end to end on a 3-label folder."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,21 @@ def test_report_shows_multilabel_metrics(tmp_path, cli):
     assert code == 0, err
     html = (run / "report.html").read_text()
     assert "linear probe AP (%)" in html and "mAP " in html and "Multi-label data" in html
+    rows = dict(line.split(",") for line in (root / "labels.csv").read_text().splitlines()[1:])
+    grids = html[html.index('<section id="grids">') : html.index("</section>", html.index('<section id="grids">'))]
+    assert "green = shares a label with the query, red = shares none" in grids
+    figures = re.findall(
+        r'<figure class="(\w+)"><img[^>]*><figcaption><strong class="label">(?:&#x2717; )?([^<]*)</strong><small>(?:[^<]* · )?([^<]*)</small>',
+        grids,
+    )
+    assert len(figures) >= 12  # queries and their neighbours, each captioned with its labels
+    query_labels = None
+    for kind, labels, image_id in figures:
+        assert labels == ", ".join(sorted(rows[image_id].split(";")))  # the classes are in name order
+        if kind == "query":
+            query_labels = set(labels.split(", "))
+        else:  # green when it shares a label with its query, red when none
+            assert kind == ("ok" if query_labels & set(labels.split(", ")) else "bad")
 
 
 @pytest.mark.parametrize("mode", ["linear", "knn"])

@@ -136,36 +136,58 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[dict[str, str]]:
     return rows
 
 
-def grid_rows(an: Analysis, query_split: Any, gallery_split: Any, classes: list[str] | None, labelled: bool) -> list[dict[str, Any]]:
-    """Neighbour grids: per example query its thumbnail, label and top-5 with labels, mistakes marked."""
+def grid_rows(
+    an: Analysis, query_split: Any, gallery_split: Any, classes: list[str] | None, labelled: bool, multilabel: bool = False
+) -> list[dict[str, Any]]:
+    """Neighbour grids: per example query its thumbnail, label(s) and top-5 with theirs, mistakes marked.
+
+    A mistake is a neighbour of another class, or with multi-label data a neighbour that shares
+    none of the query's labels (a query without labels marks none).
+    """
     rows = []
     for qi, neigh, sims in zip(an.grid_queries.tolist(), an.grid_neighbours.tolist(), an.grid_sims.tolist()):
-        q_label = int(query_split.labels[qi]) if labelled else None
+        q_label, q_text = _grid_label(query_split, qi, classes, labelled, multilabel)
         cells = []
         for rank, (gi, sim) in enumerate(zip(neigh, sims), 1):
             if gi < 0:
                 continue
-            g_label = int(gallery_split.labels[gi]) if labelled else None
+            g_label, g_text = _grid_label(gallery_split, gi, classes, labelled, multilabel)
             cells.append(
                 {
                     "src": data_uri(plots.thumbnail(gallery_split.image(gi).numpy())),
-                    "label": _class_name(classes, g_label),
+                    "label": g_text,
                     "id": _short_id(gallery_split.ids[gi]),
                     "rank": rank,
                     "sim": f"{sim:.3f}",
-                    "ok": None if not labelled else g_label == q_label,
+                    "ok": _same(q_label, g_label, multilabel),
                 }
             )
         rows.append(
             {
                 "src": data_uri(plots.thumbnail(query_split.image(qi).numpy())),
-                "label": _class_name(classes, q_label),
+                "label": q_text,
                 "id": _short_id(query_split.ids[qi]),
                 "cells": cells,
                 "mistakes": sum(1 for c in cells if c["ok"] is False),
             }
         )
     return rows
+
+
+def _grid_label(split: Any, row: int, classes: list[str] | None, labelled: bool, multilabel: bool) -> tuple[Any, str]:
+    """An image's label (a class index, or a multi-label row's set of classes) and its caption."""
+    if multilabel:
+        present = frozenset(int(c) for c in split.labels[row].nonzero().view(-1).tolist())  # (K,) multi-hot row
+        return present, ", ".join(_class_name(classes, c) for c in sorted(present)) or "no label"
+    label = int(split.labels[row]) if labelled else None
+    return label, _class_name(classes, label)
+
+
+def _same(query: Any, neighbour: Any, multilabel: bool) -> bool | None:
+    """Whether a neighbour counts as right: the same class, or a shared label; ``None`` without labels."""
+    if multilabel:
+        return bool(query & neighbour) if query else None
+    return None if query is None else neighbour == query
 
 
 def _class_name(classes: list[str] | None, label: int | None) -> str:
@@ -230,7 +252,7 @@ def _features(
 def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
     """The page's pictures and tables that need drawing: curves, UMAP, confusion, samples, neighbour grids."""
     query_split = getattr(source, sides.query_name)
-    classes = source.classes if sides.labelled else None
+    classes = source.classes if sides.labelled or sides.multilabel else None
     probes = read_probes(folder, meta, warn)
     confusion = pick_confusion(probes, source.name)
     curves = _curves(folder / "metrics.csv") if folder is not None else None
@@ -271,7 +293,7 @@ def _figures(an: Analysis, source: Any, sides: _Sides, folder: Path | None, meta
         else None,
         "samples": samples,
         "sample_epoch": sample_epoch,
-        "grids": grid_rows(an, query_split, gallery_split, classes, sides.labelled),
+        "grids": grid_rows(an, query_split, gallery_split, classes, sides.labelled, sides.multilabel),
     }
 
 
@@ -329,6 +351,7 @@ def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], 
         "version": __version__,
         "probes": probe_rows(figures["probes"]),
         "labelled": sides.labelled,
+        "multilabel": sides.multilabel,
         "single_class": single_class(source, sides),
         "has_test": sides.two,
         "split_name": sides.query_name,
