@@ -363,7 +363,8 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
             msgs = list(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in members))
             msg = msgs[0] + "".join(" or " + m.removeprefix("Input should be ").split(", unable to interpret")[0] for m in msgs[1:])
         whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # a check across fields
-        got = "" if whole else f" (got {err.get('input')!r})"
+        given = err.get("input")
+        got = "" if whole else " (got no value)" if given is None else f" (got {given!r})"
         raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None
 
 

@@ -105,6 +105,7 @@ def test_a_number_setting_refuses_true_and_false_that_yaml_reads_from_yes_and_no
             "trainer.backbone_chunk: Input should be greater than or equal to 1 or 'auto' (got 0)",
         ),
         ("trainer.epochs", 0, "trainer.epochs: Input should be greater than or equal to 1 (got 0)"),
+        ("data.normalize", None, "data.normalize: Input should be 'zscore' or 'minmax' (got no value)"),  # `--set data.normalize=`
     ],
 )
 def test_a_value_for_a_field_of_several_types_names_the_field_and_what_each_type_wanted(key, value, message):

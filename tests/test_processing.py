@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from conftest import tiny_config
+from PIL import Image
 
 from ssl_toolkit import pretrain
 from ssl_toolkit.data.processing import Processing
@@ -71,6 +72,26 @@ def test_colour_space_on_single_channel_data_is_refused():
     with pytest.raises(UserError, match="data.color_space=lab needs colour images; digits is single-channel"):
         Processing("lab").check(1, "digits")
     Processing("gray").check(1, "digits")
+
+
+def test_inspect_refuses_a_colour_space_for_gray_data_before_reading_any_image(tmp_path):
+    """Folders, shards and named sources: the refusal comes before the reading and hashing stages."""
+    import ssl_toolkit as st
+    from ssl_toolkit.inspection import run_inspection
+
+    for c in "ab":
+        (tmp_path / "gray" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (20, 20), 30 * i + (c == "b")).save(tmp_path / "gray" / c / f"{i}.png")
+    st.shard(tmp_path / "gray", tmp_path / "shards", image_size=16, workers=1)
+    for data, name in ((tmp_path / "gray", tmp_path / "gray"), (tmp_path / "shards", tmp_path / "shards"), ("digits", "digits")):
+        stages: list[str] = []
+        record = stages.append
+        with pytest.raises(UserError, match=rf"^data.color_space=hsv needs colour images; {name} is single-channel \(use rgb or gray\)$"):
+            run_inspection(
+                {"data": {"name": str(data), "color_space": "hsv"}}, progress=lambda stage, done, total, record=record: record(stage)
+            )
+        assert set(stages) <= {"loading"}, (data, stages)
 
 
 def test_clahe_on_images_smaller_than_its_grid_is_refused(tmp_path, cli):

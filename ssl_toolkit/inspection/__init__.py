@@ -39,6 +39,7 @@ class Inspection:
 
 def build_table(cfg: InspectConfig, keep_arrays: bool = False, progress: StageProgress | None = None) -> ImageTable:
     """The per-image table of ``cfg.data``: a registered tensor source, shards or an image folder."""
+    from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.data.sources import SOURCES, is_shard_dir, load_source, refuse_unread_settings
 
     if cfg.data.name not in SOURCES and is_shard_dir(cfg.data.name):
@@ -55,6 +56,7 @@ def build_table(cfg: InspectConfig, keep_arrays: bool = False, progress: StagePr
     source = load_source(cfg.data)
     if progress is not None:
         progress("loading", 1, 1)
+    Processing.from_config(cfg.data).check(source.channels, source.name, source.image_size)  # refused before hashing
     return table_from_source(source, progress=progress)
 
 

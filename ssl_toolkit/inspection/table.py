@@ -29,6 +29,7 @@ from ssl_toolkit.data.folder import split_rows, with_csv_labels
 from ssl_toolkit.data.images import HIGH_DEPTH_MODES, open_image, to_8bit, upright
 from ssl_toolkit.data.index import folder_index
 from ssl_toolkit.data.layout import Unused
+from ssl_toolkit.data.processing import Processing
 from ssl_toolkit.data.scan import FileScan, default_workers, scan_bytes, scan_files
 from ssl_toolkit.errors import UserError
 
@@ -295,6 +296,7 @@ def table_from_folder(
     index = with_csv_labels(root, index, cfg.labels)
     train, test = split_rows(index, cfg)
     size, channels = cfg.image_size or 32, index.channels
+    Processing.from_config(cfg).check(channels, str(root), size)  # refused before any file is read
     report = None if progress is None else (lambda done, total: progress("reading files", done, total))
     # Every indexed file is decoded (so each unreadable one is listed, data.limit or not), to
     # RGB: for an all-single-channel folder, channel 0 of the RGB array is exactly the L array
@@ -366,6 +368,7 @@ def table_from_shards(
     if info.format != FORMAT:
         raise UserError(f"{root}: shard format '{info.format}' is not supported (expected {FORMAT})")
     size = cfg.image_size or info.image_size
+    Processing.from_config(cfg).check(info.channels, str(root), size)  # refused before any item is read
     parts = [ShardSplit(root, name, info, size) for name in ("train", "test")]
     where = np.concatenate([np.zeros(len(parts[0]), np.int8), np.ones(len(parts[1]), np.int8)])
     rows = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
