@@ -235,6 +235,15 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
         "Recall@5 (asked 10) (%)",
     ]
     assert 'id="single-class"' in html and 'id="kmeans-unscored"' in html and 'id="kmeans-nmi"' not in html
+    split = tmp_path / "split"  # two classes, the test split holds one: the queries agree, the gallery does not
+    write_named_classes(split / "train", ["a", "b"])
+    write_named_classes(split / "test", ["a"])
+    code, stdout, err = cli("report", root / "run", "--data", split, "--out", tmp_path / "s.html")
+    said = f"the test split of {split} holds a single class (a); kNN top-1, Recall@k and mAP@R say only how rarely"
+    assert code == 0 and f"warning: {said}" in err, err
+    assert f'<p class="note" id="single-class">One class: {said}' in (tmp_path / "s.html").read_text()
+    code, stdout, err = cli("report", root / "run", "--data", split, "--out", tmp_path / "t.html", "--split", "test")
+    assert f"warning: the test split of {split} holds a single class (a); every neighbour is that class" in err, err
 
 
 def browser():

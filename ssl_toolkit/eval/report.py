@@ -333,9 +333,27 @@ def class_rows(source: Any, an: Analysis) -> list[dict[str, Any]]:
     ]
 
 
-def single_class(source: Any, sides: _Sides) -> bool:
-    """Whether the labelled, single-label data being analysed has one class (kNN is then 100% for any features)."""
-    return bool(sides.labelled and source.num_classes < 2)
+def single_class(source: Any, sides: _Sides) -> str | None:
+    """What the neighbour figures say when the labelled queries hold one class, else ``None``.
+
+    Every neighbour is then of that class (kNN, Recall@k and mAP@R are 100% for any
+    features) when the gallery holds no other; when it does, the figures say only how
+    rarely the other classes come near.
+    """
+    if not sides.labelled:
+        return None
+    query = np.unique(getattr(source, sides.query_name).labels.numpy())
+    if len(query) != 1:
+        return None
+    gallery = np.unique(source.train.labels.numpy()) if sides.two else query
+    if source.num_classes < 2:
+        where = f"{source.name} has a single class"
+    else:
+        name = source.classes[int(query[0])] if source.classes and int(query[0]) < len(source.classes) else str(int(query[0]))
+        where = f"the {sides.query_name} split of {source.name} holds a single class ({name})"
+    if set(gallery.tolist()) <= set(query.tolist()):
+        return f"{where}; every neighbour is that class, so kNN top-1, Recall@k and mAP@R say nothing"
+    return f"{where}; kNN top-1, Recall@k and mAP@R say only how rarely the other classes' training images come near it"
 
 
 def _context(an: Analysis, source: Any, sides: _Sides, figures: dict[str, Any], meta: dict[str, Any], target: str) -> dict[str, Any]:
@@ -448,8 +466,8 @@ def report(
         model, meta, folder, source, pre = load_target_source(target, data, {"--out": out_path})
     with _timed(seconds, "features"):
         sides = _Sides.of(source, split)
-        if single_class(source, sides):
-            warn(f"{source.name} has a single class; every neighbour is that class, so kNN top-1, Recall@k and mAP@R say nothing")
+        if said := single_class(source, sides):
+            warn(said)
         qx, gx = _features(model, source, pre, sides, device, batch_size)
     with remembered_sigint() as check_sigint:
         with _timed(seconds, "analysis"):
