@@ -136,7 +136,18 @@ def test_labels_exact_counts_and_imbalance(result):
     assert lab["splits"]["test"]["missing"] == ["bird"] and lab["splits"]["train"]["missing"] == []
     warnings = " | ".join(result.report["warnings"])
     assert "train split is imbalanced" in warnings and "test split is imbalanced" not in warnings
-    assert "test split has no images of 1 class(es): bird" in warnings
+    assert "test split has no images of 1 class(es): bird" in warnings and "no test images" not in warnings
+
+
+def test_a_folder_whose_split_puts_no_image_in_test_is_warned_about(tmp_path):
+    from ssl_toolkit.inspection import run_inspection
+
+    for c in ("a", "b"):  # one image a class: round(1 x 0.2) = 0 in test
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (12, 12), (40, 90 if c == "a" else 200, 10)).save(tmp_path / c / "0.png")
+    report = run_inspection({"data": {"name": str(tmp_path)}}).report
+    assert (report["images"]["train"], report["images"]["test"]) == (2, 0)
+    assert report["warnings"] == ["no test images: `ssl probe` needs a test split, and pretraining has no online probe"]
 
 
 def test_exact_duplicates_across_formats_and_leak(result):

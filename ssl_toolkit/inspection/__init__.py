@@ -252,6 +252,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     if unused and unused["other_image_files"]:
         counts = ", ".join(f"{ext} {n}" for ext, n in unused["other_image_files"].items())
         out.append(f"{sum(unused['other_image_files'].values())} file(s) of image types the toolkit does not read ({counts})")
+    if report["images"]["train"] and not report["images"]["test"]:
+        out.append("no test images: `ssl probe` needs a test split, and pretraining has no online probe")
     if report["labels"]:
         out += report["labels"]["warnings"]
     mixed = sum(1 for g in report["duplicates"]["exact"]["groups"] if g.get("mixed_labels"))
