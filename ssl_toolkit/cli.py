@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,9 @@ from ssl_toolkit.ranks import is_primary_process
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+OPTION_OF_KEY: dict[str, str] = {}  # config keys this command line's options set -> those options, for the error line
+
+
 def build_config(config_file: str | None, cli_values: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
     """Merge a YAML config, explicit CLI options (dotted keys) and ``--set`` overrides, in that order."""
     from ssl_toolkit.config import apply_overrides, load_yaml, set_dotted
@@ -28,8 +32,32 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
     given = {key: value for key, value in cli_values.items() if value is not None}
     for key, value in given.items():
         set_dotted(data, key, value)
+        if (option := _option_of(key)) is not None:
+            OPTION_OF_KEY[key] = option
     refuse_twice_given(given, overrides)
     return apply_overrides(data, overrides)
+
+
+def _option_of(key: str) -> str | None:
+    """The current command's ``--option`` that sets config ``key`` (``trainer.batch_size``: ``--batch-size``,
+    ``data.name``: ``--data``), when it has one."""
+    ctx = click.get_current_context(silent=True)
+    parts = key.split(".")
+    name = parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+    for param in ctx.command.params if ctx is not None else []:
+        if isinstance(param, click.Option) and param.name == name:
+            return next((o for o in param.opts if o.startswith("--")), None)
+    return None
+
+
+def named_by_option(message: str) -> str:
+    """``config: trainer.batch_size: ...`` (or ``evaluator_config (knn): k: ...``) as ``--batch-size: ...``
+    (``--k: ...``) when that option gave the value."""
+    match = re.match(r"(config: |evaluator_config \(\w+\): )([\w.]+): (.*)", message, re.DOTALL)
+    if match is None:
+        return message
+    key = ("evaluator_config." if match.group(1).startswith("evaluator") else "") + match.group(2)
+    return f"{OPTION_OF_KEY[key]}: {match.group(3)}" if key in OPTION_OF_KEY else message
 
 
 def refuse_twice_given(given: dict[str, Any], overrides: tuple[str, ...]) -> None:
@@ -202,11 +230,21 @@ FINITE = FiniteFloat()
 POSITIVE = click.IntRange(min=1)
 
 
+SAME_OPTION = {  # options that choose the same thing under each command's own name: where to run
+    "--device": ("--accelerator", "cpu, gpu or auto, as Lightning names them"),
+    "--accelerator": ("--device", "cpu, cuda or cuda:N, as torch names them"),
+}
+
+
 def _one_line(e: click.ClickException) -> str:
     """A usage error as one line, with where to find help (click's own did-you-mean kept)."""
     message = " ".join(e.format_message().split())
     ctx = getattr(e, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    if isinstance(e, click.NoSuchOption) and ctx is not None and e.option_name in SAME_OPTION:
+        other, values = SAME_OPTION[e.option_name]
+        if any(other in getattr(p, "opts", ()) for p in ctx.command.params):
+            where = f" ('{ctx.command_path}' takes {other}: {values})"
     return f"error: {message}{where}"
 
 
@@ -223,6 +261,7 @@ def run() -> None:
     Usage errors (unknown command or option, a bad value) and operating-system errors met
     while reading or writing (a full disk, a read-only folder) are one line too.
     """
+    OPTION_OF_KEY.clear()  # a command's own options only (tests run several in one process)
     try:
         from ssl_toolkit.api import command_line
 
@@ -232,7 +271,7 @@ def run() -> None:
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except UserError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {named_by_option(str(e))}", err=True)
         sys.exit(UserError.exit_code)
     except click.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # `ssl` or `ssl checkpoints` alone: the help, as --help

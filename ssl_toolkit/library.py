@@ -426,11 +426,29 @@ def list_checkpoints(task: str | None = None, backbone: str | None = None) -> li
             raise UserError(f"checkpoint library {root}: {blocker} is not a folder (SSL_TOOLKIT_HOME)")
         return []
     rows = [_summary(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    _refuse_unknown_filters(rows, task, backbone)
     if task:
         rows = [r for r in rows if r["task"] == task]
     if backbone:
         rows = [r for r in rows if r["backbone"] == backbone]
     return sorted(rows, key=lambda r: (r["created"] or "", r["name"]))
+
+
+def _refuse_unknown_filters(rows: list[dict[str, Any]], task: str | None, backbone: str | None) -> None:
+    """A filter that names no pretext task (or timm model) and no entry of the library: a typo, not an empty list."""
+    if task and not any(r["task"] == task for r in rows):
+        from ssl_toolkit.pretext import TASKS
+
+        names = TASKS.names()
+        if task not in names:
+            choices = sorted(set(names) | {str(r["task"]) for r in rows if r.get("task")})
+            raise UserError(f"unknown task '{task}'{did_you_mean(task, choices)}; tasks: {', '.join(names)}")
+    if backbone and not any(r["backbone"] == backbone for r in rows):
+        import timm
+
+        if not timm.is_model(backbone):
+            held = sorted({str(r["backbone"]) for r in rows if r.get("backbone")})
+            raise UserError(f"'{backbone}' is not a timm model name{did_you_mean(backbone, held + timm.list_models())}")
 
 
 def _existing_entry(name: str) -> Path:

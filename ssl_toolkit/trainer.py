@@ -200,16 +200,39 @@ def lightning_options(cfg: TrainerConfig) -> dict:
     }
 
 
-def check_lightning_options(cfg: TrainerConfig) -> None:
+def check_accelerator(name: str) -> None:
+    """Refuse an accelerator Lightning does not know (with a did-you-mean) or this machine does not have."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    from ssl_toolkit.errors import UserError, did_you_mean
+
+    known = sorted(set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"})
+    if name not in known:
+        raise UserError(f"accelerator={name} is not one Lightning knows ({', '.join(known)}){did_you_mean(name, known)}")
+    if name in ("auto", "cpu"):
+        return
+    wanted = ("cuda", "mps") if name == "gpu" else (name,)
+    try:
+        present = any(AcceleratorRegistry.get(w).is_available() for w in wanted)
+    except Exception:  # noqa: BLE001  (tpu: its package is missing, so it cannot run here)
+        present = False
+    if not present:
+        devices = "GPU (CUDA or Apple MPS)" if name == "gpu" else f"{name.upper()} device torch can use"
+        raise UserError(f"accelerator={name}: this machine has no {devices}; use cpu or auto")
+
+
+def check_lightning_options(cfg: TrainerConfig, settings: tuple[str, ...] = ("accelerator", "devices", "strategy", "precision")) -> None:
     """Let Lightning judge accelerator, devices, strategy and precision before anything is written.
 
     A throwaway Trainer is built with the same options (this starts no process); what
-    Lightning refuses becomes a one-line :class:`~ssl_toolkit.errors.UserError`.
+    Lightning refuses becomes a one-line :class:`~ssl_toolkit.errors.UserError` that names
+    ``settings`` (those the command takes).
     """
     import logging
 
     from ssl_toolkit.errors import UserError
 
+    check_accelerator(cfg.accelerator)
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
     levels = [q.level for q in quiet]
     for q in quiet:
@@ -220,31 +243,33 @@ def check_lightning_options(cfg: TrainerConfig) -> None:
         )
     except Exception as e:  # noqa: BLE001  (Lightning raises ValueError, TypeError or its own exceptions)
         message = str(e).split(" Find a complete list")[0].replace("`", "'").strip()
-        raise UserError(f"trainer options ({_describe(cfg)}): {message}") from None
+        raise UserError(f"trainer options ({_describe(cfg, settings)}): {message}") from None
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
     launcher = type(getattr(trial.strategy, "launcher", None)).__name__
     if "MultiProcessing" in launcher:  # ddp_spawn, ddp_fork, ddp_notebook: results stay in the spawned processes
         raise UserError(
-            f"trainer options ({_describe(cfg)}): a strategy that spawns its processes is not supported "
+            f"trainer options ({_describe(cfg, settings)}): a strategy that spawns its processes is not supported "
             "(the run's results and checkpoints stay in them); use strategy=ddp"
         )
     environment = type(getattr(trial.strategy, "cluster_environment", None)).__name__
     if trial.num_nodes > 1 and environment == "LightningEnvironment" and "MASTER_ADDR" not in os.environ:
         raise UserError(
-            f"trainer options ({_describe(cfg)}): {trial.num_nodes} nodes need every node started by torchrun or SLURM "
+            f"trainer options ({_describe(cfg, settings)}): {trial.num_nodes} nodes need every node started by torchrun or SLURM "
             "(or MASTER_ADDR, MASTER_PORT and NODE_RANK set); see docs/scaling.md, Several nodes"
         )
     from lightning.pytorch.accelerators import CPUAccelerator
 
     if cfg.sync_batchnorm and isinstance(trial.accelerator, CPUAccelerator):
-        raise UserError(f"trainer options ({_describe(cfg)}): sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on a CPU)")
+        raise UserError(
+            f"trainer options ({_describe(cfg, settings)}): sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on a CPU)"
+        )
     note = oversubscription_line(trial)
     cores = usable_cores()
     if note is not None and trial.num_devices > CPU_PROCESSES_PER_CORE * cores:
         raise UserError(
-            f"trainer options ({_describe(cfg)}): {trial.num_devices} CPU processes on {cores} cores; at most "
+            f"trainer options ({_describe(cfg, settings)}): {trial.num_devices} CPU processes on {cores} cores; at most "
             f"{CPU_PROCESSES_PER_CORE * cores} ({CPU_PROCESSES_PER_CORE} per core): on CPU, devices counts processes, each a full copy of the model"
         )
     if note is not None and is_primary_process():  # the processes a DDP launcher starts run this check too
@@ -305,8 +330,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _describe(cfg: TrainerConfig) -> str:
-    return f"accelerator={cfg.accelerator}, devices={cfg.devices}, strategy={cfg.strategy}, precision={cfg.precision}"
+def _describe(cfg: TrainerConfig, settings: tuple[str, ...] = ("accelerator", "devices", "strategy", "precision")) -> str:
+    return ", ".join(f"{key}={getattr(cfg, key)}" for key in settings)
 
 
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+BASELINE = ("--random-init", "-b", "test_resnet", "--data", "digits")  # an untrained backbone, evaluated
+
 pytestmark = pytest.mark.slow  # real processes: each imports the whole stack
 
 
@@ -90,3 +92,41 @@ def test_help_ranges_are_read_from_the_fields():
     assert field_range(InspectConfig, "embed_threshold") == "-1 to 1"
     assert field_range(PretrainConfig, "trainer.lr") == "> 0"
     assert field_range(PretrainConfig, "task") == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("probe", *BASELINE, "--batch-size", "0"), "error: --batch-size: Input should be greater than or equal to 1 (got 0)"),
+        (("probe", *BASELINE, "--label-fraction", "0"), "error: --label-fraction: Input should be greater than 0 (got 0.0)"),
+        (("probe", *BASELINE, "--mode", "knn", "--k", "0"), "error: --k: Input should be greater than or equal to 1 (got 0)"),
+        (("pretrain", "--seed", "-1"), "error: --seed: Input should be greater than or equal to 0 (got -1)"),
+        (("inspect", "digits", "--workers", "0"), "error: --workers: Input should be greater than or equal to 1 (got 0)"),
+        # the same values given as config keys keep the key's name
+        (("probe", *BASELINE, "--set", "batch_size=0"), "error: config: batch_size: Input should be greater than or equal to 1 (got 0)"),
+        (
+            ("probe", *BASELINE, "--mode", "knn", "--set", "evaluator_config.k=0"),
+            "error: evaluator_config (knn): k: Input should be greater than or equal to 1 (got 0)",
+        ),
+    ],
+)
+def test_a_bad_option_value_is_named_by_its_option(cli, tmp_path, monkeypatch, args, line):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(*args)
+    assert (code, err) == (2, line + "\n")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_where_to_run_under_the_other_commands_name_points_to_this_ones(cli):
+    code, _, err = cli("probe", *BASELINE, "--device", "cpu")
+    assert (code, err) == (
+        2,
+        "error: No such option '--device'. ('ssl probe' takes --accelerator: cpu, gpu or auto, as Lightning names them)\n",
+    )
+    code, _, err = cli("embed", "digits", "--accelerator", "cpu")
+    assert (code, err) == (
+        2,
+        "error: No such option '--accelerator'. ('ssl embed' takes --device: cpu, cuda or cuda:N, as torch names them)\n",
+    )
+    code, _, err = cli("inspect", "digits", "--device", "cpu")  # takes neither: no hint
+    assert (code, err) == (2, "error: No such option '--device'. (see 'ssl inspect --help')\n")

@@ -190,6 +190,29 @@ def test_a_strategy_that_spawns_its_processes_and_nodes_without_a_launcher_are_r
     check_lightning_options(nodes)
 
 
+def test_an_unknown_or_absent_accelerator_is_one_line_naming_what_the_command_takes(cli, tmp_path):
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.trainer import check_accelerator, check_lightning_options
+
+    with pytest.raises(
+        UserError, match=r"^accelerator=gpuu is not one Lightning knows \(auto, cpu, cuda, gpu, .*\) \(did you mean 'gpu'\?\)$"
+    ):
+        check_accelerator("gpuu")
+    for name in ("auto", "cpu"):
+        check_accelerator(name)
+    if not (CUDAAccelerator.is_available() or MPSAccelerator.is_available()):  # what Lightning said: "No supported gpu backend found!"
+        with pytest.raises(UserError, match=r"^accelerator=gpu: this machine has no GPU \(CUDA or Apple MPS\); use cpu or auto$"):
+            check_lightning_options(TrainerConfig(accelerator="gpu"))
+    if not CUDAAccelerator.is_available():
+        code, _, err = cli("probe", "--random-init", "-b", "test_resnet", "--data", "digits", "--mode", "knn", "--accelerator", "cuda")
+        assert (code, err) == (2, "error: accelerator=cuda: this machine has no CUDA device torch can use; use cpu or auto\n")
+    with pytest.raises(UserError, match=r"^trainer options \(accelerator=cpu, precision=bf17\): "):  # a probe has no devices or strategy
+        check_lightning_options(TrainerConfig.model_construct(accelerator="cpu", precision="bf17"), ("accelerator", "precision"))
+
+
 def test_sync_batchnorm_reaches_lightnings_ddp_and_is_refused_on_a_cpu(tmp_path):
     from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 

@@ -17,6 +17,7 @@ import ssl_toolkit as st
 from ssl_toolkit.checkpoints import META, WEIGHTS
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.library import library_root, record_probe_summary, register, register_run
+from ssl_toolkit.pretext import TASKS
 from ssl_toolkit.pretraining import pretrain
 
 
@@ -118,12 +119,19 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
     assert code == 0 and "mine" in out and "BEST PROBE" in out
     code, out, err = cli("checkpoints", "list", "--json", "--backbone", "resnet50")
     assert code == 0 and json.loads(out) == []
-    code, out, err = cli("checkpoints", "list", "--task", "Rotatoin", "--backbone", "vit_small_patch16_224")
+    code, out, err = cli("checkpoints", "list", "--task", "jigsaw", "--backbone", "vit_small_patch16_224")
     assert (code, out) == (
         0,
-        f"no checkpoints in {library_root()} matching the filters (tasks in it: rotation (did you mean 'rotation'?); "
-        "backbones in it: test_resnet)\n",
+        f"no checkpoints in {library_root()} matching the filters (tasks in it: rotation; backbones in it: test_resnet)\n",
     )
+    code, out, err = cli("checkpoints", "list", "--task", "Rotatoin")  # no such task: a typo, not an empty list
+    assert (code, out, err) == (
+        2,
+        "",
+        "error: unknown task 'Rotatoin' (did you mean 'rotation'?); tasks: " + ", ".join(TASKS.names()) + "\n",
+    )
+    code, out, err = cli("checkpoints", "list", "--json", "--backbone", "test_resnt")
+    assert (code, out, err) == (2, "", "error: 'test_resnt' is not a timm model name (did you mean 'test_resnet'?)\n")
     code, out, err = cli("checkpoints", "show", "mine")
     assert code == 0 and "intact" in out and "weights_sha256:" in out and "timm_name: test_resnet" in out
     code, out, err = cli("checkpoints", "show", "mien")
@@ -442,7 +450,7 @@ def test_an_empty_name_and_a_home_that_is_a_file_are_one_line_each(tmp_path, cli
         code, _, err = cli(*args)
         assert (code, err.strip()) == (2, "error: no run folder, backbone file or checkpoint given (the name is empty)"), args
     code, _, err = cli("pretrain", "--init-from", " ", "--out", tmp_path / "new")
-    assert code == 2 and "init_from: should name a library checkpoint, run folder or weights file, not be empty" in err
+    assert code == 2 and "error: --init-from: should name a library checkpoint, run folder or weights file, not be empty" in err
     assert not (tmp_path / "new").exists() and not (tmp_path / "run" / "probes").exists()
     (tmp_path / "home").write_text("a file")
     monkeypatch.setenv("SSL_TOOLKIT_HOME", str(tmp_path / "home"))

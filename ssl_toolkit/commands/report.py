@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from ssl_toolkit.cli import CONTEXT, DATA_SETTINGS, POSITIVE, FiniteFloat, data_argument, echo_rows, main, quiet_libraries
@@ -49,6 +51,7 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
     help="auto: test queries, training gallery; train/test: that split alone, leave-one-out.",
 )
 @DATA_SETTINGS
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line (after `report: <path>`).")
 def report(
     target,
     data,
@@ -65,13 +68,15 @@ def report(
     seed,
     split,
     overrides,
+    as_json,
 ) -> None:
     """Write one self-contained HTML report about a backbone on a dataset.
 
     TARGET is a run folder, a backbone file or a checkpoint-library name. The page shows the
     run's facts and training curves, its probe results, FAISS kNN / retrieval / k-means
     figures, a UMAP scatter, nearest-neighbour grids, the linear probe's confusion matrix
-    and the latest pretext samples. The last line printed is `report: <path>`.
+    and the latest pretext samples. The last line printed is `report: <path>` (with --json,
+    the line before the JSON).
     """
     quiet_libraries()
     from ssl_toolkit.eval.report import report as run_report
@@ -110,6 +115,8 @@ def report(
     rows.append(("seconds", f"{result['seconds']['total']:.1f}"))
     echo_rows(rows)
     click.echo(f"report: {result['path']}")
+    if as_json:
+        click.echo(json.dumps(result, separators=(",", ":"), allow_nan=False))
 
 
 def _k_used(k: str, used: dict[str, int]) -> str:

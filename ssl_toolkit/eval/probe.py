@@ -111,7 +111,7 @@ def probe(
     from ssl_toolkit.config import TrainerConfig
     from ssl_toolkit.trainer import check_lightning_options
 
-    check_lightning_options(TrainerConfig(accelerator=cfg.accelerator, precision=cfg.precision))  # every mode, before any work
+    check_lightning_options(TrainerConfig(accelerator=cfg.accelerator, precision=cfg.precision), ("accelerator", "precision"))  # every mode
     start = time.time()
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)
