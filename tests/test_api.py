@@ -14,7 +14,7 @@ import yaml
 from conftest import tiny_config
 
 import ssl_toolkit as st
-from ssl_toolkit.config import DataConfig, PretrainConfig, TrainerConfig
+from ssl_toolkit.config import DataConfig, PretrainConfig, ProbeConfig, TrainerConfig
 from ssl_toolkit.errors import UserError
 
 
@@ -204,6 +204,16 @@ def test_a_too_small_image_size_names_the_config_key_in_python(tmp_path):
 def test_data_fields_without_a_name_go_on_top_of_the_pretraining_data(run, tmp_path):
     result = st.embed(run, {"limit": 20}, tmp_path / "l.npz", split="train")
     assert result["splits"] == {"train": 20} and result["dataset"] == tiny_config("rotation", epochs=1)["data"]["name"]
+    probed = st.probe(run, {"mode": "knn"}, data={"limit": 20})  # data= as embed's and report's
+    assert (probed["n_train"], probed["dataset"]) == (20, result["dataset"])
+    named = st.probe(None, ProbeConfig(mode="knn"), random_init=True, backbone="test_resnet", data="digits")
+    again = st.probe(None, {"mode": "knn", "data": {"name": "digits"}}, random_init=True, backbone="test_resnet")
+    when = ("seconds", "created")  # the only fields two identical probes may differ in
+    assert named["dataset"] == "digits" and {k: v for k, v in named.items() if k not in when} == {
+        k: v for k, v in again.items() if k not in when
+    }
+    with pytest.raises(UserError, match=r"^probe\(\) was given data= and a config with a data section; give the data once$"):
+        st.probe(run, {"data": {"name": "digits"}}, data="digits")
 
 
 def test_a_run_without_the_online_probe_warns_nothing(tmp_path, monkeypatch):

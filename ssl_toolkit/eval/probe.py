@@ -20,7 +20,7 @@ import torch
 from ssl_toolkit.api import Flag, caller_terms, config_fields, public
 from ssl_toolkit.atomic import atomic_write_text
 from ssl_toolkit.backbones import BackboneSpec, create_backbone, resnet_small_max_size, resolve_auto
-from ssl_toolkit.config import BackboneConfig, ProbeConfig, validate
+from ssl_toolkit.config import BackboneConfig, DataConfig, ProbeConfig, validate
 from ssl_toolkit.data.sources import DataSource, load_source
 from ssl_toolkit.errors import UserError
 from ssl_toolkit.eval.features import Preprocess
@@ -77,6 +77,7 @@ def probe(
     config: ProbeConfig | dict[str, Any] | str | Path | None = None,
     random_init: Flag = False,
     backbone: str | BackboneConfig | dict[str, Any] = "auto",
+    data: str | Path | dict[str, Any] | DataConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate a backbone on labelled data.
 
@@ -92,6 +93,8 @@ def probe(
             network a pretraining's ``backbone.name: auto`` builds for the data and the
             accelerator), or a :class:`BackboneConfig` (or dict of its fields) to choose the
             stem as a pretraining config does.
+        data: As ``embed``'s and ``report``'s (``--data``): a dataset name or folder, or a
+            dict of :class:`DataConfig` fields, instead of the config's ``data`` section.
 
     Returns:
         The result: ``mode``, ``label_fraction``, ``metric`` (the headline metric's key),
@@ -106,6 +109,8 @@ def probe(
         raise UserError(f"give a target or random_init=True, not both ({target} would not be evaluated)")
     if not random_init and backbone != "auto":
         raise UserError("backbone= chooses the random_init=True baseline; a target's own backbone is evaluated")
+    if data is not None:
+        config = _with_data(config, data)
     cfg = config if isinstance(config, ProbeConfig) else validate(ProbeConfig, config_fields(config))
     evaluator = EVALUATORS.get(cfg.mode)(cfg)  # validates the evaluator's own settings
     from ssl_toolkit.config import TrainerConfig
@@ -194,6 +199,20 @@ def probe(
 
             raise UserError(f"the result ({headline(result)}) could not be recorded: {describe_os_error(e)}") from None
     return result
+
+
+def _with_data(config: ProbeConfig | dict[str, Any] | str | Path | None, data: str | Path | dict[str, Any] | DataConfig) -> dict[str, Any]:
+    """The config's fields with ``data=`` as its ``data`` section (a config that has one too is refused)."""
+    fields = config.model_dump(exclude_unset=True) if isinstance(config, ProbeConfig) else config_fields(config)
+    if fields.get("data"):
+        raise UserError("probe() was given data= and a config with a data section; give the data once")
+    if isinstance(data, DataConfig):
+        section: dict[str, Any] = data.model_dump(exclude_unset=True)
+    elif isinstance(data, dict):
+        section = dict(data)
+    else:
+        section = {"name": str(data)}
+    return {**fields, "data": section}
 
 
 def headline(result: dict[str, Any]) -> str:
