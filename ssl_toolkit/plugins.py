@@ -19,13 +19,14 @@ import importlib
 import inspect
 import logging
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from ssl_toolkit.ranks import is_primary_process
 
 GROUPS = {"task": "ssl_toolkit.tasks", "evaluator": "ssl_toolkit.evaluators", "source": "ssl_toolkit.sources"}
+DECORATORS = {group: f"@register_{kind}" for kind, group in GROUPS.items()}  # what registers each group's classes
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,19 @@ def load_entry_points(
             holder = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', type(taken).__name__)}"
             warn("warning: plugin '%s' of %s (%s) is not loaded: the name is taken by %s", ep.name, dist, group, holder)
             continue
+        before = set(registered or {})
         try:
             obj = ep.load()
             if adopt is not None and not inspect.ismodule(obj):
                 adopt(ep.name, obj)
             elif owns is not None and not owns(obj):
                 what = f"module {obj.__name__}" if inspect.ismodule(obj) else repr(obj)
-                raise TypeError(f"{what} registers nothing (a class needs its registering decorator, e.g. @register_task)")
+                decorator = DECORATORS.get(group, "its registering decorator")
+                raise TypeError(f"{what} registers nothing (a class needs its registering decorator, {decorator})")
         except (Exception, SystemExit) as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
+            if isinstance(registered, MutableMapping):  # a module that fails registers none of its names
+                for added in set(registered) - before:
+                    del registered[added]
             failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
             warn("warning: plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
     return failed

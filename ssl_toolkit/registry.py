@@ -174,3 +174,22 @@ def check_settings_model(kind: str, name: str, obj: object) -> None:
     config = obj.Config  # type: ignore[attr-defined]  # a base declares it
     if not (isinstance(config, type) and issubclass(config, declared[-1])):
         raise UserError(f"{kind} '{name}': {_origin(obj)}.Config must be a subclass of {_origin(declared[-1])}, not {config!r}")
+    _check_defaults(kind, name, obj, config)
+
+
+def _check_defaults(kind: str, name: str, obj: type, config: type) -> None:
+    """Refuse a ``Config`` whose own defaults fail its fields' checks (pydantic validates only the values given)."""
+    from pydantic import BaseModel, ValidationError
+
+    if not issubclass(config, BaseModel):
+        return
+    defaults = {key: field.get_default(call_default_factory=True) for key, field in config.model_fields.items() if not field.is_required()}
+    try:
+        config.model_validate(defaults)
+    except ValidationError as e:
+        bad = [err for err in e.errors() if err["type"] != "missing"]  # a required field is the user's to give
+        if bad:
+            where = ".".join(str(p) for p in bad[0]["loc"])
+            raise UserError(
+                f"{kind} '{name}': {_origin(obj)}.Config's default {where}={bad[0].get('input')!r} fails its own check: {bad[0]['msg']}"
+            ) from None

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -291,7 +292,8 @@ def test_broken_plugins_are_one_warning_each_and_their_names_say_why_while_built
         ("nothing", "module bad_plugins.undecorated"),
     ):
         assert (  # an entry point that registers nothing was ignored without a word
-            f"plugin '{name}' of bad-plugins (ssl_toolkit.tasks) failed to load: TypeError: {what} registers nothing" in tasks[2]
+            f"plugin '{name}' of bad-plugins (ssl_toolkit.tasks) failed to load: TypeError: {what} registers nothing "
+            "(a class needs its registering decorator, @register_task)" in tasks[2]
         ), tasks[2]
     assert "plugin 'exits' of bad-plugins (ssl_toolkit.tasks) failed to load: SystemExit: plugin exits at import" in tasks[2]
     assert (
@@ -348,6 +350,16 @@ def test_a_name_registered_twice_names_both_and_a_failed_plugin_says_why(tmp_pat
     assert reg.failure("gone") == "gone-ext (gone_plugin): ImportError: needs h5py" and reg.failure("other") is None
     with pytest.raises(UserError, match=r"^thing plugin 'gone' did not load: gone-ext \(gone_plugin\): ImportError: needs h5py$"):
         reg.get("gone")
+    _write(tmp_path / "half_things.py", "from ssl_toolkit.registry import Registry\nREG = Registry('thing', group='half.things')\n")
+    _write(  # registers a name, then fails: it registers none of its names
+        tmp_path / "half_plugin.py",
+        "from half_things import REG\n\n@REG.register('fine')\nclass Fine:\n    pass\n\nraise RuntimeError('broken after one')\n",
+    )
+    _write(tmp_path / "half-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: half-ext\nVersion: 0.1\n")
+    _write(tmp_path / "half-0.1.dist-info/entry_points.txt", "[half.things]\nhalf = half_plugin\n")
+    from half_things import REG as HALF
+
+    assert "fine" not in HALF.names() and HALF.failure("half") == "half-ext (half_plugin): RuntimeError: broken after one"
 
 
 def test_an_evaluators_scores_and_facts_are_checked_before_anything_is_recorded():
@@ -518,3 +530,31 @@ def test_a_task_whose_forward_returns_no_pair_or_whose_init_takes_other_argument
     code, _, err = cli("pretrain", "--task", "returns-none", *args, "--out", tmp_path / "none")
     assert code == 2 and err.strip().splitlines()[-1] == f"error: task 'returns-none' returned None{pair}"
     assert "Traceback" not in err and not (tmp_path / "none").exists()
+
+
+def test_a_settings_model_whose_own_default_fails_its_check_is_refused_when_registered():
+    """Pydantic validates only the values given: a default outside its field's range reached the run (and broke its resume)."""
+    from pydantic import Field
+
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.evaluators.base import Evaluator, EvaluatorConfig
+    from ssl_toolkit.pretext.base import PretextTask, TaskConfig
+    from ssl_toolkit.registry import check_settings_model
+
+    class Metric(Evaluator):
+        class Config(EvaluatorConfig):
+            metric: Literal["cosine", "euclidean"] = "manhattan"  # type: ignore[assignment]
+
+    class Smooth(PretextTask):
+        class Config(TaskConfig):
+            must: int  # required: the user's to give, not refused here
+            label_smoothing: float = Field(default=5.0, ge=0.0, lt=1.0)
+
+    with pytest.raises(
+        UserError, match=r"^probe mode 'm': .*Metric.Config's default metric='manhattan' fails its own check: Input should be"
+    ):
+        check_settings_model("probe mode", "m", Metric)
+    with pytest.raises(
+        UserError, match=r"^task 's': .*Smooth.Config's default label_smoothing=5.0 fails its own check: Input should be less than 1$"
+    ):
+        check_settings_model("task", "s", Smooth)

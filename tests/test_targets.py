@@ -303,3 +303,19 @@ def test_two_solid_colours_are_told_apart_by_every_probe(tmp_path, mode):
                 Image.new("RGB", tuple(int(v) for v in rng.integers(24, 80, 2)), rgb).save(tmp_path / split / name / f"{k}.png")
     result = st.probe(None, {"mode": mode, "data": {"name": str(tmp_path), "image_size": 16}}, random_init=True, backbone="test_resnet")
     assert (result["target_kind"], result["roc_auc"], result["accuracy"], result["f1"]) == ("binary", 1.0, 1.0, 1.0)
+
+
+def test_two_class_scores_of_both_classes_are_read_as_the_probability_of_label_1():
+    """A plugin evaluator written for class scores returns (N, 2) on two-class data: column 0 is label 0, not the positive."""
+    from ssl_toolkit.eval.probe import evaluation_report, positive_scores
+
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    oracle = positive_scores("oracle", torch.nn.functional.one_hot(labels, 2).float())  # perfect scores
+    rep = evaluation_report("binary", oracle, labels, 2, None)
+    assert (rep["roc_auc"], rep["accuracy"], rep["f1"]) == (1.0, 1.0, 1.0)
+    cosine = torch.tensor([[0.9, 0.8], [0.7, 0.75], [0.6, 0.9], [0.95, 0.1], [0.2, 0.3]])  # similarities to each class mean
+    assert (positive_scores("m", cosine)[:, 0] >= 0.5).tolist() == [False, True, True, False, True]  # the argmax
+    probability = torch.tensor([0.2, 0.9, 0.6, 0.1, 0.7])
+    assert torch.equal(positive_scores("linear", probability), probability.view(-1, 1))  # the built-ins' form, unchanged
+    with pytest.raises(UserError, match=r"^evaluator 'm' returned scores of shape \(5, 3\); two-class data needs \(5, 2\) class scores "):
+        positive_scores("m", torch.rand(5, 3))

@@ -162,6 +162,8 @@ def probe(
     ctx = EvalContext(model=model, meta=meta, source=source, pre=pre, train_idx=train_idx, cfg=cfg)
     scores, facts = evaluation_output(cfg.mode, evaluator.evaluate(ctx))
     check_scores(cfg.mode, scores, len(source.test), source.num_classes if source.target_kind == "multiclass" else None)
+    if source.target_kind == "binary":
+        scores = positive_scores(cfg.mode, scores)
     check_facts(cfg.mode, facts)
     report = evaluation_report(source.target_kind, scores, source.test.labels, source.num_classes, facts.get("thresholds"))
     result = {
@@ -329,6 +331,24 @@ def check_scores(mode: str, scores: Any, n_test: int, num_classes: int | None) -
         raise UserError(
             f"evaluator '{mode}' returned scores that are not finite (NaN or inf): training diverged or the evaluator is broken"
         )
+
+
+def positive_scores(mode: str, scores: torch.Tensor) -> torch.Tensor:
+    """Two-class scores as the positive class's probability, ``(N, 1)``.
+
+    The built-in evaluators give that probability (``(N,)`` or ``(N, 1)``); an evaluator
+    that scores both classes, as it does any number of classes (``(N, 2)``: a plugin written
+    for class scores), gets the softmax's label-1 column, so that 0.5 is its argmax. Read as
+    it was, column 0 (label 0) stood for the positive class.
+    """
+    if scores.dim() == 1 or scores.shape[1] == 1:
+        return scores.view(-1, 1)
+    if scores.shape[1] == 2:
+        return torch.softmax(scores.double(), dim=1)[:, 1:]  # (N, 1): P(label 1)
+    raise UserError(
+        f"evaluator '{mode}' returned scores of shape {tuple(scores.shape)}; two-class data needs ({len(scores)}, 2) class scores "
+        f"or ({len(scores)}, 1) probabilities of label 1"
+    )
 
 
 def check_facts(mode: str, facts: dict[str, Any]) -> None:
