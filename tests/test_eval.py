@@ -374,3 +374,18 @@ def test_a_backbone_that_cannot_take_the_image_size_is_one_line_before_any_train
     assert err.strip().endswith("; give a larger --image-size, or leave backbone.small_stem unset") and not (tmp_path / "run").exists()
     model, _ = create_backbone(BackboneConfig(name="test_convnext", small_stem=False), 1, 32)  # at 32 px it runs
     assert model.training  # the check leaves the mode as it was
+
+
+def test_an_input_transform_whose_plugin_is_not_installed_names_its_task():
+    from ssl_toolkit.errors import UserError
+
+    meta = {"in_chans": 1, "mean": [0.5], "std": [0.25], "input_transform": "inverted", "task": "invert-flip"}
+    pre = Preprocess.from_meta(meta)
+    with pytest.raises(
+        UserError,
+        match=r"^the backbone sees the input transform 'inverted' of task 'invert-flip', which is not registered here: install the "
+        r"package that provides task 'invert-flip' \(docs/plugins.md\); registered transforms: lab_l$",
+    ):
+        pre(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    lab = Preprocess.from_meta({**meta, "input_transform": "lab_l", "task": "colorization"})
+    assert lab(torch.full((2, 3, 8, 8), 255, dtype=torch.uint8)).shape == (2, 1, 8, 8)  # L of white, normalised

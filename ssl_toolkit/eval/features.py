@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,27 @@ class Preprocess:
     std: tuple[float, ...]
     transform: str | None = None
     processing: dict | None = None  # data.color_space / equalize / normalize of the pretraining (ssl_toolkit.data.processing)
+    task: str | None = None  # the pretext task that trained the backbone (it registers ``transform``)
 
     @classmethod
     def from_meta(cls, meta: dict) -> Preprocess:
         """The preprocessing recorded in a backbone's ``meta.json``."""
-        return cls(int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]), meta.get("input_transform"), meta.get("processing"))
+        task = meta.get("task") if isinstance(meta.get("task"), str) else None
+        return cls(
+            int(meta["in_chans"]), tuple(meta["mean"]), tuple(meta["std"]), meta.get("input_transform"), meta.get("processing"), task
+        )
+
+    def input_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The registered function of ``transform``; one that is not registered names the task that provides it."""
+        from ssl_toolkit.pretext.base import INPUT_TRANSFORMS
+
+        if self.transform is None or self.transform not in INPUT_TRANSFORMS.names():
+            by = f"task '{self.task}'" if self.task else "the task that trained the backbone"
+            raise UserError(
+                f"the backbone sees the input transform '{self.transform}' of {by}, which is not registered here: install the package "
+                f"that provides {by} (docs/plugins.md); registered transforms: {', '.join(INPUT_TRANSFORMS.names()) or 'none'}"
+            )
+        return INPUT_TRANSFORMS.get(self.transform)
 
     def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` uint8 -> ``(B, in_chans, S, S)`` normalised float."""
@@ -64,9 +81,7 @@ class Preprocess:
             x = proc(x)
         c = x.shape[1]
         if self.transform is not None:
-            from ssl_toolkit.pretext.base import INPUT_TRANSFORMS
-
-            x = INPUT_TRANSFORMS.get(self.transform)(x)  # (B, in_chans, S, S)
+            x = self.input_transform()(x)  # (B, in_chans, S, S)
         elif c == 1 and self.in_chans == 3:
             x = x.expand(-1, 3, -1, -1)
         elif c == 3 and self.in_chans == 1:
