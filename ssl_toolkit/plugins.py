@@ -19,7 +19,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -52,6 +52,7 @@ def load_entry_points(
     registered: Mapping[str, object] | None = None,
     adopt: Callable[[str, Any], None] | None = None,
     owns: Callable[[Any], bool] | None = None,
+    undone: Sequence[MutableMapping[str, Any]] = (),
 ) -> dict[str, str]:
     """Load every entry point of ``group``; one that fails to load is logged and skipped.
 
@@ -69,6 +70,9 @@ def load_entry_points(
         owns: Whether a loaded module or class registered something (when ``adopt`` did not
             take it): an entry point that registers nothing (an undecorated class, a module
             without a registering decorator, some other object) counts as a failure to load.
+        undone: The name tables of the registries the group's modules register into
+            (besides ``registered``): a module that fails to load leaves none of the names it
+            registered before failing.
 
     Returns:
         ``name -> why`` for the entry points that did not load.
@@ -85,7 +89,8 @@ def load_entry_points(
             holder = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', type(taken).__name__)}"
             warn("warning: plugin '%s' of %s (%s) is not loaded: the name is taken by %s", ep.name, dist, group, holder)
             continue
-        before = set(registered or {})
+        tables = [t for t in (registered, *undone) if isinstance(t, MutableMapping)]
+        before = [set(t) for t in tables]
         try:
             obj = ep.load()
             if adopt is not None and not inspect.ismodule(obj):
@@ -95,9 +100,9 @@ def load_entry_points(
                 decorator = DECORATORS.get(group, "its registering decorator")
                 raise TypeError(f"{what} registers nothing (a class needs its registering decorator, {decorator})")
         except (Exception, SystemExit) as e:  # noqa: BLE001  (any error of foreign code is reported, not raised)
-            if isinstance(registered, MutableMapping):  # a module that fails registers none of its names
-                for added in set(registered) - before:
-                    del registered[added]
+            for table, names in zip(tables, before):  # a module that fails registers none of its names
+                for added in set(table) - names:
+                    del table[added]
             failed[ep.name] = f"{dist} ({ep.value}): {type(e).__name__}: {e}"
             warn("warning: plugin '%s' of %s (%s) failed to load: %s: %s", ep.name, dist, group, type(e).__name__, e)
     return failed

@@ -88,7 +88,9 @@ class Registry(Generic[T]):
 
         if group not in Registry._groups:
             peers = [r for r in Registry._all if r.group == group and r is not self] + [self]
-            Registry._groups[group] = load_entry_points(group, self._items, adopt, owns=lambda obj: any(r.holds(obj) for r in peers))
+            Registry._groups[group] = load_entry_points(
+                group, self._items, adopt, owns=lambda obj: any(r.holds(obj) for r in peers), undone=[r._items for r in peers]
+            )
         self._failed.update(Registry._groups[group])
 
     def holds(self, obj: object) -> bool:

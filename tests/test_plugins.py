@@ -350,16 +350,22 @@ def test_a_name_registered_twice_names_both_and_a_failed_plugin_says_why(tmp_pat
     assert reg.failure("gone") == "gone-ext (gone_plugin): ImportError: needs h5py" and reg.failure("other") is None
     with pytest.raises(UserError, match=r"^thing plugin 'gone' did not load: gone-ext \(gone_plugin\): ImportError: needs h5py$"):
         reg.get("gone")
-    _write(tmp_path / "half_things.py", "from ssl_toolkit.registry import Registry\nREG = Registry('thing', group='half.things')\n")
-    _write(  # registers a name, then fails: it registers none of its names
+    _write(
+        tmp_path / "half_things.py",
+        "from ssl_toolkit.registry import Registry\nREG = Registry('thing', group='half.things')\nSIDE = Registry('side', group='half.things')\n",
+    )
+    _write(  # registers a name in each registry of its group, then fails: it registers none of its names
         tmp_path / "half_plugin.py",
-        "from half_things import REG\n\n@REG.register('fine')\nclass Fine:\n    pass\n\nraise RuntimeError('broken after one')\n",
+        "from half_things import REG, SIDE\n\n@REG.register('fine')\nclass Fine:\n    pass\n\n@SIDE.register('aside')\ndef aside():\n    pass\n\n"
+        "raise RuntimeError('broken after one')\n",
     )
     _write(tmp_path / "half-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: half-ext\nVersion: 0.1\n")
     _write(tmp_path / "half-0.1.dist-info/entry_points.txt", "[half.things]\nhalf = half_plugin\n")
     from half_things import REG as HALF
+    from half_things import SIDE
 
     assert "fine" not in HALF.names() and HALF.failure("half") == "half-ext (half_plugin): RuntimeError: broken after one"
+    assert "aside" not in SIDE.names()
 
 
 def test_an_evaluators_scores_and_facts_are_checked_before_anything_is_recorded():
