@@ -28,7 +28,7 @@ def build_config(config_file: str | None, cli_values: dict[str, Any], overrides:
     """Merge a YAML config, explicit CLI options (dotted keys) and ``--set`` overrides, in that order."""
     from ssl_toolkit.config import apply_overrides, load_yaml, set_dotted
 
-    data = load_yaml(config_file) if config_file else {}
+    data = load_yaml(config_file) if config_file is not None else {}  # "" is an error, not "no config" (an unset $CFG)
     given = {key: value for key, value in cli_values.items() if value is not None}
     for key, value in given.items():
         set_dotted(data, key, value)
@@ -62,14 +62,18 @@ def named_by_option(message: str) -> str:
 
 def refuse_twice_given(given: dict[str, Any], overrides: tuple[str, ...]) -> None:
     """Refuse a ``--set KEY=VALUE`` whose key an option already set to another value (one of them would be ignored)."""
-    from ssl_toolkit.config import apply_overrides
+    from ssl_toolkit.config import apply_overrides, override_leaves
 
     for item in overrides:
+        if "=" not in item:
+            continue  # apply_overrides says what is wrong with it
         key = item.split("=", 1)[0].strip()
-        if key in given and "=" in item:
-            value = apply_overrides({}, (f"v={item.split('=', 1)[1]}",))["v"]
-            if value != given[key]:
-                raise UserError(f"{key} is given twice, as {given[key]} by its option and as {value} by --set; give it once")
+        value = apply_overrides({}, (f"v={item.split('=', 1)[1]}",))["v"]
+        for leaf, leaf_value in override_leaves(key, value):  # --set trainer={epochs: 4} sets trainer.epochs
+            if leaf in given and leaf_value != given[leaf]:
+                raise UserError(
+                    f"{leaf} is given twice, as {given[leaf]} by {_option_of(leaf) or 'its option'} and as {leaf_value} by --set; give it once"
+                )
 
 
 DATA_SETTINGS = click.option(

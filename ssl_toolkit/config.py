@@ -400,13 +400,15 @@ _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a :class:`UserError`."""
+    if isinstance(path, str) and not path.strip():  # an unset shell variable in --config "$CFG"
+        raise UserError("config file path is empty; give a YAML file")
     p = Path(path)
     if p.is_dir():
         raise UserError(f"config file {path} is a folder; give a YAML file")
-    if not p.is_file():
+    if not p.exists():  # a pipe (--config <(...)) or /dev/null is read as it is
         raise UserError(f"config file does not exist: {path}")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not UTF-8 text") from None
     except OSError as e:
@@ -417,9 +419,26 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid YAML: {e.problem or e.context}{where}") from None
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:  # an empty file (or `null`): no settings
+        return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping at the top level")
+        raise UserError(f"config file {path} must hold a mapping at the top level, not {type(data).__name__}")
+    bad = _non_string_key(data)
+    if bad is not None:
+        raise UserError(f"config file {path}: key {bad} is not a name (keys are words such as trainer or epochs)")
     return data
+
+
+def _non_string_key(data: dict[Any, Any], above: str = "") -> str | None:
+    """The first key (with where it is) of a mapping, or a mapping inside it, that is not a string; else ``None``."""
+    for key, value in data.items():
+        if not isinstance(key, str):
+            return f"{key!r}" + (f" in {above}" if above else "")
+        if isinstance(value, dict):
+            found = _non_string_key(value, f"{above}.{key}" if above else key)
+            if found is not None:
+                return found
+    return None
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -436,20 +455,34 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def override_leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The dotted keys a ``--set key=value`` sets: a non-empty mapping value sets each of its leaves.
+
+    ``trainer={epochs: 4, lr: 0.1}`` sets ``trainer.epochs`` and ``trainer.lr`` and leaves the
+    other ``trainer`` keys as they were; an empty mapping (``backbone.kwargs={}``) is a value.
+    """
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in override_leaves(f"{key}.{k}", v)]
+    return [(key, value)]
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``key=value`` strings (values parsed as YAML scalars) to ``data`` in place."""
+    """Apply ``key=value`` strings (values parsed as YAML) to ``data`` in place; mapping values merge (:func:`override_leaves`)."""
     given: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key in given:
-            raise UserError(f"--set {key} is given twice, as {given[key]!r} and as {raw!r}; give it once")
-        given[key] = raw
+        if not all(key.split(".")):
+            raise UserError(f"--set {key}: a key has an empty part (two dots, or one at an end)")
         try:
             value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        set_dotted(data, key, value)
+        for leaf, leaf_value in override_leaves(key, value):
+            if leaf in given:
+                raise UserError(f"--set {leaf} is given twice, as {given[leaf]!r} and as {raw!r}; give it once")
+            given[leaf] = raw
+            set_dotted(data, leaf, leaf_value)
     return data

@@ -441,6 +441,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     precision = choose_precision(t.precision, t.accelerator, backbone, in_chans, task.backbone_input_size())
     resolved = cfg.model_dump(mode="json")
     resolved["data"] = recorded_paths(resolved["data"])  # a resume or probe from another working folder finds the data
+    if cfg.init_from and Path(cfg.init_from).expanduser().exists():  # a folder or file, not a library name: as the data
+        resolved["init_from"] = str(Path(cfg.init_from).expanduser().resolve())
     if cfg.backbone.small_stem is None:  # the automatic choice depends on the machine; a resume elsewhere keeps it
         resolved["backbone"]["small_stem"] = chosen_small_stem(spec, source.image_size)
     if cfg.backbone.stem_pool is None and family_of(cfg.backbone.name) == "resnet" and not spec.small_stem:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ssl_toolkit.config import PretrainConfig, ProbeConfig, apply_overrides, load_yaml, validate
 from ssl_toolkit.errors import UserError
@@ -130,3 +132,45 @@ def test_numbers_read_as_numbers_and_a_key_set_twice_is_refused(tmp_path):
     assert load_yaml(path) == {"trainer": {"weight_decay": 0.0001, "lr": -20.0, "epochs": 10}}
     with pytest.raises(UserError, match=r"^--set trainer.epochs is given twice, as '2' and as '3'; give it once$"):
         apply_overrides({}, ["trainer.epochs=2", "trainer.epochs=3"])
+
+
+def test_a_mapping_given_by_set_merges_and_its_keys_count_as_given(tmp_path, cli, monkeypatch):
+    base = {"trainer": {"epochs": 3, "batch_size": 128, "lr": 0.002}, "data": {"name": "digits", "image_size": 24}}
+    merged = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), ["trainer={max_steps: 1, lr: 0.1}", "backbone.kwargs={}"])
+    assert merged["trainer"] == {"epochs": 3, "batch_size": 128, "lr": 0.1, "max_steps": 1} and merged["backbone"] == {"kwargs": {}}
+    with pytest.raises(UserError, match=r"^--set trainer.epochs is given twice, as '3' and as '\{epochs: 4\}'; give it once$"):
+        apply_overrides({}, ["trainer.epochs=3", "trainer={epochs: 4}"])
+    with pytest.raises(UserError, match=r"^--set trainer..epochs: a key has an empty part"):
+        apply_overrides({}, ["trainer..epochs=3"])
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("pretrain", "--epochs", "2", "--set", "trainer={epochs: 4}")
+    assert (code, err) == (2, "error: trainer.epochs is given twice, as 2 by --epochs and as 4 by --set; give it once\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]\n", "must hold a mapping at the top level, not list"),
+        ("false\n", "must hold a mapping at the top level, not bool"),
+        ("0\n", "must hold a mapping at the top level, not int"),
+        ("1: 2\n", "key 1 is not a name"),
+        ("trainer:\n  ~: 1\n", "key None in trainer is not a name"),
+    ],
+)
+def test_a_config_file_must_hold_a_mapping_of_names(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=rf"^config file {path}: ?{re.escape(message)}|^config file {path} {re.escape(message)}"):
+        load_yaml(path)
+
+
+def test_an_empty_file_or_dev_null_is_no_settings_and_an_empty_path_is_an_error(tmp_path, cli, monkeypatch):
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_yaml(tmp_path / "empty.yaml") == {} and load_yaml("/dev/null") == {}
+    with pytest.raises(UserError, match=r"^config file path is empty; give a YAML file$"):
+        load_yaml("")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("pretrain", "--config", "")  # an unset $CFG: not a default run
+    assert (code, err) == (2, "error: config file path is empty; give a YAML file\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]

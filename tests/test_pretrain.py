@@ -305,3 +305,22 @@ def test_refused_before_training_one_image_an_empty_out_overwrite_with_resume_an
         2,
         f"error: --resume {tmp_path / 'run'} continues the run in that folder; --overwrite would start it again: leave one out\n",
     )
+
+
+def test_a_runs_config_yaml_is_reused_as_config_with_name_overridden_from_any_folder(tmp_path, cli, monkeypatch, one_thread):
+    """--name overrides the file's name as --epochs its trainer.epochs; init_from is saved absolute, as the data paths."""
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"]["batch_size"] = 32
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    (tmp_path / "work" / "base.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli("pretrain", "--config", "base.yaml", "--name", "first", "--out", "runs/a", "-q")[0] == 0
+    code, _, err = cli("pretrain", "--config", "runs/a/config.yaml", "--init-from", "runs/a", "--name", "second", "--out", "runs/b", "-q")
+    assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "work" / "runs" / "b" / "config.yaml").read_text())
+    assert (saved["name"], saved["init_from"]) == ("second", str(tmp_path / "work" / "runs" / "a"))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the saved init_from still names the run
+    code, _, err = cli("pretrain", "--config", "work/runs/b/config.yaml", "--name", "third", "--out", "c", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["library_name"] == "third"

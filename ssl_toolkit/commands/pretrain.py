@@ -116,10 +116,11 @@ def pretrain(
             "trainer.progress_bar": False if quiet else None,
             "init_from": init_from,
             "data.strict": strict,
+            "name": name,  # an option: it overrides a config file's name, as --epochs its trainer.epochs
         },
         overrides,
     )
-    meta = run_pretrain(cfg, out=out, overwrite=overwrite, resume=resume, name=name)
+    meta = run_pretrain(cfg, out=out, overwrite=overwrite, resume=resume)
     if not meta:  # non-zero DDP rank
         return
     if meta.get("finished"):
