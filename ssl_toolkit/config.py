@@ -349,6 +349,11 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
+            if "." in str(loc[-1]):  # the command line's dotted form, written as one key of a mapping
+                head, _, rest = str(loc[-1]).partition(".")
+                raise UserError(
+                    f"{what}: unknown key '{key}' (keys are not dotted in a mapping: nest it, {{{head!r}: {{{rest!r}: ...}}}})"
+                ) from None
             hint = did_you_mean(str(loc[-1]), _field_names(model, loc))
             if hint and len(loc) > 1:  # the key as it is written: trainer.epochs, not epochs
                 hint = hint.replace(" '", f" '{'.'.join(str(p) for p in loc[:-1])}.", 1)

@@ -174,3 +174,11 @@ def test_an_empty_file_or_dev_null_is_no_settings_and_an_empty_path_is_an_error(
     code, _, err = cli("pretrain", "--config", "")  # an unset $CFG: not a default run
     assert (code, err) == (2, "error: config file path is empty; give a YAML file\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]
+
+
+def test_a_dotted_key_inside_a_mapping_says_to_nest_it():
+    with pytest.raises(
+        UserError,
+        match=r"^config: unknown key 'trainer.max_steps' \(keys are not dotted in a mapping: nest it, \{'trainer': \{'max_steps': \.\.\.\}\}\)$",
+    ):
+        validate(PretrainConfig, {"trainer.max_steps": 3})
