@@ -147,9 +147,13 @@ def argument_error(name: str, e: ValidationError, parameters: Mapping[str, inspe
         return f"{name}(): takes at most {len(positional)} positional arguments; {err.get('input')!r} is one too many"
     if err["type"] in ("missing_argument", "multiple_argument_values"):
         return f"{name}(): {err['msg'].lower()}: {arg}"
-    if len(same) > 1:  # a union: say what the argument may be
+    if len(same) > 1:  # a union: say what the argument may be, and what it was (not a part of it)
         annotation = parameters[arg].annotation if arg in parameters else "another type"
-        return f"{name}(): {arg} should be {annotation} (got {err.get('input')!r})"
+        given = min(same, key=lambda x: len(x["loc"])).get("input")
+        keys = [x["loc"][-2] for x in same if x["loc"][-1:] == ("[key]",)]  # a mapping with a key that is not a string
+        why = f": its key {keys[0]!r} is not a string" if keys and isinstance(given, Mapping) else ""
+        shown = repr(given) if len(repr(given)) <= 80 else repr(given)[:77] + "..."  # a whole config is too long to print
+        return f"{name}(): {arg} should be {annotation} (got {shown}{why})"
     return f"{name}(): {arg}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 

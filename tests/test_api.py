@@ -63,6 +63,10 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
         (lambda p: st.pretrain(resume=p / "nope"), r"^cannot resume .*nope: no such folder$"),
         (lambda p: st.pretrain({}, out=5), r"^pretrain\(\): out should be str \| Path \| None \(got 5\)$"),
         (lambda p: st.probe(123), r"^probe\(\): target should be str \| Path \| None \(got 123\)$"),
+        (
+            lambda p: st.pretrain({1: 2, "trainer": {"epochs": 1, "batch_size": 8, "lr": 0.1, "weight_decay": 0.0, "seed": 3, "x": "y"}}),
+            r"^pretrain\(\): config should be PretrainConfig \| dict\[str, Any\] \| str \| Path \| None \(got \{1: 2, 'trainer'.{61}\.\.\.: its key 1 is not a string\)$",
+        ),
         (lambda p: st.load_backbone(None), r"^load_backbone\(\): target should be str \| Path \(got None\)$"),
         (
             lambda p: st.embed("x", "digits", p / "e.npz", batch_size=0),
