@@ -60,6 +60,13 @@ def named_by_option(message: str) -> str:
     return f"{OPTION_OF_KEY[key]}: {match.group(3)}" if key in OPTION_OF_KEY else message
 
 
+def one_config(ctx: click.Context, param: click.Parameter, files: tuple[str, ...]) -> str | None:
+    """``--config`` taken once: a second file would silently replace the first (click keeps the last)."""
+    if len(files) > 1:
+        raise click.BadParameter(f"given {len(files)} times ({', '.join(files)}); give one file (--set adds to it)", ctx, param)
+    return files[0] if files else None
+
+
 def refuse_twice_given(given: dict[str, Any], overrides: tuple[str, ...]) -> None:
     """Refuse a ``--set KEY=VALUE`` whose key an option already set to another value (one of them would be ignored)."""
     from ssl_toolkit.config import apply_overrides, override_leaves

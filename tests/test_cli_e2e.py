@@ -130,3 +130,16 @@ def test_where_to_run_under_the_other_commands_name_points_to_this_ones(cli):
     )
     code, _, err = cli("inspect", "digits", "--device", "cpu")  # takes neither: no hint
     assert (code, err) == (2, "error: No such option '--device'. (see 'ssl inspect --help')\n")
+
+
+@pytest.mark.parametrize("command", [("pretrain",), ("probe", *BASELINE), ("inspect", "digits")])
+def test_a_second_config_file_is_refused_not_silently_preferred(cli, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("{}\n")
+    (tmp_path / "b.yaml").write_text("{}\n")
+    code, _, err = cli(*command, "--config", "a.yaml", "--config", "b.yaml")
+    assert (code, err) == (
+        2,
+        f"error: Invalid value for '--config': given 2 times (a.yaml, b.yaml); give one file (--set adds to it) (see 'ssl {command[0]} --help')\n",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml"]

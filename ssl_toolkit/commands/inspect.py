@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, build_config, main, quiet_libraries, ranged_option
+from ssl_toolkit.cli import CONTEXT, FINITE, build_config, main, one_config, quiet_libraries, ranged_option
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -97,7 +97,7 @@ INSPECT = "ssl_toolkit.inspection.config:InspectConfig"
     default="the dataset's",
 )
 @ranged_option("--workers", type=int, model=INSPECT, key="workers", text="Threads reading files", default="2 x CPUs, at most 8")
-@click.option("--config", "config_file", type=click.Path(), help="YAML file with inspect settings.")
+@click.option("--config", "config_file", type=click.Path(), multiple=True, callback=one_config, help="YAML file with inspect settings.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set data.test_fraction=0.3 (repeatable)."
 )

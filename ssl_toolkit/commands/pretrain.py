@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, quiet_libraries, ranged_option
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, one_config, quiet_libraries, ranged_option
 
 
 def _task_help() -> str:
@@ -31,7 +31,9 @@ PRETRAIN = "ssl_toolkit.config:PretrainConfig"
 @ranged_option("--batch-size", type=int, model=PRETRAIN, key="trainer.batch_size", text="Images per batch (per device)", default="256")
 @click.option("--lr", type=FINITE, help="Peak learning rate. [default: the task's]")
 @ranged_option("--seed", type=int, model=PRETRAIN, key="trainer.seed", text="Random seed", default="0")
-@click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/pretrain/).")
+@click.option(
+    "--config", "config_file", type=click.Path(), multiple=True, callback=one_config, help="YAML config file (see configs/pretrain/)."
+)
 @click.option(
     "--set",
     "overrides",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, main, quiet_libraries, ranged_option
+from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, main, one_config, quiet_libraries, ranged_option
 
 
 def _mode_help() -> str:
@@ -69,7 +69,9 @@ PROBE = "ssl_toolkit.config:ProbeConfig"
     default=None,
     help="--random-init, a ResNet with timm's stem: keep its max-pool or drop it. [default: dropped at 32 px and less]",
 )
-@click.option("--config", "config_file", type=click.Path(), help="YAML config file (see configs/probe/).")
+@click.option(
+    "--config", "config_file", type=click.Path(), multiple=True, callback=one_config, help="YAML config file (see configs/probe/)."
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
 def probe(
