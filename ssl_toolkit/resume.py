@@ -7,6 +7,7 @@ error, since the checkpoint was trained under the saved values.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ssl_toolkit.config import PretrainConfig, validate
@@ -50,6 +51,13 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
 _MISSING = object()
 
 
+def _same_path(saved: Any, asked: Any) -> bool:
+    """Whether ``asked`` names the existing folder or file ``saved`` records."""
+    if not isinstance(saved, str) or not isinstance(asked, str) or not Path(asked).expanduser().exists():
+        return False
+    return Path(asked).expanduser().resolve() == Path(saved).expanduser().resolve()
+
+
 def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[PretrainConfig, list[str]]:
     """The saved config with the allowed ``changes`` applied; returns it and the keys that changed.
 
@@ -61,7 +69,7 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
     changed: list[str] = []
     for key, value in _leaves(dict(changes or {})).items():
         old = _get(current, key)
-        if old == value:
+        if old == value or (key == "init_from" and _same_path(old, value)):  # saved absolute, asked as typed
             continue
         if key not in RESUMABLE:
             was = "unset" if old is _MISSING else repr(old)

@@ -320,6 +320,10 @@ def test_a_runs_config_yaml_is_reused_as_config_with_name_overridden_from_any_fo
     assert code == 0, err
     saved = yaml.safe_load((tmp_path / "work" / "runs" / "b" / "config.yaml").read_text())
     assert (saved["name"], saved["init_from"]) == ("second", str(tmp_path / "work" / "runs" / "a"))
+    code, _, err = cli("pretrain", "--resume", "runs/b", "--init-from", "runs/a", "--epochs", "2", "-q")  # as typed: the same folder
+    assert code == 0, err
+    code, _, err = cli("pretrain", "--resume", "runs/b", "--init-from", "runs", "--epochs", "3", "-q")
+    assert code == 2 and f"--resume cannot change init_from (saved '{tmp_path / 'work' / 'runs' / 'a'}', asked 'runs')" in err
     monkeypatch.chdir(tmp_path)  # elsewhere: the saved init_from still names the run
     code, _, err = cli("pretrain", "--config", "work/runs/b/config.yaml", "--name", "third", "--out", "c", "-q")
     assert code == 0, err
