@@ -37,16 +37,14 @@ def _what_there_is(task: str | None, backbone: str | None) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-_METRIC_NAMES = {"top1": "top-1", "roc_auc": "ROC-AUC", "mAP": "mAP"}
-
-
 def _best_cell(row: dict) -> str:
     """``top-1 94.71% (digits-linear-1)``, ``mAP 0.8123 (...)``; ``-`` before any probe."""
+    from ssl_toolkit.eval.target_rows import metric_text
+
     metric, score = row.get("headline_metric"), row.get("headline_score")
     if metric is None or score is None:
         return "-"
-    shown = f"{100 * score:.2f}%" if metric == "top1" else f"{score:.4f}"
-    return f"{_METRIC_NAMES.get(metric, metric)} {shown} ({row['headline_probe']})"
+    return f"{metric_text(metric, score)} ({row['headline_probe']})"
 
 
 @checkpoints.command("list", context_settings=CONTEXT)

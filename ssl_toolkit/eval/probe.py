@@ -219,10 +219,10 @@ def _with_data(config: ProbeConfig | dict[str, Any] | str | Path | None, data: s
 
 def headline(result: dict[str, Any]) -> str:
     """The result's headline metric as one phrase, e.g. ``top-1 83.40% (linear, 1797 test images)``."""
+    from ssl_toolkit.eval.target_rows import metric_text
+
     metric = result.get("metric") or "top1"
-    value = result.get(metric)
-    shown = "-" if value is None else (f"{100 * value:.2f}%" if metric == "top1" else f"{value:.4f}")
-    return f"{'top-1' if metric == 'top1' else metric} {shown} ({result['mode']}, {result['n_test']} test images)"
+    return f"{metric_text(metric, result.get(metric))} ({result['mode']}, {result['n_test']} test images)"
 
 
 def warn_untrained_classes(source: DataSource) -> None:

@@ -5,6 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+METRIC_NAMES = {"top1": "top-1", "roc_auc": "ROC-AUC", "mAP": "mAP"}  # each target kind's headline metric, as written
+
+
+def metric_text(metric: str, value: float | None) -> str:
+    """A headline metric as written: ``top-1 94.71%``, ``ROC-AUC 0.7200``, ``mAP 0.8123`` (``-`` without a value)."""
+    shown = "-" if value is None else (f"{100 * value:.2f}%" if metric == "top1" else f"{value:.4f}")
+    return f"{METRIC_NAMES.get(metric, metric)} {shown}"
+
 
 def headline_cells(p: dict[str, Any], pct: Callable[[float | None], str]) -> dict[str, str]:
     """The two metric cells of a probe row: top-1/top-5, ROC-AUC/F1 (binary) or mAP/macro F1 (multi-label)."""
