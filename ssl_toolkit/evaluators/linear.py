@@ -138,7 +138,7 @@ def _linear_probe(
         if (note := targets.holdout_notes(kind, train_y[ho_idx])) is not None:
             facts["holdout"] = note
         if sweep and all(v is None for v in sweep.values()):  # nothing to rank the penalties by
-            facts["holdout"] = f"weight decay {best:g} fixed, not chosen ({held} undefined); {note}"
+            facts["holdout"] = "; ".join(filter(None, (f"weight decay {best:g} fixed, not chosen ({held} undefined)", note)))
     if not sweep:  # e.g. one training label per class: nothing to hold out, so nothing was chosen
         fixed = f"weight decay {best:g} was" if kind == "multiclass" else f"weight decay {best:g} and threshold 0.5 were"
         facts["holdout"] = f"none: too few training labels to hold any out, so {fixed} not chosen but fixed"
