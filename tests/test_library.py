@@ -124,6 +124,8 @@ def test_cli_list_show_import_remove_and_errors(tmp_path, cli):
         0,
         f"no checkpoints in {library_root()} matching the filters (tasks in it: rotation; backbones in it: test_resnet)\n",
     )
+    code, out, err = cli("checkpoints", "list", "--backbone", "resnet18")  # a real model the library does not hold
+    assert (code, out) == (0, f"no checkpoints in {library_root()} matching the filters (backbones in it: test_resnet)\n")
     code, out, err = cli("checkpoints", "list", "--task", "Rotatoin")  # no such task: a typo, not an empty list
     assert (code, out, err) == (
         2,

@@ -24,8 +24,11 @@ def checkpoints() -> None:
 
 
 def _what_there_is(task: str | None, backbone: str | None) -> str:
-    """For an empty filtered list: the tasks and backbones the library does hold, with a did-you-mean hint."""
-    from ssl_toolkit.errors import did_you_mean
+    """For an empty filtered list: the tasks and backbones the library does hold.
+
+    No did-you-mean: a filter that names no task or timm model was refused before this, so
+    the name asked for is a real one the library just does not hold.
+    """
     from ssl_toolkit.library import list_checkpoints
 
     rows = [r for r in list_checkpoints() if not r.get("error")]
@@ -33,7 +36,7 @@ def _what_there_is(task: str | None, backbone: str | None) -> str:
     for asked, key, what in ((task, "task", "tasks"), (backbone, "backbone", "backbones")):
         held = sorted({str(r[key]) for r in rows if r.get(key)})
         if asked is not None and held and asked not in held:
-            parts.append(f"{what} in it: {', '.join(held)}{did_you_mean(asked, held)}")
+            parts.append(f"{what} in it: {', '.join(held)}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
