@@ -10,8 +10,8 @@ Every public function (:mod:`ssl_toolkit`'s ``pretrain``, ``probe``, ``embed``, 
   as a config's number fields do); a wrong type or value is a one-line
   :class:`~ssl_toolkit.errors.UserError` naming the argument, before any work;
 - the global random generators (``random``, NumPy, torch), the environment variables that
-  Lightning's seeding and the run set, the Lightning loggers' levels and the SIGINT/SIGTERM
-  handlers are restored when it returns, so a notebook's own random streams go on where
+  Lightning's seeding and the run set, the Lightning loggers' levels, the SIGINT/SIGTERM
+  handlers and an unset multiprocessing start method are restored when it returns, so a notebook's own random streams go on where
   they were and Ctrl-C still works after an interrupted call;
 - an error it raises names the function's arguments and config keys (``out``,
   ``overwrite=True``, ``trainer.backbone_chunk=null in the config``) where the command line's
@@ -24,13 +24,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import multiprocessing
 import os
 import random
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -97,7 +98,7 @@ def public(func: F) -> F:
                 raise UserError(argument_error(func.__name__, e, parameters)) from None
             except (UserError, Interrupted) as e:
                 if _CALLER.get() == "python" and e.args:
-                    e.args = (in_python_terms(str(e.args[0])), *e.args[1:])
+                    e.args = (in_python_terms(str(e.args[0]), given_text((args, kwargs))), *e.args[1:])
                 raise
 
     return call  # type: ignore[return-value]
@@ -126,11 +127,47 @@ def python_name(option: str) -> str:
     return _CONFIG_KEYS.get(option, option.replace("-", "_"))
 
 
-def in_python_terms(message: str) -> str:
-    """``message`` with the command line's options named as the Python API's arguments and config keys."""
+def in_python_terms(message: str, given: Iterable[str] = ()) -> str:
+    """``message`` with the command line's options named as the Python API's arguments and config keys.
+
+    Text the caller gave (``given``: a path, a config key or value) is quoted as given, even
+    where it holds something shaped like an option (``/data/x --out y``).
+    """
+    kept: list[str] = []
+
+    def keep(m: re.Match[str]) -> str:
+        kept.append(m[0])
+        return f"\u27e6{len(kept) - 1}\u27e7"  # printable, so a repr() of it in a rewrite keeps it as it is
+
+    protect = sorted({t for t in given if "--" in t or "ssl " in t}, key=len, reverse=True)
+    if protect:
+        message = re.sub("|".join(map(re.escape, protect)), keep, message)
     for pattern, words in _PYTHON_TERMS:
         message = pattern.sub(words, message)
-    return message
+    return re.sub("\u27e6(\\d+)\u27e7", lambda m: kept[int(m[1])] if int(m[1]) < len(kept) else m[0], message)
+
+
+def given_text(value: Any, depth: int = 0) -> set[str]:
+    """Every string in an API call's arguments: paths (as given and as resolved), config keys and values."""
+    if depth > 20:
+        return set()
+    if isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+        if not isinstance(text, str):
+            return set()
+        found = {text}
+        try:
+            found.add(str(Path(text).expanduser().absolute()))
+        except (OSError, RuntimeError, ValueError):  # no home directory, a NUL in the text
+            pass
+        return found
+    if hasattr(value, "model_dump"):  # a config object
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        return set().union(*(given_text(k, depth + 1) | given_text(v, depth + 1) for k, v in value.items()))
+    if isinstance(value, list | tuple | set):
+        return set().union(*(given_text(v, depth + 1) for v in value))
+    return set()
 
 
 def argument_error(name: str, e: ValidationError, parameters: Mapping[str, inspect.Parameter]) -> str:
@@ -180,6 +217,7 @@ def kept_global_state() -> Iterator[None]:
     levels = {n: logging.getLogger(n).level for n in LOGGERS}
     main = threading.current_thread() is threading.main_thread()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    start_method = multiprocessing.get_start_method(allow_none=True)  # Lightning's worker check fixes it when unset
     try:
         yield
     finally:
@@ -200,3 +238,5 @@ def kept_global_state() -> Iterator[None]:
                 os.environ[k] = v
         for n, level in levels.items():
             logging.getLogger(n).setLevel(level)
+        if start_method is None and multiprocessing.get_start_method(allow_none=True) is not None:
+            multiprocessing.set_start_method(None, force=True)  # unset again: the caller may still choose one

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,9 @@ def test_pretrain_leaves_the_callers_random_streams_environment_and_log_levels_a
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
     logging.getLogger("lightning.pytorch").setLevel(logging.INFO)
     env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR")}
+    multiprocessing.set_start_method(None, force=True)  # unset, as in a fresh process (another test's Trainer may have fixed it)
     meta = st.pretrain(tiny_config("rotation", epochs=1), out=tmp_path / "run")
+    assert multiprocessing.get_start_method(allow_none=True) is None  # Lightning's worker check fixed it: the caller may still choose
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     assert {k: os.environ.get(k) for k in env} == env
     assert logging.getLogger("lightning.pytorch").level == logging.INFO
@@ -197,6 +201,17 @@ def test_an_error_names_the_functions_arguments_in_python_and_the_options_on_the
     assert in_python_terms("(--set trainer.backbone_chunk=null keeps it)") == "(trainer.backbone_chunk=null in the config keeps it)"
     assert in_python_terms("continue with: ssl pretrain --resume /r") == "continue with: pretrain(resume='/r')"
     assert in_python_terms("/tmp/a--out/b (--strict, --freeze-stages 9)") == "/tmp/a--out/b (data.strict, evaluator_config.freeze_stages=9)"
+    # what the caller gave is quoted as given, though it holds text shaped like an option
+    for given in (tmp_path / "my data --strict", tmp_path / "v --set a=b", tmp_path / "w --out y"):
+        with pytest.raises(UserError, match=rf"^data path does not exist: {re.escape(str(Path(given).absolute()))}$"):
+            st.inspect_data(given)
+    with pytest.raises(UserError, match=r"^no run folder, backbone file or library checkpoint named 'r --overwrite'"):
+        st.probe("r --overwrite")
+    with pytest.raises(UserError, match=r"^config: unknown key '--epochs'"):
+        st.pretrain({"--epochs": 3}, out=tmp_path / "f")
+    assert (
+        in_python_terms("continue with: ssl pretrain --resume /x --out y", {"/x --out y"}) == "continue with: pretrain(resume='/x --out y')"
+    )
 
 
 def test_a_too_small_image_size_names_the_config_key_in_python(tmp_path):
