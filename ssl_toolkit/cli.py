@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ssl_toolkit._version import __version__
-from ssl_toolkit.errors import Interrupted, UserError
+from ssl_toolkit.errors import Interrupted, UserError, did_you_mean, one_line
 from ssl_toolkit.ranks import is_primary_process
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -111,13 +111,13 @@ def data_argument(data: str | None, overrides: tuple[str, ...]) -> str | dict[st
     return {**fields["data"], **({"name": data} if data is not None else {})}
 
 
-def echo_rows(rows: list[tuple[str, object]]) -> None:
-    """Print ``(label, value)`` rows as an aligned two-column table."""
+def echo_rows(rows: list[tuple[str, object]], err: bool = False) -> None:
+    """Print ``(label, value)`` rows as an aligned two-column table (on stderr with ``err``: stdout holds ``--json``)."""
     from ssl_toolkit.terminal import terminal_safe
 
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        click.echo(terminal_safe(f"{k:<{width}}  {v}"))
+        click.echo(terminal_safe(f"{k:<{width}}  {v}"), err=err)
 
 
 class LazyHelpOption(click.Option):
@@ -249,7 +249,11 @@ SAME_OPTION = {  # options that choose the same thing under each command's own n
 
 def _one_line(e: click.ClickException) -> str:
     """A usage error as one line, with where to find help (click's own did-you-mean kept)."""
-    message = " ".join(e.format_message().split())
+    message = one_line(e.format_message())
+    param = getattr(e, "param", None)
+    wrong = re.match(r"'(.*)' is not one of ", str(getattr(e, "message", "")))
+    if param is not None and isinstance(param.type, click.Choice) and wrong:  # one of a few words: the nearest
+        message += did_you_mean(wrong[1], [str(c) for c in param.type.choices])
     ctx = getattr(e, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     if isinstance(e, click.NoSuchOption) and ctx is not None and e.option_name in SAME_OPTION:

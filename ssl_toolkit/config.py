@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ssl_toolkit.errors import UserError, did_you_mean
+from ssl_toolkit.terminal import terminal_safe
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
@@ -370,6 +371,8 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
         whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # a check across fields
         given = err.get("input")
         got = "" if whole else " (got no value)" if given is None else f" (got {given!r})"
+        if err["type"] == "literal_error" and isinstance(given, str):  # one of a few words: the nearest
+            got += did_you_mean(given, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
         raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None
 
 
@@ -411,7 +414,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise UserError(f"config file {path} is a folder; give a YAML file")
     if not p.exists():  # a pipe (--config <(...)) or /dev/null is read as it is
-        raise UserError(f"config file does not exist: {path}")
+        raise UserError(f"config file does not exist: {terminal_safe(str(path))}")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:

@@ -8,6 +8,7 @@ with code 2, without a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -17,7 +18,19 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(str(message)))
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: each line break, with the indentation around it, becomes one space.
+
+    Other runs of spaces are kept and other control characters (a tab, ESC) are shown escaped,
+    so a name or path quoted in the message reads as it was given.
+    """
+    text = re.sub(r"\s*[\r\n]\s*", " ", message).strip()
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class WorkerUserError(UserError):

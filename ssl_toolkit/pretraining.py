@@ -146,9 +146,10 @@ def pretrain(
 def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str | Path | None, name: str | None) -> Plan:
     """Resolve the config and the run folder, and check everything that needs no data."""
     from ssl_toolkit.library import check_library_writable, check_name, name_taken, refuse_inside_library
+    from ssl_toolkit.loggers import check_logger
     from ssl_toolkit.pretext import TASKS
     from ssl_toolkit.pretext.base import check_task_signature
-    from ssl_toolkit.trainer import check_lightning_options, check_logger
+    from ssl_toolkit.trainer import check_lightning_options
 
     primary = is_primary_process()
     finished = None
@@ -505,6 +506,7 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
     from ssl_toolkit.data.loaders import shared_by
     from ssl_toolkit.data.processing import Processing
     from ssl_toolkit.engine import PretrainModule
+    from ssl_toolkit.loggers import finish_loggers, log_config
     from ssl_toolkit.resume import fixed_settings
     from ssl_toolkit.trainer import build_trainer, lightning_interrupts, quiet_lightning, restore_metrics
 
@@ -536,7 +538,8 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
         callbacks.insert(0, OnlineProbe(feature_dim(model.backbone), data.num_classes))
     L.seed_everything(t.seed, workers=True, verbose=False)
     quiet_lightning()  # no banners (devices, tips) in the output
-    trainer = build_trainer(t, folder.path, validate=data.val_loader is not None, callbacks=callbacks)
+    trainer = build_trainer(t, folder.path, validate=data.val_loader is not None, callbacks=callbacks, resume=plan.resume)
+    log_config(trainer.loggers, model.resolved)  # the experiment logger's hyperparameters
     train_loader = shared_by(data.train_loader, trainer.world_size)  # a batch over one process's share: cut to it
     ckpt_path = str(folder.last_ckpt) if plan.resume else None
     if ckpt_path is not None:
@@ -580,6 +583,8 @@ def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:
                 f"cannot resume {folder}: last.ckpt does not fit the network its config.yaml describes "
                 f"({detail[:160]}{'...' if len(detail) > 160 else ''}); was config.yaml edited?"
             ) from None
+        finally:
+            finish_loggers(trainer.loggers)
     return trainer, guard, time.time() - start
 
 

@@ -39,6 +39,9 @@ class CheckpointFacts(NamedTuple):
     config: str | None
 
 
+DEFAULT_NAME_BYTES = 200
+
+
 class RunFolder:
     """The files of one pretraining run.
 
@@ -56,7 +59,7 @@ class RunFolder:
     PROBES = "probes"
     TENSORBOARD = "tensorboard"
     # what a previous run leaves and ``--overwrite`` removes
-    RUN_FILES = (CONFIG, LAST, METRICS, "hparams.yaml", WEIGHTS, META, SKIPPED)
+    RUN_FILES = (CONFIG, LAST, METRICS, "hparams.yaml", WEIGHTS, META, SKIPPED, "logger.json")
     RUN_DIRS = (SAMPLES, PROBES, TENSORBOARD)
     REPORT = "report.html"  # `ssl report RUN` writes it here: it describes this run and goes with it
 
@@ -73,9 +76,12 @@ class RunFolder:
 
     @classmethod
     def default(cls, task: str, backbone: str, data: str) -> RunFolder:
-        """``runs/<task>-<backbone>-<data>-<time>``."""
+        """``runs/<task>-<backbone>-<data>-<time>``, the data folder's name shortened to keep it within 200 bytes."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         data = Path(data).name if os.sep in data else data
+        room = DEFAULT_NAME_BYTES - len(f"{task}-{backbone}--{stamp}".encode())
+        while len(data.encode()) > room and data:  # a file name is at most 255 bytes on most filesystems
+            data = data[:-1]
         return cls(Path("runs") / f"{task}-{backbone}-{data}-{stamp}")
 
     # ----- file names -----------------------------------------------------------------
@@ -249,7 +255,7 @@ class RunFolder:
             shutil.rmtree(aside, ignore_errors=True)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
-        atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
     def write_skipped(self, skipped: list[tuple[str, str]], keep: bool = False) -> None:
         """``skipped.txt``: one ``path<TAB>reason`` line per file (:mod:`ssl_toolkit.data.skip_list`).

@@ -334,40 +334,13 @@ def _describe(cfg: TrainerConfig, settings: tuple[str, ...] = ("accelerator", "d
     return ", ".join(f"{key}={getattr(cfg, key)}" for key in settings)
 
 
-LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+def build_loggers(cfg: TrainerConfig, run_dir: Path, resume: bool = False) -> list:
+    """``metrics.csv`` always, plus the experiment logger ``cfg.logger`` names (:mod:`ssl_toolkit.loggers`)."""
+    from ssl_toolkit.loggers import experiment_logger
 
-
-def check_logger(name: str) -> None:
-    """Refuse a ``--logger`` whose package is not installed, naming the extra that installs it."""
-    import importlib.util
-
-    from ssl_toolkit.errors import UserError
-
-    packages = LOGGER_PACKAGES.get(name, ())
-    if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
-        raise UserError(f"--logger {name} needs the {packages[0]} package: pip install 'ssl-toolkit[{name}]'")
-
-
-def build_loggers(cfg: TrainerConfig, run_dir: Path) -> list:
-    """``metrics.csv`` always, plus the experiment logger ``cfg.logger`` names (Lightning's own)."""
     loggers: list = [RunCSVLogger(save_dir=str(run_dir), name="", version="")]
-    name = run_dir.resolve().name
-    if cfg.logger == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
-    elif cfg.logger == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(name=name, save_dir=str(run_dir), project="ssl-toolkit"))
-    elif cfg.logger == "mlflow":
-        import os
-
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.resolve() / "mlruns").as_uri()
-        loggers.append(MLFlowLogger(experiment_name="ssl-toolkit", run_name=name, tracking_uri=uri))
-    return loggers
+    extra = experiment_logger(cfg.logger, run_dir, resume, quiet=not cfg.progress_bar)
+    return loggers if extra is None else [*loggers, extra]
 
 
 def progress_callbacks(cfg: TrainerConfig) -> list[Callback]:
@@ -383,7 +356,9 @@ def progress_callbacks(cfg: TrainerConfig) -> list[Callback]:
     return [ProgressLines(cfg.progress_every_n_steps)]
 
 
-def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: list[Callback] | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: list[Callback] | None = None, resume: bool = False
+) -> L.Trainer:
     """The Lightning Trainer for a pretraining run writing into ``run_dir``.
 
     Args:
@@ -392,6 +367,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: 
         validate: Run the validation split each epoch (for the online probe).
         callbacks: The run's own callbacks (online probe, gradient guard, ...), added to the
             checkpoint and progress callbacks.
+        resume: The run goes on from its ``last.ckpt``: an MLflow or W&B logger continues its run.
     """
     callbacks = [*(callbacks or []), *checkpoint_callbacks(cfg, run_dir), CheckpointOnInterrupt(run_dir / f"{LAST_NAME}.ckpt")]
     callbacks += progress_callbacks(cfg)
@@ -402,7 +378,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, validate: bool, callbacks: 
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         max_steps=cfg.max_steps,
         sync_batchnorm=cfg.sync_batchnorm,
-        logger=build_loggers(cfg, run_dir),
+        logger=build_loggers(cfg, run_dir, resume),
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         enable_progress_bar=bar,

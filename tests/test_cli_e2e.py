@@ -38,13 +38,13 @@ def test_pretrain_then_probe_through_real_processes(tmp_path, run_ssl):
 
     probe = run_ssl("probe", run, "--data", "digits", "--json", cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
-    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    result = json.loads(probe.stdout)  # stdout holds the JSON alone
     assert result["mode"] == "linear" and result["label_fraction"] == 1.0
     assert result["n_train"] == 1438 and result["n_test"] == 359
     assert 0.5 < result["top1"] <= result["top5"] <= 1.0  # 10 classes: chance is 0.1
     assert len(result["per_class_acc"]) == 10 and sum(map(sum, result["confusion"])) == 359
     assert result["seconds"] > 0
-    assert "top-1 (%)" in probe.stdout
+    assert "top-1 (%)" in probe.stderr  # the table, beside it
     saved = json.loads((run / "probes" / "digits-linear-1.json").read_text())
     assert saved["top1"] == result["top1"]
 

@@ -329,6 +329,9 @@ def test_a_folder_given_by_a_relative_path_is_recorded_absolute_so_the_run_resum
     assert code == 0, err
     data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
     assert (data["name"], data["labels"]) == (str(tmp_path / "work" / "imgs"), str(tmp_path / "work" / "tags.csv"))
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["dataset"]["name"] == str(tmp_path / "work" / "imgs")  # as config.yaml
+    code, out, err = cli("probe", tmp_path / "run", "--data", "imgs", "--set", "data.labels=tags.csv", "--mode", "knn", "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["dataset"] == str(tmp_path / "work" / "imgs"), err
     monkeypatch.chdir(tmp_path)  # another working folder: the recorded paths still name the data
     code, out, err = cli("probe", tmp_path / "run", "--mode", "knn", "--json")
     assert code == 0 and json.loads(out.splitlines()[-1])["dataset"] == str(tmp_path / "work" / "imgs"), err

@@ -135,7 +135,8 @@ def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
         assert all(str(i).endswith(".png") for i in z["ids"])
     code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "g.npz", "--json")
     assert code == 0, err
-    result = json.loads(out.strip().splitlines()[-1])  # the documented last line
+    result = json.loads(out)  # alone on stdout
+    assert f"embeddings: {tmp_path / 'g.npz'}\n" in err  # the table and the path line: stderr
     assert (result["path"], result["rows"], result["splits"]) == (str(tmp_path / "g.npz"), 12, {"train": 10, "test": 2})
     code, out, err = cli("embed", run, "--data", folder, "--set", "data.test_fraction=0.5", "--out", tmp_path / "h.npz", "--json")
     assert code == 0, err

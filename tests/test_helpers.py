@@ -211,3 +211,34 @@ def test_a_failed_allocation_is_recognised_with_its_size_from_either_device():
     gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.3 GiB total capacity)")
     assert (out_of_memory(cpu), out_of_memory(gpu), out_of_memory(MemoryError())) == ("190.7 GiB", "2.00 GiB", "memory")
     assert out_of_memory(RuntimeError("Error(s) in loading state_dict")) is None and out_of_memory(ValueError("out of memory")) is None
+
+
+def test_an_error_line_keeps_a_quoted_name_as_given_and_escapes_what_would_break_the_line():
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.terminal import terminal_safe
+
+    assert str(UserError("a wrapped\n    message\r\n  continues")) == "a wrapped message continues"  # the toolkit's own line breaks
+    assert str(UserError("name 'a\tb  c' and '\x1b[31mred'")) == "name 'a\\tb  c' and '\\x1b[31mred'"  # spaces kept, control escaped
+    assert terminal_safe("c1/a\nb.png") == "c1/a\\nb.png" == terminal_safe(terminal_safe("c1/a\nb.png"))  # escaping twice is once
+    assert terminal_safe("中文 é") == "中文 é"
+
+
+def test_the_default_run_folder_name_stays_within_a_file_names_length(monkeypatch):
+    from ssl_toolkit.run_folder import DEFAULT_NAME_BYTES, RunFolder
+
+    folder = RunFolder.default("rotation", "auto", "/data/" + "Dé" * 120)
+    assert folder.path.parent.name == "runs" and len(folder.path.name.encode()) <= DEFAULT_NAME_BYTES
+    assert folder.path.name.startswith("rotation-auto-DéDé")
+    assert RunFolder.default("rotation", "auto", "digits").path.name.startswith("rotation-auto-digits-")
+
+
+def test_a_run_config_writes_names_as_they_are_and_reads_them_back(tmp_path):
+    import yaml
+
+    from ssl_toolkit.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.write_config({"data": {"name": "/data/café 中文 😀", "odd": "a\nb\x1b"}})
+    text = folder.config.read_text(encoding="utf-8")
+    assert "/data/café 中文 😀" in text and "\\e" in text  # readable, a control character still escaped
+    assert yaml.safe_load(text) == {"data": {"name": "/data/café 中文 😀", "odd": "a\nb\x1b"}}

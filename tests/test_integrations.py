@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from conftest import tiny_config
 
 from ssl_toolkit.backbones import BackboneSpec, apply_small_stem
@@ -17,7 +19,7 @@ from ssl_toolkit.pretraining import pretrain
 
 needs = {
     name: pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed")
-    for name in ("tensorboard", "onnx", "onnxruntime")
+    for name in ("tensorboard", "onnx", "onnxruntime", "mlflow", "wandb")
 }
 
 
@@ -40,11 +42,64 @@ def test_tensorboard_logger_writes_events_tensorboard_reads(tmp_path):
     steps = [e.step for e in events.Scalars("loss_step")]
     assert steps and steps == sorted(steps) and max(steps) <= 4  # 64 images / 32 = 2 steps x 2 epochs
     assert len(events.Scalars("loss_epoch")) == 2
+    hparams = yaml.safe_load((tmp_path / "run" / "tensorboard" / "hparams.yaml").read_text())  # the resolved config
+    assert (hparams["task"], hparams["trainer.batch_size"], hparams["data.name"]) == ("rotation", 32, "synthetic")
 
 
-def test_a_logger_without_its_package_names_the_extra(cli, tmp_path):
-    if importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed")
+@needs["mlflow"]
+def test_an_mlflow_run_gets_the_config_and_a_resume_logs_on_into_the_same_run(tmp_path, cli, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "32"]
+    args += ["--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--set", "trainer.log_every_n_steps=1", "-q"]
+    code, _, err = cli("pretrain", *args, "--epochs", "1", "--logger", "mlflow", "--out", tmp_path / "run")
+    assert code == 0 and "Creating it" not in err, err  # MLflow 3's file store opted into, its notice kept off the output
+    record = json.loads((tmp_path / "run" / "logger.json").read_text())
+    client = MlflowClient((tmp_path / "run" / "mlruns").as_uri())
+    run = client.get_run(record["run_id"])
+    assert (run.data.params["trainer.batch_size"], run.data.params["trainer.epochs"], run.data.params["task"]) == ("32", "1", "rotation")
+    code, _, err = cli("pretrain", "--resume", tmp_path / "run", "--epochs", "2", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "logger.json").read_text())["run_id"] == record["run_id"]
+    runs = client.search_runs([run.info.experiment_id])
+    assert [r.info.run_id for r in runs] == [record["run_id"]]  # one run, continued
+    assert [m.step for m in client.get_metric_history(record["run_id"], "loss_epoch")] == [1, 3]  # both epochs
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the command's process setting, not left behind
+
+
+@needs["mlflow"]
+def test_a_logger_that_cannot_start_is_one_line(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")
+    code, out, err = cli("pretrain", "--backbone", "test_resnet", "--epochs", "1", "--logger", "mlflow", "-q", "--out", tmp_path / "run")
+    line = err.splitlines()[-1]
+    assert code == 2 and line.startswith("error: --logger mlflow could not start: ") and "nosuchscheme://x" in line, err
+    assert not (tmp_path / "run").exists()  # nothing left of a run that never trained
+
+
+@needs["wandb"]
+def test_a_wandb_run_gets_the_config_quietly_and_a_resume_continues_its_id(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    args = ["--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "32"]
+    args += ["--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32"]
+    code, _, err = cli("pretrain", *args, "--epochs", "1", "--logger", "wandb", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "wandb:" not in err and "\x1b" not in err  # stderr is no terminal here: W&B's banner and colours stay off
+    record = json.loads((tmp_path / "run" / "logger.json").read_text())
+    assert (record["logger"], record["where"]) == ("wandb", "mine")
+    code, _, err = cli("pretrain", "--resume", tmp_path / "run", "--epochs", "2", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "logger.json").read_text()) == record
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs and all(p.name.endswith(record["run_id"]) for p in runs)  # sessions of one run (one folder within a second)
+    logged = b"".join(p.read_bytes() for run in runs for p in run.glob("*.wandb"))
+    assert b"trainer.batch_size" in logged  # the config
+
+
+def test_a_logger_without_its_package_names_the_extra(cli, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))  # not installed
     code, out, err = cli("pretrain", "--logger", "wandb", "--backbone", "test_resnet", "--out", tmp_path / "run")
     assert code == 2 and err.strip() == "error: --logger wandb needs the wandb package: pip install 'ssl-toolkit[wandb]'"
     assert not (tmp_path / "run").exists()

@@ -88,7 +88,14 @@ def test_a_library_entry_without_data_takes_its_runs_folder_while_the_run_holds_
     assert (result["dataset"], result["n_train"], result["n_test"]) == (str(tmp_path / "imgs"), 8, 4)
     shutil.rmtree(tmp_path / "run")  # the run is gone: its entry no longer knows where the data was
     code, out, err = cli("probe", entry, "--mode", "knn")
-    assert code == 2 and err.strip().startswith(f"error: --data is needed: {entry} was pretrained on 'imgs'"), err
+    assert (code, err.strip()) == (
+        2,
+        f"error: --data is needed: {entry} was pretrained on '{tmp_path / 'imgs'}', but the run that says how it was read "
+        f"(its config.yaml: split, labels, data settings) is gone; give --data {tmp_path / 'imgs'} with those settings",
+    )
+    shutil.rmtree(tmp_path / "imgs")
+    code, out, err = cli("probe", entry, "--mode", "knn")
+    assert code == 2 and err.strip().endswith("nor a folder that still exists"), err
 
 
 def test_without_data_probe_takes_the_data_the_backbone_was_pretrained_on(cli, tmp_path):
@@ -216,8 +223,8 @@ def test_the_k_row_says_when_the_default_k_is_clipped(cli, tmp_path):
     run = saved_backbone(tmp_path / "run")
     code, out, err = cli("probe", run, "--mode", "knn", "--json", *SMALL)
     assert code == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["k"] == 90
-    assert "90 (of 200 asked: the training set's size)" in out
+    assert json.loads(out)["k"] == 90  # stdout holds the JSON alone
+    assert "90 (of 200 asked: the training set's size)" in err  # the table: stderr, beside --json
 
 
 def test_classes_missing_from_either_split_are_named(cli, tmp_path):
@@ -354,8 +361,8 @@ def test_the_partial_record_names_the_stages_it_froze_and_the_table_the_exact_fr
     knn = {"k": 6, "settings": {"k": 200, "temperature": 0.1}}  # a 6-image training subset clips k
     assert probe_details(knn) == "k=6 (of 200 asked), temperature=0.1"
     assert probe_details({"k": 200, "settings": {"k": 200, "temperature": 0.1}}) == "k=200, temperature=0.1"
-    assert "label fraction  0.999999999999\n" in out
+    assert "label fraction  0.999999999999\n" in err
     code, out, err = cli("probe", run, "--mode", "partial", "--epochs", "1", "--freeze-stages", "0", "--json", *SMALL)
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["settings"]["freeze_stages"] == 0
-    assert "label fraction  1\n" in out
+    assert "label fraction  1\n" in err

@@ -243,9 +243,8 @@ def test_cli_report_on_unlabelled_images(built, cli, tmp_path):
     assert code == 0 and f"warning: {said}" in err, err
     assert f'<p class="note" id="single-class">One class: {said}' in (tmp_path / "s.html").read_text()
     code, stdout, err = cli("report", root / "run", "--data", split, "--out", tmp_path / "t.html", "--split", "test", "--json")
-    *_, said_path, line = stdout.strip().splitlines()
-    result = json.loads(line)
-    assert said_path == f"report: {tmp_path / 't.html'}" and result["path"] == str(tmp_path / "t.html")
+    result = json.loads(stdout)  # alone on stdout; the table and the path line go to stderr
+    assert f"report: {tmp_path / 't.html'}\n" in err and result["path"] == str(tmp_path / "t.html")
     assert result["labelled"] and result["n_queries"] == 8 and set(result["knn"]) == {"1", "20", "200"}
     assert f"warning: the test split of {split} holds a single class (a); every neighbour is that class" in err, err
 

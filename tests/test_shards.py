@@ -109,7 +109,8 @@ def test_inspecting_shards_finds_what_inspecting_their_folder_finds(tmp_path, cl
     root = make_folder(tmp_path / "imgs", n_per_class=8)  # seed i in both classes and splits: exact duplicates and leaks
     code, out, err = cli("shard", root, "--out", tmp_path / "sh", "--image-size", "32", "--workers", "1", "--json")
     assert code == 0, err
-    printed = json.loads(out.strip().splitlines()[-1])
+    printed = json.loads(out)  # alone on stdout; the table goes to stderr
+    assert f"shards: {tmp_path / 'sh'}\n" in err
     assert (printed["n_train"], printed["n_test"], printed["out"]) == (16, 4, str(tmp_path / "sh"))
     folder, shards = inspect_data(str(root)), inspect_data(str(tmp_path / "sh"), out=tmp_path / "sh.html")
     assert shards["kind"] == "shards" and shards["images"] == {"total": 20, "train": 16, "test": 4, "unreadable": 0}

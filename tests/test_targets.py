@@ -219,7 +219,7 @@ def test_multilabel_folder_through_every_probe_mode(tmp_path, cli):
     _pretrain_on(root, run)
     code, out, err = cli("probe", run, "--data", root, "--mode", "linear", "--json")
     assert code == 0, err
-    assert "mAP (%)" in out and "AP per class (%)" in out
+    assert "mAP (%)" in err and "AP per class (%)" in err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["target_kind"] == "multilabel" and res["top1"] is None and len(res["per_class_ap"]) == 3
     assert 0.0 <= res["mAP"] <= 1.0 and len(res["thresholds"]) == 3
@@ -253,7 +253,7 @@ def test_binary_targets_get_one_sigmoid_and_roc_auc(cli):
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["target_kind"] == "binary" and res["metric"] == "roc_auc" and len(res["thresholds"]) == 1
-    assert {"roc_auc", "f1", "precision", "recall", "accuracy"} <= set(res) and "ROC-AUC (%)" in out
+    assert {"roc_auc", "f1", "precision", "recall", "accuracy"} <= set(res) and "ROC-AUC (%)" in err
     assert res["top1"] == res["accuracy"] and res["positive_class"] == res["classes"][1]  # F1, precision, recall are of label 1
     code, out, err = cli("probe", "--random-init", "-b", "test_resnet", *data, "--mode", "knn", "--label-fraction", "0.02", "--json")
     assert code == 0, err

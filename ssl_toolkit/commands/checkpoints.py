@@ -125,7 +125,7 @@ def show(name, as_json) -> None:
         state = "CORRUPT (meta.json records no weights_sha256: the library writes one for every entry; loads refuse it)"
     click.echo(f"# {name}  ({folder})")
     click.echo(f"# weights: {state}")
-    click.echo(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=100).rstrip())
+    click.echo(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True).rstrip())
 
 
 @checkpoints.command("export", context_settings=CONTEXT)

@@ -24,7 +24,7 @@ from ssl_toolkit.cli import CONTEXT, DATA_SETTINGS, POSITIVE, data_argument, ech
 @click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", help="Where to run the backbone, e.g. cpu or cuda. [default: cuda when available]")
 @DATA_SETTINGS
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout (the table goes to stderr).")
 def embed(target, data, out, split, batch_size, device, overrides, as_json) -> None:
     """Write the embeddings of a dataset under a backbone.
 
@@ -44,7 +44,7 @@ def embed(target, data, out, split, batch_size, device, overrides, as_json) -> N
         ("from cache", ", ".join(result["cached"]) or "-"),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
-    echo_rows(rows)
-    click.echo(f"embeddings: {result['path']}")
+    echo_rows(rows, err=as_json)
+    click.echo(f"embeddings: {result['path']}", err=as_json)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))

@@ -73,7 +73,7 @@ PROBE = "ssl_toolkit.config:ProbeConfig"
     "--config", "config_file", type=click.Path(), multiple=True, callback=one_config, help="YAML config file (see configs/probe/)."
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", cls=LazyHelpOption, help_text=_set_help)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout (the table goes to stderr).")
 def probe(
     target,
     data,
@@ -147,7 +147,7 @@ def probe(
         *metric_rows(result),
         ("seconds", f"{result['seconds']:.1f}"),
     ]
-    echo_rows(rows)
+    echo_rows(rows, err=as_json)
     if as_json:
         click.echo(result_json(result))  # as the record file is written
 

@@ -51,7 +51,7 @@ from ssl_toolkit.eval.projection import UMAP_METRICS
     help="auto: test queries, training gallery; train/test: that split alone, leave-one-out.",
 )
 @DATA_SETTINGS
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line (after `report: <path>`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout (the table goes to stderr).")
 def report(
     target,
     data,
@@ -76,7 +76,7 @@ def report(
     run's facts and training curves, its probe results, FAISS kNN / retrieval / k-means
     figures, a UMAP scatter, nearest-neighbour grids, the linear probe's confusion matrix
     and the latest pretext samples. The last line printed is `report: <path>` (with --json,
-    the line before the JSON).
+    on stderr, and the JSON alone on stdout).
     """
     quiet_libraries()
     from ssl_toolkit.eval.report import report as run_report
@@ -113,8 +113,8 @@ def report(
             )
         )
     rows.append(("seconds", f"{result['seconds']['total']:.1f}"))
-    echo_rows(rows)
-    click.echo(f"report: {result['path']}")
+    echo_rows(rows, err=as_json)
+    click.echo(f"report: {result['path']}", err=as_json)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":"), allow_nan=False))
 

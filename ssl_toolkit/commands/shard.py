@@ -28,7 +28,7 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
     metavar="KEY=VALUE",
     help="How files are split and labelled: data.test_fraction, split_seed, split_draw, labels, strict or max_pixels.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on the last line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout (the table goes to stderr).")
 def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> None:
     """Write an image FOLDER as shards in Lightning's litdata streaming format.
 
@@ -52,8 +52,9 @@ def shard(folder, out, image_size, chunk_bytes, workers, overrides, as_json) -> 
             ("images", f"train {result['n_train']}, test {result['n_test']}"),
             ("classes", ", ".join(result["classes"]) if result["classes"] else "-"),
             ("skipped", str(result["skipped"])),
-        ]
+        ],
+        err=as_json,
     )
-    click.echo(f"shards: {result['out']}")
+    click.echo(f"shards: {result['out']}", err=as_json)
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))

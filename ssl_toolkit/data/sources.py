@@ -20,6 +20,7 @@ import torch
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import SOURCES, DataSource, Split, channel_stats, register_source, require_training
 from ssl_toolkit.errors import UserError
+from ssl_toolkit.terminal import terminal_safe
 
 __all__ = ["SOURCES", "DataSource", "Split", "channel_stats", "load_source", "register_source", "source_names"]
 
@@ -138,13 +139,14 @@ def load_source(cfg: DataConfig) -> DataSource:
 
         refuse_unread_settings(cfg, "shards")
 
-        return _limit_rows(load_shards(cfg.name, cfg.image_size), cfg)
+        local = "://" not in cfg.name  # a local folder is recorded absolute, as config.yaml records it
+        return _limit_rows(load_shards(os.path.abspath(Path(cfg.name).expanduser()) if local else cfg.name, cfg.image_size), cfg)
     path = Path(cfg.name).expanduser()
     if not path.exists():
         if os.sep not in cfg.name and not cfg.name.startswith("."):
             SOURCES.get(cfg.name)  # raises the unknown-dataset error listing valid names
-        raise UserError(f"data path does not exist: {cfg.name}")
+        raise UserError(f"data path does not exist: {terminal_safe(cfg.name)}")
     from ssl_toolkit.data.folder import load_folder
 
     refuse_unread_settings(cfg, "an image folder")
-    return _limit(load_folder(path, cfg), cfg)
+    return _limit(load_folder(Path(os.path.abspath(path)), cfg), cfg)  # recorded absolute, as config.yaml records it

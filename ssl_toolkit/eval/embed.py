@@ -156,6 +156,11 @@ def pretraining_data(folder: Path | None, meta: dict[str, Any]) -> dict[str, Any
 def data_needed(target: str | Path | None, meta: dict[str, Any]) -> str:
     """Why ``--data`` must be given for ``target``: no data recorded, or data that cannot be loaded here."""
     recorded = (meta.get("dataset") or {}).get("name")
+    if recorded and Path(str(recorded)).expanduser().exists():  # the folder is there, how its run read it is not
+        return (
+            f"--data is needed: {target} was pretrained on '{recorded}', but the run that says how it was read "
+            f"(its config.yaml: split, labels, data settings) is gone; give --data {recorded} with those settings"
+        )
     if recorded:
         return (
             f"--data is needed: {target} was pretrained on '{recorded}', which is neither a registered dataset here "
