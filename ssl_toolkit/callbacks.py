@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import nn
 
 if TYPE_CHECKING:
@@ -493,6 +493,32 @@ def _written_at(path: Path) -> int | None:
         return path.stat().st_mtime_ns
     except FileNotFoundError:
         return None
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bar on stderr, counting as :class:`ProgressLines` does.
+
+    Lightning draws its bars on stdout, where a redirected ``ssl pretrain > log`` would
+    collect their frames; it numbers epochs from 0 and sizes the bar to the whole epoch
+    when ``trainer.max_steps`` ends the run inside it. Here the bar goes to stderr (the
+    terminal that chose it), says ``epoch 1/2``, and ends at the run's last step.
+    """
+
+    def init_train_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if trainer.max_steps is not None and trainer.max_steps > 0 and bar.total is not None:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed  # batches of this epoch trained before a resume
+            bar.total = min(bar.total, done + max(0, trainer.max_steps - trainer.global_step))  # one optimiser step per batch
+        bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
 class ProgressLines(Callback):

@@ -347,12 +347,12 @@ def progress_callbacks(cfg: TrainerConfig) -> list[Callback]:
     """A progress bar on a terminal; one line every ``progress_every_n_steps`` elsewhere (CI, pipes, ``nohup``)."""
     import sys
 
-    from ssl_toolkit.callbacks import ProgressLines
+    from ssl_toolkit.callbacks import ProgressLines, RunProgressBar
 
     if not cfg.progress_bar:
         return []
     if sys.stderr.isatty():
-        return [TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2))]
+        return [RunProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2))]
     return [ProgressLines(cfg.progress_every_n_steps)]
 
 

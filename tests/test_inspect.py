@@ -601,3 +601,9 @@ def test_python_reads_an_inspect_config_file_as_the_command_line_does(cli, tmp_p
     (tmp_path / "bad.yml").write_text("near_hamming: 99\n")
     with pytest.raises(UserError, match=r"bad\.yml: near_hamming: Input should be less than or equal to"):
         inspect_data(tmp_path / "bad.yml")
+
+
+def test_off_a_terminal_the_stage_lines_are_the_stage_names_alone(cli):
+    code, out, err = cli("inspect", "digits", "--set", "data.limit=100")
+    assert code == 0, err
+    assert err.splitlines()[:2] == ["loading", "hashing"]  # no padding meant for a bar that is not drawn

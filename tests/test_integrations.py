@@ -138,6 +138,54 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, run_ssl):
 
 
 @pytest.mark.slow
+def test_on_a_terminal_the_bar_draws_on_stderr_counting_epochs_from_one_to_the_runs_last_step(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import threading
+    from pathlib import Path
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # 30 rows, 120 columns
+    args = ["--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "16"]
+    args += ["--epochs", "2", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32", "--set", "trainer.max_steps=3"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssl_toolkit", "pretrain", *args, "--out", str(tmp_path / "run")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal's other end closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=600)
+    reader.join(timeout=30)
+    os.close(master)
+    terminal = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, terminal
+    frames = [f for f in terminal.replace("\n", "\r").split("\r") if f.startswith("epoch ")]
+    assert frames and frames[-1].startswith("epoch 1/2: 100%") and "| 3/3 [" in frames[-1], frames  # max_steps ends the bar
+    assert stdout.decode().splitlines()[0].startswith("pretrained rotation") and "it/s" not in stdout.decode()  # no frames on stdout
+
+
+@pytest.mark.slow
 def test_progress_lines_under_a_time_budget_count_down_the_budget(tmp_path, run_ssl):
     args = ["--task", "rotation", "--data", "synthetic", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "32"]
     sets = ["data.synthetic_train=64", "data.synthetic_test=32", "trainer.progress_every_n_steps=1", "trainer.max_minutes=0.1"]

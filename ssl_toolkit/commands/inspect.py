@@ -28,7 +28,8 @@ class StageBar:
             self.close()
             self.stage, self.done = stage, 0
             stderr = click.get_text_stream("stderr")  # type: ignore[operator]  # click 8.5 serves this deprecated name through a module __getattr__ typed object
-            self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<20}", file=stderr, show_pos=True)
+            label = f"{stage:<20}" if stderr.isatty() else stage  # off a terminal click prints the label alone: no padding
+            self.bar = click.progressbar(length=max(total, 1), label=label, file=stderr, show_pos=True)
             self.bar.__enter__()
         step = done - self.done
         if step > 0 and self.bar is not None:
