@@ -12,3 +12,15 @@ def terminal_safe(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: a wide character (CJK, most emoji) two, a combining mark none."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (:func:`display_width`)."""
+    return text + " " * max(0, width - display_width(text))

@@ -242,3 +242,10 @@ def test_a_run_config_writes_names_as_they_are_and_reads_them_back(tmp_path):
     text = folder.config.read_text(encoding="utf-8")
     assert "/data/café 中文 😀" in text and "\\e" in text  # readable, a control character still escaped
     assert yaml.safe_load(text) == {"data": {"name": "/data/café 中文 😀", "odd": "a\nb\x1b"}}
+
+
+def test_terminal_columns_count_wide_characters_twice_and_combining_marks_not_at_all():
+    from ssl_toolkit.terminal import display_width, pad
+
+    assert [display_width(t) for t in ("cat", "中文", "e\u0301cole", "😀", "")] == [3, 4, 5, 2, 0]
+    assert pad("中文", 6) == "中文  " and pad("cat", 6) == "cat   " and pad("toolong", 3) == "toolong"

@@ -8,7 +8,7 @@ import click
 import yaml
 
 from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
-from ssl_toolkit.terminal import terminal_safe
+from ssl_toolkit.terminal import display_width, pad, terminal_safe
 from ssl_toolkit.units import human_size
 
 
@@ -98,9 +98,9 @@ def list_cmd(as_json, task, backbone) -> None:
             )
         )
     shown = [[terminal_safe(cell) for cell in row] for row in table]  # names and metadata may hold control or undecodable characters
-    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
+    widths = [max(display_width(row[i]) for row in shown) for i in range(len(header))]
     for row in shown:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(pad(cell, w) for cell, w in zip(row, widths)).rstrip())
 
 
 @checkpoints.command(context_settings=CONTEXT)

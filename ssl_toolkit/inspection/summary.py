@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ssl_toolkit.terminal import terminal_safe
+from ssl_toolkit.terminal import display_width, pad, terminal_safe
 from ssl_toolkit.units import human_size
 
 GROUPS_LISTED = 5
@@ -100,11 +100,11 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{'classes':<16}{lab['num_classes']}{' (multi-label)' if lab['multilabel'] else ''}; imbalance (largest/smallest) overall {lab['imbalance']}, "
             f"train {lab['splits']['train']['imbalance']}, test {lab['splits']['test']['imbalance']}"
         )
-        width = max([5] + [len(terminal_safe(c)) for c in lab["classes"]])
+        width = max([5] + [display_width(terminal_safe(c)) for c in lab["classes"]])
         lines.append(f"{'':<16}{'class':<{width}}  {'train':>7} {'test':>7}")
         for c in lab["classes"]:
             lines.append(
-                f"{'':<16}{terminal_safe(c):<{width}}  {lab['splits']['train']['counts'][c]:>7} {lab['splits']['test']['counts'][c]:>7}"
+                f"{'':<16}{pad(terminal_safe(c), width)}  {lab['splits']['train']['counts'][c]:>7} {lab['splits']['test']['counts'][c]:>7}"
             )
     else:
         lines.append(f"{'classes':<16}none (unlabelled)")
