@@ -3,9 +3,12 @@
 is refused in one line instead of interleaving its files with the first's.
 
 The lock is an ``flock`` on a file under ``$SSL_TOOLKIT_HOME/locks/`` named by the folder's
-resolved path (the run folder itself gets nothing before the run is checked). It goes when
-the process and the DataLoader workers it forked have closed the file; a lock whose recorded
-pid is gone (its workers outlived a killed run for a moment) is taken over.
+resolved path (the run folder itself gets nothing before the run is checked). Releasing it
+removes the file, so locks do not pile up one per run folder; a process that opened the file
+just before it was removed finds, once it holds the ``flock``, that the path names another
+file (or none) and starts again, so two writers never hold one folder. A lock whose recorded
+pid is gone (a killed run, whose forked DataLoader workers hold the file for a moment) is
+taken over.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ class FolderLock:
         except ImportError:  # no flock on this platform: no lock
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(8):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if _same_file(fd, self.path):
+                    break
+                os.close(fd)  # released and removed between the open and the flock: take the path's new file
+                continue
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 os.close(fd)
@@ -57,10 +63,21 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        """Let the folder go (closing the file releases the flock)."""
+        """Let the folder go: remove the lock's file while holding it, then close it (which releases the flock)."""
         if self._fd is not None:
+            if _same_file(self._fd, self.path):
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def process_alive(pid: int) -> bool:

@@ -361,11 +361,31 @@ def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_holds_it(tmp
         pretrain(cfg, out=run)
     assert not run.exists()
     first.release()
+    assert not first.path.exists()  # a released lock leaves no file behind: locks/ does not grow one per run folder
     pretrain(cfg, out=run)  # free again; and each call lets go when it returns or fails
+    assert not first.path.exists()
     with pytest.raises(UserError, match="unknown dataset"):  # found when the data loads, with the lock held
         pretrain({**cfg, "data": {**cfg["data"], "name": "no-such-data"}}, out=run, overwrite=True)
     pretrain(cfg, out=run, overwrite=True)
     assert FolderLock(run).acquire() is not None
+
+
+def test_a_lock_whose_file_was_removed_after_it_was_opened_is_taken_again_on_the_new_file(tmp_path):
+    import fcntl
+
+    from ssl_toolkit.folder_lock import FolderLock
+
+    holder = FolderLock(tmp_path / "run").acquire()
+    stale = os.open(holder.path, os.O_RDWR)  # a second process opened the file, then the holder let go (and removed it)
+    holder.release()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old file: lockable, but no longer the lock
+    try:
+        second = FolderLock(tmp_path / "run").acquire()  # takes the path's new file, not refused by the stale one
+        with pytest.raises(UserError, match="is being written by another ssl pretrain"):
+            FolderLock(tmp_path / "run").acquire()
+        second.release()
+    finally:
+        os.close(stale)
 
 
 def test_a_lock_left_to_a_forked_worker_of_a_killed_run_is_taken_over(tmp_path):
