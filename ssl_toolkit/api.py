@@ -56,8 +56,8 @@ Flag = StrictBool  # True or False: a string such as "no" is refused, not read a
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Set by Lightning's ``seed_everything`` and by a run for its DDP processes.
-PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR", "MLFLOW_ALLOW_FILE_STORE", "WANDB_SILENT")
+#: Set by Lightning's ``seed_everything``, by a run for its DDP processes, and by a run's logger (MLflow sets its URI).
+PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR", "MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "WANDB_SILENT")
 LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 _CALLER: ContextVar[str] = ContextVar("ssl_toolkit_caller", default="python")

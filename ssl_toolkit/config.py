@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ssl_toolkit.errors import UserError, did_you_mean
-from ssl_toolkit.terminal import terminal_safe
+from ssl_toolkit.terminal import quoted_if_odd
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
@@ -360,19 +360,24 @@ def validate(model: type[M], data: dict[str, Any], what: str = "config") -> M:
                 hint = hint.replace(" '", f" '{'.'.join(str(p) for p in loc[:-1])}.", 1)
             raise UserError(f"{what}: unknown key '{key}'{hint}") from None
         msg = err["msg"].removeprefix("Value error, ")
+        members = [err]
         if loc and _union_member(loc[-1]) and loc[-1] not in _field_names(model, loc):
             # a field of several types (bool | 'auto', int | None): pydantic names the member in
             # the location; the key is the field, and the message says what each member wanted
             loc = loc[:-1]
             key = ".".join(str(p) for p in loc)
             members = [x for x in e.errors() if tuple(x["loc"])[:-1] == loc and _union_member(x["loc"][-1])]
-            msgs = list(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in members))
-            msg = msgs[0] + "".join(" or " + m.removeprefix("Input should be ").split(", unable to interpret")[0] for m in msgs[1:])
+            msgs = list(dict.fromkeys(x["msg"].removeprefix("Value error, ").split(", unable to ")[0] for x in members))
+            msg = msgs[0] + "".join(" or " + m.removeprefix("Input should be ") for m in msgs[1:])
         whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)  # a check across fields
         given = err.get("input")
         got = "" if whole else " (got no value)" if given is None else f" (got {given!r})"
-        if err["type"] == "literal_error" and isinstance(given, str):  # one of a few words: the nearest
-            got += did_you_mean(given, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
+        words = [
+            w for x in members if x["type"] == "literal_error" for w in re.findall(r"'([^']*)'", str(x.get("ctx", {}).get("expected", "")))
+        ]
+        words += ["true", "false"] if any(x["type"].startswith("bool") for x in members) and words else []
+        if words and isinstance(given, str):  # one of a few words (or true/false besides them): the nearest
+            got += did_you_mean(given, words)
         raise UserError(f"{what}: {key + ': ' if key else ''}{msg}{got}") from None
 
 
@@ -414,7 +419,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise UserError(f"config file {path} is a folder; give a YAML file")
     if not p.exists():  # a pipe (--config <(...)) or /dev/null is read as it is
-        raise UserError(f"config file does not exist: {terminal_safe(str(path))}")
+        raise UserError(f"config file does not exist: {quoted_if_odd(str(path))}")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:

@@ -135,6 +135,14 @@ class PretrainModule(L.LightningModule):
         # before the checkpoint is restored (schedules, compile) sets the data up too early, so the
         # state is applied here, after the restore and before the first batch is drawn.
         self.trainer.fit_loop._load_combined_loader_states()
+        # A resume restores the rate the saved schedule last set; one with a longer run (more
+        # steps, epochs or minutes) lays a new schedule over it, which LambdaLR would apply only
+        # after the first step: that step would train at the old schedule's end (near 0).
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, rate in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+                    group["lr"] = base * rate(sched.last_epoch)
 
     @property
     def backbone_chunk(self) -> int | None:

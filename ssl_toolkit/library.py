@@ -510,7 +510,7 @@ def load_backbone_any(target: str | Path) -> tuple[nn.Module, dict[str, Any], Pa
         model, meta = load_backbone_files(lib, name=name)
         return model, meta, lib
     names = [r["name"] for r in list_checkpoints() if NAME_RE.fullmatch(r["name"])]
-    raise UserError(f"no run folder, backbone file or library checkpoint named '{target}'{did_you_mean(name, names)}")
+    raise UserError(f"no run folder, backbone file or library checkpoint named {str(target)!r}{did_you_mean(name, names)}")
 
 
 def init_backbone_from(

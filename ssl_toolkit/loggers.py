@@ -1,8 +1,8 @@
 """The experiment logger a run adds besides ``metrics.csv`` (``trainer.logger``): Lightning's own.
 
 - ``tensorboard``: events in ``RUN/tensorboard``.
-- ``mlflow``: runs in ``RUN/mlruns`` (a file store, opted into with ``MLFLOW_ALLOW_FILE_STORE``,
-  which MLflow 3 asks for) unless ``MLFLOW_TRACKING_URI`` names another; experiment
+- ``mlflow``: runs in ``RUN/mlruns`` unless ``MLFLOW_TRACKING_URI`` names another store (a file
+  store is opted into with ``MLFLOW_ALLOW_FILE_STORE``, which MLflow 3 asks for); experiment
   ``$MLFLOW_EXPERIMENT_NAME`` or ``ssl-toolkit``.
 - ``wandb``: files in ``RUN/wandb``; project ``$WANDB_PROJECT`` or ``ssl-toolkit``; quiet
   (``WANDB_SILENT``) when the run is (``--quiet``, or stderr not a terminal) unless set.
@@ -67,7 +67,7 @@ def experiment_logger(name: str, run_dir: Path, resume: bool, quiet: bool) -> An
         raise
     except Exception as e:  # noqa: BLE001  (the logger's own package: a store it refuses, a service it cannot reach)
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise UserError(f"--logger {name} could not start: {type(e).__name__}: {reason[:300]}") from None
+        raise UserError(f"--logger {name} could not start: {type(e).__name__}: {reason[:1000]}") from None
 
 
 def _start(name: str, run_dir: Path, resume: bool, quiet: bool) -> Any:
@@ -79,8 +79,8 @@ def _start(name: str, run_dir: Path, resume: bool, quiet: bool) -> Any:
         from lightning.pytorch.loggers import MLFlowLogger
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").as_uri()
-        if not os.environ.get("MLFLOW_TRACKING_URI"):  # the run's own file store: MLflow 3 refuses it unless asked
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        if uri.startswith("file:") or "://" not in uri:  # a file store, the run's own or one asked for: MLflow 3 refuses it unless told
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "Experiment ... not found. Creating it."
         run_id = _continued(run_dir, "mlflow", uri) if resume else None
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or PROJECT
@@ -119,7 +119,10 @@ def _continued(run_dir: Path, logger: str, where: str) -> str | None:
 
 
 def _record(run_dir: Path, record: LoggerRun) -> None:
-    atomic_write_json(run_dir / RECORD, record.model_dump())
+    try:
+        atomic_write_json(run_dir / RECORD, record.model_dump())
+    except OSError as e:
+        raise UserError(f"cannot write {run_dir / RECORD}: {e.strerror or e}") from None
 
 
 def flat_config(resolved: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -157,7 +157,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; give the run folder to write")
     if resume is not None:
-        from ssl_toolkit.resume import check_unedited, finished_state, limits_reached, resume_config
+        from ssl_toolkit.resume import check_unedited, finished_state, limits_reached, resume_config, trained_epochs
 
         if overwrite:
             raise UserError(f"--resume {resume} continues the run in that folder; --overwrite would start it again: leave one out")
@@ -170,6 +170,7 @@ def plan_run(config: Any, out: str | Path | None, overwrite: bool, resume: str |
         changes = config.model_dump(exclude_unset=True) if isinstance(config, PretrainConfig) else config_fields(config)
         cfg, changed = resume_config(folder, _with_name(changes, name))
         meta = finished_state(folder)
+        meta = None if meta is None else trained_epochs(folder, meta)
         if meta is not None and (reached := limits_reached(cfg, meta)):
             finished = {**meta, "limits_reached": reached}
             unused = [caller_terms("--logger", "trainer.logger")] if "trainer.logger" in changed else []  # used by training only

@@ -135,6 +135,22 @@ def finished_state(folder: RunFolder) -> dict[str, Any] | None:
     return meta
 
 
+def trained_epochs(folder: RunFolder, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with ``epochs`` as its ``last.ckpt`` counts them: epochs trained to their last batch.
+
+    Runs written before that rule recorded an epoch that ``trainer.max_steps`` cut short as
+    trained; resumed with more steps they would be taken as finished. Without a readable
+    checkpoint the metadata stands.
+    """
+    if not folder.last_ckpt.is_file():
+        return meta
+    try:
+        done, _, _ = folder.check_checkpoint()
+    except UserError:
+        return meta
+    return {**meta, "epochs": min(int(meta.get("epochs") or 0), done)}
+
+
 def limits_reached(cfg: PretrainConfig, meta: dict[str, Any]) -> list[str]:
     """The limits of ``cfg`` (``trainer.epochs``, ``trainer.max_steps``) that the finished run ``meta`` describes has reached."""
     epochs, steps = int(meta.get("epochs") or 0), int(meta["steps"])

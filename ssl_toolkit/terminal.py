@@ -24,3 +24,12 @@ def display_width(text: str) -> int:
 def pad(text: str, width: int) -> str:
     """``text`` padded with spaces to ``width`` terminal columns (:func:`display_width`)."""
     return text + " " * max(0, width - display_width(text))
+
+
+def quoted_if_odd(text: str) -> str:
+    """``text`` as it is when it reads unambiguously, else its Python ``repr`` (quoted, escaped).
+
+    A path holding a tab, a newline or leading or trailing spaces is shown as ``'/data/a\\tb'``,
+    so it is told apart from one holding the two characters ``\\t`` (shown bare).
+    """
+    return text if text.isprintable() and text == text.strip() else repr(text)

@@ -96,6 +96,8 @@ def restore_metrics(metrics: Path, ckpt: Path) -> None:
     changed = len(kept) != len(rows)
     if not _epoch_row(pending):
         pending = None  # a checkpoint without a usable row: nothing to write back
+    elif cut is not None and int(pending["epoch"]) == int(cut):
+        pending = None  # the cut epoch's own partial row (older checkpoints kept it): the resume logs the whole epoch's
     if pending is not None and not any(_same_row(r, pending) for r in kept):
         kept.append({k: str(v) for k, v in pending.items()})
         fields = sorted(set(fields) | set(pending))  # Lightning's writer sorts its columns too

@@ -249,3 +249,10 @@ def test_terminal_columns_count_wide_characters_twice_and_combining_marks_not_at
 
     assert [display_width(t) for t in ("cat", "中文", "e\u0301cole", "😀", "")] == [3, 4, 5, 2, 0]
     assert pad("中文", 6) == "中文  " and pad("cat", 6) == "cat   " and pad("toolong", 3) == "toolong"
+
+
+def test_a_path_that_reads_ambiguously_is_shown_quoted_and_escaped():
+    from ssl_toolkit.terminal import quoted_if_odd
+
+    assert quoted_if_odd("/data/a  b") == "/data/a  b" and quoted_if_odd("/data/a\\tb") == "/data/a\\tb"  # plain: as it is
+    assert quoted_if_odd("/data/a\tb") == "'/data/a\\tb'" and quoted_if_odd("/data/x ") == "'/data/x '"

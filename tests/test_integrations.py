@@ -69,6 +69,29 @@ def test_an_mlflow_run_gets_the_config_and_a_resume_logs_on_into_the_same_run(tm
 
 
 @needs["mlflow"]
+def test_two_mlflow_runs_from_python_each_log_into_their_own_store_and_a_file_uri_given_is_taken(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import ssl_toolkit as st
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = _small(logger="mlflow", progress_bar=False)
+    cfg["trainer"]["epochs"] = 1
+    for run in ("a", "b"):
+        st.pretrain(cfg, out=tmp_path / run)
+        record = json.loads((tmp_path / run / "logger.json").read_text())
+        assert record["where"] == (tmp_path / run / "mlruns").as_uri()  # MLflow set its URI in the process: not taken as the user's
+        assert MlflowClient(record["where"]).get_run(record["run_id"]).info.status == "FINISHED"
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "store").as_uri())  # a file store of the user's: MLflow 3 asks to opt in
+    st.pretrain(cfg, out=tmp_path / "c")
+    record = json.loads((tmp_path / "c" / "logger.json").read_text())
+    assert record["where"] == (tmp_path / "store").as_uri() and not (tmp_path / "c" / "mlruns").exists()
+    assert MlflowClient(record["where"]).get_run(record["run_id"]).data.params["task"] == "rotation"
+
+
+@needs["mlflow"]
 def test_a_logger_that_cannot_start_is_one_line(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")
     code, out, err = cli("pretrain", "--backbone", "test_resnet", "--epochs", "1", "--logger", "mlflow", "-q", "--out", tmp_path / "run")

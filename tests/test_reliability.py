@@ -525,6 +525,43 @@ def test_a_run_that_max_steps_cut_mid_epoch_resumes_inside_that_epoch_with_one_r
     assert [int(r["epoch"]) for r in rows if r["loss_epoch"]] == [0, 1, 2]  # the cut epoch's partial row is gone
 
 
+def test_a_cut_run_written_by_an_older_version_resumes_inside_its_cut_epoch_with_one_row_for_it(tmp_path, one_thread):
+    """Older versions recorded the cut epoch in meta.json's epochs and kept its partial row in last.ckpt."""
+    cfg = tiny_config("rotation", epochs=1)
+    cfg["data"].update(image_size=16, synthetic_train=128, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, max_steps=3)  # 3 of the only epoch's 4 steps
+    run = tmp_path / "cut"
+    pretrain(cfg, out=run)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "epochs": 1}))  # as an older version wrote it
+    state = torch.load(run / "last.ckpt", weights_only=True)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    partial = next(r for r in rows if r["loss_epoch"])
+    state["ssl_epoch_row"] = {k: float(v) if "." in v else int(v) for k, v in partial.items() if v}  # the cut epoch's row, kept
+    torch.save(state, run / "last.ckpt")
+    meta = pretrain({"trainer": {"max_steps": 4}}, resume=run)
+    assert (meta["epochs"], meta["steps"]) == (1, 4) and not meta.get("finished")  # trained on, not "already finished"
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r["loss_epoch"]] == [0]  # the partial row not written back beside the whole one
+
+
+def test_a_resume_that_lengthens_the_run_trains_its_first_step_at_the_new_schedules_rate(tmp_path, one_thread):
+    cfg = tiny_config("rotation", epochs=2)
+    cfg["data"].update(image_size=16, synthetic_train=64, synthetic_test=32)
+    cfg["trainer"].update(batch_size=32, log_every_n_steps=1, max_steps=6)
+    pretrain(cfg, out=tmp_path / "whole")
+    pretrain({**cfg, "trainer": {**cfg["trainer"], "max_steps": 3}}, out=tmp_path / "cut")  # its cosine ends at step 3
+    pretrain({"trainer": {"max_steps": 6}}, resume=tmp_path / "cut")  # laid over 6 steps from here on
+
+    def rates(run: str) -> dict[int, float]:
+        return {int(r["step"]): float(r["lr"]) for r in csv.DictReader((tmp_path / run / "metrics.csv").open()) if r.get("lr")}
+
+    whole, cut = rates("whole"), rates("cut")
+    assert sorted(cut) == sorted(whole) and cut[min(cut)] == whole[min(whole)]
+    assert [cut[s] for s in sorted(cut)][3:] == [whole[s] for s in sorted(whole)][3:]  # the resumed steps: the 6-step schedule
+    assert all(rate > 0 for rate in cut.values())  # not the 3-step schedule's end, 0
+
+
 def test_last_ckpt_every_n_minutes_within_an_epoch(tmp_path):
     run = tmp_path / "run"
     proc = _popen([*TINY_ARGS, "--epochs", "3", "--set", "trainer.checkpoint_every_minutes=0.00001", "--out", str(run)], tmp_path)

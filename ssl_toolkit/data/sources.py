@@ -20,7 +20,7 @@ import torch
 from ssl_toolkit.config import DataConfig
 from ssl_toolkit.data.base import SOURCES, DataSource, Split, channel_stats, register_source, require_training
 from ssl_toolkit.errors import UserError
-from ssl_toolkit.terminal import terminal_safe
+from ssl_toolkit.terminal import quoted_if_odd
 
 __all__ = ["SOURCES", "DataSource", "Split", "channel_stats", "load_source", "register_source", "source_names"]
 
@@ -145,7 +145,7 @@ def load_source(cfg: DataConfig) -> DataSource:
     if not path.exists():
         if os.sep not in cfg.name and not cfg.name.startswith("."):
             SOURCES.get(cfg.name)  # raises the unknown-dataset error listing valid names
-        raise UserError(f"data path does not exist: {terminal_safe(cfg.name)}")
+        raise UserError(f"data path does not exist: {quoted_if_odd(cfg.name)}")
     from ssl_toolkit.data.folder import load_folder
 
     refuse_unread_settings(cfg, "an image folder")
