@@ -40,6 +40,8 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, validate_call
 
 from ssl_toolkit.errors import Interrupted, UserError, did_you_mean
+from ssl_toolkit.loggers import ENV as LOGGER_ENV
+from ssl_toolkit.loggers import QUIETED
 
 
 def _no_bool(value: Any) -> Any:
@@ -56,9 +58,9 @@ Flag = StrictBool  # True or False: a string such as "no" is refused, not read a
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Set by Lightning's ``seed_everything``, by a run for its DDP processes, and by a run's logger (MLflow sets its URI).
-PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR", "MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "WANDB_SILENT")
-LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+#: Set by Lightning's ``seed_everything``, by a run for its DDP processes, and by a run's experiment logger.
+PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SSL_TOOLKIT_RUN_DIR", *LOGGER_ENV)
+LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", QUIETED)
 
 _CALLER: ContextVar[str] = ContextVar("ssl_toolkit_caller", default="python")
 #: Options whose Python name is a config key, not an argument of the same name.

@@ -32,8 +32,10 @@ from ssl_toolkit.ranks import is_primary_process
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 RECORD = "logger.json"
 PROJECT = "ssl-toolkit"
-#: Set while a run logs (the Python API restores them afterwards).
-ENV = ("MLFLOW_ALLOW_FILE_STORE", "WANDB_SILENT")
+#: Environment variables set while a run logs (MLflow sets its tracking URI), and a log level
+#: it quiets: the Python API restores them afterwards.
+ENV = ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "WANDB_SILENT")
+QUIETED = "lightning.pytorch.loggers.mlflow"
 
 
 class LoggerRun(BaseModel):
@@ -81,7 +83,7 @@ def _start(name: str, run_dir: Path, resume: bool, quiet: bool) -> Any:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").as_uri()
         if uri.startswith("file:") or "://" not in uri:  # a file store, the run's own or one asked for: MLflow 3 refuses it unless told
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "Experiment ... not found. Creating it."
+        logging.getLogger(QUIETED).setLevel(logging.ERROR)  # "Experiment ... not found. Creating it."
         run_id = _continued(run_dir, "mlflow", uri) if resume else None
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or PROJECT
         mlflow_logger = MLFlowLogger(experiment_name=experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id)
