@@ -176,7 +176,9 @@ class PretrainModule(L.LightningModule):
         feats = logs.pop("features", None)
         self.step_loss = loss.detach()
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)  # the schedule's rate, a float
+        optimizers = self._trainer.optimizers if self._trainer is not None else []  # a step driven without a Trainer has none
+        if optimizers:
+            self.log("lr", optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)  # the schedule's rate, a float
         for k, v in logs.items():
             self.log(k, v, prog_bar=k == "pretext_acc", on_step=False, on_epoch=True, sync_dist=True)
         if self.online_probe is not None:  # inside the step, so DDP sees the head used in the forward pass
