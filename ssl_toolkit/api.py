@@ -10,9 +10,10 @@ Every public function (:mod:`ssl_toolkit`'s ``pretrain``, ``probe``, ``embed``, 
   as a config's number fields do); a wrong type or value is a one-line
   :class:`~ssl_toolkit.errors.UserError` naming the argument, before any work;
 - the global random generators (``random``, NumPy, torch), the environment variables that
-  Lightning's seeding and the run set, the Lightning loggers' levels, the SIGINT/SIGTERM
-  handlers and an unset multiprocessing start method are restored when it returns, so a notebook's own random streams go on where
-  they were and Ctrl-C still works after an interrupted call;
+  Lightning's seeding, the run and its logger set, the Lightning loggers' levels, the
+  SIGINT/SIGTERM handlers and an unset multiprocessing start method are restored when it
+  returns, so a notebook's own random streams go on where they were and Ctrl-C still works
+  after an interrupted call;
 - an error it raises names the function's arguments and config keys (``out``,
   ``overwrite=True``, ``trainer.backbone_chunk=null in the config``) where the command line's
   names its options (``--out``, ``--overwrite``, ``--set trainer.backbone_chunk=null``): the
