@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import nn
 
+from ssl_toolkit.terminal import clock
+
 if TYPE_CHECKING:
     from ssl_toolkit.engine import PretrainModule
 
@@ -359,7 +361,7 @@ class EpochEndCheckpoint(Callback):
 
 
 class CheckpointOnInterrupt(Callback):
-    """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM).
+    """Writes ``last.ckpt`` when training is interrupted (Ctrl-C / SIGINT, SIGTERM, SIGUSR1).
 
     Under DDP the first process writes it without any collective (the processes may have
     stopped a collective apart), and SIGTERM stops each process where it arrives, as Ctrl-C.
@@ -379,6 +381,7 @@ class CheckpointOnInterrupt(Callback):
         self._kept: list[torch.Tensor] = []  # copies of the step-changed tensors, as the step began
         self._rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._steps_at_start: int | None = None  # optimiser steps when the current step began; None between steps
+        self.requeue_asked = False  # SIGUSR1 stopped the run (:mod:`ssl_toolkit.requeue`)
 
     @staticmethod
     def _step_changed(module: nn.Module) -> list[torch.Tensor]:
@@ -421,7 +424,8 @@ class CheckpointOnInterrupt(Callback):
                 gen.set_state(self._rng[1])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Under DDP, make SIGTERM stop a process where it arrives, as Ctrl-C does (:class:`Terminated`).
+        """Make SIGUSR1 stop the run as SIGTERM does (:mod:`ssl_toolkit.requeue`), and, under DDP,
+        SIGTERM stop a process where it arrives, as Ctrl-C does (:class:`Terminated`).
 
         Lightning's own SIGTERM handler broadcasts from inside the signal handler, wherever
         each process happens to be, so the processes' collectives no longer pair up and the
@@ -432,8 +436,19 @@ class CheckpointOnInterrupt(Callback):
         import threading
 
         from ssl_toolkit.errors import Terminated
+        from ssl_toolkit.requeue import REQUEUE_SIGNAL
 
-        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if REQUEUE_SIGNAL is not None:  # replaces Lightning's SLURM handler, which saves a checkpoint --resume does not read
+
+            def stop_for_requeue(signum: int, frame: Any) -> None:
+                self.requeue_asked = True
+                signal.signal(REQUEUE_SIGNAL, signal.SIG_IGN)
+                signal.raise_signal(signal.SIGTERM)  # stops the run as SIGTERM does, its checkpoint written
+
+            signal.signal(REQUEUE_SIGNAL, stop_for_requeue)
+        if trainer.world_size == 1:
             return
         launcher = trainer.strategy.launcher
 
@@ -561,14 +576,9 @@ class ProgressLines(Callback):
         loss_s = f"{float(loss):.4f}" if loss is not None else "-"
         line = (
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {step}/{total}  loss {loss_s}  "
-            f"{self._images / elapsed:.0f} images/s  ETA {_clock(eta)}"
+            f"{self._images / elapsed:.0f} images/s  ETA {clock(eta)}"
         )
         print(line, file=self.stream or sys.stderr, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def process_seconds() -> float | None:

@@ -62,6 +62,16 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
+def emulated_bf16_note(precision: str, accelerator: str) -> str | None:
+    """One line when a run trains in ``bf16-mixed`` on a CPU without native bfloat16, where torch emulates it, slowly."""
+    if precision != "bf16-mixed" or not on_cpu(accelerator) or cpu_has_bf16():
+        return None
+    return (
+        "note: this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16-mixed is emulated here and trains several times "
+        "slower than 32-true, which precision auto chooses on it"
+    )
+
+
 @torch.no_grad()
 def strided_convs_on_1x1(backbone: nn.Module, in_chans: int, size: int) -> list[str]:
     """Names of the strided, padded ``Conv2d`` layers that see a 1x1 map for ``size`` px input."""

@@ -77,6 +77,29 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def auto_resumed(out: str | Path | None, overwrite: bool, resume: str | Path | None) -> tuple[str | Path | None, bool, str | Path | None]:
+    """``(out, overwrite, resume)`` for a run that goes on in ``out`` if it has begun there, and starts there otherwise.
+
+    A folder with a checkpoint, or a finished run, is resumed; a run folder that stopped
+    before its first checkpoint (nothing trained to keep) is started again; any other folder
+    is started in, as ``out`` (refused when it holds other files). One command thus both
+    starts a job and continues it after a requeue (see docs/scaling.md).
+    """
+    if resume is not None or overwrite:
+        given = caller_terms("--resume", "resume") if resume is not None else caller_terms("--overwrite", "overwrite")
+        raise UserError(f"{caller_terms('--auto-resume', 'auto_resume')} chooses between starting and resuming itself; leave {given} out")
+    if out is None or not str(out).strip():
+        raise UserError(
+            f"{caller_terms('--auto-resume', 'auto_resume')} needs {caller_terms('--out', 'out')}: the folder to continue the run in, or to start it in"
+        )
+    folder = RunFolder(out)
+    if folder.last_ckpt.is_file() or folder.is_finished():
+        return None, False, out
+    if folder.config.is_file():  # a run that stopped before its first checkpoint
+        return out, True, None
+    return out, False, None
+
+
 @public
 def pretrain(
     config: PretrainConfig | dict[str, Any] | str | Path | None = None,
@@ -84,6 +107,7 @@ def pretrain(
     overwrite: Flag = False,
     resume: str | Path | None = None,
     name: str | None = None,
+    auto_resume: Flag = False,
 ) -> dict[str, Any]:
     """Pretrain a backbone with a pretext task.
 
@@ -100,6 +124,8 @@ def pretrain(
             ``<task>-<backbone>-<data>-<date>``, made unique); the config's ``name`` the
             same (given both ways, they must agree). It is kept in ``config.yaml``, so a run
             cut short registers under it when a resume finishes it.
+        auto_resume: Continue the run in ``out`` when it has begun there (as ``resume=out``),
+            start it there otherwise: one call for a job that may be requeued.
 
     Returns:
         The backbone metadata (also in ``<run>/meta.json``) with ``run_dir`` added; for a
@@ -107,6 +133,8 @@ def pretrain(
         extra processes of a multi-process (DDP) run, which re-run the caller's script, an
         empty dict: only the primary process records the run.
     """
+    if auto_resume:
+        out, overwrite, resume = auto_resumed(out, bool(overwrite), resume)
     plan = plan_run(config, out, overwrite, resume, name)
     if plan.finished is not None:
         return {**plan.finished, "finished": True, "run_dir": str(plan.folder.path.resolve())}
@@ -383,7 +411,7 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
         resolve_auto,
     )
     from ssl_toolkit.data.sources import recorded_paths
-    from ssl_toolkit.precision import choose_precision
+    from ssl_toolkit.precision import choose_precision, emulated_bf16_note
     from ssl_toolkit.pretext import TASKS, PretextTask, build_task
     from ssl_toolkit.recompute import check_grad_checkpointing
 
@@ -441,6 +469,8 @@ def _build_model(plan: Plan, data: RunData) -> RunModel:
     task.attach(backbone)  # after any init_from, so momentum encoders start from the same weights
     t = cfg.trainer
     precision = choose_precision(t.precision, t.accelerator, backbone, in_chans, task.backbone_input_size())
+    if plan.primary and not plan.resume and (slow := emulated_bf16_note(precision, t.accelerator)):
+        _warn(slow)
     resolved = cfg.model_dump(mode="json")
     resolved["data"] = recorded_paths(resolved["data"])  # a resume or probe from another working folder finds the data
     if cfg.init_from and Path(cfg.init_from).expanduser().exists():  # a folder or file, not a library name: as the data
@@ -484,10 +514,16 @@ def interrupt_outcome(trainer: Any, folder: RunFolder) -> str:
 
     saver = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
     if saver is None or saver.saved is not False:
-        return f"checkpoint saved, continue with: ssl pretrain --resume {folder}"
-    if folder.last_ckpt.is_file():
-        return f"its checkpoint could not be written (another process had stopped first); continue from the last one: ssl pretrain --resume {folder}"
-    return "its checkpoint could not be written (another process had stopped first) and none was saved before; run the command again"
+        outcome = f"checkpoint saved, continue with: ssl pretrain --resume {folder}"
+    elif folder.last_ckpt.is_file():
+        outcome = f"its checkpoint could not be written (another process had stopped first); continue from the last one: ssl pretrain --resume {folder}"
+    else:
+        outcome = "its checkpoint could not be written (another process had stopped first) and none was saved before; run the command again"
+    if saver is not None and saver.requeue_asked and trainer.is_global_zero:
+        from ssl_toolkit.requeue import requeue_job
+
+        outcome += f"; SIGUSR1: {requeue_job()}"
+    return outcome
 
 
 def _fit(plan: Plan, model: RunModel, data: RunData) -> tuple[Any, Any, float]:

@@ -51,6 +51,10 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
 _MISSING = object()
 
 
+#: The settings a run records as absolute paths (:func:`ssl_toolkit.data.sources.recorded_paths`, ``init_from``).
+RECORDED_ABSOLUTE = ("init_from", "data.name", "data.path", "data.labels")
+
+
 def _same_path(saved: Any, asked: Any) -> bool:
     """Whether ``asked`` names the existing folder or file ``saved`` records."""
     if not isinstance(saved, str) or not isinstance(asked, str) or not Path(asked).expanduser().exists():
@@ -69,7 +73,7 @@ def resume_config(folder: RunFolder, changes: dict[str, Any] | None) -> tuple[Pr
     changed: list[str] = []
     for key, value in _leaves(dict(changes or {})).items():
         old = _get(current, key)
-        if old == value or (key == "init_from" and _same_path(old, value)):  # saved absolute, asked as typed
+        if old == value or (key in RECORDED_ABSOLUTE and _same_path(old, value)):  # saved absolute, asked as typed
             continue
         if key not in RESUMABLE:
             was = "unset" if old is _MISSING else repr(old)

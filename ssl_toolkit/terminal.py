@@ -33,3 +33,9 @@ def quoted_if_odd(text: str) -> str:
     so it is told apart from one holding the two characters ``\\t`` (shown bare).
     """
     return text if text.isprintable() and text == text.strip() else repr(text)
+
+
+def clock(seconds: float) -> str:
+    """``H:MM:SS``, as the progress lines show the time left."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

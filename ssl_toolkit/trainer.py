@@ -29,7 +29,7 @@ from ssl_toolkit.config import TrainerConfig
 from ssl_toolkit.devices import CPU_PROCESSES_PER_CORE, usable_cores
 from ssl_toolkit.launcher import end_stopped_runs_by_their_signal
 from ssl_toolkit.precision import resolve_precision
-from ssl_toolkit.ranks import is_primary_process
+from ssl_toolkit.ranks import is_primary_process, slurm_tasks
 
 if TYPE_CHECKING:
     from lightning.fabric.loggers.csv_logs import _ExperimentWriter
@@ -260,6 +260,15 @@ def check_lightning_options(cfg: TrainerConfig, settings: tuple[str, ...] = ("ac
         raise UserError(
             f"trainer options ({_describe(cfg, settings)}): {trial.num_nodes} nodes need every node started by torchrun or SLURM "
             "(or MASTER_ADDR, MASTER_PORT and NODE_RANK set); see docs/scaling.md, Several nodes"
+        )
+    expected = trial.num_nodes * trial.num_devices
+    tasks = slurm_tasks()
+    if tasks is not None and tasks != expected and (environment == "SLURMEnvironment" or os.environ.get("SLURM_PROCID", "0") != "0"):
+        # Lightning takes the world size from SLURM_NTASKS and would wait for ever for the missing processes
+        raise UserError(
+            f"trainer options ({_describe(cfg, settings)}, num_nodes={trial.num_nodes}): SLURM started {tasks} task{'s' if tasks != 1 else ''} "
+            f"(SLURM_NTASKS) and the run takes {expected} process{'es' if expected != 1 else ''} (devices x num_nodes): "
+            "match them (srun's --ntasks-per-node to --devices, its --nodes to --num-nodes), or set SLURM_JOB_NAME=interactive to start the processes another way"
         )
     from lightning.pytorch.accelerators import CPUAccelerator
 

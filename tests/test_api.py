@@ -167,7 +167,7 @@ def test_the_top_level_functions_are_the_documented_ones_with_their_signatures()
     from ssl_toolkit.pretraining import pretrain
 
     assert st.pretrain is pretrain and st.probe is probe
-    assert list(inspect.signature(st.pretrain).parameters) == ["config", "out", "overwrite", "resume", "name"]
+    assert list(inspect.signature(st.pretrain).parameters) == ["config", "out", "overwrite", "resume", "name", "auto_resume"]
     assert list(inspect.signature(st.embed).parameters)[:3] == ["target", "data", "out"]
     assert "Args:" in (st.report.__doc__ or "") and "Args:" in (st.inspect_data.__doc__ or "")
     assert {"pretrain", "probe", "embed", "report", "inspect_data", "list_tasks"} <= set(dir(st))

@@ -332,6 +332,9 @@ def test_a_folder_given_by_a_relative_path_is_recorded_absolute_so_the_run_resum
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["dataset"]["name"] == str(tmp_path / "work" / "imgs")  # as config.yaml
     code, out, err = cli("probe", tmp_path / "run", "--data", "imgs", "--set", "data.labels=tags.csv", "--mode", "knn", "--json")
     assert code == 0 and json.loads(out.splitlines()[-1])["dataset"] == str(tmp_path / "work" / "imgs"), err
+    again = ("--data", "imgs", *tiny, "--set", "data.labels=tags.csv", "--out", tmp_path / "run")  # the first command's paths, as typed
+    code, out, err = cli("pretrain", *again, "--epochs", "1", "--auto-resume")
+    assert code == 0 and out.startswith(f"{tmp_path / 'run'} is already finished (1 epoch, "), err
     monkeypatch.chdir(tmp_path)  # another working folder: the recorded paths still name the data
     code, out, err = cli("probe", tmp_path / "run", "--mode", "knn", "--json")
     assert code == 0 and json.loads(out.splitlines()[-1])["dataset"] == str(tmp_path / "work" / "imgs"), err

@@ -190,6 +190,38 @@ def test_a_strategy_that_spawns_its_processes_and_nodes_without_a_launcher_are_r
     check_lightning_options(nodes)
 
 
+SLURM_STEP = {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "train", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+def test_srun_tasks_other_than_the_first_are_not_primary_and_a_task_count_unlike_the_run_is_refused(monkeypatch):
+    from ssl_toolkit.config import TrainerConfig
+    from ssl_toolkit.errors import UserError
+    from ssl_toolkit.ranks import is_primary_process
+    from ssl_toolkit.trainer import check_lightning_options
+
+    for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID", "MASTER_ADDR"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}.items():
+        monkeypatch.setenv(k, v)
+    assert not is_primary_process()  # srun's second task (it sets no RANK)
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # an interactive allocation: not a job step of tasks
+    assert is_primary_process()
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun inside the job numbers the processes itself
+    assert is_primary_process()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    for k, v in {"SLURM_PROCID": "0", "SLURM_LOCALID": "0"}.items():
+        monkeypatch.setenv(k, v)
+    assert is_primary_process()
+    check_lightning_options(TrainerConfig(accelerator="cpu", devices=2, strategy="ddp"))  # two tasks, two processes
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(
+        UserError, match=r"SLURM started 2 tasks \(SLURM_NTASKS\) and the run takes 1 process \(devices x num_nodes\): match them "
+    ):
+        check_lightning_options(TrainerConfig(accelerator="cpu", devices=1, strategy="ddp"))  # Lightning would wait for ever for a rank 1
+
+
 def test_an_unknown_or_absent_accelerator_is_one_line_naming_what_the_command_takes(cli, tmp_path):
     from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 

@@ -124,12 +124,18 @@ def two_class_folder(folder: Path) -> Path:
     return folder
 
 
-def test_cli_embed_prints_the_file(run_dir, tmp_path, cli):
+def test_cli_embed_prints_the_file(run_dir, tmp_path, cli, monkeypatch):
+    import re
+
     run, _ = run_dir
     folder = two_class_folder(tmp_path / "imgs")
-    code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "f.npz")
+    monkeypatch.setattr("ssl_toolkit.pass_progress.EVERY_SECONDS", 0.0)  # a progress line after every batch but the last
+    code, out, err = cli("embed", run, "--data", folder, "--out", tmp_path / "f.npz", "--batch-size", "4")
     assert code == 0, err
     assert out.strip().splitlines()[-1] == f"embeddings: {tmp_path / 'f.npz'}"
+    lines = [line for line in err.splitlines() if line.startswith("features")]
+    assert [line.split("  ")[0] for line in lines] == ["features (train): 4/10 images", "features (train): 8/10 images"], err
+    assert all(re.fullmatch(r"features \(train\): \d+/10 images  \d+ images/s  ETA \d:\d\d:\d\d", line) for line in lines), lines
     with np.load(tmp_path / "f.npz") as z:
         assert len(z["embeddings"]) == 12 and list(z["classes"]) == ["a", "b"]
         assert all(str(i).endswith(".png") for i in z["ids"])

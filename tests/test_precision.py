@@ -48,3 +48,14 @@ def test_jigsaw_tiles_decide_the_precision_before_anything_is_written(tmp_path, 
     meta = pretrain(cfg, out=tmp_path / "run")
     assert meta["precision"] == "32-true"
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["trainer"]["precision"] == "32-true"
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_gets_a_note_that_it_is_emulated(monkeypatch):
+    import ssl_toolkit.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    note = precision.emulated_bf16_note("bf16-mixed", "cpu")
+    assert note is not None and note.startswith("note: this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16-mixed is emulated")
+    assert precision.emulated_bf16_note("32-true", "cpu") is None
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.emulated_bf16_note("bf16-mixed", "cpu") is None

@@ -131,6 +131,58 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] >= 6
 
 
+def test_sigusr1_saves_and_requeues_the_slurm_job_and_the_same_auto_resume_command_continues_the_run(tmp_path, cli):
+    bin_dir = tmp_path / "bin"  # a stand-in for SLURM's scontrol that records what it was asked
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "asked.txt"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    run = tmp_path / "run"
+    command = [*TINY_ARGS, "--epochs", "50", "--out", str(run), "--auto-resume"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "31"}
+    env.pop("SLURM_NTASKS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssl_toolkit", *command], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for(run / "metrics.csv", proc)  # first epoch done, training goes on
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith("; SIGUSR1: SLURM job 31 requeued: it runs the same command again (with --auto-resume it continues the run)")
+    ), err
+    assert (tmp_path / "asked.txt").read_text() == "requeue 31\n"
+    assert sorted(p.name for p in run.glob("*.ckpt")) == ["last.ckpt"]  # none of Lightning's hpc_ckpt_N.ckpt
+    trained = torch.load(run / "last.ckpt", weights_only=True)["epoch"]
+    again = [*command[1:-5], "--epochs", str(trained + 1), *command[-3:]]  # the requeued job, asking for one epoch more
+    code, out, err = cli("pretrain", *again)
+    assert code == 0 and out.startswith(f"pretrained rotation on synthetic: {trained + 1} epochs, ") and " since the resume, " in out, err
+    code, out, err = cli("pretrain", *again)
+    assert (code, out.split(" (")[0]) == (0, f"{run} is already finished"), err
+
+
+def test_auto_resume_resumes_a_begun_run_starts_a_new_one_and_starts_again_one_stopped_before_its_checkpoint(tmp_path):
+    from ssl_toolkit.pretraining import auto_resumed
+
+    run = tmp_path / "run"
+    assert auto_resumed(run, False, None) == (run, False, None)  # nothing there: a new run
+    run.mkdir()
+    (run / "config.yaml").write_text("task: rotation\n")
+    assert auto_resumed(run, False, None) == (run, True, None)  # stopped before its first checkpoint: started again
+    (run / "last.ckpt").write_bytes(b"")
+    assert auto_resumed(run, False, None) == (None, False, run)  # resumed (the resume judges the checkpoint)
+    with pytest.raises(UserError, match="^auto_resume needs out: "):
+        auto_resumed(None, False, None)
+    with pytest.raises(UserError, match="^auto_resume chooses between starting and resuming itself; leave resume out$"):
+        auto_resumed(run, False, run)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="holds files"):  # a folder of other files is not taken over
+        pretrain(tiny_config("rotation"), out=tmp_path / "mine", auto_resume=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
 def _folder_with_bad_files(root: Path) -> None:
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)

@@ -8,6 +8,7 @@ import click
 import yaml
 
 from ssl_toolkit.cli import CONTEXT, main, quiet_libraries
+from ssl_toolkit.completion import complete_library_name, complete_task
 from ssl_toolkit.terminal import display_width, pad, terminal_safe
 from ssl_toolkit.units import human_size
 
@@ -52,7 +53,7 @@ def _best_cell(row: dict) -> str:
 
 @checkpoints.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@click.option("--task", help="Only backbones pretrained with this pretext task.")
+@click.option("--task", help="Only backbones pretrained with this pretext task.", shell_complete=complete_task)
 @click.option("--backbone", help="Only this timm architecture.")
 def list_cmd(as_json, task, backbone) -> None:
     """List the library: name, task, backbone, dataset, epochs, best probe, size, date.
@@ -104,7 +105,7 @@ def list_cmd(as_json, task, backbone) -> None:
 
 
 @checkpoints.command(context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", shell_complete=complete_library_name)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: meta.json with `intact` and `path` added.")
 def show(name, as_json) -> None:
     """Show the full metadata of checkpoint NAME and whether its weights are intact."""
@@ -129,7 +130,7 @@ def show(name, as_json) -> None:
 
 
 @checkpoints.command("export", context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", shell_complete=complete_library_name)
 @click.option("--out", "-o", required=True, type=click.Path(), help="File to write, e.g. backbone.safetensors or backbone.pt.")
 @click.option(
     "--format",
@@ -172,7 +173,7 @@ def import_cmd(path, name) -> None:
 
 
 @checkpoints.command(context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", shell_complete=complete_library_name)
 def remove(name) -> None:
     """Delete checkpoint NAME from the library (its run folder, if any, is kept)."""
     from ssl_toolkit.library import remove_checkpoint

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ssl_toolkit.cli import CONTEXT, FINITE, build_config, main, one_config, quiet_libraries, ranged_option
+from ssl_toolkit.completion import complete_data
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -46,7 +47,7 @@ INSPECT = "ssl_toolkit.inspection.config:InspectConfig"
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("data")
+@click.argument("data", shell_complete=complete_data)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (instead of the summary).")
 @click.option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, one_config, quiet_libraries, ranged_option
+from ssl_toolkit.completion import complete_data, complete_precision, complete_target, complete_task
 
 
 def _task_help() -> str:
@@ -23,8 +24,8 @@ PRETRAIN = "ssl_toolkit.config:PretrainConfig"
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help)
-@click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help)
+@click.option("--task", "-t", cls=LazyHelpOption, help_text=_task_help, shell_complete=complete_task)
+@click.option("--data", "-d", cls=LazyHelpOption, help_text=_data_help, shell_complete=complete_data)
 @click.option("--backbone", "-b", help="timm model name, or auto. [default: auto: resnet10t on a CPU at 17-32 px, else resnet18]")
 @ranged_option("--image-size", type=int, model=PRETRAIN, key="data.image_size", text="Square image side in pixels", default="the dataset's")
 @ranged_option("--epochs", type=int, model=PRETRAIN, key="trainer.epochs", text="Training epochs", default="10")
@@ -44,12 +45,19 @@ PRETRAIN = "ssl_toolkit.config:PretrainConfig"
 @click.option("--out", "-o", type=click.Path(), help="Run folder. [default: runs/<task>-<backbone>-<data>-<time>]")
 @click.option("--overwrite", is_flag=True, help="Replace the run files already in --out.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last checkpoint.")
+@click.option(
+    "--auto-resume",
+    is_flag=True,
+    help="Continue the run in --out if it has begun there, else start it there: one command for a job that may be requeued.",
+)
 @click.option("--accelerator", help="cpu, gpu, auto, ... (Lightning). [default: auto]")
 @click.option("--devices", help="Devices per node, e.g. 1, 2 or auto. [default: 1]")
 @click.option("--num-nodes", type=int, help="Nodes for multi-node DDP. [default: 1]")
 @click.option("--strategy", help="Lightning strategy, e.g. ddp. [default: auto]")
 @click.option(
-    "--precision", help="auto, 32-true, bf16-mixed, 16-mixed; auto = bf16-mixed where the device has native bfloat16. [default: auto]"
+    "--precision",
+    shell_complete=complete_precision,
+    help="auto, 32-true, bf16-mixed, 16-mixed; auto = bf16-mixed where the device has native bfloat16. [default: auto]",
 )
 @click.option("--no-online-probe", is_flag=True, default=None, help="Do not train the online linear probe on labelled data.")
 @click.option(
@@ -60,7 +68,11 @@ PRETRAIN = "ssl_toolkit.config:PretrainConfig"
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (or progress lines when stderr is not a terminal).")
 @click.option("--strict", is_flag=True, default=None, help="Exit 2 listing unreadable image files instead of skipping them.")
 @click.option("--name", help="Name in the checkpoint library. [default: <task>-<backbone>-<data>-<date>, made unique]")
-@click.option("--init-from", help="Start from this backbone (library name, run folder or file); same architecture required.")
+@click.option(
+    "--init-from",
+    shell_complete=complete_target,
+    help="Start from this backbone (library name, run folder or file); same architecture required.",
+)
 def pretrain(
     task,
     data,
@@ -75,6 +87,7 @@ def pretrain(
     out,
     overwrite,
     resume,
+    auto_resume,
     accelerator,
     devices,
     num_nodes,
@@ -93,7 +106,11 @@ def pretrain(
     backbone.safetensors + meta.json.
     """
     quiet_libraries()
+    from ssl_toolkit.pretraining import auto_resumed
     from ssl_toolkit.pretraining import pretrain as run_pretrain
+
+    if auto_resume:
+        out, overwrite, resume = auto_resumed(out, overwrite, resume)
 
     if devices is not None and devices.isdigit():
         devices = int(devices)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, echo_rows, main, one_config, quiet_libraries, ranged_option
+from ssl_toolkit.completion import complete_data, complete_mode, complete_target
 
 
 def _mode_help() -> str:
@@ -29,11 +30,14 @@ PROBE = "ssl_toolkit.config:ProbeConfig"
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("target", required=False)
+@click.argument("target", required=False, shell_complete=complete_target)
 @click.option(
-    "--data", "-d", help="Labelled dataset name or folder. [default: the dataset the backbone was pretrained on; digits with --random-init]"
+    "--data",
+    "-d",
+    shell_complete=complete_data,
+    help="Labelled dataset name or folder. [default: the dataset the backbone was pretrained on; digits with --random-init]",
 )
-@click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help)
+@click.option("--mode", "-m", cls=LazyHelpOption, help_text=_mode_help, shell_complete=complete_mode)
 @click.option("--label-fraction", type=FINITE, help="Share of training labels used, 0 < F <= 1 (stratified, seeded). [default: 1]")
 @ranged_option(
     "--epochs",

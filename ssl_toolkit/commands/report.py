@@ -7,12 +7,18 @@ import json
 import click
 
 from ssl_toolkit.cli import CONTEXT, DATA_SETTINGS, POSITIVE, FiniteFloat, data_argument, echo_rows, main, quiet_libraries
+from ssl_toolkit.completion import complete_data, complete_target
 from ssl_toolkit.eval.projection import UMAP_METRICS
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("target")
-@click.option("--data", "-d", help="Dataset name or image folder (labelled or not). [default: the dataset the backbone was pretrained on]")
+@click.argument("target", shell_complete=complete_target)
+@click.option(
+    "--data",
+    "-d",
+    shell_complete=complete_data,
+    help="Dataset name or image folder (labelled or not). [default: the dataset the backbone was pretrained on]",
+)
 @click.option(
     "--out",
     "-o",

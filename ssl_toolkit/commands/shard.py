@@ -10,7 +10,7 @@ from ssl_toolkit.cli import CONTEXT, POSITIVE, echo_rows, main, quiet_libraries
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("folder")
+@click.argument("folder", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Shard folder to write (must be new or empty).")
 @click.option(
     "--image-size",

@@ -119,7 +119,13 @@ CPU_FORWARD_PIXELS = 64 * 224 * 224  # input pixels per forward pass on the CPU 
 
 @torch.no_grad()
 def extract_into(
-    model: nn.Module, images: Any, pre: Preprocess, out: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu"
+    model: nn.Module,
+    images: Any,
+    pre: Preprocess,
+    out: np.ndarray,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    what: str = "features",
 ) -> None:
     """Write the pooled features of ``images`` into ``out`` (``(N, D)``, e.g. a memmap), one batch at a time.
 
@@ -127,7 +133,11 @@ def extract_into(
     DataLoader workers) or an ``(N, C, S, S)`` uint8 tensor. On the CPU a pass holds at
     most ``CPU_FORWARD_PIXELS`` input pixels, so that the activations of large images
     (a batch of 256 at 224 px peaked at 4.6 GB) stay bounded; features do not depend on it.
+    A long pass shows its progress on stderr (:class:`~ssl_toolkit.pass_progress.PassProgress`,
+    named by ``what``).
     """
+    from ssl_toolkit.pass_progress import PassProgress
+
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, not {batch_size}")
     side = int(images.shape[-1]) if isinstance(images, torch.Tensor) else int(images.size)
@@ -137,9 +147,14 @@ def extract_into(
     model.eval().to(device)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
     start = 0
-    for chunk in batches:  # (B, C, S, S) uint8
-        out[start : start + len(chunk)] = model(pre(chunk.to(device, non_blocking=True))).float().cpu().numpy()
-        start += len(chunk)
+    progress = PassProgress(len(out), what)
+    try:
+        for chunk in batches:  # (B, C, S, S) uint8
+            out[start : start + len(chunk)] = model(pre(chunk.to(device, non_blocking=True))).float().cpu().numpy()
+            start += len(chunk)
+            progress.update(len(chunk))
+    finally:
+        progress.close()
     model.train(was_training)
     if start != len(out):  # never let a short pass reach the cache as zeros
         raise RuntimeError(f"features written for {start} of {len(out)} images")
@@ -230,7 +245,7 @@ class FeatureCache:
             out = np.empty((len(images), feature_dim(model)), dtype=np.float32)
         from ssl_toolkit.devices import choose_device
 
-        extract_into(model, images, pre, out, batch_size, device or choose_device())
+        extract_into(model, images, pre, out, batch_size, device or choose_device(), what=f"features ({split})")
         self.forward_passes += 1
         self._store(path, out)
         return out, False
