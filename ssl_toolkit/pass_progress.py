@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from ssl_toolkit.terminal import clock
 
 EVERY_SECONDS = 30.0
+_silenced = [False]
+
+
+@contextmanager
+def silenced(quiet: bool = True) -> Iterator[None]:
+    """No pass shows progress inside the block when ``quiet`` (``ssl pretrain -q``)."""
+    before = _silenced[0]
+    _silenced[0] = before or quiet
+    try:
+        yield
+    finally:
+        _silenced[0] = before
 
 
 class PassProgress:
@@ -34,13 +48,15 @@ class PassProgress:
         self.done = 0
         self._t0 = self._last = time.monotonic()
         self._bar: Any = None
-        if _is_tty(self.stream):
+        if not _silenced[0] and _is_tty(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=what, unit=" images", leave=False, file=self.stream, dynamic_ncols=True, mininterval=0.5)
 
     def update(self, n: int) -> None:
         self.done += n
+        if _silenced[0]:
+            return
         if self._bar is not None:
             self._bar.update(n)
             return

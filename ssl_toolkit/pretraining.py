@@ -279,10 +279,12 @@ def _build_data(plan: Plan) -> RunData:
     from ssl_toolkit.data.loaders import split_loader
     from ssl_toolkit.data.sources import load_source
     from ssl_toolkit.data.stream import SkipLog
+    from ssl_toolkit.pass_progress import silenced
     from ssl_toolkit.pretext import TASKS, DataFacts
 
     cfg = plan.cfg
-    source = load_source(cfg.data)
+    with silenced(not cfg.trainer.progress_bar):  # -q: not even the index's progress
+        source = load_source(cfg.data)
     if cfg.data.strict:
         report_skipped(source, plan.folder, strict=True)
     if (n_train := readable_count(source.train)) < 2:  # one image is one batch of one: batch norm cannot train on it

@@ -347,3 +347,18 @@ def test_unknown_dataset_lists_valid_names():
         load_source(DataConfig(name="digitz"))
     with pytest.raises(UserError, match="data path does not exist"):
         load_source(DataConfig(name="./nowhere/at/all"))
+
+
+def test_a_long_index_build_shows_progress_lines_on_stderr_and_none_when_silenced(tmp_path, monkeypatch, capsys, toolkit_home):
+    from ssl_toolkit.data.index import folder_index
+    from ssl_toolkit.pass_progress import silenced
+
+    for i in range(4):
+        _img(tmp_path / "imgs" / "a" / f"{i}.png", "RGB", (i * 40, 100, 50))
+    monkeypatch.setattr("ssl_toolkit.pass_progress.EVERY_SECONDS", 0.0)  # a line after every file but the last
+    assert len(folder_index(tmp_path / "imgs", use_cache=False)) == 4
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [f"reading image headers (index): {k}/4 images" for k in (1, 2, 3)], lines
+    with silenced():  # ssl pretrain -q
+        folder_index(tmp_path / "imgs", use_cache=False)
+    assert capsys.readouterr().err == ""

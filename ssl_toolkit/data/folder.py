@@ -100,15 +100,22 @@ def split_rows(index: FileIndex, cfg: DataConfig) -> tuple[np.ndarray, np.ndarra
 
 
 def in_memory(index: FileIndex, rows: np.ndarray, size: int, channels: int, max_pixels: int | None) -> tuple[Split, list[tuple[str, str]]]:
-    """Decode ``rows`` (parallel threads) into a :class:`Split`; files that fail to decode are listed."""
+    """Decode ``rows`` (parallel threads) into a :class:`Split`; files that fail to decode are listed (progress on stderr when long)."""
+    from ssl_toolkit.pass_progress import PassProgress
+
     paths = [Path(index.path(int(r))) for r in rows]
     arrays, kept, skipped = [], [], []
-    for i, rec in enumerate(scan_files(paths, size, channels, max_pixels=max_pixels)):
-        if rec.ok and rec.array is not None:
-            arrays.append(rec.array)
-            kept.append(i)
-        else:
-            skipped.append((str(rec.path), rec.error or "unreadable"))
+    progress = PassProgress(len(paths), "decoding images (in memory)")
+    try:
+        for i, rec in enumerate(scan_files(paths, size, channels, max_pixels=max_pixels)):
+            progress.update(1)
+            if rec.ok and rec.array is not None:
+                arrays.append(rec.array)
+                kept.append(i)
+            else:
+                skipped.append((str(rec.path), rec.error or "unreadable"))
+    finally:
+        progress.close()
     x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, channels, size, size, dtype=torch.uint8)
     labels = None if index.labels is None else torch.from_numpy(index.labels[rows[kept]])
     return Split(x, labels, [str(paths[i]) for i in kept]), skipped

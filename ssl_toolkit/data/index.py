@@ -114,18 +114,34 @@ def _encode_rel(root: Path, paths: list[Path]) -> np.ndarray:
     return np.array([os.fsencode(p)[base:] for p in paths], dtype=np.bytes_)
 
 
-def build_index(root: Path, layout: FolderLayout, max_pixels: int | None, workers: int | None = None) -> FileIndex:
-    """Read every file's header (parallel threads, no decoding) and keep the usable ones."""
-    keep, width, height, gray = [], [], [], []
+def build_index(root: Path, layout: FolderLayout, max_pixels: int | None, workers: int | None = None, progress: bool = True) -> FileIndex:
+    """Read every file's header (parallel threads, no decoding) and keep the usable ones.
+
+    A long scan shows its progress on stderr (:class:`~ssl_toolkit.pass_progress.PassProgress`) unless ``progress`` is false.
+    """
+    from ssl_toolkit.pass_progress import PassProgress
+
+    keep: list[int] = []
+    width: list[int] = []
+    height: list[int] = []
+    gray: list[bool] = []
     bad = list(layout.bad)
-    for i, rec in enumerate(scan_files(layout.paths, decode=False, workers=workers, max_pixels=max_pixels)):
-        if rec.ok:
-            keep.append(i)
-            width.append(rec.width)
-            height.append(rec.height)
-            gray.append(rec.mode in SINGLE_CHANNEL_MODES)
-        else:
-            bad.append((str(rec.path), rec.error or "unreadable"))
+    shown = PassProgress(len(layout.paths), "reading image headers (index)") if progress else None
+    try:
+        for i, rec in enumerate(scan_files(layout.paths, decode=False, workers=workers, max_pixels=max_pixels)):
+            if shown is not None:
+                shown.update(1)
+            if rec.ok:
+                keep.append(i)
+                width.append(rec.width)
+                height.append(rec.height)
+                gray.append(rec.mode in SINGLE_CHANNEL_MODES)
+            else:
+                bad.append((str(rec.path), rec.error or "unreadable"))
+    finally:
+        if shown is not None:
+            shown.close()
+
     kept = np.asarray(keep, dtype=np.int64)
     labels, classes = None if layout.labels is None else np.asarray(layout.labels, np.int64)[kept], layout.classes
     if labels is not None and classes and len(present := np.unique(labels)) < len(classes):  # a class none of whose files opens
@@ -194,15 +210,15 @@ def load_index(path: Path, root: Path) -> FileIndex | None:
     return FileIndex(root=root, labels=labels, classes=meta.classes, n_train=meta.n_train, bad=bad, cached=True, **arrays)
 
 
-def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_cache: bool = True) -> FileIndex:
-    """The index of ``root``: from the cache when the listing is unchanged, else built and cached."""
+def folder_index(root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, use_cache: bool = True, progress: bool = True) -> FileIndex:
+    """The index of ``root``: from the cache when the listing is unchanged, else built (its progress shown unless ``progress`` is false) and cached."""
     layout = folder_layout(root)
     path = cache_dir("index") / f"{listing_key(root, layout, max_pixels)}.npz"
     index = load_index(path, root) if use_cache else None
     if index is not None:
         index.key, index.unused = path.stem, layout.unused
     else:
-        index = build_index(root, layout, max_pixels)
+        index = build_index(root, layout, max_pixels, progress=progress)
         if use_cache:
             save_index(index, path)
             index.key = path.stem

@@ -290,7 +290,7 @@ def table_from_folder(
     training files that decode, at ``cfg.image_size`` (default 32). Every indexed file is
     decoded; one that fails is listed as unreadable and left out of its split.
     """
-    index = folder_index(root, cfg.max_pixels)
+    index = folder_index(root, cfg.max_pixels, progress=progress is not None)  # inspect -q: no progress at all
     if not len(index):
         raise UserError(f"no readable image in {root} ({len(index.bad)} files, none could be opened)")
     index = with_csv_labels(root, index, cfg.labels)
