@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import textwrap
 
 import click
 
@@ -19,7 +22,9 @@ def tasks(as_json) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
+    # on a terminal, wrapped to its width under the text column; piped, one line per field (for grep)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 0
     for r in rows:
-        click.echo(f"{r['name']:<18} {r['description']}")
-        click.echo(f"{'':<18} paper: {r['paper']}")
-        click.echo(f"{'':<18} needs: {r['needs']}")
+        for first, text in ((r["name"], r["description"]), ("", f"paper: {r['paper']}"), ("", f"needs: {r['needs']}")):
+            line = f"{first:<18} {text}"
+            click.echo(textwrap.fill(line, width, subsequent_indent=" " * 19, break_on_hyphens=False) if width > 40 else line)
