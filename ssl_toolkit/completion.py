@@ -4,7 +4,8 @@ click completes commands and options by itself (``eval "$(_SSL_COMPLETE=bash_sou
 ``zsh_source``, ``fish_source``); these functions complete option values and arguments. A
 Tab must answer at once, so nothing here imports torch: the built-in names are listed here
 (a test keeps them equal to the registries), plugins' names come from their entry points,
-and the checkpoint library is read as a folder listing.
+and the checkpoint library is read as a folder listing. ``ssl pretrain --help`` lists the
+same names, for the same reason.
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ BUILTIN_DATA = ("digits", "fashion-mnist", "synthetic")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
+def names(builtin: tuple[str, ...], group: str) -> list[str]:
+    """The built-in names and those of the installed plugins' ``group`` entry points, sorted (no plugin is imported)."""
+    return sorted(set(builtin) | {ep.name for ep in entry_points(group=group)})
+
+
+def task_names() -> list[str]:
+    return names(BUILTIN_TASKS, "ssl_toolkit.tasks")
+
+
+def data_names() -> list[str]:
+    return names(BUILTIN_DATA, "ssl_toolkit.sources")
+
+
 def _named(builtin: tuple[str, ...], group: str, incomplete: str) -> list[CompletionItem]:
-    names = set(builtin) | {ep.name for ep in entry_points(group=group)}
-    return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
+    return [CompletionItem(n) for n in names(builtin, group) if n.startswith(incomplete)]
 
 
 def _library_names(incomplete: str) -> list[CompletionItem]:

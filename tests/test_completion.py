@@ -43,3 +43,20 @@ def test_backbone_arguments_complete_to_library_names_then_files(toolkit_home):
     assert _complete(["probe"], "sim") == [("file", "sim"), ("plain", "simclr-a"), ("plain", "simclr-b")]
     assert _complete(["checkpoints", "show"], "") == [("plain", "rotation-a"), ("plain", "simclr-a"), ("plain", "simclr-b")]
     assert _complete(["pretrain", "--init-from"], "rot") == [("file", "rot"), ("plain", "rotation-a")]
+
+
+def test_pretrain_help_lists_the_task_and_data_names_without_importing_torch():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = (
+        "import sys\nfrom ssl_toolkit.cli import run\nsys.argv = ['ssl', 'pretrain', '--help']\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    help_text = " ".join(done.stdout.split())
+    assert "Pretext task: byol, colorization, inpainting, jigsaw, moco, relative-position, rotation, simclr (see `ssl tasks`)" in help_text
+    assert "Dataset name (digits, fashion-mnist, synthetic) or image folder" in help_text
+    assert done.stdout.split()[-1] == "False", done.stderr  # a help that answers at once

@@ -5,19 +5,15 @@ from __future__ import annotations
 import click
 
 from ssl_toolkit.cli import CONTEXT, FINITE, LazyHelpOption, build_config, main, one_config, quiet_libraries, ranged_option
-from ssl_toolkit.completion import complete_data, complete_precision, complete_target, complete_task
+from ssl_toolkit.completion import complete_data, complete_precision, complete_target, complete_task, data_names, task_names
 
 
 def _task_help() -> str:
-    from ssl_toolkit.pretext import TASKS
-
-    return f"Pretext task: {', '.join(TASKS.names())} (see `ssl tasks`). [default: rotation]"
+    return f"Pretext task: {', '.join(task_names())} (see `ssl tasks`). [default: rotation]"
 
 
 def _data_help() -> str:
-    from ssl_toolkit.data.sources import source_names
-
-    return f"Dataset name ({', '.join(source_names())}) or image folder. [default: digits]"
+    return f"Dataset name ({', '.join(data_names())}) or image folder. [default: digits]"
 
 
 PRETRAIN = "ssl_toolkit.config:PretrainConfig"
